@@ -1,0 +1,32 @@
+"""navai_mw: hand browser and mobile voice clients an OpenAI Realtime session
+without ever handing them the server's API key.
+
+The public names are re-exported here; everything in a module whose name
+starts with an underscore is private.
+"""
+
+from ._client import create_realtime_client_secret, create_realtime_client_secret_sync
+from ._env import get_navai_voice_backend_options_from_env
+from ._errors import NavaiError, OptionsError, RequestError, UpstreamError
+from ._models import (
+    CreateClientSecretRequest,
+    HttpRequest,
+    HttpResponse,
+    NavaiVoiceBackendOptions,
+    OpenAIRealtimeClientSecretResponse,
+)
+
+__all__ = [
+    "CreateClientSecretRequest",
+    "HttpRequest",
+    "HttpResponse",
+    "NavaiError",
+    "NavaiVoiceBackendOptions",
+    "OpenAIRealtimeClientSecretResponse",
+    "OptionsError",
+    "RequestError",
+    "UpstreamError",
+    "create_realtime_client_secret",
+    "create_realtime_client_secret_sync",
+    "get_navai_voice_backend_options_from_env",
+]

@@ -1,0 +1,155 @@
+"""Drivers that run the core's exchange over a transport, and the two
+public functions built on them.
+
+The drivers only move data between :func:`navai_mw._core.exchange` and a
+transport; clock, sleep and randomness are parameters so that tests run the
+retry policy in no real time.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Generator, Mapping
+from typing import Any, TypeVar
+
+import anyio
+
+from ._core import Attempt, Outcome, build_upstream_request, exchange
+from ._models import (
+    CreateClientSecretRequest,
+    HttpResponse,
+    NavaiVoiceBackendOptions,
+    OpenAIRealtimeClientSecretResponse,
+)
+from .transports import AsyncTransport, HttpxAsyncTransport, HttpxSyncTransport, SyncTransport
+
+__all__ = [
+    "create_realtime_client_secret",
+    "create_realtime_client_secret_sync",
+    "drive_async",
+    "drive_sync",
+]
+
+T = TypeVar("T")
+Steps = Generator[Attempt, Outcome, T]
+
+
+def drive_sync(
+    steps: Steps[T],
+    transport: SyncTransport,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    jitter: Callable[[], float] = random.random,
+) -> T:
+    start = clock()
+    attempt = next(steps)
+    while True:
+        if attempt.delay:
+            sleep(attempt.delay)
+        response: HttpResponse | None = None
+        timed_out = False
+        try:
+            response = transport.send(attempt.request, timeout=attempt.timeout)
+        except TimeoutError:
+            timed_out = True
+        except OSError:
+            pass
+        try:
+            attempt = steps.send(
+                Outcome(
+                    response=response, timed_out=timed_out, elapsed=clock() - start, jitter=jitter()
+                )
+            )
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+
+async def drive_async(
+    steps: Steps[T],
+    transport: AsyncTransport,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Any] = anyio.sleep,
+    jitter: Callable[[], float] = random.random,
+) -> T:
+    start = clock()
+    attempt = next(steps)
+    while True:
+        if attempt.delay:
+            await sleep(attempt.delay)
+        response: HttpResponse | None = None
+        timed_out = False
+        try:
+            # The transport's own timeouts are per read; this bounds the whole
+            # attempt, so a trickling upstream cannot stretch the budget.
+            with anyio.fail_after(attempt.timeout):
+                response = await transport.send(attempt.request, timeout=attempt.timeout)
+        except TimeoutError:
+            timed_out = True
+        except OSError:
+            pass
+        try:
+            attempt = steps.send(
+                Outcome(
+                    response=response, timed_out=timed_out, elapsed=clock() - start, jitter=jitter()
+                )
+            )
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+
+# The functions' shared default transports, made on first use: one pooled sync
+# client for the process, one async client per event loop (an async client
+# cannot outlive the loop whose sockets it holds).
+_default_lock = threading.Lock()
+_default_sync: HttpxSyncTransport | None = None
+
+
+def _sync_default() -> HttpxSyncTransport:
+    global _default_sync
+    with _default_lock:
+        if _default_sync is None:
+            _default_sync = HttpxSyncTransport()
+        return _default_sync
+
+
+Request = CreateClientSecretRequest | Mapping[str, Any] | None
+
+
+def create_realtime_client_secret_sync(
+    opts: NavaiVoiceBackendOptions,
+    req: Request = None,
+    *,
+    transport: SyncTransport | None = None,
+) -> OpenAIRealtimeClientSecretResponse:
+    """Mint an ephemeral client secret (blocking).
+
+    ``req`` is a :class:`CreateClientSecretRequest` or a mapping spelled as on
+    the wire (``voiceAccent``...). Raises :class:`NavaiError` with the status a
+    server should answer.
+    """
+    steps = exchange(build_upstream_request(opts, req), budget=opts.upstream_timeout_seconds)
+    return drive_sync(steps, transport if transport is not None else _sync_default())
+
+
+async def create_realtime_client_secret(
+    opts: NavaiVoiceBackendOptions,
+    req: Request = None,
+    *,
+    transport: AsyncTransport | None = None,
+) -> OpenAIRealtimeClientSecretResponse:
+    """Mint an ephemeral client secret.
+
+    Without ``transport``, a short-lived pooled client is used for this call;
+    servers should hold an :class:`HttpxAsyncTransport` (the middleware does).
+    """
+    steps = exchange(build_upstream_request(opts, req), budget=opts.upstream_timeout_seconds)
+    if transport is not None:
+        return await drive_async(steps, transport)
+    async with HttpxAsyncTransport() as own:
+        return await drive_async(steps, own)

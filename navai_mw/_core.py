@@ -1,0 +1,287 @@
+"""The sans-IO core: every decision about the upstream exchange, and no I/O.
+
+Options and a request go in, an :class:`HttpRequest` comes out; a status,
+headers and body go in, a secret or a :class:`NavaiError` comes out. The
+exchange itself, retries and time budget included, is a generator that
+yields :class:`Attempt` and is sent :class:`Outcome`; a ten-line driver
+(:mod:`navai_mw._drive`) runs it over a sync or an async transport, so the
+two never disagree.
+
+Promises:
+
+* nothing here reads a clock, draws a random number or touches a socket:
+  elapsed time and jitter arrive inside each :class:`Outcome`;
+* no message built here contains an API key: upstream text is redacted of
+  the key that was sent before it is quoted;
+* the request built for a well-formed input equals, field for field, the
+  one ``@navai/voice-backend`` sends.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator, Mapping
+from typing import Any, Final
+
+import attrs
+import cattrs
+
+from ._errors import RequestError, UpstreamError
+from ._models import (
+    WIRE_NAMES,
+    CreateClientSecretRequest,
+    HttpRequest,
+    HttpResponse,
+    NavaiVoiceBackendOptions,
+    OpenAIRealtimeClientSecretResponse,
+    converter,
+    is_header_safe,
+)
+
+__all__ = [
+    "Attempt",
+    "Exchange",
+    "Outcome",
+    "build_instructions",
+    "build_upstream_request",
+    "exchange",
+    "parse_upstream_response",
+    "retry_delay",
+    "structure_request",
+]
+
+DEFAULT_MODEL: Final = "gpt-realtime"
+DEFAULT_VOICE: Final = "marin"
+DEFAULT_INSTRUCTIONS: Final = "You are a helpful assistant."
+
+# openai-python's policy: two retries, 0.5 * 2**n seconds capped at 8 s, each
+# shortened by up to a quarter at random so that clients spread out.
+MAX_RETRIES: Final = 2
+INITIAL_RETRY_DELAY: Final = 0.5
+MAX_RETRY_DELAY: Final = 8.0
+# Timeouts (408), lock conflicts (409) and server errors are worth another try;
+# 429 is not: the client is told to come back instead of being kept waiting.
+_RETRYABLE_STATUSES: Final = frozenset({408, 409})
+# An upstream error body is quoted to the client; a proxy's HTML page is not.
+MAX_QUOTED_UPSTREAM_CHARS: Final = 500
+_REDACTED: Final = "[redacted]"
+
+
+def structure_request(
+    data: CreateClientSecretRequest | Mapping[str, Any] | None,
+) -> CreateClientSecretRequest:
+    """Turn a wire-spelled mapping (``voiceAccent``...) into a request.
+
+    A field of the wrong JSON type is a 400 naming the field, in wire spelling.
+    """
+    if data is None:
+        return CreateClientSecretRequest()
+    if isinstance(data, CreateClientSecretRequest):
+        return data
+    try:
+        return converter.structure(data, CreateClientSecretRequest)
+    except cattrs.ClassValidationError as exc:
+        fields = sorted(
+            {
+                WIRE_NAMES[note.name]
+                for error in exc.exceptions
+                for note in getattr(error, "__notes__", ())
+                if isinstance(note, cattrs.AttributeValidationNote)
+            }
+        )
+        raise RequestError(
+            f"Invalid request field {', '.join(fields)}: expected a string."
+        ) from None
+
+
+def build_instructions(
+    base: str, language: str | None, voice_accent: str | None, voice_tone: str | None
+) -> str:
+    lines = [base.strip()]
+    if language:
+        lines.append(f"Always reply in {language.strip()}.")
+    if voice_accent:
+        lines.append(f"Use a {voice_accent.strip()} accent while speaking.")
+    if voice_tone:
+        lines.append(f"Use a {voice_tone.strip()} tone while speaking.")
+    return "\n".join(lines)
+
+
+def resolve_api_key(opts: NavaiVoiceBackendOptions, req: CreateClientSecretRequest) -> str:
+    # The server's key always wins. Options without one always allow request
+    # keys (checked when the options are built), so a missing request key is
+    # the only way left to fail.
+    if opts.openai_api_key is not None:
+        return opts.openai_api_key
+    if req.api_key is None:
+        raise RequestError("Missing API key. Configure openai_api_key or send apiKey in request.")
+    if not is_header_safe(req.api_key):
+        raise RequestError("Invalid request field apiKey: expected printable ASCII.")
+    return req.api_key
+
+
+def build_upstream_request(
+    opts: NavaiVoiceBackendOptions,
+    req: CreateClientSecretRequest | Mapping[str, Any] | None = None,
+) -> HttpRequest:
+    """The ``POST /realtime/client_secrets`` call for this request."""
+    req = structure_request(req)
+    api_key = resolve_api_key(opts, req)
+    session = {
+        "type": "realtime",
+        "model": req.model or opts.default_model or DEFAULT_MODEL,
+        "instructions": build_instructions(
+            req.instructions or opts.default_instructions or DEFAULT_INSTRUCTIONS,
+            req.language or opts.default_language,
+            req.voice_accent or opts.default_voice_accent,
+            req.voice_tone or opts.default_voice_tone,
+        ),
+        "audio": {"output": {"voice": req.voice or opts.default_voice or DEFAULT_VOICE}},
+    }
+    body = {
+        "expires_after": {"anchor": "created_at", "seconds": opts.client_secret_ttl_seconds},
+        "session": session,
+    }
+    return HttpRequest(
+        method="POST",
+        url=f"{opts.openai_base_url}/realtime/client_secrets",
+        headers=(
+            ("Authorization", f"Bearer {api_key}"),
+            ("Content-Type", "application/json"),
+        ),
+        # ASCII escapes keep lone surrogates from a client encodable.
+        body=json.dumps(body, separators=(",", ":")).encode("ascii"),
+    )
+
+
+def _redact(text: str, secret: str | None) -> str:
+    if secret:
+        text = text.replace(secret, _REDACTED)
+    return text
+
+
+def _upstream_message(body: bytes) -> str:
+    text = body.decode("utf-8", errors="replace")
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        return text.strip()
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+    return text.strip()
+
+
+def parse_upstream_response(
+    response: HttpResponse, *, secret: str | None = None
+) -> OpenAIRealtimeClientSecretResponse:
+    """Read OpenAI's answer; ``secret`` (the key sent) is redacted from errors."""
+    status = response.status
+    if not 200 <= status < 300:
+        message = _redact(_upstream_message(response.body), secret)
+        if len(message) > MAX_QUOTED_UPSTREAM_CHARS:
+            message = message[:MAX_QUOTED_UPSTREAM_CHARS] + "..."
+        text = f"OpenAI client_secrets failed ({status}): {message}"
+        if status == 429:
+            retry_after = response.header("retry-after")
+            headers = (("Retry-After", retry_after),) if retry_after else ()
+            raise UpstreamError(text, status=429, headers=headers)
+        raise UpstreamError(text)
+    try:
+        payload = json.loads(response.body)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        raise UpstreamError("OpenAI client_secrets returned a body that is not a JSON object.")
+    value = payload.get("value")
+    expires_at = payload.get("expires_at")
+    session = payload.get("session")
+    if not isinstance(value, str) or not value:
+        raise UpstreamError("OpenAI client_secrets returned no client secret value.")
+    if isinstance(expires_at, bool) or not isinstance(expires_at, int):
+        raise UpstreamError("OpenAI client_secrets returned no integer expires_at.")
+    return OpenAIRealtimeClientSecretResponse(
+        value=value,
+        expires_at=expires_at,
+        session=session if isinstance(session, dict) else None,
+    )
+
+
+def is_retryable(status: int) -> bool:
+    return status in _RETRYABLE_STATUSES or status >= 500
+
+
+def retry_delay(retries_done: int, *, jitter: float) -> float:
+    """Seconds to wait before retry number ``retries_done + 1``.
+
+    ``jitter`` is a number in [0, 1) drawn by the caller.
+    """
+    delay = min(INITIAL_RETRY_DELAY * 2.0**retries_done, MAX_RETRY_DELAY)
+    return delay * (1.0 - 0.25 * jitter)
+
+
+@attrs.frozen(kw_only=True)
+class Attempt:
+    """Send ``request`` after waiting ``delay`` seconds; give up after ``timeout``."""
+
+    request: HttpRequest
+    delay: float
+    timeout: float
+
+
+@attrs.frozen(kw_only=True)
+class Outcome:
+    """What an :class:`Attempt` gave.
+
+    Fields:
+        response: the upstream response, or None when none arrived.
+        timed_out: True when the attempt ran out of time.
+        elapsed: seconds since the exchange began, measured by the driver.
+        jitter: a fresh random number in [0, 1), drawn by the driver.
+    """
+
+    response: HttpResponse | None
+    timed_out: bool = False
+    elapsed: float = 0.0
+    jitter: float = 0.0
+
+
+Exchange = Generator[Attempt, Outcome, OpenAIRealtimeClientSecretResponse]
+
+_TIMEOUT_MESSAGE: Final = "OpenAI client_secrets timed out."
+_UNREACHABLE_MESSAGE: Final = "OpenAI client_secrets could not be reached."
+
+
+def exchange(request: HttpRequest, *, budget: float) -> Exchange:
+    """Run one upstream exchange: attempts, retries, and the time budget.
+
+    Connection failures, 408, 409 and 5xx are retried up to
+    :data:`MAX_RETRIES` times, never past ``budget`` seconds in all; running
+    out of time is a 504.
+    """
+    outcome = yield Attempt(request=request, delay=0.0, timeout=budget)
+    retries = 0
+    while True:
+        if outcome.timed_out or outcome.elapsed >= budget:
+            raise UpstreamError(_TIMEOUT_MESSAGE, status=504)
+        response = outcome.response
+        retryable = response is None or is_retryable(response.status)
+        if retryable and retries < MAX_RETRIES:
+            delay = retry_delay(retries, jitter=outcome.jitter)
+            remaining = budget - outcome.elapsed - delay
+            if remaining > 0:
+                retries += 1
+                outcome = yield Attempt(request=request, delay=delay, timeout=remaining)
+                continue
+        if response is None:
+            raise UpstreamError(_UNREACHABLE_MESSAGE)
+        return parse_upstream_response(response, secret=secret_of(request))
+
+
+def secret_of(request: HttpRequest) -> str | None:
+    """The bearer token of a request built here, for redaction."""
+    for name, value in request.headers:
+        if name == "Authorization":
+            return value.removeprefix("Bearer ")
+    return None

@@ -1,0 +1,67 @@
+"""The one exception family of navai_mw.
+
+Every error carries the HTTP status the middleware answers with, so the
+shells never choose a status themselves. Messages are safe to show a client:
+they never hold an API key (upstream text is redacted before it gets here).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "NavaiError",
+    "OptionsError",
+    "RequestError",
+    "UpstreamError",
+]
+
+
+class NavaiError(Exception):
+    """Base class. ``status`` is the HTTP status the middleware answers with.
+
+    ``headers`` are extra response headers that belong with the error
+    (``Retry-After`` on a 429, ``Allow`` on a 405).
+    """
+
+    status: int = 500
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        self.headers = headers
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, status={self.status})"
+
+
+class OptionsError(NavaiError, ValueError):
+    """The backend options are unusable: a deployment mistake, not a client's.
+
+    Raised when options are built, when the functions are called and when the
+    middleware is built, so it never reaches a client at run time.
+    """
+
+    status = 500
+
+
+class RequestError(NavaiError):
+    """The client's request cannot be served (400, 403, 405, 413, 415)."""
+
+    status = 400
+
+
+class UpstreamError(NavaiError):
+    """OpenAI could not be reached, failed, or answered something unreadable.
+
+    502 by default; 429 when OpenAI rate-limits (``Retry-After`` passed on);
+    504 when the exchange ran out of time.
+    """
+
+    status = 502

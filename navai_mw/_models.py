@@ -1,0 +1,238 @@
+"""Value classes, and the one cattrs converter of the package.
+
+Invariants, held by construction so that no other module re-checks them:
+
+* option and request strings are never blank: a blank or whitespace-only
+  string is stored as ``None`` ("absent"), as the contract asks;
+* the backend API key, when present, is trimmed and header-safe;
+* no ``repr`` of any class here shows an API key or a client secret.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Final
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, override
+
+from ._errors import OptionsError
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "WIRE_NAMES",
+    "CreateClientSecretRequest",
+    "HttpRequest",
+    "HttpResponse",
+    "NavaiVoiceBackendOptions",
+    "OpenAIRealtimeClientSecretResponse",
+    "converter",
+    "is_header_safe",
+]
+
+DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
+# OpenAI accepts 10..7200 seconds for expires_after.seconds.
+MIN_TTL_SECONDS: Final = 10
+MAX_TTL_SECONDS: Final = 7200
+
+# An API key goes into an HTTP header: visible ASCII only, so that no key can
+# smuggle a header break or make the HTTP client raise while encoding.
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
+
+
+def is_header_safe(value: str) -> bool:
+    return _HEADER_SAFE.fullmatch(value) is not None
+
+
+def _absent_if_blank(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    return value
+
+
+def _clean_key(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    return value.strip()
+
+
+def _check_key(_: object, __: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and not is_header_safe(value):
+        # Never echo the key: the message names the option only.
+        raise OptionsError("openai_api_key must be printable ASCII without spaces.")
+
+
+def _check_ttl(_: object, __: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OptionsError(f"client_secret_ttl_seconds must be an integer. Received: {value!r}")
+    if not MIN_TTL_SECONDS <= value <= MAX_TTL_SECONDS:
+        raise OptionsError(
+            f"client_secret_ttl_seconds must be between {MIN_TTL_SECONDS} and "
+            f"{MAX_TTL_SECONDS}. Received: {value}"
+        )
+
+
+def _check_timeout(_: object, __: attrs.Attribute[Any], value: object) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise OptionsError(
+            f"upstream_timeout_seconds must be a positive number. Received: {value!r}"
+        )
+
+
+def _clean_base_url(value: str) -> str:
+    return value.strip().rstrip("/")
+
+
+def _check_base_url(_: object, __: attrs.Attribute[Any], value: str) -> None:
+    if not value.startswith(("http://", "https://")) or not is_header_safe(value):
+        raise OptionsError(f"openai_base_url must be an http(s) URL. Received: {value!r}")
+
+
+def _optional_text() -> Any:
+    return attrs.field(default=None, converter=_absent_if_blank)
+
+
+@attrs.frozen(kw_only=True)
+class NavaiVoiceBackendOptions:
+    """How the backend mints client secrets.
+
+    Fields:
+        openai_api_key: the server's key; it always wins over a request's key.
+        default_model, default_voice, default_instructions, default_language,
+        default_voice_accent, default_voice_tone: used when a request leaves
+            the field out (built-in model ``gpt-realtime``, voice ``marin``,
+            instructions ``You are a helpful assistant.``).
+        client_secret_ttl_seconds: lifetime of a minted secret, 10..7200.
+        allow_api_key_from_request: let clients send ``apiKey`` when the
+            server has none.
+        openai_base_url: where ``/realtime/client_secrets`` lives.
+        upstream_timeout_seconds: bound on the whole upstream exchange,
+            retries included.
+
+    Invalid options raise :class:`OptionsError` here, at construction.
+    """
+
+    openai_api_key: str | None = attrs.field(
+        default=None, converter=_clean_key, validator=_check_key, repr=False
+    )
+    default_model: str | None = _optional_text()
+    default_voice: str | None = _optional_text()
+    default_instructions: str | None = _optional_text()
+    default_language: str | None = _optional_text()
+    default_voice_accent: str | None = _optional_text()
+    default_voice_tone: str | None = _optional_text()
+    client_secret_ttl_seconds: int = attrs.field(default=600, validator=_check_ttl)
+    allow_api_key_from_request: bool = False
+    openai_base_url: str = attrs.field(
+        default=DEFAULT_BASE_URL, converter=_clean_base_url, validator=_check_base_url
+    )
+    upstream_timeout_seconds: float = attrs.field(default=30.0, validator=_check_timeout)
+
+    def __attrs_post_init__(self) -> None:
+        if self.openai_api_key is None and not self.allow_api_key_from_request:
+            raise OptionsError("Missing openai_api_key in NavaiVoiceBackendOptions.")
+
+
+@attrs.frozen(kw_only=True)
+class CreateClientSecretRequest:
+    """What a client may ask for; every field optional.
+
+    Fields: model, voice, instructions, language, voice_accent, voice_tone,
+    api_key. On the wire (JSON) the last three are ``voiceAccent``,
+    ``voiceTone`` and ``apiKey``. Blank strings count as absent.
+    """
+
+    model: str | None = _optional_text()
+    voice: str | None = _optional_text()
+    instructions: str | None = _optional_text()
+    language: str | None = _optional_text()
+    voice_accent: str | None = _optional_text()
+    voice_tone: str | None = _optional_text()
+    api_key: str | None = attrs.field(default=None, converter=_clean_key, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class OpenAIRealtimeClientSecretResponse:
+    """A minted client secret.
+
+    Fields:
+        value: the ephemeral secret (``ek_...``); hidden from ``repr``.
+        expires_at: Unix time, in seconds, when it stops working.
+        session: the session OpenAI created, as OpenAI described it.
+    """
+
+    value: str = attrs.field(repr=False)
+    expires_at: int
+    session: dict[str, Any] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class HttpRequest:
+    """An HTTP request to make, described without doing any I/O.
+
+    Fields: method, url, headers (name/value pairs), body (bytes). The
+    ``repr`` hides the ``Authorization`` header.
+    """
+
+    method: str
+    url: str
+    headers: tuple[tuple[str, str], ...] = attrs.field(repr=False)
+    body: bytes
+
+
+@attrs.frozen(kw_only=True)
+class HttpResponse:
+    """An HTTP response as received: status, headers (lower-case names), body."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+
+# Wire spelling of CreateClientSecretRequest, as @navai/voice-frontend sends it.
+WIRE_NAMES: Final = {
+    "model": "model",
+    "voice": "voice",
+    "instructions": "instructions",
+    "language": "language",
+    "voice_accent": "voiceAccent",
+    "voice_tone": "voiceTone",
+    "api_key": "apiKey",
+}
+
+
+def _strict_str(value: object, _: object) -> str:
+    # cattrs would turn 5 into "5"; a wrong JSON type is the client's mistake.
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+converter: Final = cattrs.Converter()
+converter.register_structure_hook(str, _strict_str)
+converter.register_structure_hook(
+    CreateClientSecretRequest,
+    make_dict_structure_fn(
+        CreateClientSecretRequest,
+        converter,
+        _cattrs_forbid_extra_keys=False,
+        _cattrs_detailed_validation=True,
+        voice_accent=override(rename=WIRE_NAMES["voice_accent"]),
+        voice_tone=override(rename=WIRE_NAMES["voice_tone"]),
+        api_key=override(rename=WIRE_NAMES["api_key"]),
+    ),
+)
