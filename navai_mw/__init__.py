@@ -15,13 +15,17 @@ from ._models import (
     NavaiVoiceBackendOptions,
     OpenAIRealtimeClientSecretResponse,
 )
+from .asgi import NavaiASGIMiddleware
+from .wsgi import NavaiWSGIMiddleware
 
 __all__ = [
     "CreateClientSecretRequest",
     "HttpRequest",
     "HttpResponse",
+    "NavaiASGIMiddleware",
     "NavaiError",
     "NavaiVoiceBackendOptions",
+    "NavaiWSGIMiddleware",
     "OpenAIRealtimeClientSecretResponse",
     "OptionsError",
     "RequestError",

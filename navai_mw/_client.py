@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from typing import Any, TypeVar
 
 import anyio
@@ -44,28 +44,26 @@ def drive_sync(
     sleep: Callable[[float], None] = time.sleep,
     jitter: Callable[[], float] = random.random,
 ) -> T:
+    """Run ``steps`` to completion over a sync transport; return its result."""
     start = clock()
-    attempt = next(steps)
-    while True:
-        if attempt.delay:
-            sleep(attempt.delay)
-        response: HttpResponse | None = None
-        timed_out = False
-        try:
-            response = transport.send(attempt.request, timeout=attempt.timeout)
-        except TimeoutError:
-            timed_out = True
-        except OSError:
-            pass
-        try:
-            attempt = steps.send(
-                Outcome(
-                    response=response, timed_out=timed_out, elapsed=clock() - start, jitter=jitter()
-                )
-            )
-        except StopIteration as done:
-            result: T = done.value
-            return result
+    try:
+        attempt = next(steps)
+        while True:
+            if attempt.delay:
+                sleep(attempt.delay)
+            response: HttpResponse | None = None
+            timed_out = False
+            try:
+                response = transport.send(attempt.request, timeout=attempt.timeout)
+            except TimeoutError:
+                timed_out = True
+            except OSError:
+                pass  # no answer: the core decides whether to try again
+            elapsed = clock() - start
+            attempt = steps.send(Outcome(response, timed_out, elapsed, jitter()))
+    except StopIteration as done:
+        result: T = done.value
+        return result
 
 
 async def drive_async(
@@ -73,34 +71,32 @@ async def drive_async(
     transport: AsyncTransport,
     *,
     clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], Any] = anyio.sleep,
+    sleep: Callable[[float], Awaitable[Any]] = anyio.sleep,
     jitter: Callable[[], float] = random.random,
 ) -> T:
+    """Run ``steps`` to completion over an async transport; return its result."""
     start = clock()
-    attempt = next(steps)
-    while True:
-        if attempt.delay:
-            await sleep(attempt.delay)
-        response: HttpResponse | None = None
-        timed_out = False
-        try:
-            # The transport's own timeouts are per read; this bounds the whole
-            # attempt, so a trickling upstream cannot stretch the budget.
-            with anyio.fail_after(attempt.timeout):
-                response = await transport.send(attempt.request, timeout=attempt.timeout)
-        except TimeoutError:
-            timed_out = True
-        except OSError:
-            pass
-        try:
-            attempt = steps.send(
-                Outcome(
-                    response=response, timed_out=timed_out, elapsed=clock() - start, jitter=jitter()
-                )
-            )
-        except StopIteration as done:
-            result: T = done.value
-            return result
+    try:
+        attempt = next(steps)
+        while True:
+            if attempt.delay:
+                await sleep(attempt.delay)
+            response: HttpResponse | None = None
+            timed_out = False
+            try:
+                # The transport's own timeouts are per read; this bounds the
+                # whole attempt, so a trickling upstream cannot stretch it.
+                with anyio.fail_after(attempt.timeout):
+                    response = await transport.send(attempt.request, timeout=attempt.timeout)
+            except TimeoutError:
+                timed_out = True
+            except OSError:
+                pass  # no answer: the core decides whether to try again
+            elapsed = clock() - start
+            attempt = steps.send(Outcome(response, timed_out, elapsed, jitter()))
+    except StopIteration as done:
+        result: T = done.value
+        return result
 
 
 # The functions' shared default transports, made on first use: one pooled sync

@@ -20,6 +20,7 @@ Promises:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Generator, Mapping
 from typing import Any, Final
 
@@ -65,6 +66,7 @@ _RETRYABLE_STATUSES: Final = frozenset({408, 409})
 # An upstream error body is quoted to the client; a proxy's HTML page is not.
 MAX_QUOTED_UPSTREAM_CHARS: Final = 500
 _REDACTED: Final = "[redacted]"
+_SAFE_HEADER: Final = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,99}")
 
 
 def structure_request(
@@ -184,8 +186,9 @@ def parse_upstream_response(
             message = message[:MAX_QUOTED_UPSTREAM_CHARS] + "..."
         text = f"OpenAI client_secrets failed ({status}): {message}"
         if status == 429:
-            retry_after = response.header("retry-after")
-            headers = (("Retry-After", retry_after),) if retry_after else ()
+            retry_after = (response.header("retry-after") or "").strip()
+            # Passed on to the client verbatim, so only when it is a sane header.
+            headers = (("Retry-After", retry_after),) if _SAFE_HEADER.fullmatch(retry_after) else ()
             raise UpstreamError(text, status=429, headers=headers)
         raise UpstreamError(text)
     try:
@@ -230,7 +233,7 @@ class Attempt:
     timeout: float
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen
 class Outcome:
     """What an :class:`Attempt` gave.
 

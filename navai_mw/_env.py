@@ -14,7 +14,7 @@ from typing import Final
 from ._errors import OptionsError
 from ._models import DEFAULT_BASE_URL, NavaiVoiceBackendOptions
 
-__all__ = ["get_navai_voice_backend_options_from_env"]
+__all__ = ["get_cors_origins_from_env", "get_navai_voice_backend_options_from_env"]
 
 _INTEGER: Final = re.compile(r"[+-]?[0-9]+")
 
@@ -62,3 +62,14 @@ def get_navai_voice_backend_options_from_env(
         default_voice_accent=_read(env, "OPENAI_REALTIME_VOICE_ACCENT"),
         default_voice_tone=_read(env, "OPENAI_REALTIME_VOICE_TONE"),
     )
+
+
+def get_cors_origins_from_env(env: Mapping[str, str | None] | None = None) -> list[str] | None:
+    """Allowed CORS origins from ``NAVAI_CORS_ORIGIN`` (comma-separated,
+    ``*`` for any); None when unset, which turns CORS handling off."""
+    if env is None:
+        env = os.environ
+    raw = _read(env, "NAVAI_CORS_ORIGIN")
+    if raw is None:
+        return None
+    return [origin.strip() for origin in raw.split(",") if origin.strip()]

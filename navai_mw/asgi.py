@@ -1,0 +1,125 @@
+"""ASGI middleware that serves the token endpoint and passes everything else on.
+
+Usage::
+
+    from navai_mw import NavaiASGIMiddleware
+
+    app = NavaiASGIMiddleware(app)  # options from the environment
+
+    # Starlette / FastAPI
+    app.add_middleware(NavaiASGIMiddleware, opts=opts, path="/api/realtime-token")
+
+Only ``http`` requests for the token path are answered here; every other
+request, and every ``websocket`` and ``lifespan`` scope, reaches the wrapped
+app untouched. The middleware owns one pooled upstream client, made when the
+middleware is built and closed when the server shuts the app down (after the
+wrapped app has finished its own shutdown).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from ._client import drive_async
+from ._endpoint import DEFAULT_MAX_BODY_SIZE, DEFAULT_PATH, Answer, Endpoint, route_path
+from ._env import get_cors_origins_from_env, get_navai_voice_backend_options_from_env
+from ._models import NavaiVoiceBackendOptions
+from .transports import AsyncTransport, HttpxAsyncTransport
+
+__all__ = ["NavaiASGIMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class NavaiASGIMiddleware:
+    """Serve ``POST {path}`` with a fresh client secret; pass the rest to ``app``.
+
+    ``opts=None`` reads the options (and ``NAVAI_CORS_ORIGIN``) from the
+    environment. ``cors_origins`` lists the browser origins allowed to call
+    the endpoint from another origin (``"*"`` for any). Pass ``transport``
+    to choose how OpenAI is reached; the middleware closes only the
+    transport it made itself.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        opts: NavaiVoiceBackendOptions | None = None,
+        *,
+        path: str = DEFAULT_PATH,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        cors_origins: Iterable[str] | None = None,
+        transport: AsyncTransport | None = None,
+    ) -> None:
+        if opts is None:
+            opts = get_navai_voice_backend_options_from_env()
+            if cors_origins is None:
+                cors_origins = get_cors_origins_from_env()
+        self.app = app
+        self.endpoint = Endpoint(
+            opts, path=path, max_body_size=max_body_size, cors_origins=cors_origins
+        )
+        self._owns_transport = transport is None
+        self.transport: AsyncTransport = transport or HttpxAsyncTransport()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http" and self.endpoint.owns(
+            route_path(scope["path"], scope.get("root_path", ""))
+        ):
+            await self._serve(scope, receive, send)
+        elif kind == "lifespan" and self._owns_transport:
+            await self.app(scope, receive, self._closing_on_shutdown(send))
+        else:
+            await self.app(scope, receive, send)
+
+    def _closing_on_shutdown(self, send: Send) -> Send:
+        async def send_then_close(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await self.aclose()
+            await send(message)
+
+        return send_then_close
+
+    async def aclose(self) -> None:
+        """Close the upstream client, when the middleware made it."""
+        if self._owns_transport and isinstance(self.transport, HttpxAsyncTransport):
+            await self.transport.aclose()
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1")
+            for name, value in scope["headers"]
+        }
+        wanted = self.endpoint.begin(scope["method"], headers)
+        if isinstance(wanted, Answer):
+            await _send(send, wanted)
+            return
+        body = bytearray()
+        while len(body) <= wanted.limit:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client left: nobody to mint a secret for
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        answer = await drive_async(self.endpoint.finish(wanted, bytes(body)), self.transport)
+        await _send(send, answer)
+
+
+async def _send(send: Send, answer: Answer) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": answer.status,
+            "headers": [
+                (name.encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": answer.body})

@@ -1,0 +1,106 @@
+"""WSGI middleware that serves the token endpoint and passes everything else on.
+
+Usage::
+
+    from navai_mw import NavaiWSGIMiddleware
+
+    app.wsgi_app = NavaiWSGIMiddleware(app.wsgi_app)  # Flask; options from env
+
+Only requests for the token path (below ``SCRIPT_NAME``) are answered here;
+everything else reaches the wrapped app untouched. One pooled, thread-safe
+upstream client serves every thread of the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from ._client import drive_sync
+from ._endpoint import DEFAULT_MAX_BODY_SIZE, DEFAULT_PATH, Answer, Endpoint
+from ._env import get_cors_origins_from_env, get_navai_voice_backend_options_from_env
+from ._models import NavaiVoiceBackendOptions
+from .transports import HttpxSyncTransport, SyncTransport
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["NavaiWSGIMiddleware"]
+
+# CGI spells these two without the HTTP_ prefix.
+_UNPREFIXED = {"CONTENT_TYPE": "content-type", "CONTENT_LENGTH": "content-length"}
+# Read the body in pieces of this size, so that a huge declared length never
+# becomes a huge allocation.
+_CHUNK = 16 * 1024
+
+
+class NavaiWSGIMiddleware:
+    """Serve ``POST {path}`` with a fresh client secret; pass the rest to ``app``.
+
+    Arguments as for :class:`~navai_mw.NavaiASGIMiddleware`, with a
+    :class:`~navai_mw.transports.SyncTransport`.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        opts: NavaiVoiceBackendOptions | None = None,
+        *,
+        path: str = DEFAULT_PATH,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        cors_origins: Iterable[str] | None = None,
+        transport: SyncTransport | None = None,
+    ) -> None:
+        if opts is None:
+            opts = get_navai_voice_backend_options_from_env()
+            if cors_origins is None:
+                cors_origins = get_cors_origins_from_env()
+        self.app = app
+        self.endpoint = Endpoint(
+            opts, path=path, max_body_size=max_body_size, cors_origins=cors_origins
+        )
+        self._owns_transport = transport is None
+        self.transport: SyncTransport = transport or HttpxSyncTransport()
+
+    def close(self) -> None:
+        """Close the upstream client, when the middleware made it."""
+        if self._owns_transport and isinstance(self.transport, HttpxSyncTransport):
+            self.transport.close()
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if not self.endpoint.owns(environ.get("PATH_INFO") or "/"):
+            return self.app(environ, start_response)
+        headers = {
+            _UNPREFIXED.get(key) or key[5:].replace("_", "-").lower(): value
+            for key, value in environ.items()
+            if key in _UNPREFIXED or key.startswith("HTTP_")
+        }
+        wanted = self.endpoint.begin(environ["REQUEST_METHOD"], headers)
+        if isinstance(wanted, Answer):
+            return _respond(start_response, wanted)
+        answer = drive_sync(
+            self.endpoint.finish(wanted, _read_body(environ, wanted.limit, wanted.declared)),
+            self.transport,
+        )
+        return _respond(start_response, answer)
+
+
+def _read_body(environ: WSGIEnvironment, limit: int, declared: int | None) -> bytes:
+    # Without Content-Length, PEP 3333 allows reading only where the server
+    # says the stream ends by itself (chunked bodies, wsgi.input_terminated).
+    if declared is None and not environ.get("wsgi.input_terminated"):
+        return b""
+    stream: Any = environ["wsgi.input"]
+    wanted = limit + 1 if declared is None else min(declared, limit + 1)
+    body = bytearray()
+    while len(body) < wanted:
+        chunk = stream.read(min(_CHUNK, wanted - len(body)))
+        if not chunk:
+            break  # the client is gone, or the body ended early
+        body += chunk
+    return bytes(body)
+
+
+def _respond(start_response: StartResponse, answer: Answer) -> list[bytes]:
+    start_response(answer.status_line, answer.headers)
+    return [answer.body]
