@@ -284,7 +284,4 @@ def exchange(request: HttpRequest, *, budget: float) -> Exchange:
 
 def secret_of(request: HttpRequest) -> str | None:
     """The bearer token of a request built here, for redaction."""
-    for name, value in request.headers:
-        if name == "Authorization":
-            return value.removeprefix("Bearer ")
-    return None
+    return dict(request.headers).get("Authorization", "").removeprefix("Bearer ") or None
