@@ -218,10 +218,7 @@ class Endpoint:
         origins = None if cors_origins is None else {_normalize_origin(o) for o in cors_origins}
         self._any_origin = origins is not None and "*" in origins
         self._origins: frozenset[str] | None = None if origins is None else frozenset(origins)
-        methods = "POST" if origins is None else "POST, OPTIONS"
-        self._not_allowed = _error(
-            RequestError("Method not allowed. Use POST.", status=405), [("Allow", methods)]
-        )
+        self._allow = ("Allow", "POST" if origins is None else "POST, OPTIONS")
 
     def owns(self, path: str) -> bool:
         """Whether a request for ``path`` (below the mount point) is ours."""
@@ -271,7 +268,9 @@ class Endpoint:
         if method == "OPTIONS" and self._origins is not None:
             return self._preflight(headers, cors)
         if method != "POST":
-            return self._not_allowed
+            return _error(
+                RequestError("Method not allowed. Use POST.", status=405), [self._allow, *cors]
+            )
         raw_length = headers.get("content-length", "").strip()
         declared = None
         if raw_length:
@@ -295,9 +294,15 @@ class Endpoint:
         message = "Content-Type must be application/json (UTF-8)."
         return _error(RequestError(message, status=415), cors)
 
-    def finish(self, wanted: BodyWanted, body: bytes) -> Generator[Attempt, Outcome, Answer]:
-        """Given the body read, mint a secret: a generator for the shell's driver."""
+    def finish(self, wanted: BodyWanted, body: bytes | None) -> Generator[Attempt, Outcome, Answer]:
+        """Given the body read, mint a secret: a generator for the shell's driver.
+
+        ``body`` is None when the client sent one the server cannot frame
+        (chunked, on a WSGI server that does not end the stream itself).
+        """
         cors = wanted.cors
+        if body is None:
+            return _error(RequestError("Send the request body with a Content-Length."), cors)
         if len(body) > wanted.limit:
             return self._too_large(cors)
         if wanted.declared is not None and len(body) != wanted.declared:

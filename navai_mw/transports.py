@@ -15,6 +15,7 @@ Each httpx transport holds one pooled client for its lifetime. Close it with
 
 from __future__ import annotations
 
+import time
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
@@ -71,8 +72,24 @@ class HttpxSyncTransport:
         self._client = client if client is not None else httpx.Client(limits=DEFAULT_LIMITS)
 
     def send(self, request: HttpRequest, *, timeout: float) -> HttpResponse:
+        # httpx's timeouts bound each read, not the whole answer; the deadline
+        # keeps an upstream that trickles bytes from stretching the attempt.
+        deadline = time.monotonic() + timeout
         try:
-            return _response(self._client.send(_build(self._client, request, timeout)))
+            response = self._client.send(_build(self._client, request, timeout), stream=True)
+            try:
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("OpenAI answered too slowly.")
+            finally:
+                response.close()
+            return HttpResponse(
+                status=response.status_code,
+                headers=tuple(response.headers.items()),
+                body=bytes(body),
+            )
         except httpx.TimeoutException as exc:
             raise TimeoutError(str(exc)) from None
         except httpx.HTTPError as exc:

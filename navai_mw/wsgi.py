@@ -85,11 +85,13 @@ class NavaiWSGIMiddleware:
         return _respond(start_response, answer)
 
 
-def _read_body(environ: WSGIEnvironment, limit: int, declared: int | None) -> bytes:
+def _read_body(environ: WSGIEnvironment, limit: int, declared: int | None) -> bytes | None:
     # Without Content-Length, PEP 3333 allows reading only where the server
     # says the stream ends by itself (chunked bodies, wsgi.input_terminated).
     if declared is None and not environ.get("wsgi.input_terminated"):
-        return b""
+        # No length and no end marker: an empty body, unless the client said
+        # it was sending one in chunks that this server cannot frame for us.
+        return None if environ.get("HTTP_TRANSFER_ENCODING") else b""
     stream: Any = environ["wsgi.input"]
     wanted = limit + 1 if declared is None else min(declared, limit + 1)
     body = bytearray()
