@@ -4,7 +4,7 @@ Options and a request go in, an :class:`HttpRequest` comes out; a status,
 headers and body go in, a secret or a :class:`NavaiError` comes out. The
 exchange itself, retries and time budget included, is a generator that
 yields :class:`Attempt` and is sent :class:`Outcome`; a ten-line driver
-(:mod:`navai_mw._drive`) runs it over a sync or an async transport, so the
+(:mod:`navai_mw._client`) runs it over a sync or an async transport, so the
 two never disagree.
 
 Promises:

@@ -18,6 +18,7 @@ wrapped app has finished its own shutdown).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
@@ -29,11 +30,15 @@ from .transports import AsyncTransport, HttpxAsyncTransport
 
 __all__ = ["NavaiASGIMiddleware"]
 
+logger = logging.getLogger("navai_mw")
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# Loose on purpose: frameworks type their scopes as TypedDicts, which a
+# MutableMapping parameter would refuse.
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 
 class NavaiASGIMiddleware:
@@ -74,17 +79,44 @@ class NavaiASGIMiddleware:
         ):
             await self._serve(scope, receive, send)
         elif kind == "lifespan" and self._owns_transport:
-            await self.app(scope, receive, self._closing_on_shutdown(send))
+            await self._lifespan(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
-    def _closing_on_shutdown(self, send: Send) -> Send:
-        async def send_then_close(message: Message) -> None:
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Forward lifespan to the app; close our client once it has shut down."""
+        received: list[str] = []
+        sent = False
+
+        async def tracking_receive() -> Message:
+            message = await receive()
+            received.append(message["type"])
+            return message
+
+        async def closing_send(message: Message) -> None:
+            nonlocal sent
+            sent = True
             if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 await self.aclose()
             await send(message)
 
-        return send_then_close
+        try:
+            await self.app(scope, tracking_receive, closing_send)
+        except Exception:
+            if sent:
+                raise
+            logger.debug("navai_mw: the wrapped app does not speak lifespan; answering it")
+        if sent:
+            return
+        # The app refused lifespan (Django, apps that serve only "http"). Speak
+        # it in the app's place, so the upstream client still closes cleanly.
+        if "lifespan.startup" not in received:
+            await receive()
+        await send({"type": "lifespan.startup.complete"})
+        while (await receive())["type"] != "lifespan.shutdown":
+            pass
+        await self.aclose()
+        await send({"type": "lifespan.shutdown.complete"})
 
     async def aclose(self) -> None:
         """Close the upstream client, when the middleware made it."""

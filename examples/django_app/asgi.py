@@ -1,0 +1,19 @@
+"""ASGI entry point: Django's application, wrapped by the middleware."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+from navai_mw import NavaiASGIMiddleware
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "django_app.settings")
+
+# The middleware answers POST /navai/realtime/client-secret before Django sees
+# the request (so Django's middleware, CSRF included, does not apply to it);
+# everything else goes to Django. Options come from the environment.
+application = NavaiASGIMiddleware(get_asgi_application())
+
+if __name__ == "__main__":
+    import uvicorn
+
+    uvicorn.run(application, host="127.0.0.1", port=int(os.environ.get("PORT", "8000")))

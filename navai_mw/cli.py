@@ -1,0 +1,368 @@
+"""The ``navai-mw`` command: a standalone token server, and an offline demo.
+
+::
+
+    navai-mw serve    # real client secrets; options from the environment
+    navai-mw demo     # the whole flow offline, against an embedded fake OpenAI
+
+Both run uvicorn (the ``server`` extra) with ``POST /navai/realtime/client-secret``
+(``--path``) and ``GET /health``, and print where they listen, the
+configuration in effect and a ``curl`` line that mints a token. Promises:
+
+* the API key is never printed, whatever the configuration;
+* a configuration mistake (environment or flags), a port already in use or a
+  missing uvicorn is one line on stderr and exit status 2, never a traceback;
+* Ctrl-C and SIGTERM shut the server down gracefully (the middleware closes
+  its upstream client) and exit with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shlex
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager, suppress
+from types import FrameType
+from typing import Final
+from urllib.parse import urlsplit
+
+import attrs
+
+from ._core import DEFAULT_INSTRUCTIONS, DEFAULT_MODEL, DEFAULT_VOICE
+from ._endpoint import DEFAULT_PATH
+from ._env import get_cors_origins_from_env, get_navai_voice_backend_options_from_env
+from ._errors import NavaiError
+from ._models import NavaiVoiceBackendOptions
+from .asgi import ASGIApp, Message, NavaiASGIMiddleware, Receive, Scope, Send
+from .testing import FakeOpenAIRealtime
+
+__all__ = ["main"]
+
+PROG: Final = "navai-mw"
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 3000
+HEALTH_PATH: Final = "/health"
+# The demo's fake upstream accepts this key and no other. It is not a secret
+# (it opens nothing), but it is still never printed, like any key.
+DEMO_API_KEY: Final = "sk-navai-demo-made-up-key"
+# Instructions can run to paragraphs; the banner shows their start.
+_SHOWN_CHARS: Final = 60
+_PORT: Final = re.compile(r"[0-9]{1,5}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse has reported
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # Ctrl-C before the server took over the signals
+        return 0
+
+
+# -- arguments ------------------------------------------------------------------
+
+
+def _port(text: str) -> int:
+    if _PORT.fullmatch(text.strip()) is None or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {text!r}")
+    return int(text)
+
+
+def _path(text: str) -> str:
+    if not text.startswith("/"):
+        raise argparse.ArgumentTypeError(f"must start with '/', got {text!r}")
+    return text
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Mint OpenAI Realtime client secrets for voice front ends."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, summary in (
+        ("serve", "serve the token endpoint, configured from the environment"),
+        ("demo", "the same, against an embedded fake OpenAI: offline, fake tokens"),
+    ):
+        command = commands.add_parser(name, help=summary, description=summary)
+        command.add_argument("--host", default=DEFAULT_HOST, help="default: %(default)s")
+        command.add_argument(
+            "--port", type=_port, help=f"0 picks a free port (default: $PORT, else {DEFAULT_PORT})"
+        )
+        command.add_argument(
+            "--path", type=_path, default=DEFAULT_PATH, help="token path (default: %(default)s)"
+        )
+        command.add_argument(
+            "--cors-origin",
+            action="append",
+            dest="cors_origins",
+            metavar="ORIGIN",
+            help="browser origin allowed to call from elsewhere ('*' for any); repeat it "
+            "or separate with commas (default: $NAVAI_CORS_ORIGIN, else CORS off)",
+        )
+    return parser
+
+
+# -- running ----------------------------------------------------------------------
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: error: {' '.join(message.splitlines())}", file=sys.stderr)
+    return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        return _fail("uvicorn is not installed; install it with: pip install 'navai-mw[server]'")
+    demo = args.command == "demo"
+    env = dict(os.environ)
+    if demo:
+        # The user's real key must not leave for the fake, nor be used at all.
+        env["OPENAI_API_KEY"] = DEMO_API_KEY
+        env.pop("OPENAI_BASE_URL", None)  # the fake's URL is known once it runs
+    try:
+        port = args.port if args.port is not None else _port_from_env(env)
+        opts = get_navai_voice_backend_options_from_env(env)
+        cors = (
+            _split_origins(args.cors_origins)
+            if args.cors_origins is not None
+            else get_cors_origins_from_env(env)
+        )
+    except (NavaiError, ValueError) as exc:
+        return _fail(str(exc))
+    # Bound here rather than by uvicorn, so that a busy port is a clear error
+    # before anything starts, and port 0 resolves before the banner is printed.
+    try:
+        listener = _listen(args.host, port)
+    except OSError as exc:
+        return _fail(f"cannot listen on {args.host}:{port}: {exc.strerror or exc}")
+
+    with ExitStack() as stack:
+        stack.callback(listener.close)
+        if demo:
+            fake = FakeOpenAIRealtime(api_key=DEMO_API_KEY)
+            opts = attrs.evolve(opts, openai_base_url=stack.enter_context(fake.serve()))
+            # Both uvicorns log through the same loggers: keep the fake's
+            # shutdown, which comes after the token server's, out of sight.
+            stack.callback(logging.getLogger("uvicorn.error").setLevel, logging.WARNING)
+        try:
+            app = NavaiASGIMiddleware(
+                _own_routes(args.path), opts, path=args.path, cors_origins=cors
+            )
+        except (NavaiError, ValueError) as exc:
+            return _fail(str(exc))
+        host, bound_port = listener.getsockname()[:2]
+        print(_banner(host, bound_port, args.path, opts, cors, demo=demo), flush=True)
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=bound_port, lifespan="on"))
+        # uvicorn shuts down gracefully on Ctrl-C or SIGTERM, then re-raises
+        # the signal: the KeyboardInterrupt that comes out is the end, not an error.
+        with _sigterm_interrupts(), suppress(KeyboardInterrupt):
+            server.run(sockets=[listener])
+    return 0 if server.started else 1
+
+
+def _port_from_env(env: Mapping[str, str]) -> int:
+    raw = env.get("PORT", "").strip()
+    if not raw:
+        return DEFAULT_PORT
+    try:
+        return _port(raw)
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(f"PORT: {exc}") from None
+
+
+def _split_origins(values: Sequence[str]) -> list[str]:
+    return [origin.strip() for value in values for origin in value.split(",") if origin.strip()]
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    # socket.create_server, but with errors that read well on one line.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        if os.name == "posix":  # elsewhere SO_REUSEADDR would share a busy port
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen()
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    # uvicorn catches SIGTERM, shuts down gracefully, then raises the signal
+    # again for whatever handler was there before. Make that handler a
+    # KeyboardInterrupt, which the caller ends quietly, so that `kill` and
+    # container stops exit with status 0 instead of death by signal.
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (main() run in a test thread)
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# -- the server's own routes ---------------------------------------------------------
+
+
+def _own_routes(token_path: str) -> ASGIApp:
+    """``GET /health`` and JSON errors for everything the middleware passes on."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1000})
+        elif scope["path"] != HEALTH_PATH:
+            await _json(send, 404, {"error": f"Not found. Mint tokens with POST {token_path}."})
+        elif scope["method"] != "GET":
+            await _json(send, 405, {"error": "Method not allowed. Use GET."}, allow="GET")
+        else:
+            await _json(send, 200, {"ok": True})
+
+    return app
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    # Nothing to set up; answering at all lets the middleware close its
+    # upstream client when the server shuts down.
+    while True:
+        message: Message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _json(send: Send, status: int, payload: object, **headers: str) -> None:
+    body = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"cache-control", b"no-store"),
+                *((name.encode(), value.encode()) for name, value in headers.items()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+# -- what is printed ------------------------------------------------------------------
+
+
+def _origin(host: str, port: int, *, local: bool) -> str:
+    # `local` gives an address a client on this machine can use, also when
+    # the server listens on every interface.
+    if local and host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif local and host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _without_credentials(url: str) -> str:
+    # A base URL may carry user:password@ or a query token; show neither.
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+def _key_policy(opts: NavaiVoiceBackendOptions, *, demo: bool) -> str:
+    if demo:
+        return "a made-up demo key, accepted only by the fake; keys from requests: ignored"
+    if opts.openai_api_key is not None:
+        return "server key set; keys from requests: ignored (the server key always wins)"
+    return "no server key; keys from requests: required (each request sends apiKey)"
+
+
+def _with_default(value: str | None, default: str) -> str:
+    return value if value is not None else f"{default} (built-in default)"
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
+
+
+def _cors_policy(origins: Sequence[str] | None) -> str:
+    if origins is None:
+        return "off (no CORS headers: same-origin pages and non-browser clients only)"
+    if "*" in origins:
+        return "any origin (*)"
+    return ", ".join(origins) if origins else "none (cross-origin requests refused)"
+
+
+def _curl_command(url: str, *, needs_api_key: bool) -> str:
+    """A shell line that mints a token at ``url``."""
+    body = '{"apiKey": "YOUR_OPENAI_API_KEY"}' if needs_api_key else "{}"
+    return shlex.join(
+        ["curl", "-sS", "-X", "POST", url, "-H", "Content-Type: application/json", "-d", body]
+    )
+
+
+def _banner(
+    host: str,
+    port: int,
+    token_path: str,
+    opts: NavaiVoiceBackendOptions,
+    cors: Sequence[str] | None,
+    *,
+    demo: bool,
+) -> str:
+    base = _origin(host, port, local=True)
+    settings = [
+        ("token endpoint", f"POST {base}{token_path}"),
+        ("health", f"GET {base}{HEALTH_PATH}"),
+        ("upstream", _without_credentials(opts.openai_base_url)),
+        ("API key", _key_policy(opts, demo=demo)),
+        ("model", _with_default(opts.default_model, DEFAULT_MODEL)),
+        ("voice", _with_default(opts.default_voice, DEFAULT_VOICE)),
+        ("instructions", _short(_with_default(opts.default_instructions, DEFAULT_INSTRUCTIONS))),
+        ("language", opts.default_language),
+        ("voice accent", opts.default_voice_accent),
+        ("voice tone", opts.default_voice_tone),
+        ("secret TTL", f"{opts.client_secret_ttl_seconds} s"),
+        ("CORS origins", _cors_policy(cors)),
+    ]
+    needs_api_key = opts.openai_api_key is None
+    lines = [
+        f"{PROG} {'demo' if demo else 'serve'}: listening on {_origin(host, port, local=False)}"
+    ]
+    if demo:
+        lines += [
+            "",
+            "DEMO MODE: the upstream is a fake OpenAI on loopback. Its tokens start with",
+            "ek_fake_ and work nowhere. For real ones: OPENAI_API_KEY=... navai-mw serve",
+        ]
+    lines += ["", *(f"  {name:<15} {value}" for name, value in settings if value is not None)]
+    lines += [
+        "",
+        "Mint a token:",
+        "  " + _curl_command(f"{base}{token_path}", needs_api_key=needs_api_key),
+    ]
+    if needs_api_key:
+        lines.append("  (put your OpenAI API key in place of YOUR_OPENAI_API_KEY)")
+    lines += ["", "Press Ctrl-C to stop."]
+    return "\n".join(lines)
