@@ -1,0 +1,135 @@
+"""The benchmark harness works: its pieces produce numbers and valid files.
+
+No timing is asserted here; the benchmarks themselves run with
+``python -m benchmarks`` and report, they never pass or fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import math
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # plain `pytest` does not put the repository root there
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import _report, bench_core  # noqa: E402
+from benchmarks._harness import QUICK, Context, Ratio, Section, Spread, Target, interleave  # noqa: E402
+from benchmarks._inproc import CannedTransport, mint_call  # noqa: E402
+from benchmarks._load import run_async, run_threads  # noqa: E402
+from benchmarks._svg import grouped_bars  # noqa: E402
+
+TINY = dataclasses.replace(QUICK, inproc_seconds=0.002)
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def test_interleave_reverses_every_other_round() -> None:
+    assert list(interleave(["a", "b", "c"], 2)) == [
+        (0, "a"),
+        (0, "b"),
+        (0, "c"),
+        (1, "c"),
+        (1, "b"),
+        (1, "a"),
+    ]
+
+
+def test_ratio_is_the_median_of_per_round_ratios() -> None:
+    ratio = Ratio.of([2.0, 9.0, 4.0], [1.0, 3.0, 1.0])
+    assert (ratio.median, ratio.low, ratio.high) == (3.0, 2.0, 4.0)
+    assert str(ratio) == "3x (2-4)"
+    assert str(Spread.of([500.0, 480.0, 1200.0], "ns")) == "500 ns (480 to 1,200)"
+
+
+def test_svg_chart_is_valid_xml_with_a_bar_per_measurement() -> None:
+    svg = grouped_bars(
+        title="req/s <&> connections",
+        y_label="requests / s",
+        groups=["5 connections", "50 connections"],
+        series=[("navai_mw", [(1000.0, 900.0, 1100.0), (1200.0, 1100.0, 1300.0)]),
+                ("peer & co", [(300.0, 250.0, 320.0), None])],
+    )  # fmt: skip
+    root = ET.fromstring(svg)
+    assert root.tag == f"{SVG}svg"
+    bars = [rect for rect in root.iter(f"{SVG}rect") if rect.find(f"{SVG}title") is not None]
+    assert len(bars) == 3
+    assert all(float(bar.get("height", "-1")) > 0 for bar in bars)
+    assert "peer &amp; co" in svg
+
+
+def test_core_benchmark_produces_numbers(tmp_path: Path) -> None:
+    section = bench_core.run(Context(TINY, tmp_path, log=lambda _: None))
+    for arm in bench_core.ARMS:
+        values = section.data[arm]
+        assert len(values) == TINY.rounds
+        assert all(v > 0 and math.isfinite(v) for v in values)
+    assert section.targets
+    assert section.targets[0].met is not None
+
+
+def test_passthrough_benchmark_produces_numbers(tmp_path: Path) -> None:
+    pytest.importorskip("starlette")
+    from benchmarks import bench_passthrough
+
+    section = bench_passthrough.run(Context(TINY, tmp_path, log=lambda _: None))
+    assert set(section.data) == set(bench_passthrough.ARMS)
+    assert all(v > 0 for values in section.data.values() for v in values)
+
+
+def test_in_process_minting_answers_200() -> None:
+    # The memory and connection benchmarks count only 200s as requests done.
+    from navai_mw import NavaiASGIMiddleware
+
+    from benchmarks._apps import not_found_asgi, options
+
+    app = NavaiASGIMiddleware(
+        not_found_asgi, opts=options("http://127.0.0.1:9/v1"), transport=CannedTransport()
+    )
+    load = asyncio.run(run_async(mint_call(app), concurrency=3, requests=20, seconds=10))
+    assert (load.count, load.errors) == (20, 0)
+    assert load.p50 > 0
+
+
+def test_thread_load_counts_answers_and_errors() -> None:
+    calls = iter(range(1000))
+
+    def call() -> None:
+        if next(calls) % 4 == 0:
+            raise RuntimeError("refused")
+
+    load = run_threads(call, threads=4, requests=40, seconds=10)
+    assert load.count + load.errors == 40
+    assert load.errors > 0
+
+
+def test_report_writes_page_and_charts(tmp_path: Path) -> None:
+    minting = Section(key="minting", title="Minting", intro="x", headers=["arm"], rows=[["a"]])
+    minting.data["chart"] = {
+        "labels": {"navai": "navai_mw", "peer": "peer"},
+        "series": {"navai": {5: [10.0, 9.0, 11.0], 50: [12.0, 11.0, 13.0]}, "peer": {5: [4.0, 3.0, 5.0]}},
+    }  # fmt: skip
+    minting.targets.append(Target("req/s at 50 >= 3x the peer", "3x (2-4)", True))
+    transports = Section(key="transports", title="Transports", intro="y")
+    transports.data["aiohttp@5"] = {"rate": [3.0, 1.0, 2.0]}
+    page = _report.write(
+        [minting, transports],
+        profile=QUICK,
+        out_dir=tmp_path,
+        markdown_name="benchmarks.md",
+        machine_before=_report.machine(),
+        started=datetime.datetime.now(datetime.timezone.utc),
+        seconds=1.0,
+        default_transport="test",
+    )
+    text = page.read_text()
+    assert "| met | req/s at 50 >= 3x the peer |" in text
+    assert f"]({_report.MINTING_SVG})" in text
+    for name in (_report.MINTING_SVG, _report.TRANSPORTS_SVG):
+        ET.fromstring((tmp_path / name).read_text())
