@@ -113,8 +113,7 @@ class NavaiASGIMiddleware:
         if "lifespan.startup" not in received:
             await receive()
         await send({"type": "lifespan.startup.complete"})
-        while (await receive())["type"] != "lifespan.shutdown":
-            pass
+        await receive()  # lifespan.shutdown: the only message left in the protocol
         await self.aclose()
         await send({"type": "lifespan.shutdown.complete"})
 

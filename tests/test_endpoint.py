@@ -1,0 +1,164 @@
+"""The sans-IO endpoint on its own: decisions in, answers out, no I/O at all.
+
+The shared HTTP table (test_http.py) proves the shells agree; this file pins
+the endpoint's own edges that are awkward to reach through a server.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from navai_mw import NavaiVoiceBackendOptions
+from navai_mw._endpoint import Answer, BodyWanted, Endpoint, parse_body, route_path
+from navai_mw._errors import RequestError
+
+OPTS = NavaiVoiceBackendOptions(openai_api_key="sk-endpoint")
+JSON = {"content-type": "application/json"}
+
+
+def finish_now(endpoint: Endpoint, wanted: BodyWanted, body: bytes | None) -> Answer:
+    """Run ``finish`` for answers that need no upstream call."""
+    steps = endpoint.finish(wanted, body)
+    with pytest.raises(StopIteration) as done:
+        next(steps)
+    answer: Answer = done.value.value
+    return answer
+
+
+def error_of(answer: Answer) -> str:
+    message: str = json.loads(answer.body)["error"]
+    return message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        pytest.param({"path": "navai"}, "path must start with '/'", id="relative-path"),
+        pytest.param({"max_body_size": -1}, "max_body_size", id="negative-limit"),
+        pytest.param({"max_body_size": 1.5}, "max_body_size", id="float-limit"),
+        pytest.param({"max_body_size": True}, "max_body_size", id="bool-limit"),
+    ],
+)
+def test_bad_configuration_fails_when_built(kwargs: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        Endpoint(OPTS, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path", "route"),
+    [
+        pytest.param("/api/x", "/api", "/x", id="below-mount"),
+        pytest.param("/api", "/api", "/", id="the-mount-itself"),
+        pytest.param("/other/x", "/api", "/other/x", id="outside-mount"),
+        pytest.param("/x", "", "/x", id="no-mount"),
+    ],
+)
+def test_route_path(path: str, root_path: str, route: str) -> None:
+    assert route_path(path, root_path) == route
+
+
+def test_owns_tolerates_one_trailing_slash() -> None:
+    endpoint = Endpoint(OPTS, path="/token/")
+    assert endpoint.owns("/token")
+    assert endpoint.owns("/token/")
+    assert not endpoint.owns("/token//")
+    assert not endpoint.owns("/token/x")
+
+
+def test_incomplete_body_is_400_without_upstream_call() -> None:
+    endpoint = Endpoint(OPTS)
+    wanted = endpoint.begin("POST", {**JSON, "content-length": "10"})
+    assert isinstance(wanted, BodyWanted)
+    answer = finish_now(endpoint, wanted, b"{}")
+    assert (answer.status, error_of(answer)) == (400, "Request body is incomplete.")
+
+
+def test_unframed_body_is_400() -> None:
+    endpoint = Endpoint(OPTS)
+    wanted = endpoint.begin("POST", JSON)
+    assert isinstance(wanted, BodyWanted)
+    answer = finish_now(endpoint, wanted, None)
+    assert answer.status == 400
+    assert "Content-Length" in error_of(answer)
+
+
+def test_chunked_body_with_wrong_type_is_415_after_reading() -> None:
+    endpoint = Endpoint(OPTS)
+    wanted = endpoint.begin("POST", {"content-type": "text/plain"})
+    assert isinstance(wanted, BodyWanted)  # no length: the type matters only if a body comes
+    assert finish_now(endpoint, wanted, b"hello").status == 415
+
+
+def test_cors_same_origin_post_is_allowed_without_cors_headers() -> None:
+    endpoint = Endpoint(OPTS, cors_origins=["http://front.test"])
+    wanted = endpoint.begin(
+        "POST", {**JSON, "origin": "http://api.test:3000", "host": "api.test:3000"}
+    )
+    assert isinstance(wanted, BodyWanted)
+    assert wanted.cors == (("Vary", "Origin"),)
+
+
+def test_cors_other_origin_is_refused_before_reading() -> None:
+    endpoint = Endpoint(OPTS, cors_origins=["http://front.test/"])
+    refused = endpoint.begin("POST", {**JSON, "origin": "http://evil.test", "host": "api.test"})
+    assert isinstance(refused, Answer)
+    assert refused.status == 403
+    assert not any(name.startswith("Access-Control") for name, _ in refused.headers)
+    allowed = endpoint.begin("POST", {**JSON, "origin": "HTTP://FRONT.TEST"})
+    assert isinstance(allowed, BodyWanted)
+    assert ("Access-Control-Allow-Origin", "HTTP://FRONT.TEST") in allowed.cors
+
+
+def test_405_from_an_allowed_origin_carries_cors_headers() -> None:
+    endpoint = Endpoint(OPTS, cors_origins=["http://front.test"])
+    answer = endpoint.begin("GET", {"origin": "http://front.test"})
+    assert isinstance(answer, Answer)
+    assert answer.status == 405
+    assert ("Allow", "POST, OPTIONS") in answer.headers
+    assert ("Access-Control-Allow-Origin", "http://front.test") in answer.headers
+    assert answer.status_line == "405 Method Not Allowed"
+
+
+def test_preflight_echoes_requested_headers() -> None:
+    endpoint = Endpoint(OPTS, cors_origins=["*"])
+    answer = endpoint.begin(
+        "OPTIONS",
+        {
+            "origin": "http://any.test",
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "content-type, x-trace",
+        },
+    )
+    assert isinstance(answer, Answer)
+    assert answer.status == 204
+    assert answer.body == b""
+    assert dict(answer.headers) == {
+        "Access-Control-Allow-Origin": "*",
+        "Vary": "Origin",
+        "Access-Control-Allow-Methods": "POST",
+        "Access-Control-Max-Age": "600",
+        "Access-Control-Allow-Headers": "content-type, x-trace",
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        pytest.param(b'{"a": {"b": 1, "b": 2}}', "duplicate key: 'b'", id="nested-duplicate"),
+        pytest.param(b"[" * 33 + b"]" * 33, "deeper than 32", id="33-levels"),
+        pytest.param(b'{"a": "' + b"[" * 40 + b'"}', None, id="brackets-inside-strings-are-text"),
+        pytest.param(b'{"a": "\\"' + b"[" * 40 + b'" }', None, id="escaped-quote-then-brackets"),
+        pytest.param(b"[" * 32 + b"]" * 32, "must be a JSON object", id="32-levels-allowed"),
+        pytest.param(b'{"n": -Infinity}', "-Infinity is not allowed", id="minus-infinity"),
+        pytest.param('{"a": "\ufeff"}'.encode(), None, id="bom-inside-a-string-is-text"),
+    ],
+)
+def test_parse_body_edges(body: bytes, fragment: str | None) -> None:
+    if fragment is None:
+        assert isinstance(parse_body(body), dict)
+    else:
+        with pytest.raises(RequestError, match=fragment):
+            parse_body(body)
