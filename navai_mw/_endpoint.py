@@ -30,6 +30,7 @@ from typing import Any, Final
 import attrs
 
 from ._core import Attempt, Outcome, build_upstream_request, exchange
+from ._env import get_cors_origins_from_env, get_navai_voice_backend_options_from_env
 from ._errors import NavaiError, RequestError
 from ._models import NavaiVoiceBackendOptions
 
@@ -219,6 +220,23 @@ class Endpoint:
         self._any_origin = origins is not None and "*" in origins
         self._origins: frozenset[str] | None = None if origins is None else frozenset(origins)
         self._allow = ("Allow", "POST" if origins is None else "POST, OPTIONS")
+
+    @classmethod
+    def configured(
+        cls,
+        opts: NavaiVoiceBackendOptions | None,
+        *,
+        path: str,
+        max_body_size: int,
+        cors_origins: Iterable[str] | None,
+    ) -> Endpoint:
+        """The middlewares' way in: ``opts=None`` reads the environment, CORS
+        origins (``NAVAI_CORS_ORIGIN``) included unless given."""
+        if opts is None:
+            opts = get_navai_voice_backend_options_from_env()
+            if cors_origins is None:
+                cors_origins = get_cors_origins_from_env()
+        return cls(opts, path=path, max_body_size=max_body_size, cors_origins=cors_origins)
 
     def owns(self, path: str) -> bool:
         """Whether a request for ``path`` (below the mount point) is ours."""

@@ -24,7 +24,6 @@ from typing import Any
 
 from ._client import drive_async
 from ._endpoint import DEFAULT_MAX_BODY_SIZE, DEFAULT_PATH, Answer, Endpoint, route_path
-from ._env import get_cors_origins_from_env, get_navai_voice_backend_options_from_env
 from ._models import NavaiVoiceBackendOptions
 from .transports import AsyncTransport, HttpxAsyncTransport
 
@@ -61,12 +60,8 @@ class NavaiASGIMiddleware:
         cors_origins: Iterable[str] | None = None,
         transport: AsyncTransport | None = None,
     ) -> None:
-        if opts is None:
-            opts = get_navai_voice_backend_options_from_env()
-            if cors_origins is None:
-                cors_origins = get_cors_origins_from_env()
         self.app = app
-        self.endpoint = Endpoint(
+        self.endpoint = Endpoint.configured(
             opts, path=path, max_body_size=max_body_size, cors_origins=cors_origins
         )
         self._owns_transport = transport is None

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from ._client import drive_sync
 from ._endpoint import DEFAULT_MAX_BODY_SIZE, DEFAULT_PATH, Answer, Endpoint
-from ._env import get_cors_origins_from_env, get_navai_voice_backend_options_from_env
 from ._models import NavaiVoiceBackendOptions
 from .transports import HttpxSyncTransport, SyncTransport
 
@@ -51,12 +50,8 @@ class NavaiWSGIMiddleware:
         cors_origins: Iterable[str] | None = None,
         transport: SyncTransport | None = None,
     ) -> None:
-        if opts is None:
-            opts = get_navai_voice_backend_options_from_env()
-            if cors_origins is None:
-                cors_origins = get_cors_origins_from_env()
         self.app = app
-        self.endpoint = Endpoint(
+        self.endpoint = Endpoint.configured(
             opts, path=path, max_body_size=max_body_size, cors_origins=cors_origins
         )
         self._owns_transport = transport is None

@@ -162,3 +162,21 @@ def test_parse_body_edges(body: bytes, fragment: str | None) -> None:
     else:
         with pytest.raises(RequestError, match=fragment):
             parse_body(body)
+
+
+def test_no_options_means_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    monkeypatch.setenv("OPENAI_REALTIME_VOICE", "cedar")
+    monkeypatch.setenv("NAVAI_CORS_ORIGIN", "http://front.test")
+    kwargs: dict[str, Any] = {"path": "/t", "max_body_size": 10}
+    from_env = Endpoint.configured(None, cors_origins=None, **kwargs)
+    assert from_env.opts.default_voice == "cedar"
+    assert isinstance(from_env.begin("POST", {"origin": "http://front.test"}), BodyWanted)
+    assert isinstance(from_env.begin("POST", {"origin": "http://other.test"}), Answer)
+    # Options given in code: the environment is not consulted, CORS included.
+    in_code = Endpoint.configured(OPTS, cors_origins=None, **kwargs)
+    assert in_code.opts is OPTS
+    assert isinstance(in_code.begin("POST", {"origin": "http://other.test"}), BodyWanted)
+    # CORS given in code wins over the environment.
+    explicit = Endpoint.configured(None, cors_origins=["http://other.test"], **kwargs)
+    assert isinstance(explicit.begin("POST", {"origin": "http://front.test"}), Answer)
