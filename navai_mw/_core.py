@@ -25,7 +25,6 @@ from collections.abc import Generator, Mapping
 from typing import Any, Final
 
 import attrs
-import cattrs
 
 from ._errors import RequestError, UpstreamError
 from ._models import (
@@ -66,6 +65,8 @@ _RETRYABLE_STATUSES: Final = frozenset({408, 409})
 # An upstream error body is quoted to the client; a proxy's HTML page is not.
 MAX_QUOTED_UPSTREAM_CHARS: Final = 500
 _REDACTED: Final = "[redacted]"
+# Compact JSON; ASCII escapes keep lone surrogates from a client encodable.
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"))
 _SAFE_HEADER: Final = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,99}")
 
 
@@ -82,15 +83,12 @@ def structure_request(
         return data
     try:
         return converter.structure(data, CreateClientSecretRequest)
-    except cattrs.ClassValidationError as exc:
-        fields = sorted(
-            {
-                WIRE_NAMES[note.name]
-                for error in exc.exceptions
-                for note in getattr(error, "__notes__", ())
-                if isinstance(note, cattrs.AttributeValidationNote)
-            }
-        )
+    except TypeError:
+        fields = [
+            wire
+            for wire in WIRE_NAMES.values()
+            if data.get(wire) is not None and not isinstance(data[wire], str)
+        ]
         raise RequestError(
             f"Invalid request field {', '.join(fields)}: expected a string."
         ) from None
@@ -151,8 +149,7 @@ def build_upstream_request(
             ("Authorization", f"Bearer {api_key}"),
             ("Content-Type", "application/json"),
         ),
-        # ASCII escapes keep lone surrogates from a client encodable.
-        body=json.dumps(body, separators=(",", ":")).encode("ascii"),
+        body=_ENCODER.encode(body).encode("ascii"),
     )
 
 

@@ -47,7 +47,7 @@ def is_header_safe(value: str) -> bool:
 
 
 def _absent_if_blank(value: str | None) -> str | None:
-    if value is None or not value.strip():
+    if not value or value.isspace():
         return None
     return value
 
@@ -230,7 +230,9 @@ converter.register_structure_hook(
         CreateClientSecretRequest,
         converter,
         _cattrs_forbid_extra_keys=False,
-        _cattrs_detailed_validation=True,
+        # Plain errors are several times faster to structure with; the field
+        # names for the 400 are worked out only when structuring fails.
+        _cattrs_detailed_validation=False,
         voice_accent=override(rename=WIRE_NAMES["voice_accent"]),
         voice_tone=override(rename=WIRE_NAMES["voice_tone"]),
         api_key=override(rename=WIRE_NAMES["api_key"]),
