@@ -84,11 +84,11 @@ def structure_request(
     try:
         return converter.structure(data, CreateClientSecretRequest)
     except TypeError:
-        fields = [
+        fields = sorted(
             wire
             for wire in WIRE_NAMES.values()
             if data.get(wire) is not None and not isinstance(data[wire], str)
-        ]
+        )
         raise RequestError(
             f"Invalid request field {', '.join(fields)}: expected a string."
         ) from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -59,10 +60,17 @@ def test_sync_function_with_default_transport() -> None:
     check_upstream_call(route.calls.last.request)
 
 
+@pytest.fixture
+def router() -> Iterator[respx.MockRouter]:
+    # Mocked at the httpx client, whatever pool is underneath (the async
+    # default runs over aiohttp, below httpcore's reach).
+    with respx.mock(using="httpx") as router:
+        yield router
+
+
 @pytest.mark.anyio
-@respx.mock
-async def test_async_function_with_default_transport() -> None:
-    route = respx.post(URL).respond(200, json=SECRET)
+async def test_async_function_with_default_transport(router: respx.MockRouter) -> None:
+    route = router.post(URL).respond(200, json=SECRET)
     secret = await create_realtime_client_secret(OPTS, REQUEST)
     assert secret.value == "ek_respx"
     check_upstream_call(route.calls.last.request)
@@ -78,9 +86,8 @@ def test_sync_upstream_401_with_openai_error_body() -> None:
 
 
 @pytest.mark.anyio
-@respx.mock
-async def test_async_upstream_401_with_text_body() -> None:
-    respx.post(URL).respond(401, text="Invalid API key")
+async def test_async_upstream_401_with_text_body(router: respx.MockRouter) -> None:
+    router.post(URL).respond(401, text="Invalid API key")
     with pytest.raises(UpstreamError, match=r"failed \(401\): Invalid API key$"):
         await create_realtime_client_secret(OPTS)
 
@@ -99,9 +106,8 @@ def test_connection_error_is_retried_then_502() -> None:
 
 
 @pytest.mark.anyio
-@respx.mock
-async def test_async_timeout_is_504() -> None:
-    respx.post(URL).mock(side_effect=httpx.ReadTimeout("slow"))
+async def test_async_timeout_is_504(router: respx.MockRouter) -> None:
+    router.post(URL).mock(side_effect=httpx.ReadTimeout("slow"))
     async with HttpxAsyncTransport() as transport:
         with pytest.raises(UpstreamError) as caught:
             await create_realtime_client_secret(OPTS, transport=transport)

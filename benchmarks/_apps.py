@@ -1,0 +1,158 @@
+"""The applications and upstream clients that the benchmarks put under load.
+
+Factories only; nothing is built at import time, and the peer (FastAPI and
+the openai SDK) lives in :mod:`benchmarks._peer` so that the in-process
+benchmarks never import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, MutableMapping
+from typing import Any
+
+import httpx
+
+from navai_mw import NavaiASGIMiddleware, NavaiVoiceBackendOptions, NavaiWSGIMiddleware
+from navai_mw.testing import FakeOpenAIRealtime
+from navai_mw.transports import HttpxAsyncTransport, HttpxSyncTransport
+
+from ._harness import BENCH_KEY
+from ._native import AiohttpNativeTransport
+
+# The async transports compared by the suite, by arm name.
+ASYNC_TRANSPORTS = ("httpcore", "aiohttp", "httpx2", "aiohttp-native")
+ASYNC_TRANSPORT_LABELS = {
+    "httpcore": "httpx.AsyncClient (httpcore)",
+    "aiohttp": "httpx.AsyncClient + httpx_aiohttp.AiohttpTransport",
+    "httpx2": "httpx2.AsyncClient (the fork the openai SDK uses)",
+    "aiohttp-native": "aiohttp.ClientSession, no httpx (reference)",
+}
+
+
+def options(upstream: str) -> NavaiVoiceBackendOptions:
+    return NavaiVoiceBackendOptions(openai_api_key=BENCH_KEY, openai_base_url=upstream)
+
+
+def async_transport(kind: str) -> HttpxAsyncTransport | AiohttpNativeTransport:
+    """One of the arms, each through navai_mw's async transport protocol.
+
+    ``httpcore`` is what ``HttpxAsyncTransport()`` makes today; ``aiohttp`` is
+    the same class over httpx_aiohttp. Two reference arms: ``httpx2`` fits
+    HttpxAsyncTransport by duck typing, but its exceptions are not httpx's, so
+    it is no drop-in default; ``aiohttp-native`` skips httpx altogether.
+    """
+    if kind == "httpcore":
+        return HttpxAsyncTransport(httpx.AsyncClient())
+    if kind == "aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        return HttpxAsyncTransport(httpx.AsyncClient(transport=AiohttpTransport()))
+    if kind == "httpx2":
+        import httpx2
+
+        client: Any = httpx2.AsyncClient()
+        return HttpxAsyncTransport(client)
+    if kind == "aiohttp-native":
+        return AiohttpNativeTransport()
+    raise ValueError(f"unknown transport {kind!r}")
+
+
+def sync_transport(keepalive: int | None = None) -> HttpxSyncTransport:
+    """``httpx.Client()`` as navai_mw makes it, or keeping up to ``keepalive``
+    idle connections instead of httpx's default 20."""
+    if keepalive is None:
+        return HttpxSyncTransport(httpx.Client())
+    limits = httpx.Limits(max_connections=max(100, keepalive), max_keepalive_connections=keepalive)
+    return HttpxSyncTransport(httpx.Client(limits=limits))
+
+
+# -- the apps navai_mw wraps: they only answer "not found" ------------------------
+
+
+async def not_found_asgi(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "http":
+        return
+    await send(
+        {"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"9")]}
+    )
+    await send({"type": "http.response.body", "body": b"not found"})
+
+
+def not_found_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    start_response("404 Not Found", [("Content-Length", "9")])
+    return [b"not found"]
+
+
+def navai_asgi(upstream: str, transport: str | None) -> NavaiASGIMiddleware:
+    """navai_mw's middleware over a 404 app; ``transport=None`` is its default."""
+    chosen = None if transport is None else async_transport(transport)
+    return NavaiASGIMiddleware(not_found_asgi, opts=options(upstream), transport=chosen)
+
+
+def navai_wsgi(upstream: str, keepalive: int | None = None) -> NavaiWSGIMiddleware:
+    """navai_mw's WSGI middleware over a 404 app, with its default transport,
+    or with an ``httpx.Client`` that keeps up to ``keepalive`` idle connections."""
+    transport = None
+    if keepalive is not None:
+        limits = httpx.Limits(
+            max_connections=max(100, keepalive), max_keepalive_connections=keepalive
+        )
+        transport = HttpxSyncTransport(httpx.Client(limits=limits))
+    return NavaiWSGIMiddleware(not_found_wsgi, opts=options(upstream), transport=transport)
+
+
+# -- the fake upstream, with counters ------------------------------------------------
+
+STATS_PATH = "/_bench/stats"
+# The fake records every request; the suite sends hundreds of thousands.
+_MAX_RECORDED = 1000
+
+
+class CountedUpstream:
+    """FakeOpenAIRealtime, plus ``GET /_bench/stats``: connections accepted
+    (``count_connection`` is called by the server's protocol) and requests."""
+
+    def __init__(self) -> None:
+        self.fake = FakeOpenAIRealtime(api_key=BENCH_KEY)
+        self.connections = 0
+        self.requests = 0
+
+    def count_connection(self) -> None:
+        self.connections += 1
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == STATS_PATH:
+            body = f'{{"connections":{self.connections},"requests":{self.requests}}}'.encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        if scope["type"] == "http":
+            self.requests += 1
+            if len(self.fake.requests) > _MAX_RECORDED:
+                self.fake.requests.clear()
+        await self.fake(scope, receive, send)
+
+
+def describe_default_transport() -> str:
+    """What navai_mw's middleware uses when given no transport, as text."""
+    made = NavaiASGIMiddleware(not_found_asgi, opts=options("http://127.0.0.1:9/v1")).transport
+    inner = getattr(getattr(made, "_client", None), "_transport", None)
+    pool = getattr(inner, "_pool", None)
+    parts = [type(made).__name__, type(inner).__name__ if inner is not None else ""]
+    if pool is not None:
+        parts.append(type(pool).__module__.split(".")[0])
+    return " / ".join(p for p in parts if p)
