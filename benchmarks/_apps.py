@@ -7,6 +7,7 @@ benchmarks never import it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
@@ -36,9 +37,10 @@ def options(upstream: str) -> NavaiVoiceBackendOptions:
 def async_transport(kind: str) -> HttpxAsyncTransport | AiohttpNativeTransport:
     """One of the arms, each through navai_mw's async transport protocol.
 
-    ``httpcore`` is what ``HttpxAsyncTransport()`` makes today; ``aiohttp`` is
-    the same class over httpx_aiohttp. Two reference arms: ``httpx2`` fits
-    HttpxAsyncTransport by duck typing, but its exceptions are not httpx's, so
+    ``httpcore`` is httpx's own pool; ``aiohttp`` is the same class over
+    httpx_aiohttp, which ``HttpxAsyncTransport()`` makes by default on
+    asyncio. Two reference arms: ``httpx2`` fits HttpxAsyncTransport by duck
+    typing, but its exceptions are not httpx's, so
     it is no drop-in default; ``aiohttp-native`` skips httpx altogether.
     """
     if kind == "httpcore":
@@ -148,11 +150,13 @@ class CountedUpstream:
 
 
 def describe_default_transport() -> str:
-    """What navai_mw's middleware uses when given no transport, as text."""
-    made = NavaiASGIMiddleware(not_found_asgi, opts=options("http://127.0.0.1:9/v1")).transport
-    inner = getattr(getattr(made, "_client", None), "_transport", None)
-    pool = getattr(inner, "_pool", None)
-    parts = [type(made).__name__, type(inner).__name__ if inner is not None else ""]
-    if pool is not None:
-        parts.append(type(pool).__module__.split(".")[0])
-    return " / ".join(p for p in parts if p)
+    """What navai_mw's async transport runs over when given no client, as text."""
+    from navai_mw.transports import _default_async_client
+
+    async def probe() -> str:
+        client = _default_async_client()
+        name = type(client._transport).__name__
+        await client.aclose()
+        return f"HttpxAsyncTransport / {name}"
+
+    return asyncio.run(probe())

@@ -215,7 +215,8 @@ class Endpoint:
         self.opts = opts
         self.path = path.rstrip("/") or "/"
         self.max_body_size = max_body_size
-        self._paths = frozenset({self.path, self.path + "/"})
+        # Every spelling of the path that is ours (a trailing slash is fine).
+        self.paths = frozenset({self.path, self.path + "/"})
         origins = None if cors_origins is None else {_normalize_origin(o) for o in cors_origins}
         self._any_origin = origins is not None and "*" in origins
         self._origins: frozenset[str] | None = None if origins is None else frozenset(origins)
@@ -240,7 +241,7 @@ class Endpoint:
 
     def owns(self, path: str) -> bool:
         """Whether a request for ``path`` (below the mount point) is ours."""
-        return path in self._paths
+        return path in self.paths
 
     # -- CORS ------------------------------------------------------------
 
