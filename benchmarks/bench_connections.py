@@ -81,8 +81,8 @@ def run(ctx: Context) -> Section:
         servers.wait_ready()
         result = asyncio.run(_rounds(ctx, upstream))
     section.notes.append(
-        "httpx pools keep at most `max_keepalive_connections` idle connections (20 by default, "
-        "and in navai_mw's `DEFAULT_LIMITS`). With 50 requests in flight, whenever more than "
+        "httpx pools keep at most `max_keepalive_connections` idle connections (20 by default; "
+        "navai_mw's `DEFAULT_LIMITS` keeps 100). With 50 requests in flight, whenever more than "
         "20 are between upstream calls at once (a busy event loop bunches them), the extra "
         "connections are closed as they go idle and reopened for the next requests. "
         "aiohttp's connector keeps every idle connection up to its `limit` (100) until the "
