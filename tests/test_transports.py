@@ -9,7 +9,8 @@ sync transport's.
 from __future__ import annotations
 
 import socket
-import sys
+import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -28,6 +29,14 @@ from .conftest import CANARY_KEY
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    # The async default differs by event loop: aiohttp on asyncio, httpx's
+    # own pool on trio. Both must behave the same.
+    backend: str = request.param
+    return backend
+
+
 def closed_port() -> int:
     """A loopback port nobody listens on."""
     with socket.socket() as sock:
@@ -42,14 +51,15 @@ def options(base_url: str, timeout: float = 5) -> NavaiVoiceBackendOptions:
     )
 
 
-async def test_async_default_is_aiohttp_backed_and_mints(
-    fake: FakeOpenAIRealtime, served_fake: str
+async def test_async_default_mints_over_the_right_pool(
+    fake: FakeOpenAIRealtime, served_fake: str, anyio_backend: str
 ) -> None:
     async with HttpxAsyncTransport() as transport:
         for _ in range(3):  # one pooled client, reused
             secret = await create_realtime_client_secret(options(served_fake), transport=transport)
             assert secret.value.startswith("ek_fake_")
-        assert "aiohttp" in sys.modules
+        pool = type(transport._client._transport).__name__  # type: ignore[union-attr]
+    assert pool == {"asyncio": "AiohttpTransport", "trio": "AsyncHTTPTransport"}[anyio_backend]
     assert len(fake.requests) == 3
 
 
@@ -98,3 +108,99 @@ def test_sync_default_mints(fake: FakeOpenAIRealtime, served_fake: str) -> None:
     with HttpxSyncTransport() as transport:
         secret = create_realtime_client_secret_sync(options(served_fake), transport=transport)
     assert secret.value.startswith("ek_fake_")
+
+
+@pytest.fixture
+def garbage_server() -> Iterator[str]:
+    """A loopback server that answers every connection with something that
+    is not HTTP, then hangs up; yields its base URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"SSH-2.0-definitely-not-http\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+async def test_async_garbled_answer_is_retried_then_502(garbage_server: str) -> None:
+    async with HttpxAsyncTransport() as transport:
+        with pytest.raises(UpstreamError) as caught:
+            await create_realtime_client_secret(options(garbage_server), transport=transport)
+    assert (caught.value.status, caught.value.message) == (
+        502,
+        "OpenAI client_secrets could not be reached.",
+    )
+
+
+def test_sync_garbled_answer_is_retried_then_502(garbage_server: str) -> None:
+    with HttpxSyncTransport() as transport, pytest.raises(UpstreamError) as caught:
+        create_realtime_client_secret_sync(options(garbage_server), transport=transport)
+    assert caught.value.status == 502
+
+
+@pytest.fixture
+def trickling_server() -> Iterator[str]:
+    """A loopback server that sends a valid head, then its body one byte
+    every 50 ms: each read is quick, the whole answer is not."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+                body = b'{"value": "ek_slow", "expires_at": 1}' + b" " * 200
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n" % len(body)
+                )
+                for byte in body:
+                    if stop.wait(0.05):
+                        return
+                    try:
+                        conn.sendall(bytes([byte]))
+                    except OSError:
+                        break  # the client gave up: that is the point
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+def test_sync_trickling_answer_cannot_stretch_the_budget(trickling_server: str) -> None:
+    with HttpxSyncTransport() as transport, pytest.raises(UpstreamError) as caught:
+        create_realtime_client_secret_sync(options(trickling_server, 0.5), transport=transport)
+    assert caught.value.status == 504
+
+
+async def test_async_trickling_answer_cannot_stretch_the_budget(trickling_server: str) -> None:
+    async with HttpxAsyncTransport() as transport:
+        with pytest.raises(UpstreamError) as caught:
+            await create_realtime_client_secret(options(trickling_server, 0.5), transport=transport)
+    assert caught.value.status == 504
