@@ -12,10 +12,12 @@ import socket
 import threading
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from navai_mw import (
     HttpRequest,
+    NavaiASGIMiddleware,
     NavaiVoiceBackendOptions,
     UpstreamError,
     create_realtime_client_secret,
@@ -204,3 +206,21 @@ async def test_async_trickling_answer_cannot_stretch_the_budget(trickling_server
         with pytest.raises(UpstreamError) as caught:
             await create_realtime_client_secret(options(trickling_server, 0.5), transport=transport)
     assert caught.value.status == 504
+
+
+async def test_asgi_middleware_under_either_event_loop(
+    fake: FakeOpenAIRealtime, opts: NavaiVoiceBackendOptions, anyio_backend: str
+) -> None:
+    async def inner(scope: object, receive: object, send: object) -> None:
+        raise AssertionError("the token path must not reach the app")
+
+    async with fake.async_transport() as upstream:
+        app = NavaiASGIMiddleware(inner, opts, transport=upstream)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test"
+        ) as client:
+            fake.fail(503, times=1)  # one retry, slept on this loop's clock
+            response = await client.post("/navai/realtime/client-secret", json={"voice": "cedar"})
+    assert response.status_code == 200, response.text
+    assert response.json()["value"].startswith("ek_fake_")
+    assert len(fake.requests) == 2
