@@ -65,7 +65,8 @@ _RETRYABLE_STATUSES: Final = frozenset({408, 409})
 # An upstream error body is quoted to the client; a proxy's HTML page is not.
 MAX_QUOTED_UPSTREAM_CHARS: Final = 500
 _REDACTED: Final = "[redacted]"
-# Compact JSON; ASCII escapes keep lone surrogates from a client encodable.
+# One encoder for the package: json.dumps builds a new one per call when
+# given any option.
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"))
 _SAFE_HEADER: Final = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,99}")
 
@@ -149,8 +150,14 @@ def build_upstream_request(
             ("Authorization", f"Bearer {api_key}"),
             ("Content-Type", "application/json"),
         ),
-        body=_ENCODER.encode(body).encode("ascii"),
+        body=compact_json(body),
     )
+
+
+def compact_json(value: object) -> bytes:
+    """``value`` as compact JSON bytes; ASCII escapes keep lone surrogates
+    from a client encodable."""
+    return _ENCODER.encode(value).encode("ascii")
 
 
 def _redact(text: str, secret: str | None) -> str:

@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import attrs
 
-from ._core import Attempt, Outcome, build_upstream_request, exchange
+from ._core import Attempt, Outcome, build_upstream_request, compact_json, exchange
 from ._env import get_cors_origins_from_env, get_navai_voice_backend_options_from_env
 from ._errors import NavaiError, RequestError
 from ._models import NavaiVoiceBackendOptions
@@ -168,7 +168,7 @@ def parse_body(body: bytes) -> dict[str, Any]:
 
 
 def _json(status: int, payload: object, headers: Iterable[tuple[str, str]]) -> Answer:
-    body = json.dumps(payload, separators=(",", ":")).encode("ascii")
+    body = compact_json(payload)
     return Answer(
         status,
         [*_JSON_HEADERS, ("Content-Length", str(len(body))), *headers],
