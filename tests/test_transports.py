@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -112,10 +113,10 @@ def test_sync_default_mints(fake: FakeOpenAIRealtime, served_fake: str) -> None:
     assert secret.value.startswith("ek_fake_")
 
 
-@pytest.fixture
-def garbage_server() -> Iterator[str]:
-    """A loopback server that answers every connection with something that
-    is not HTTP, then hangs up; yields its base URL."""
+@contextmanager
+def raw_server(answer: Callable[[socket.socket, threading.Event], None]) -> Iterator[str]:
+    """A loopback TCP server that reads one request per connection and lets
+    ``answer`` write whatever it likes; yields its base URL."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)
     stop = threading.Event()
@@ -128,7 +129,7 @@ def garbage_server() -> Iterator[str]:
                 continue
             with conn:
                 conn.recv(65536)
-                conn.sendall(b"SSH-2.0-definitely-not-http\r\n\r\n")
+                answer(conn, stop)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -138,6 +139,17 @@ def garbage_server() -> Iterator[str]:
         stop.set()
         thread.join(timeout=5)
         listener.close()
+
+
+@pytest.fixture
+def garbage_server() -> Iterator[str]:
+    """Answers with something that is not HTTP, then hangs up."""
+
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(b"SSH-2.0-definitely-not-http\r\n\r\n")
+
+    with raw_server(answer) as url:
+        yield url
 
 
 async def test_async_garbled_answer_is_retried_then_502(garbage_server: str) -> None:
@@ -158,41 +170,23 @@ def test_sync_garbled_answer_is_retried_then_502(garbage_server: str) -> None:
 
 @pytest.fixture
 def trickling_server() -> Iterator[str]:
-    """A loopback server that sends a valid head, then its body one byte
-    every 50 ms: each read is quick, the whole answer is not."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.2)
-    stop = threading.Event()
+    """Sends a valid head, then the body one byte every 50 ms: each read is
+    quick, the whole answer is not."""
 
-    def serve() -> None:
-        while not stop.is_set():
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        body = b'{"value": "ek_slow", "expires_at": 1}' + b" " * 200
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        conn.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body))
+        for byte in body:
+            if stop.wait(0.05):
+                return
             try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.recv(65536)
-                body = b'{"value": "ek_slow", "expires_at": 1}' + b" " * 200
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n" % len(body)
-                )
-                for byte in body:
-                    if stop.wait(0.05):
-                        return
-                    try:
-                        conn.sendall(bytes([byte]))
-                    except OSError:
-                        break  # the client gave up: that is the point
+                conn.sendall(bytes([byte]))
+            except OSError:
+                return  # the client gave up: that is the point
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        listener.close()
+    with raw_server(answer) as url:
+        yield url
 
 
 def test_sync_trickling_answer_cannot_stretch_the_budget(trickling_server: str) -> None:
