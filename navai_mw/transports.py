@@ -153,9 +153,12 @@ class HttpxAsyncTransport:
 
     def __init__(self, client: httpx.AsyncClient | None = None) -> None:
         self._client = client
+        self._closed = False
 
     async def send(self, request: HttpRequest, *, timeout: float) -> HttpResponse:
         if self._client is None:
+            if self._closed:
+                raise RuntimeError("This transport has been closed.")
             self._client = _default_async_client()
         client = self._client
         try:
@@ -168,6 +171,7 @@ class HttpxAsyncTransport:
             raise
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._client is not None:
             await self._client.aclose()
 

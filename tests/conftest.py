@@ -2,15 +2,40 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import pytest
 
-from navai_mw import NavaiVoiceBackendOptions
+from navai_mw import HttpRequest, NavaiVoiceBackendOptions
 from navai_mw.testing import FakeOpenAIRealtime
+from navai_mw.transports import AsyncTransport
 
 # A key that must never show up in a response, an exception message or a log.
 CANARY_KEY = "sk-canary-0123456789abcdefCANARY"
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+async def is_closed(transport: AsyncTransport) -> bool:
+    """Whether an async transport was closed: it then refuses to send at all
+    (an open one tries, and fails to connect to a port nobody listens on)."""
+    request = HttpRequest(
+        method="GET", url=f"http://127.0.0.1:{closed_port()}/", headers=(), body=b""
+    )
+    try:
+        await transport.send(request, timeout=2)
+    except RuntimeError:
+        return True
+    except OSError:
+        return False
+    raise AssertionError("nothing listens there")  # pragma: no cover
 
 
 @pytest.fixture

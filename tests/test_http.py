@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import socket
 import wsgiref.validate
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -48,7 +47,7 @@ from navai_mw import (
 from navai_mw.testing import FakeOpenAIRealtime
 from navai_mw.transports import AsyncTransport
 
-from .conftest import CANARY_KEY
+from .conftest import CANARY_KEY, is_closed
 
 TOKEN = "/navai/realtime/client-secret"
 # Every status the token path may answer with (CONTRACT.md §3, plus the
@@ -985,28 +984,6 @@ def test_every_shell_and_status_is_covered() -> None:
 # -- ASGI only: lifespan, websocket, disconnects -----------------------------
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-async def _is_closed(transport: Any) -> bool:
-    """Whether an httpx transport was closed: it then refuses to send at all
-    (an open one tries, and fails to connect to a port nobody listens on)."""
-    request = HttpRequest(
-        method="GET", url=f"http://127.0.0.1:{_closed_port()}/", headers=(), body=b""
-    )
-    try:
-        await transport.send(request, timeout=2)
-    except RuntimeError:
-        return True
-    except OSError:
-        return False
-    raise AssertionError("nothing listens there")  # pragma: no cover
-
-
 def _script(*messages: Any) -> Any:
     queue = list(messages)
 
@@ -1030,14 +1007,14 @@ def test_lifespan_reaches_app_then_own_client_is_closed(
         await send({"type": "lifespan.startup.complete"})
         assert (await receive())["type"] == "lifespan.shutdown"
         # The wrapped app shuts down first; the client is still open.
-        seen.append(f"shutdown, client closed: {await _is_closed(middleware.transport)}")
+        seen.append(f"shutdown, client closed: {await is_closed(middleware.transport)}")
         await send({"type": f"lifespan.shutdown.{ending}", "message": "bye"})
 
     middleware = NavaiASGIMiddleware(app, opts)
     sent: list[Any] = []
 
     async def send(message: Any) -> None:
-        sent.append((message["type"], await _is_closed(middleware.transport)))
+        sent.append((message["type"], await is_closed(middleware.transport)))
 
     async def main() -> None:
         receive = _script({"type": "lifespan.startup"}, {"type": "lifespan.shutdown"})

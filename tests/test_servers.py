@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import threading
 import wsgiref.simple_server
 from collections.abc import Callable, Iterator
@@ -24,10 +23,10 @@ import pytest
 import waitress
 from waitress import wasyncore
 
-from navai_mw import HttpRequest, NavaiASGIMiddleware, NavaiVoiceBackendOptions, NavaiWSGIMiddleware
+from navai_mw import NavaiASGIMiddleware, NavaiVoiceBackendOptions, NavaiWSGIMiddleware
 from navai_mw.testing import FakeOpenAIRealtime, serve_asgi
 
-from .conftest import CANARY_KEY
+from .conftest import CANARY_KEY, is_closed
 
 TOKEN = "/navai/realtime/client-secret"
 LIMIT = 64
@@ -263,28 +262,6 @@ def test_twenty_parallel_requests(
     assert languages == sorted(f"lang-{i}." for i in range(20))
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-async def _is_closed(transport: Any) -> bool:
-    """Whether an httpx transport was closed: it then refuses to send at all
-    (an open one tries, and fails to connect to a port nobody listens on)."""
-    request = HttpRequest(
-        method="GET", url=f"http://127.0.0.1:{_closed_port()}/", headers=(), body=b""
-    )
-    try:
-        await transport.send(request, timeout=2)
-    except RuntimeError:
-        return True
-    except OSError:
-        return False
-    raise AssertionError("nothing listens there")  # pragma: no cover
-
-
 async def _no_lifespan(scope: Any, receive: Any, send: Any) -> None:
     # Like many small apps: HTTP only, and an error for anything else.
     if scope["type"] != "http":
@@ -301,5 +278,5 @@ def test_uvicorn_shutdown_closes_the_middleware_client(
     middleware = NavaiASGIMiddleware(app, upstream_opts)
     with serve_asgi(middleware) as url:
         assert httpx.get(f"{url}/elsewhere").text == "inner /elsewhere"
-        assert not anyio.run(_is_closed, middleware.transport)
-    assert anyio.run(_is_closed, middleware.transport)
+        assert not anyio.run(is_closed, middleware.transport)
+    assert anyio.run(is_closed, middleware.transport)

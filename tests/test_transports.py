@@ -27,7 +27,7 @@ from navai_mw import (
 from navai_mw.testing import FakeOpenAIRealtime
 from navai_mw.transports import HttpxAsyncTransport, HttpxSyncTransport
 
-from .conftest import CANARY_KEY
+from .conftest import CANARY_KEY, closed_port, is_closed
 
 pytestmark = pytest.mark.anyio
 
@@ -38,14 +38,6 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     # own pool on trio. Both must behave the same.
     backend: str = request.param
     return backend
-
-
-def closed_port() -> int:
-    """A loopback port nobody listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def options(base_url: str, timeout: float = 5) -> NavaiVoiceBackendOptions:
@@ -95,8 +87,11 @@ async def test_async_stall_is_504(fake: FakeOpenAIRealtime, served_fake: str) ->
 
 
 async def test_async_closing_an_unused_transport() -> None:
-    transport = HttpxAsyncTransport()
-    await transport.aclose()  # nothing was opened; nothing to fail
+    async with HttpxAsyncTransport() as transport:
+        assert not await is_closed(transport)  # made its client on first use
+    unused = HttpxAsyncTransport()
+    await unused.aclose()  # nothing was opened; nothing to fail
+    assert await is_closed(unused)  # and it does not come back to life
 
 
 def test_sync_refused_connection_is_retried_then_502() -> None:
