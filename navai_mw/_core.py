@@ -170,7 +170,7 @@ def _upstream_message(body: bytes) -> str:
     text = body.decode("utf-8", errors="replace")
     try:
         payload = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # a proxy's page, or absurd nesting
         return text.strip()
     if isinstance(payload, dict):
         error = payload.get("error")
@@ -197,7 +197,7 @@ def parse_upstream_response(
         raise UpstreamError(text)
     try:
         payload = json.loads(response.body)
-    except ValueError:
+    except (ValueError, RecursionError):
         payload = None
     if not isinstance(payload, dict):
         raise UpstreamError("OpenAI client_secrets returned a body that is not a JSON object.")

@@ -55,7 +55,9 @@ MAX_JSON_DEPTH: Final = 32
 # How long browsers may cache a preflight answer.
 PREFLIGHT_MAX_AGE: Final = "600"
 
-_JSON_STRING: Final = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# A JSON string; an unterminated one runs to the end of the text, so that no
+# quote is ever rescanned (a body of backslash-quotes would be quadratic).
+_JSON_STRING: Final = re.compile(r'"(?:[^"\\]|\\.)*"?', re.DOTALL)
 _BRACKET: Final = re.compile(r"[\[\]{}]")
 _DIGITS: Final = re.compile(r"[0-9]{1,19}")
 
@@ -217,7 +219,13 @@ class Endpoint:
         self.max_body_size = max_body_size
         # Every spelling of the path that is ours (a trailing slash is fine).
         self.paths = frozenset({self.path, self.path + "/"})
-        origins = None if cors_origins is None else {_normalize_origin(o) for o in cors_origins}
+        if isinstance(cors_origins, str):  # "https://a.test, https://b.test", as in the env
+            cors_origins = cors_origins.split(",")
+        origins = (
+            None
+            if cors_origins is None
+            else {_normalize_origin(o) for o in cors_origins if o.strip()}
+        )
         self._any_origin = origins is not None and "*" in origins
         self._origins: frozenset[str] | None = None if origins is None else frozenset(origins)
         self._allow = ("Allow", "POST" if origins is None else "POST, OPTIONS")
@@ -258,8 +266,8 @@ class Endpoint:
         if normalized in self._origins:
             return (("Access-Control-Allow-Origin", origin), ("Vary", "Origin"))
         # A browser sends Origin on same-origin POSTs too; those are fine.
-        host = headers.get("host")
-        if host is not None and normalized.partition("://")[2] == host.strip().lower():
+        own_host = headers.get("host", "").strip().lower()
+        if own_host and normalized.partition("://")[2] == own_host:
             return (("Vary", "Origin"),)
         return None
 
@@ -283,7 +291,7 @@ class Endpoint:
         """
         cors = self._cors(headers)
         if cors is None:
-            return _error(RequestError("Origin not allowed.", status=403))
+            return _error(RequestError("Origin not allowed.", status=403), [("Vary", "Origin")])
         if method == "OPTIONS" and self._origins is not None:
             return self._preflight(headers, cors)
         if method != "POST":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import attrs
 import cattrs
@@ -47,15 +48,21 @@ def is_header_safe(value: str) -> bool:
 
 
 def _absent_if_blank(value: str | None) -> str | None:
-    if not value or value.isspace():
-        return None
-    return value
+    if not isinstance(value, str):
+        return value  # None, or a wrong type for the validator to name
+    return None if not value or value.isspace() else value
 
 
 def _clean_key(value: str | None) -> str | None:
-    if value is None or not value.strip():
-        return None
-    return value.strip()
+    if not isinstance(value, str):
+        return value
+    return value.strip() or None
+
+
+def _check_text(_: object, field: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        # A deployment mistake (a number from a config file...), named.
+        raise OptionsError(f"{field.name} must be a string. Received: {type(value).__name__}")
 
 
 def _check_key(_: object, __: attrs.Attribute[Any], value: str | None) -> None:
@@ -87,16 +94,41 @@ def _check_timeout(_: object, __: attrs.Attribute[Any], value: object) -> None:
 
 
 def _clean_base_url(value: str) -> str:
-    return value.strip().rstrip("/")
+    return value.strip().rstrip("/") if isinstance(value, str) else value
 
 
 def _check_base_url(_: object, __: attrs.Attribute[Any], value: str) -> None:
-    if not value.startswith(("http://", "https://")) or not is_header_safe(value):
-        raise OptionsError(f"openai_base_url must be an http(s) URL. Received: {value!r}")
+    # Checked here, not on the first request: a URL httpx cannot use would
+    # otherwise fail every request instead of the deployment.
+    # The value is never echoed: a URL may carry credentials.
+    invalid = OptionsError(
+        "openai_base_url must be an http(s) URL with a host and no query or fragment."
+    )
+    if not isinstance(value, str):
+        raise invalid
+    try:
+        parts = urlsplit(value)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # "http://[::1", "http://a:port"
+        raise invalid from None
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or not port_ok
+        or "?" in value  # a query or fragment would land in the middle of the
+        or "#" in value  # URL once /realtime/client_secrets is appended
+        or not is_header_safe(value)
+    ):
+        raise invalid
+
+
+def _check_bool(_: object, field: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise OptionsError(f"{field.name} must be True or False. Received: {value!r}")
 
 
 def _optional_text() -> Any:
-    return attrs.field(default=None, converter=_absent_if_blank)
+    return attrs.field(default=None, converter=_absent_if_blank, validator=_check_text)
 
 
 @attrs.frozen(kw_only=True)
@@ -120,7 +152,10 @@ class NavaiVoiceBackendOptions:
     """
 
     openai_api_key: str | None = attrs.field(
-        default=None, converter=_clean_key, validator=_check_key, repr=False
+        default=None,
+        converter=_clean_key,
+        validator=[_check_text, _check_key],
+        repr=False,
     )
     default_model: str | None = _optional_text()
     default_voice: str | None = _optional_text()
@@ -129,7 +164,7 @@ class NavaiVoiceBackendOptions:
     default_voice_accent: str | None = _optional_text()
     default_voice_tone: str | None = _optional_text()
     client_secret_ttl_seconds: int = attrs.field(default=600, validator=_check_ttl)
-    allow_api_key_from_request: bool = False
+    allow_api_key_from_request: bool = attrs.field(default=False, validator=_check_bool)
     openai_base_url: str = attrs.field(
         default=DEFAULT_BASE_URL, converter=_clean_base_url, validator=_check_base_url
     )
@@ -155,7 +190,9 @@ class CreateClientSecretRequest:
     language: str | None = _optional_text()
     voice_accent: str | None = _optional_text()
     voice_tone: str | None = _optional_text()
-    api_key: str | None = attrs.field(default=None, converter=_clean_key, repr=False)
+    api_key: str | None = attrs.field(
+        default=None, converter=_clean_key, validator=_check_text, repr=False
+    )
 
 
 @attrs.frozen(kw_only=True)

@@ -98,8 +98,8 @@ class NavaiASGIMiddleware:
         try:
             await self.app(scope, tracking_receive, closing_send)
         except Exception:
-            if sent:
-                raise
+            if sent or "lifespan.startup" in received:
+                raise  # the app speaks lifespan, and its startup failed: say so
             logger.debug("navai_mw: the wrapped app does not speak lifespan; answering it")
         if sent:
             return

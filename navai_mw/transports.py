@@ -17,8 +17,11 @@ concurrency where httpx's own pool does not (see the benchmarks page).
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
@@ -71,14 +74,31 @@ def _response(response: httpx.Response) -> HttpResponse:
 
 
 class HttpxSyncTransport:
-    """A :class:`SyncTransport` over one pooled, thread-safe ``httpx.Client``."""
+    """A :class:`SyncTransport` over one pooled, thread-safe ``httpx.Client``.
+
+    Each attempt runs on a worker thread, so that the caller stops waiting
+    when its time is up: httpx bounds each read, not the whole answer, and an
+    upstream that trickled its head byte by byte would otherwise hold a
+    server thread for as long as it liked.
+    """
 
     def __init__(self, client: httpx.Client | None = None) -> None:
         self._client = client if client is not None else httpx.Client(limits=DEFAULT_LIMITS)
+        self._workers = ThreadPoolExecutor(
+            max_workers=DEFAULT_LIMITS.max_connections or 100,
+            thread_name_prefix="navai-upstream",
+        )
 
     def send(self, request: HttpRequest, *, timeout: float) -> HttpResponse:
-        # httpx's timeouts bound each read, not the whole answer; the deadline
-        # keeps an upstream that trickles bytes from stretching the attempt.
+        attempt = self._workers.submit(self._send, request, timeout)
+        try:
+            return attempt.result(timeout=timeout)
+        except FutureTimeoutError:  # not the built-in TimeoutError before 3.11
+            attempt.cancel()
+            raise TimeoutError("OpenAI answered too slowly.") from None
+
+    def _send(self, request: HttpRequest, timeout: float) -> HttpResponse:
+        # The worker gives up too once the body outlasts the deadline.
         deadline = time.monotonic() + timeout
         try:
             response = self._client.send(_build(self._client, request, timeout), stream=True)
@@ -101,6 +121,7 @@ class HttpxSyncTransport:
             raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
 
     def close(self) -> None:
+        self._workers.shutdown(wait=False, cancel_futures=True)
         self._client.close()
 
     def __enter__(self) -> HttpxSyncTransport:
@@ -143,24 +164,42 @@ def _is_aiohttp_error(exc: BaseException | None) -> bool:
     return aiohttp is not None and isinstance(exc, aiohttp.ClientError)
 
 
+def _running_loop() -> object:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # trio: one loop per run, nothing to tell apart
+        return None
+
+
 class HttpxAsyncTransport:
     """An :class:`AsyncTransport` over one pooled ``httpx.AsyncClient``.
 
     Without ``client``, one is made on first use: on asyncio, an httpx client
     over aiohttp's connection pool (``httpx-aiohttp``), which holds up under
-    concurrency; elsewhere, httpx's own.
+    concurrency; elsewhere, httpx's own. Such a client belongs to the event
+    loop that made it, so a transport used again after :meth:`aclose` (a
+    server's second lifespan) or from another loop (a test harness that runs
+    each request on a loop of its own) makes a fresh one. ``is_closed`` is
+    True from :meth:`aclose` until the transport is used again.
     """
 
     def __init__(self, client: httpx.AsyncClient | None = None) -> None:
+        self._given = client
         self._client = client
-        self._closed = False
+        self._loop: object = None
+        self.is_closed = False
+
+    def _current_client(self) -> httpx.AsyncClient:
+        if self._given is not None:
+            return self._given
+        loop = _running_loop()
+        if self._client is None or self._loop is not loop:
+            self._client, self._loop = _default_async_client(), loop
+        self.is_closed = False
+        return self._client
 
     async def send(self, request: HttpRequest, *, timeout: float) -> HttpResponse:
-        if self._client is None:
-            if self._closed:
-                raise RuntimeError("This transport has been closed.")
-            self._client = _default_async_client()
-        client = self._client
+        client = self._current_client()
         try:
             return _response(await client.send(_build(client, request, timeout)))
         except httpx.HTTPError as exc:
@@ -171,9 +210,10 @@ class HttpxAsyncTransport:
             raise
 
     async def aclose(self) -> None:
-        self._closed = True
-        if self._client is not None:
-            await self._client.aclose()
+        client, self._client = self._client, self._given
+        self.is_closed = True
+        if client is not None:
+            await client.aclose()
 
     async def __aenter__(self) -> HttpxAsyncTransport:
         return self

@@ -284,13 +284,29 @@ def test_cors_flags_override_the_environment(started: list[Cli], served_fake: st
 
 
 def test_banner_hides_credentials_in_the_base_url(started: list[Cli]) -> None:
-    base_url = f"http://navai:{CANARY_KEY}@127.0.0.1:9/v1?api-key={CANARY_KEY}"
+    base_url = f"http://navai:{CANARY_KEY}@127.0.0.1:9/v1"
     cli = Cli("serve", "--port", "0", env=_env(OPENAI_API_KEY="sk-x", OPENAI_BASE_URL=base_url))
     started.append(cli)
     banner = cli.banner()
     assert "upstream        http://127.0.0.1:9/v1\n" in banner
     assert cli.stop(signal.SIGINT) == 0
     assert CANARY_KEY not in cli.output
+
+
+def test_a_base_url_with_a_query_is_refused_without_echoing_it() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "navai_mw", "serve"],
+        cwd=ROOT,
+        env=_env(
+            OPENAI_API_KEY="sk-x", OPENAI_BASE_URL=f"http://127.0.0.1:9/v1?api-key={CANARY_KEY}"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+    )
+    assert result.returncode == 2
+    assert "openai_base_url must be an http(s) URL" in result.stderr
+    assert CANARY_KEY not in result.stderr + result.stdout
 
 
 def test_bad_ttl_is_one_line_on_stderr_and_status_2() -> None:

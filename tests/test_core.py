@@ -309,6 +309,7 @@ def test_parse_success_without_session() -> None:
         pytest.param(
             b'{"value": "ek_x", "expires_at": true}', "no integer expires_at", id="bool-expiry"
         ),
+        pytest.param(b"[" * 100_000, "not a JSON object", id="nesting-past-recursion-limit"),
     ],
 )
 def test_unreadable_success_is_502(body: bytes, fragment: str) -> None:
@@ -358,6 +359,12 @@ UPSTREAM_ERRORS = [
         id="undecodable-text",
     ),
     pytest.param(500, b"[]", "OpenAI client_secrets failed (500): []", id="json-list"),
+    pytest.param(
+        502,
+        b"[" * 100_000,
+        "OpenAI client_secrets failed (502): " + "[" * 500 + "...",
+        id="nesting-past-recursion-limit",
+    ),
 ]
 
 

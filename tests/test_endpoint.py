@@ -180,3 +180,26 @@ def test_no_options_means_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     # CORS given in code wins over the environment.
     explicit = Endpoint.configured(None, cors_origins=["http://other.test"], **kwargs)
     assert isinstance(explicit.begin("POST", {"origin": "http://front.test"}), Answer)
+
+
+def test_cors_origins_as_one_string() -> None:
+    endpoint = Endpoint(OPTS, cors_origins="http://a.test, http://b.test")
+    for origin in ("http://a.test", "http://b.test"):
+        assert isinstance(endpoint.begin("POST", {"origin": origin}), BodyWanted)
+    refused = endpoint.begin("POST", {"origin": "http://c.test"})
+    assert isinstance(refused, Answer)
+    assert ("Vary", "Origin") in refused.headers
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({"origin": "null", "host": ""}, id="null-origin-empty-host"),
+        pytest.param({"origin": "null"}, id="null-origin-no-host"),
+        pytest.param({"origin": "http://evil.test", "host": "api.test"}, id="other-host"),
+    ],
+)
+def test_cors_refuses_what_is_not_same_origin(headers: dict[str, str]) -> None:
+    answer = Endpoint(OPTS, cors_origins=["http://front.test"]).begin("POST", headers)
+    assert isinstance(answer, Answer)
+    assert answer.status == 403

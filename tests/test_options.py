@@ -121,6 +121,31 @@ def test_missing_key_without_request_keys() -> None:
         ),
         pytest.param({"openai_base_url": "ftp://x"}, "openai_base_url", id="base-url-scheme"),
         pytest.param({"openai_base_url": "http://a b"}, "openai_base_url", id="base-url-space"),
+        pytest.param({"openai_base_url": "http://[::1"}, "openai_base_url", id="base-url-broken"),
+        pytest.param(
+            {"openai_base_url": "https://a.test/v1?x=1"}, "openai_base_url", id="base-url-query"
+        ),
+        pytest.param(
+            {"openai_base_url": "https://a.test/v1#"}, "openai_base_url", id="base-url-fragment"
+        ),
+        pytest.param({"openai_base_url": "https:///v1"}, "openai_base_url", id="base-url-no-host"),
+        pytest.param(
+            {"openai_base_url": "http://a.test:0/v1"}, "openai_base_url", id="base-url-port-0"
+        ),
+        pytest.param({"openai_base_url": 5}, "openai_base_url", id="base-url-not-text"),
+        pytest.param(
+            {"default_model": 5},
+            "default_model must be a string. Received: int",
+            id="model-not-text",
+        ),
+        pytest.param(
+            {"openai_api_key": b"sk"},
+            "openai_api_key must be a string. Received: bytes",
+            id="key-bytes",
+        ),
+        pytest.param(
+            {"allow_api_key_from_request": "false"}, "must be True or False", id="allow-not-bool"
+        ),
     ],
 )
 def test_invalid_options(fields: dict[str, Any], fragment: str) -> None:

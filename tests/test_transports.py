@@ -86,12 +86,20 @@ async def test_async_stall_is_504(fake: FakeOpenAIRealtime, served_fake: str) ->
     assert len(fake.requests) == 1
 
 
-async def test_async_closing_an_unused_transport() -> None:
-    async with HttpxAsyncTransport() as transport:
-        assert not await is_closed(transport)  # made its client on first use
-    unused = HttpxAsyncTransport()
-    await unused.aclose()  # nothing was opened; nothing to fail
-    assert await is_closed(unused)  # and it does not come back to life
+async def test_async_transport_reopens_after_close(
+    fake: FakeOpenAIRealtime, served_fake: str
+) -> None:
+    transport = HttpxAsyncTransport()
+    await transport.aclose()  # nothing was opened; nothing to fail
+    assert await is_closed(transport)
+    # A server that runs a second lifespan uses the same middleware again.
+    for _ in range(2):
+        secret = await create_realtime_client_secret(options(served_fake), transport=transport)
+        assert secret.value.startswith("ek_fake_")
+        assert not await is_closed(transport)
+        await transport.aclose()
+        assert await is_closed(transport)
+    assert len(fake.requests) == 2
 
 
 def test_sync_refused_connection_is_retried_then_502() -> None:
@@ -213,3 +221,39 @@ async def test_asgi_middleware_under_either_event_loop(
     assert response.status_code == 200, response.text
     assert response.json()["value"].startswith("ek_fake_")
     assert len(fake.requests) == 2
+
+
+@pytest.fixture
+def trickling_head_server() -> Iterator[str]:
+    """Sends even its status line and headers one byte every 50 ms."""
+
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        body = b'{"value": "ek_slow", "expires_at": 1}'
+        head = b"HTTP/1.1 200 OK\r\nX-Padding: " + b"a" * 200 + b"\r\n"
+        message = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        for byte in message:
+            if stop.wait(0.05):
+                return
+            try:
+                conn.sendall(bytes([byte]))
+            except OSError:
+                return
+
+    with raw_server(answer) as url:
+        yield url
+
+
+def test_sync_trickling_head_cannot_stretch_the_budget(trickling_head_server: str) -> None:
+    # Each read is quick; the answer would take 13 s and then succeed.
+    with HttpxSyncTransport() as transport, pytest.raises(UpstreamError) as caught:
+        create_realtime_client_secret_sync(options(trickling_head_server, 0.5), transport=transport)
+    assert caught.value.status == 504
+
+
+async def test_async_trickling_head_cannot_stretch_the_budget(trickling_head_server: str) -> None:
+    async with HttpxAsyncTransport() as transport:
+        with pytest.raises(UpstreamError) as caught:
+            await create_realtime_client_secret(
+                options(trickling_head_server, 0.5), transport=transport
+            )
+    assert caught.value.status == 504
