@@ -1,5 +1,5 @@
 """The ASGI middleware across event loops and lifespans, as test harnesses
-and servers really drive it (Starlette's TestClient, real uvicorn)."""
+and servers really drive it (Starlette's TestClient, uvicorn run twice)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import sys
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
-from starlette.testclient import TestClient
 
 from navai_mw import NavaiASGIMiddleware, NavaiVoiceBackendOptions
-from navai_mw.testing import FakeOpenAIRealtime
+from navai_mw.testing import FakeOpenAIRealtime, serve_asgi
 
 TOKEN = "/navai/realtime/client-secret"
 
@@ -37,6 +37,9 @@ def opts_for(base_url: str) -> NavaiVoiceBackendOptions:
 
 SCRIPT = """
 import sys
+import warnings
+
+warnings.simplefilter("ignore")  # the harness's own deprecation notices
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 from navai_mw import NavaiASGIMiddleware, NavaiVoiceBackendOptions
@@ -68,11 +71,13 @@ def test_a_new_event_loop_per_request(fake: FakeOpenAIRealtime, served_fake: str
 
 
 def test_the_same_app_through_two_lifespans(fake: FakeOpenAIRealtime, served_fake: str) -> None:
+    # One app object, served, stopped and served again: the middleware closes
+    # its client at the first shutdown and must mint again after that.
     app = app_for(opts_for(served_fake))
     for _ in range(2):
-        with TestClient(app) as client:
-            assert client.post(TOKEN, json={}).status_code == 200
-            assert client.get("/hello").text == "hello"
+        with serve_asgi(app) as url:
+            assert httpx.post(f"{url}{TOKEN}", json={}).status_code == 200
+            assert httpx.get(f"{url}/hello").text == "hello"
     assert len(fake.requests) == 2
 
 
