@@ -99,9 +99,9 @@ async def drive_async(
         return result
 
 
-# The functions' shared default transports, made on first use: one pooled sync
-# client for the process, one async client per event loop (an async client
-# cannot outlive the loop whose sockets it holds).
+# The sync function's default: one pooled client for the whole process, made
+# on first use. The async function has no shared default: an async client
+# belongs to one event loop, and a caller's loops come and go.
 _default_lock = threading.Lock()
 _default_sync: HttpxSyncTransport | None = None
 
