@@ -9,10 +9,9 @@ retry policy in no real time.
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import anyio
 
@@ -100,18 +99,10 @@ async def drive_async(
 
 
 # The sync function's default: one pooled client for the whole process, made
-# on first use. The async function has no shared default: an async client
-# belongs to one event loop, and a caller's loops come and go.
-_default_lock = threading.Lock()
-_default_sync: HttpxSyncTransport | None = None
-
-
-def _sync_default() -> HttpxSyncTransport:
-    global _default_sync
-    with _default_lock:
-        if _default_sync is None:
-            _default_sync = HttpxSyncTransport()
-        return _default_sync
+# on first use (and made again in a forked child). The async function has no
+# shared default: an async client belongs to one event loop, and a caller's
+# loops come and go.
+_DEFAULT_SYNC: Final = HttpxSyncTransport()
 
 
 Request = CreateClientSecretRequest | Mapping[str, Any] | None
@@ -130,7 +121,7 @@ def create_realtime_client_secret_sync(
     server should answer.
     """
     steps = exchange(build_upstream_request(opts, req), budget=opts.upstream_timeout_seconds)
-    return drive_sync(steps, transport if transport is not None else _sync_default())
+    return drive_sync(steps, transport if transport is not None else _DEFAULT_SYNC)
 
 
 async def create_realtime_client_secret(

@@ -19,10 +19,12 @@ Promises:
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections.abc import Generator, Mapping
 from typing import Any, Final
+from urllib.parse import unquote
 
 import attrs
 
@@ -64,11 +66,23 @@ MAX_RETRY_DELAY: Final = 8.0
 _RETRYABLE_STATUSES: Final = frozenset({408, 409})
 # An upstream error body is quoted to the client; a proxy's HTML page is not.
 MAX_QUOTED_UPSTREAM_CHARS: Final = 500
+# A client secret answer is under 1 KiB, its session description a few KiB;
+# 1 MiB leaves room for a verbose proxy page and bounds what an endless or
+# hostile upstream can make the process hold.
+MAX_CLIENT_SECRET_RESPONSE_BYTES: Final = 1024 * 1024
 _REDACTED: Final = "[redacted]"
 # One encoder for the package: json.dumps builds a new one per call when
 # given any option.
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"))
-_SAFE_HEADER: Final = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,99}")
+# Retry-After is passed on to the client only as what RFC 9110 allows: a
+# number of seconds, or an HTTP date (IMF-fixdate).
+_RETRY_AFTER: Final = re.compile(
+    r"[0-9]{1,10}"
+    r"|(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} "
+    r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} "
+    r"[0-9]{2}:[0-9]{2}:[0-9]{2} GMT"
+)
+_UNICODE_ESCAPE: Final = re.compile(r"\\u([0-9a-fA-F]{4})")
 
 
 def structure_request(
@@ -151,6 +165,7 @@ def build_upstream_request(
             ("Content-Type", "application/json"),
         ),
         body=compact_json(body),
+        max_response_bytes=MAX_CLIENT_SECRET_RESPONSE_BYTES,
     )
 
 
@@ -160,10 +175,26 @@ def compact_json(value: object) -> bytes:
     return _ENCODER.encode(value).encode("ascii")
 
 
+def _decoded(text: str) -> str:
+    """``text`` with the encodings an echo of the key may arrive in undone:
+    JSON's ``\\uXXXX`` escapes, percent-encoding and HTML entities."""
+    text = _UNICODE_ESCAPE.sub(lambda match: chr(int(match[1], 16)), text)
+    return html.unescape(unquote(text))
+
+
 def _redact(text: str, secret: str | None) -> str:
-    if secret:
-        text = text.replace(secret, _REDACTED)
-    return text
+    """``text`` without ``secret``, however the upstream encoded it.
+
+    When only an encoded copy is found, the decoded text is quoted instead:
+    a redacted message that reads a little differently beats a leaked key.
+    """
+    if not secret:
+        return text
+    if secret not in text:
+        decoded = _decoded(text)
+        if secret in decoded:
+            text = decoded
+    return text.replace(secret, _REDACTED)
 
 
 def _upstream_message(body: bytes) -> str:
@@ -191,8 +222,9 @@ def parse_upstream_response(
         text = f"OpenAI client_secrets failed ({status}): {message}"
         if status == 429:
             retry_after = (response.header("retry-after") or "").strip()
-            # Passed on to the client verbatim, so only when it is a sane header.
-            headers = (("Retry-After", retry_after),) if _SAFE_HEADER.fullmatch(retry_after) else ()
+            # Passed on to the client verbatim, so only when it says what the
+            # header may say (and so can carry nothing else).
+            headers = (("Retry-After", retry_after),) if _RETRY_AFTER.fullmatch(retry_after) else ()
             raise UpstreamError(text, status=429, headers=headers)
         raise UpstreamError(text)
     try:
@@ -273,6 +305,10 @@ def exchange(request: HttpRequest, *, budget: float) -> Exchange:
         if outcome.timed_out or outcome.elapsed >= budget:
             raise UpstreamError(_TIMEOUT_MESSAGE, status=504)
         response = outcome.response
+        if response is not None and len(response.body) > request.max_response_bytes:
+            raise UpstreamError(
+                f"OpenAI client_secrets answered with more than {request.max_response_bytes} bytes."
+            )
         retryable = response is None or is_retryable(response.status)
         if retryable and retries < MAX_RETRIES:
             delay = retry_delay(retries, jitter=outcome.jitter)

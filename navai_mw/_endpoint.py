@@ -31,7 +31,7 @@ import attrs
 
 from ._core import Attempt, Outcome, build_upstream_request, compact_json, exchange
 from ._env import get_cors_origins_from_env, get_navai_voice_backend_options_from_env
-from ._errors import NavaiError, RequestError
+from ._errors import NavaiError, RequestError, log_safe
 from ._models import NavaiVoiceBackendOptions
 
 __all__ = [
@@ -262,13 +262,11 @@ class Endpoint:
             return (("Vary", "Origin"),)
         if self._any_origin:
             return (("Access-Control-Allow-Origin", "*"), ("Vary", "Origin"))
-        normalized = _normalize_origin(origin)
-        if normalized in self._origins:
+        if _normalize_origin(origin) in self._origins:
             return (("Access-Control-Allow-Origin", origin), ("Vary", "Origin"))
-        # A browser sends Origin on same-origin POSTs too; those are fine.
-        own_host = headers.get("host", "").strip().lower()
-        if own_host and normalized.partition("://")[2] == own_host:
-            return (("Vary", "Origin"),)
+        # No exception for "same-origin" requests: the only sign of one is
+        # the Host header, which a DNS-rebinding page controls. A page served
+        # by this app lists its own origin like any other.
         return None
 
     def _preflight(self, headers: Mapping[str, str], cors: tuple[tuple[str, str], ...]) -> Answer:
@@ -342,6 +340,6 @@ class Endpoint:
         except RequestError as exc:
             return _error(exc, cors)
         except NavaiError as exc:
-            logger.warning("navai_mw: minting a client secret failed: %s", exc.message)
+            logger.warning("navai_mw: minting a client secret failed: %s", log_safe(exc.message))
             return _error(exc, cors)
         return _json(200, {"value": secret.value, "expires_at": secret.expires_at}, cors)

@@ -7,12 +7,27 @@ they never hold an API key (upstream text is redacted before it gets here).
 
 from __future__ import annotations
 
+import re
+from typing import Final
+
 __all__ = [
     "NavaiError",
     "OptionsError",
     "RequestError",
     "UpstreamError",
+    "log_safe",
 ]
+
+# Characters that end or rewrite a log line on a terminal or in a file: C0
+# and C1 controls, DEL, and Unicode's own line and paragraph separators.
+_UNPRINTABLE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def log_safe(text: str) -> str:
+    """``text`` fit for one log line: control characters escaped (``\\n``,
+    ``\\x1b``), so that what a client or an upstream wrote cannot forge a
+    record or drive a terminal."""
+    return _UNPRINTABLE.sub(lambda match: repr(match[0])[1:-1], text)
 
 
 class NavaiError(Exception):

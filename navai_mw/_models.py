@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 import attrs
 import cattrs
+import httpx
+import yarl
 from cattrs.gen import make_dict_structure_fn, override
 
 from ._errors import OptionsError
@@ -37,6 +39,12 @@ DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
 # OpenAI accepts 10..7200 seconds for expires_after.seconds.
 MIN_TTL_SECONDS: Final = 10
 MAX_TTL_SECONDS: Final = 7200
+# The whole upstream exchange, retries included. An hour is far past any
+# useful wait for a token, and keeps every clock and thread wait in range.
+MAX_UPSTREAM_TIMEOUT_SECONDS: Final = 3600.0
+# What a transport reads of an upstream answer when the request names no
+# limit; each request the core builds names its own.
+DEFAULT_MAX_RESPONSE_BYTES: Final = 1024 * 1024
 
 # An API key goes into an HTTP header: visible ASCII only, so that no key can
 # smuggle a header break or make the HTTP client raise while encoding.
@@ -86,10 +94,11 @@ def _check_timeout(_: object, __: attrs.Attribute[Any], value: object) -> None:
         isinstance(value, bool)
         or not isinstance(value, (int, float))
         or not math.isfinite(value)
-        or value <= 0
+        or not 0 < value <= MAX_UPSTREAM_TIMEOUT_SECONDS
     ):
         raise OptionsError(
-            f"upstream_timeout_seconds must be a positive number. Received: {value!r}"
+            "upstream_timeout_seconds must be a number of seconds above 0 and at most "
+            f"{MAX_UPSTREAM_TIMEOUT_SECONDS:g}. Received: {value!r}"
         )
 
 
@@ -98,18 +107,22 @@ def _clean_base_url(value: str) -> str:
 
 
 def _check_base_url(_: object, __: attrs.Attribute[Any], value: str) -> None:
-    # Checked here, not on the first request: a URL httpx cannot use would
-    # otherwise fail every request instead of the deployment.
+    # Checked here, not on the first request: a URL a transport cannot use
+    # would otherwise fail every request instead of the deployment. Both
+    # default transports' parsers must accept it (httpx's for the sync side,
+    # yarl's under aiohttp for the async one).
     # The value is never echoed: a URL may carry credentials.
     invalid = OptionsError(
         "openai_base_url must be an http(s) URL with a host and no query or fragment."
     )
-    if not isinstance(value, str):
+    if not isinstance(value, str) or not is_header_safe(value):
         raise invalid
     try:
         parts = urlsplit(value)
         port_ok = parts.port is None or parts.port > 0
-    except ValueError:  # "http://[::1", "http://a:port"
+        httpx.URL(value + "/realtime/client_secrets")
+        yarl.URL(value + "/realtime/client_secrets")
+    except (ValueError, httpx.InvalidURL):  # "http://[::1", "http://a:port", "http://xn--a"
         raise invalid from None
     if (
         parts.scheme not in ("http", "https")
@@ -117,9 +130,16 @@ def _check_base_url(_: object, __: attrs.Attribute[Any], value: str) -> None:
         or not port_ok
         or "?" in value  # a query or fragment would land in the middle of the
         or "#" in value  # URL once /realtime/client_secrets is appended
-        or not is_header_safe(value)
     ):
         raise invalid
+    if "@" in parts.netloc:
+        # httpx would turn it into Basic auth that replaces the Bearer key,
+        # aiohttp refuses it beside an Authorization header, and clients log
+        # URLs: the key is the only credential sent upstream.
+        raise OptionsError(
+            "openai_base_url must not carry credentials (user:password@); "
+            "the API key is the credential sent to OpenAI."
+        )
 
 
 def _check_bool(_: object, field: attrs.Attribute[Any], value: object) -> None:
@@ -214,7 +234,9 @@ class OpenAIRealtimeClientSecretResponse:
 class HttpRequest:
     """An HTTP request to make, described without doing any I/O.
 
-    Fields: method, url, headers (name/value pairs), body (bytes). The
+    Fields: method, url, headers (name/value pairs), body (bytes), and
+    max_response_bytes: a transport reads at most one byte more than this of
+    the answer's body, then stops (the core refuses anything longer). The
     ``repr`` hides the ``Authorization`` header.
     """
 
@@ -222,6 +244,7 @@ class HttpRequest:
     url: str
     headers: tuple[tuple[str, str], ...] = attrs.field(repr=False)
     body: bytes
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
 
 @attrs.frozen(kw_only=True)

@@ -149,8 +149,12 @@ async def _send(send: Send, answer: Answer) -> None:
         {
             "type": "http.response.start",
             "status": answer.status,
+            # ASGI requires lower-case names (and Starlette's MutableHeaders
+            # matches only those): a CORS middleware outside ours must find
+            # and replace our Access-Control-* headers, not add a second set.
             "headers": [
-                (name.encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers
+                (name.lower().encode("latin-1"), value.encode("latin-1"))
+                for name, value in answer.headers
             ],
         }
     )

@@ -32,7 +32,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from types import FrameType
 from typing import Final
-from urllib.parse import urlsplit
 
 import attrs
 
@@ -283,12 +282,6 @@ def _origin(host: str, port: int, *, local: bool) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _without_credentials(url: str) -> str:
-    # A base URL may carry user:password@ or a query token; show neither.
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
-
-
 def _key_policy(opts: NavaiVoiceBackendOptions, *, demo: bool) -> str:
     if demo:
         return "a made-up demo key, accepted only by the fake; keys from requests: ignored"
@@ -335,7 +328,7 @@ def _banner(
     settings = [
         ("token endpoint", f"POST {base}{token_path}"),
         ("health", f"GET {base}{HEALTH_PATH}"),
-        ("upstream", _without_credentials(opts.openai_base_url)),
+        ("upstream", opts.openai_base_url),  # never credentials: the options refuse them
         ("API key", _key_policy(opts, demo=demo)),
         ("model", _with_default(opts.default_model, DEFAULT_MODEL)),
         ("voice", _with_default(opts.default_voice, DEFAULT_VOICE)),

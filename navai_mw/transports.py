@@ -18,13 +18,17 @@ concurrency where httpx's own pool does not (see the benchmarks page).
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import os
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeoutError
+import weakref
+from collections.abc import AsyncGenerator, Iterable
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+import httpcore
 import httpx
 import sniffio
 
@@ -65,64 +69,203 @@ def _build(
     )
 
 
-def _response(response: httpx.Response) -> HttpResponse:
+def _answer(response: httpx.Response, body: bytearray) -> HttpResponse:
     return HttpResponse(
         status=response.status_code,
         headers=tuple(response.headers.items()),
-        body=response.content,
+        body=bytes(body),
     )
+
+
+def _full(body: bytearray, chunk: bytes, request: HttpRequest) -> bool:
+    """Add ``chunk``; True once the body has passed the request's limit
+    (one byte past it is enough for the core to refuse it: stop reading)."""
+    body += chunk
+    return len(body) > request.max_response_bytes
+
+
+# -- sync: the attempt's deadline on every socket operation ----------------------
+
+# When the attempt running in this thread must be over (time.monotonic()).
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "navai_mw_deadline", default=None
+)
+
+
+def _bounded(timeout: float | None, error: type[httpcore.TimeoutException]) -> float | None:
+    """``timeout`` shortened to the time the attempt has left."""
+    deadline = _deadline.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise error("OpenAI answered too slowly.")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket whose every read and write ends by the attempt's deadline.
+
+    httpx's timeouts bound each read; an upstream that trickles its answer
+    a byte at a time would otherwise hold a server thread as long as it liked.
+    """
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _bounded(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self,
+        ssl_context: Any,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        timeout = _bounded(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self, backend: httpcore.NetworkBackend) -> None:
+        self._backend = backend
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        timeout = _bounded(timeout, httpcore.ConnectTimeout)
+        stream = self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _DeadlineStream(stream)
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        timeout = _bounded(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def _bind_to_deadlines(client: httpx.Client) -> httpx.Client:
+    """Route ``client``'s network pools (proxies' too) through
+    :class:`_DeadlineBackend`. httpx exposes no option for it; httpcore's
+    pools take any network backend."""
+    for transport in (client._transport, *client._mounts.values()):
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if isinstance(backend, httpcore.NetworkBackend) and not isinstance(
+            backend, _DeadlineBackend
+        ):
+            pool._network_backend = _DeadlineBackend(backend)  # type: ignore[union-attr]
+    return client
+
+
+class _Lease:
+    """One client and the attempts using it; closed when the last one is done."""
+
+    __slots__ = ("client", "closing", "users")
+
+    def __init__(self, client: httpx.Client) -> None:
+        self.client = client
+        self.users = 0
+        self.closing = False
 
 
 class HttpxSyncTransport:
     """A :class:`SyncTransport` over one pooled, thread-safe ``httpx.Client``.
 
-    Each attempt runs on a worker thread, so that the caller stops waiting
-    when its time is up: httpx bounds each read, not the whole answer, and an
-    upstream that trickled its head byte by byte would otherwise hold a
-    server thread for as long as it liked.
+    Each attempt runs on the caller's thread, and every socket operation of
+    it (connect, TLS, each write and read) ends by the attempt's deadline, so
+    an upstream that trickles its answer cannot hold a thread past it.
+
+    Without ``client``, one is made on first use, and again in a child
+    process after ``fork()`` (a pre-fork server's workers never share the
+    parent's connections) and after :meth:`close` (which lets the attempts
+    in flight finish first). A ``client`` given is used as it is, and closed
+    by :meth:`close`.
     """
 
     def __init__(self, client: httpx.Client | None = None) -> None:
-        self._client = client if client is not None else httpx.Client(limits=DEFAULT_LIMITS)
-        self._workers = ThreadPoolExecutor(
-            max_workers=DEFAULT_LIMITS.max_connections or 100,
-            thread_name_prefix="navai-upstream",
-        )
+        self._given = None if client is None else _bind_to_deadlines(client)
+        self._lock = threading.Lock()
+        self._lease: _Lease | None = None
+        _sync_transports.add(self)
+
+    def _acquire(self) -> _Lease:
+        with self._lock:
+            lease = self._lease
+            if lease is None:
+                client = self._given or httpx.Client(limits=DEFAULT_LIMITS)
+                lease = self._lease = _Lease(_bind_to_deadlines(client))
+            lease.users += 1
+            return lease
+
+    def _release(self, lease: _Lease) -> None:
+        with self._lock:
+            lease.users -= 1
+            done = lease.closing and lease.users == 0
+        if done:
+            lease.client.close()
+
+    def _after_fork(self) -> None:
+        # The parent's lock may have been held, and its connections are the
+        # parent's: start afresh. (Its sockets close with the copy, unread.)
+        self._lock = threading.Lock()
+        self._lease = None
 
     def send(self, request: HttpRequest, *, timeout: float) -> HttpResponse:
-        attempt = self._workers.submit(self._send, request, timeout)
+        lease = self._acquire()
+        token = _deadline.set(time.monotonic() + timeout)
         try:
-            return attempt.result(timeout=timeout)
-        except FutureTimeoutError:  # not the built-in TimeoutError before 3.11
-            attempt.cancel()
-            raise TimeoutError("OpenAI answered too slowly.") from None
-
-    def _send(self, request: HttpRequest, timeout: float) -> HttpResponse:
-        # The worker gives up too once the body outlasts the deadline.
-        deadline = time.monotonic() + timeout
-        try:
-            response = self._client.send(_build(self._client, request, timeout), stream=True)
+            client = lease.client
+            response = client.send(_build(client, request, timeout), stream=True)
             try:
                 body = bytearray()
                 for chunk in response.iter_bytes():
-                    body += chunk
-                    if time.monotonic() > deadline:
-                        raise TimeoutError("OpenAI answered too slowly.")
+                    if _full(body, chunk, request):
+                        break
             finally:
                 response.close()
-            return HttpResponse(
-                status=response.status_code,
-                headers=tuple(response.headers.items()),
-                body=bytes(body),
-            )
+            return _answer(response, body)
         except httpx.TimeoutException as exc:
             raise TimeoutError(str(exc)) from None
         except httpx.HTTPError as exc:
             raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
+        except RuntimeError:
+            if not lease.client.is_closed:
+                raise
+            raise ConnectionError("the HTTP client given to the transport is closed") from None
+        finally:
+            _deadline.reset(token)
+            self._release(lease)
 
     def close(self) -> None:
-        self._workers.shutdown(wait=False, cancel_futures=True)
-        self._client.close()
+        with self._lock:
+            lease, self._lease = self._lease, None
+            if lease is None:
+                return
+            lease.closing = True
+            done = lease.users == 0
+        if done:
+            lease.client.close()
 
     def __enter__(self) -> HttpxSyncTransport:
         return self
@@ -134,6 +277,21 @@ class HttpxSyncTransport:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+_sync_transports: weakref.WeakSet[HttpxSyncTransport] = weakref.WeakSet()
+
+
+def _reset_sync_transports_in_child() -> None:
+    for transport in list(_sync_transports):
+        transport._after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_reset_sync_transports_in_child)
+
+
+# -- async ------------------------------------------------------------------------
 
 
 def _default_async_client() -> httpx.AsyncClient:
@@ -177,31 +335,66 @@ class HttpxAsyncTransport:
     Without ``client``, one is made on first use: on asyncio, an httpx client
     over aiohttp's connection pool (``httpx-aiohttp``), which holds up under
     concurrency; elsewhere, httpx's own. Such a client belongs to the event
-    loop that made it, so a transport used again after :meth:`aclose` (a
-    server's second lifespan) or from another loop (a test harness that runs
-    each request on a loop of its own) makes a fresh one. ``is_closed`` is
-    True from :meth:`aclose` until the transport is used again.
+    loop that made it. It is closed on that loop when the loop shuts down
+    (``asyncio.run`` and trio finalize it with their async generators), when
+    another loop takes over while it still runs, or by :meth:`aclose`; the
+    transport then makes a fresh one on its next use (a server's second
+    lifespan, a test harness that runs each request on a loop of its own).
+    ``is_closed`` is True from :meth:`aclose` until the transport is used again.
     """
 
     def __init__(self, client: httpx.AsyncClient | None = None) -> None:
         self._given = client
         self._client = client
         self._loop: object = None
+        # An async generator whose ``finally`` closes the client; the loop
+        # that ran its first step finalizes it when it shuts down.
+        self._closer: AsyncGenerator[None, None] | None = None
         self.is_closed = False
 
-    def _current_client(self) -> httpx.AsyncClient:
+    async def _current_client(self) -> httpx.AsyncClient:
         if self._given is not None:
             return self._given
         loop = _running_loop()
         if self._client is None or self._loop is not loop:
-            self._client, self._loop = _default_async_client(), loop
+            self._retire()
+            client = _default_async_client()
+            self._client, self._loop = client, loop
+            self._closer = self._closes_with_its_loop(client)
+            await self._closer.__anext__()
         self.is_closed = False
         return self._client
 
-    async def send(self, request: HttpRequest, *, timeout: float) -> HttpResponse:
-        client = self._current_client()
+    async def _closes_with_its_loop(self, client: httpx.AsyncClient) -> AsyncGenerator[None, None]:
         try:
-            return _response(await client.send(_build(client, request, timeout)))
+            yield
+        finally:
+            if self._client is client:
+                self._client = None
+            await client.aclose()
+
+    def _retire(self) -> None:
+        """Close the client of another loop on that loop, while it runs."""
+        closer, loop, self._closer = self._closer, self._loop, None
+        if closer is None:
+            return
+        if isinstance(loop, asyncio.AbstractEventLoop) and loop.is_running():
+            asyncio.run_coroutine_threadsafe(closer.aclose(), loop)
+        # A loop that ran to its end finalized the closer already; one that
+        # was stopped without that cannot run anything more.
+
+    async def send(self, request: HttpRequest, *, timeout: float) -> HttpResponse:
+        client = await self._current_client()
+        try:
+            response = await client.send(_build(client, request, timeout), stream=True)
+            try:
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    if _full(body, chunk, request):
+                        break
+            finally:
+                await response.aclose()
+            return _answer(response, body)
         except httpx.HTTPError as exc:
             raise _async_failure(exc) from None
         except Exception as exc:
@@ -210,10 +403,12 @@ class HttpxAsyncTransport:
             raise
 
     async def aclose(self) -> None:
-        client, self._client = self._client, self._given
+        closer, self._closer = self._closer, None
         self.is_closed = True
-        if client is not None:
-            await client.aclose()
+        if closer is not None:
+            await closer.aclose()
+        elif self._given is not None:
+            await self._given.aclose()
 
     async def __aenter__(self) -> HttpxAsyncTransport:
         return self

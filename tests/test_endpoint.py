@@ -92,13 +92,26 @@ def test_chunked_body_with_wrong_type_is_415_after_reading() -> None:
     assert finish_now(endpoint, wanted, b"hello").status == 415
 
 
-def test_cors_same_origin_post_is_allowed_without_cors_headers() -> None:
-    endpoint = Endpoint(OPTS, cors_origins=["http://front.test"])
-    wanted = endpoint.begin(
-        "POST", {**JSON, "origin": "http://api.test:3000", "host": "api.test:3000"}
-    )
+@pytest.mark.parametrize(
+    ("origin", "host"),
+    [
+        pytest.param("http://evil.test:18010", "evil.test:18010", id="dns-rebinding"),
+        pytest.param("http://api.test:3000", "api.test:3000", id="unlisted-own-origin"),
+        pytest.param("https://api.test", "api.test", id="scheme-and-host"),
+    ],
+)
+def test_cors_trusts_no_host_header(origin: str, host: str) -> None:
+    # The Host header is the client's to write: a page on a rebound name
+    # sends a matching one. Only listed origins pass.
+    endpoint = Endpoint(OPTS, cors_origins=["https://app.example.com"])
+    refused = endpoint.begin("POST", {**JSON, "origin": origin, "host": host})
+    assert isinstance(refused, Answer)
+    assert refused.status == 403
+    assert json.loads(refused.body) == {"error": "Origin not allowed."}
+    listed = Endpoint(OPTS, cors_origins=["https://app.example.com", origin])
+    wanted = listed.begin("POST", {**JSON, "origin": origin, "host": host})
     assert isinstance(wanted, BodyWanted)
-    assert wanted.cors == (("Vary", "Origin"),)
+    assert ("Access-Control-Allow-Origin", origin) in wanted.cors
 
 
 def test_cors_other_origin_is_refused_before_reading() -> None:

@@ -241,6 +241,7 @@ def call_asgi(
     assert body["type"] == "http.response.body"
     assert not body.get("more_body", False)
     headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start["headers"]]
+    assert all(name == name.lower() for name, _ in headers)  # as ASGI requires
     return start["status"], headers, body["body"]
 
 
@@ -387,7 +388,8 @@ def test_shells_agree_when_handed_the_same_bytes(
         assert asgi_payload.keys() == wsgi_payload.keys()
     else:
         assert asgi_body == wsgi_body
-        assert asgi_headers == wsgi_headers
+        # The same headers in the same order; ASGI spells the names in lower case.
+        assert asgi_headers == [(name.lower(), value) for name, value in wsgi_headers]
 
 
 def test_strategies_reach_every_kind_of_answer() -> None:
