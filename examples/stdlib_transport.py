@@ -58,6 +58,8 @@ class StdlibTransport:
                 if not chunk:
                     break
                 body += chunk
+                if len(body) > request.max_response_bytes:
+                    break  # enough for the core to refuse it; stop reading
             return HttpResponse(
                 status=response.status,
                 headers=tuple((name.lower(), value) for name, value in response.getheaders()),

@@ -120,8 +120,8 @@ def _check_base_url(_: object, __: attrs.Attribute[Any], value: str) -> None:
     try:
         parts = urlsplit(value)
         port_ok = parts.port is None or parts.port > 0
-        httpx.URL(value + "/realtime/client_secrets")
-        yarl.URL(value + "/realtime/client_secrets")
+        # Both parse lazily: the host is where a bad name or address shows.
+        _ = httpx.URL(value).host, yarl.URL(value).host
     except (ValueError, httpx.InvalidURL):  # "http://[::1", "http://a:port", "http://xn--a"
         raise invalid from None
     if (

@@ -6,8 +6,7 @@ import importlib.util
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -19,7 +18,7 @@ from navai_mw._core import build_upstream_request
 from navai_mw.testing import FakeOpenAIRealtime
 from navai_mw.transports import SyncTransport
 
-from .conftest import CANARY_KEY
+from .conftest import CANARY_KEY, raw_server
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "stdlib_transport.py"
 TOKEN_PATH = "/navai/realtime/client-secret"
@@ -158,30 +157,8 @@ def test_refused_connection_raises_os_error(closed_port: int) -> None:
         example.StdlibTransport().send(request, timeout=2.0)
 
 
-@contextmanager
-def raw_server(handle: Callable[[socket.socket], None]) -> Iterator[str]:
-    """A loopback server that lets ``handle`` answer one connection by hand;
-    yields a base URL for the options."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(1)
-
-        def serve() -> None:
-            conn, _ = server.accept()
-            with conn:
-                conn.recv(65536)  # the request: small, and sent in one piece
-                handle(conn)
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{server.getsockname()[1]}/v1"
-        finally:
-            thread.join(timeout=5)
-
-
 def test_cut_off_answer_is_a_connection_error() -> None:
-    def hang_up(conn: socket.socket) -> None:
+    def hang_up(conn: socket.socket, stop: threading.Event) -> None:
         pass  # no status line at all
 
     with raw_server(hang_up) as base_url, pytest.raises(ConnectionError):
@@ -191,21 +168,33 @@ def test_cut_off_answer_is_a_connection_error() -> None:
 def test_trickling_answer_is_cut_off_at_the_deadline() -> None:
     # Each byte arrives well within a socket timeout, but all of them would
     # take three seconds: only a bound on the whole attempt stops this.
-    gone = threading.Event()
-
-    def trickle(conn: socket.socket) -> None:
+    def trickle(conn: socket.socket, stop: threading.Event) -> None:
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\n")
         for _ in range(30):
-            if gone.wait(0.1):
+            if stop.wait(0.1):
                 return
             try:
                 conn.sendall(b"x")
             except OSError:
                 return
 
-    with raw_server(trickle) as base_url:
-        try:
-            with pytest.raises(TimeoutError):
-                example.StdlibTransport().send(build_upstream_request(_opts(base_url)), timeout=0.5)
-        finally:
-            gone.set()
+    with raw_server(trickle) as base_url, pytest.raises(TimeoutError):
+        example.StdlibTransport().send(build_upstream_request(_opts(base_url)), timeout=0.5)
+
+
+def test_an_endless_answer_is_read_no_further_than_the_limit() -> None:
+    def endless(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\n\r\n")  # no length: the body runs to the close
+        while not stop.is_set():
+            try:
+                conn.sendall(b" " * 65536)
+            except OSError:
+                return
+
+    with raw_server(endless) as base_url:
+        request = build_upstream_request(_opts(base_url))
+        response = example.StdlibTransport().send(request, timeout=5)
+        with pytest.raises(NavaiError) as caught:
+            example.mint(_opts(base_url))
+    assert request.max_response_bytes < len(response.body) <= request.max_response_bytes + 65536
+    assert caught.value.status == 502

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -27,7 +26,7 @@ from navai_mw import (
 from navai_mw.testing import FakeOpenAIRealtime
 from navai_mw.transports import HttpxAsyncTransport, HttpxSyncTransport
 
-from .conftest import CANARY_KEY, closed_port, is_closed
+from .conftest import CANARY_KEY, closed_port, is_closed, raw_server
 
 pytestmark = pytest.mark.anyio
 
@@ -114,34 +113,6 @@ def test_sync_default_mints(fake: FakeOpenAIRealtime, served_fake: str) -> None:
     with HttpxSyncTransport() as transport:
         secret = create_realtime_client_secret_sync(options(served_fake), transport=transport)
     assert secret.value.startswith("ek_fake_")
-
-
-@contextmanager
-def raw_server(answer: Callable[[socket.socket, threading.Event], None]) -> Iterator[str]:
-    """A loopback TCP server that reads one request per connection and lets
-    ``answer`` write whatever it likes; yields its base URL."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.recv(65536)
-                answer(conn, stop)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        listener.close()
 
 
 @pytest.fixture
