@@ -86,3 +86,23 @@ def served_fake(fake: FakeOpenAIRealtime) -> Iterator[str]:
     """The fake upstream on a real loopback port; yields its base URL."""
     with fake.serve() as base_url:
         yield base_url
+
+
+@pytest.fixture
+def trickling_head_server() -> Iterator[str]:
+    """Sends even its status line and headers one byte every 50 ms."""
+
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        body = b'{"value": "ek_slow", "expires_at": 1}'
+        head = b"HTTP/1.1 200 OK\r\nX-Padding: " + b"a" * 200 + b"\r\n"
+        message = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        for byte in message:
+            if stop.wait(0.05):
+                return
+            try:
+                conn.sendall(bytes([byte]))
+            except OSError:
+                return
+
+    with raw_server(answer) as url:
+        yield url

@@ -207,23 +207,6 @@ def test_the_core_refuses_a_body_past_the_request_limit_without_retrying() -> No
 # -- 3: a trickling upstream cannot starve the sync transport ---------------------------
 
 
-@pytest.fixture
-def trickling_head_server() -> Iterator[str]:
-    """Sends its status line one byte every 50 ms, for as long as allowed."""
-
-    def answer(conn: socket.socket, stop: threading.Event) -> None:
-        for byte in b"HTTP/1.1 200 OK\r\nX-Padding: " + b"a" * 10_000:
-            if stop.wait(0.05):
-                return
-            try:
-                conn.sendall(bytes([byte]))
-            except OSError:
-                return
-
-    with raw_server(answer) as url:
-        yield url
-
-
 def test_abandoned_sync_attempts_release_their_thread_and_connection(
     trickling_head_server: str, fake: FakeOpenAIRealtime, served_fake: str
 ) -> None:

@@ -194,26 +194,6 @@ async def test_asgi_middleware_under_either_event_loop(
     assert len(fake.requests) == 2
 
 
-@pytest.fixture
-def trickling_head_server() -> Iterator[str]:
-    """Sends even its status line and headers one byte every 50 ms."""
-
-    def answer(conn: socket.socket, stop: threading.Event) -> None:
-        body = b'{"value": "ek_slow", "expires_at": 1}'
-        head = b"HTTP/1.1 200 OK\r\nX-Padding: " + b"a" * 200 + b"\r\n"
-        message = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
-        for byte in message:
-            if stop.wait(0.05):
-                return
-            try:
-                conn.sendall(bytes([byte]))
-            except OSError:
-                return
-
-    with raw_server(answer) as url:
-        yield url
-
-
 def test_sync_trickling_head_cannot_stretch_the_budget(trickling_head_server: str) -> None:
     # Each read is quick; the answer would take 13 s and then succeed.
     with HttpxSyncTransport() as transport, pytest.raises(UpstreamError) as caught:
