@@ -30,6 +30,9 @@ import attrs
 
 from ._errors import RequestError, UpstreamError
 from ._models import (
+    DEFAULT_INSTRUCTIONS,
+    DEFAULT_MODEL,
+    DEFAULT_VOICE,
     WIRE_NAMES,
     CreateClientSecretRequest,
     HttpRequest,
@@ -52,9 +55,6 @@ __all__ = [
     "structure_request",
 ]
 
-DEFAULT_MODEL: Final = "gpt-realtime"
-DEFAULT_VOICE: Final = "marin"
-DEFAULT_INSTRUCTIONS: Final = "You are a helpful assistant."
 
 # openai-python's policy: two retries, 0.5 * 2**n seconds capped at 8 s, each
 # shortened by up to a quarter at random so that clients spread out.
@@ -122,6 +122,31 @@ def build_instructions(
     return "\n".join(lines)
 
 
+# How much of a refused value a 403 quotes back.
+_QUOTED_VALUE_CHARS: Final = 64
+
+
+def check_policy(opts: NavaiVoiceBackendOptions, req: CreateClientSecretRequest) -> None:
+    """Refuse (403) what the options do not let a client ask for; what the
+    client leaves out falls back to the server's defaults, which passed the
+    same policy when the options were built."""
+    for field, value, allowed in (
+        ("model", req.model, opts.allowed_models),
+        ("voice", req.voice, opts.allowed_voices),
+    ):
+        if value is not None and allowed is not None and value not in allowed:
+            raise RequestError(
+                f"Request field {field} is not allowed: {value[:_QUOTED_VALUE_CHARS]!r}. "
+                f"Allowed: {', '.join(allowed)}.",
+                status=403,
+            )
+    if req.instructions is not None and not opts.allow_client_instructions:
+        raise RequestError(
+            "Request field instructions is not allowed: this server sets the instructions.",
+            status=403,
+        )
+
+
 def resolve_api_key(opts: NavaiVoiceBackendOptions, req: CreateClientSecretRequest) -> str:
     # The server's key always wins. Options without one always allow request
     # keys (checked when the options are built), so a missing request key is
@@ -141,6 +166,7 @@ def build_upstream_request(
 ) -> HttpRequest:
     """The ``POST /realtime/client_secrets`` call for this request."""
     req = structure_request(req)
+    check_policy(opts, req)
     api_key = resolve_api_key(opts, req)
     session = {
         "type": "realtime",

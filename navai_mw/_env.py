@@ -1,6 +1,8 @@
 """Environment variables -> :class:`NavaiVoiceBackendOptions`.
 
-The seed's nine variables plus ``OPENAI_BASE_URL``. A variable set to a blank
+The seed's nine variables, ``OPENAI_BASE_URL``, and the request policy
+(``NAVAI_ALLOWED_MODELS``, ``NAVAI_ALLOWED_VOICES``,
+``NAVAI_ALLOW_CLIENT_INSTRUCTIONS``). A variable set to a blank
 string counts as unset (the reference would send ``"model": ""``).
 """
 
@@ -37,6 +39,22 @@ def _ttl(raw: str | None) -> int:
     return int(raw.strip())
 
 
+_TRUE: Final = frozenset({"true", "1", "yes"})
+_FALSE: Final = frozenset({"false", "0", "no"})
+
+
+def read_bool(env: Mapping[str, str | None], name: str, default: bool) -> bool:
+    """A yes/no variable: ``true/false/1/0/yes/no`` in any case; anything
+    else is an error naming the variable."""
+    raw = _read(env, name)
+    if raw is None:
+        return default
+    word = raw.strip().lower()
+    if word in _TRUE or word in _FALSE:
+        return word in _TRUE
+    raise OptionsError(f"{name} must be one of true, false, 1, 0, yes, no. Received: {raw!r}")
+
+
 def get_navai_voice_backend_options_from_env(
     env: Mapping[str, str | None] | None = None,
 ) -> NavaiVoiceBackendOptions:
@@ -61,6 +79,9 @@ def get_navai_voice_backend_options_from_env(
         default_language=_read(env, "OPENAI_REALTIME_LANGUAGE"),
         default_voice_accent=_read(env, "OPENAI_REALTIME_VOICE_ACCENT"),
         default_voice_tone=_read(env, "OPENAI_REALTIME_VOICE_TONE"),
+        allowed_models=_read(env, "NAVAI_ALLOWED_MODELS"),
+        allowed_voices=_read(env, "NAVAI_ALLOWED_VOICES"),
+        allow_client_instructions=read_bool(env, "NAVAI_ALLOW_CLIENT_INSTRUCTIONS", True),
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -25,6 +26,9 @@ from ._errors import OptionsError
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "DEFAULT_INSTRUCTIONS",
+    "DEFAULT_MODEL",
+    "DEFAULT_VOICE",
     "WIRE_NAMES",
     "CreateClientSecretRequest",
     "HttpRequest",
@@ -36,6 +40,10 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
+# What a request gets when neither it nor the options name one.
+DEFAULT_MODEL: Final = "gpt-realtime"
+DEFAULT_VOICE: Final = "marin"
+DEFAULT_INSTRUCTIONS: Final = "You are a helpful assistant."
 # OpenAI accepts 10..7200 seconds for expires_after.seconds.
 MIN_TTL_SECONDS: Final = 10
 MAX_TTL_SECONDS: Final = 7200
@@ -151,6 +159,31 @@ def _optional_text() -> Any:
     return attrs.field(default=None, converter=_absent_if_blank, validator=_check_text)
 
 
+def _allow_list(value: str | Iterable[str] | None) -> Any:
+    """``None`` (anything goes), or the allowed values as a tuple of trimmed
+    strings; a string is read as a comma-separated list, as in the env."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        return value  # for the validator to name
+    items = [item.strip() if isinstance(item, str) else item for item in value]
+    return tuple(dict.fromkeys(item for item in items if item != ""))
+
+
+def _check_allow_list(_: object, field: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, tuple) or not all(isinstance(item, str) for item in value):
+        raise OptionsError(f"{field.name} must be a list of strings, or None for any.")
+    if not value:
+        raise OptionsError(
+            f"{field.name} is empty: it would refuse every request that names one. "
+            "Use None to allow any, or list at least one."
+        )
+
+
 @attrs.frozen(kw_only=True)
 class NavaiVoiceBackendOptions:
     """How the backend mints client secrets.
@@ -167,6 +200,10 @@ class NavaiVoiceBackendOptions:
         openai_base_url: where ``/realtime/client_secrets`` lives.
         upstream_timeout_seconds: bound on the whole upstream exchange,
             retries included.
+        allowed_models, allowed_voices: what a request may name (None: any,
+            as the reference); a request outside them is a 403.
+        allow_client_instructions: whether a request may send its own
+            ``instructions`` (True, as the reference).
 
     Invalid options raise :class:`OptionsError` here, at construction.
     """
@@ -189,10 +226,28 @@ class NavaiVoiceBackendOptions:
         default=DEFAULT_BASE_URL, converter=_clean_base_url, validator=_check_base_url
     )
     upstream_timeout_seconds: float = attrs.field(default=30.0, validator=_check_timeout)
+    # Declared in full, so that type checkers see what the converter accepts.
+    allowed_models: tuple[str, ...] | None = attrs.field(
+        default=None, converter=_allow_list, validator=_check_allow_list
+    )
+    allowed_voices: tuple[str, ...] | None = attrs.field(
+        default=None, converter=_allow_list, validator=_check_allow_list
+    )
+    allow_client_instructions: bool = attrs.field(default=True, validator=_check_bool)
 
     def __attrs_post_init__(self) -> None:
         if self.openai_api_key is None and not self.allow_api_key_from_request:
             raise OptionsError("Missing openai_api_key in NavaiVoiceBackendOptions.")
+        # The server's own choices must pass its own policy.
+        for default, builtin, allowed, name in (
+            (self.default_model, DEFAULT_MODEL, self.allowed_models, "model"),
+            (self.default_voice, DEFAULT_VOICE, self.allowed_voices, "voice"),
+        ):
+            if allowed is not None and (default or builtin) not in allowed:
+                raise OptionsError(
+                    f"default_{name} {default or builtin!r} is not in allowed_{name}s "
+                    f"({', '.join(allowed)}): set default_{name} to one of them."
+                )
 
 
 @attrs.frozen(kw_only=True)

@@ -35,11 +35,10 @@ from typing import Final
 
 import attrs
 
-from ._core import DEFAULT_INSTRUCTIONS, DEFAULT_MODEL, DEFAULT_VOICE
 from ._endpoint import DEFAULT_PATH
 from ._env import get_cors_origins_from_env, get_navai_voice_backend_options_from_env
 from ._errors import NavaiError
-from ._models import NavaiVoiceBackendOptions
+from ._models import DEFAULT_INSTRUCTIONS, DEFAULT_MODEL, DEFAULT_VOICE, NavaiVoiceBackendOptions
 from .asgi import ASGIApp, Message, NavaiASGIMiddleware, Receive, Scope, Send
 from .testing import FakeOpenAIRealtime
 
