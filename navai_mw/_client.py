@@ -32,34 +32,45 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-Steps = Generator[Attempt, Outcome, T]
+R = TypeVar("R")
+Steps = Generator[Any, Any, T]
 
 
 def drive_sync(
     steps: Steps[T],
     transport: SyncTransport,
     *,
+    perform: Callable[[Any], Any] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     jitter: Callable[[], float] = random.random,
 ) -> T:
-    """Run ``steps`` to completion over a sync transport; return its result."""
+    """Run ``steps`` to completion; return its result.
+
+    Upstream attempts go to ``transport``; every other effect (a user's
+    hook, a rate-limit hit) to ``perform``, whose return value is sent back.
+    """
     start = clock()
     try:
-        attempt = next(steps)
+        effect = next(steps)
         while True:
-            if attempt.delay:
-                sleep(attempt.delay)
+            if not isinstance(effect, Attempt):
+                effect = steps.send(_performed(perform, effect))
+                continue
+            if effect.first:
+                start = clock()
+            if effect.delay:
+                sleep(effect.delay)
             response: HttpResponse | None = None
             timed_out = False
             try:
-                response = transport.send(attempt.request, timeout=attempt.timeout)
+                response = transport.send(effect.request, timeout=effect.timeout)
             except TimeoutError:
                 timed_out = True
             except OSError:
                 pass  # no answer: the core decides whether to try again
             elapsed = clock() - start
-            attempt = steps.send(Outcome(response, timed_out, elapsed, jitter()))
+            effect = steps.send(Outcome(response, timed_out, elapsed, jitter()))
     except StopIteration as done:
         result: T = done.value
         return result
@@ -69,33 +80,45 @@ async def drive_async(
     steps: Steps[T],
     transport: AsyncTransport,
     *,
+    perform: Callable[[Any], Awaitable[Any]] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[Any]] = anyio.sleep,
     jitter: Callable[[], float] = random.random,
 ) -> T:
-    """Run ``steps`` to completion over an async transport; return its result."""
+    """Run ``steps`` to completion; return its result (as :func:`drive_sync`)."""
     start = clock()
     try:
-        attempt = next(steps)
+        effect = next(steps)
         while True:
-            if attempt.delay:
-                await sleep(attempt.delay)
+            if not isinstance(effect, Attempt):
+                effect = steps.send(await _performed(perform, effect))
+                continue
+            if effect.first:
+                start = clock()
+            if effect.delay:
+                await sleep(effect.delay)
             response: HttpResponse | None = None
             timed_out = False
             try:
                 # The transport's own timeouts are per read; this bounds the
                 # whole attempt, so a trickling upstream cannot stretch it.
-                with anyio.fail_after(attempt.timeout):
-                    response = await transport.send(attempt.request, timeout=attempt.timeout)
+                with anyio.fail_after(effect.timeout):
+                    response = await transport.send(effect.request, timeout=effect.timeout)
             except TimeoutError:
                 timed_out = True
             except OSError:
                 pass  # no answer: the core decides whether to try again
             elapsed = clock() - start
-            attempt = steps.send(Outcome(response, timed_out, elapsed, jitter()))
+            effect = steps.send(Outcome(response, timed_out, elapsed, jitter()))
     except StopIteration as done:
         result: T = done.value
         return result
+
+
+def _performed(perform: Callable[[Any], R] | None, effect: object) -> R:
+    if perform is None:  # a programming error: the shell wired no performer
+        raise TypeError(f"no performer for the effect {type(effect).__name__}")
+    return perform(effect)
 
 
 # The sync function's default: one pooled client for the whole process, made

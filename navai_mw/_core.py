@@ -163,8 +163,15 @@ def resolve_api_key(opts: NavaiVoiceBackendOptions, req: CreateClientSecretReque
 def build_upstream_request(
     opts: NavaiVoiceBackendOptions,
     req: CreateClientSecretRequest | Mapping[str, Any] | None = None,
+    *,
+    safety_identifier: str | None = None,
 ) -> HttpRequest:
-    """The ``POST /realtime/client_secrets`` call for this request."""
+    """The ``POST /realtime/client_secrets`` call for this request.
+
+    ``safety_identifier`` (a hash of the caller's identity) is sent as
+    ``OpenAI-Safety-Identifier``, so that OpenAI can single out one abusive
+    user instead of the whole account.
+    """
     req = structure_request(req)
     check_policy(opts, req)
     api_key = resolve_api_key(opts, req)
@@ -189,6 +196,7 @@ def build_upstream_request(
         headers=(
             ("Authorization", f"Bearer {api_key}"),
             ("Content-Type", "application/json"),
+            *((("OpenAI-Safety-Identifier", safety_identifier),) if safety_identifier else ()),
         ),
         body=compact_json(body),
         max_response_bytes=MAX_CLIENT_SECRET_RESPONSE_BYTES,
@@ -288,11 +296,16 @@ def retry_delay(retries_done: int, *, jitter: float) -> float:
 
 @attrs.frozen(kw_only=True)
 class Attempt:
-    """Send ``request`` after waiting ``delay`` seconds; give up after ``timeout``."""
+    """Send ``request`` after waiting ``delay`` seconds; give up after ``timeout``.
+
+    ``first`` marks the first attempt of an exchange: the driver measures
+    ``Outcome.elapsed`` from there.
+    """
 
     request: HttpRequest
     delay: float
     timeout: float
+    first: bool = False
 
 
 @attrs.frozen
@@ -325,7 +338,7 @@ def exchange(request: HttpRequest, *, budget: float) -> Exchange:
     :data:`MAX_RETRIES` times, never past ``budget`` seconds in all; running
     out of time is a 504.
     """
-    outcome = yield Attempt(request=request, delay=0.0, timeout=budget)
+    outcome = yield Attempt(request=request, delay=0.0, timeout=budget, first=True)
     retries = 0
     while True:
         if outcome.timed_out or outcome.elapsed >= budget:

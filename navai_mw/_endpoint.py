@@ -10,12 +10,14 @@ path is here, so the two shells cannot drift apart:
    :class:`Answer` at once (405, 413, 415, 403, CORS preflight) or a
    :class:`BodyWanted` saying how many bytes the shell may read at most;
 3. :meth:`Endpoint.finish` -- with the body, a generator for the shell's
-   driver: it yields upstream attempts (none for a bad request) and returns
-   the :class:`Answer`.
+   driver: it runs the guard (:mod:`navai_mw._guard`), which yields the
+   user's hook and the rate-limit hit as effects, then yields the upstream
+   attempts (none for a refused or bad request) and returns the
+   :class:`Answer`.
 
-Promises: the only statuses answered are 200, 204, 400, 403, 405, 413, 415,
-429, 502 and 504; every answer has a JSON body (but the 204 preflight);
-no answer carries the server's API key.
+Promises: the only statuses answered are 200, 204, 400, 401, 403, 405, 413,
+415, 429, 502, 503 and 504; every answer has a JSON body (but the 204
+preflight); no answer carries the server's API key.
 """
 
 from __future__ import annotations
@@ -23,15 +25,22 @@ from __future__ import annotations
 import http
 import json
 import logging
+import os
 import re
 from collections.abc import Generator, Iterable, Mapping
 from typing import Any, Final
 
 import attrs
 
-from ._core import Attempt, Outcome, build_upstream_request, compact_json, exchange
-from ._env import get_cors_origins_from_env, get_navai_voice_backend_options_from_env
+from ._core import build_upstream_request, compact_json, exchange
+from ._env import (
+    get_cors_origins_from_env,
+    get_navai_voice_backend_options_from_env,
+    guard_from_env,
+    read_bool,
+)
 from ._errors import NavaiError, RequestError, log_safe
+from ._guard import Guard, RequestInfo, client_address
 from ._models import NavaiVoiceBackendOptions
 
 __all__ = [
@@ -67,8 +76,14 @@ def _reason(status: int) -> str:
 
 
 _REASONS: Final = {
-    status: _reason(status) for status in (200, 204, 400, 403, 405, 413, 415, 429, 502, 504)
+    status: _reason(status)
+    for status in (200, 204, 400, 401, 403, 405, 413, 415, 429, 502, 503, 504)
 }
+# The route this endpoint serves, and the rate-limit group it counts in.
+ROUTE: Final = "client_secret"
+ROUTE_GROUP: Final = "mint"
+# Headers a page may read from a cross-origin answer.
+_EXPOSED: Final = ("Access-Control-Expose-Headers", "Retry-After, RateLimit, RateLimit-Policy")
 
 
 @attrs.frozen
@@ -89,13 +104,15 @@ class Answer:
 class BodyWanted:
     """Read the body, at most ``limit + 1`` bytes, then call ``finish``.
 
-    ``declared`` is the Content-Length, when the client sent one.
+    ``declared`` is the Content-Length, when the client sent one; ``info``
+    is the request as the guard and an ``authorize`` hook see it.
     """
 
     limit: int
     declared: int | None
     cors: tuple[tuple[str, str], ...]
     content_type_ok: bool
+    info: RequestInfo | None = None
 
 
 def route_path(path: str, root_path: str) -> str:
@@ -203,6 +220,8 @@ class Endpoint:
         path: str = DEFAULT_PATH,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         cors_origins: Iterable[str] | None = None,
+        cors_allow_credentials: bool = False,
+        guard: Guard | None = None,
     ) -> None:
         if not path.startswith("/"):
             raise ValueError(f"path must start with '/'. Received: {path!r}")
@@ -229,6 +248,14 @@ class Endpoint:
         self._any_origin = origins is not None and "*" in origins
         self._origins: frozenset[str] | None = None if origins is None else frozenset(origins)
         self._allow = ("Allow", "POST" if origins is None else "POST, OPTIONS")
+        if not isinstance(cors_allow_credentials, bool):
+            raise ValueError(
+                "cors_allow_credentials must be True or False. "
+                f"Received: {cors_allow_credentials!r}"
+            )
+        # With credentials, browsers refuse "*": the origin is echoed instead.
+        self._credentials = cors_allow_credentials
+        self.guard = guard or Guard()
 
     @classmethod
     def configured(
@@ -238,14 +265,27 @@ class Endpoint:
         path: str,
         max_body_size: int,
         cors_origins: Iterable[str] | None,
+        cors_allow_credentials: bool | None = None,
+        **guard: Any,
     ) -> Endpoint:
         """The middlewares' way in: ``opts=None`` reads the environment, CORS
-        origins (``NAVAI_CORS_ORIGIN``) included unless given."""
+        origins (``NAVAI_CORS_ORIGIN``) included unless given. The guard's
+        keywords (``authorize``, ``rate_limit``...) each come from the
+        environment when not given, whatever ``opts`` is."""
         if opts is None:
             opts = get_navai_voice_backend_options_from_env()
             if cors_origins is None:
                 cors_origins = get_cors_origins_from_env()
-        return cls(opts, path=path, max_body_size=max_body_size, cors_origins=cors_origins)
+        if cors_allow_credentials is None:
+            cors_allow_credentials = read_bool(os.environ, "NAVAI_CORS_ALLOW_CREDENTIALS", False)
+        return cls(
+            opts,
+            path=path,
+            max_body_size=max_body_size,
+            cors_origins=cors_origins,
+            cors_allow_credentials=cors_allow_credentials,
+            guard=guard_from_env(api_key=opts.openai_api_key, **guard),
+        )
 
     def owns(self, path: str) -> bool:
         """Whether a request for ``path`` (below the mount point) is ours."""
@@ -260,10 +300,16 @@ class Endpoint:
         origin = headers.get("origin")
         if origin is None:
             return (("Vary", "Origin"),)
-        if self._any_origin:
-            return (("Access-Control-Allow-Origin", "*"), ("Vary", "Origin"))
-        if _normalize_origin(origin) in self._origins:
-            return (("Access-Control-Allow-Origin", origin), ("Vary", "Origin"))
+        if self._any_origin or _normalize_origin(origin) in self._origins:
+            allowed = "*" if self._any_origin and not self._credentials else origin
+            cors: tuple[tuple[str, str], ...] = (
+                ("Access-Control-Allow-Origin", allowed),
+                ("Vary", "Origin"),
+                _EXPOSED,
+            )
+            if self._credentials:
+                cors += (("Access-Control-Allow-Credentials", "true"),)
+            return cors
         # No exception for "same-origin" requests: the only sign of one is
         # the Host header, which a DNS-rebinding page controls. A page served
         # by this app lists its own origin like any other.
@@ -271,7 +317,7 @@ class Endpoint:
 
     def _preflight(self, headers: Mapping[str, str], cors: tuple[tuple[str, str], ...]) -> Answer:
         allowed = [
-            *cors,
+            *(header for header in cors if header is not _EXPOSED),  # for answers only
             ("Access-Control-Allow-Methods", "POST"),
             ("Access-Control-Max-Age", PREFLIGHT_MAX_AGE),
         ]
@@ -282,10 +328,21 @@ class Endpoint:
 
     # -- the request ---------------------------------------------------------
 
-    def begin(self, method: str, headers: Mapping[str, str]) -> Answer | BodyWanted:
+    def begin(
+        self,
+        method: str,
+        headers: Mapping[str, str],
+        *,
+        path: str | None = None,
+        peer: str | None = None,
+        scope: Mapping[str, Any] | None = None,
+        environ: Mapping[str, Any] | None = None,
+    ) -> Answer | BodyWanted:
         """Decide what to do before any of the body is read.
 
-        ``headers`` maps lower-case names to values.
+        ``headers`` maps lower-case names to values; ``path`` is below the
+        mount point; ``peer`` is the socket peer's address; ``scope`` or
+        ``environ`` is handed to an ``authorize`` hook as it is.
         """
         cors = self._cors(headers)
         if cors is None:
@@ -307,8 +364,21 @@ class Endpoint:
         content_type_ok = _media_type_ok(headers.get("content-type"))
         if declared and not content_type_ok:
             return self._unsupported(cors)
+        info = RequestInfo(
+            method=method,
+            route=ROUTE,
+            path=self.path if path is None else path,
+            headers=headers,
+            client=client_address(peer, headers, self.guard.trusted_proxies),
+            scope=scope,
+            environ=environ,
+        )
         return BodyWanted(
-            limit=self.max_body_size, declared=declared, cors=cors, content_type_ok=content_type_ok
+            limit=self.max_body_size,
+            declared=declared,
+            cors=cors,
+            content_type_ok=content_type_ok,
+            info=info,
         )
 
     def _too_large(self, cors: Iterable[tuple[str, str]]) -> Answer:
@@ -319,7 +389,7 @@ class Endpoint:
         message = "Content-Type must be application/json (UTF-8)."
         return _error(RequestError(message, status=415), cors)
 
-    def finish(self, wanted: BodyWanted, body: bytes | None) -> Generator[Attempt, Outcome, Answer]:
+    def finish(self, wanted: BodyWanted, body: bytes | None) -> Generator[Any, Any, Answer]:
         """Given the body read, mint a secret: a generator for the shell's driver.
 
         ``body`` is None when the client sent one the server cannot frame
@@ -334,12 +404,22 @@ class Endpoint:
             return _error(RequestError("Request body is incomplete."), cors)
         if body and not wanted.content_type_ok:
             return self._unsupported(cors)
+        info = wanted.info or RequestInfo(method="POST", route=ROUTE, path=self.path, headers={})
         try:
-            request = build_upstream_request(self.opts, parse_body(body))
+            identity, limit_headers = yield from self.guard.check(info, ROUTE_GROUP)
+        except NavaiError as exc:
+            return _error(exc, cors)
+        answer_headers = (*cors, *limit_headers)
+        try:
+            request = build_upstream_request(
+                self.opts,
+                parse_body(body),
+                safety_identifier=self.guard.safety_identifier(identity),
+            )
             secret = yield from exchange(request, budget=self.opts.upstream_timeout_seconds)
         except RequestError as exc:
-            return _error(exc, cors)
+            return _error(exc, answer_headers)
         except NavaiError as exc:
             logger.warning("navai_mw: minting a client secret failed: %s", log_safe(exc.message))
-            return _error(exc, cors)
-        return _json(200, {"value": secret.value, "expires_at": secret.expires_at}, cors)
+            return _error(exc, answer_headers)
+        return _json(200, {"value": secret.value, "expires_at": secret.expires_at}, answer_headers)

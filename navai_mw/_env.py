@@ -8,15 +8,22 @@ string counts as unset (the reference would send ``"model": ""``).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-from collections.abc import Mapping
-from typing import Final
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
 
 from ._errors import OptionsError
+from ._guard import Guard, parse_rate_limits, parse_trusted_proxies
 from ._models import DEFAULT_BASE_URL, NavaiVoiceBackendOptions
 
-__all__ = ["get_cors_origins_from_env", "get_navai_voice_backend_options_from_env"]
+__all__ = [
+    "get_cors_origins_from_env",
+    "get_navai_voice_backend_options_from_env",
+    "guard_from_env",
+    "read_bool",
+]
 
 _INTEGER: Final = re.compile(r"[+-]?[0-9]+")
 
@@ -94,3 +101,53 @@ def get_cors_origins_from_env(env: Mapping[str, str | None] | None = None) -> li
     if raw is None:
         return None
     return [origin.strip() for origin in raw.split(",") if origin.strip()]
+
+
+def guard_from_env(
+    env: Mapping[str, str | None] | None = None,
+    *,
+    api_key: str | None,
+    authorize: Any = None,
+    rate_limit: str | Mapping[str, str] | None = None,
+    rate_limit_storage: str | None = None,
+    rate_limit_fail_open: bool | None = None,
+    trusted_proxies: str | Iterable[str] | None = None,
+    safety_id_secret: str | None = None,
+) -> Guard:
+    """The guard: each keyword given wins; each one left None is read from
+    its variable, whether or not the options came from code (a deployer's
+    ``NAVAI_RATE_LIMIT`` is never silently ignored)."""
+    if env is None:
+        env = os.environ
+    if authorize is None and (_read(env, "NAVAI_AUTH_TOKENS") or _read(env, "NAVAI_AUTH_JWKS_URL")):
+        from .auth import authorizer_from_env
+
+        authorize = authorizer_from_env(env)
+    if rate_limit is None:
+        rate_limit = _read(env, "NAVAI_RATE_LIMIT")
+    limits = parse_rate_limits(rate_limit)
+    if rate_limit_storage is None:
+        rate_limit_storage = _read(env, "NAVAI_RATE_LIMIT_STORAGE") or "memory://"
+    if rate_limit_fail_open is None:
+        rate_limit_fail_open = read_bool(env, "NAVAI_RATE_LIMIT_FAIL_OPEN", False)
+    if trusted_proxies is None:
+        trusted_proxies = _read(env, "NAVAI_TRUSTED_PROXIES")
+    if safety_id_secret is None:
+        safety_id_secret = _read(env, "NAVAI_SAFETY_ID_SECRET")
+    # Derived from the server's key by default, so that every worker and
+    # every machine turns one identity into the same identifier.
+    secret = (
+        safety_id_secret.encode()
+        if safety_id_secret is not None
+        else None
+        if api_key is None
+        else hashlib.sha256(b"navai_mw safety identifier\0" + api_key.encode()).digest()
+    )
+    return Guard(
+        authorize=authorize,
+        limits=limits,
+        storage_uri=rate_limit_storage.strip() if limits else None,
+        fail_open=rate_limit_fail_open,
+        trusted_proxies=parse_trusted_proxies(trusted_proxies),
+        safety_secret=secret,
+    )

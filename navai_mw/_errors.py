@@ -11,6 +11,7 @@ import re
 from typing import Final
 
 __all__ = [
+    "AuthError",
     "NavaiError",
     "OptionsError",
     "RequestError",
@@ -80,3 +81,17 @@ class UpstreamError(NavaiError):
     """
 
     status = 502
+
+
+class AuthError(NavaiError):
+    """The caller may not use a navai route: 401 (no or bad credentials; the
+    answer carries ``WWW-Authenticate: Bearer``) or 403 (a known caller who
+    is refused). Raise it from an ``authorize`` hook."""
+
+    status = 401
+
+    def __init__(self, message: str, *, status: int = 401) -> None:
+        if status not in (401, 403):
+            raise ValueError(f"AuthError status must be 401 or 403. Received: {status!r}")
+        challenge = (("WWW-Authenticate", "Bearer"),) if status == 401 else ()
+        super().__init__(message, status=status, headers=challenge)

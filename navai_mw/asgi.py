@@ -19,11 +19,13 @@ wrapped app has finished its own shutdown).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from ._client import drive_async
+from ._effects import AsyncEffects
 from ._endpoint import DEFAULT_MAX_BODY_SIZE, DEFAULT_PATH, Answer, Endpoint, route_path
+from ._guard import Authorizer, RequestInfo
 from ._models import NavaiVoiceBackendOptions
 from .transports import AsyncTransport, HttpxAsyncTransport
 
@@ -58,12 +60,31 @@ class NavaiASGIMiddleware:
         path: str = DEFAULT_PATH,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         cors_origins: Iterable[str] | None = None,
+        cors_allow_credentials: bool | None = None,
+        authorize: Callable[[RequestInfo], Any] | Authorizer | None = None,
+        rate_limit: str | Mapping[str, str] | None = None,
+        rate_limit_storage: str | None = None,
+        rate_limit_fail_open: bool | None = None,
+        trusted_proxies: str | Iterable[str] | None = None,
+        safety_id_secret: str | None = None,
         transport: AsyncTransport | None = None,
     ) -> None:
         self.app = app
         self.endpoint = Endpoint.configured(
-            opts, path=path, max_body_size=max_body_size, cors_origins=cors_origins
+            opts,
+            path=path,
+            max_body_size=max_body_size,
+            cors_origins=cors_origins,
+            cors_allow_credentials=cors_allow_credentials,
+            authorize=authorize,
+            rate_limit=rate_limit,
+            rate_limit_storage=rate_limit_storage,
+            rate_limit_fail_open=rate_limit_fail_open,
+            trusted_proxies=trusted_proxies,
+            safety_id_secret=safety_id_secret,
         )
+        self._effects = AsyncEffects(self.endpoint.guard.storage_uri)
+        self._effects.check()
         self._paths = self.endpoint.paths
         self._tails = tuple(self._paths)
         self._owns_transport = transport is None
@@ -128,7 +149,14 @@ class NavaiASGIMiddleware:
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope["headers"]
         }
-        wanted = self.endpoint.begin(scope["method"], headers)
+        client = scope.get("client")
+        wanted = self.endpoint.begin(
+            scope["method"],
+            headers,
+            path=route_path(scope["path"], scope.get("root_path", "")),
+            peer=client[0] if client else None,
+            scope=scope,
+        )
         if isinstance(wanted, Answer):
             await _send(send, wanted)
             return
@@ -140,7 +168,9 @@ class NavaiASGIMiddleware:
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
-        answer = await drive_async(self.endpoint.finish(wanted, bytes(body)), self.transport)
+        answer = await drive_async(
+            self.endpoint.finish(wanted, bytes(body)), self.transport, perform=self._effects
+        )
         await _send(send, answer)
 
 

@@ -13,11 +13,14 @@ upstream client serves every thread of the server.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._client import drive_sync
+from ._effects import SyncEffects, is_async_hook
 from ._endpoint import DEFAULT_MAX_BODY_SIZE, DEFAULT_PATH, Answer, Endpoint
+from ._errors import OptionsError
+from ._guard import Authorizer, RequestInfo
 from ._models import NavaiVoiceBackendOptions
 from .transports import HttpxSyncTransport, SyncTransport
 
@@ -48,12 +51,35 @@ class NavaiWSGIMiddleware:
         path: str = DEFAULT_PATH,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         cors_origins: Iterable[str] | None = None,
+        cors_allow_credentials: bool | None = None,
+        authorize: Callable[[RequestInfo], Any] | Authorizer | None = None,
+        rate_limit: str | Mapping[str, str] | None = None,
+        rate_limit_storage: str | None = None,
+        rate_limit_fail_open: bool | None = None,
+        trusted_proxies: str | Iterable[str] | None = None,
+        safety_id_secret: str | None = None,
         transport: SyncTransport | None = None,
     ) -> None:
         self.app = app
+        if authorize is not None and is_async_hook(authorize):
+            raise OptionsError(
+                "authorize is an async function; the WSGI middleware calls it "
+                "synchronously. Pass a plain function."
+            )
         self.endpoint = Endpoint.configured(
-            opts, path=path, max_body_size=max_body_size, cors_origins=cors_origins
+            opts,
+            path=path,
+            max_body_size=max_body_size,
+            cors_origins=cors_origins,
+            cors_allow_credentials=cors_allow_credentials,
+            authorize=authorize,
+            rate_limit=rate_limit,
+            rate_limit_storage=rate_limit_storage,
+            rate_limit_fail_open=rate_limit_fail_open,
+            trusted_proxies=trusted_proxies,
+            safety_id_secret=safety_id_secret,
         )
+        self._effects = SyncEffects(self.endpoint.guard.storage_uri)
         self._owns_transport = transport is None
         self.transport: SyncTransport = transport or HttpxSyncTransport()
 
@@ -70,12 +96,19 @@ class NavaiWSGIMiddleware:
             for key, value in environ.items()
             if key in _UNPREFIXED or key.startswith("HTTP_")
         }
-        wanted = self.endpoint.begin(environ["REQUEST_METHOD"], headers)
+        wanted = self.endpoint.begin(
+            environ["REQUEST_METHOD"],
+            headers,
+            path=environ.get("PATH_INFO") or "/",
+            peer=environ.get("REMOTE_ADDR") or None,
+            environ=environ,
+        )
         if isinstance(wanted, Answer):
             return _respond(start_response, wanted)
         answer = drive_sync(
             self.endpoint.finish(wanted, _read_body(environ, wanted.limit, wanted.declared)),
             self.transport,
+            perform=self._effects,
         )
         return _respond(start_response, answer)
 
