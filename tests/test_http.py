@@ -386,6 +386,7 @@ _CLIENT_KEY = "sk-client-key-0000000000000456"
 _SMALL = {"max_body_size": LIMIT}
 _CORS = {"cors_origins": ["https://app.example"]}
 _NOT_JSON = "Content-Type must be application/json (UTF-8)."
+_BAD_JSON = "Request body is not valid JSON: "
 
 
 def _accept_client_key(fake: FakeOpenAIRealtime) -> None:
@@ -495,7 +496,12 @@ CASES = [
         sent=upstream_body(),
     ),
     # -- 400 -----------------------------------------------------------------
-    _case("invalid-json", status=400, body=b'{"model":', error="Request body is not valid JSON"),
+    _case(
+        "invalid-json",
+        status=400,
+        body=b'{"model":',
+        error=f"{_BAD_JSON}Expecting value: line 1 column 10 (char 9).",
+    ),
     _case("json-list", status=400, body=b"[]", error="Request body must be a JSON object."),
     _case("json-string", status=400, body=b'"hi"', error="Request body must be a JSON object."),
     _case("json-number", status=400, body=b"42", error="Request body must be a JSON object."),
@@ -512,9 +518,16 @@ CASES = [
         body=b'{"model":"a","voice":"b","model":"c"}',
         error="Request body has a duplicate key: 'model'.",
     ),
-    _case("nan", status=400, body=b'{"x":NaN}', error="NaN is not allowed."),
-    _case("infinity", status=400, body=b'{"x":Infinity}', error="Infinity is not allowed."),
-    _case("minus-infinity", status=400, body=b'{"x":-Infinity}', error="-Infinity is not allowed."),
+    _case("nan", status=400, body=b'{"x":NaN}', error=f"{_BAD_JSON}NaN is not allowed."),
+    _case(
+        "infinity", status=400, body=b'{"x":Infinity}', error=f"{_BAD_JSON}Infinity is not allowed."
+    ),
+    _case(
+        "minus-infinity",
+        status=400,
+        body=b'{"x":-Infinity}',
+        error=f"{_BAD_JSON}-Infinity is not allowed.",
+    ),
     _case(
         "nesting-past-the-limit",
         status=400,
@@ -537,7 +550,8 @@ CASES = [
         "byte-order-mark",
         status=400,
         body=b"\xef\xbb\xbf{}",
-        error="Request body is not valid JSON: Unexpected UTF-8 BOM",
+        error=f"{_BAD_JSON}Unexpected UTF-8 BOM (decode using utf-8-sig): "
+        "line 1 column 1 (char 0).",
     ),
     # -- the request's API key ----------------------------------------------------
     _case(
@@ -678,7 +692,7 @@ CASES = [
         middleware=_SMALL,
         headers={**JSON, "Content-Length": "10"},
         body=_body_of(4 * LIMIT),
-        error="Request body is not valid JSON",
+        error=f"{_BAD_JSON}Unterminated string starting at: line 1 column 2 (char 1).",
         shells=(
             "wsgi",
             "wsgi-validated",
@@ -812,7 +826,7 @@ CASES = [
         "upstream-429-unsafe-retry-after-dropped",
         status=429,
         upstream=lambda fake: fake.rate_limit(retry_after=" "),
-        error="OpenAI client_secrets failed (429)",
+        error="OpenAI client_secrets failed (429): Rate limit reached.",
         response_headers={"Retry-After": None},
         calls=1,
     ),
@@ -958,7 +972,7 @@ def test_http(
         return
     assert_token_answer(response)
     if case.error is not None:
-        assert case.error in response.json()["error"]
+        assert response.json() == {"error": case.error}
     for name, value in case.response_headers.items():
         assert response.headers.get(name) == value, name
     calls = case.calls if case.calls is not None else int(case.status == 200)
@@ -976,6 +990,8 @@ def test_every_shell_and_status_is_covered() -> None:
     """The table is the proof that the shells agree: keep it complete."""
     statuses = {param.values[0].status for param in CASES}
     assert statuses == STATUSES
+    # Every refusal names its whole message.
+    assert [p.id for p in CASES if p.values[0].status >= 400 and p.values[0].error is None] == []
     covered = {(param.values[1].status, param.values[0]) for param in _table()}
     for status in STATUSES:
         assert {name for s, name in covered if s == status} == set(SHELLS), status
