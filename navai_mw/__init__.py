@@ -7,7 +7,8 @@ starts with an underscore is private.
 
 from ._client import create_realtime_client_secret, create_realtime_client_secret_sync
 from ._env import get_navai_voice_backend_options_from_env
-from ._errors import NavaiError, OptionsError, RequestError, UpstreamError
+from ._errors import AuthError, NavaiError, OptionsError, RequestError, UpstreamError
+from ._guard import RequestInfo
 from ._models import (
     CreateClientSecretRequest,
     HttpRequest,
@@ -19,6 +20,7 @@ from .asgi import NavaiASGIMiddleware
 from .wsgi import NavaiWSGIMiddleware
 
 __all__ = [
+    "AuthError",
     "CreateClientSecretRequest",
     "HttpRequest",
     "HttpResponse",
@@ -29,6 +31,7 @@ __all__ = [
     "OpenAIRealtimeClientSecretResponse",
     "OptionsError",
     "RequestError",
+    "RequestInfo",
     "UpstreamError",
     "create_realtime_client_secret",
     "create_realtime_client_secret_sync",

@@ -1,0 +1,505 @@
+"""The guard on both shells, in process: the authorize hook's protocol, rate
+limits on memory://, the client address behind trusted proxies, the safety
+identifier, CORS for credentialed pages, and where each setting comes from.
+
+Real Redis and real servers are in test_rate_limits.py; the built-in
+authorizers in test_auth.py."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from navai_mw import (
+    AuthError,
+    NavaiASGIMiddleware,
+    NavaiVoiceBackendOptions,
+    NavaiWSGIMiddleware,
+    OptionsError,
+    RequestInfo,
+)
+from navai_mw._guard import client_address, parse_trusted_proxies
+from navai_mw.testing import FakeOpenAIRealtime
+
+from .conftest import CANARY_KEY
+
+pytestmark = pytest.mark.anyio
+
+PATH = "/navai/realtime/client-secret"
+SECRET_TOKEN = "tok-0123456789-never-logged"
+
+
+def hello_wsgi(environ: Any, start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"app"]
+
+
+async def hello_asgi(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"app"})
+
+
+Post = Callable[..., httpx.Response]
+
+
+@contextmanager
+def both_shells(fake: FakeOpenAIRealtime, **keywords: Any) -> Iterator[list[tuple[str, Post]]]:
+    """One ``post(json=..., headers=...)`` per shell, each with its own
+    middleware and the same keywords; the ASGI one runs on a portal."""
+    import anyio.from_thread
+
+    opts = keywords.pop("opts", None) or NavaiVoiceBackendOptions(
+        openai_api_key=CANARY_KEY, openai_base_url=fake.base_url
+    )
+    asgi_keywords = {**keywords}
+    asgi_keywords.setdefault("rate_limit_storage", "memory://")
+    with anyio.from_thread.start_blocking_portal() as portal:
+        upstream = fake.async_transport()
+        asgi = NavaiASGIMiddleware(hello_asgi, opts, transport=upstream, **asgi_keywords)
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=asgi, client=("203.0.113.7", 5000)),
+            base_url="http://api.test",
+        )
+
+        def asgi_post(path: str = PATH, **kw: Any) -> httpx.Response:
+            return portal.call(lambda: client.post(path, **kw))
+
+        with fake.sync_transport() as sync_upstream:
+            wsgi = NavaiWSGIMiddleware(hello_wsgi, opts, transport=sync_upstream, **keywords)
+            with httpx.Client(
+                transport=httpx.WSGITransport(app=wsgi, remote_addr="203.0.113.7"),
+                base_url="http://api.test",
+            ) as sync_client:
+                yield [
+                    ("asgi", asgi_post),
+                    ("wsgi", lambda path=PATH, **kw: sync_client.post(path, **kw)),
+                ]
+        portal.call(client.aclose)
+        portal.call(upstream.aclose)
+
+
+# -- the hook's protocol --------------------------------------------------------------
+
+
+def user_header(info: RequestInfo) -> str | None:
+    return info.headers.get("x-user")
+
+
+def test_no_identity_is_401_with_a_challenge(fake: FakeOpenAIRealtime) -> None:
+    with both_shells(fake, authorize=user_header) as shells:
+        for _, post in shells:
+            refused = post(json={})
+            assert refused.status_code == 401
+            assert refused.json() == {"error": "Authentication required."}
+            assert refused.headers["www-authenticate"] == "Bearer"
+            assert refused.headers["cache-control"] == "no-store"
+            allowed = post(json={}, headers={"x-user": "alice"})
+            assert allowed.status_code == 200, allowed.text
+    assert len(fake.requests) == 2  # only the allowed ones reached OpenAI
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "challenge"),
+    [
+        pytest.param(AuthError("Token expired."), 401, "Bearer", id="401"),
+        pytest.param(AuthError("Not on the beta list.", status=403), 403, None, id="403"),
+    ],
+)
+def test_auth_errors_answer_their_status(
+    fake: FakeOpenAIRealtime, error: AuthError, status: int, challenge: str | None
+) -> None:
+    def refuse(info: RequestInfo) -> str:
+        raise error
+
+    with both_shells(fake, authorize=refuse) as shells:
+        for _, post in shells:
+            answer = post(json={})
+            assert answer.status_code == status
+            assert answer.json() == {"error": error.message}
+            assert answer.headers.get("www-authenticate") == challenge
+    assert fake.requests == []
+
+
+def test_auth_error_status_is_401_or_403() -> None:
+    with pytest.raises(ValueError, match="401 or 403"):
+        AuthError("x", status=500)
+
+
+def test_a_hook_that_fails_is_503_logged_with_its_traceback(
+    fake: FakeOpenAIRealtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(info: RequestInfo) -> str:
+        raise RuntimeError(f"database down; password={SECRET_TOKEN}")
+
+    caplog.set_level(logging.ERROR, logger="navai_mw")
+    with both_shells(fake, authorize=broken) as shells:
+        for _, post in shells:
+            answer = post(json={})
+            assert answer.status_code == 503
+            assert answer.json() == {"error": "Authorization is unavailable; try again shortly."}
+            assert SECRET_TOKEN not in answer.text
+    records = [r for r in caplog.records if r.name == "navai_mw"]
+    assert len(records) == 2
+    for record in records:
+        assert (
+            record.getMessage()
+            == f"navai_mw: the authorize hook raised RuntimeError on POST {PATH}"
+        )
+        assert record.exc_info is not None
+        assert isinstance(record.exc_info[1], RuntimeError)
+
+
+@pytest.mark.parametrize("value", [42, "", "   ", b"alice"])
+def test_a_hook_that_returns_garbage_is_503(fake: FakeOpenAIRealtime, value: object) -> None:
+    with both_shells(fake, authorize=lambda info: value) as shells:
+        for _, post in shells:
+            assert post(json={}).status_code == 503
+
+
+def test_the_hook_sees_the_request(fake: FakeOpenAIRealtime) -> None:
+    seen: list[RequestInfo] = []
+
+    def record(info: RequestInfo) -> str:
+        seen.append(info)
+        return "alice"
+
+    with both_shells(fake, authorize=record) as shells:
+        for _, post in shells:
+            assert post(PATH + "/", json={}, headers={"X-User": "a"}).status_code == 200
+    asgi, wsgi = seen
+    for info in seen:
+        assert (info.method, info.route, info.path) == ("POST", "client_secret", PATH + "/")
+        assert info.headers["x-user"] == "a"
+        assert info.client == "203.0.113.7"
+        with pytest.raises(TypeError):
+            info.headers["x-user"] = "b"  # type: ignore[index]
+    assert asgi.scope is not None
+    assert asgi.scope["type"] == "http"
+    assert asgi.environ is None
+    assert wsgi.environ is not None
+    assert wsgi.environ["REQUEST_METHOD"] == "POST"
+    assert wsgi.scope is None
+
+
+async def test_asgi_awaits_async_hooks_and_runs_sync_ones_off_the_loop(
+    fake: FakeOpenAIRealtime,
+) -> None:
+    threads: dict[str, int] = {}
+
+    async def async_hook(info: RequestInfo) -> str:
+        threads["async"] = threading.get_ident()
+        return "a"
+
+    def sync_hook(info: RequestInfo) -> str:
+        threads["sync"] = threading.get_ident()
+        return "s"
+
+    opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, openai_base_url=fake.base_url)
+    loop_thread = threading.get_ident()
+    async with fake.async_transport() as upstream:
+        for hook in (async_hook, sync_hook):
+            app = NavaiASGIMiddleware(hello_asgi, opts, transport=upstream, authorize=hook)
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://t"
+            ) as client:
+                assert (await client.post(PATH, json={})).status_code == 200
+    assert threads["async"] == loop_thread
+    assert threads["sync"] != loop_thread
+
+
+def test_wsgi_refuses_an_async_hook_when_built() -> None:
+    async def hook(info: RequestInfo) -> str:
+        return "a"
+
+    class CallableHook:
+        async def __call__(self, info: RequestInfo) -> str:
+            return "a"
+
+    opts = NavaiVoiceBackendOptions(openai_api_key="k")
+    for async_hook in (hook, CallableHook()):
+        with pytest.raises(OptionsError) as caught:
+            NavaiWSGIMiddleware(hello_wsgi, opts, authorize=async_hook)
+        assert caught.value.message == (
+            "authorize is an async function; the WSGI middleware calls it synchronously. "
+            "Pass a plain function."
+        )
+
+
+def test_the_guard_never_touches_the_apps_own_routes(fake: FakeOpenAIRealtime) -> None:
+    calls: list[RequestInfo] = []
+
+    def hook(info: RequestInfo) -> str | None:
+        calls.append(info)
+        return None
+
+    with both_shells(fake, authorize=hook, rate_limit="1/minute") as shells:
+        for _, post in shells:
+            for _ in range(3):
+                assert post("/other", json={}).text == "app"
+    assert calls == []
+
+
+# -- what spends quota ----------------------------------------------------------------
+
+
+def test_answers_before_the_guard_and_refused_callers_spend_nothing(
+    fake: FakeOpenAIRealtime,
+) -> None:
+    with both_shells(
+        fake, authorize=user_header, rate_limit="2/minute", cors_origins=["https://app.test"]
+    ) as shells:
+        for name, post in shells:
+            user = {"x-user": f"u-{name}"}
+            for _ in range(3):
+                assert post(json={}).status_code == 401  # no identity
+                assert (
+                    post(content=b"x", headers={**user, "content-type": "text/plain"}).status_code
+                    == 415
+                )
+                assert (
+                    post(
+                        content=b"{" * 70_000, headers={**user, "content-type": "application/json"}
+                    ).status_code
+                    == 413
+                )
+                assert (
+                    post(json={}, headers={**user, "origin": "https://evil.test"}).status_code
+                    == 403
+                )
+            statuses = [post(json={}, headers=user).status_code for _ in range(3)]
+            assert statuses == [200, 200, 429]
+
+
+def test_429_carries_retry_after_and_the_draft_headers(fake: FakeOpenAIRealtime) -> None:
+    with both_shells(fake, authorize=user_header, rate_limit="2/minute;5/hour") as shells:
+        for name, post in shells:
+            user = {"x-user": f"pace-{name}"}
+            first = post(json={}, headers=user)
+            assert first.headers["ratelimit-policy"] == '"mint";q=2;w=60, "mint";q=5;w=3600'
+            assert first.headers["ratelimit"].startswith('"mint";r=1;t=')
+            post(json={}, headers=user)
+            refused = post(json={}, headers=user)
+            assert refused.status_code == 429
+            assert refused.json() == {"error": "Too many requests; try again later."}
+            wait = int(refused.headers["retry-after"])
+            assert 1 <= wait <= 60
+            assert refused.headers["ratelimit"] == f'"mint";r=0;t={wait}'
+
+
+def test_each_identity_has_its_own_budget_and_anonymous_callers_share_by_address(
+    fake: FakeOpenAIRealtime,
+) -> None:
+    with both_shells(fake, authorize=user_header, rate_limit="1/minute") as shells:
+        for name, post in shells:
+            assert post(json={}, headers={"x-user": f"a-{name}"}).status_code == 200
+            assert post(json={}, headers={"x-user": f"b-{name}"}).status_code == 200
+            assert post(json={}, headers={"x-user": f"a-{name}"}).status_code == 429
+    with both_shells(fake, rate_limit="1/minute") as shells:
+        for _, post in shells:  # no hook: keyed by the client address
+            assert post(json={}).status_code == 200
+            assert post(json={}).status_code == 429
+
+
+def test_memory_limits_are_exact_under_threads(fake: FakeOpenAIRealtime) -> None:
+    with both_shells(fake, rate_limit="10/minute") as shells:
+        for _, post in shells:
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                answers = [pool.submit(post, json={}) for _ in range(30)]
+                statuses = [answer.result().status_code for answer in answers]
+            assert sorted(statuses) == [200] * 10 + [429] * 20
+
+
+# -- the client address -------------------------------------------------------------------
+
+
+TRUSTED = parse_trusted_proxies("10.0.0.0/8, 2001:db8::/32")
+
+
+@pytest.mark.parametrize(
+    ("peer", "headers", "client"),
+    [
+        pytest.param(
+            "203.0.113.7", {"x-forwarded-for": "1.2.3.4"}, "203.0.113.7", id="untrusted-peer"
+        ),
+        pytest.param("10.0.0.1", {"x-forwarded-for": "1.2.3.4"}, "1.2.3.4", id="one-proxy"),
+        pytest.param(
+            "10.0.0.1", {"x-forwarded-for": "6.6.6.6, 1.2.3.4, 10.0.0.2"}, "1.2.3.4", id="chain"
+        ),
+        pytest.param(
+            "10.0.0.1", {"x-forwarded-for": "10.0.0.3, 10.0.0.2"}, "10.0.0.3", id="all-trusted"
+        ),
+        pytest.param(
+            "10.0.0.1", {"x-forwarded-for": "1.2.3.4, garbage"}, "10.0.0.1", id="garbage-hop"
+        ),
+        pytest.param("10.0.0.1", {}, "10.0.0.1", id="no-header"),
+        pytest.param(
+            "10.0.0.1",
+            {"forwarded": 'for=1.2.3.4;proto=https, for="[2001:db8::9]:4711"'},
+            "1.2.3.4",
+            id="forwarded-ipv6-trusted-hop",
+        ),
+        pytest.param(
+            "2001:db8::1", {"forwarded": 'for="[2001:db9::5]"'}, "2001:db9::5", id="ipv6-peer"
+        ),
+        pytest.param(
+            "10.0.0.1",
+            {"forwarded": "for=1.2.3.4", "x-forwarded-for": "5.6.7.8"},
+            "1.2.3.4",
+            id="forwarded-wins",
+        ),
+        pytest.param(
+            "10.0.0.1", {"x-forwarded-for": "1.2.3.4:5678"}, "1.2.3.4", id="hop-with-port"
+        ),
+        pytest.param(
+            "::ffff:10.0.0.1", {"x-forwarded-for": "1.2.3.4"}, "1.2.3.4", id="mapped-peer"
+        ),
+        pytest.param(None, {"x-forwarded-for": "1.2.3.4"}, None, id="no-peer"),
+    ],
+)
+def test_client_address(peer: str | None, headers: dict[str, str], client: str | None) -> None:
+    assert client_address(peer, headers, TRUSTED) == client
+
+
+def test_without_trusted_proxies_forwarding_headers_change_nothing() -> None:
+    assert client_address("10.0.0.1", {"x-forwarded-for": "1.2.3.4"}, ()) == "10.0.0.1"
+
+
+@pytest.mark.parametrize("value", ["10.0.0.0/33", "localhost", "1.2.3"])
+def test_bad_trusted_proxies_fail_at_start_up(value: str) -> None:
+    with pytest.raises(OptionsError) as caught:
+        NavaiWSGIMiddleware(
+            hello_wsgi, NavaiVoiceBackendOptions(openai_api_key="k"), trusted_proxies=[value]
+        )
+    assert caught.value.message == (
+        f"trusted_proxies must hold IP addresses or CIDR networks. Received: {value!r}"
+    )
+
+
+def test_a_spoofed_header_cannot_buy_a_fresh_budget(fake: FakeOpenAIRealtime) -> None:
+    with both_shells(fake, rate_limit="1/minute") as shells:
+        for _, post in shells:
+            assert post(json={}, headers={"x-forwarded-for": "1.1.1.1"}).status_code == 200
+            assert post(json={}, headers={"x-forwarded-for": "2.2.2.2"}).status_code == 429
+
+
+# -- abuse attribution upstream -------------------------------------------------------------
+
+
+def test_the_safety_identifier_is_a_keyed_hash_of_the_identity(fake: FakeOpenAIRealtime) -> None:
+    with both_shells(fake, authorize=user_header) as shells:
+        for _, post in shells:
+            assert post(json={}, headers={"x-user": "alice"}).status_code == 200
+    key = hashlib.sha256(b"navai_mw safety identifier\0" + CANARY_KEY.encode()).digest()
+    expected = hmac.new(key, b"alice", hashlib.sha256).hexdigest()
+    sent = [r.headers.get("openai-safety-identifier") for r in fake.requests]
+    assert sent == [expected, expected]  # the same on both shells: every worker agrees
+    fake.reset()
+    with both_shells(fake, authorize=user_header, safety_id_secret="s3cret") as shells:
+        shells[0][1](json={}, headers={"x-user": "alice"})
+    assert fake.requests[0].headers["openai-safety-identifier"] == (
+        hmac.new(b"s3cret", b"alice", hashlib.sha256).hexdigest()
+    )
+    fake.reset()
+    with both_shells(fake) as shells:  # no identity, no identifier
+        shells[0][1](json={})
+    assert "openai-safety-identifier" not in fake.requests[0].headers
+
+
+# -- CORS for pages that send cookies ---------------------------------------------------------
+
+
+def test_credentialed_cors_echoes_the_origin_and_exposes_the_pacing_headers(
+    fake: FakeOpenAIRealtime,
+) -> None:
+    origin = {"origin": "https://app.test"}
+    with both_shells(
+        fake, cors_origins=["*"], cors_allow_credentials=True, rate_limit="5/minute"
+    ) as shells:
+        for _, post in shells:
+            answer = post(json={}, headers=origin)
+            assert answer.status_code == 200
+            assert answer.headers["access-control-allow-origin"] == "https://app.test"
+            assert answer.headers["access-control-allow-credentials"] == "true"
+            assert answer.headers["access-control-expose-headers"] == (
+                "Retry-After, RateLimit, RateLimit-Policy"
+            )
+    with both_shells(fake, cors_origins=["*"]) as shells:
+        answer = shells[0][1](json={}, headers=origin)
+        assert answer.headers["access-control-allow-origin"] == "*"
+        assert "access-control-allow-credentials" not in answer.headers
+
+
+# -- where settings come from -----------------------------------------------------------------
+
+
+def test_guard_variables_are_read_even_when_options_come_from_code(
+    fake: FakeOpenAIRealtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NAVAI_RATE_LIMIT", "1/minute")
+    monkeypatch.setenv("NAVAI_TRUSTED_PROXIES", "203.0.113.0/24")
+    with both_shells(fake) as shells:
+        for _, post in shells:
+            assert post(json={}, headers={"x-forwarded-for": "9.9.9.1"}).status_code == 200
+            assert post(json={}, headers={"x-forwarded-for": "9.9.9.1"}).status_code == 429
+            assert post(json={}, headers={"x-forwarded-for": "9.9.9.2"}).status_code == 200
+    with both_shells(fake, rate_limit="3/minute", trusted_proxies=[]) as shells:  # keywords win
+        for _, post in shells:
+            assert [post(json={}).status_code for _ in range(4)] == [200, 200, 200, 429]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        pytest.param(
+            "NAVAI_RATE_LIMIT_FAIL_OPEN",
+            "maybe",
+            "NAVAI_RATE_LIMIT_FAIL_OPEN must be one of true, false, 1, 0, yes, no. "
+            "Received: 'maybe'",
+            id="bool",
+        ),
+        pytest.param(
+            "NAVAI_RATE_LIMIT",
+            "ten per minute",
+            "rate_limit for 'mint' is not in the limits notation (\"10/minute;200/day\"). "
+            "Received: 'ten per minute'",
+            id="limit",
+        ),
+        pytest.param(
+            "NAVAI_CORS_ALLOW_CREDENTIALS",
+            "on",
+            "NAVAI_CORS_ALLOW_CREDENTIALS must be one of true, false, 1, 0, yes, no. "
+            "Received: 'on'",
+            id="credentials",
+        ),
+    ],
+)
+def test_bad_guard_variables_fail_at_start_up(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    opts = NavaiVoiceBackendOptions(openai_api_key="k")
+    for build in (
+        lambda: NavaiWSGIMiddleware(hello_wsgi, opts),
+        lambda: NavaiASGIMiddleware(hello_asgi, opts),
+    ):
+        with pytest.raises(OptionsError) as caught:
+            build()
+        assert caught.value.message == message
+
+
+def test_rate_limit_mapping_names_known_groups_only() -> None:
+    opts = NavaiVoiceBackendOptions(openai_api_key="k")
+    with pytest.raises(OptionsError) as caught:
+        NavaiWSGIMiddleware(hello_wsgi, opts, rate_limit={"mint": "1/minute", "mnt": "2/day"})
+    assert caught.value.message == (
+        "rate_limit names unknown route groups: mnt. Groups: mint, functions, speech."
+    )
