@@ -32,17 +32,21 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from types import FrameType
 from typing import Final
+from urllib.parse import urlsplit
 
 import attrs
 
 from ._endpoint import DEFAULT_PATH
 from ._env import get_cors_origins_from_env, get_navai_voice_backend_options_from_env
 from ._errors import NavaiError
+from ._guard import Guard
 from ._models import DEFAULT_INSTRUCTIONS, DEFAULT_MODEL, DEFAULT_VOICE, NavaiVoiceBackendOptions
 from .asgi import ASGIApp, Message, NavaiASGIMiddleware, Receive, Scope, Send
 from .testing import FakeOpenAIRealtime
 
 __all__ = ["main"]
+
+logger = logging.getLogger("navai_mw")
 
 PROG: Final = "navai-mw"
 DEFAULT_HOST: Final = "127.0.0.1"
@@ -162,8 +166,18 @@ def _run(args: argparse.Namespace) -> int:
         except (NavaiError, ValueError) as exc:
             return _fail(str(exc))
         host, bound_port = listener.getsockname()[:2]
-        print(_banner(host, bound_port, args.path, opts, cors, demo=demo), flush=True)
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=bound_port, lifespan="on"))
+        print(
+            _banner(host, bound_port, args.path, opts, cors, app.endpoint.guard, demo=demo),
+            flush=True,
+        )
+        if _unguarded(opts, app.endpoint.guard, demo=demo):
+            logger.warning("navai-mw: %s", UNGUARDED_WARNING)
+        # uvicorn would rewrite the client address from X-Forwarded-For for
+        # loopback peers; NAVAI_TRUSTED_PROXIES decides that here instead.
+        config = uvicorn.Config(
+            app, host=host, port=bound_port, lifespan="on", proxy_headers=False
+        )
+        server = uvicorn.Server(config)
         # uvicorn shuts down gracefully on Ctrl-C or SIGTERM, then re-raises
         # the signal: the KeyboardInterrupt that comes out is the end, not an error.
         with _sigterm_interrupts(), suppress(KeyboardInterrupt):
@@ -306,6 +320,33 @@ def _cors_policy(origins: Sequence[str] | None) -> str:
     return ", ".join(origins) if origins else "none (cross-origin requests refused)"
 
 
+UNGUARDED_WARNING: Final = (
+    "a real OpenAI key is served with no authorization and no rate limit: anyone who "
+    "can reach this port mints secrets on your account. Set NAVAI_AUTH_TOKENS or "
+    "NAVAI_AUTH_JWKS_URL, and NAVAI_RATE_LIMIT."
+)
+
+
+def _unguarded(opts: NavaiVoiceBackendOptions, guard: Guard, *, demo: bool) -> bool:
+    return not demo and opts.openai_api_key is not None and not guard.active
+
+
+def _auth_policy(guard: Guard) -> str:
+    if guard.authorize is None:
+        return "none (anyone who reaches the endpoint may mint)"
+    return type(guard.authorize).__name__
+
+
+def _limit_policy(guard: Guard) -> str:
+    if not guard.limits:
+        return "none"
+    limits = "; ".join(f"{group} {policy.text}" for group, policy in guard.limits.items())
+    parts = urlsplit(guard.storage_uri or "")
+    storage = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"  # no password
+    fail = "open" if guard.fail_open else "closed"
+    return f"{limits} (storage {storage}, fails {fail})"
+
+
 def _curl_command(url: str, *, needs_api_key: bool) -> str:
     """A shell line that mints a token at ``url``."""
     body = '{"apiKey": "YOUR_OPENAI_API_KEY"}' if needs_api_key else "{}"
@@ -320,6 +361,7 @@ def _banner(
     token_path: str,
     opts: NavaiVoiceBackendOptions,
     cors: Sequence[str] | None,
+    guard: Guard,
     *,
     demo: bool,
 ) -> str:
@@ -337,6 +379,9 @@ def _banner(
         ("voice tone", opts.default_voice_tone),
         ("secret TTL", f"{opts.client_secret_ttl_seconds} s"),
         ("CORS origins", _cors_policy(cors)),
+        ("authorization", _auth_policy(guard)),
+        ("rate limit", _limit_policy(guard)),
+        ("trusted proxies", ", ".join(map(str, guard.trusted_proxies)) or "none"),
     ]
     needs_api_key = opts.openai_api_key is None
     lines = [
@@ -349,6 +394,8 @@ def _banner(
             "ek_fake_ and work nowhere. For real ones: OPENAI_API_KEY=... navai-mw serve",
         ]
     lines += ["", *(f"  {name:<15} {value}" for name, value in settings if value is not None)]
+    if _unguarded(opts, guard, demo=demo):
+        lines += ["", f"WARNING: {UNGUARDED_WARNING}"]
     lines += [
         "",
         "Mint a token:",

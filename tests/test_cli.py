@@ -430,3 +430,60 @@ def test_console_script_runs_main() -> None:
     )
     assert result.returncode == 0
     assert result.stdout.startswith("usage: navai-mw")
+
+
+def test_serve_warns_loudly_when_a_real_key_is_unguarded(
+    started: list[Cli], served_fake: str
+) -> None:
+    cli = Cli("serve", "--port", "0", env=_env(OPENAI_API_KEY="sk-x", OPENAI_BASE_URL=served_fake))
+    started.append(cli)
+    banner = cli.banner()
+    assert "  authorization   none (anyone who reaches the endpoint may mint)\n" in banner
+    assert "  rate limit      none\n" in banner
+    assert "WARNING: a real OpenAI key is served with no authorization and no rate limit" in banner
+    assert httpx.get(_listening_url(banner) + "/health", timeout=10).status_code == 200
+    assert cli.stop(signal.SIGINT) == 0
+    assert "navai-mw: a real OpenAI key is served with no authorization" in "".join(cli.stderr)
+
+
+def test_serve_states_its_guard_and_ignores_forwarding_headers(
+    started: list[Cli], served_fake: str
+) -> None:
+    env = _env(
+        OPENAI_API_KEY=CANARY_KEY,
+        OPENAI_BASE_URL=served_fake,
+        NAVAI_RATE_LIMIT="1/minute",
+        NAVAI_RATE_LIMIT_STORAGE="memory://",
+    )
+    cli = Cli("serve", "--port", "0", env=env)
+    started.append(cli)
+    banner = cli.banner()
+    assert (
+        "  rate limit      mint 1/minute; functions 1/minute; speech 1/minute "
+        "(storage memory://, fails closed)\n"
+    ) in banner
+    assert "  trusted proxies none\n" in banner
+    assert "WARNING" not in banner
+    url = _listening_url(banner) + "/navai/realtime/client-secret"
+    # A loopback peer: uvicorn's own proxy-header rewriting would make these
+    # two clients; the CLI turns it off, so they share one budget.
+    first = httpx.post(url, json={}, headers={"X-Forwarded-For": "1.1.1.1"}, timeout=10)
+    second = httpx.post(url, json={}, headers={"X-Forwarded-For": "2.2.2.2"}, timeout=10)
+    assert (first.status_code, second.status_code) == (200, 429)
+    assert cli.stop(signal.SIGINT) == 0, cli.output
+
+
+def test_the_banner_never_shows_the_storage_password(started: list[Cli], served_fake: str) -> None:
+    env = _env(
+        OPENAI_API_KEY="sk-x",
+        OPENAI_BASE_URL=served_fake,
+        NAVAI_RATE_LIMIT="5/minute",
+        NAVAI_RATE_LIMIT_STORAGE=f"redis://:{CANARY_KEY}@127.0.0.1:1/0",
+    )
+    cli = Cli("serve", "--port", "0", env=env)
+    started.append(cli)
+    banner = cli.banner()
+    assert "(storage redis://127.0.0.1:1/0, fails closed)" in banner
+    assert httpx.get(_listening_url(banner) + "/health", timeout=10).status_code == 200
+    assert cli.stop(signal.SIGINT) == 0
+    assert CANARY_KEY not in cli.output
