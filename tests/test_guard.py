@@ -503,3 +503,38 @@ def test_rate_limit_mapping_names_known_groups_only() -> None:
     assert caught.value.message == (
         "rate_limit names unknown route groups: mnt. Groups: mint, functions, speech."
     )
+
+
+# -- no spelling of a navai path skips the guard ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("root", "path"),
+    [
+        pytest.param("", PATH, id="plain"),
+        pytest.param("", PATH + "/", id="trailing-slash"),
+        pytest.param("/api", "/api" + PATH, id="mounted"),
+        pytest.param("/api", "/api" + PATH + "/", id="mounted-trailing-slash"),
+    ],
+)
+async def test_every_spelling_of_a_navai_path_is_guarded(
+    fake: FakeOpenAIRealtime, root: str, path: str
+) -> None:
+    opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, openai_base_url=fake.base_url)
+    async with fake.async_transport() as upstream:
+        asgi = NavaiASGIMiddleware(hello_asgi, opts, transport=upstream, authorize=user_header)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=asgi, root_path=root), base_url="http://t"
+        ) as client:
+            asgi_answer = await client.post(path, json={})
+    with fake.sync_transport() as sync_upstream:
+        wsgi = NavaiWSGIMiddleware(hello_wsgi, opts, transport=sync_upstream, authorize=user_header)
+        with httpx.Client(
+            transport=httpx.WSGITransport(app=wsgi, script_name=root), base_url="http://t"
+        ) as client:
+            # httpx hands WSGI the URL's path as PATH_INFO: give it the part
+            # below SCRIPT_NAME, as a server mounting the app would.
+            wsgi_answer = client.post(path.removeprefix(root), json={})
+    for answer in (asgi_answer, wsgi_answer):
+        assert answer.status_code == 401, answer.text
+    assert fake.requests == []

@@ -21,13 +21,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from navai_mw import NavaiASGIMiddleware, NavaiVoiceBackendOptions, NavaiWSGIMiddleware
+from navai_mw import (
+    AuthError,
+    NavaiASGIMiddleware,
+    NavaiVoiceBackendOptions,
+    NavaiWSGIMiddleware,
+    RequestInfo,
+)
 from navai_mw.testing import FakeOpenAIRealtime
 
 from .conftest import CANARY_KEY
 
 TOKEN = "/navai/realtime/client-secret"
-ALLOWED = frozenset({200, 400, 403, 405, 413, 415, 429, 502, 504})
+ALLOWED = frozenset({200, 400, 401, 403, 405, 413, 415, 429, 502, 503, 504})
+# A caller's credential: in no answer and no log line, whatever happens.
+STATIC_TOKEN = "navai-static-token-0123456789"
 # Small, so that bodies over it are cheap to draw.
 LIMIT = 256
 
@@ -156,6 +164,7 @@ def requests(draw: st.DrawFn) -> dict[str, Any]:
             st.sampled_from(["ok", "ok", "garbage", "fail-400", "fail-401", "rate-limit"])
         ),
         "retry_after": draw(st.text(PRINTABLE, max_size=12)),
+        "caller": draw(st.sampled_from(["known", "known", "known", "none", "refused", "broken"])),
     }
 
 
@@ -187,8 +196,27 @@ def _inner_wsgi(environ: Any, start_response: Any) -> Any:
     raise AssertionError("the token path must not reach the wrapped app")
 
 
+def authorize(info: RequestInfo) -> str | None:
+    """The guard's hook: a known bearer passes, one is refused, one breaks it."""
+    credential = info.headers.get("authorization", "").removeprefix("Bearer ")
+    if credential == STATIC_TOKEN:
+        return "alice"
+    if credential == f"refused-{STATIC_TOKEN}":
+        raise AuthError("Not on the list.", status=403)
+    if credential == f"broken-{STATIC_TOKEN}":
+        raise RuntimeError(f"lookup failed for {credential}")  # logged, with the token
+    return None
+
+
+def _credential(caller: str) -> str | None:
+    return {"known": STATIC_TOKEN, "none": None}.get(caller, f"{caller}-{STATIC_TOKEN}")
+
+
 def _headers(request: dict[str, Any]) -> list[tuple[str, str]]:
     headers = [("host", "testserver")]
+    credential = _credential(request["caller"])
+    if credential is not None:
+        headers.append(("authorization", f"Bearer {credential}"))
     if request["content_type"] is not None:
         headers.append(("content-type", request["content_type"]))
     if request["content_length"] is not None:
@@ -230,7 +258,9 @@ def call_asgi(
 
     async def main() -> None:
         async with fake.async_transport() as upstream:
-            app = NavaiASGIMiddleware(_inner_asgi, opts, transport=upstream, max_body_size=LIMIT)
+            app = NavaiASGIMiddleware(
+                _inner_asgi, opts, transport=upstream, max_body_size=LIMIT, authorize=authorize
+            )
             await app(scope, receive, send)
 
     anyio.run(main)
@@ -269,6 +299,9 @@ def call_wsgi(app: NavaiWSGIMiddleware, request: dict[str, Any]) -> tuple[int, A
         environ["CONTENT_TYPE"] = request["content_type"]
     if request["content_length"] is not None:
         environ["CONTENT_LENGTH"] = request["content_length"]
+    credential = _credential(request["caller"])
+    if credential is not None:
+        environ["HTTP_AUTHORIZATION"] = f"Bearer {credential}"
     started: list[Any] = []
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -291,8 +324,10 @@ def call_wsgi(app: NavaiWSGIMiddleware, request: dict[str, Any]) -> tuple[int, A
 def check_answer(status: int, headers: list[tuple[str, str]], body: bytes) -> Any:
     assert status in ALLOWED, (status, body)
     assert CANARY_KEY.encode() not in body
+    assert STATIC_TOKEN.encode() not in body
     for name, value in headers:
         assert CANARY_KEY not in name + value
+        assert STATIC_TOKEN not in name + value
     names = {name.lower(): value for name, value in headers}
     assert names["content-type"] == "application/json"
     assert names["content-length"] == str(len(body))
@@ -307,9 +342,12 @@ def check_answer(status: int, headers: list[tuple[str, str]], body: bytes) -> An
 
 
 def check_logs(caplog: pytest.LogCaptureFixture) -> None:
+    # The hook's own exception text is the user's code speaking; it is in the
+    # traceback (exc_info), never in a record's message.
     assert CANARY_KEY not in caplog.text
     for record in caplog.records:
         assert CANARY_KEY not in record.getMessage()
+        assert STATIC_TOKEN not in record.getMessage()
 
 
 @pytest.fixture
@@ -348,7 +386,9 @@ def test_wsgi_answers_within_the_contract(
     caplog.set_level(logging.DEBUG)
     _script_upstream(fake, request)
     with fake.sync_transport() as upstream:
-        app = NavaiWSGIMiddleware(_inner_wsgi, quick_opts, transport=upstream, max_body_size=LIMIT)
+        app = NavaiWSGIMiddleware(
+            _inner_wsgi, quick_opts, transport=upstream, max_body_size=LIMIT, authorize=authorize
+        )
         check_answer(*call_wsgi(app, request))
     check_logs(caplog)
 
@@ -375,7 +415,9 @@ def test_shells_agree_when_handed_the_same_bytes(
     asgi_answer = call_asgi(fake, quick_opts, request)
     _script_upstream(fake, request)
     with fake.sync_transport() as upstream:
-        app = NavaiWSGIMiddleware(_inner_wsgi, quick_opts, transport=upstream, max_body_size=LIMIT)
+        app = NavaiWSGIMiddleware(
+            _inner_wsgi, quick_opts, transport=upstream, max_body_size=LIMIT, authorize=authorize
+        )
         wsgi_answer = call_wsgi(app, request)
 
     assert asgi_answer is not None
@@ -401,13 +443,15 @@ def test_strategies_reach_every_kind_of_answer() -> None:
         openai_api_key=CANARY_KEY, openai_base_url=fake.base_url, upstream_timeout_seconds=2
     )
 
-    @PROPERTY_SETTINGS
+    @settings(PROPERTY_SETTINGS, max_examples=400)  # more kinds of answer than the others need
     @given(request=requests())
     def collect(request: dict[str, Any]) -> None:
         _script_upstream(fake, request)
         with fake.sync_transport() as upstream:
-            app = NavaiWSGIMiddleware(_inner_wsgi, opts, transport=upstream, max_body_size=LIMIT)
+            app = NavaiWSGIMiddleware(
+                _inner_wsgi, opts, transport=upstream, max_body_size=LIMIT, authorize=authorize
+            )
             seen.add(call_wsgi(app, request)[0])
 
     collect()
-    assert {200, 400, 405, 413, 415, 429, 502} <= seen
+    assert {200, 400, 401, 403, 405, 413, 415, 429, 502, 503} <= seen
