@@ -40,7 +40,7 @@ def is_async_hook(hook: object) -> bool:
 
 
 def _redis_options(uri: str) -> dict[str, Any]:
-    if uri.split("://", 1)[0].endswith(("redis", "rediss", "valkey", "valkeys")):
+    if _scheme(uri) in ("redis", "rediss", "valkey", "valkeys"):
         return {
             "socket_connect_timeout": STORAGE_TIMEOUT_SECONDS,
             "socket_timeout": STORAGE_TIMEOUT_SECONDS,
@@ -58,7 +58,8 @@ class SyncEffects:
             from limits.strategies import SlidingWindowCounterRateLimiter
 
             try:
-                storage = storage_from_string(storage_uri, **_redis_options(storage_uri))
+                uri = storage_uri.removeprefix("async+")
+                storage = storage_from_string(uri, **_redis_options(uri))
             except Exception as exc:  # limits raises several kinds for a bad URI
                 raise OptionsError(
                     f"rate_limit_storage cannot be used: {type(exc).__name__}"
@@ -80,10 +81,18 @@ class SyncEffects:
 
 
 class AsyncEffects:
-    """Performs effects for the ASGI shell."""
+    """Performs effects for the ASGI shell.
+
+    ``memory://`` counts in this process with the sync storage, called
+    inline (a dictionary and a lock: nothing to wait for, and it runs on any
+    event loop); a shared storage goes through the ``limits`` async storage
+    on redis-py's asyncio client.
+    """
 
     def __init__(self, storage_uri: str | None) -> None:
         self._uri = storage_uri
+        self._local = storage_uri is not None and _scheme(storage_uri) == "memory"
+        self._sync = SyncEffects(storage_uri) if self._local else None
         self._limiter: Any = None
 
     def _async_limiter(self) -> Any:
@@ -98,17 +107,21 @@ class AsyncEffects:
             self._limiter = SlidingWindowCounterRateLimiter(storage_from_string(uri, **options))
         return self._limiter
 
+    def _needs_asyncio(self) -> bool:
+        """Whether the storage's client runs on asyncio only and this is not it."""
+        if self._uri is None or self._local:
+            return False
+        try:
+            return sniffio.current_async_library() != "asyncio"
+        except sniffio.AsyncLibraryNotFoundError:
+            return False  # not in a loop yet: asked again on each hit
+
     def check(self) -> None:
         """Build the storage now, so that a bad URI fails at start-up."""
-        if self._uri is None:
+        if self._uri is None or self._local:
             return
-        if self._uri.split("://", 1)[0].removeprefix("async+") != "memory":
-            try:
-                library = sniffio.current_async_library()
-            except sniffio.AsyncLibraryNotFoundError:
-                library = "asyncio"
-            if library != "asyncio":
-                raise OptionsError("rate_limit_storage on Redis needs asyncio; use memory:// here.")
+        if self._needs_asyncio():
+            raise OptionsError(_NEEDS_ASYNCIO)
         try:
             self._async_limiter()
         except Exception as exc:
@@ -124,12 +137,27 @@ class AsyncEffects:
             except Exception as exc:
                 return HookResult(error=exc)
         if isinstance(effect, HitLimit):
+            if self._sync is not None:
+                return self._sync(effect)
+            if self._needs_asyncio():
+                logger.error("navai_mw: %s", _NEEDS_ASYNCIO)
+                return LimitResult(unavailable=True)
             try:
                 with anyio.fail_after(STORAGE_TIMEOUT_SECONDS * 2):
                     return await _hit_async(self._async_limiter(), effect)
             except Exception as exc:
                 return _unavailable(exc)
         raise TypeError(f"no performer for the effect {type(effect).__name__}")
+
+
+def _scheme(uri: str) -> str:
+    return uri.split("://", 1)[0].removeprefix("async+")
+
+
+_NEEDS_ASYNCIO: Final = (
+    "rate_limit_storage on Redis or Valkey needs asyncio (its client runs on asyncio only); "
+    "under trio, use memory://."
+)
 
 
 def _unavailable(exc: Exception) -> LimitResult:

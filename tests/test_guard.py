@@ -538,3 +538,56 @@ async def test_every_spelling_of_a_navai_path_is_guarded(
     for answer in (asgi_answer, wsgi_answer):
         assert answer.status_code == 401, answer.text
     assert fake.requests == []
+
+
+# -- trio ---------------------------------------------------------------------------------------
+
+
+def test_memory_limits_and_hooks_work_under_trio(fake: FakeOpenAIRealtime) -> None:
+    import trio
+
+    opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, openai_base_url=fake.base_url)
+
+    async def main() -> list[int]:
+        async with fake.async_transport() as upstream:
+            app = NavaiASGIMiddleware(
+                hello_asgi, opts, transport=upstream, authorize=user_header, rate_limit="2/minute"
+            )
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://t"
+            ) as client:
+                return [
+                    (await client.post(PATH, json={}, headers={"x-user": "t"})).status_code
+                    for _ in range(3)
+                ]
+
+    assert trio.run(main) == [200, 200, 429]
+
+
+def test_redis_limits_are_refused_clearly_under_trio(
+    fake: FakeOpenAIRealtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    import trio
+
+    opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, openai_base_url=fake.base_url)
+    message = (
+        "rate_limit_storage on Redis or Valkey needs asyncio (its client runs on asyncio only); "
+        "under trio, use memory://."
+    )
+    built_outside = NavaiASGIMiddleware(
+        hello_asgi, opts, rate_limit="2/minute", rate_limit_storage="redis://127.0.0.1:1"
+    )
+
+    async def main() -> int:
+        with pytest.raises(OptionsError) as caught:  # built on trio: refused at once
+            NavaiASGIMiddleware(
+                hello_asgi, opts, rate_limit="2/minute", rate_limit_storage="redis://127.0.0.1:1"
+            )
+        assert caught.value.message == message
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=built_outside), base_url="http://t"
+        ) as client:  # built before the loop: each request is refused, fail closed
+            return (await client.post(PATH, json={})).status_code
+
+    assert trio.run(main) == 503
+    assert f"navai_mw: {message}" in [r.getMessage() for r in caplog.records]
