@@ -128,7 +128,9 @@ def _media_type_ok(content_type: str | None) -> bool:
     media_type, _, params = content_type.partition(";")
     media_type = media_type.strip().lower()
     if media_type != "application/json" and not (
-        media_type.startswith("application/") and media_type.endswith("+json")
+        media_type.startswith("application/")
+        and media_type.endswith("+json")
+        and len(media_type) > len("application/+json")  # a subtype before the suffix
     ):
         return False
     for param in params.split(";"):
@@ -401,7 +403,10 @@ class Endpoint:
         if len(body) > wanted.limit:
             return self._too_large(cors)
         if wanted.declared is not None and len(body) != wanted.declared:
-            return _error(RequestError("Request body is incomplete."), cors)
+            shape = (
+                "incomplete" if len(body) < wanted.declared else "longer than its Content-Length"
+            )
+            return _error(RequestError(f"Request body is {shape}."), cors)
         if body and not wanted.content_type_ok:
             return self._unsupported(cors)
         info = wanted.info or RequestInfo(method="POST", route=ROUTE, path=self.path, headers={})

@@ -216,3 +216,19 @@ def test_cors_refuses_what_is_not_same_origin(headers: dict[str, str]) -> None:
     answer = Endpoint(OPTS, cors_origins=["http://front.test"]).begin("POST", headers)
     assert isinstance(answer, Answer)
     assert answer.status == 403
+
+
+def test_a_body_longer_than_declared_is_named_so() -> None:
+    endpoint = Endpoint(OPTS)
+    wanted = endpoint.begin("POST", {**JSON, "content-length": "2"})
+    assert isinstance(wanted, BodyWanted)
+    answer = finish_now(endpoint, wanted, b"{}  ")
+    assert answer.status == 400
+    assert json.loads(answer.body) == {"error": "Request body is longer than its Content-Length."}
+
+
+@pytest.mark.parametrize("media_type", ["application/+json", "application/json+", "text/+json"])
+def test_a_json_suffix_needs_a_subtype(media_type: str) -> None:
+    answer = Endpoint(OPTS).begin("POST", {"content-type": media_type, "content-length": "2"})
+    assert isinstance(answer, Answer)
+    assert answer.status == 415
