@@ -172,8 +172,6 @@ class RateLimitPolicy:
                 f"rate_limit for {group!r} is not in the limits notation "
                 f'("10/minute;200/day"). Received: {text!r}'
             ) from None
-        if not items:
-            raise OptionsError(f"rate_limit for {group!r} is empty. Received: {text!r}")
         return cls(group, text, items)
 
     def policy_header(self) -> str:

@@ -591,3 +591,73 @@ def test_redis_limits_are_refused_clearly_under_trio(
 
     assert trio.run(main) == 503
     assert f"navai_mw: {message}" in [r.getMessage() for r in caplog.records]
+
+
+# -- a storage that cannot be reached, or used -------------------------------------------------
+
+
+def test_an_unreachable_storage_fails_closed_or_open(
+    fake: FakeOpenAIRealtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    from .conftest import closed_port
+
+    storage = f"redis://127.0.0.1:{closed_port()}/0"
+    with both_shells(fake, rate_limit="5/minute", rate_limit_storage=storage) as shells:
+        for _, post in shells:
+            refused = post(json={})
+            assert refused.status_code == 503
+            assert refused.json() == {"error": "Rate limiting is unavailable; try again shortly."}
+            assert refused.headers["retry-after"] == "5"
+    assert fake.requests == []
+    caplog.clear()
+    with both_shells(
+        fake, rate_limit="5/minute", rate_limit_storage=storage, rate_limit_fail_open=True
+    ) as shells:
+        for _, post in shells:
+            passed = post(json={})
+            assert passed.status_code == 200
+            assert "ratelimit" not in passed.headers
+    messages = [r.getMessage() for r in caplog.records if r.name == "navai_mw"]
+    assert (
+        messages.count(
+            "navai_mw: the rate-limit storage is unreachable; letting the request through"
+        )
+        == 2
+    )
+    assert all("127.0.0.1" not in m for m in messages)  # no storage URL in the log
+
+
+@pytest.mark.parametrize(
+    ("keywords", "message"),
+    [
+        pytest.param(
+            {"rate_limit": "1/minute", "rate_limit_storage": "nosuch://x"},
+            "rate_limit_storage cannot be used: ConfigurationError",
+            id="unknown-storage",
+        ),
+        pytest.param(
+            {"rate_limit": 5},
+            "rate_limit must be a string or a mapping from route group to string.",
+            id="number",
+        ),
+        pytest.param(
+            {"rate_limit": " ; "},
+            "rate_limit for 'mint' is not in the limits notation (\"10/minute;200/day\"). "
+            "Received: ' ; '",
+            id="empty",
+        ),
+    ],
+)
+def test_unusable_limit_settings_fail_at_start_up(keywords: dict[str, Any], message: str) -> None:
+    opts = NavaiVoiceBackendOptions(openai_api_key="k")
+    for build in (
+        lambda: NavaiWSGIMiddleware(hello_wsgi, opts, **keywords),
+        lambda: NavaiASGIMiddleware(hello_asgi, opts, **keywords),
+    ):
+        with pytest.raises(OptionsError) as caught:
+            build()
+        assert caught.value.message == message
+
+
+def test_blank_entries_in_trusted_proxies_are_skipped() -> None:
+    assert parse_trusted_proxies(" 10.0.0.1 , ,::1") == parse_trusted_proxies(["10.0.0.1", "::1"])
