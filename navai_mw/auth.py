@@ -1,0 +1,774 @@
+"""Built-in authorizers for the guard's ``authorize=``.
+
+Each is sans-IO: it reads the request's ``Authorization`` header, yields
+the HTTP attempts it needs (a JWKS fetch, nothing else), and returns the
+caller's identity, or None when no bearer credentials came (the guard then
+answers 401). Bad credentials raise :class:`~navai_mw.AuthError` (401);
+an identity provider that cannot be reached is a 503.
+
+Fixed tokens, for server-to-server callers; the identity is the token's
+name, never the token::
+
+    from navai_mw.auth import bearer_tokens
+
+    authorize = bearer_tokens({"billing": "s3cr3t-token-of-16+chars"})
+    # or bearer_tokens("billing:s3cr3t...,reports:an0ther..."), as in the env
+
+Provider-issued JWTs (Auth0, Clerk, Supabase, Firebase, Cognito, Entra),
+verified against the provider's JWKS; the identity is the ``sub`` claim
+(needs ``pip install 'navai-mw[jwt]'``)::
+
+    from navai_mw.auth import jwt_bearer
+
+    authorize = jwt_bearer(
+        "https://example.eu.auth0.com/.well-known/jwks.json",
+        audience="https://api.example.com",
+        issuer="https://example.eu.auth0.com/",
+    )
+
+Either one: ``any_of(bearer_tokens(...), jwt_bearer(...))``. From the
+environment: :func:`authorizer_from_env` reads ``NAVAI_AUTH_TOKENS``
+(``name:token,name:token``), ``NAVAI_AUTH_JWKS_URL``,
+``NAVAI_AUTH_AUDIENCE`` and ``NAVAI_AUTH_ISSUER``.
+
+Pass the result as ``authorize=`` to the ASGI or WSGI middleware. The
+``Bearer`` scheme is matched in any case (RFC 9110); another scheme
+(``Basic ...``) counts as no credentials.
+
+What :func:`jwt_bearer` refuses (401, ``Invalid token: <reason>.``): a
+malformed token, an algorithm outside ``algorithms`` (``none`` and ``HS*``
+can never be allowed: an HMAC "signed" with the public key is the
+algorithm-confusion attack), a key id the JWKS does not hold even after a
+refetch, a bad signature, a token without ``exp``, expired or not yet valid
+(``leeway`` seconds of clock skew allowed), the wrong ``aud`` or ``iss``,
+and a missing or empty ``sub``. No message or log line holds a token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Final, NoReturn
+from urllib.parse import urlsplit
+
+from ._core import Attempt, Outcome, is_retryable, retry_delay
+from ._errors import AuthError, NavaiError, OptionsError, UpstreamError, log_safe
+from ._guard import Authorizer, AuthSteps, RequestInfo
+from ._models import MAX_UPSTREAM_TIMEOUT_SECONDS, HttpRequest, is_header_safe
+
+if TYPE_CHECKING:
+    from jwt import PyJWK
+
+__all__ = [
+    "AnyOf",
+    "BearerTokens",
+    "JWTBearer",
+    "any_of",
+    "authorizer_from_env",
+    "bearer_tokens",
+    "jwt_bearer",
+]
+
+logger = logging.getLogger("navai_mw")
+
+# -- shared --------------------------------------------------------------------------
+
+
+def _bearer(headers: Mapping[str, str]) -> str | None:
+    """The credentials of an ``Authorization: Bearer`` header: None when
+    there is no such header (or another scheme), "" when they are empty."""
+    value = headers.get("authorization")
+    if value is None:
+        return None
+    scheme, _, credentials = value.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return credentials.strip()
+
+
+def _no_attempts() -> Generator[Attempt, Outcome, None]:
+    """Yields nothing: makes a check that needs no I/O a step function."""
+    yield from ()
+
+
+# -- fixed tokens ----------------------------------------------------------------------
+
+_TOKEN_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# Visible ASCII: a token travels in a header.
+_VISIBLE_ASCII: Final = re.compile(r"[\x21-\x7e]+")
+# 16 random visible characters hold about 100 bits; shorter is a password
+# someone typed.
+MIN_TOKEN_CHARS: Final = 16
+
+
+def _token_entries(tokens: object) -> list[tuple[object, object]]:
+    """``tokens`` as (name, token) pairs, from any of the accepted forms."""
+    if isinstance(tokens, str):
+        tokens = [entry for entry in tokens.split(",") if entry.strip()]
+    if isinstance(tokens, Mapping):
+        return list(tokens.items())
+    if isinstance(tokens, (bytes, bytearray)) or not isinstance(tokens, Iterable):
+        raise OptionsError(
+            "bearer_tokens takes a mapping of name to token, 'name:token' strings, "
+            "or one 'name:token,name:token' string."
+        )
+    entries: list[tuple[object, object]] = []
+    for position, entry in enumerate(tokens, start=1):
+        if not isinstance(entry, str) or ":" not in entry:
+            # The entry itself is never quoted: it may be a bare token.
+            raise OptionsError(f"bearer_tokens entry {position} is not of the form 'name:token'.")
+        name, _, token = entry.partition(":")
+        entries.append((name.strip(), token.strip()))
+    return entries
+
+
+def _token_digests(tokens: object) -> tuple[tuple[str, bytes], ...]:
+    entries = _token_entries(tokens)
+    if not entries:
+        raise OptionsError("bearer_tokens needs at least one name:token.")
+    names: set[str] = set()
+    digests: dict[bytes, str] = {}
+    for name, token in entries:
+        if not isinstance(name, str) or _TOKEN_NAME.fullmatch(name) is None:
+            shown = repr(name)[:80] if isinstance(name, str) else type(name).__name__
+            raise OptionsError(
+                "bearer_tokens names must be 1 to 64 of A-Z a-z 0-9 _ . - "
+                f"Received: {log_safe(shown)}"
+            )
+        if name in names:
+            raise OptionsError(f"bearer_tokens names must be unique: {name!r} appears twice.")
+        names.add(name)
+        if not isinstance(token, str) or not token:
+            raise OptionsError(f"bearer_tokens token {name!r} is empty or not a string.")
+        if _VISIBLE_ASCII.fullmatch(token) is None:
+            raise OptionsError(
+                f"bearer_tokens token {name!r} must be visible ASCII, without spaces."
+            )
+        if len(token) < MIN_TOKEN_CHARS:
+            raise OptionsError(
+                f"bearer_tokens token {name!r} is shorter than {MIN_TOKEN_CHARS} characters."
+            )
+        digest = hashlib.sha256(token.encode("ascii")).digest()
+        if digest in digests:
+            raise OptionsError(
+                f"bearer_tokens tokens must be unique: {digests[digest]!r} and {name!r} "
+                "share one, so their callers could not be told apart."
+            )
+        digests[digest] = name
+    return tuple((name, digest) for digest, name in digests.items())
+
+
+class BearerTokens:
+    """Fixed bearer tokens, each with a name that is the caller's identity
+    (see :func:`bearer_tokens`).
+
+    Only SHA-256 digests of the tokens are kept. A presented token's digest
+    is compared with every one of them with :func:`hmac.compare_digest`,
+    without stopping at a match: equal lengths, and no early exit, so the
+    timing of an answer tells nothing about how near a guess was.
+    """
+
+    __slots__ = ("_digests",)
+
+    def __init__(self, tokens: Mapping[str, str] | Iterable[str] | str) -> None:
+        self._digests = _token_digests(tokens)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The configured names: the identities this authorizer returns."""
+        return tuple(name for name, _ in self._digests)
+
+    def __repr__(self) -> str:
+        return f"BearerTokens(names={self.names!r})"
+
+    def steps(self, info: RequestInfo) -> AuthSteps:
+        yield from _no_attempts()
+        presented = _bearer(info.headers)
+        if presented is None:
+            return None
+        # surrogatepass: whatever a server decoded the header into, it encodes.
+        digest = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).digest()
+        identity: str | None = None
+        for name, expected in self._digests:
+            if hmac.compare_digest(digest, expected) and identity is None:
+                identity = name
+        if identity is None:
+            raise AuthError("Invalid bearer token.")
+        return identity
+
+
+def bearer_tokens(tokens: Mapping[str, str] | Iterable[str] | str) -> BearerTokens:
+    """An authorizer for fixed bearer tokens.
+
+    ``tokens``: a mapping of name to token, an iterable of ``"name:token"``
+    strings, or one ``"name:token,name:token"`` string (``NAVAI_AUTH_TOKENS``).
+    Names are 1 to 64 of ``A-Z a-z 0-9 _ . -`` and unique; tokens are visible
+    ASCII, at least :data:`MIN_TOKEN_CHARS` long, and unique. The identity
+    is the name. Raises :class:`~navai_mw.OptionsError`, whose message never
+    holds a token.
+    """
+    return BearerTokens(tokens)
+
+
+# -- JWTs against a JWKS ---------------------------------------------------------------
+
+# The asymmetric JWS algorithms, with the key type (and curve) each needs.
+# Nothing symmetric (HS*) and not "none": a verifier whose keys come from a
+# public JWKS must never let a token make an HMAC key of one.
+_KEY_TYPES: Final[Mapping[str, tuple[str, str | None]]] = {
+    "RS256": ("RSA", None),
+    "RS384": ("RSA", None),
+    "RS512": ("RSA", None),
+    "PS256": ("RSA", None),
+    "PS384": ("RSA", None),
+    "PS512": ("RSA", None),
+    "ES256": ("EC", "P-256"),
+    "ES384": ("EC", "P-384"),
+    "ES512": ("EC", "P-521"),
+    "EdDSA": ("OKP", None),
+}
+# A provider's JWKS holds a few keys of under 2 KiB each (Entra's, with x5c
+# certificate chains, is about 10 KiB): 64 KiB is ample, and bounds what a
+# wrong or hostile URL can make each worker read and parse.
+MAX_JWKS_BYTES: Final = 64 * 1024
+# A connection failure or a 5xx is tried once more, within ``timeout``.
+MAX_JWKS_RETRIES: Final = 1
+# After a failed fetch, requests that need one are answered 503 at once for
+# this long (at most ``refetch_interval``), instead of each waiting on a
+# provider that is down.
+FAILED_FETCH_BACKOFF_SECONDS: Final = 5.0
+# Provider tokens are one or two KiB; a longer "token" is not worth parsing.
+MAX_TOKEN_CHARS: Final = 16 * 1024
+
+_UNAVAILABLE_MESSAGE: Final = "Authorization is unavailable; try again shortly."
+
+# kid -> algorithm -> key.
+KeySet = Mapping[str, Mapping[str, "PyJWK"]]
+
+
+def _import_jwt() -> None:
+    try:
+        import jwt
+        from jwt.algorithms import has_crypto
+    except ImportError:
+        raise OptionsError("jwt_bearer needs PyJWT: pip install 'navai-mw[jwt]'") from None
+    if not has_crypto or not hasattr(jwt, "PyJWK"):
+        raise OptionsError("jwt_bearer needs PyJWT with cryptography: pip install 'navai-mw[jwt]'")
+
+
+def _invalid(reason: str) -> AuthError:
+    return AuthError(f"Invalid token: {reason}.")
+
+
+def _is_time(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _strings(value: str | Iterable[str], name: str) -> tuple[str, ...]:
+    items = (value,) if isinstance(value, str) else tuple(value)
+    if not items or not all(isinstance(item, str) and item.strip() for item in items):
+        raise OptionsError(f"jwt_bearer {name} must be a non-empty string, or several.")
+    return tuple(item.strip() for item in items)
+
+
+def _seconds(value: object, name: str, *, zero_ok: bool, cap: float = math.inf) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not zero_ok)
+        or value > cap
+    ):
+        bound = "0 or more" if zero_ok else "above 0"
+        limit = f" and at most {cap:g}" if math.isfinite(cap) else ""
+        raise OptionsError(
+            f"jwt_bearer {name} must be a number of seconds {bound}{limit}. Received: {value!r}"
+        )
+    return float(value)
+
+
+def _check_jwks_url(url: object) -> str:
+    """An https URL, or http on a loopback host (a local provider): keys
+    fetched in the clear would let anyone on the path mint identities. The
+    URL is never echoed: it may carry a secret in its query."""
+    invalid = OptionsError(
+        "jwt_bearer jwks_url must be an https URL with a host, no credentials and no "
+        "fragment (http only on a loopback host)."
+    )
+    if not isinstance(url, str) or not is_header_safe(url.strip()):
+        raise invalid
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        raise invalid from None
+    host = parts.hostname or ""
+    if not host or not port_ok or "@" in parts.netloc or "#" in url:
+        raise invalid
+    if parts.scheme == "https":
+        return url
+    if parts.scheme == "http":
+        if host == "localhost":
+            return url
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                return url
+        except ValueError:
+            pass
+    raise invalid
+
+
+class JWTBearer:
+    """Verifies ``Authorization: Bearer <JWT>`` against a provider's JWKS
+    (see :func:`jwt_bearer`).
+
+    Stateful: it keeps the fetched keys for every request and thread, under
+    a lock that is never held across a yield. Keys are fetched on first use
+    and kept ``cache_seconds``. A ``kid`` they do not hold (the provider
+    rotated its keys) refetches them, at most once per ``refetch_interval``
+    counted from the last fetch, so made-up key ids cannot make this process
+    hammer the provider. While one request refreshes expired keys, the
+    others keep using them.
+    """
+
+    def __init__(
+        self,
+        jwks_url: str,
+        *,
+        audience: str | Iterable[str],
+        issuer: str | Iterable[str],
+        algorithms: Iterable[str] = ("RS256", "ES256"),
+        leeway: float = 30,
+        refetch_interval: float = 60.0,
+        cache_seconds: float = 600.0,
+        timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        _import_jwt()
+        self._url = _check_jwks_url(jwks_url)
+        parts = urlsplit(self._url)
+        self._where = log_safe(f"{parts.hostname}{parts.path}")  # no query in a log line
+        self._audience = _strings(audience, "audience")
+        self._issuer = _strings(issuer, "issuer")
+        if isinstance(algorithms, str):
+            algorithms = (algorithms,)
+        self._algorithms = tuple(dict.fromkeys(algorithms))
+        refused = [alg for alg in self._algorithms if alg not in _KEY_TYPES]
+        if refused or not self._algorithms:
+            raise OptionsError(
+                "jwt_bearer algorithms must be one or more of "
+                f"{', '.join(_KEY_TYPES)} (none and HS* are never allowed). "
+                f"Received: {log_safe(repr(refused or self._algorithms))[:200]}"
+            )
+        self._leeway = _seconds(leeway, "leeway", zero_ok=True)
+        self._refetch_interval = _seconds(refetch_interval, "refetch_interval", zero_ok=True)
+        self._cache_seconds = _seconds(cache_seconds, "cache_seconds", zero_ok=False)
+        self._timeout = _seconds(
+            timeout, "timeout", zero_ok=False, cap=MAX_UPSTREAM_TIMEOUT_SECONDS
+        )
+        self._backoff = min(FAILED_FETCH_BACKOFF_SECONDS, self._refetch_interval)
+        self._retry_after = str(max(1, math.ceil(self._backoff)))
+        self._clock = clock
+        self._monotonic = monotonic
+        self._request = HttpRequest(
+            method="GET",
+            url=self._url,
+            headers=(("Accept", "application/json"),),
+            body=b"",
+            max_response_bytes=MAX_JWKS_BYTES,
+        )
+        # The cache: every field below is read and written under the lock.
+        self._lock = threading.Lock()
+        self._keys: KeySet | None = None
+        self._fetched_at = 0.0  # when the keys arrived (monotonic)
+        self._last_fetch: float | None = None  # when the last fetch began
+        self._failed_at: float | None = None  # when the last fetch failed
+        self._refreshing_since: float | None = None  # a fetch under way
+
+    def __repr__(self) -> str:
+        return (
+            f"JWTBearer(jwks={self._where!r}, audience={self._audience!r}, "
+            f"issuer={self._issuer!r}, algorithms={self._algorithms!r})"
+        )
+
+    def steps(self, info: RequestInfo) -> AuthSteps:
+        token = _bearer(info.headers)
+        if token is None:
+            return None
+        alg, kid = self._header(token)
+        keys = self._cached(kid)
+        if keys is None:
+            keys = yield from self._refresh()
+        return self._verify(token, alg, kid, keys)
+
+    def _refresh(self) -> Generator[Attempt, Outcome, KeySet]:
+        """Fetch the keys and record how it went: in one locked step, so that
+        no request sees the refresh over before its keys are in place. An
+        abandoned fetch (the generator closed) records nothing."""
+        fetched: KeySet | None = None
+        failed = False
+        try:
+            fetched = yield from self._fetch()
+        except NavaiError:
+            failed = True
+            raise
+        finally:
+            with self._lock:
+                now = self._monotonic()
+                self._refreshing_since = None
+                if fetched is not None:
+                    self._keys, self._fetched_at, self._failed_at = fetched, now, None
+                elif failed:
+                    self._failed_at = now
+        return fetched
+
+    def _header(self, token: str) -> tuple[str, str]:
+        import jwt
+
+        if not token or len(token) > MAX_TOKEN_CHARS or not token.isascii():
+            raise _invalid("malformed")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise _invalid("malformed") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self._algorithms:
+            raise _invalid("algorithm not allowed")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise _invalid("no key id")
+        return alg, kid
+
+    def _cached(self, kid: str) -> KeySet | None:
+        """The keys to verify with, or None to fetch them first (the fetch is
+        then claimed). Raises the 503 while a failed fetch is recent."""
+        with self._lock:
+            now = self._monotonic()
+            keys = self._keys
+            if keys is not None and now - self._fetched_at < self._cache_seconds:
+                if kid in keys:
+                    return keys
+                if self._last_fetch is not None and now - self._last_fetch < self._refetch_interval:
+                    return keys  # an unknown kid so soon after a fetch: no refetch
+            elif (
+                keys is not None
+                and self._refreshing_since is not None
+                and now - self._refreshing_since < self._timeout
+            ):
+                return keys  # another request is refreshing them: these serve meanwhile
+            if self._failed_at is not None and now - self._failed_at < self._backoff:
+                raise UpstreamError(
+                    _UNAVAILABLE_MESSAGE, status=503, headers=(("Retry-After", self._retry_after),)
+                )
+            self._last_fetch = self._refreshing_since = now
+            return None
+
+    def _fetch(self) -> Generator[Attempt, Outcome, KeySet]:
+        """Fetch and read the JWKS; the retry policy is the core's."""
+        request, budget = self._request, self._timeout
+        outcome = yield Attempt(request=request, delay=0.0, timeout=budget, first=True)
+        retries = 0
+        while True:
+            if outcome.timed_out or outcome.elapsed >= budget:
+                self._unavailable(f"no answer within {budget:g} s")
+            response = outcome.response
+            if response is not None and len(response.body) > request.max_response_bytes:
+                self._unavailable(f"its answer is larger than {MAX_JWKS_BYTES} bytes")
+            if (response is None or is_retryable(response.status)) and retries < MAX_JWKS_RETRIES:
+                delay = retry_delay(retries, jitter=outcome.jitter)
+                remaining = budget - outcome.elapsed - delay
+                if remaining > 0:
+                    retries += 1
+                    outcome = yield Attempt(request=request, delay=delay, timeout=remaining)
+                    continue
+            if response is None:
+                self._unavailable("it could not be reached")
+            if response.status != 200:
+                self._unavailable(f"it answered HTTP {response.status}")
+            return self._parse(response.body)
+
+    def _unavailable(self, reason: str) -> NoReturn:
+        logger.warning(
+            "navai_mw: the JWKS at %s could not be fetched: %s; answering 503",
+            self._where,
+            reason,
+        )
+        raise UpstreamError(
+            _UNAVAILABLE_MESSAGE, status=503, headers=(("Retry-After", self._retry_after),)
+        )
+
+    def _parse(self, body: bytes) -> KeySet:
+        from jwt import PyJWK, PyJWTError
+
+        try:
+            document = json.loads(body)
+        except (ValueError, RecursionError):
+            self._unavailable("its answer is not JSON")
+        entries = document.get("keys") if isinstance(document, dict) else None
+        if not isinstance(entries, list):
+            self._unavailable('its answer is not a JWKS (no "keys" list)')
+        keys: dict[str, dict[str, PyJWK]] = {}
+        for entry in entries:
+            if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
+                continue
+            kid = entry.get("kid")
+            if not isinstance(kid, str) or not kid:
+                continue
+            for alg in self._algorithms:
+                kty, crv = _KEY_TYPES[alg]
+                if entry.get("kty") != kty or (crv is not None and entry.get("crv") != crv):
+                    continue
+                if entry.get("alg", alg) != alg:
+                    continue
+                try:
+                    key = PyJWK(entry, algorithm=alg)
+                except (PyJWTError, ValueError, TypeError, KeyError):
+                    continue  # unusable for this algorithm: as if absent
+                if key.Algorithm.check_key_length(key.key):
+                    logger.warning(
+                        "navai_mw: the JWKS at %s holds a key (kid %s) too short to trust; "
+                        "it is ignored",
+                        self._where,
+                        log_safe(kid[:64]),
+                    )
+                    continue
+                keys.setdefault(kid, {})[alg] = key
+        if not keys:
+            self._unavailable(f"it holds no usable key for {', '.join(self._algorithms)}")
+        return keys
+
+    def _verify(self, token: str, alg: str, kid: str, keys: KeySet) -> str:
+        import jwt
+
+        for_kid = keys.get(kid)
+        if for_kid is None:
+            raise _invalid("unknown signing key")
+        key = for_kid.get(alg)
+        if key is None:
+            raise _invalid("algorithm does not match the signing key")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={
+                    # Times are checked below, against the injected clock;
+                    # the subject too: it must be a non-empty string.
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "verify_sub": False,
+                    "require": ["aud", "iss"],
+                    "enforce_minimum_key_length": True,
+                },
+            )
+        except jwt.InvalidSignatureError:
+            raise _invalid("bad signature") from None
+        except jwt.InvalidAlgorithmError:
+            raise _invalid("algorithm not allowed") from None
+        except jwt.InvalidAudienceError:
+            raise _invalid("wrong audience") from None
+        except jwt.InvalidIssuerError:
+            raise _invalid("wrong issuer") from None
+        except jwt.MissingRequiredClaimError as exc:
+            reason = {"aud": "wrong audience", "iss": "wrong issuer"}.get(exc.claim, "malformed")
+            raise _invalid(reason) from None
+        except jwt.PyJWTError:
+            raise _invalid("malformed") from None
+        self._check_times(claims)
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject.strip():
+            raise _invalid("no subject")
+        return subject
+
+    def _check_times(self, claims: Mapping[str, Any]) -> None:
+        if "exp" not in claims:
+            raise _invalid("no expiry")
+        for name in ("exp", "nbf", "iat"):
+            if name in claims and not _is_time(claims[name]):
+                raise _invalid("malformed")
+        now, leeway = self._clock(), self._leeway
+        if claims["exp"] <= now - leeway:
+            raise _invalid("expired")
+        for name in ("nbf", "iat"):
+            if name in claims and claims[name] > now + leeway:
+                raise _invalid("not yet valid")
+
+
+def jwt_bearer(
+    jwks_url: str,
+    *,
+    audience: str | Iterable[str],
+    issuer: str | Iterable[str],
+    algorithms: Iterable[str] = ("RS256", "ES256"),
+    leeway: float = 30,
+    refetch_interval: float = 60.0,
+    cache_seconds: float = 600.0,
+    timeout: float = 5.0,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> JWTBearer:
+    """An authorizer for provider-issued JWTs, verified against the JWKS at
+    ``jwks_url`` (https; http only on a loopback host). The identity is the
+    ``sub`` claim.
+
+    Args:
+        audience: the ``aud`` the token must name (one, or several accepted).
+        issuer: the ``iss`` the token must carry (one, or several accepted).
+        algorithms: the accepted asymmetric algorithms (RS*, PS*, ES*, EdDSA).
+        leeway: seconds of clock skew allowed on ``exp``, ``nbf`` and ``iat``.
+        refetch_interval: a token with an unknown ``kid`` refetches the JWKS
+            at most this often (seconds since the last fetch).
+        cache_seconds: how long fetched keys are used before a refetch.
+        timeout: bound on one fetch, its one retry included (seconds).
+        clock: Unix time, for the token's times. monotonic: for the cache.
+
+    A JWKS that cannot be fetched or read is a 503 with ``Retry-After`` (and
+    a WARNING on the ``navai_mw`` logger), never a 401. Raises
+    :class:`~navai_mw.OptionsError` for bad arguments, and when PyJWT (with
+    cryptography) is not installed.
+    """
+    return JWTBearer(
+        jwks_url,
+        audience=audience,
+        issuer=issuer,
+        algorithms=algorithms,
+        leeway=leeway,
+        refetch_interval=refetch_interval,
+        cache_seconds=cache_seconds,
+        timeout=timeout,
+        clock=clock,
+        monotonic=monotonic,
+    )
+
+
+# -- combining -----------------------------------------------------------------------
+
+
+class AnyOf:
+    """Several authorizers, tried in order; the first identity wins (see
+    :func:`any_of`)."""
+
+    __slots__ = ("authorizers",)
+
+    def __init__(self, *authorizers: Authorizer) -> None:
+        if not authorizers:
+            raise OptionsError("any_of needs at least one authorizer.")
+        for authorizer in authorizers:
+            if not isinstance(authorizer, Authorizer):
+                raise OptionsError(
+                    "any_of takes authorizers such as those of navai_mw.auth (objects with "
+                    f"steps()). Received: {type(authorizer).__name__}"
+                )
+        self.authorizers: tuple[Authorizer, ...] = authorizers
+
+    def __repr__(self) -> str:
+        return f"AnyOf{self.authorizers!r}"
+
+    def steps(self, info: RequestInfo) -> AuthSteps:
+        refused: AuthError | None = None
+        unavailable: NavaiError | None = None
+        for authorizer in self.authorizers:
+            try:
+                identity = yield from authorizer.steps(info)
+            except AuthError as exc:
+                refused = refused or exc
+                continue
+            except NavaiError as exc:
+                unavailable = unavailable or exc
+                continue
+            if identity is not None:
+                return identity
+        if unavailable is not None:
+            raise unavailable
+        if refused is not None:
+            raise refused
+        return None
+
+
+def any_of(*authorizers: Authorizer) -> AnyOf:
+    """An authorizer that accepts what any of ``authorizers`` accepts, tried
+    in order (put the cheap ones first: a fixed token needs no network).
+
+    When none accepts: None if none saw credentials; else the first
+    :class:`~navai_mw.AuthError`, unless one could not decide because its
+    provider was unreachable: then its 503, since the credentials may well
+    be good. A provider that is down never hides a credential another one
+    accepts.
+    """
+    return AnyOf(*authorizers)
+
+
+# -- environment -------------------------------------------------------------------
+
+
+def _env_value(env: Mapping[str, str | None], name: str) -> str | None:
+    value = env.get(name)
+    if value is None or not value.strip():
+        return None
+    return value.strip()
+
+
+def _listed(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def authorizer_from_env(env: Mapping[str, str | None] | None = None) -> Authorizer | None:
+    """The authorizer the environment asks for (``env``, default ``os.environ``):
+
+    * ``NAVAI_AUTH_TOKENS`` (``name:token,name:token``): :func:`bearer_tokens`;
+    * ``NAVAI_AUTH_JWKS_URL`` with ``NAVAI_AUTH_AUDIENCE`` and
+      ``NAVAI_AUTH_ISSUER`` (each may list several, comma-separated):
+      :func:`jwt_bearer`;
+    * both: :func:`any_of` the two, fixed tokens first; neither: None.
+
+    A blank variable counts as unset. A half-configured JWT setup is an
+    :class:`~navai_mw.OptionsError` naming the missing variable, never a
+    silently open endpoint.
+    """
+    if env is None:
+        env = os.environ
+    authorizers: list[Authorizer] = []
+    tokens = _env_value(env, "NAVAI_AUTH_TOKENS")
+    if tokens is not None:
+        try:
+            authorizers.append(bearer_tokens(tokens))
+        except OptionsError as exc:
+            raise OptionsError(f"NAVAI_AUTH_TOKENS: {exc.message}") from None
+    url = _env_value(env, "NAVAI_AUTH_JWKS_URL")
+    audience = _env_value(env, "NAVAI_AUTH_AUDIENCE")
+    issuer = _env_value(env, "NAVAI_AUTH_ISSUER")
+    if url is None:
+        given = "NAVAI_AUTH_AUDIENCE" if audience is not None else "NAVAI_AUTH_ISSUER"
+        if audience is not None or issuer is not None:
+            raise OptionsError(
+                f"{given} is set but NAVAI_AUTH_JWKS_URL is not: JWT bearer auth needs "
+                "the provider's JWKS URL."
+            )
+    else:
+        if audience is None or issuer is None:
+            missing = "NAVAI_AUTH_AUDIENCE" if audience is None else "NAVAI_AUTH_ISSUER"
+            raise OptionsError(
+                f"NAVAI_AUTH_JWKS_URL is set but {missing} is not: JWT bearer auth needs "
+                "both NAVAI_AUTH_AUDIENCE and NAVAI_AUTH_ISSUER."
+            )
+        authorizers.append(jwt_bearer(url, audience=_listed(audience), issuer=_listed(issuer)))
+    if not authorizers:
+        return None
+    if len(authorizers) == 1:
+        return authorizers[0]
+    return any_of(*authorizers)
