@@ -6,8 +6,9 @@ Run everything with one command from the repository root::
     python -m benchmarks --quick   # a short smoke run; writes benchmarks/results/quick/
 
 Needs the ``bench`` extra (``pip install -e '.[bench]'``) and ``wrk`` on the
-PATH for the real-server benchmarks (``apt-get install wrk``); without
-``wrk`` those are skipped and said to be.
+PATH for the real-server benchmarks (``apt-get install wrk``), and
+``redis-server`` for the guard's (``apt-get install redis-server``); without
+them those are skipped and said to be.
 
 Every benchmark interleaves its arms round by round and reports, for each
 comparison, the median of the per-round ratios with their range, so that a

@@ -22,6 +22,7 @@ from pathlib import Path
 from . import (
     bench_connections,
     bench_core,
+    bench_guard,
     bench_memory,
     bench_minting,
     bench_passthrough,
@@ -38,6 +39,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "connections": bench_connections.run,
     "memory": bench_memory.run,
     "minting": bench_minting.run,
+    "guard": bench_guard.run,
     "wsgi": bench_wsgi.run,
 }
 RESULTS = REPO / "benchmarks" / "results"

@@ -20,6 +20,10 @@ from navai_mw.transports import HttpxAsyncTransport, HttpxSyncTransport
 from ._harness import BENCH_KEY
 from ._native import AiohttpNativeTransport
 
+# What the guard benchmark's tokens carry and its navai_mw servers demand.
+JWT_AUDIENCE = "https://api.bench.navai.invalid"
+JWT_ISSUER = "https://issuer.bench.navai.invalid/"
+
 # The async transports compared by the suite, by arm name.
 ASYNC_TRANSPORTS = ("httpcore", "aiohttp", "httpx2", "aiohttp-native")
 ASYNC_TRANSPORT_LABELS = {
@@ -93,10 +97,34 @@ def not_found_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) 
     return [b"not found"]
 
 
-def navai_asgi(upstream: str, transport: str | None) -> NavaiASGIMiddleware:
-    """navai_mw's middleware over a 404 app; ``transport=None`` is its default."""
+def navai_asgi(
+    upstream: str,
+    transport: str | None,
+    *,
+    jwks_url: str | None = None,
+    rate_limit: str | None = None,
+    rate_limit_storage: str | None = None,
+) -> NavaiASGIMiddleware:
+    """navai_mw's middleware over a 404 app; ``transport=None`` is its default.
+
+    The guard, for the guard benchmark: ``jwks_url`` turns on ``jwt_bearer``
+    (tokens for :data:`JWT_AUDIENCE` from :data:`JWT_ISSUER`), ``rate_limit``
+    a limit counted in ``rate_limit_storage``.
+    """
     chosen = None if transport is None else async_transport(transport)
-    return NavaiASGIMiddleware(not_found_asgi, opts=options(upstream), transport=chosen)
+    authorize = None
+    if jwks_url is not None:
+        from navai_mw.auth import jwt_bearer
+
+        authorize = jwt_bearer(jwks_url, audience=JWT_AUDIENCE, issuer=JWT_ISSUER)
+    return NavaiASGIMiddleware(
+        not_found_asgi,
+        opts=options(upstream),
+        authorize=authorize,
+        rate_limit=rate_limit,
+        rate_limit_storage=rate_limit_storage,
+        transport=chosen,
+    )
 
 
 def navai_wsgi(upstream: str, keepalive: int | None = None) -> NavaiWSGIMiddleware:

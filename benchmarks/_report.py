@@ -33,6 +33,10 @@ PACKAGES = (
     "waitress",
     "attrs",
     "cattrs",
+    "limits",
+    "redis",
+    "pyjwt",
+    "cryptography",
 )
 MINTING_SVG = "benchmarks-minting.svg"
 TRANSPORTS_SVG = "benchmarks-transports.svg"
@@ -212,7 +216,7 @@ def write(
         "## How to run",
         "",
         "```sh",
-        "pip install -e '.[bench]'          # plus wrk: apt-get install wrk",
+        "pip install -e '.[bench]'          # plus: apt-get install wrk redis-server",
         "python -m benchmarks               # full run, about 7 minutes; rewrites this page",
         "python -m benchmarks --quick       # smoke run, under a minute; benchmarks/results/",
         "python -m benchmarks --only core,passthrough",

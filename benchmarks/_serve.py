@@ -1,10 +1,12 @@
 """Child-process entry point: serve one app on a listening socket it inherits.
 
     python -m benchmarks._serve ROLE --fd N [--upstream URL] [--transport KIND]
-                                [--threads N] [--keepalive N]
+                                [--threads N] [--keepalive N] [--jwks URL]
+                                [--rate-limit LIMIT --rate-limit-storage URI]
 
 Roles: ``upstream`` (the fake OpenAI, counting connections), ``navai``
-(NavaiASGIMiddleware), ``peer`` (FastAPI + openai SDK), all under uvicorn
+(NavaiASGIMiddleware; ``--jwks`` and ``--rate-limit`` turn its guard on),
+``peer`` (FastAPI + openai SDK), all under uvicorn
 with the asyncio loop and h11 (the pure-Python stack every arm shares); and
 ``wsgi`` (NavaiWSGIMiddleware under waitress; ``--keepalive`` gives its
 httpx.Client a keep-alive pool of that size instead of the default). The parent made the socket,
@@ -53,6 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--transport", default=None)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--keepalive", type=int, default=None)
+    parser.add_argument("--jwks", default=None)
+    parser.add_argument("--rate-limit", default=None)
+    parser.add_argument("--rate-limit-storage", default=None)
     args = parser.parse_args(argv)
     sock = socket.socket(fileno=args.fd)
 
@@ -61,7 +66,14 @@ def main(argv: list[str] | None = None) -> None:
     elif args.role == "navai":
         from ._apps import navai_asgi
 
-        _uvicorn(navai_asgi(args.upstream, args.transport), sock)
+        navai = navai_asgi(
+            args.upstream,
+            args.transport,
+            jwks_url=args.jwks,
+            rate_limit=args.rate_limit,
+            rate_limit_storage=args.rate_limit_storage,
+        )
+        _uvicorn(navai, sock)
     elif args.role == "peer":
         from ._peer import make_peer
 

@@ -174,9 +174,7 @@ def _run(args: argparse.Namespace) -> int:
             logger.warning("navai-mw: %s", UNGUARDED_WARNING)
         # uvicorn would rewrite the client address from X-Forwarded-For for
         # loopback peers; NAVAI_TRUSTED_PROXIES decides that here instead.
-        config = uvicorn.Config(
-            app, host=host, port=bound_port, lifespan="on", proxy_headers=False
-        )
+        config = uvicorn.Config(app, host=host, port=bound_port, lifespan="on", proxy_headers=False)
         server = uvicorn.Server(config)
         # uvicorn shuts down gracefully on Ctrl-C or SIGTERM, then re-raises
         # the signal: the KeyboardInterrupt that comes out is the end, not an error.
