@@ -248,6 +248,10 @@ MAX_JWKS_RETRIES: Final = 1
 FAILED_FETCH_BACKOFF_SECONDS: Final = 5.0
 # Provider tokens are one or two KiB; a longer "token" is not worth parsing.
 MAX_TOKEN_CHARS: Final = 16 * 1024
+# Verified tokens remembered per authorizer (about 100 bytes each): room for
+# every active user of a busy worker, and a bound on what made-up tokens
+# could make it hold (only verified ones are kept).
+MAX_REMEMBERED_TOKENS: Final = 10_000
 
 _UNAVAILABLE_MESSAGE: Final = "Authorization is unavailable; try again shortly."
 
@@ -396,6 +400,11 @@ class JWTBearer:
         self._last_fetch: float | None = None  # when the last fetch began
         self._failed_at: float | None = None  # when the last fetch failed
         self._refreshing_since: float | None = None  # a fetch under way
+        # Tokens verified already, by SHA-256: subject, key id, and the span
+        # of time (Unix) in which they are valid. A caller sends the same
+        # token with each request; remembering it skips the parsing and the
+        # signature check, most of a check's cost. Bounded, oldest out first.
+        self._verified: dict[bytes, tuple[str, str, float, float]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -407,11 +416,37 @@ class JWTBearer:
         token = _bearer(info.headers)
         if token is None:
             return None
+        digest = hashlib.sha256(token.encode()).digest()
+        subject = self._remembered(digest)
+        if subject is not None:
+            return subject
         alg, kid = self._header(token)
         keys = self._cached(kid)
         if keys is None:
             keys = yield from self._refresh()
-        return self._verify(token, alg, kid, keys)
+        subject, valid_from, expires = self._verify(token, alg, kid, keys)
+        with self._lock:
+            if len(self._verified) >= MAX_REMEMBERED_TOKENS:
+                del self._verified[next(iter(self._verified))]
+            self._verified[digest] = (subject, kid, valid_from, expires)
+        return subject
+
+    def _remembered(self, digest: bytes) -> str | None:
+        """The subject of a token verified before, while it is still valid
+        and its key is still among fresh keys; else None (check it again)."""
+        with self._lock:
+            entry = self._verified.get(digest)
+            if entry is None:
+                return None
+            subject, kid, valid_from, expires = entry
+            keys = self._keys
+            fresh = self._monotonic() - self._fetched_at < self._cache_seconds
+            now, leeway = self._clock(), self._leeway
+            usable = fresh and keys is not None and kid in keys
+            if usable and valid_from - leeway <= now < expires + leeway:
+                return subject
+            del self._verified[digest]
+            return None
 
     def _refresh(self) -> Generator[Attempt, Outcome, KeySet]:
         """Fetch the keys and record how it went: in one locked step, so that
@@ -549,7 +584,8 @@ class JWTBearer:
             self._unavailable(f"it holds no usable key for {', '.join(self._algorithms)}")
         return keys
 
-    def _verify(self, token: str, alg: str, kid: str, keys: KeySet) -> str:
+    def _verify(self, token: str, alg: str, kid: str, keys: KeySet) -> tuple[str, float, float]:
+        """The token's subject and the span in which it is valid, or AuthError."""
         import jwt
 
         for_kid = keys.get(kid)
@@ -593,7 +629,8 @@ class JWTBearer:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject.strip():
             raise _invalid("no subject")
-        return subject
+        valid_from = max((claims[name] for name in ("nbf", "iat") if name in claims), default=0.0)
+        return subject, float(valid_from), float(claims["exp"])
 
     def _check_times(self, claims: Mapping[str, Any]) -> None:
         if "exp" not in claims:

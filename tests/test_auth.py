@@ -1225,3 +1225,68 @@ def test_steps_are_generators_that_yield_only_attempts(
     with pytest.raises(StopIteration) as done:
         steps.send(Outcome(transport.send(effect.request, timeout=effect.timeout)))
     assert done.value.value == "user-1"
+
+
+# -- verified tokens are remembered while they are valid -------------------------------------
+
+
+def test_a_verified_token_is_remembered_until_it_expires(
+    server: JWKSServer,
+    mono: FakeMonotonic,
+    transport: HttpxSyncTransport,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [NOW]
+    authorizer = jwt_bearer(
+        server.url, audience=AUD, issuer=ISS, clock=lambda: now[0], monotonic=mono, leeway=30
+    )
+    decoded: list[str] = []
+    real_decode = jwt.decode
+
+    def counting_decode(token: str, *args: Any, **kwargs: Any) -> Any:
+        decoded.append(token)
+        return real_decode(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    token = f"Bearer {sign(keys.rsa, 'rsa-1', exp=NOW + 100)}"
+    for _ in range(3):
+        assert run(authorizer, transport, token) == "user-1"
+    assert len(decoded) == 1  # verified once, then remembered
+    other = f"Bearer {sign(keys.rsa, 'rsa-1', sub='user-2')}"
+    assert run(authorizer, transport, other) == "user-2"
+    assert len(decoded) == 2  # another token is checked on its own
+    now[0] = NOW + 129  # within the leeway past exp: still remembered
+    assert run(authorizer, transport, token) == "user-1"
+    assert len(decoded) == 2
+    now[0] = NOW + 131  # past it: checked again, and refused
+    assert refused(authorizer, transport, token).message == "Invalid token: expired."
+    assert len(decoded) == 3
+
+
+def test_a_remembered_token_stops_with_its_key(
+    make: Callable[..., JWTBearer],
+    transport: HttpxSyncTransport,
+    keys: Keys,
+    server: JWKSServer,
+    mono: FakeMonotonic,
+) -> None:
+    authorizer = make(cache_seconds=100, refetch_interval=0)
+    token = f"Bearer {sign(keys.rsa, 'rsa-1')}"
+    assert run(authorizer, transport, token) == "user-1"
+    server.keys = [jwk(keys.ec, "ec-1")]  # the provider drops the key
+    mono.advance(101)  # the keys are stale: a remembered token is checked again
+    assert refused(authorizer, transport, token).message == "Invalid token: unknown signing key."
+
+
+def test_tokens_not_yet_valid_are_not_remembered_early(
+    server: JWKSServer, mono: FakeMonotonic, transport: HttpxSyncTransport, keys: Keys
+) -> None:
+    now = [NOW]
+    authorizer = jwt_bearer(
+        server.url, audience=AUD, issuer=ISS, clock=lambda: now[0], monotonic=mono, leeway=0
+    )
+    token = f"Bearer {sign(keys.rsa, 'rsa-1', nbf=NOW, iat=NOW)}"
+    assert run(authorizer, transport, token) == "user-1"
+    now[0] = NOW - 1  # the clock stepped back: the remembered entry is not valid yet
+    assert refused(authorizer, transport, token).message == "Invalid token: not yet valid."
