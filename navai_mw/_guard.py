@@ -202,12 +202,23 @@ def parse_rate_limits(value: str | Mapping[str, str] | None) -> dict[str, RateLi
 def _limit_header(policy: RateLimitPolicy, result: LimitResult) -> tuple[str, int]:
     """The ``RateLimit`` header value, and the seconds until a slot frees in
     the tightest window (the one with the fewest requests left)."""
-    tightest = min(
-        range(len(result.windows)), key=lambda i: (result.windows[i][0], -result.windows[i][1])
-    )
-    remaining, reset_at = result.windows[tightest]
-    wait = max(0, math.ceil(reset_at - result.now))
+    waits = [
+        _wait(item, remaining, reset_at, result.now)
+        for item, (remaining, reset_at) in zip(policy.items, result.windows, strict=True)
+    ]
+    tightest = min(range(len(waits)), key=lambda i: (result.windows[i][0], -waits[i]))
+    remaining, wait = result.windows[tightest][0], waits[tightest]
     return f'"{policy.group}";r={remaining};t={wait}', wait
+
+
+def _wait(item: Any, remaining: int, reset_at: float, now: float) -> int:
+    """Whole seconds until the window frees a slot. A window that has been
+    spent but reports its reset as now was just opened (the storage's
+    estimate falls on the boundary): all of it is still ahead."""
+    wait = math.ceil(reset_at - now)
+    if wait <= 0 and remaining < item.amount:
+        return int(item.get_expiry())
+    return max(0, wait)
 
 
 # -- client address -------------------------------------------------------------------
@@ -248,19 +259,24 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 def _forwarded_hops(headers: Mapping[str, str]) -> list[str] | None:
-    """The hops a proxy added, leftmost first: ``Forwarded`` ``for=`` values
-    when present, else ``X-Forwarded-For``."""
-    forwarded = headers.get("forwarded")
-    if forwarded:
-        hops = []
-        for element in forwarded.split(","):
-            for pair in element.split(";"):
-                name, _, value = pair.partition("=")
-                if name.strip().lower() == "for":
-                    hops.append(value)
-        return hops
+    """The hops the proxies added, leftmost first: ``X-Forwarded-For`` when
+    present (what nginx, load balancers, uvicorn and Werkzeug's ProxyFix
+    use), else the ``for=`` values of ``Forwarded``. Never a mix, and the one
+    the proxy sets wins: a proxy that appends to ``X-Forwarded-For`` passes
+    a client's own ``Forwarded`` through, which must not pick the key."""
     xff = headers.get("x-forwarded-for")
-    return xff.split(",") if xff else None
+    if xff:
+        return xff.split(",")
+    forwarded = headers.get("forwarded")
+    if not forwarded:
+        return None
+    hops = []
+    for element in forwarded.split(","):
+        for pair in element.split(";"):
+            name, _, value = pair.partition("=")
+            if name.strip().lower() == "for":
+                hops.append(value)
+    return hops
 
 
 def client_address(

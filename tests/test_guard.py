@@ -353,8 +353,11 @@ TRUSTED = parse_trusted_proxies("10.0.0.0/8, 2001:db8::/32")
         pytest.param(
             "10.0.0.1",
             {"forwarded": "for=1.2.3.4", "x-forwarded-for": "5.6.7.8"},
-            "1.2.3.4",
-            id="forwarded-wins",
+            "5.6.7.8",
+            id="x-forwarded-for-wins",
+        ),
+        pytest.param(
+            "10.0.0.1", {"forwarded": "proto=https"}, "10.0.0.1", id="forwarded-without-for"
         ),
         pytest.param(
             "10.0.0.1", {"x-forwarded-for": "1.2.3.4:5678"}, "1.2.3.4", id="hop-with-port"
