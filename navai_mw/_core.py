@@ -47,6 +47,7 @@ __all__ = [
     "Attempt",
     "Exchange",
     "Outcome",
+    "attempts",
     "build_instructions",
     "build_upstream_request",
     "exchange",
@@ -327,29 +328,37 @@ class Outcome:
 
 Exchange = Generator[Attempt, Outcome, OpenAIRealtimeClientSecretResponse]
 
-_TIMEOUT_MESSAGE: Final = "OpenAI client_secrets timed out."
-_UNREACHABLE_MESSAGE: Final = "OpenAI client_secrets could not be reached."
+_CLIENT_SECRETS: Final = "OpenAI client_secrets"
 
 
-def exchange(request: HttpRequest, *, budget: float) -> Exchange:
-    """Run one upstream exchange: attempts, retries, and the time budget.
+def attempts(
+    request: HttpRequest,
+    *,
+    budget: float,
+    max_retries: int = MAX_RETRIES,
+    what: str = _CLIENT_SECRETS,
+) -> Generator[Attempt, Outcome, HttpResponse]:
+    """Send ``request`` until an answer worth reading comes: the retry
+    policy and the time budget, shared by every upstream call.
 
-    Connection failures, 408, 409 and 5xx are retried up to
-    :data:`MAX_RETRIES` times, never past ``budget`` seconds in all; running
-    out of time is a 504.
+    Connection failures, 408, 409 and 5xx are retried up to ``max_retries``
+    times, never past ``budget`` seconds in all. Raises :class:`UpstreamError`:
+    504 when the time runs out, 502 when nothing answered or the answer is
+    longer than ``request.max_response_bytes``; ``what`` names the upstream
+    in the message.
     """
     outcome = yield Attempt(request=request, delay=0.0, timeout=budget, first=True)
     retries = 0
     while True:
         if outcome.timed_out or outcome.elapsed >= budget:
-            raise UpstreamError(_TIMEOUT_MESSAGE, status=504)
+            raise UpstreamError(f"{what} timed out.", status=504)
         response = outcome.response
         if response is not None and len(response.body) > request.max_response_bytes:
             raise UpstreamError(
-                f"OpenAI client_secrets answered with more than {request.max_response_bytes} bytes."
+                f"{what} answered with more than {request.max_response_bytes} bytes."
             )
         retryable = response is None or is_retryable(response.status)
-        if retryable and retries < MAX_RETRIES:
+        if retryable and retries < max_retries:
             delay = retry_delay(retries, jitter=outcome.jitter)
             remaining = budget - outcome.elapsed - delay
             if remaining > 0:
@@ -357,8 +366,14 @@ def exchange(request: HttpRequest, *, budget: float) -> Exchange:
                 outcome = yield Attempt(request=request, delay=delay, timeout=remaining)
                 continue
         if response is None:
-            raise UpstreamError(_UNREACHABLE_MESSAGE)
-        return parse_upstream_response(response, secret=secret_of(request))
+            raise UpstreamError(f"{what} could not be reached.")
+        return response
+
+
+def exchange(request: HttpRequest, *, budget: float) -> Exchange:
+    """Mint one client secret upstream: :func:`attempts`, then the answer read."""
+    response = yield from attempts(request, budget=budget)
+    return parse_upstream_response(response, secret=secret_of(request))
 
 
 def secret_of(request: HttpRequest) -> str | None:

@@ -60,7 +60,7 @@ from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 from urllib.parse import urlsplit
 
-from ._core import Attempt, Outcome, is_retryable, retry_delay
+from ._core import Attempt, Outcome, attempts
 from ._errors import AuthError, NavaiError, OptionsError, UpstreamError, log_safe
 from ._guard import Authorizer, AuthSteps, RequestInfo
 from ._models import MAX_UPSTREAM_TIMEOUT_SECONDS, HttpRequest, is_header_safe
@@ -512,27 +512,15 @@ class JWTBearer:
 
     def _fetch(self) -> Generator[Attempt, Outcome, KeySet]:
         """Fetch and read the JWKS; the retry policy is the core's."""
-        request, budget = self._request, self._timeout
-        outcome = yield Attempt(request=request, delay=0.0, timeout=budget, first=True)
-        retries = 0
-        while True:
-            if outcome.timed_out or outcome.elapsed >= budget:
-                self._unavailable(f"no answer within {budget:g} s")
-            response = outcome.response
-            if response is not None and len(response.body) > request.max_response_bytes:
-                self._unavailable(f"its answer is larger than {MAX_JWKS_BYTES} bytes")
-            if (response is None or is_retryable(response.status)) and retries < MAX_JWKS_RETRIES:
-                delay = retry_delay(retries, jitter=outcome.jitter)
-                remaining = budget - outcome.elapsed - delay
-                if remaining > 0:
-                    retries += 1
-                    outcome = yield Attempt(request=request, delay=delay, timeout=remaining)
-                    continue
-            if response is None:
-                self._unavailable("it could not be reached")
-            if response.status != 200:
-                self._unavailable(f"it answered HTTP {response.status}")
-            return self._parse(response.body)
+        try:
+            response = yield from attempts(
+                self._request, budget=self._timeout, max_retries=MAX_JWKS_RETRIES, what="it"
+            )
+        except UpstreamError as exc:  # "it timed out.", "it could not be reached."...
+            self._unavailable(exc.message.rstrip("."))
+        if response.status != 200:
+            self._unavailable(f"it answered HTTP {response.status}")
+        return self._parse(response.body)
 
     def _unavailable(self, reason: str) -> NoReturn:
         logger.warning(
