@@ -778,7 +778,12 @@ UNAVAILABLE: list[tuple[str, Callable[[JWKSServer], None], str, int]] = [
         1,
     ),
     ("empty key list", _body(b'{"keys": []}'), "no usable", 1),
-    ("too large", _body(b'{"keys": []' + b" " * MAX_JWKS_BYTES + b"}"), "answered with more than 65536 bytes", 1),
+    (
+        "too large",
+        _body(b'{"keys": []' + b" " * MAX_JWKS_BYTES + b"}"),
+        "answered with more than 65536 bytes",
+        1,
+    ),
     ("stalled", _stall, "timed out", 1),
 ]
 
