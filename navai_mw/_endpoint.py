@@ -112,7 +112,7 @@ class BodyWanted:
     declared: int | None
     cors: tuple[tuple[str, str], ...]
     content_type_ok: bool
-    info: RequestInfo | None = None
+    info: RequestInfo
 
 
 def route_path(path: str, root_path: str) -> str:
@@ -409,9 +409,8 @@ class Endpoint:
             return _error(RequestError(f"Request body is {shape}."), cors)
         if body and not wanted.content_type_ok:
             return self._unsupported(cors)
-        info = wanted.info or RequestInfo(method="POST", route=ROUTE, path=self.path, headers={})
         try:
-            identity, limit_headers = yield from self.guard.check(info, ROUTE_GROUP)
+            identity, limit_headers = yield from self.guard.check(wanted.info, ROUTE_GROUP)
         except NavaiError as exc:
             return _error(exc, cors)
         answer_headers = (*cors, *limit_headers)

@@ -376,6 +376,8 @@ class Guard:
             raise NavaiError(
                 "Too many requests; try again later.",
                 status=429,
+                # At least a second, also when the window slid between the
+                # refused hit and the stats read back.
                 headers=(("Retry-After", str(max(1, wait))), *headers),
             )
         return identity, headers
