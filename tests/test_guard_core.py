@@ -14,7 +14,7 @@ import pytest
 from navai_mw import AuthError, NavaiError, NavaiVoiceBackendOptions, OptionsError, RequestInfo
 from navai_mw._client import drive_sync
 from navai_mw._core import Attempt, Outcome, attempts
-from navai_mw._endpoint import Endpoint
+from navai_mw._endpoint import Answer, Endpoint
 from navai_mw._env import guard_from_env
 from navai_mw._guard import (
     CallHook,
@@ -318,3 +318,32 @@ def test_forwarded_spellings(headers: dict[str, str], client: str) -> None:
 
 def test_a_policy_keeps_its_text() -> None:
     assert RateLimitPolicy.parse("mint", "1/minute").text == "1/minute"
+
+
+def test_a_guard_refusal_carries_the_cors_headers() -> None:
+    def nobody(info: RequestInfo) -> None:
+        return None
+
+    endpoint = Endpoint(
+        NavaiVoiceBackendOptions(openai_api_key="k"),
+        cors_origins=["https://app.test"],
+        guard=Guard(authorize=nobody),
+    )
+    wanted = endpoint.begin("POST", {"origin": "https://app.test"})
+    assert not isinstance(wanted, Answer)
+    steps = endpoint.finish(wanted, b"")
+    assert isinstance(next(steps), CallHook)
+    with pytest.raises(StopIteration) as done:
+        steps.send(HookResult(None))
+    answer = done.value.value
+    assert answer.status == 401
+    assert ("Access-Control-Allow-Origin", "https://app.test") in answer.headers
+    assert ("WWW-Authenticate", "Bearer") in answer.headers
+
+
+def test_without_a_path_the_hook_sees_the_endpoints() -> None:
+    wanted = Endpoint(NavaiVoiceBackendOptions(openai_api_key="k"), path="/tokenX/").begin(
+        "POST", {}
+    )
+    assert not isinstance(wanted, Answer)
+    assert wanted.info.path == "/tokenX"

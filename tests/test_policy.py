@@ -100,8 +100,8 @@ def test_bad_allow_lists_are_refused(given: Any, message: str) -> None:
             id="built-in-model-outside",
         ),
         pytest.param(
-            {"allowed_voices": ["cedar"], "default_voice": "alloy"},
-            "default_voice 'alloy' is not in allowed_voices (cedar): "
+            {"allowed_voices": ["cedar", "ash"], "default_voice": "alloy"},
+            "default_voice 'alloy' is not in allowed_voices (cedar, ash): "
             "set default_voice to one of them.",
             id="default-voice-outside",
         ),
