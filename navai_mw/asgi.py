@@ -50,6 +50,13 @@ class NavaiASGIMiddleware:
     the endpoint from another origin (``"*"`` for any). Pass ``transport``
     to choose how OpenAI is reached; the middleware closes only the
     transport it made itself.
+
+    The guard's keywords (``authorize``, ``rate_limit``,
+    ``rate_limit_storage``, ``rate_limit_fail_open``, ``trusted_proxies``,
+    ``safety_id_secret``, ``cors_allow_credentials``) decide who may call a
+    navai route and how often; each one left None is read from its
+    ``NAVAI_*`` variable, whatever ``opts`` is. A sync ``authorize`` hook
+    runs in a worker thread, an async one is awaited.
     """
 
     def __init__(

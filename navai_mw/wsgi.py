@@ -40,7 +40,8 @@ class NavaiWSGIMiddleware:
     """Serve ``POST {path}`` with a fresh client secret; pass the rest to ``app``.
 
     Arguments as for :class:`~navai_mw.NavaiASGIMiddleware`, with a
-    :class:`~navai_mw.transports.SyncTransport`.
+    :class:`~navai_mw.transports.SyncTransport`; ``authorize`` must be a
+    plain function (it is called inline).
     """
 
     def __init__(
