@@ -83,10 +83,12 @@ class SyncEffects:
 class AsyncEffects:
     """Performs effects for the ASGI shell.
 
-    ``memory://`` counts in this process with the sync storage, called
-    inline (a dictionary and a lock: nothing to wait for, and it runs on any
-    event loop); a shared storage goes through the ``limits`` async storage
-    on redis-py's asyncio client.
+    ``memory://`` counts in this process: on asyncio with the ``limits``
+    async memory storage (its expiry runs as a task; the sync storage
+    starts a thread a hundred times a second, and each start blocks the
+    event loop), elsewhere (trio) with the sync storage, called inline. A
+    shared storage goes through the ``limits`` async storage on redis-py's
+    asyncio client.
     """
 
     def __init__(self, storage_uri: str | None) -> None:
@@ -137,8 +139,10 @@ class AsyncEffects:
             except Exception as exc:
                 return HookResult(error=exc)
         if isinstance(effect, HitLimit):
-            if self._sync is not None:
-                return self._sync(effect)
+            if self._sync is not None:  # in this process: nothing to wait for
+                if not _on_asyncio():
+                    return self._sync(effect)
+                return await _hit_async(self._async_limiter(), effect)
             if self._needs_asyncio():
                 logger.error("navai_mw: %s", _NEEDS_ASYNCIO)
                 return LimitResult(unavailable=True)
@@ -148,6 +152,13 @@ class AsyncEffects:
             except Exception as exc:
                 return _unavailable(exc)
         raise TypeError(f"no performer for the effect {type(effect).__name__}")
+
+
+def _on_asyncio() -> bool:
+    try:
+        return sniffio.current_async_library() == "asyncio"
+    except sniffio.AsyncLibraryNotFoundError:
+        return False
 
 
 def _scheme(uri: str) -> str:
