@@ -26,14 +26,9 @@ import importlib.util
 import json
 import math
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ._apps import JWT_AUDIENCE, JWT_ISSUER
@@ -50,6 +45,7 @@ from ._harness import (
     median,
 )
 from ._procs import Server, Servers, WrkArm, WrkResult, have_wrk, run_wrk
+from ._redis import RedisServer, redis_executable
 
 CONNECTIONS = 50
 ARMS = ("unguarded", "jwt+redis", "memory")
@@ -103,7 +99,7 @@ def run(ctx: Context) -> Section:
     jwks, token = _signing_material()
     with contextlib.ExitStack() as stack:
         jwks_server = stack.enter_context(JwksServer(jwks))
-        redis = stack.enter_context(RedisServer(ctx.workdir))
+        redis = stack.enter_context(RedisServer(log_dir=ctx.workdir))
         servers = stack.enter_context(Servers())
         upstream = servers.start("upstream", logdir=ctx.workdir)
         servers.wait_ready()
@@ -225,7 +221,7 @@ def _missing() -> str | None:
     """Why the benchmark cannot run here, or None."""
     if not have_wrk():
         return "wrk is not installed (apt-get install wrk)"
-    if _redis_executable() is None:
+    if redis_executable() is None:
         return "redis-server is not installed (apt-get install redis-server)"
     absent = [name for name in GUARD_MODULES if importlib.util.find_spec(name) is None]
     if absent:
@@ -421,151 +417,3 @@ class JwksServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=10)
-
-
-# -- redis-server ---------------------------------------------------------------------
-
-REDIS_START_TIMEOUT = 10.0  # seconds
-REDIS_STOP_TIMEOUT = 10.0
-
-
-def _redis_executable() -> str | None:
-    found = shutil.which("redis-server")
-    if found is None and os.access("/usr/bin/redis-server", os.X_OK):
-        found = "/usr/bin/redis-server"
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-def _redis_command(port: int, *words: str, timeout: float = 2.0) -> bytes:
-    """One inline command; a simple answer's line, or a bulk answer's bytes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
-        conn.sendall(" ".join(words).encode() + b"\r\n")
-        data = b""
-        while b"\r\n" not in data:
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        first, _, rest = data.partition(b"\r\n")
-        if not first.startswith(b"$"):
-            return first
-        size = int(first[1:])
-        while len(rest) < size:
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            rest += chunk
-        return rest[:size]
-
-
-class RedisServer:
-    """A ``redis-server`` on a free loopback port, nothing persisted (``--save
-    '' --appendonly no``), its log in the benchmark's log directory; stopped
-    by its own pid on exit."""
-
-    def __init__(self, logdir: Path) -> None:
-        self._logdir = logdir
-        self._dir = Path(tempfile.mkdtemp(prefix="navai-bench-redis-"))
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
-        self.version = ""
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return None if self.process is None else self.process.pid
-
-    def __enter__(self) -> RedisServer:
-        executable = _redis_executable()
-        assert executable is not None
-        log = self._logdir / "redis.log"
-        for _ in range(5):  # a picked port may be taken before redis binds it
-            port = _free_port()
-            self.process = subprocess.Popen(
-                [
-                    executable,
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(self._dir),
-                    "--daemonize",
-                    "no",
-                    "--logfile",
-                    str(log),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            if self._wait_ready(port):
-                self.port = port
-                info = _redis_command(port, "INFO", "server").decode()
-                self.version = _info_fields(info).get("redis_version", "?")
-                return self
-            self._stop()
-        shutil.rmtree(self._dir, ignore_errors=True)
-        raise RuntimeError(f"redis-server did not start; see {log}")
-
-    def _wait_ready(self, port: int) -> bool:
-        deadline = time.monotonic() + REDIS_START_TIMEOUT
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                return False
-            with contextlib.suppress(OSError):
-                if _redis_command(port, "PING", timeout=0.5) == b"+PONG":
-                    return True
-            time.sleep(0.02)
-        return False
-
-    def stats(self) -> dict[str, int]:
-        """Commands processed so far: ``total``, and the calls of each command."""
-        text = _redis_command(self.port, "INFO", "commandstats").decode()
-        counts = {}
-        for name, value in _info_fields(text).items():
-            # This benchmark's own INFO and PING calls are not the guard's.
-            if name.startswith("cmdstat_") and name not in ("cmdstat_info", "cmdstat_ping"):
-                calls = dict(pair.split("=", 1) for pair in value.split(","))
-                counts[name.removeprefix("cmdstat_")] = int(calls["calls"])
-        counts["total"] = sum(counts.values())
-        return counts
-
-    def _stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(REDIS_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(REDIS_STOP_TIMEOUT)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop()
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-
-def _info_fields(text: str) -> dict[str, str]:
-    fields = {}
-    for line in text.splitlines():
-        name, sep, value = line.partition(":")
-        if sep and not line.startswith("#"):
-            fields[name.strip()] = value.strip()
-    return fields
