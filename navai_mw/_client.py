@@ -143,7 +143,11 @@ def create_realtime_client_secret_sync(
     the wire (``voiceAccent``...). Raises :class:`NavaiError` with the status a
     server should answer.
     """
-    steps = exchange(build_upstream_request(opts, req), budget=opts.upstream_timeout_seconds)
+    steps = exchange(
+        build_upstream_request(opts, req),
+        budget=opts.upstream_timeout_seconds,
+        provider=opts.tts_provider,
+    )
     return drive_sync(steps, transport if transport is not None else _DEFAULT_SYNC)
 
 
@@ -158,7 +162,11 @@ async def create_realtime_client_secret(
     Without ``transport``, a short-lived pooled client is used for this call;
     servers should hold an :class:`HttpxAsyncTransport` (the middleware does).
     """
-    steps = exchange(build_upstream_request(opts, req), budget=opts.upstream_timeout_seconds)
+    steps = exchange(
+        build_upstream_request(opts, req),
+        budget=opts.upstream_timeout_seconds,
+        provider=opts.tts_provider,
+    )
     if transport is not None:
         return await drive_async(steps, transport)
     async with HttpxAsyncTransport() as own:

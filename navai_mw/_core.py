@@ -176,7 +176,7 @@ def build_upstream_request(
     req = structure_request(req)
     check_policy(opts, req)
     api_key = resolve_api_key(opts, req)
-    session = {
+    session: dict[str, Any] = {
         "type": "realtime",
         "model": req.model or opts.default_model or DEFAULT_MODEL,
         "instructions": build_instructions(
@@ -185,8 +185,12 @@ def build_upstream_request(
             req.voice_accent or opts.default_voice_accent,
             req.voice_tone or opts.default_voice_tone,
         ),
-        "audio": {"output": {"voice": req.voice or opts.default_voice or DEFAULT_VOICE}},
     }
+    if opts.tts_provider == "elevenlabs":
+        # ElevenLabs voices the answers: the session only writes them.
+        session["output_modalities"] = ["text"]
+    else:
+        session["audio"] = {"output": {"voice": req.voice or opts.default_voice or DEFAULT_VOICE}}
     body = {
         "expires_after": {"anchor": "created_at", "seconds": opts.client_secret_ttl_seconds},
         "session": session,
@@ -217,7 +221,7 @@ def _decoded(text: str) -> str:
     return html.unescape(unquote(text))
 
 
-def _redact(text: str, secret: str | None) -> str:
+def redact(text: str, secret: str | None) -> str:
     """``text`` without ``secret``, however the upstream encoded it.
 
     When only an encoded copy is found, the decoded text is quoted instead:
@@ -245,22 +249,25 @@ def _upstream_message(body: bytes) -> str:
     return text.strip()
 
 
+def retry_after_headers(response: HttpResponse) -> tuple[tuple[str, str], ...]:
+    """The upstream's ``Retry-After``, to pass on verbatim: only when it says
+    what the header may say (and so can carry nothing else)."""
+    retry_after = (response.header("retry-after") or "").strip()
+    return (("Retry-After", retry_after),) if _RETRY_AFTER.fullmatch(retry_after) else ()
+
+
 def parse_upstream_response(
     response: HttpResponse, *, secret: str | None = None
 ) -> OpenAIRealtimeClientSecretResponse:
     """Read OpenAI's answer; ``secret`` (the key sent) is redacted from errors."""
     status = response.status
     if not 200 <= status < 300:
-        message = _redact(_upstream_message(response.body), secret)
+        message = redact(_upstream_message(response.body), secret)
         if len(message) > MAX_QUOTED_UPSTREAM_CHARS:
             message = message[:MAX_QUOTED_UPSTREAM_CHARS] + "..."
         text = f"OpenAI client_secrets failed ({status}): {message}"
         if status == 429:
-            retry_after = (response.header("retry-after") or "").strip()
-            # Passed on to the client verbatim, so only when it says what the
-            # header may say (and so can carry nothing else).
-            headers = (("Retry-After", retry_after),) if _RETRY_AFTER.fullmatch(retry_after) else ()
-            raise UpstreamError(text, status=429, headers=headers)
+            raise UpstreamError(text, status=429, headers=retry_after_headers(response))
         raise UpstreamError(text)
     try:
         payload = json.loads(response.body)
@@ -370,10 +377,12 @@ def attempts(
         return response
 
 
-def exchange(request: HttpRequest, *, budget: float) -> Exchange:
-    """Mint one client secret upstream: :func:`attempts`, then the answer read."""
+def exchange(request: HttpRequest, *, budget: float, provider: str = "openai") -> Exchange:
+    """Mint one client secret upstream: :func:`attempts`, then the answer
+    read; ``provider`` (who voices the session) goes into its ``speech``."""
     response = yield from attempts(request, budget=budget)
-    return parse_upstream_response(response, secret=secret_of(request))
+    secret = parse_upstream_response(response, secret=secret_of(request))
+    return attrs.evolve(secret, speech={"provider": provider})
 
 
 def secret_of(request: HttpRequest) -> str | None:

@@ -1,18 +1,32 @@
-"""How the shells perform the guard's effects: the user's hook, and the
-rate-limit hit on the ``limits`` library's storage.
+"""How the shells perform the core's effects: the user's hook, the
+rate-limit hit on the ``limits`` library's storage, and a backend
+function's call.
 
 Each shell has one performer, built once with the middleware: the WSGI
 shell a :class:`SyncEffects` (hooks called inline, the sync storage), the
 ASGI shell an :class:`AsyncEffects` (async hooks awaited, sync ones in a
-worker thread, the async storage). They decide nothing: a hook's result or
-exception, and what the storage said, go back to the core as they are.
+worker thread, the async storage). Both run sync backend functions on a
+:class:`FunctionWorkers` pool of their own, so that a call that overruns its
+timeout is answered on time (its worker stays busy until it returns:
+Python cannot stop a thread); async functions are awaited under ASGI, and
+run on an event loop thread of the performer's under WSGI. They decide
+nothing: a result or an exception, and what the storage said, go back to
+the core as they are.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import logging
+import os
+import threading
 import time
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Future, wait
+from queue import SimpleQueue
 from typing import Any, Final
 
 import anyio.to_thread
@@ -20,8 +34,15 @@ import sniffio
 
 from ._errors import OptionsError
 from ._guard import CallHook, HitLimit, HookResult, LimitResult
+from ._invoke import CallFunction, FunctionOutcome
 
-__all__ = ["AsyncEffects", "SyncEffects", "is_async_hook"]
+__all__ = [
+    "DEFAULT_FUNCTION_WORKERS",
+    "AsyncEffects",
+    "FunctionWorkers",
+    "SyncEffects",
+    "is_async_hook",
+]
 
 logger = logging.getLogger("navai_mw")
 
@@ -39,6 +60,93 @@ def is_async_hook(hook: object) -> bool:
     )
 
 
+DEFAULT_FUNCTION_WORKERS: Final = 16
+_WORKER_POOLS: weakref.WeakSet[FunctionWorkers] = weakref.WeakSet()
+
+
+class FunctionWorkers:
+    """Daemon threads for sync backend functions, at most ``size``, made as
+    calls need them. A call that finds every one busy is refused at once
+    (the core answers 503) instead of waiting in a queue."""
+
+    def __init__(self, size: int = DEFAULT_FUNCTION_WORKERS) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise OptionsError(f"function_workers must be a positive integer. Received: {size!r}")
+        self.size = size
+        self._reset()
+        _WORKER_POOLS.add(self)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = SimpleQueue()
+        self._threads = 0
+        self.busy = 0
+
+    def submit(self, run: Callable[[], Any]) -> Future[Any] | None:
+        """``run`` on a free worker; None when there is none."""
+        with self._lock:
+            if self.busy >= self.size:
+                return None
+            self.busy += 1
+            if self.busy > self._threads:
+                self._threads += 1
+                threading.Thread(target=self._work, name="navai-function", daemon=True).start()
+        future: Future[Any] = Future()
+        self._jobs.put((run, future))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            run, future = self._jobs.get()
+            future.set_running_or_notify_cancel()
+            try:
+                future.set_result(run())
+            except BaseException as exc:  # handed to the caller, whatever it is
+                future.set_exception(exc)
+            finally:
+                with self._lock:
+                    self.busy -= 1
+
+
+def _reset_pools_in_child() -> None:
+    # The parent's workers do not exist in a forked child.
+    for pool in list(_WORKER_POOLS):
+        pool._reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pools_in_child)
+
+
+def _finished(future: Future[Any]) -> FunctionOutcome:
+    if future.cancelled():
+        return FunctionOutcome(timed_out=True)
+    exc = future.exception()
+    if exc is not None:
+        return FunctionOutcome(error=exc)
+    return FunctionOutcome(value=future.result())
+
+
+class _LoopThread:
+    """An event loop on a daemon thread, for async backend functions called
+    from WSGI; started on first use (again in a forked child)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                loop = asyncio.new_event_loop()
+                threading.Thread(
+                    target=loop.run_forever, name="navai-function-loop", daemon=True
+                ).start()
+                self._loop, self._pid = loop, os.getpid()
+            return self._loop
+
+
 def _redis_options(uri: str) -> dict[str, Any]:
     if _scheme(uri) in ("redis", "rediss", "valkey", "valkeys"):
         return {
@@ -51,7 +159,11 @@ def _redis_options(uri: str) -> dict[str, Any]:
 class SyncEffects:
     """Performs effects for the WSGI shell."""
 
-    def __init__(self, storage_uri: str | None) -> None:
+    def __init__(
+        self, storage_uri: str | None, *, function_workers: int = DEFAULT_FUNCTION_WORKERS
+    ) -> None:
+        self.workers = FunctionWorkers(function_workers)
+        self._loop_thread = _LoopThread()
         self._limiter: Any = None
         if storage_uri is not None:
             from limits.storage import storage_from_string
@@ -77,7 +189,23 @@ class SyncEffects:
                 return _hit_sync(self._limiter, effect)
             except Exception as exc:
                 return _unavailable(exc)
+        if isinstance(effect, CallFunction):
+            return self._call(effect)
         raise TypeError(f"no performer for the effect {type(effect).__name__}")
+
+    def _call(self, effect: CallFunction) -> FunctionOutcome:
+        future: Future[Any] | None
+        if effect.is_async:
+            future = asyncio.run_coroutine_threadsafe(effect.run(), self._loop_thread.loop())
+        else:
+            future = self.workers.submit(effect.run)
+        if future is None:
+            return FunctionOutcome(busy=True)
+        wait([future], timeout=effect.timeout)
+        if not future.done():
+            future.cancel()  # an async function stops at its next await
+            return FunctionOutcome(timed_out=True)
+        return _finished(future)
 
 
 class AsyncEffects:
@@ -91,10 +219,13 @@ class AsyncEffects:
     asyncio client.
     """
 
-    def __init__(self, storage_uri: str | None) -> None:
+    def __init__(
+        self, storage_uri: str | None, *, function_workers: int = DEFAULT_FUNCTION_WORKERS
+    ) -> None:
+        self.workers = FunctionWorkers(function_workers)
         self._uri = storage_uri
         self._local = storage_uri is not None and _scheme(storage_uri) == "memory"
-        self._sync = SyncEffects(storage_uri) if self._local else None
+        self._sync = SyncEffects(storage_uri, function_workers=1) if self._local else None
         self._limiter: Any = None
 
     def _async_limiter(self) -> Any:
@@ -151,7 +282,58 @@ class AsyncEffects:
                     return await _hit_async(self._async_limiter(), effect)
             except Exception as exc:
                 return _unavailable(exc)
+        if isinstance(effect, CallFunction):
+            return await self._call(effect)
         raise TypeError(f"no performer for the effect {type(effect).__name__}")
+
+    async def _call(self, effect: CallFunction) -> FunctionOutcome:
+        if effect.is_async:
+            with anyio.move_on_after(effect.timeout) as scope:
+                try:
+                    return FunctionOutcome(value=await effect.run())
+                except Exception as exc:
+                    return FunctionOutcome(error=exc)
+            assert scope.cancelled_caught
+            return FunctionOutcome(timed_out=True)
+        future = self.workers.submit(effect.run)
+        if future is None:
+            return FunctionOutcome(busy=True)
+        if not await _wait(future, effect.timeout):
+            return FunctionOutcome(timed_out=True)
+        return _finished(future)
+
+
+async def _wait(future: Future[Any], timeout: float) -> bool:
+    """Wait for a worker's ``future`` without blocking the event loop; False
+    when ``timeout`` passed first."""
+    done = anyio.Event()
+    notify = _threadsafe_notifier()
+    future.add_done_callback(lambda _: notify(done.set))
+    with anyio.move_on_after(timeout):
+        await done.wait()
+    return future.done()
+
+
+def _threadsafe_notifier() -> Callable[[Callable[[], object]], None]:
+    """A way for another thread to run a callback on this event loop."""
+    if _on_asyncio():
+        loop = asyncio.get_running_loop()
+
+        def on_asyncio(callback: Callable[[], object]) -> None:
+            # The loop may have closed: then nobody waits any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(callback)
+
+        return on_asyncio
+    import trio
+
+    token = trio.lowlevel.current_trio_token()
+
+    def on_trio(callback: Callable[[], object]) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(callback)
+
+    return on_trio
 
 
 def _on_asyncio() -> bool:

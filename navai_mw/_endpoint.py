@@ -25,9 +25,10 @@ from __future__ import annotations
 import http
 import json
 import logging
+import math
 import os
 import re
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any, Final
 
 import attrs
@@ -38,10 +39,20 @@ from ._env import (
     get_navai_voice_backend_options_from_env,
     guard_from_env,
     read_bool,
+    read_seconds,
 )
-from ._errors import NavaiError, RequestError, log_safe
+from ._errors import NavaiError, OptionsError, RequestError, log_safe
 from ._guard import Guard, RequestInfo, client_address
-from ._models import NavaiVoiceBackendOptions
+from ._invoke import CallFunction, FunctionOutcome, function_reply
+from ._models import MAX_UPSTREAM_TIMEOUT_SECONDS, NavaiVoiceBackendOptions
+from ._speech import build_speech_request, speech_exchange
+from .functions import (
+    FunctionContext,
+    FunctionRegistry,
+    FunctionSource,
+    bind_call,
+    load_navai_functions,
+)
 
 __all__ = [
     "DEFAULT_MAX_BODY_SIZE",
@@ -79,9 +90,10 @@ _REASONS: Final = {
     status: _reason(status)
     for status in (200, 204, 400, 401, 403, 405, 413, 415, 429, 502, 503, 504)
 }
-# The route this endpoint serves, and the rate-limit group it counts in.
-ROUTE: Final = "client_secret"
-ROUTE_GROUP: Final = "mint"
+DEFAULT_FUNCTIONS_LIST_PATH: Final = "/navai/functions"
+DEFAULT_FUNCTIONS_EXECUTE_PATH: Final = "/navai/functions/execute"
+DEFAULT_SPEECH_SYNTHESIZE_PATH: Final = "/navai/speech/synthesize"
+DEFAULT_FUNCTION_TIMEOUT_SECONDS: Final = 30.0
 # Headers a page may read from a cross-origin answer.
 _EXPOSED: Final = ("Access-Control-Expose-Headers", "Retry-After, RateLimit, RateLimit-Policy")
 
@@ -113,6 +125,7 @@ class BodyWanted:
     cors: tuple[tuple[str, str], ...]
     content_type_ok: bool
     info: RequestInfo
+    route: Route = attrs.field(repr=False)
 
 
 def route_path(path: str, root_path: str) -> str:
@@ -212,21 +225,89 @@ def _normalize_origin(origin: str) -> str:
     return origin.strip().rstrip("/").lower()
 
 
+@attrs.frozen
+class Call:
+    """One request as a route's handler sees it, past every check."""
+
+    body: dict[str, Any]
+    info: RequestInfo
+    identity: str | None
+
+
+@attrs.frozen
+class Reply:
+    """What a route's handler answers: a status and a JSON payload."""
+
+    status: int
+    payload: object
+
+
+Handler = Callable[[Call], Generator[Any, Any, Reply]]
+
+
+@attrs.frozen
+class Route:
+    """One navai route: its name (what ``authorize`` sees as
+    ``RequestInfo.route``), path, method, rate-limit group and handler."""
+
+    name: str
+    path: str
+    method: str
+    group: str
+    handle: Handler = attrs.field(repr=False)
+    allow: tuple[str, str] = attrs.field(init=False, repr=False)
+    allow_cors: tuple[str, str] = attrs.field(init=False, repr=False)
+
+    @allow.default
+    def _allow(self) -> tuple[str, str]:
+        return ("Allow", self.method)
+
+    @allow_cors.default
+    def _allow_cors(self) -> tuple[str, str]:
+        return ("Allow", f"{self.method}, OPTIONS")
+
+
+def _path(value: str | None, name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError(f"{name} must start with '/'. Received: {value!r}")
+    return value.rstrip("/") or "/"
+
+
+def _timeout(value: object) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 < value <= MAX_UPSTREAM_TIMEOUT_SECONDS
+    ):
+        raise OptionsError(
+            "function_timeout_seconds must be a number of seconds above 0 and at most "
+            f"{MAX_UPSTREAM_TIMEOUT_SECONDS:g}. Received: {value!r}"
+        )
+    return float(value)
+
+
 class Endpoint:
-    """The token endpoint, configured once; holds no per-request state."""
+    """The navai routes, configured once; holds no per-request state."""
 
     def __init__(
         self,
         opts: NavaiVoiceBackendOptions,
         *,
-        path: str = DEFAULT_PATH,
+        path: str | None = DEFAULT_PATH,
+        functions_list_path: str | None = DEFAULT_FUNCTIONS_LIST_PATH,
+        functions_execute_path: str | None = DEFAULT_FUNCTIONS_EXECUTE_PATH,
+        speech_synthesize_path: str | None = DEFAULT_SPEECH_SYNTHESIZE_PATH,
+        include_functions_routes: bool = True,
+        functions: FunctionRegistry | None = None,
+        function_timeout_seconds: float = DEFAULT_FUNCTION_TIMEOUT_SECONDS,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         cors_origins: Iterable[str] | None = None,
         cors_allow_credentials: bool = False,
         guard: Guard | None = None,
     ) -> None:
-        if not path.startswith("/"):
-            raise ValueError(f"path must start with '/'. Received: {path!r}")
         if (
             isinstance(max_body_size, bool)
             or not isinstance(max_body_size, int)
@@ -235,11 +316,58 @@ class Endpoint:
             raise ValueError(
                 f"max_body_size must be a non-negative integer. Received: {max_body_size!r}"
             )
+        if not isinstance(include_functions_routes, bool):
+            raise ValueError(
+                "include_functions_routes must be True or False. "
+                f"Received: {include_functions_routes!r}"
+            )
         self.opts = opts
-        self.path = path.rstrip("/") or "/"
         self.max_body_size = max_body_size
-        # Every spelling of the path that is ours (a trailing slash is fine).
-        self.paths = frozenset({self.path, self.path + "/"})
+        self.functions = functions if functions is not None else FunctionRegistry()
+        self.function_timeout = _timeout(function_timeout_seconds)
+        wanted: list[tuple[str, str | None, str, str, Handler]] = [
+            ("client_secret", _path(path, "path"), "POST", "mint", self._client_secret),
+            (
+                "speech_synthesize",
+                _path(speech_synthesize_path, "speech_synthesize_path"),
+                "POST",
+                "speech",
+                self._speech,
+            ),
+        ]
+        if include_functions_routes:
+            wanted += [
+                (
+                    "functions_list",
+                    _path(functions_list_path, "functions_list_path"),
+                    "GET",
+                    "functions",
+                    self._functions_list,
+                ),
+                (
+                    "functions_execute",
+                    _path(functions_execute_path, "functions_execute_path"),
+                    "POST",
+                    "functions",
+                    self._functions_execute,
+                ),
+            ]
+        self.routes = tuple(
+            Route(name, route_path, method, group, handle)
+            for name, route_path, method, group, handle in wanted
+            if route_path is not None
+        )
+        self._by_path: dict[str, Route] = {}
+        for route in self.routes:
+            for spelling in {route.path, route.path + "/"}:  # a trailing slash is fine
+                other = self._by_path.setdefault(spelling, route)
+                if other is not route:
+                    raise ValueError(
+                        f"{route.name} and {other.name} have the same path: {route.path!r}"
+                    )
+        self.path = _path(path, "path")
+        # Every spelling of every path that is ours.
+        self.paths = frozenset(self._by_path)
         if isinstance(cors_origins, str):  # "https://a.test, https://b.test", as in the env
             cors_origins = cors_origins.split(",")
         origins = (
@@ -249,7 +377,6 @@ class Endpoint:
         )
         self._any_origin = origins is not None and "*" in origins
         self._origins: frozenset[str] | None = None if origins is None else frozenset(origins)
-        self._allow = ("Allow", "POST" if origins is None else "POST, OPTIONS")
         if not isinstance(cors_allow_credentials, bool):
             raise ValueError(
                 "cors_allow_credentials must be True or False. "
@@ -264,25 +391,55 @@ class Endpoint:
         cls,
         opts: NavaiVoiceBackendOptions | None,
         *,
-        path: str,
+        path: str | None,
         max_body_size: int,
         cors_origins: Iterable[str] | None,
         cors_allow_credentials: bool | None = None,
+        functions_list_path: str | None = DEFAULT_FUNCTIONS_LIST_PATH,
+        functions_execute_path: str | None = DEFAULT_FUNCTIONS_EXECUTE_PATH,
+        speech_synthesize_path: str | None = DEFAULT_SPEECH_SYNTHESIZE_PATH,
+        include_functions_routes: bool = True,
+        functions: Iterable[FunctionSource] | FunctionRegistry | None = None,
+        function_timeout_seconds: float | None = None,
         **guard: Any,
     ) -> Endpoint:
         """The middlewares' way in: ``opts=None`` reads the environment, CORS
         origins (``NAVAI_CORS_ORIGIN``) included unless given. The guard's
-        keywords (``authorize``, ``rate_limit``...) each come from the
-        environment when not given, whatever ``opts`` is."""
+        keywords (``authorize``, ``rate_limit``...), and the function
+        timeout, each come from the environment when not given, whatever
+        ``opts`` is. Backend functions are loaded now (from the module
+        folders unless ``functions`` names them), when their routes are on."""
         if opts is None:
             opts = get_navai_voice_backend_options_from_env()
             if cors_origins is None:
                 cors_origins = get_cors_origins_from_env()
         if cors_allow_credentials is None:
             cors_allow_credentials = read_bool(os.environ, "NAVAI_CORS_ALLOW_CREDENTIALS", False)
+        if function_timeout_seconds is None:
+            function_timeout_seconds = read_seconds(
+                os.environ, "NAVAI_FUNCTION_TIMEOUT_SECONDS", DEFAULT_FUNCTION_TIMEOUT_SECONDS
+            )
+        registry = None
+        if include_functions_routes and (functions_list_path or functions_execute_path):
+            registry = (
+                functions
+                if isinstance(functions, FunctionRegistry)
+                else load_navai_functions(functions)
+            )
+        if opts.tts_provider == "elevenlabs" and opts.elevenlabs_api_key is None:
+            logger.warning(
+                "navai_mw: NAVAI_TTS_PROVIDER is elevenlabs but no ElevenLabs API key is set: "
+                "the speech route will answer 400"
+            )
         return cls(
             opts,
             path=path,
+            functions_list_path=functions_list_path,
+            functions_execute_path=functions_execute_path,
+            speech_synthesize_path=speech_synthesize_path,
+            include_functions_routes=include_functions_routes,
+            functions=registry,
+            function_timeout_seconds=function_timeout_seconds,
             max_body_size=max_body_size,
             cors_origins=cors_origins,
             cors_allow_credentials=cors_allow_credentials,
@@ -291,7 +448,7 @@ class Endpoint:
 
     def owns(self, path: str) -> bool:
         """Whether a request for ``path`` (below the mount point) is ours."""
-        return path in self.paths
+        return path in self._by_path
 
     # -- CORS ------------------------------------------------------------
 
@@ -317,10 +474,12 @@ class Endpoint:
         # by this app lists its own origin like any other.
         return None
 
-    def _preflight(self, headers: Mapping[str, str], cors: tuple[tuple[str, str], ...]) -> Answer:
+    def _preflight(
+        self, route: Route, headers: Mapping[str, str], cors: tuple[tuple[str, str], ...]
+    ) -> Answer:
         allowed = [
             *(header for header in cors if header is not _EXPOSED),  # for answers only
-            ("Access-Control-Allow-Methods", "POST"),
+            ("Access-Control-Allow-Methods", route.method),
             ("Access-Control-Max-Age", PREFLIGHT_MAX_AGE),
         ]
         requested = headers.get("access-control-request-headers")
@@ -343,18 +502,20 @@ class Endpoint:
         """Decide what to do before any of the body is read.
 
         ``headers`` maps lower-case names to values; ``path`` is below the
-        mount point; ``peer`` is the socket peer's address; ``scope`` or
-        ``environ`` is handed to an ``authorize`` hook as it is.
+        mount point (None: the client-secret route's); ``peer`` is the
+        socket peer's address; ``scope`` or ``environ`` is handed to an
+        ``authorize`` hook as it is.
         """
+        route = self._by_path[path if path is not None else self.path or ""]
         cors = self._cors(headers)
         if cors is None:
             return _error(RequestError("Origin not allowed.", status=403), [("Vary", "Origin")])
         if method == "OPTIONS" and self._origins is not None:
-            return self._preflight(headers, cors)
-        if method != "POST":
-            return _error(
-                RequestError("Method not allowed. Use POST.", status=405), [self._allow, *cors]
-            )
+            return self._preflight(route, headers, cors)
+        if method != route.method:
+            allow = route.allow if self._origins is None else route.allow_cors
+            message = f"Method not allowed. Use {route.method}."
+            return _error(RequestError(message, status=405), [allow, *cors])
         raw_length = headers.get("content-length", "").strip()
         declared = None
         if raw_length:
@@ -368,8 +529,8 @@ class Endpoint:
             return self._unsupported(cors)
         info = RequestInfo(
             method=method,
-            route=ROUTE,
-            path=self.path if path is None else path,
+            route=route.name,
+            path=route.path if path is None else path,
             headers=headers,
             client=client_address(peer, headers, self.guard.trusted_proxies),
             scope=scope,
@@ -381,6 +542,7 @@ class Endpoint:
             cors=cors,
             content_type_ok=content_type_ok,
             info=info,
+            route=route,
         )
 
     def _too_large(self, cors: Iterable[tuple[str, str]]) -> Answer:
@@ -392,7 +554,9 @@ class Endpoint:
         return _error(RequestError(message, status=415), cors)
 
     def finish(self, wanted: BodyWanted, body: bytes | None) -> Generator[Any, Any, Answer]:
-        """Given the body read, mint a secret: a generator for the shell's driver.
+        """Given the body read, serve the route: a generator for the shell's
+        driver, which performs what it yields (the guard's hook and
+        rate-limit hit, upstream attempts, a backend function's call).
 
         ``body`` is None when the client sent one the server cannot frame
         (chunked, on a WSGI server that does not end the stream itself).
@@ -409,21 +573,83 @@ class Endpoint:
             return _error(RequestError(f"Request body is {shape}."), cors)
         if body and not wanted.content_type_ok:
             return self._unsupported(cors)
+        route = wanted.route
         try:
-            identity, limit_headers = yield from self.guard.check(wanted.info, ROUTE_GROUP)
+            identity, limit_headers = yield from self.guard.check(wanted.info, route.group)
         except NavaiError as exc:
             return _error(exc, cors)
         answer_headers = (*cors, *limit_headers)
         try:
-            request = build_upstream_request(
-                self.opts,
-                parse_body(body),
-                safety_identifier=self.guard.safety_identifier(identity),
-            )
-            secret = yield from exchange(request, budget=self.opts.upstream_timeout_seconds)
+            reply = yield from route.handle(Call(parse_body(body), wanted.info, identity))
         except RequestError as exc:
             return _error(exc, answer_headers)
         except NavaiError as exc:
-            logger.warning("navai_mw: minting a client secret failed: %s", log_safe(exc.message))
+            logger.warning("navai_mw: %s failed: %s", _DOING[route.name], log_safe(exc.message))
             return _error(exc, answer_headers)
-        return _json(200, {"value": secret.value, "expires_at": secret.expires_at}, answer_headers)
+        return _json(reply.status, reply.payload, answer_headers)
+
+    # -- the routes ------------------------------------------------------------
+
+    def _client_secret(self, call: Call) -> Generator[Any, Any, Reply]:
+        request = build_upstream_request(
+            self.opts,
+            call.body,
+            safety_identifier=self.guard.safety_identifier(call.identity),
+        )
+        secret = yield from exchange(
+            request, budget=self.opts.upstream_timeout_seconds, provider=self.opts.tts_provider
+        )
+        return Reply(
+            200, {"value": secret.value, "expires_at": secret.expires_at, "speech": secret.speech}
+        )
+
+    def _speech(self, call: Call) -> Generator[Any, Any, Reply]:
+        request = build_speech_request(self.opts, call.body)
+        speech = yield from speech_exchange(request, budget=self.opts.upstream_timeout_seconds)
+        return Reply(200, speech.to_wire())
+
+    def _functions_list(self, call: Call) -> Generator[Any, Any, Reply]:
+        registry = self.functions
+        items = [
+            {"name": item.name, "description": item.description, "source": item.source}
+            for item in registry.ordered
+        ]
+        return Reply(200, {"items": items, "warnings": list(registry.warnings)})
+        yield  # a generator, as every handler is  # pragma: no cover
+
+    def _functions_execute(self, call: Call) -> Generator[Any, Any, Reply]:
+        raw_name = call.body.get("function_name")
+        name = raw_name.strip().lower() if isinstance(raw_name, str) else ""
+        if not name:
+            raise RequestError("function_name is required.")
+        function = self.functions.by_name.get(name)
+        if function is None:
+            return Reply(
+                404,
+                {
+                    "error": "Unknown or disallowed function.",
+                    "available_functions": self.functions.names,
+                },
+            )
+        payload = call.body.get("payload")
+        context = FunctionContext(
+            function=function.name,
+            identity=call.identity,
+            client=call.info.client,
+            headers=call.info.headers,
+            request=call.info,
+        )
+        run = bind_call(function, payload if isinstance(payload, dict) else {}, context)
+        outcome: FunctionOutcome = yield CallFunction(
+            run, is_async=function.is_async, timeout=self.function_timeout
+        )
+        return Reply(*function_reply(function, outcome, self.function_timeout))
+
+
+# What a failing route was doing, for the log line.
+_DOING: Final = {
+    "client_secret": "minting a client secret",
+    "speech_synthesize": "synthesizing speech",
+    "functions_list": "listing backend functions",
+    "functions_execute": "running a backend function",
+}

@@ -1,14 +1,16 @@
 """Environment variables -> :class:`NavaiVoiceBackendOptions`.
 
-The seed's nine variables, ``OPENAI_BASE_URL``, and the request policy
+The seed's nine variables, ``OPENAI_BASE_URL``, the request policy
 (``NAVAI_ALLOWED_MODELS``, ``NAVAI_ALLOWED_VOICES``,
-``NAVAI_ALLOW_CLIENT_INSTRUCTIONS``). A variable set to a blank
+``NAVAI_ALLOW_CLIENT_INSTRUCTIONS``), and speech (``NAVAI_TTS_PROVIDER``,
+``ELEVENLABS_*``, as the reference reads them). A variable set to a blank
 string counts as unset (the reference would send ``"model": ""``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -16,13 +18,19 @@ from typing import Any, Final
 
 from ._errors import OptionsError
 from ._guard import Guard, parse_rate_limits, parse_trusted_proxies
-from ._models import DEFAULT_BASE_URL, NavaiVoiceBackendOptions
+from ._models import (
+    DEFAULT_BASE_URL,
+    DEFAULT_ELEVENLABS_BASE_URL,
+    NavaiVoiceBackendOptions,
+    VoiceSettings,
+)
 
 __all__ = [
     "get_cors_origins_from_env",
     "get_navai_voice_backend_options_from_env",
     "guard_from_env",
     "read_bool",
+    "read_seconds",
 ]
 
 _INTEGER: Final = re.compile(r"[+-]?[0-9]+")
@@ -62,6 +70,18 @@ def read_bool(env: Mapping[str, str | None], name: str, default: bool) -> bool:
     raise OptionsError(f"{name} must be one of true, false, 1, 0, yes, no. Received: {raw!r}")
 
 
+def read_seconds(env: Mapping[str, str | None], name: str, default: float) -> float:
+    """A number of seconds; anything else is an error naming the variable
+    (its range is checked where the value is used)."""
+    raw = _read(env, name)
+    if raw is None:
+        return default
+    try:
+        return float(raw.strip())
+    except ValueError:
+        raise OptionsError(f"{name} must be a number of seconds. Received: {raw!r}") from None
+
+
 def get_navai_voice_backend_options_from_env(
     env: Mapping[str, str | None] | None = None,
 ) -> NavaiVoiceBackendOptions:
@@ -89,7 +109,45 @@ def get_navai_voice_backend_options_from_env(
         allowed_models=_read(env, "NAVAI_ALLOWED_MODELS"),
         allowed_voices=_read(env, "NAVAI_ALLOWED_VOICES"),
         allow_client_instructions=read_bool(env, "NAVAI_ALLOW_CLIENT_INSTRUCTIONS", True),
+        # As the reference: anything but "elevenlabs" means OpenAI voices it.
+        tts_provider=(
+            "elevenlabs"
+            if (_read(env, "NAVAI_TTS_PROVIDER") or "").strip().lower() == "elevenlabs"
+            else "openai"
+        ),
+        elevenlabs_api_key=_read(env, "ELEVENLABS_API_KEY"),
+        elevenlabs_base_url=_read(env, "ELEVENLABS_BASE_URL") or DEFAULT_ELEVENLABS_BASE_URL,
+        elevenlabs_voice_id=_read(env, "ELEVENLABS_VOICE_ID"),
+        elevenlabs_model_id=_read(env, "ELEVENLABS_MODEL_ID"),
+        elevenlabs_output_format=_read(env, "ELEVENLABS_OUTPUT_FORMAT"),
+        elevenlabs_optimize_streaming_latency=_number(env, "ELEVENLABS_OPTIMIZE_STREAMING_LATENCY"),
+        elevenlabs_voice_settings=VoiceSettings.sanitized(
+            {
+                "stability": _number(env, "ELEVENLABS_STABILITY"),
+                "similarityBoost": _number(env, "ELEVENLABS_SIMILARITY_BOOST"),
+                "style": _number(env, "ELEVENLABS_STYLE"),
+                "useSpeakerBoost": (
+                    None
+                    if _read(env, "ELEVENLABS_USE_SPEAKER_BOOST") is None
+                    else read_bool(env, "ELEVENLABS_USE_SPEAKER_BOOST", False)
+                ),
+            }
+        ),
     )
+
+
+def _number(env: Mapping[str, str | None], name: str) -> float | None:
+    """A finite number, or None when unset; anything else names the variable."""
+    raw = _read(env, name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise OptionsError(f"{name} must be a number. Received: {raw!r}")
+    return value
 
 
 def get_cors_origins_from_env(env: Mapping[str, str | None] | None = None) -> list[str] | None:

@@ -26,6 +26,8 @@ from ._errors import OptionsError
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "DEFAULT_ELEVENLABS_BASE_URL",
+    "DEFAULT_ELEVENLABS_OUTPUT_FORMAT",
     "DEFAULT_INSTRUCTIONS",
     "DEFAULT_MODEL",
     "DEFAULT_VOICE",
@@ -35,6 +37,7 @@ __all__ = [
     "HttpResponse",
     "NavaiVoiceBackendOptions",
     "OpenAIRealtimeClientSecretResponse",
+    "VoiceSettings",
     "converter",
     "is_header_safe",
 ]
@@ -81,10 +84,10 @@ def _check_text(_: object, field: attrs.Attribute[Any], value: object) -> None:
         raise OptionsError(f"{field.name} must be a string. Received: {type(value).__name__}")
 
 
-def _check_key(_: object, __: attrs.Attribute[Any], value: str | None) -> None:
+def _check_key(_: object, field: attrs.Attribute[Any], value: str | None) -> None:
     if value is not None and not is_header_safe(value):
         # Never echo the key: the message names the option only.
-        raise OptionsError("openai_api_key must be printable ASCII without spaces.")
+        raise OptionsError(f"{field.name} must be printable ASCII without spaces.")
 
 
 def _check_ttl(_: object, __: attrs.Attribute[Any], value: object) -> None:
@@ -114,14 +117,14 @@ def _clean_base_url(value: str) -> str:
     return value.strip().rstrip("/") if isinstance(value, str) else value
 
 
-def _check_base_url(_: object, __: attrs.Attribute[Any], value: str) -> None:
+def _check_base_url(_: object, field: attrs.Attribute[Any], value: str) -> None:
     # Checked here, not on the first request: a URL a transport cannot use
     # would otherwise fail every request instead of the deployment. Both
     # default transports' parsers must accept it (httpx's for the sync side,
     # yarl's under aiohttp for the async one).
     # The value is never echoed: a URL may carry credentials.
     invalid = OptionsError(
-        "openai_base_url must be an http(s) URL with a host and no query or fragment."
+        f"{field.name} must be an http(s) URL with a host and no query or fragment."
     )
     if not isinstance(value, str) or not is_header_safe(value):
         raise invalid
@@ -145,9 +148,12 @@ def _check_base_url(_: object, __: attrs.Attribute[Any], value: str) -> None:
         # aiohttp refuses it beside an Authorization header, and clients log
         # URLs: the key is the only credential sent upstream.
         raise OptionsError(
-            "openai_base_url must not carry credentials (user:password@); "
-            "the API key is the credential sent to OpenAI."
+            f"{field.name} must not carry credentials (user:password@); "
+            f"the API key is the credential sent to {_UPSTREAMS[field.name]}."
         )
+
+
+_UPSTREAMS: Final = {"openai_base_url": "OpenAI", "elevenlabs_base_url": "ElevenLabs"}
 
 
 def _check_bool(_: object, field: attrs.Attribute[Any], value: object) -> None:
@@ -184,6 +190,87 @@ def _check_allow_list(_: object, field: attrs.Attribute[Any], value: object) -> 
         )
 
 
+DEFAULT_ELEVENLABS_BASE_URL: Final = "https://api.elevenlabs.io"
+DEFAULT_ELEVENLABS_OUTPUT_FORMAT: Final = "mp3_44100_128"
+TTS_PROVIDERS: Final = ("openai", "elevenlabs")
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+@attrs.frozen(kw_only=True)
+class VoiceSettings:
+    """ElevenLabs voice settings; each one left None is not sent.
+
+    Fields: stability, similarity_boost, style (numbers), use_speaker_boost.
+    """
+
+    stability: float | None = None
+    similarity_boost: float | None = None
+    style: float | None = None
+    use_speaker_boost: bool | None = None
+
+    @classmethod
+    def sanitized(cls, value: object) -> VoiceSettings | None:
+        """From the wire spelling (``similarityBoost``...), keeping only
+        finite numbers and booleans, as the reference does; None when
+        nothing is left."""
+        if isinstance(value, VoiceSettings):
+            return value if value.to_wire() else None
+        if not isinstance(value, dict):
+            return None
+        boost = value.get("useSpeakerBoost")
+        settings = cls(
+            stability=_finite(value.get("stability")),
+            similarity_boost=_finite(value.get("similarityBoost")),
+            style=_finite(value.get("style")),
+            use_speaker_boost=boost if isinstance(boost, bool) else None,
+        )
+        return settings if settings.to_wire() else None
+
+    def to_wire(self) -> dict[str, float | bool]:
+        """As ElevenLabs spells them, without the unset ones."""
+        pairs = (
+            ("stability", self.stability),
+            ("similarity_boost", self.similarity_boost),
+            ("style", self.style),
+            ("use_speaker_boost", self.use_speaker_boost),
+        )
+        return {name: value for name, value in pairs if value is not None}
+
+
+def _provider(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _check_provider(_: object, __: attrs.Attribute[Any], value: object) -> None:
+    if value not in TTS_PROVIDERS:
+        raise OptionsError(f"tts_provider must be 'openai' or 'elevenlabs'. Received: {value!r}")
+
+
+def _check_latency(_: object, __: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and _finite(value) is None:
+        raise OptionsError(
+            f"elevenlabs_optimize_streaming_latency must be a number. Received: {value!r}"
+        )
+
+
+def _check_voice_settings(_: object, __: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, VoiceSettings):
+        raise OptionsError("elevenlabs_voice_settings must be a VoiceSettings.")
+    for name in ("stability", "similarity_boost", "style"):
+        number = getattr(value, name)
+        if number is not None and _finite(number) is None:
+            raise OptionsError(f"elevenlabs_voice_settings.{name} must be a finite number.")
+    if value.use_speaker_boost is not None and not isinstance(value.use_speaker_boost, bool):
+        raise OptionsError("elevenlabs_voice_settings.use_speaker_boost must be True or False.")
+
+
 @attrs.frozen(kw_only=True)
 class NavaiVoiceBackendOptions:
     """How the backend mints client secrets.
@@ -204,6 +291,13 @@ class NavaiVoiceBackendOptions:
             as the reference); a request outside them is a 403.
         allow_client_instructions: whether a request may send its own
             ``instructions`` (True, as the reference).
+        tts_provider: ``"openai"`` (the session speaks) or ``"elevenlabs"``
+            (the session answers in text and the speech route voices it).
+        elevenlabs_api_key, elevenlabs_base_url, elevenlabs_voice_id,
+        elevenlabs_model_id, elevenlabs_output_format (``mp3_44100_128``),
+        elevenlabs_optimize_streaming_latency, elevenlabs_voice_settings:
+            the speech route's defaults; a request may name its own voice,
+            model, format, latency and settings.
 
     Invalid options raise :class:`OptionsError` here, at construction.
     """
@@ -234,6 +328,27 @@ class NavaiVoiceBackendOptions:
         default=None, converter=_allow_list, validator=_check_allow_list
     )
     allow_client_instructions: bool = attrs.field(default=True, validator=_check_bool)
+    tts_provider: str = attrs.field(
+        default="openai", converter=_provider, validator=_check_provider
+    )
+    elevenlabs_api_key: str | None = attrs.field(
+        default=None,
+        converter=_clean_key,
+        validator=[_check_text, _check_key],
+        repr=False,
+    )
+    elevenlabs_base_url: str = attrs.field(
+        default=DEFAULT_ELEVENLABS_BASE_URL, converter=_clean_base_url, validator=_check_base_url
+    )
+    elevenlabs_voice_id: str | None = _optional_text()
+    elevenlabs_model_id: str | None = _optional_text()
+    elevenlabs_output_format: str | None = _optional_text()
+    elevenlabs_optimize_streaming_latency: float | None = attrs.field(
+        default=None, validator=_check_latency
+    )
+    elevenlabs_voice_settings: VoiceSettings | None = attrs.field(
+        default=None, validator=_check_voice_settings
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.openai_api_key is None and not self.allow_api_key_from_request:
@@ -278,11 +393,14 @@ class OpenAIRealtimeClientSecretResponse:
         value: the ephemeral secret (``ek_...``); hidden from ``repr``.
         expires_at: Unix time, in seconds, when it stops working.
         session: the session OpenAI created, as OpenAI described it.
+        speech: who voices the session, ``{"provider": "openai"}`` or
+            ``{"provider": "elevenlabs"}``, as the reference answers.
     """
 
     value: str = attrs.field(repr=False)
     expires_at: int
     session: dict[str, Any] | None = None
+    speech: dict[str, str] = attrs.field(factory=lambda: {"provider": "openai"})
 
 
 @attrs.frozen(kw_only=True)

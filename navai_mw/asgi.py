@@ -23,10 +23,20 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from typing import Any
 
 from ._client import drive_async
-from ._effects import AsyncEffects
-from ._endpoint import DEFAULT_MAX_BODY_SIZE, DEFAULT_PATH, Answer, Endpoint, route_path
+from ._effects import DEFAULT_FUNCTION_WORKERS, AsyncEffects
+from ._endpoint import (
+    DEFAULT_FUNCTIONS_EXECUTE_PATH,
+    DEFAULT_FUNCTIONS_LIST_PATH,
+    DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_PATH,
+    DEFAULT_SPEECH_SYNTHESIZE_PATH,
+    Answer,
+    Endpoint,
+    route_path,
+)
 from ._guard import Authorizer, RequestInfo
 from ._models import NavaiVoiceBackendOptions
+from .functions import FunctionRegistry, FunctionSource
 from .transports import AsyncTransport, HttpxAsyncTransport
 
 __all__ = ["NavaiASGIMiddleware"]
@@ -64,7 +74,14 @@ class NavaiASGIMiddleware:
         app: ASGIApp,
         opts: NavaiVoiceBackendOptions | None = None,
         *,
-        path: str = DEFAULT_PATH,
+        path: str | None = DEFAULT_PATH,
+        functions_list_path: str | None = DEFAULT_FUNCTIONS_LIST_PATH,
+        functions_execute_path: str | None = DEFAULT_FUNCTIONS_EXECUTE_PATH,
+        speech_synthesize_path: str | None = DEFAULT_SPEECH_SYNTHESIZE_PATH,
+        include_functions_routes: bool = True,
+        functions: Iterable[FunctionSource] | FunctionRegistry | None = None,
+        function_timeout_seconds: float | None = None,
+        function_workers: int = DEFAULT_FUNCTION_WORKERS,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         cors_origins: Iterable[str] | None = None,
         cors_allow_credentials: bool | None = None,
@@ -80,6 +97,12 @@ class NavaiASGIMiddleware:
         self.endpoint = Endpoint.configured(
             opts,
             path=path,
+            functions_list_path=functions_list_path,
+            functions_execute_path=functions_execute_path,
+            speech_synthesize_path=speech_synthesize_path,
+            include_functions_routes=include_functions_routes,
+            functions=functions,
+            function_timeout_seconds=function_timeout_seconds,
             max_body_size=max_body_size,
             cors_origins=cors_origins,
             cors_allow_credentials=cors_allow_credentials,
@@ -90,7 +113,9 @@ class NavaiASGIMiddleware:
             trusted_proxies=trusted_proxies,
             safety_id_secret=safety_id_secret,
         )
-        self._effects = AsyncEffects(self.endpoint.guard.storage_uri)
+        self._effects = AsyncEffects(
+            self.endpoint.guard.storage_uri, function_workers=function_workers
+        )
         self._effects.check()
         self._paths = self.endpoint.paths
         self._tails = tuple(self._paths)

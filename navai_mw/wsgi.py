@@ -17,11 +17,20 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._client import drive_sync
-from ._effects import SyncEffects, is_async_hook
-from ._endpoint import DEFAULT_MAX_BODY_SIZE, DEFAULT_PATH, Answer, Endpoint
+from ._effects import DEFAULT_FUNCTION_WORKERS, SyncEffects, is_async_hook
+from ._endpoint import (
+    DEFAULT_FUNCTIONS_EXECUTE_PATH,
+    DEFAULT_FUNCTIONS_LIST_PATH,
+    DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_PATH,
+    DEFAULT_SPEECH_SYNTHESIZE_PATH,
+    Answer,
+    Endpoint,
+)
 from ._errors import OptionsError
 from ._guard import Authorizer, RequestInfo
 from ._models import NavaiVoiceBackendOptions
+from .functions import FunctionRegistry, FunctionSource
 from .transports import HttpxSyncTransport, SyncTransport
 
 if TYPE_CHECKING:
@@ -49,7 +58,14 @@ class NavaiWSGIMiddleware:
         app: WSGIApplication,
         opts: NavaiVoiceBackendOptions | None = None,
         *,
-        path: str = DEFAULT_PATH,
+        path: str | None = DEFAULT_PATH,
+        functions_list_path: str | None = DEFAULT_FUNCTIONS_LIST_PATH,
+        functions_execute_path: str | None = DEFAULT_FUNCTIONS_EXECUTE_PATH,
+        speech_synthesize_path: str | None = DEFAULT_SPEECH_SYNTHESIZE_PATH,
+        include_functions_routes: bool = True,
+        functions: Iterable[FunctionSource] | FunctionRegistry | None = None,
+        function_timeout_seconds: float | None = None,
+        function_workers: int = DEFAULT_FUNCTION_WORKERS,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         cors_origins: Iterable[str] | None = None,
         cors_allow_credentials: bool | None = None,
@@ -70,6 +86,12 @@ class NavaiWSGIMiddleware:
         self.endpoint = Endpoint.configured(
             opts,
             path=path,
+            functions_list_path=functions_list_path,
+            functions_execute_path=functions_execute_path,
+            speech_synthesize_path=speech_synthesize_path,
+            include_functions_routes=include_functions_routes,
+            functions=functions,
+            function_timeout_seconds=function_timeout_seconds,
             max_body_size=max_body_size,
             cors_origins=cors_origins,
             cors_allow_credentials=cors_allow_credentials,
@@ -80,7 +102,9 @@ class NavaiWSGIMiddleware:
             trusted_proxies=trusted_proxies,
             safety_id_secret=safety_id_secret,
         )
-        self._effects = SyncEffects(self.endpoint.guard.storage_uri)
+        self._effects = SyncEffects(
+            self.endpoint.guard.storage_uri, function_workers=function_workers
+        )
         self._owns_transport = transport is None
         self.transport: SyncTransport = transport or HttpxSyncTransport()
 

@@ -586,7 +586,11 @@ def test_visible_ascii_request_key_is_sent(key: str) -> None:
     body = json.dumps({"apiKey": key}).encode()
     answer, attempts = run(Endpoint(REQUEST_KEYS), body=body, upstream=[Outcome(MINTED)])
     assert answer.status == 200
-    assert payload(answer) == {"value": "ek_gap", "expires_at": 1900000000}
+    assert payload(answer) == {
+        "value": "ek_gap",
+        "expires_at": 1900000000,
+        "speech": {"provider": "openai"},
+    }
     assert len(attempts) == 1
     assert dict(attempts[0].request.headers)["Authorization"] == f"Bearer {key.strip()}"
 

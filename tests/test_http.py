@@ -331,7 +331,8 @@ def assert_token_answer(response: httpx.Response) -> None:
     assert response.headers["x-content-type-options"] == "nosniff"
     payload = response.json()
     if response.status_code == 200:
-        assert set(payload) == {"value", "expires_at"}
+        assert set(payload) == {"value", "expires_at", "speech"}
+        assert payload["speech"] == {"provider": "openai"}
         assert payload["value"].startswith("ek_fake_")
         assert type(payload["expires_at"]) is int
     else:

@@ -333,7 +333,8 @@ def check_answer(status: int, headers: list[tuple[str, str]], body: bytes) -> An
     assert names["content-length"] == str(len(body))
     payload = json.loads(body)
     if status == 200:
-        assert set(payload) == {"value", "expires_at"}
+        assert set(payload) == {"value", "expires_at", "speech"}
+        assert payload["speech"] == {"provider": "openai"}
         assert payload["value"].startswith("ek_fake_")
     else:
         assert set(payload) == {"error"}

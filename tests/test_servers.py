@@ -145,7 +145,8 @@ def _assert_token(response: httpx.Response) -> dict[str, Any]:
     assert response.headers["cache-control"] == "no-store"
     assert response.headers["x-content-type-options"] == "nosniff"
     payload: dict[str, Any] = response.json()
-    assert set(payload) == {"value", "expires_at"}
+    assert set(payload) == {"value", "expires_at", "speech"}
+    assert payload["speech"] == {"provider": "openai"}
     assert payload["value"].startswith("ek_fake_")
     assert CANARY_KEY not in response.text
     return payload
