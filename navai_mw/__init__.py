@@ -5,7 +5,12 @@ The public names are re-exported here; everything in a module whose name
 starts with an underscore is private.
 """
 
-from ._client import create_realtime_client_secret, create_realtime_client_secret_sync
+from ._client import (
+    create_realtime_client_secret,
+    create_realtime_client_secret_sync,
+    synthesize_speech,
+    synthesize_speech_sync,
+)
 from ._env import get_navai_voice_backend_options_from_env
 from ._errors import AuthError, NavaiError, OptionsError, RequestError, UpstreamError
 from ._guard import RequestInfo
@@ -15,25 +20,41 @@ from ._models import (
     HttpResponse,
     NavaiVoiceBackendOptions,
     OpenAIRealtimeClientSecretResponse,
+    VoiceSettings,
 )
+from ._speech import SynthesizedSpeech
 from .asgi import NavaiASGIMiddleware
+from .functions import (
+    FunctionContext,
+    FunctionRegistry,
+    NavaiFunctionError,
+    load_navai_functions,
+)
 from .wsgi import NavaiWSGIMiddleware
 
 __all__ = [
     "AuthError",
     "CreateClientSecretRequest",
+    "FunctionContext",
+    "FunctionRegistry",
     "HttpRequest",
     "HttpResponse",
     "NavaiASGIMiddleware",
     "NavaiError",
+    "NavaiFunctionError",
     "NavaiVoiceBackendOptions",
     "NavaiWSGIMiddleware",
     "OpenAIRealtimeClientSecretResponse",
     "OptionsError",
     "RequestError",
     "RequestInfo",
+    "SynthesizedSpeech",
     "UpstreamError",
+    "VoiceSettings",
     "create_realtime_client_secret",
     "create_realtime_client_secret_sync",
     "get_navai_voice_backend_options_from_env",
+    "load_navai_functions",
+    "synthesize_speech",
+    "synthesize_speech_sync",
 ]

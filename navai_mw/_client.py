@@ -22,6 +22,7 @@ from ._models import (
     NavaiVoiceBackendOptions,
     OpenAIRealtimeClientSecretResponse,
 )
+from ._speech import SynthesizedSpeech, build_speech_request, speech_exchange
 from .transports import AsyncTransport, HttpxAsyncTransport, HttpxSyncTransport, SyncTransport
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "create_realtime_client_secret_sync",
     "drive_async",
     "drive_sync",
+    "synthesize_speech",
+    "synthesize_speech_sync",
 ]
 
 T = TypeVar("T")
@@ -167,6 +170,41 @@ async def create_realtime_client_secret(
         budget=opts.upstream_timeout_seconds,
         provider=opts.tts_provider,
     )
+    if transport is not None:
+        return await drive_async(steps, transport)
+    async with HttpxAsyncTransport() as own:
+        return await drive_async(steps, own)
+
+
+SpeechRequest = Mapping[str, Any] | None
+
+
+def synthesize_speech_sync(
+    opts: NavaiVoiceBackendOptions,
+    req: SpeechRequest,
+    *,
+    transport: SyncTransport | None = None,
+) -> SynthesizedSpeech:
+    """Turn ``req["text"]`` into audio with ElevenLabs (blocking).
+
+    ``req`` is spelled as on the wire (``text``, ``voiceId``, ``modelId``,
+    ``outputFormat``, ``optimizeStreamingLatency``, ``voiceSettings``).
+    Raises :class:`NavaiError` with the status a server should answer.
+    """
+    steps = speech_exchange(build_speech_request(opts, req), budget=opts.upstream_timeout_seconds)
+    return drive_sync(steps, transport if transport is not None else _DEFAULT_SYNC)
+
+
+async def synthesize_speech(
+    opts: NavaiVoiceBackendOptions,
+    req: SpeechRequest,
+    *,
+    transport: AsyncTransport | None = None,
+) -> SynthesizedSpeech:
+    """Turn ``req["text"]`` into audio with ElevenLabs (as
+    :func:`synthesize_speech_sync`; without ``transport``, a short-lived
+    client serves this call)."""
+    steps = speech_exchange(build_speech_request(opts, req), budget=opts.upstream_timeout_seconds)
     if transport is not None:
         return await drive_async(steps, transport)
     async with HttpxAsyncTransport() as own:
