@@ -1,8 +1,9 @@
-"""The sans-IO HTTP endpoint behind both middlewares.
+"""The sans-IO HTTP endpoint behind both middlewares: a small route table.
 
 The ASGI and WSGI shells hand it a method, a path, a few headers and the
-body bytes, and get back what to answer. Every decision about the token
-path is here, so the two shells cannot drift apart:
+body bytes, and get back what to answer. Every decision about the navai
+routes (the client secret, the backend functions' list and execute, speech)
+is here, so the two shells cannot drift apart:
 
 1. :meth:`Endpoint.owns` -- is this path ours? (cheap: it runs on every
    request that passes through);
@@ -11,12 +12,13 @@ path is here, so the two shells cannot drift apart:
    :class:`BodyWanted` saying how many bytes the shell may read at most;
 3. :meth:`Endpoint.finish` -- with the body, a generator for the shell's
    driver: it runs the guard (:mod:`navai_mw._guard`), which yields the
-   user's hook and the rate-limit hit as effects, then yields the upstream
-   attempts (none for a refused or bad request) and returns the
-   :class:`Answer`.
+   user's hook and the rate-limit hit as effects, then the route's handler,
+   which yields upstream attempts (OpenAI, ElevenLabs) or a backend
+   function's call, and returns the :class:`Answer`.
 
-Promises: the only statuses answered are 200, 204, 400, 401, 403, 405, 413,
-415, 429, 502, 503 and 504; every answer has a JSON body (but the 204
+Promises: the only statuses answered are 200, 204, 400, 401, 403, 404, 405,
+413, 415, 429, 500 (only when a backend function, the app's own code,
+fails), 502, 503 and 504; every answer has a JSON body (but the 204
 preflight); no answer carries the server's API key.
 """
 
@@ -88,7 +90,7 @@ def _reason(status: int) -> str:
 
 _REASONS: Final = {
     status: _reason(status)
-    for status in (200, 204, 400, 401, 403, 405, 413, 415, 429, 502, 503, 504)
+    for status in (200, 204, 400, 401, 403, 404, 405, 413, 415, 429, 500, 502, 503, 504)
 }
 DEFAULT_FUNCTIONS_LIST_PATH: Final = "/navai/functions"
 DEFAULT_FUNCTIONS_EXECUTE_PATH: Final = "/navai/functions/execute"

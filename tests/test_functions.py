@@ -1,0 +1,596 @@
+"""Backend functions on both shells, in process: the list and execute
+routes, the reference's payload conventions, errors from the app's code,
+results, the timeout, the bounded worker pool, 50 calls in flight, and the
+guard and route switches around them.
+
+Loading from module folders is in test_function_loading.py; the published
+front end against real servers in test_frontend_client.py."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+import attrs
+import httpx
+import pytest
+
+from navai_mw import (
+    FunctionContext,
+    NavaiASGIMiddleware,
+    NavaiFunctionError,
+    NavaiVoiceBackendOptions,
+    NavaiWSGIMiddleware,
+    OptionsError,
+    load_navai_functions,
+)
+from navai_mw.testing import FakeOpenAIRealtime
+
+from .conftest import CANARY_KEY
+
+LIST = "/navai/functions"
+EXECUTE = "/navai/functions/execute"
+
+
+# -- the functions ----------------------------------------------------------------------
+
+
+def get_weather(city: str, unit: str = "C") -> dict[str, str]:
+    """Tell the weather in a city."""
+    return {"city": city, "unit": unit}
+
+
+def echo(payload: Any) -> Any:
+    return payload
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+async def double(x: int) -> int:
+    await anyio.sleep(0)
+    return x * 2
+
+
+def whoami(context: FunctionContext) -> dict[str, Any]:
+    return {
+        "function": context.function,
+        "identity": context.identity,
+        "client": context.client,
+        "header": context.headers.get("x-trace"),
+    }
+
+
+def refuse(reason: str) -> None:
+    raise NavaiFunctionError(f"Cannot do that: {reason}")
+
+
+def explode() -> None:
+    raise RuntimeError(f"database password {CANARY_KEY}")
+
+
+def unencodable() -> set[int]:
+    return {1, 2}
+
+
+def not_a_number() -> float:
+    return float("nan")
+
+
+@attrs.frozen
+class Point:
+    x: int
+    y: int
+
+
+@dataclasses.dataclass
+class Box:
+    width: int
+
+
+def point() -> Point:
+    return Point(1, 2)
+
+
+def box() -> Box:
+    return Box(3)
+
+
+class Counter:
+    def __init__(self, start: int = 0) -> None:
+        self.start = start
+
+    def bump(self, by: int = 1) -> int:
+        """Add to the count."""
+        return self.start + by
+
+    async def abump(self, by: int = 1) -> int:
+        await anyio.sleep(0)
+        return self.start + by
+
+    @staticmethod
+    def zero() -> int:
+        return 0
+
+    def _private(self) -> None:
+        raise AssertionError("never listed")
+
+
+RELEASE = threading.Event()
+
+
+def sleepy(seconds: float) -> str:
+    time.sleep(seconds)
+    return "woke"
+
+
+async def async_sleepy(seconds: float) -> str:
+    await anyio.sleep(seconds)
+    return "woke"
+
+
+def blocked() -> str:
+    RELEASE.wait(10)
+    return "released"
+
+
+FUNCTIONS = [
+    get_weather,
+    echo,
+    add,
+    double,
+    whoami,
+    refuse,
+    explode,
+    unencodable,
+    not_a_number,
+    point,
+    box,
+    Counter,
+    sleepy,
+    async_sleepy,
+    blocked,
+]
+
+
+# -- both shells ------------------------------------------------------------------------
+
+
+async def hello_asgi(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"app"})
+
+
+def hello_wsgi(environ: Any, start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"app"]
+
+
+Request = Callable[..., httpx.Response]
+
+
+@contextmanager
+def both_shells(**keywords: Any) -> Iterator[list[tuple[str, Request]]]:
+    """One ``request(method, path, ...)`` per shell, each with its own
+    middleware built with the same keywords; ASGI runs on a portal."""
+    import anyio.from_thread
+
+    fake = FakeOpenAIRealtime(api_key=CANARY_KEY)
+    opts = keywords.pop("opts", None) or NavaiVoiceBackendOptions(
+        openai_api_key=CANARY_KEY, openai_base_url=fake.base_url
+    )
+    keywords.setdefault("functions", FUNCTIONS)
+    with anyio.from_thread.start_blocking_portal() as portal:
+        upstream = fake.async_transport()
+        asgi = NavaiASGIMiddleware(hello_asgi, opts, transport=upstream, **keywords)
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=asgi, client=("203.0.113.7", 5000)),
+            base_url="http://api.test",
+        )
+
+        def asgi_request(method: str, path: str, **kw: Any) -> httpx.Response:
+            return portal.call(lambda: client.request(method, path, **kw))
+
+        with fake.sync_transport() as sync_upstream:
+            wsgi = NavaiWSGIMiddleware(hello_wsgi, opts, transport=sync_upstream, **keywords)
+            with httpx.Client(
+                transport=httpx.WSGITransport(app=wsgi, remote_addr="203.0.113.7"),
+                base_url="http://api.test",
+                timeout=30,
+            ) as sync_client:
+                yield [("asgi", asgi_request), ("wsgi", sync_client.request)]
+        portal.call(client.aclose)
+        portal.call(upstream.aclose)
+
+
+def execute(request: Request, name: str, payload: Any = None, **kw: Any) -> httpx.Response:
+    body: dict[str, Any] = {"function_name": name}
+    if payload is not None:
+        body["payload"] = payload
+    return request("POST", EXECUTE, json=body, **kw)
+
+
+# -- listing ----------------------------------------------------------------------------
+
+
+def test_the_list_names_describes_and_orders_as_given() -> None:
+    with both_shells() as shells:
+        for _, request in shells:
+            response = request("GET", LIST)
+            assert response.status_code == 200
+            assert response.headers["cache-control"] == "no-store"
+            payload = response.json()
+            assert payload["warnings"] == []
+            items = payload["items"]
+            assert [item["name"] for item in items] == [
+                "get_weather",
+                "echo",
+                "add",
+                "double",
+                "whoami",
+                "refuse",
+                "explode",
+                "unencodable",
+                "not_a_number",
+                "point",
+                "box",
+                "counter_bump",
+                "counter_abump",
+                "counter_zero",
+                "sleepy",
+                "async_sleepy",
+                "blocked",
+            ]
+            by_name = {item["name"]: item for item in items}
+            assert by_name["get_weather"] == {
+                "name": "get_weather",
+                "description": "Tell the weather in a city.",
+                "source": f"{__name__}#get_weather",
+            }
+            assert by_name["echo"]["description"] == "Call exported function echo."
+            assert by_name["counter_bump"]["description"] == "Add to the count."
+            assert by_name["counter_zero"] == {
+                "name": "counter_zero",
+                "description": "Call class method Counter.zero().",
+                "source": f"{__name__}#Counter.zero",
+            }
+
+
+def test_duplicates_in_code_are_renamed_with_a_warning() -> None:
+    def getWeather() -> int:  # noqa: N802 - the camelCase spelling is the point
+        return 2
+
+    registry = load_navai_functions([get_weather, getWeather])
+    assert registry.names == ["get_weather", "get_weather_2"]
+    assert registry.warnings == (
+        '[navai] Renamed duplicated function "getWeather" to "get_weather_2".',
+    )
+    with pytest.raises(TypeError, match="functions must hold"):
+        load_navai_functions([42])  # type: ignore[list-item]
+
+
+# -- the payload conventions ------------------------------------------------------------
+
+CONVENTIONS = [
+    pytest.param("get_weather", {"args": ["Paris"]}, {"city": "Paris", "unit": "C"}, id="args"),
+    pytest.param("add", {"arguments": [2, 3]}, 5, id="arguments"),
+    pytest.param("add", {"args": [1, 2], "arguments": [5, 5]}, 3, id="args-before-arguments"),
+    pytest.param("echo", {"value": 7}, 7, id="value"),
+    pytest.param("echo", {"value": None}, None, id="value-null"),
+    pytest.param("echo", {"args": [], "value": "v"}, "v", id="empty-args-then-value"),
+    pytest.param(
+        "get_weather", {"city": "Rome", "unit": "F"}, {"city": "Rome", "unit": "F"}, id="keywords"
+    ),
+    pytest.param("echo", {"a": 1, "b": [2]}, {"a": 1, "b": [2]}, id="whole-payload"),
+    pytest.param("point", "not an object", {"x": 1, "y": 2}, id="payload-not-an-object"),
+    pytest.param("double", {"value": 4}, 8, id="async"),
+    pytest.param("counter_bump", {"constructorArgs": [10], "methodArgs": [5]}, 15, id="methodArgs"),
+    pytest.param("counter_bump", {"constructorArgs": [10], "by": 2}, 12, id="method-keywords"),
+    pytest.param("counter_bump", {"args": [3]}, 3, id="method-args"),
+    pytest.param("counter_abump", {"constructorArgs": [1], "value": 1}, 2, id="async-method"),
+    pytest.param("counter_zero", None, 0, id="staticmethod"),
+    pytest.param("point", None, {"x": 1, "y": 2}, id="attrs-result"),
+    pytest.param("box", None, {"width": 3}, id="dataclass-result"),
+    pytest.param("  GET_Weather ", {"args": ["Oslo"]}, {"city": "Oslo", "unit": "C"}, id="name"),
+]
+
+
+@pytest.mark.parametrize(("name", "payload", "result"), CONVENTIONS)
+def test_payload_conventions(name: str, payload: Any, result: Any) -> None:
+    with both_shells() as shells:
+        for shell, request in shells:
+            response = execute(request, name, payload)
+            assert response.status_code == 200, (shell, response.text)
+            body = response.json()
+            assert body["ok"] is True
+            assert body["result"] == result
+            assert body["function_name"] == name.strip().lower()
+            assert body["source"].startswith(f"{__name__}#")
+
+
+def test_the_context_reaches_a_function_that_asks_for_it() -> None:
+    with both_shells(authorize=lambda info: "user-42") as shells:
+        for _, request in shells:
+            response = execute(request, "whoami", {}, headers={"x-trace": "t-1"})
+            assert response.json()["result"] == {
+                "function": "whoami",
+                "identity": "user-42",
+                "client": "203.0.113.7",
+                "header": "t-1",
+            }
+
+
+# -- bad calls and failing functions ----------------------------------------------------
+
+
+def test_a_call_without_a_name_is_400_and_an_unknown_name_is_404() -> None:
+    with both_shells() as shells:
+        for _, request in shells:
+            for body in ({}, {"function_name": ""}, {"function_name": "  "}, {"function_name": 7}):
+                response = request("POST", EXECUTE, json=body)
+                assert response.status_code == 400
+                assert response.json() == {"error": "function_name is required."}
+            response = execute(request, "nope")
+            assert response.status_code == 404
+            body = response.json()
+            assert body["error"] == "Unknown or disallowed function."
+            assert body["available_functions"][:3] == ["get_weather", "echo", "add"]
+            assert "counter_bump" in body["available_functions"]
+
+
+def test_a_payload_that_does_not_fit_is_400_naming_the_function() -> None:
+    with both_shells() as shells:
+        for _, request in shells:
+            response = execute(request, "add", {"args": [1]})
+            assert response.status_code == 400
+            message = response.json()["error"]
+            assert message.startswith("The payload does not fit add: ")
+            assert "'b'" in message
+            response = execute(request, "add", {"args": [1, 2, 3]})
+            assert response.status_code == 400
+            # No payload: no arguments, and echo needs one.
+            response = execute(request, "echo")
+            assert response.status_code == 400
+            assert "'payload'" in response.json()["error"]
+
+
+def test_a_navai_function_error_is_shown_to_the_caller() -> None:
+    with both_shells() as shells:
+        for _, request in shells:
+            response = execute(request, "refuse", {"reason": "closed"})
+            assert response.status_code == 200
+            assert response.json() == {
+                "ok": False,
+                "error": "Cannot do that: closed",
+                "details": "Cannot do that: closed",
+            }
+
+
+def test_any_other_exception_is_a_500_without_its_text(caplog: pytest.LogCaptureFixture) -> None:
+    with both_shells() as shells:
+        for _, request in shells:
+            caplog.clear()
+            with caplog.at_level(logging.ERROR, logger="navai_mw"):
+                response = execute(request, "explode")
+            assert response.status_code == 500
+            assert response.json() == {"ok": False, "error": "Backend function failed."}
+            assert CANARY_KEY not in response.text
+            records = [r for r in caplog.records if "explode" in r.getMessage()]
+            assert records and records[0].exc_info is not None  # the traceback is logged
+
+
+@pytest.mark.parametrize("name", ["unencodable", "not_a_number"])
+def test_a_result_json_cannot_carry_is_a_clear_500(name: str) -> None:
+    with both_shells() as shells:
+        for _, request in shells:
+            response = execute(request, name)
+            assert response.status_code == 500
+            assert response.json() == {
+                "ok": False,
+                "error": f"Backend function {name} returned a value JSON cannot carry.",
+            }
+
+
+# -- time, workers, concurrency ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["sleepy", "async_sleepy"])
+def test_a_function_past_its_timeout_is_504(name: str) -> None:
+    with both_shells(function_timeout_seconds=0.2) as shells:
+        for _, request in shells:
+            response = execute(request, name, {"value": 3})
+            assert response.status_code == 504
+            assert response.json() == {
+                "error": f"Backend function {name} did not finish within 0.2 seconds."
+            }
+            # A quick one still answers.
+            assert execute(request, "add", {"args": [1, 1]}).json()["result"] == 2
+
+
+def test_when_every_worker_is_busy_the_call_is_503_at_once() -> None:
+    RELEASE.clear()
+    with both_shells(function_workers=1, function_timeout_seconds=0.2) as shells:
+        for _, request in shells:
+            # The first call overruns and keeps its worker, as a thread must.
+            assert execute(request, "blocked").status_code == 504
+            response = execute(request, "add", {"args": [1, 1]})
+            assert response.status_code == 503
+            assert response.headers["retry-after"] == "1"
+            assert response.json() == {
+                "error": "Every backend function worker is busy; try again shortly."
+            }
+            # Async functions need no worker.
+            assert execute(request, "double", {"value": 2}).json()["result"] == 4
+        RELEASE.set()
+        for _, request in shells:
+            for _ in range(100):  # the worker frees itself once the function returns
+                response = execute(request, "add", {"args": [1, 1]})
+                if response.status_code == 200:
+                    break
+                time.sleep(0.02)
+            assert response.json()["result"] == 2
+
+
+IN_FLIGHT = 50
+
+
+def test_fifty_sync_calls_run_at_once_on_both_shells() -> None:
+    barrier = threading.Barrier(IN_FLIGHT)
+
+    def meet() -> int:
+        # Every call must be running at the same time for this to pass.
+        return barrier.wait(timeout=10)
+
+    with both_shells(functions=[meet], function_workers=IN_FLIGHT) as shells:
+        for _, request in shells:
+            barrier.reset()
+            with ThreadPoolExecutor(IN_FLIGHT) as pool:
+                responses = list(pool.map(lambda _: execute(request, "meet"), range(IN_FLIGHT)))
+            assert [r.status_code for r in responses] == [200] * IN_FLIGHT
+            assert sorted(r.json()["result"] for r in responses) == list(range(IN_FLIGHT))
+
+
+def test_fifty_async_calls_run_at_once_under_asgi() -> None:
+    arrived = 0
+    everyone: asyncio.Event | None = None
+
+    async def meet() -> int:
+        nonlocal arrived, everyone
+        if everyone is None:
+            everyone = asyncio.Event()
+        arrived += 1
+        if arrived == IN_FLIGHT:
+            everyone.set()
+        with anyio.fail_after(10):
+            await everyone.wait()
+        return arrived
+
+    fake = FakeOpenAIRealtime(api_key=CANARY_KEY)
+    opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, openai_base_url=fake.base_url)
+
+    async def main() -> list[httpx.Response]:
+        upstream = fake.async_transport()
+        app = NavaiASGIMiddleware(hello_asgi, opts, transport=upstream, functions=[meet])
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+            calls = [
+                client.post(EXECUTE, json={"function_name": "meet"}) for _ in range(IN_FLIGHT)
+            ]
+            responses = await asyncio.gather(*calls)
+        await upstream.aclose()
+        return responses
+
+    responses = asyncio.run(main())
+    assert [r.json()["result"] for r in responses] == [IN_FLIGHT] * IN_FLIGHT
+
+
+def test_async_functions_under_wsgi_run_concurrently_on_the_middlewares_loop() -> None:
+    arrived: list[int] = []
+    lock = threading.Lock()
+
+    async def meet() -> int:
+        with lock:
+            arrived.append(1)
+        with anyio.fail_after(10):
+            while len(arrived) < 10:
+                await anyio.sleep(0.005)
+        return len(arrived)
+
+    with both_shells(functions=[meet]) as shells:
+        request = dict(shells)["wsgi"]
+        with ThreadPoolExecutor(10) as pool:
+            responses = list(pool.map(lambda _: execute(request, "meet"), range(10)))
+    assert [r.json()["result"] for r in responses] == [10] * 10
+
+
+# -- the routes around the functions ----------------------------------------------------
+
+
+def test_methods_preflights_and_switches() -> None:
+    with both_shells(cors_origins=["http://front.test"]) as shells:
+        for _, request in shells:
+            response = request("POST", LIST, json={})
+            assert response.status_code == 405
+            assert response.json() == {"error": "Method not allowed. Use GET."}
+            assert response.headers["allow"] == "GET, OPTIONS"
+            assert request("GET", EXECUTE).status_code == 405
+            preflight = request(
+                "OPTIONS",
+                LIST,
+                headers={"origin": "http://front.test", "access-control-request-method": "GET"},
+            )
+            assert preflight.status_code == 204
+            assert preflight.headers["access-control-allow-methods"] == "GET"
+    with both_shells(include_functions_routes=False) as shells:
+        for _, request in shells:
+            assert request("GET", LIST).text == "app"
+            assert request("POST", EXECUTE, json={}).text == "app"
+    with both_shells(functions_list_path=None, functions_execute_path="/tools/run") as shells:
+        for _, request in shells:
+            assert request("GET", LIST).text == "app"
+            response = request("POST", "/tools/run", json={"function_name": "point"})
+            assert response.json()["result"] == {"x": 1, "y": 2}
+    with both_shells(path=None) as shells:
+        for _, request in shells:
+            assert request("POST", "/navai/realtime/client-secret", json={}).text == "app"
+
+
+def test_two_routes_on_one_path_fail_at_start_up() -> None:
+    with pytest.raises(ValueError, match="same path"):
+        NavaiWSGIMiddleware(
+            hello_wsgi,
+            NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY),
+            functions=[],
+            functions_list_path="/navai/realtime/client-secret",
+        )
+
+
+@pytest.mark.parametrize("value", [0, -1, float("nan"), "3", True, 7200])
+def test_bad_function_timeouts_fail_at_start_up(value: object) -> None:
+    with pytest.raises(OptionsError, match="function_timeout_seconds"):
+        NavaiWSGIMiddleware(
+            hello_wsgi,
+            NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY),
+            functions=[],
+            function_timeout_seconds=value,  # type: ignore[arg-type]
+        )
+
+
+def test_the_timeout_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NAVAI_FUNCTION_TIMEOUT_SECONDS", "0.2")
+    with both_shells() as shells:
+        for _, request in shells:
+            assert execute(request, "sleepy", {"value": 2}).status_code == 504
+    monkeypatch.setenv("NAVAI_FUNCTION_TIMEOUT_SECONDS", "soon")
+    with pytest.raises(OptionsError, match="NAVAI_FUNCTION_TIMEOUT_SECONDS"):
+        NavaiWSGIMiddleware(hello_wsgi, NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY))
+
+
+def test_the_function_routes_pass_the_guard_and_count_apart() -> None:
+    def only_alice(info: Any) -> str | None:
+        return "alice" if info.headers.get("x-user") == "alice" else None
+
+    with both_shells(authorize=only_alice, rate_limit={"functions": "2/minute"}) as shells:
+        for _, request in shells:
+            assert request("GET", LIST).status_code == 401
+            alice = {"x-user": "alice"}
+            assert request("GET", LIST, headers=alice).status_code == 200
+            first = execute(request, "echo", {"value": 1}, headers=alice)
+            assert first.status_code == 200
+            # The list counted too: one group for both routes.
+            assert first.headers["ratelimit"].startswith('"functions";r=0;t=')
+            refused = execute(request, "echo", {"value": 1}, headers=alice)
+            assert refused.status_code == 429
+            assert refused.json() == {"error": "Too many requests; try again later."}
+            # Minting is another group, with no limit here.
+            mint = request("POST", "/navai/realtime/client-secret", json={}, headers=alice)
+            assert mint.status_code == 200
