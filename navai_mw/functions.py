@@ -24,7 +24,7 @@ reference's ``Call exported function x.``.
 Differences from the reference, on purpose: ``.py`` files are loaded, never
 ``__init__.py`` or ``__main__.py``; the walk also skips ``__pycache__``,
 ``site-packages`` and virtual environments (a folder holding
-``pyvenv.cfg``); symbolic links are followed (each real folder once); a
+``pyvenv.cfg``); symbolic links are followed (never around a loop); a
 module inside a package (a folder with ``__init__.py``) is imported as part
 of it, so its relative imports work.
 """
@@ -273,13 +273,12 @@ def _is_virtualenv(path: str) -> bool:
 def _scan(base_dir: str) -> list[tuple[str, str]]:
     """Every ``.py`` file below ``base_dir``: (path relative with ``/``, absolute path)."""
     found: list[tuple[str, str]] = []
-    seen: set[str] = set()
 
-    def walk(folder: str, relative: str) -> None:
+    def walk(folder: str, relative: str, ancestors: frozenset[str]) -> None:
         real = os.path.realpath(folder)
-        if real in seen:
-            return  # a link back to a folder already walked
-        seen.add(real)
+        if real in ancestors:
+            return  # a link back to a folder above: a loop
+        ancestors = ancestors | {real}
         try:
             entries = list(os.scandir(folder))
         except OSError:
@@ -295,11 +294,11 @@ def _scan(base_dir: str) -> list[tuple[str, str]]:
                 continue
             if is_dir:
                 if entry.name not in _SKIPPED_FOLDERS and not _is_virtualenv(entry.path):
-                    walk(entry.path, f"{path}/")
+                    walk(entry.path, f"{path}/", ancestors)
             elif is_file and entry.name.lower().endswith(".py") and entry.name not in _NOT_MODULES:
                 found.append((path, entry.path))
 
-    walk(base_dir, "")
+    walk(base_dir, "", frozenset())
     return found
 
 

@@ -1,0 +1,223 @@
+"""Loading backend functions from module folders: the cases the
+differential table against the reference cannot hold (Python packages,
+import-time failures, links, virtual environments), the environment
+variables, and the middleware loading them when it is built."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from navai_mw import NavaiVoiceBackendOptions, NavaiWSGIMiddleware, load_navai_functions
+from navai_mw.functions import locale_sort_key
+
+from .conftest import CANARY_KEY
+
+FOLDER = "src/ai/functions-modules"
+
+
+def write(root: Path, relative: str, source: str) -> Path:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def names(root: Path, **keywords: str) -> list[str]:
+    return load_navai_functions(base_dir=root, env={}, **keywords).names
+
+
+def test_hyphenated_folders_and_dots_in_names_load(tmp_path: Path) -> None:
+    write(tmp_path, f"{FOLDER}/my-tools/get-weather.py", "def getWeather(): return 1\n")
+    write(tmp_path, f"{FOLDER}/weather.fn.py", "def forecast(): return 2\n")
+    registry = load_navai_functions(base_dir=tmp_path, env={})
+    assert registry.names == ["get_weather", "forecast"]
+    assert registry.ordered[0].source == f"{FOLDER}/my-tools/get-weather.py#getWeather"
+    assert registry.ordered[0].target() == 1
+    assert registry.warnings == ()
+
+
+def test_a_module_in_a_package_uses_relative_imports(tmp_path: Path) -> None:
+    write(tmp_path, f"{FOLDER}/shop/__init__.py", "TAX = 0.2\n")
+    write(tmp_path, f"{FOLDER}/shop/_prices.py", "PRICES = {'tea': 10}\n")
+    write(
+        tmp_path,
+        f"{FOLDER}/shop/cart.py",
+        """
+        from . import TAX
+        from ._prices import PRICES
+
+        def price(item):
+            return PRICES[item] * (1 + TAX)
+        """,
+    )
+    registry = load_navai_functions(base_dir=tmp_path, env={})
+    # __init__.py is the package, not a module of functions.
+    assert registry.names == ["price"]
+    assert registry.ordered[0].target("tea") == pytest.approx(12.0)
+    assert registry.warnings == (
+        f"[navai] Ignored {FOLDER}/shop/_prices.py: module has no callable exports.",
+    )
+
+
+def test_import_failures_become_warnings_and_the_rest_loads(tmp_path: Path) -> None:
+    write(tmp_path, f"{FOLDER}/a_raises.py", "raise ValueError('no config')\n")
+    write(tmp_path, f"{FOLDER}/b_exits.py", "raise SystemExit(3)\n")
+    write(tmp_path, f"{FOLDER}/c_syntax.py", "def broken(:\n")
+    write(tmp_path, f"{FOLDER}/d_missing.py", "import navai_no_such_module\n")
+    write(
+        tmp_path,
+        f"{FOLDER}/e_slow.py",
+        "import time\ntime.sleep(0.2)\n\ndef slow_but_loaded():\n    return 1\n",
+    )
+    started = time.monotonic()
+    registry = load_navai_functions(base_dir=tmp_path, env={})
+    assert time.monotonic() - started >= 0.2  # the slow module was waited for
+    assert registry.names == ["slow_but_loaded"]
+    assert registry.warnings[0] == (
+        f"[navai] Failed to load {FOLDER}/a_raises.py: ValueError: no config"
+    )
+    assert registry.warnings[1] == f"[navai] Failed to load {FOLDER}/b_exits.py: SystemExit: 3"
+    assert registry.warnings[2].startswith(f"[navai] Failed to load {FOLDER}/c_syntax.py: Syntax")
+    assert registry.warnings[3] == (
+        f"[navai] Failed to load {FOLDER}/d_missing.py: "
+        "ModuleNotFoundError: No module named 'navai_no_such_module'"
+    )
+    assert len(registry.warnings) == 4
+
+
+def test_links_are_followed_and_a_loop_ends(tmp_path: Path) -> None:
+    outside = write(tmp_path, "shared/tools.py", "def shared_tool(): return 'shared'\n")
+    folder = tmp_path / FOLDER
+    write(tmp_path, f"{FOLDER}/local.py", "def local_tool(): return 'local'\n")
+    (folder / "linked.py").symlink_to(outside)
+    (folder / "linked-dir").symlink_to(outside.parent, target_is_directory=True)
+    (folder / "loop").symlink_to(folder, target_is_directory=True)
+    registry = load_navai_functions(base_dir=tmp_path, env={})
+    assert sorted(registry.names) == ["local_tool", "shared_tool", "shared_tool_2"]
+    sources = {item.source for item in registry.ordered}
+    assert f"{FOLDER}/linked-dir/tools.py#shared_tool" in sources
+    assert f"{FOLDER}/linked.py#shared_tool" in sources
+
+
+def test_a_module_reached_by_two_patterns_loads_once(tmp_path: Path) -> None:
+    write(tmp_path, f"{FOLDER}/tools/one.py", "def one(): return 1\n")
+    folders = f"{FOLDER}, ai/functions-modules/tools/..., {FOLDER}/tools/one.py, src/**/one.py"
+    registry = load_navai_functions(base_dir=tmp_path, functions_folders=folders, env={})
+    assert registry.names == ["one"]
+    assert registry.warnings == ()
+
+
+def test_python_folders_that_are_never_modules_are_skipped(tmp_path: Path) -> None:
+    write(tmp_path, f"{FOLDER}/real.py", "def real(): return 1\n")
+    write(tmp_path, f"{FOLDER}/__pycache__/cached.py", "def cached(): return 1\n")
+    write(tmp_path, f"{FOLDER}/lib/site-packages/pkg.py", "def installed(): return 1\n")
+    write(tmp_path, f"{FOLDER}/env/pyvenv.cfg", "home = /usr/bin\n")
+    write(tmp_path, f"{FOLDER}/env/lib/tool.py", "def in_a_venv(): return 1\n")
+    write(tmp_path, f"{FOLDER}/.venv/lib/tool.py", "def dotted_venv(): return 1\n")
+    write(tmp_path, f"{FOLDER}/__main__.py", "def main(): return 1\n")
+    write(tmp_path, f"{FOLDER}/notes.txt", "def text(): return 1\n")
+    assert names(tmp_path) == ["real"]
+
+
+def test_exports_follow_all_and_skip_what_was_imported(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        f"{FOLDER}/exports.py",
+        """
+        from __future__ import annotations
+
+        import json
+        from os.path import join
+        from typing import Any
+
+        __all__ = ["zeta", "alpha", "join"]
+
+        def alpha(): return "a"
+        def zeta(): return "z"
+        def hidden(): return "h"
+        """,
+    )
+    write(
+        tmp_path,
+        f"{FOLDER}/plain.py",
+        """
+        import json
+        from os.path import join
+
+        LIMIT = 5
+
+        class Tool:
+            def run(self): return "ran"
+            def _helper(self): return None
+            @property
+            def size(self): return 1
+
+        def _private(): return None
+        """,
+    )
+    registry = load_navai_functions(base_dir=tmp_path, env={})
+    # __all__ may name what was imported; its names are taken in name order.
+    assert registry.names == ["alpha", "join", "zeta", "tool_run"]
+
+
+def test_the_environment_chooses_where_to_look(tmp_path: Path) -> None:
+    write(tmp_path, "app/src/tools/agents/sales/deal.py", "def close_deal(): return 1\n")
+    write(tmp_path, "app/src/tools/agents/support/ticket.py", "def open_ticket(): return 1\n")
+    write(tmp_path, "app/src/tools/top.py", "def top(): return 1\n")
+    env = {
+        "NAVAI_FUNCTIONS_BASE_DIR": str(tmp_path / "app"),
+        "NAVAI_FUNCTIONS_FOLDERS": "tools/agents",
+        "NAVAI_AGENTS_FOLDERS": "support",
+    }
+    assert load_navai_functions(env=env).names == ["open_ticket"]
+    # Keywords win over the environment.
+    registry = load_navai_functions(env=env, functions_folders="src/tools", agents_folders="sales")
+    assert registry.names == []
+    assert registry.warnings[0].startswith("[navai] NAVAI_FUNCTIONS_FOLDERS did not match")
+    assert load_navai_functions(env={**env, "NAVAI_AGENTS_FOLDERS": ""}).names == [
+        "close_deal",
+        "open_ticket",
+    ]
+
+
+def test_the_middleware_loads_the_folders_when_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path, f"{FOLDER}/clock.py", "def now():\n    '''The time.'''\n    return 12\n")
+    write(tmp_path, f"{FOLDER}/broken.py", "raise RuntimeError('bad import')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NAVAI_FUNCTIONS_FOLDERS", raising=False)
+    monkeypatch.delenv("NAVAI_FUNCTIONS_BASE_DIR", raising=False)
+    app = NavaiWSGIMiddleware(
+        lambda environ, start: [], NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY)
+    )
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://t") as client:
+        listed = client.get("/navai/functions").json()
+        ran = client.post("/navai/functions/execute", json={"function_name": "now"}).json()
+    assert listed == {
+        "items": [{"name": "now", "description": "The time.", "source": f"{FOLDER}/clock.py#now"}],
+        "warnings": [f"[navai] Failed to load {FOLDER}/broken.py: RuntimeError: bad import"],
+    }
+    assert ran["result"] == 12
+
+
+def test_locale_order_puts_case_and_accents_last() -> None:
+    words = ["HTTPHelpers", "apple", "éclair", "Eclair", "eclair", "a-b", "a_b", "10x", "9x"]
+    assert sorted(words, key=locale_sort_key) == [
+        "10x",
+        "9x",
+        "a_b",
+        "a-b",
+        "apple",
+        "eclair",
+        "Eclair",
+        "éclair",
+        "HTTPHelpers",
+    ]
+    assert os.sep not in "".join(words)
