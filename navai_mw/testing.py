@@ -1,4 +1,5 @@
-"""A fake OpenAI Realtime upstream, for your tests and for ``navai-mw demo``.
+"""Fake upstreams, for your tests and for ``navai-mw demo``: OpenAI Realtime
+and ElevenLabs text-to-speech.
 
 :class:`FakeOpenAIRealtime` is an ASGI app that answers
 ``POST /v1/realtime/client_secrets`` the way OpenAI does, records every
@@ -19,14 +20,41 @@ request it gets, and can be told to misbehave::
     fake.stall(5.0)                # answer only after five seconds
     fake.return_garbage()          # 200 with a body that is not JSON
 
-In-process, use :meth:`~FakeOpenAIRealtime.sync_transport` or
-:meth:`~FakeOpenAIRealtime.async_transport`; for a real server on loopback,
-:meth:`~FakeOpenAIRealtime.serve` (needs uvicorn, the ``server`` extra).
 Its secrets start with ``ek_fake_`` and work nowhere.
+
+:class:`FakeElevenLabs` answers ``POST /v1/text-to-speech/{voice_id}`` the
+way ElevenLabs does, with a few hundred bytes of made-up audio that
+:meth:`~FakeElevenLabs.audio_for` predicts, and misbehaves on request the
+same way (but for ``return_garbage``)::
+
+    from navai_mw import HttpRequest
+    from navai_mw.testing import FakeElevenLabs
+
+    fake = FakeElevenLabs(api_key="xi-test")
+    request = HttpRequest(
+        method="POST",
+        url=f"{fake.base_url}/v1/text-to-speech/voice123?output_format=pcm_16000",
+        headers=(("xi-api-key", "xi-test"), ("content-type", "application/json")),
+        body=b'{"text": "Hello", "model_id": "eleven_multilingual_v2"}',
+    )
+    with fake.sync_transport() as transport:
+        response = transport.send(request, timeout=5)
+    assert response.status == 200
+    assert response.header("content-type") == "audio/pcm"
+    assert response.body == fake.audio_for("Hello", "voice123", "pcm_16000")
+    assert fake.requests[0].query == {"output_format": "pcm_16000"}
+
+    fake.fail(503, "Busy", times=1)  # {"detail": {"status": ..., "message": "Busy"}}
+    fake.rate_limit(retry_after="3")  # 429, "Too many concurrent requests"
+
+In-process, reach either fake with its ``sync_transport()`` or
+``async_transport()``; for a real server on loopback, ``serve()`` it (needs
+uvicorn, the ``server`` extra).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import socket
@@ -35,7 +63,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
+from http import HTTPStatus
 from typing import Any
+from urllib.parse import parse_qsl, quote, unquote
 
 import anyio
 import attrs
@@ -43,21 +73,25 @@ import httpx
 
 from .transports import HttpxAsyncTransport, HttpxSyncTransport
 
-__all__ = ["FakeOpenAIRealtime", "RecordedRequest"]
+__all__ = ["FakeElevenLabs", "FakeOpenAIRealtime", "RecordedRequest"]
 
 CLIENT_SECRETS_PATH = "/v1/realtime/client_secrets"
+TEXT_TO_SPEECH_PATH = "/v1/text-to-speech/"
+DEFAULT_OUTPUT_FORMAT = "mp3_44100_128"
 
 
 @attrs.frozen
 class RecordedRequest:
-    """One request the fake received: method, path, headers (lower-case
-    names), raw body, and the body parsed as JSON (None if it is not)."""
+    """One request the fake received: method, path (URL-decoded), headers
+    (lower-case names), raw body, the body parsed as JSON (None if it is
+    not), and the query parameters (the last value of each name)."""
 
     method: str
     path: str
     headers: dict[str, str] = attrs.field(repr=False)
     body: bytes
     json: Any
+    query: dict[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -77,33 +111,31 @@ class _Reply:
     body: bytes
 
 
-def _error_reply(status: int, message: str, kind: str, **headers: str) -> _Reply:
-    body = json.dumps(
-        {"error": {"message": message, "type": kind, "param": None, "code": None}}
-    ).encode()
+def _json_reply(status: int, payload: Any, **headers: str) -> _Reply:
     pairs = [
         ("content-type", "application/json"),
         *((k.replace("_", "-"), v) for k, v in headers.items()),
     ]
-    return _Reply(0.0, status, pairs, body)
+    return _Reply(0.0, status, pairs, json.dumps(payload).encode())
 
 
-class FakeOpenAIRealtime:
-    """An ASGI app that mints fake client secrets like OpenAI.
+def _error_reply(status: int, message: str, kind: str, **headers: str) -> _Reply:
+    """OpenAI's error shape."""
+    error = {"message": message, "type": kind, "param": None, "code": None}
+    return _json_reply(status, {"error": error}, **headers)
 
-    ``api_key``, when given, is the only key accepted (others get OpenAI's
-    401). ``clock`` gives the Unix time used for ``expires_at``.
-    """
 
-    def __init__(
-        self,
-        *,
-        api_key: str | None = None,
-        clock: Callable[[], float] = time.time,
-        base_url: str = "http://fake-openai.invalid/v1",
-    ) -> None:
-        self.api_key = api_key
-        self.clock = clock
+def _detail_reply(status: int, detail_status: str, message: str, **headers: str) -> _Reply:
+    """ElevenLabs' error shape."""
+    return _json_reply(status, {"detail": {"status": detail_status, "message": message}}, **headers)
+
+
+class _ScriptedUpstream:
+    """What the fakes share: the script of behaviours, the record of
+    requests, the ASGI plumbing and the ways to reach them. A subclass
+    answers one recorded request in :meth:`_answer`."""
+
+    def __init__(self, base_url: str) -> None:
         self.base_url = base_url
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
@@ -119,27 +151,9 @@ class FakeOpenAIRealtime:
             else:
                 self._queue.extend([behaviour] * times)
 
-    def fail(
-        self,
-        status: int = 500,
-        message: str = "The server had an error.",
-        *,
-        times: int | None = None,
-    ) -> None:
-        """Answer ``status`` with OpenAI's JSON error body (every time, or ``times`` times)."""
-        self._set(_Behaviour("fail", status=status, message=message), times)
-
-    def return_garbage(self, *, times: int | None = None) -> None:
-        """Answer 200 with a body that is not JSON."""
-        self._set(_Behaviour("garbage"), times)
-
     def stall(self, seconds: float, *, times: int | None = None) -> None:
         """Wait ``seconds`` before answering (normally)."""
         self._set(_Behaviour("stall", seconds=seconds), times)
-
-    def rate_limit(self, retry_after: str = "20", *, times: int | None = None) -> None:
-        """Answer 429 with ``Retry-After``."""
-        self._set(_Behaviour("rate_limit", retry_after=retry_after), times)
 
     def reset(self) -> None:
         """Forget scripted behaviour and recorded requests."""
@@ -154,12 +168,135 @@ class FakeOpenAIRealtime:
         with self._lock:
             return self._queue.popleft() if self._queue else self._default
 
-    def _reply(self, method: str, path: str, headers: dict[str, str], body: bytes) -> _Reply:
+    def _reply(
+        self, method: str, raw_path: str, query: str, headers: dict[str, str], body: bytes
+    ) -> _Reply:
+        """Record the request (``raw_path`` still percent-encoded, without
+        the query) and answer it."""
         try:
             payload = json.loads(body)
         except ValueError:
             payload = None
-        self.requests.append(RecordedRequest(method, path, headers, body, payload))
+        params = dict(parse_qsl(query, keep_blank_values=True))
+        request = RecordedRequest(method, unquote(raw_path), headers, body, payload, params)
+        self.requests.append(request)
+        return self._answer(request, raw_path)
+
+    def _answer(self, request: RecordedRequest, raw_path: str) -> _Reply:
+        raise NotImplementedError
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        raw = scope.get("raw_path")
+        raw_path = raw.decode("latin-1").partition("?")[0] if raw else quote(scope["path"])
+        query = scope.get("query_string", b"").decode("latin-1")
+        reply = self._reply(scope["method"], raw_path, query, headers, bytes(body))
+        if reply.delay:
+            await anyio.sleep(reply.delay)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": reply.status,
+                "headers": [(k.encode(), v.encode()) for k, v in reply.headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": reply.body})
+
+    # -- ways to reach it ---------------------------------------------------------
+
+    def _handle_sync(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        reply = self._reply(
+            request.method,
+            url.raw_path.decode("ascii").partition("?")[0],
+            url.query.decode("ascii"),
+            dict(request.headers),
+            request.read(),
+        )
+        if reply.delay:
+            time.sleep(reply.delay)
+        return httpx.Response(reply.status, headers=reply.headers, content=reply.body)
+
+    def sync_transport(self) -> HttpxSyncTransport:
+        """A sync transport that reaches this fake in-process (no sockets).
+
+        A stall blocks for its full length here; to test timeouts on the sync
+        side, ``serve()`` the fake on loopback instead.
+        """
+        return HttpxSyncTransport(httpx.Client(transport=httpx.MockTransport(self._handle_sync)))
+
+    def async_transport(self) -> HttpxAsyncTransport:
+        """An async transport that reaches this fake in-process (no sockets)."""
+        return HttpxAsyncTransport(httpx.AsyncClient(transport=httpx.ASGITransport(app=self)))
+
+    @contextmanager
+    def _serving(self, host: str, port: int, suffix: str) -> Iterator[str]:
+        with serve_asgi(self, host=host, port=port) as url:
+            previous, self.base_url = self.base_url, f"{url}{suffix}"
+            try:
+                yield self.base_url
+            finally:
+                self.base_url = previous
+
+
+class FakeOpenAIRealtime(_ScriptedUpstream):
+    """An ASGI app that mints fake client secrets like OpenAI.
+
+    ``api_key``, when given, is the only key accepted (others get OpenAI's
+    401). ``clock`` gives the Unix time used for ``expires_at``.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        clock: Callable[[], float] = time.time,
+        base_url: str = "http://fake-openai.invalid/v1",
+    ) -> None:
+        super().__init__(base_url)
+        self.api_key = api_key
+        self.clock = clock
+
+    # -- telling it what to do ------------------------------------------------
+
+    def fail(
+        self,
+        status: int = 500,
+        message: str = "The server had an error.",
+        *,
+        times: int | None = None,
+    ) -> None:
+        """Answer ``status`` with OpenAI's JSON error body (every time, or ``times`` times)."""
+        self._set(_Behaviour("fail", status=status, message=message), times)
+
+    def return_garbage(self, *, times: int | None = None) -> None:
+        """Answer 200 with a body that is not JSON."""
+        self._set(_Behaviour("garbage"), times)
+
+    def rate_limit(self, retry_after: str = "20", *, times: int | None = None) -> None:
+        """Answer 429 with ``Retry-After``."""
+        self._set(_Behaviour("rate_limit", retry_after=retry_after), times)
+
+    # -- answering --------------------------------------------------------------
+
+    def _answer(self, request: RecordedRequest, raw_path: str) -> _Reply:
+        method, path = request.method, request.path
         if path.rstrip("/") != CLIENT_SECRETS_PATH or method != "POST":
             return _error_reply(404, f"Invalid URL ({method} {path})", "invalid_request_error")
         behaviour = self._next()
@@ -171,7 +308,7 @@ class FakeOpenAIRealtime:
             )
         if behaviour.kind == "garbage":
             return _Reply(0.0, 200, [("content-type", "text/html")], b"<html>upstream proxy</html>")
-        reply = self._mint(headers, payload)
+        reply = self._mint(request.headers, request.json)
         return attrs.evolve(reply, delay=behaviour.seconds)
 
     def _mint(self, headers: dict[str, str], payload: Any) -> _Reply:
@@ -203,66 +340,127 @@ class FakeOpenAIRealtime:
         ).encode()
         return _Reply(0.0, 200, [("content-type", "application/json")], body)
 
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
-            return
-        body = bytearray()
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        reply = self._reply(scope["method"], scope["path"], headers, bytes(body))
-        if reply.delay:
-            await anyio.sleep(reply.delay)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": reply.status,
-                "headers": [(k.encode(), v.encode()) for k, v in reply.headers],
-            }
-        )
-        await send({"type": "http.response.body", "body": reply.body})
-
     # -- ways to reach it ---------------------------------------------------------
-
-    def _handle_sync(self, request: httpx.Request) -> httpx.Response:
-        reply = self._reply(request.method, request.url.path, dict(request.headers), request.read())
-        if reply.delay:
-            time.sleep(reply.delay)
-        return httpx.Response(reply.status, headers=reply.headers, content=reply.body)
-
-    def sync_transport(self) -> HttpxSyncTransport:
-        """A sync transport that reaches this fake in-process (no sockets).
-
-        A stall blocks for its full length here; to test timeouts on the sync
-        side, :meth:`serve` the fake on loopback instead.
-        """
-        return HttpxSyncTransport(httpx.Client(transport=httpx.MockTransport(self._handle_sync)))
-
-    def async_transport(self) -> HttpxAsyncTransport:
-        """An async transport that reaches this fake in-process (no sockets)."""
-        return HttpxAsyncTransport(httpx.AsyncClient(transport=httpx.ASGITransport(app=self)))
 
     @contextmanager
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
         """Serve the fake with uvicorn on ``host``; yields its base URL
         (``http://127.0.0.1:PORT/v1``, ready for ``openai_base_url``)."""
-        with serve_asgi(self, host=host, port=port) as url:
-            previous, self.base_url = self.base_url, f"{url}/v1"
-            try:
-                yield self.base_url
-            finally:
-                self.base_url = previous
+        with self._serving(host, port, "/v1") as url:
+            yield url
+
+
+# Output format prefix -> (content type, first bytes of the made-up audio).
+# Any other format is answered as MP3, ElevenLabs' default.
+_AUDIO_FORMATS: dict[str, tuple[str, bytes]] = {
+    "mp3": ("audio/mpeg", b"ID3"),
+    "pcm": ("audio/pcm", b""),
+    "wav": ("audio/wav", b"RIFF"),
+    "ulaw": ("audio/basic", b""),
+}
+
+
+def _audio_format(output_format: str) -> tuple[str, bytes]:
+    return _AUDIO_FORMATS.get(output_format.partition("_")[0], _AUDIO_FORMATS["mp3"])
+
+
+def _detail_status(status: int) -> str:
+    """``service_unavailable`` for 503, and so on."""
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "error"
+
+
+class FakeElevenLabs(_ScriptedUpstream):
+    """An ASGI app that speaks made-up audio like ElevenLabs' text-to-speech.
+
+    It answers ``POST /v1/text-to-speech/{voice_id}`` (query
+    ``output_format``, default ``mp3_44100_128``) with
+    :meth:`audio_for` the body's ``text``, and everything else with a 404.
+    ``api_key``, when given, is the only ``xi-api-key`` accepted (others,
+    and none, get a 401); without it any key, or none, is accepted.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str = "http://fake-elevenlabs.invalid",
+    ) -> None:
+        super().__init__(base_url)
+        self.api_key = api_key
+
+    # -- telling it what to do ------------------------------------------------
+
+    def fail(
+        self,
+        status: int = 500,
+        message: str = "An internal server error occurred.",
+        *,
+        times: int | None = None,
+    ) -> None:
+        """Answer ``status`` with ElevenLabs' JSON error body,
+        ``{"detail": {"status": ..., "message": message}}`` (every time, or
+        ``times`` times)."""
+        self._set(_Behaviour("fail", status=status, message=message), times)
+
+    def rate_limit(self, retry_after: str = "20", *, times: int | None = None) -> None:
+        """Answer 429 "Too many concurrent requests" with ``Retry-After``."""
+        self._set(_Behaviour("rate_limit", retry_after=retry_after), times)
+
+    # -- answering --------------------------------------------------------------
+
+    def audio_for(
+        self, text: str, voice_id: str, output_format: str = DEFAULT_OUTPUT_FORMAT
+    ) -> bytes:
+        """The audio this fake answers for ``text`` in ``voice_id``: a short
+        header for the format (``ID3`` for MP3, ``RIFF`` for WAV, none for
+        PCM and μ-law), then a SHA-256 of the three, repeated to 256 bytes.
+        The same inputs always give the same bytes, different ones differ."""
+        digest = hashlib.sha256(json.dumps([text, voice_id, output_format]).encode()).digest()
+        return _audio_format(output_format)[1] + digest * 8
+
+    def _answer(self, request: RecordedRequest, raw_path: str) -> _Reply:
+        prefix, _, segment = raw_path.rpartition("/")
+        if request.method != "POST" or f"{prefix}/" != TEXT_TO_SPEECH_PATH or not segment:
+            return _detail_reply(404, "not_found", "Not found")
+        behaviour = self._next()
+        if behaviour.kind == "fail":
+            status = behaviour.status
+            return _detail_reply(status, _detail_status(status), behaviour.message)
+        if behaviour.kind == "rate_limit":
+            return _detail_reply(
+                429,
+                "too_many_concurrent_requests",
+                "Too many concurrent requests",
+                retry_after=behaviour.retry_after,
+            )
+        reply = self._speak(request, unquote(segment))
+        return attrs.evolve(reply, delay=behaviour.seconds)
+
+    def _speak(self, request: RecordedRequest, voice_id: str) -> _Reply:
+        if self.api_key is not None and request.headers.get("xi-api-key") != self.api_key:
+            return _detail_reply(401, "invalid_api_key", "Invalid API key")
+        payload = request.json
+        text = payload.get("text") if isinstance(payload, dict) else None
+        if not isinstance(text, str) or not text:
+            missing = {"loc": ["body", "text"], "msg": "field required"}
+            return _json_reply(422, {"detail": [{**missing, "type": "value_error.missing"}]})
+        output_format = request.query.get("output_format") or DEFAULT_OUTPUT_FORMAT
+        content_type = _audio_format(output_format)[0]
+        audio = self.audio_for(text, voice_id, output_format)
+        return _Reply(0.0, 200, [("content-type", content_type)], audio)
+
+    # -- ways to reach it ---------------------------------------------------------
+
+    @contextmanager
+    def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+        """Serve the fake with uvicorn on ``host``; yields its base URL
+        (``http://127.0.0.1:PORT``, no ``/v1``: ElevenLabs' base URL is the
+        host, and its clients append ``/v1/text-to-speech/...``)."""
+        with self._serving(host, port, "") as url:
+            yield url
 
 
 @contextmanager

@@ -266,7 +266,7 @@ def test_the_list_names_describes_and_orders_as_given() -> None:
 
 
 def test_duplicates_in_code_are_renamed_with_a_warning() -> None:
-    def getWeather() -> int:  # noqa: N802 - the camelCase spelling is the point
+    def getWeather() -> int:
         return 2
 
     registry = load_navai_functions([get_weather, getWeather])
@@ -385,7 +385,8 @@ def test_any_other_exception_is_a_500_without_its_text(caplog: pytest.LogCapture
             assert response.json() == {"ok": False, "error": "Backend function failed."}
             assert CANARY_KEY not in response.text
             records = [r for r in caplog.records if "explode" in r.getMessage()]
-            assert records and records[0].exc_info is not None  # the traceback is logged
+            assert records
+            assert records[0].exc_info is not None  # the traceback is logged
 
 
 @pytest.mark.parametrize("name", ["unencodable", "not_a_number"])
@@ -453,8 +454,12 @@ def test_fifty_sync_calls_run_at_once_on_both_shells() -> None:
     with both_shells(functions=[meet], function_workers=IN_FLIGHT) as shells:
         for _, request in shells:
             barrier.reset()
+
+            def call(_: int, request: Request = request) -> httpx.Response:
+                return execute(request, "meet")
+
             with ThreadPoolExecutor(IN_FLIGHT) as pool:
-                responses = list(pool.map(lambda _: execute(request, "meet"), range(IN_FLIGHT)))
+                responses = list(pool.map(call, range(IN_FLIGHT)))
             assert [r.status_code for r in responses] == [200] * IN_FLIGHT
             assert sorted(r.json()["result"] for r in responses) == list(range(IN_FLIGHT))
 
@@ -482,9 +487,7 @@ def test_fifty_async_calls_run_at_once_under_asgi() -> None:
         app = NavaiASGIMiddleware(hello_asgi, opts, transport=upstream, functions=[meet])
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
-            calls = [
-                client.post(EXECUTE, json={"function_name": "meet"}) for _ in range(IN_FLIGHT)
-            ]
+            calls = [client.post(EXECUTE, json={"function_name": "meet"}) for _ in range(IN_FLIGHT)]
             responses = await asyncio.gather(*calls)
         await upstream.aclose()
         return responses
