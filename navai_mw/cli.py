@@ -1,13 +1,18 @@
-"""The ``navai-mw`` command: a standalone token server, and an offline demo.
+"""The ``navai-mw`` command: a standalone NAVAI backend, an offline demo, and
+a look at the backend functions a folder holds.
 
 ::
 
-    navai-mw serve    # real client secrets; options from the environment
-    navai-mw demo     # the whole flow offline, against an embedded fake OpenAI
+    navai-mw serve      # real client secrets; options from the environment
+    navai-mw demo       # the whole flow offline, against an embedded fake OpenAI
+    navai-mw functions  # what serve would load from here, and what failed
 
-Both run uvicorn (the ``server`` extra) with ``POST /navai/realtime/client-secret``
-(``--path``) and ``GET /health``, and print where they listen, the
-configuration in effect and a ``curl`` line that mints a token. Promises:
+``serve`` and ``demo`` run uvicorn (the ``server`` extra) with every navai
+route (the client secret at ``--path``, the backend functions, speech) and
+``GET /health``, and print where they listen, the configuration in effect,
+the functions loaded and a ``curl`` line that mints a token. The demo
+serves its own example functions and, with ``--speech``, a fake ElevenLabs;
+it ignores every credential in the environment. Promises:
 
 * the API key is never printed, whatever the configuration;
 * a configuration mistake (environment or flags), a port already in use or a
@@ -36,13 +41,15 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from . import _demo_functions
 from ._endpoint import DEFAULT_PATH
 from ._env import get_cors_origins_from_env, get_navai_voice_backend_options_from_env
 from ._errors import NavaiError
 from ._guard import Guard
 from ._models import DEFAULT_INSTRUCTIONS, DEFAULT_MODEL, DEFAULT_VOICE, NavaiVoiceBackendOptions
 from .asgi import ASGIApp, Message, NavaiASGIMiddleware, Receive, Scope, Send
-from .testing import FakeOpenAIRealtime
+from .functions import FunctionRegistry, load_navai_functions
+from .testing import FakeElevenLabs, FakeOpenAIRealtime
 
 __all__ = ["main"]
 
@@ -55,6 +62,12 @@ HEALTH_PATH: Final = "/health"
 # The demo's fake upstream accepts this key and no other. It is not a secret
 # (it opens nothing), but it is still never printed, like any key.
 DEMO_API_KEY: Final = "sk-navai-demo-made-up-key"
+DEMO_ELEVENLABS_KEY: Final = "xi-navai-demo-made-up-key"
+DEMO_VOICE_ID: Final = "demo-voice"
+# What the demo drops from the environment: every credential and upstream,
+# so that offline means offline.
+_DEMO_DROPPED_PREFIXES: Final = ("OPENAI_", "AZURE_", "ELEVENLABS_")
+_DEMO_DROPPED: Final = frozenset({"NAVAI_TTS_PROVIDER", "NAVAI_FUNCTIONS_FOLDERS"})
 # Instructions can run to paragraphs; the banner shows their start.
 _SHOWN_CHARS: Final = 60
 _PORT: Final = re.compile(r"[0-9]{1,5}")
@@ -112,6 +125,25 @@ def _parser() -> argparse.ArgumentParser:
             help="browser origin allowed to call from elsewhere ('*' for any); repeat it "
             "or separate with commas (default: $NAVAI_CORS_ORIGIN, else CORS off)",
         )
+        if name == "demo":
+            command.add_argument(
+                "--speech",
+                action="store_true",
+                help="voice answers with an embedded fake ElevenLabs (the session then "
+                "answers in text, as with NAVAI_TTS_PROVIDER=elevenlabs)",
+            )
+    summary = "list the backend functions serve would load here, and what failed to load"
+    listing = commands.add_parser("functions", help=summary, description=summary)
+    listing.add_argument(
+        "--base-dir", help="where to look (default: $NAVAI_FUNCTIONS_BASE_DIR, else here)"
+    )
+    listing.add_argument(
+        "--folders",
+        help="comma-separated folders, globs or files (default: $NAVAI_FUNCTIONS_FOLDERS, "
+        "else src/ai/functions-modules)",
+    )
+    listing.add_argument("--agents", help="agent folders (default: $NAVAI_AGENTS_FOLDERS)")
+    listing.add_argument("--json", action="store_true", help="print JSON, as the route answers")
     return parser
 
 
@@ -124,6 +156,8 @@ def _fail(message: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "functions":
+        return _list_functions(args)
     try:
         import uvicorn
     except ImportError:
@@ -131,9 +165,19 @@ def _run(args: argparse.Namespace) -> int:
     demo = args.command == "demo"
     env = dict(os.environ)
     if demo:
-        # The user's real key must not leave for the fake, nor be used at all.
+        # No real key may leave for a fake, nor be used at all.
+        env = {
+            name: value
+            for name, value in env.items()
+            if not name.startswith(_DEMO_DROPPED_PREFIXES) and name not in _DEMO_DROPPED
+        }
         env["OPENAI_API_KEY"] = DEMO_API_KEY
-        env.pop("OPENAI_BASE_URL", None)  # the fake's URL is known once it runs
+        if args.speech:
+            env.update(
+                NAVAI_TTS_PROVIDER="elevenlabs",
+                ELEVENLABS_API_KEY=DEMO_ELEVENLABS_KEY,
+                ELEVENLABS_VOICE_ID=DEMO_VOICE_ID,
+            )
     try:
         port = args.port if args.port is not None else _port_from_env(env)
         opts = get_navai_voice_backend_options_from_env(env)
@@ -156,18 +200,35 @@ def _run(args: argparse.Namespace) -> int:
         if demo:
             fake = FakeOpenAIRealtime(api_key=DEMO_API_KEY)
             opts = attrs.evolve(opts, openai_base_url=stack.enter_context(fake.serve()))
+            if args.speech:
+                voice = FakeElevenLabs(api_key=DEMO_ELEVENLABS_KEY)
+                opts = attrs.evolve(opts, elevenlabs_base_url=stack.enter_context(voice.serve()))
             # Both uvicorns log through the same loggers: keep the fake's
             # shutdown, which comes after the token server's, out of sight.
             stack.callback(logging.getLogger("uvicorn.error").setLevel, logging.WARNING)
         try:
             app = NavaiASGIMiddleware(
-                _own_routes(args.path), opts, path=args.path, cors_origins=cors
+                _own_routes(args.path),
+                opts,
+                path=args.path,
+                cors_origins=cors,
+                functions=[_demo_functions] if demo else None,
             )
         except (NavaiError, ValueError) as exc:
             return _fail(str(exc))
         host, bound_port = listener.getsockname()[:2]
+        endpoint = app.endpoint
         print(
-            _banner(host, bound_port, args.path, opts, cors, app.endpoint.guard, demo=demo),
+            _banner(
+                host,
+                bound_port,
+                args.path,
+                opts,
+                cors,
+                endpoint.guard,
+                endpoint.functions,
+                demo=demo,
+            ),
             flush=True,
         )
         if _unguarded(opts, app.endpoint.guard, demo=demo):
@@ -229,6 +290,47 @@ def _sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _list_functions(args: argparse.Namespace) -> int:
+    """``navai-mw functions``: status 1 when a module failed to load."""
+    registry = load_navai_functions(
+        base_dir=args.base_dir, functions_folders=args.folders, agents_folders=args.agents
+    )
+    if args.json:
+        items = [
+            {"name": item.name, "description": item.description, "source": item.source}
+            for item in registry.ordered
+        ]
+        print(json.dumps({"items": items, "warnings": list(registry.warnings)}, indent=2))
+    else:
+        print(_describe_functions(registry))
+    return 1 if any(warning.startswith(_FAILED) for warning in registry.warnings) else 0
+
+
+_FAILED: Final = "[navai] Failed to load "
+
+
+def _describe_functions(registry: FunctionRegistry) -> str:
+    count = len(registry.ordered)
+    lines = [f"{count} backend function{'' if count == 1 else 's'}"]
+    lines += [
+        f"  {item.name:<24} {_short(item.description)}  ({item.source})"
+        for item in registry.ordered
+    ]
+    if registry.warnings:
+        lines += ["", "warnings:", *(f"  {warning}" for warning in registry.warnings)]
+    return "\n".join(lines)
+
+
+def _functions_banner(base: str, registry: FunctionRegistry) -> str:
+    return "\n".join(
+        [
+            f"Backend functions (GET {base}/navai/functions, POST {base}/navai/functions/execute):",
+            *(f"  {line}" for line in _describe_functions(registry).splitlines()),
+            "",
+        ]
+    )
 
 
 # -- the server's own routes ---------------------------------------------------------
@@ -310,6 +412,13 @@ def _short(text: str) -> str:
     return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
 
 
+def _speech_policy(base: str, opts: NavaiVoiceBackendOptions, *, demo: bool) -> str:
+    if opts.tts_provider != "elevenlabs":
+        return "OpenAI voices the session (set NAVAI_TTS_PROVIDER=elevenlabs for ElevenLabs)"
+    where = "a fake ElevenLabs on loopback" if demo else opts.elevenlabs_base_url
+    return f"ElevenLabs ({where}): POST {base}/navai/speech/synthesize"
+
+
 def _cors_policy(origins: Sequence[str] | None) -> str:
     if origins is None:
         return "off (no CORS headers: same-origin pages and non-browser clients only)"
@@ -360,6 +469,7 @@ def _banner(
     opts: NavaiVoiceBackendOptions,
     cors: Sequence[str] | None,
     guard: Guard,
+    functions: FunctionRegistry,
     *,
     demo: bool,
 ) -> str:
@@ -376,6 +486,7 @@ def _banner(
         ("voice accent", opts.default_voice_accent),
         ("voice tone", opts.default_voice_tone),
         ("secret TTL", f"{opts.client_secret_ttl_seconds} s"),
+        ("speech", _speech_policy(base, opts, demo=demo)),
         ("CORS origins", _cors_policy(cors)),
         ("authorization", _auth_policy(guard)),
         ("rate limit", _limit_policy(guard)),
@@ -394,8 +505,8 @@ def _banner(
     lines += ["", *(f"  {name:<15} {value}" for name, value in settings if value is not None)]
     if _unguarded(opts, guard, demo=demo):
         lines += ["", f"WARNING: {UNGUARDED_WARNING}"]
+    lines += ["", _functions_banner(base, functions)]
     lines += [
-        "",
         "Mint a token:",
         "  " + _curl_command(f"{base}{token_path}", needs_api_key=needs_api_key),
     ]

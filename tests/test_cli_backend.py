@@ -1,0 +1,156 @@
+"""The command line's NAVAI routes: the demo's example functions and fake
+ElevenLabs (with every credential in the environment ignored), ``serve``
+loading a project's function folders, and ``navai-mw functions``."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from navai_mw.cli import DEMO_VOICE_ID, main
+from navai_mw.testing import FakeElevenLabs
+
+from .conftest import CANARY_KEY
+from .test_cli import Cli, _env, _free_port, started  # noqa: F401 - a fixture
+
+FOLDER = "src/ai/functions-modules"
+
+
+def _project(root: Path) -> Path:
+    tools = root / FOLDER
+    tools.mkdir(parents=True)
+    (tools / "weather.py").write_text(
+        "def getWeather(city):\n    '''Tell the weather.'''\n    return {'city': city}\n"
+    )
+    (tools / "broken.py").write_text("raise RuntimeError('no database')\n")
+    return root
+
+
+def test_demo_serves_example_functions_and_fake_speech_offline(started: list[Cli]) -> None:
+    port = _free_port()
+    # Real-looking credentials and upstreams: none may be used or printed.
+    env = _env(
+        OPENAI_API_KEY=CANARY_KEY,
+        ELEVENLABS_API_KEY=CANARY_KEY,
+        ELEVENLABS_BASE_URL="http://127.0.0.1:9",
+        AZURE_OPENAI_API_KEY=CANARY_KEY,
+        NAVAI_FUNCTIONS_FOLDERS="nowhere",
+    )
+    cli = Cli("demo", "--port", str(port), "--speech", env=env)
+    started.append(cli)
+    banner = cli.banner()
+    assert "add_numbers" in banner
+    assert "spell_word" in banner
+    assert "ElevenLabs (a fake ElevenLabs on loopback)" in banner
+    base = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=base, timeout=10) as client:
+        listed = client.get("/navai/functions").json()
+        assert [item["name"] for item in listed["items"]] == [
+            "add_numbers",
+            "get_server_time",
+            "spell_word",
+        ]
+        assert listed["warnings"] == []
+        ran = client.post(
+            "/navai/functions/execute",
+            json={"function_name": "add_numbers", "payload": {"a": 2, "b": 3}},
+        )
+        assert ran.json()["result"] == 5
+        spelled = client.post(
+            "/navai/functions/execute",
+            json={"function_name": "spell_word", "payload": {"value": " "}},
+        )
+        assert spelled.json() == {
+            "ok": False,
+            "error": "Give a word to spell.",
+            "details": "Give a word to spell.",
+        }
+        speech = client.post("/navai/speech/synthesize", json={"text": "hello"}).json()
+        assert speech["provider"] == "elevenlabs"
+        assert speech["mimeType"] == "audio/mpeg"
+        expected = FakeElevenLabs().audio_for("hello", DEMO_VOICE_ID)
+        assert base64.b64decode(speech["audioBase64"]) == expected
+        secret = client.post("/navai/realtime/client-secret", json={}).json()
+        assert secret["speech"] == {"provider": "elevenlabs"}
+        assert secret["value"].startswith("ek_fake_")
+    assert cli.stop(signal.SIGINT) == 0
+    assert CANARY_KEY not in cli.output
+    assert "Traceback" not in cli.output
+
+
+def test_demo_without_speech_says_so(started: list[Cli]) -> None:
+    port = _free_port()
+    cli = Cli("demo", "--port", str(port), env=_env(NAVAI_TTS_PROVIDER="elevenlabs"))
+    started.append(cli)
+    banner = cli.banner()
+    assert "OpenAI voices the session" in banner
+    answer = httpx.post(
+        f"http://127.0.0.1:{port}/navai/speech/synthesize", json={"text": "hi"}, timeout=10
+    )
+    assert answer.status_code == 404
+    assert answer.json() == {
+        "error": 'Speech synthesis is only available when NAVAI_TTS_PROVIDER is set to "elevenlabs".'
+    }
+    assert cli.stop(signal.SIGTERM) == 0
+
+
+def test_serve_loads_the_projects_functions_and_lists_what_failed(
+    started: list[Cli], served_fake: str, tmp_path: Path
+) -> None:
+    project = _project(tmp_path)
+    port = _free_port()
+    env = _env(
+        OPENAI_API_KEY=CANARY_KEY,
+        OPENAI_BASE_URL=served_fake,
+        NAVAI_FUNCTIONS_BASE_DIR=str(project),
+    )
+    cli = Cli("serve", "--port", str(port), env=env)
+    started.append(cli)
+    banner = cli.banner()
+    assert "1 backend function" in banner
+    assert f"get_weather              Tell the weather.  ({FOLDER}/weather.py#getWeather)" in banner
+    failed = f"[navai] Failed to load {FOLDER}/broken.py: RuntimeError: no database"
+    assert failed in banner
+    ran = httpx.post(
+        f"http://127.0.0.1:{port}/navai/functions/execute",
+        json={"function_name": "get_weather", "payload": {"city": "Lima"}},
+        timeout=10,
+    )
+    assert ran.json()["result"] == {"city": "Lima"}
+    assert cli.stop(signal.SIGINT) == 0
+    assert CANARY_KEY not in cli.output
+
+
+def test_the_functions_command_lists_and_fails_on_a_broken_module(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = _project(tmp_path)
+    monkeypatch.chdir(project)
+    for name in ("NAVAI_FUNCTIONS_FOLDERS", "NAVAI_FUNCTIONS_BASE_DIR", "NAVAI_AGENTS_FOLDERS"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["functions"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("1 backend function\n")
+    assert "get_weather" in out
+    assert "Failed to load" in out
+
+    (project / FOLDER / "broken.py").unlink()
+    assert main(["functions", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "items": [
+            {
+                "name": "get_weather",
+                "description": "Tell the weather.",
+                "source": f"{FOLDER}/weather.py#getWeather",
+            }
+        ],
+        "warnings": [],
+    }
+    # Flags choose where to look; a folder that holds nothing says so.
+    assert main(["functions", "--base-dir", str(project), "--folders", "src/other"]) == 0
+    assert "NAVAI_FUNCTIONS_FOLDERS did not match any module" in capsys.readouterr().out
