@@ -12,11 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from navai_mw._speech import NOT_ENABLED
 from navai_mw.cli import DEMO_VOICE_ID, main
 from navai_mw.testing import FakeElevenLabs
 
 from .conftest import CANARY_KEY
-from .test_cli import Cli, _env, _free_port, started  # noqa: F401 - a fixture
+from .test_cli import Cli, _env, _free_port
+from .test_cli import started as started  # a fixture
 
 FOLDER = "src/ai/functions-modules"
 
@@ -93,9 +95,7 @@ def test_demo_without_speech_says_so(started: list[Cli]) -> None:
         f"http://127.0.0.1:{port}/navai/speech/synthesize", json={"text": "hi"}, timeout=10
     )
     assert answer.status_code == 404
-    assert answer.json() == {
-        "error": 'Speech synthesis is only available when NAVAI_TTS_PROVIDER is set to "elevenlabs".'
-    }
+    assert answer.json() == {"error": NOT_ENABLED}
     assert cli.stop(signal.SIGTERM) == 0
 
 
