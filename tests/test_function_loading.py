@@ -28,8 +28,8 @@ def write(root: Path, relative: str, source: str) -> Path:
     return path
 
 
-def names(root: Path, **keywords: str) -> list[str]:
-    return load_navai_functions(base_dir=root, env={}, **keywords).names
+def names(root: Path) -> list[str]:
+    return load_navai_functions(base_dir=root, env={}).names
 
 
 def test_hyphenated_folders_and_dots_in_names_load(tmp_path: Path) -> None:
