@@ -597,3 +597,36 @@ def test_the_function_routes_pass_the_guard_and_count_apart() -> None:
             # Minting is another group, with no limit here.
             mint = request("POST", "/navai/realtime/client-secret", json={}, headers=alice)
             assert mint.status_code == 200
+
+
+def test_sync_and_async_functions_run_under_trio_too() -> None:
+    fake = FakeOpenAIRealtime(api_key=CANARY_KEY)
+    opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, openai_base_url=fake.base_url)
+
+    async def main() -> list[httpx.Response]:
+        app = NavaiASGIMiddleware(
+            hello_asgi,
+            opts,
+            transport=fake.async_transport(),
+            functions=FUNCTIONS,
+            function_timeout_seconds=0.2,
+        )
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+            responses = [
+                await client.post(EXECUTE, json={"function_name": name, "payload": payload})
+                for name, payload in (
+                    ("add", {"args": [2, 3]}),
+                    ("double", {"value": 5}),
+                    ("sleepy", {"value": 2}),
+                    ("refuse", {"value": "no"}),
+                )
+            ]
+        await app.aclose()
+        return responses
+
+    added, doubled, late, refused = anyio.run(main, backend="trio")
+    assert added.json()["result"] == 5
+    assert doubled.json()["result"] == 10
+    assert late.status_code == 504
+    assert refused.json()["details"] == "Cannot do that: no"
