@@ -24,7 +24,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, wait
 from queue import SimpleQueue
 from typing import Any, Final
@@ -124,7 +124,20 @@ def _finished(future: Future[Any]) -> FunctionOutcome:
     exc = future.exception()
     if exc is not None:
         return FunctionOutcome(error=exc)
-    return FunctionOutcome(value=future.result())
+    value = future.result()
+    return value if isinstance(value, FunctionOutcome) else FunctionOutcome(value=value)
+
+
+async def _outcome_of(awaitable: Awaitable[Any]) -> FunctionOutcome:
+    """What an async function gave, on the performer's loop thread. Even a
+    SystemExit is the function's failure here: let out, it would stop the
+    loop that every later call needs."""
+    try:
+        return FunctionOutcome(value=await awaitable)
+    except asyncio.CancelledError:
+        raise  # the call's timeout
+    except BaseException as exc:
+        return FunctionOutcome(error=exc)
 
 
 class _LoopThread:
@@ -134,16 +147,19 @@ class _LoopThread:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread()  # not started: none alive yet
         self._pid = 0
 
     def loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
-            if self._loop is None or self._pid != os.getpid():
+            thread = self._thread
+            if self._loop is None or self._pid != os.getpid() or not thread.is_alive():
                 loop = asyncio.new_event_loop()
-                threading.Thread(
+                thread = threading.Thread(
                     target=loop.run_forever, name="navai-function-loop", daemon=True
-                ).start()
-                self._loop, self._pid = loop, os.getpid()
+                )
+                thread.start()
+                self._loop, self._thread, self._pid = loop, thread, os.getpid()
             return self._loop
 
 
@@ -196,7 +212,9 @@ class SyncEffects:
     def _call(self, effect: CallFunction) -> FunctionOutcome:
         future: Future[Any] | None
         if effect.is_async:
-            future = asyncio.run_coroutine_threadsafe(effect.run(), self._loop_thread.loop())
+            future = asyncio.run_coroutine_threadsafe(
+                _outcome_of(effect.run()), self._loop_thread.loop()
+            )
         else:
             future = self.workers.submit(effect.run)
         if future is None:
@@ -288,10 +306,13 @@ class AsyncEffects:
 
     async def _call(self, effect: CallFunction) -> FunctionOutcome:
         if effect.is_async:
+            cancelled = anyio.get_cancelled_exc_class()
             with anyio.move_on_after(effect.timeout) as scope:
                 try:
                     return FunctionOutcome(value=await effect.run())
-                except Exception as exc:
+                except cancelled:
+                    raise  # the timeout, or the server stopping: not the function's
+                except BaseException as exc:  # SystemExit too: the app's code failed
                     return FunctionOutcome(error=exc)
             assert scope.cancelled_caught
             return FunctionOutcome(timed_out=True)

@@ -430,8 +430,8 @@ class Endpoint:
             )
         if opts.tts_provider == "elevenlabs" and opts.elevenlabs_api_key is None:
             logger.warning(
-                "navai_mw: NAVAI_TTS_PROVIDER is elevenlabs but no ElevenLabs API key is set: "
-                "the speech route will answer 400"
+                "navai_mw: speech is voiced by ElevenLabs but no ElevenLabs API key is set "
+                "(ELEVENLABS_API_KEY): the speech route will answer 400"
             )
         return cls(
             opts,

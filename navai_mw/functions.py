@@ -24,7 +24,8 @@ reference's ``Call exported function x.``.
 Differences from the reference, on purpose: ``.py`` files are loaded, never
 ``__init__.py`` or ``__main__.py``; the walk also skips ``__pycache__``,
 ``site-packages`` and virtual environments (a folder holding
-``pyvenv.cfg``); symbolic links are followed (never around a loop); a
+``pyvenv.cfg``); symbolic links are followed (each real folder once, so
+the walk ends); only ``src/`` is walked, since every pattern is forced there; a
 module inside a package (a folder with ``__init__.py``) is imported as part
 of it, so its relative imports work.
 """
@@ -68,7 +69,7 @@ _NOT_MODULES: Final = frozenset({"__init__.py", "__main__.py"})
 # dot-folders; a Python project adds its caches and installed packages).
 _SKIPPED_FOLDERS: Final = frozenset({"node_modules", "dist", "__pycache__", "site-packages"})
 # The payload keys that are conventions, not a function's arguments.
-_CLASS_KEYS: Final = frozenset({"constructorArgs", "methodArgs"})
+_CONVENTIONS: Final = frozenset({"args", "arguments", "value", "constructorArgs", "methodArgs"})
 
 
 class NavaiFunctionError(Exception):
@@ -271,16 +272,23 @@ def _is_virtualenv(path: str) -> bool:
 
 
 def _scan(base_dir: str) -> list[tuple[str, str]]:
-    """Every ``.py`` file below ``base_dir``: (path relative with ``/``, absolute path)."""
-    found: list[tuple[str, str]] = []
+    """Every ``.py`` file below ``base_dir/src`` (every pattern is forced
+    under ``src/``, so nothing else can match): (path relative to
+    ``base_dir`` with ``/``, absolute path).
 
-    def walk(folder: str, relative: str, ancestors: frozenset[str]) -> None:
+    Links are followed, each real folder walked once (the first path to it
+    in name order wins), so that links cannot make the walk loop or grow.
+    """
+    found: list[tuple[str, str]] = []
+    walked: set[str] = set()
+
+    def walk(folder: str, relative: str) -> None:
         real = os.path.realpath(folder)
-        if real in ancestors:
-            return  # a link back to a folder above: a loop
-        ancestors = ancestors | {real}
+        if real in walked:
+            return
+        walked.add(real)
         try:
-            entries = list(os.scandir(folder))
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
         except OSError:
             return
         for entry in entries:
@@ -294,11 +302,13 @@ def _scan(base_dir: str) -> list[tuple[str, str]]:
                 continue
             if is_dir:
                 if entry.name not in _SKIPPED_FOLDERS and not _is_virtualenv(entry.path):
-                    walk(entry.path, f"{path}/", ancestors)
+                    walk(entry.path, f"{path}/")
             elif is_file and entry.name.lower().endswith(".py") and entry.name not in _NOT_MODULES:
                 found.append((path, entry.path))
 
-    walk(base_dir, "", frozenset())
+    source = os.path.join(base_dir, "src")
+    if os.path.isdir(source):
+        walk(source, "src/")
     return found
 
 
@@ -418,8 +428,11 @@ def _exports(module: ModuleType) -> list[tuple[str, object]]:
             and not isinstance(value, ModuleType)
             and type(value).__name__ != "_Feature"  # from __future__ import ...
             and (
-                not (inspect.isclass(value) or inspect.isroutine(value))
-                or _defined_in(value, module)
+                _defined_in(value, module)
+                if inspect.isclass(value) or inspect.isroutine(value)
+                # A value is an export without a function; another callable
+                # (a typing construct, an alias, a partial) is not one.
+                else not callable(value)
             )
         ]
     # An ES module's namespace lists its exports in code-unit order.
@@ -487,7 +500,7 @@ def _from_value(
 ) -> list[NavaiFunction]:
     if inspect.isclass(value):
         return _from_class(origin, export, value, names, warnings)
-    if callable(value):
+    if inspect.isroutine(value):
         return [
             NavaiFunction(
                 name=names.take(export, warnings),
@@ -516,8 +529,10 @@ def _from_module(
 
 
 def _failure(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    # Only the kind: the message may hold anything (a password in a
+    # connection string), and the list is served to browsers. The message
+    # and the traceback go to the log.
+    return f"{type(exc).__name__} (see the server log)"
 
 
 FunctionSource = Callable[..., Any] | type | ModuleType
@@ -595,16 +610,36 @@ def _context_parameter(signature: inspect.Signature | None) -> inspect.Parameter
     return None
 
 
-def _keywords(signature: inspect.Signature | None, skip: str | None) -> set[str]:
+def _takes_keywords(signature: inspect.Signature | None, keys: set[str], skip: str | None) -> bool:
+    """Whether every key can be passed as a keyword argument."""
     if signature is None:
-        return set()
-    return {
-        parameter.name
-        for parameter in signature.parameters.values()
-        if parameter.name != skip
+        return False
+    named = set()
+    for parameter in signature.parameters.values():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            return skip not in keys
+        if parameter.name != skip and parameter.kind in (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            inspect.Parameter.KEYWORD_ONLY,
+        ):
+            named.add(parameter.name)
+    return keys <= named
+
+
+def _takes_positional(signature: inspect.Signature | None, skip: str | None) -> bool:
+    """Whether the function takes a positional argument (besides the context)."""
+    if signature is None:
+        return True  # unknown: pass it, as the reference would
+    return any(
+        parameter.name != skip
         and parameter.kind
-        in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    }
+        in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            inspect.Parameter.VAR_POSITIONAL,
+        )
+        for parameter in signature.parameters.values()
+    )
 
 
 def plan_arguments(
@@ -630,12 +665,14 @@ def plan_arguments(
     elif "value" in payload:
         args = [payload["value"]]
     elif payload:
-        keys = set(payload) - (_CLASS_KEYS if function.method else set())
-        names = _keywords(signature, wants_context.name if wants_context else None)
-        if keys and keys <= names:
+        skip = wants_context.name if wants_context else None
+        keys = set(payload) - _CONVENTIONS
+        if keys and _takes_keywords(signature, keys, skip):
             kwargs = {key: payload[key] for key in keys}
-        else:
+        elif _takes_positional(signature, skip):
             args = [payload]
+        # Else the function takes no argument for it: JavaScript would
+        # ignore the extra one, and so does this.
     if wants_context is not None:
         if wants_context.kind is inspect.Parameter.POSITIONAL_ONLY:
             args.append(context)
@@ -660,7 +697,16 @@ def bind_call(
         target = function.target
         return lambda: target(*args, **kwargs)
     cls, method = function.target, function.method
+    if isinstance(inspect.getattr_static(cls, method), (staticmethod, classmethod)):
+        bound = getattr(cls, method)  # needs no instance
+        return lambda: bound(*args, **kwargs)
     constructor_args = _list(payload.get("constructorArgs"))
+    constructor = _signature(cls)
+    if constructor is not None:
+        try:
+            constructor.bind(*constructor_args)
+        except TypeError as exc:
+            raise RequestError(f"constructorArgs do not fit {cls.__name__}: {exc}.") from None
 
     def call_method() -> Any:
         return getattr(cls(*constructor_args), method)(*args, **kwargs)

@@ -125,6 +125,34 @@ class Counter:
         raise AssertionError("never listed")
 
 
+def no_parameters() -> str:
+    return "none needed"
+
+
+def keywords(**options: Any) -> dict[str, Any]:
+    return options
+
+
+def only_context(context: FunctionContext) -> str:
+    return context.function
+
+
+async def exits() -> None:
+    raise SystemExit(2)
+
+
+class Greeter:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def greet(self) -> str:
+        return f"Hello {self.name}"
+
+    @classmethod
+    def kind(cls) -> str:
+        return cls.__name__
+
+
 RELEASE = threading.Event()
 
 
@@ -156,6 +184,11 @@ FUNCTIONS = [
     point,
     box,
     Counter,
+    no_parameters,
+    keywords,
+    only_context,
+    exits,
+    Greeter,
     sleepy,
     async_sleepy,
     blocked,
@@ -246,6 +279,12 @@ def test_the_list_names_describes_and_orders_as_given() -> None:
                 "counter_bump",
                 "counter_abump",
                 "counter_zero",
+                "no_parameters",
+                "keywords",
+                "only_context",
+                "exits",
+                "greeter_greet",
+                "greeter_kind",
                 "sleepy",
                 "async_sleepy",
                 "blocked",
@@ -301,6 +340,13 @@ CONVENTIONS = [
     pytest.param("point", None, {"x": 1, "y": 2}, id="attrs-result"),
     pytest.param("box", None, {"width": 3}, id="dataclass-result"),
     pytest.param("  GET_Weather ", {"args": ["Oslo"]}, {"city": "Oslo", "unit": "C"}, id="name"),
+    # JavaScript ignores what a function takes no parameter for; so does this.
+    pytest.param("no_parameters", {"args": []}, "none needed", id="no-parameters-empty-args"),
+    pytest.param("no_parameters", {"x": 1}, "none needed", id="no-parameters-payload"),
+    pytest.param("keywords", {"a": 1, "b": 2}, {"a": 1, "b": 2}, id="var-keywords"),
+    pytest.param("only_context", {"a": 1}, "only_context", id="only-context"),
+    pytest.param("greeter_greet", {"constructorArgs": ["Ana"]}, "Hello Ana", id="constructor"),
+    pytest.param("greeter_kind", None, "Greeter", id="classmethod-needs-no-instance"),
 ]
 
 
@@ -357,6 +403,9 @@ def test_a_payload_that_does_not_fit_is_400_naming_the_function() -> None:
             assert "'b'" in message
             response = execute(request, "add", {"args": [1, 2, 3]})
             assert response.status_code == 400
+            response = execute(request, "greeter_greet", {"constructorArgs": []})
+            assert response.status_code == 400
+            assert response.json()["error"].startswith("constructorArgs do not fit Greeter: ")
             # No payload: no arguments, and echo needs one.
             response = execute(request, "echo")
             assert response.status_code == 400
@@ -387,6 +436,14 @@ def test_any_other_exception_is_a_500_without_its_text(caplog: pytest.LogCapture
             records = [r for r in caplog.records if "explode" in r.getMessage()]
             assert records
             assert records[0].exc_info is not None  # the traceback is logged
+
+
+def test_an_async_function_that_exits_is_a_500() -> None:
+    with both_shells() as shells:
+        for _, request in shells:
+            response = execute(request, "exits")
+            assert response.status_code == 500
+            assert response.json() == {"ok": False, "error": "Backend function failed."}
 
 
 @pytest.mark.parametrize("name", ["unencodable", "not_a_number"])

@@ -452,4 +452,4 @@ def test_bad_speech_options_fail_when_built(overrides: dict[str, Any], message: 
 def test_a_missing_key_warns_at_start_up(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="navai_mw"):
         NavaiWSGIMiddleware(hello_wsgi, options(elevenlabs_api_key=None), functions=[])
-    assert "no ElevenLabs API key is set" in caplog.text
+    assert "no ElevenLabs API key is set (ELEVENLABS_API_KEY)" in caplog.text
