@@ -30,9 +30,11 @@ from .functions import (
     NavaiFunctionError,
     load_navai_functions,
 )
+from .views import AsyncNavaiHandler, NavaiHandler, NavaiResponse
 from .wsgi import NavaiWSGIMiddleware
 
 __all__ = [
+    "AsyncNavaiHandler",
     "AuthError",
     "CreateClientSecretRequest",
     "FunctionContext",
@@ -42,6 +44,8 @@ __all__ = [
     "NavaiASGIMiddleware",
     "NavaiError",
     "NavaiFunctionError",
+    "NavaiHandler",
+    "NavaiResponse",
     "NavaiVoiceBackendOptions",
     "NavaiWSGIMiddleware",
     "OpenAIRealtimeClientSecretResponse",

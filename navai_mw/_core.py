@@ -86,6 +86,9 @@ _RETRY_AFTER: Final = re.compile(
 _UNICODE_ESCAPE: Final = re.compile(r"\\u([0-9a-fA-F]{4})")
 
 
+NOT_AN_OBJECT: Final = "Request body must be a JSON object."
+
+
 def structure_request(
     data: CreateClientSecretRequest | Mapping[str, Any] | None,
 ) -> CreateClientSecretRequest:
@@ -97,6 +100,8 @@ def structure_request(
         return CreateClientSecretRequest()
     if isinstance(data, CreateClientSecretRequest):
         return data
+    if not isinstance(data, Mapping):  # a number, a list, a string from a view's json.loads
+        raise RequestError(NOT_AN_OBJECT)
     try:
         return converter.structure(data, CreateClientSecretRequest)
     except TypeError:

@@ -35,7 +35,7 @@ from typing import Any, Final
 
 import attrs
 
-from ._core import build_upstream_request, compact_json, exchange
+from ._core import NOT_AN_OBJECT, build_upstream_request, compact_json, exchange
 from ._env import (
     get_cors_origins_from_env,
     get_navai_voice_backend_options_from_env,
@@ -199,7 +199,7 @@ def parse_body(body: bytes) -> dict[str, Any]:
     except ValueError as exc:
         raise RequestError(f"Request body is not valid JSON: {exc}.") from None
     if not isinstance(data, dict):
-        raise RequestError("Request body must be a JSON object.")
+        raise RequestError(NOT_AN_OBJECT)
     return data
 
 
@@ -269,12 +269,19 @@ class Route:
         return ("Allow", f"{self.method}, OPTIONS")
 
 
-def _path(value: str | None, name: str) -> str | None:
+def _prefix(value: str) -> str:
+    if not isinstance(value, str) or (value and not value.startswith("/")):
+        raise ValueError(f"prefix must be empty or start with '/'. Received: {value!r}")
+    return value.rstrip("/")
+
+
+def _route_path(prefix: str, value: str | None, name: str) -> str | None:
+    """A route's path below the mount point: ``prefix`` + ``value``."""
     if value is None:
         return None
     if not isinstance(value, str) or not value.startswith("/"):
         raise ValueError(f"{name} must start with '/'. Received: {value!r}")
-    return value.rstrip("/") or "/"
+    return (prefix + value).rstrip("/") or "/"
 
 
 def _timeout(value: object) -> float:
@@ -298,6 +305,7 @@ class Endpoint:
         self,
         opts: NavaiVoiceBackendOptions,
         *,
+        prefix: str = "",
         path: str | None = DEFAULT_PATH,
         functions_list_path: str | None = DEFAULT_FUNCTIONS_LIST_PATH,
         functions_execute_path: str | None = DEFAULT_FUNCTIONS_EXECUTE_PATH,
@@ -325,8 +333,13 @@ class Endpoint:
             )
         self.opts = opts
         self.max_body_size = max_body_size
+        self.prefix = _prefix(prefix)
         self.functions = functions if functions is not None else FunctionRegistry()
         self.function_timeout = _timeout(function_timeout_seconds)
+
+        def _path(value: str | None, name: str) -> str | None:
+            return _route_path(self.prefix, value, name)
+
         wanted: list[tuple[str, str | None, str, str, Handler]] = [
             ("client_secret", _path(path, "path"), "POST", "mint", self._client_secret),
             (
@@ -367,7 +380,7 @@ class Endpoint:
                     raise ValueError(
                         f"{route.name} and {other.name} have the same path: {route.path!r}"
                     )
-        self.path = _path(path, "path")
+        self.path = _route_path(self.prefix, path, "path")
         # Every spelling of every path that is ours.
         self.paths = frozenset(self._by_path)
         if isinstance(cors_origins, str):  # "https://a.test, https://b.test", as in the env
@@ -393,9 +406,10 @@ class Endpoint:
         cls,
         opts: NavaiVoiceBackendOptions | None,
         *,
-        path: str | None,
-        max_body_size: int,
-        cors_origins: Iterable[str] | None,
+        prefix: str = "",
+        path: str | None = DEFAULT_PATH,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        cors_origins: Iterable[str] | None = None,
         cors_allow_credentials: bool | None = None,
         functions_list_path: str | None = DEFAULT_FUNCTIONS_LIST_PATH,
         functions_execute_path: str | None = DEFAULT_FUNCTIONS_EXECUTE_PATH,
@@ -435,6 +449,7 @@ class Endpoint:
             )
         return cls(
             opts,
+            prefix=prefix,
             path=path,
             functions_list_path=functions_list_path,
             functions_execute_path=functions_execute_path,
@@ -589,6 +604,31 @@ class Endpoint:
             logger.warning("navai_mw: %s failed: %s", _DOING[route.name], log_safe(exc.message))
             return _error(exc, answer_headers)
         return _json(reply.status, reply.payload, answer_headers)
+
+    def handle(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        peer: str | None = None,
+        scope: Mapping[str, Any] | None = None,
+        environ: Mapping[str, Any] | None = None,
+    ) -> Generator[Any, Any, Answer]:
+        """A whole request at once, for a framework's view that has read the
+        body already: :meth:`begin` and :meth:`finish` in one generator.
+        ``headers`` may have names in any case; the body's length is its
+        own. A path that is not a navai route is a 404."""
+        lowered = {name.lower(): value for name, value in headers.items()}
+        lowered.pop("transfer-encoding", None)
+        lowered["content-length"] = str(len(body))
+        if not self.owns(path):
+            return _error(RequestError("Not found.", status=404))
+        wanted = self.begin(method, lowered, path=path, peer=peer, scope=scope, environ=environ)
+        if isinstance(wanted, Answer):
+            return wanted
+        return (yield from self.finish(wanted, body))
 
     # -- the routes ------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import attrs
 
 from ._core import (
     MAX_QUOTED_UPSTREAM_CHARS,
+    NOT_AN_OBJECT,
     Attempt,
     Outcome,
     attempts,
@@ -122,7 +123,10 @@ def build_speech_request(
     text or no key or voice."""
     if opts.tts_provider != "elevenlabs":
         raise RequestError(NOT_ENABLED, status=404)
-    req = req or {}
+    if req is None:
+        req = {}
+    if not isinstance(req, Mapping):
+        raise RequestError(NOT_AN_OBJECT)
     text = _text(req, "text")
     if text is None:
         raise RequestError("text is required.")

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from typing import Any
 
 from ._client import drive_async
-from ._effects import DEFAULT_FUNCTION_WORKERS, AsyncEffects
+from ._effects import DEFAULT_FUNCTION_WORKERS
 from ._endpoint import (
     DEFAULT_FUNCTIONS_EXECUTE_PATH,
     DEFAULT_FUNCTIONS_LIST_PATH,
@@ -31,13 +31,13 @@ from ._endpoint import (
     DEFAULT_PATH,
     DEFAULT_SPEECH_SYNTHESIZE_PATH,
     Answer,
-    Endpoint,
     route_path,
 )
 from ._guard import Authorizer, RequestInfo
 from ._models import NavaiVoiceBackendOptions
 from .functions import FunctionRegistry, FunctionSource
-from .transports import AsyncTransport, HttpxAsyncTransport
+from .transports import AsyncTransport
+from .views import AsyncNavaiHandler
 
 __all__ = ["NavaiASGIMiddleware"]
 
@@ -74,6 +74,7 @@ class NavaiASGIMiddleware:
         app: ASGIApp,
         opts: NavaiVoiceBackendOptions | None = None,
         *,
+        prefix: str = "",
         path: str | None = DEFAULT_PATH,
         functions_list_path: str | None = DEFAULT_FUNCTIONS_LIST_PATH,
         functions_execute_path: str | None = DEFAULT_FUNCTIONS_EXECUTE_PATH,
@@ -94,8 +95,11 @@ class NavaiASGIMiddleware:
         transport: AsyncTransport | None = None,
     ) -> None:
         self.app = app
-        self.endpoint = Endpoint.configured(
+        self.handler = AsyncNavaiHandler(
             opts,
+            transport=transport,
+            function_workers=function_workers,
+            prefix=prefix,
             path=path,
             functions_list_path=functions_list_path,
             functions_execute_path=functions_execute_path,
@@ -113,14 +117,11 @@ class NavaiASGIMiddleware:
             trusted_proxies=trusted_proxies,
             safety_id_secret=safety_id_secret,
         )
-        self._effects = AsyncEffects(
-            self.endpoint.guard.storage_uri, function_workers=function_workers
-        )
-        self._effects.check()
+        self.endpoint = self.handler.endpoint
+        self._effects = self.handler.effects
+        self.transport = self.handler.transport
         self._paths = self.endpoint.paths
         self._tails = tuple(self._paths)
-        self._owns_transport = transport is None
-        self.transport: AsyncTransport = transport or HttpxAsyncTransport()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -132,7 +133,7 @@ class NavaiASGIMiddleware:
             and route_path(scope["path"], scope.get("root_path", "")) in self._paths
         ):
             await self._serve(scope, receive, send)
-        elif kind == "lifespan" and self._owns_transport:
+        elif kind == "lifespan" and self.handler.owns_transport:
             await self._lifespan(scope, receive, send)
         else:
             await self.app(scope, receive, send)
@@ -173,8 +174,7 @@ class NavaiASGIMiddleware:
 
     async def aclose(self) -> None:
         """Close the upstream client, when the middleware made it."""
-        if self._owns_transport and isinstance(self.transport, HttpxAsyncTransport):
-            await self.transport.aclose()
+        await self.handler.aclose()
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._client import drive_sync
-from ._effects import DEFAULT_FUNCTION_WORKERS, SyncEffects, is_async_hook
+from ._effects import DEFAULT_FUNCTION_WORKERS
 from ._endpoint import (
     DEFAULT_FUNCTIONS_EXECUTE_PATH,
     DEFAULT_FUNCTIONS_LIST_PATH,
@@ -25,13 +25,12 @@ from ._endpoint import (
     DEFAULT_PATH,
     DEFAULT_SPEECH_SYNTHESIZE_PATH,
     Answer,
-    Endpoint,
 )
-from ._errors import OptionsError
 from ._guard import Authorizer, RequestInfo
 from ._models import NavaiVoiceBackendOptions
 from .functions import FunctionRegistry, FunctionSource
-from .transports import HttpxSyncTransport, SyncTransport
+from .transports import SyncTransport
+from .views import NavaiHandler
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -58,6 +57,7 @@ class NavaiWSGIMiddleware:
         app: WSGIApplication,
         opts: NavaiVoiceBackendOptions | None = None,
         *,
+        prefix: str = "",
         path: str | None = DEFAULT_PATH,
         functions_list_path: str | None = DEFAULT_FUNCTIONS_LIST_PATH,
         functions_execute_path: str | None = DEFAULT_FUNCTIONS_EXECUTE_PATH,
@@ -78,13 +78,11 @@ class NavaiWSGIMiddleware:
         transport: SyncTransport | None = None,
     ) -> None:
         self.app = app
-        if authorize is not None and is_async_hook(authorize):
-            raise OptionsError(
-                "authorize is an async function; the WSGI middleware calls it "
-                "synchronously. Pass a plain function."
-            )
-        self.endpoint = Endpoint.configured(
+        self.handler = NavaiHandler(
             opts,
+            transport=transport,
+            function_workers=function_workers,
+            prefix=prefix,
             path=path,
             functions_list_path=functions_list_path,
             functions_execute_path=functions_execute_path,
@@ -102,16 +100,13 @@ class NavaiWSGIMiddleware:
             trusted_proxies=trusted_proxies,
             safety_id_secret=safety_id_secret,
         )
-        self._effects = SyncEffects(
-            self.endpoint.guard.storage_uri, function_workers=function_workers
-        )
-        self._owns_transport = transport is None
-        self.transport: SyncTransport = transport or HttpxSyncTransport()
+        self.endpoint = self.handler.endpoint
+        self._effects = self.handler.effects
+        self.transport = self.handler.transport
 
     def close(self) -> None:
         """Close the upstream client, when the middleware made it."""
-        if self._owns_transport and isinstance(self.transport, HttpxSyncTransport):
-            self.transport.close()
+        self.handler.close()
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if not self.endpoint.owns(environ.get("PATH_INFO") or "/"):

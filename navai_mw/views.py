@@ -1,0 +1,166 @@
+"""Answer the navai routes from a framework's own views.
+
+The middlewares answer before the framework sees a request, so its
+sessions, its auth decorators and its CSRF checks never run. To put a navai
+route behind them, serve it from a view instead, through a handler that
+answers exactly as the middleware would (same statuses, headers and
+bodies)::
+
+    from navai_mw.views import NavaiHandler
+
+    navai = NavaiHandler()  # options from the environment, as the middleware
+
+    @login_required
+    @csrf_exempt  # safe: see docs/recipes.md
+    def navai_view(request):
+        answer = navai.handle(
+            request.method, request.path, request.headers, request.body,
+            client=request.META.get("REMOTE_ADDR"), environ=request.META,
+        )
+        response = HttpResponse(answer.body, status=answer.status)
+        for name, value in answer.headers:
+            response[name] = value
+        return response
+
+:class:`NavaiHandler` blocks (Django, Flask); :class:`AsyncNavaiHandler`
+is awaited (async Django views, Quart, Starlette endpoints). Both take the
+middlewares' keywords (``path``, ``prefix``, ``functions``,
+``authorize``...) and own the same things: the endpoint, the performer of
+its effects, and an upstream transport, which ``close()``/``aclose()``
+closes when the handler made it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from ._client import drive_async, drive_sync
+from ._effects import DEFAULT_FUNCTION_WORKERS, AsyncEffects, SyncEffects, is_async_hook
+from ._endpoint import Answer, Endpoint
+from ._errors import OptionsError
+from ._models import NavaiVoiceBackendOptions
+from .transports import AsyncTransport, HttpxAsyncTransport, HttpxSyncTransport, SyncTransport
+
+__all__ = ["AsyncNavaiHandler", "NavaiHandler", "NavaiResponse"]
+
+
+@attrs.frozen
+class NavaiResponse:
+    """What to answer: status, headers (name/value pairs) and body bytes
+    (JSON, but for the empty ``204`` of a preflight)."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    @property
+    def reason(self) -> str:
+        """The status with its phrase (``"200 OK"``), as WSGI spells it."""
+        return Answer(self.status, self.headers, self.body).status_line
+
+    def json(self) -> Any:
+        """The body, parsed."""
+        return json.loads(self.body)
+
+
+def _response(answer: Answer) -> NavaiResponse:
+    return NavaiResponse(answer.status, list(answer.headers), answer.body)
+
+
+class NavaiHandler:
+    """The navai routes for blocking views (Django, Flask).
+
+    Keywords as :class:`~navai_mw.NavaiWSGIMiddleware`'s; ``authorize``
+    must be a plain function. ``transport`` reaches OpenAI and ElevenLabs;
+    ``close()`` closes it when the handler made it.
+    """
+
+    def __init__(
+        self,
+        opts: NavaiVoiceBackendOptions | None = None,
+        *,
+        transport: SyncTransport | None = None,
+        function_workers: int = DEFAULT_FUNCTION_WORKERS,
+        **keywords: Any,
+    ) -> None:
+        authorize = keywords.get("authorize")
+        if authorize is not None and is_async_hook(authorize):
+            raise OptionsError(
+                "authorize is an async function; the WSGI middleware calls it "
+                "synchronously. Pass a plain function."
+            )
+        self.endpoint = Endpoint.configured(opts, **keywords)
+        self.effects = SyncEffects(
+            self.endpoint.guard.storage_uri, function_workers=function_workers
+        )
+        self.owns_transport = transport is None
+        self.transport: SyncTransport = transport or HttpxSyncTransport()
+
+    def handle(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        client: str | None = None,
+        environ: Mapping[str, Any] | None = None,
+    ) -> NavaiResponse:
+        """Answer one request whose body has been read. ``path`` is the
+        route's (below the mount point); ``client`` is the peer's address;
+        ``environ`` is handed to ``authorize`` as ``RequestInfo.environ``."""
+        steps = self.endpoint.handle(method, path, headers, body, peer=client, environ=environ)
+        return _response(drive_sync(steps, self.transport, perform=self.effects))
+
+    def close(self) -> None:
+        """Close the upstream client, when the handler made it."""
+        if self.owns_transport and isinstance(self.transport, HttpxSyncTransport):
+            self.transport.close()
+
+
+class AsyncNavaiHandler:
+    """The navai routes for async views (Starlette, Quart, async Django).
+
+    Keywords as :class:`~navai_mw.NavaiASGIMiddleware`'s. ``aclose()``
+    closes the upstream client when the handler made it.
+    """
+
+    def __init__(
+        self,
+        opts: NavaiVoiceBackendOptions | None = None,
+        *,
+        transport: AsyncTransport | None = None,
+        function_workers: int = DEFAULT_FUNCTION_WORKERS,
+        **keywords: Any,
+    ) -> None:
+        self.endpoint = Endpoint.configured(opts, **keywords)
+        self.effects = AsyncEffects(
+            self.endpoint.guard.storage_uri, function_workers=function_workers
+        )
+        self.effects.check()
+        self.owns_transport = transport is None
+        self.transport: AsyncTransport = transport or HttpxAsyncTransport()
+
+    async def handle(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        client: str | None = None,
+        scope: Mapping[str, Any] | None = None,
+    ) -> NavaiResponse:
+        """Answer one request whose body has been read (as
+        :meth:`NavaiHandler.handle`; ``scope`` reaches ``authorize``)."""
+        steps = self.endpoint.handle(method, path, headers, body, peer=client, scope=scope)
+        return _response(await drive_async(steps, self.transport, perform=self.effects))
+
+    async def aclose(self) -> None:
+        """Close the upstream client, when the handler made it."""
+        if self.owns_transport and isinstance(self.transport, HttpxAsyncTransport):
+            await self.transport.aclose()
