@@ -570,7 +570,9 @@ class Endpoint:
         message = "Content-Type must be application/json (UTF-8)."
         return _error(RequestError(message, status=415), cors)
 
-    def finish(self, wanted: BodyWanted, body: bytes | None) -> Generator[Any, Any, Answer]:
+    def finish(
+        self, wanted: BodyWanted, body: bytes | None, *, identity: str | None = None
+    ) -> Generator[Any, Any, Answer]:
         """Given the body read, serve the route: a generator for the shell's
         driver, which performs what it yields (the guard's hook and
         rate-limit hit, upstream attempts, a backend function's call).
@@ -592,7 +594,9 @@ class Endpoint:
             return self._unsupported(cors)
         route = wanted.route
         try:
-            identity, limit_headers = yield from self.guard.check(wanted.info, route.group)
+            identity, limit_headers = yield from self.guard.check(
+                wanted.info, route.group, identity=identity
+            )
         except NavaiError as exc:
             return _error(exc, cors)
         answer_headers = (*cors, *limit_headers)
@@ -615,11 +619,13 @@ class Endpoint:
         peer: str | None = None,
         scope: Mapping[str, Any] | None = None,
         environ: Mapping[str, Any] | None = None,
+        identity: str | None = None,
     ) -> Generator[Any, Any, Answer]:
         """A whole request at once, for a framework's view that has read the
         body already: :meth:`begin` and :meth:`finish` in one generator.
         ``headers`` may have names in any case; the body's length is its
-        own. A path that is not a navai route is a 404."""
+        own. A path that is not a navai route is a 404. ``identity``, when
+        the view authenticated the caller, stands for ``authorize``'s."""
         lowered = {name.lower(): value for name, value in headers.items()}
         lowered.pop("transfer-encoding", None)
         lowered["content-length"] = str(len(body))
@@ -628,7 +634,7 @@ class Endpoint:
         wanted = self.begin(method, lowered, path=path, peer=peer, scope=scope, environ=environ)
         if isinstance(wanted, Answer):
             return wanted
-        return (yield from self.finish(wanted, body))
+        return (yield from self.finish(wanted, body, identity=identity))
 
     # -- the routes ------------------------------------------------------------
 

@@ -348,12 +348,15 @@ class Guard:
         return digest.hexdigest()
 
     def check(
-        self, info: RequestInfo, group: str
+        self, info: RequestInfo, group: str, *, identity: str | None = None
     ) -> Generator[Any, Any, tuple[str | None, tuple[tuple[str, str], ...]]]:
         """Authorize, then count: returns the identity (None when nobody is
         asked) and the headers every answer of this request carries
-        (``RateLimit``/``RateLimit-Policy``). Raises :class:`NavaiError`."""
-        identity = yield from self._authorize(info)
+        (``RateLimit``/``RateLimit-Policy``). An ``identity`` given (a view
+        that authenticated the caller itself) is taken as it is, without
+        asking ``authorize``. Raises :class:`NavaiError`."""
+        if identity is None:
+            identity = yield from self._authorize(info)
         policy = self.limits.get(group)
         if policy is None:
             return identity, ()

@@ -10,12 +10,14 @@ bodies)::
 
     navai = NavaiHandler()  # options from the environment, as the middleware
 
-    @login_required
-    @csrf_exempt  # safe: see docs/recipes.md
-    def navai_view(request):
+    @csrf_exempt  # safe for JSON-only routes: see docs/recipes.md
+    def navai_view(request, rest=""):
+        if not request.user.is_authenticated:
+            return JsonResponse({"error": "Authentication required."}, status=401)
         answer = navai.handle(
-            request.method, request.path, request.headers, request.body,
+            request.method, request.path_info, request.headers, request.body,
             client=request.META.get("REMOTE_ADDR"), environ=request.META,
+            identity=str(request.user.pk),  # rate limits per user
         )
         response = HttpResponse(answer.body, status=answer.status)
         for name, value in answer.headers:
@@ -109,11 +111,17 @@ class NavaiHandler:
         *,
         client: str | None = None,
         environ: Mapping[str, Any] | None = None,
+        identity: str | None = None,
     ) -> NavaiResponse:
         """Answer one request whose body has been read. ``path`` is the
         route's (below the mount point); ``client`` is the peer's address;
-        ``environ`` is handed to ``authorize`` as ``RequestInfo.environ``."""
-        steps = self.endpoint.handle(method, path, headers, body, peer=client, environ=environ)
+        ``environ`` is handed to ``authorize`` as ``RequestInfo.environ``.
+        ``identity``, when the view has authenticated the caller (a logged-in
+        user's id), is used instead of asking ``authorize``: rate limits
+        count per identity, and OpenAI gets its safety identifier."""
+        steps = self.endpoint.handle(
+            method, path, headers, body, peer=client, environ=environ, identity=identity
+        )
         return _response(drive_sync(steps, self.transport, perform=self.effects))
 
     def close(self) -> None:
@@ -154,10 +162,13 @@ class AsyncNavaiHandler:
         *,
         client: str | None = None,
         scope: Mapping[str, Any] | None = None,
+        identity: str | None = None,
     ) -> NavaiResponse:
         """Answer one request whose body has been read (as
         :meth:`NavaiHandler.handle`; ``scope`` reaches ``authorize``)."""
-        steps = self.endpoint.handle(method, path, headers, body, peer=client, scope=scope)
+        steps = self.endpoint.handle(
+            method, path, headers, body, peer=client, scope=scope, identity=identity
+        )
         return _response(await drive_async(steps, self.transport, perform=self.effects))
 
     async def aclose(self) -> None:
