@@ -183,7 +183,8 @@ def write(
         "",
         "## Targets",
         "",
-        "Goals from the issue, measured in this one run. They are goals, not tests.",
+        "The performance goals set for navai_mw, each measured in this one run. "
+        "They are goals, not tests.",
         "",
     ]
     target_rows = [
@@ -222,7 +223,8 @@ def write(
         "python -m benchmarks --only core,passthrough",
         "```",
         "",
-        "Raw numbers of every round are written next to the page as JSON (`benchmarks/results/`).",
+        "Every run also writes the raw numbers of each round as JSON to `benchmarks/results/` "
+        "(`full.json`, `quick.json`, or `*-partial.json` with `--only`), a folder git ignores.",
         "",
     ]
     page = out_dir / markdown_name

@@ -4,6 +4,11 @@ for requests that match one of its routes, and the token path is not one.
 Run it with ``OPENAI_API_KEY=sk-... python examples/litestar_app.py`` (or
 ``uvicorn litestar_app:app``; ``litestar run`` wants a Litestar object), then
 ``curl -X POST http://127.0.0.1:8000/navai/realtime/client-secret``.
+
+No key, or no network? Run ``navai-mw fake-upstream`` in another terminal,
+paste the two ``export`` lines it prints, and set ``OPENAI_API_KEY=sk-anything``:
+the same commands then mint fake tokens (``ek_fake_...``) from a fake OpenAI
+on loopback.
 """
 
 from __future__ import annotations

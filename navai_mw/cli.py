@@ -1,18 +1,32 @@
-"""The ``navai-mw`` command: a standalone NAVAI backend, an offline demo, and
-a look at the backend functions a folder holds.
+"""The ``navai-mw`` command: a standalone NAVAI backend, an offline demo, the
+fake upstreams on their own, and a look at the backend functions a folder
+holds.
 
 ::
 
-    navai-mw serve      # real client secrets; options from the environment
-    navai-mw demo       # the whole flow offline, against an embedded fake OpenAI
-    navai-mw functions  # what serve would load from here, and what failed
+    navai-mw serve          # real client secrets; options from the environment
+    navai-mw demo           # the whole flow offline, against an embedded fake OpenAI
+    navai-mw fake-upstream  # a fake OpenAI and ElevenLabs on loopback, for your own app
+    navai-mw functions      # what serve would load from here, and what failed
 
 ``serve`` and ``demo`` run uvicorn (the ``server`` extra) with every navai
 route (the client secret at ``--path``, the backend functions, speech) and
 ``GET /health``, and print where they listen, the configuration in effect,
 the functions loaded and a ``curl`` line that mints a token. The demo
 serves its own example functions and, with ``--speech``, a fake ElevenLabs;
-it ignores every credential in the environment. Promises:
+it ignores every credential in the environment.
+
+``fake-upstream`` serves :mod:`navai_mw.testing`'s fakes, nothing else, and
+prints two shell lines to paste where your own app (a recipe in
+``examples/``, say) will run, so that it mints and speaks offline::
+
+    export OPENAI_BASE_URL=http://127.0.0.1:PORT/v1
+    export ELEVENLABS_BASE_URL=http://127.0.0.1:PORT2
+
+The fake OpenAI accepts any API key (``OPENAI_API_KEY=sk-anything``), or
+only the one given with ``--api-key``; the fake ElevenLabs accepts any.
+
+Promises:
 
 * the API key is never printed, whatever the configuration;
 * a configuration mistake (environment or flags), a port already in use or a
@@ -33,6 +47,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from types import FrameType
@@ -64,10 +79,19 @@ HEALTH_PATH: Final = "/health"
 DEMO_API_KEY: Final = "sk-navai-demo-made-up-key"
 DEMO_ELEVENLABS_KEY: Final = "xi-navai-demo-made-up-key"
 DEMO_VOICE_ID: Final = "demo-voice"
-# What the demo drops from the environment: every credential and upstream,
-# so that offline means offline.
-_DEMO_DROPPED_PREFIXES: Final = ("OPENAI_", "AZURE_", "ELEVENLABS_")
-_DEMO_DROPPED: Final = frozenset({"NAVAI_TTS_PROVIDER", "NAVAI_FUNCTIONS_FOLDERS"})
+# What the demo drops from the environment: every credential and every
+# upstream's address, so that offline means offline (the session's model,
+# voice and instructions still apply).
+_DEMO_DROPPED_PREFIXES: Final = ("AZURE_",)
+_DEMO_DROPPED: Final = frozenset(
+    {
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "ELEVENLABS_API_KEY",
+        "ELEVENLABS_BASE_URL",
+        "NAVAI_TTS_PROVIDER",
+    }
+)
 # Instructions can run to paragraphs; the banner shows their start.
 _SHOWN_CHARS: Final = 60
 _PORT: Final = re.compile(r"[0-9]{1,5}")
@@ -132,6 +156,25 @@ def _parser() -> argparse.ArgumentParser:
                 help="voice answers with an embedded fake ElevenLabs (the session then "
                 "answers in text, as with NAVAI_TTS_PROVIDER=elevenlabs)",
             )
+    summary = (
+        "serve a fake OpenAI and a fake ElevenLabs on loopback, and print the "
+        "OPENAI_BASE_URL and ELEVENLABS_BASE_URL to export for your own app"
+    )
+    fakes = commands.add_parser("fake-upstream", help=summary, description=summary)
+    fakes.add_argument("--host", default=DEFAULT_HOST, help="default: %(default)s")
+    fakes.add_argument(
+        "--port",
+        type=_port,
+        default=0,
+        help="the fake OpenAI's port (default: 0, a free one; the fake ElevenLabs "
+        "always gets a free one)",
+    )
+    fakes.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="the only key the fake OpenAI accepts, others get its 401 "
+        "(default: any key, so OPENAI_API_KEY=sk-anything works)",
+    )
     summary = "list the backend functions serve would load here, and what failed to load"
     listing = commands.add_parser("functions", help=summary, description=summary)
     listing.add_argument(
@@ -150,6 +193,13 @@ def _parser() -> argparse.ArgumentParser:
 # -- running ----------------------------------------------------------------------
 
 
+UVICORN_MISSING: Final = (
+    "uvicorn is not installed; install it with: pip install -e '.[server]' "
+    "(in a clone of navai-mw) or pip install 'navai_mw-<version>-py3-none-any.whl[server]' "
+    "(a built wheel)"
+)
+
+
 def _fail(message: str) -> int:
     print(f"{PROG}: error: {' '.join(message.splitlines())}", file=sys.stderr)
     return 2
@@ -161,7 +211,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
     except ImportError:
-        return _fail("uvicorn is not installed; install it with: pip install 'navai-mw[server]'")
+        return _fail(UVICORN_MISSING)
+    if args.command == "fake-upstream":
+        return _fake_upstream(args)
     demo = args.command == "demo"
     env = dict(os.environ)
     if demo:
@@ -242,6 +294,53 @@ def _run(args: argparse.Namespace) -> int:
         with _sigterm_interrupts(), suppress(KeyboardInterrupt):
             server.run(sockets=[listener])
     return 0 if server.started else 1
+
+
+def _fake_upstream(args: argparse.Namespace) -> int:
+    """``navai-mw fake-upstream``: the fakes, until Ctrl-C or SIGTERM."""
+    try:  # a busy port or a bad host, told apart before any server thread starts
+        _listen(args.host, args.port).close()
+    except OSError as exc:
+        return _fail(f"cannot listen on {args.host}:{args.port}: {_reason(exc)}")
+    openai = FakeOpenAIRealtime(api_key=args.api_key)
+    elevenlabs = FakeElevenLabs()
+    with ExitStack() as stack:
+        # SIGTERM ends it as Ctrl-C does, from here on: also while starting.
+        stack.enter_context(_sigterm_interrupts())
+        try:
+            openai_url = stack.enter_context(openai.serve(args.host, args.port))
+        except (OSError, RuntimeError) as exc:
+            return _fail(f"cannot listen on {args.host}:{args.port}: {_reason(exc)}")
+        try:
+            elevenlabs_url = stack.enter_context(elevenlabs.serve(args.host, 0))
+        except (OSError, RuntimeError) as exc:
+            return _fail(f"cannot listen on {args.host}:0: {_reason(exc)}")
+        keys = (
+            "the fake OpenAI accepts only the key given with --api-key"
+            if args.api_key is not None
+            else "any API key works (OPENAI_API_KEY=sk-anything)"
+        )
+        print(
+            f"export OPENAI_BASE_URL={shlex.quote(_local_url(openai_url))}\n"
+            f"export ELEVENLABS_BASE_URL={shlex.quote(_local_url(elevenlabs_url))}\n"
+            f"# {PROG} fake-upstream: a fake OpenAI and a fake ElevenLabs, offline; export "
+            f"the lines above where your app runs; {keys}. Ctrl-C stops them.",
+            flush=True,
+        )
+        with suppress(KeyboardInterrupt):
+            while True:  # uvicorn serves from threads; here only the signals matter
+                time.sleep(3600)
+    return 0
+
+
+def _reason(exc: BaseException) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+
+
+def _local_url(url: str) -> str:
+    """``url`` with an address a client on this machine can reach (for 0.0.0.0)."""
+    parts = urlsplit(url)
+    return _origin(parts.hostname or "", parts.port or 0, local=True) + parts.path
 
 
 def _port_from_env(env: Mapping[str, str]) -> int:

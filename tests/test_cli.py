@@ -395,7 +395,11 @@ def test_missing_uvicorn_gives_the_install_hint(
 ) -> None:
     clean_env.setitem(sys.modules, "uvicorn", None)  # makes `import uvicorn` fail
     assert main(["demo"]) == 2
-    assert "pip install 'navai-mw[server]'" in _one_error_line(capsys)
+    line = _one_error_line(capsys)
+    # navai-mw is not on the package index: a clone or a built wheel.
+    assert "pip install -e '.[server]'" in line
+    assert "pip install 'navai_mw-<version>-py3-none-any.whl[server]'" in line
+    assert "'navai-mw[server]'" not in line
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,7 @@ def test_demo_serves_example_functions_and_fake_speech_offline(started: list[Cli
         ELEVENLABS_BASE_URL="http://127.0.0.1:9",
         AZURE_OPENAI_API_KEY=CANARY_KEY,
         NAVAI_FUNCTIONS_FOLDERS="nowhere",
+        OPENAI_REALTIME_VOICE="cedar",  # the session's settings still apply
     )
     cli = Cli("demo", "--port", str(port), "--speech", env=env)
     started.append(cli)
@@ -49,6 +50,7 @@ def test_demo_serves_example_functions_and_fake_speech_offline(started: list[Cli
     assert "add_numbers" in banner
     assert "spell_word" in banner
     assert "ElevenLabs (a fake ElevenLabs on loopback)" in banner
+    assert "voice           cedar" in banner
     base = f"http://127.0.0.1:{port}"
     with httpx.Client(base_url=base, timeout=10) as client:
         listed = client.get("/navai/functions").json()

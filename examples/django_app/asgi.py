@@ -1,4 +1,8 @@
-"""ASGI entry point: Django's application, wrapped by the middleware."""
+"""ASGI entry point: Django's application, wrapped by the middleware.
+
+To try it with no key and no network, export the lines that
+``navai-mw fake-upstream`` prints and set ``OPENAI_API_KEY=sk-anything``.
+"""
 
 import os
 

@@ -1,0 +1,163 @@
+"""``navai-mw fake-upstream``: the fakes of ``navai_mw.testing`` on loopback,
+run as users run it (a real process), and reached the way an app configured
+from the environment reaches them: through the URLs it prints."""
+
+from __future__ import annotations
+
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from navai_mw import (
+    NavaiVoiceBackendOptions,
+    UpstreamError,
+    create_realtime_client_secret_sync,
+    synthesize_speech_sync,
+)
+from navai_mw.cli import UVICORN_MISSING, main
+from navai_mw.testing import FakeElevenLabs
+
+from .test_cli import ROOT, START_TIMEOUT, Cli, _env
+
+_EXPORT = re.compile(r"export (?P<name>[A-Z_]+)=(?P<url>http://127\.0\.0\.1:[0-9]+(?:/v1)?)")
+
+
+class FakeUpstream(Cli):
+    """``python -m navai_mw fake-upstream ARGS``, until it is stopped."""
+
+    def __init__(self, *args: str) -> None:
+        super().__init__("fake-upstream", *args, env=_env())
+
+    def exports(self) -> dict[str, str]:
+        """The variables it says to export, read up to its one other line."""
+        exports: dict[str, str] = {}
+        while True:
+            try:
+                line = self._lines.get(timeout=START_TIMEOUT)
+            except queue.Empty:
+                pytest.fail("no export lines: " + self.output)
+            if line is None:
+                pytest.fail("exited before serving: " + self.output)
+            if not line.startswith("export "):
+                assert line.startswith("# navai-mw fake-upstream: "), line
+                return exports
+            match = _EXPORT.fullmatch(line.rstrip("\n"))
+            assert match is not None, line  # shell-ready: nothing else on the line
+            exports[match["name"]] = match["url"]
+
+
+@pytest.fixture
+def upstreams() -> Iterator[list[FakeUpstream]]:
+    """Commands a test started; any still running at the end is killed."""
+    started: list[FakeUpstream] = []
+    yield started
+    for cli in started:
+        if cli.process.poll() is None:
+            cli.stop(signal.SIGKILL)
+
+
+def test_an_app_configured_from_its_exports_mints_and_speaks(
+    upstreams: list[FakeUpstream],
+) -> None:
+    cli = FakeUpstream("--port", "0")
+    upstreams.append(cli)
+    exports = cli.exports()
+    assert set(exports) == {"OPENAI_BASE_URL", "ELEVENLABS_BASE_URL"}
+    assert exports["OPENAI_BASE_URL"].endswith("/v1")
+    assert not exports["ELEVENLABS_BASE_URL"].endswith("/v1")
+    assert "OPENAI_API_KEY=sk-anything" in cli.output  # the human line says any key works
+
+    # Without --api-key, any key mints; the fake ElevenLabs takes any key too.
+    opts = NavaiVoiceBackendOptions(
+        openai_api_key="sk-anything",
+        openai_base_url=exports["OPENAI_BASE_URL"],
+        tts_provider="elevenlabs",
+        elevenlabs_api_key="xi-anything",
+        elevenlabs_voice_id="v",
+        elevenlabs_base_url=exports["ELEVENLABS_BASE_URL"],
+    )
+    secret = create_realtime_client_secret_sync(opts)
+    assert secret.value.startswith("ek_fake_")
+
+    speech = synthesize_speech_sync(opts, {"text": "Hello"})
+    assert speech.provider == "elevenlabs"
+    assert speech.mime_type == "audio/mpeg"
+    assert speech.audio == FakeElevenLabs().audio_for("Hello", "v")
+
+    assert cli.stop(signal.SIGTERM) == 0
+    assert cli.stderr == []
+
+
+def test_the_export_lines_run_in_a_shell(upstreams: list[FakeUpstream]) -> None:
+    cli = FakeUpstream()
+    upstreams.append(cli)
+    exports = cli.exports()
+    lines = [line for line in cli.stdout if line.startswith("export ")]
+    script = "".join(lines) + 'printf "%s %s" "$OPENAI_BASE_URL" "$ELEVENLABS_BASE_URL"'
+    shell = subprocess.run(
+        ["sh", "-c", script], capture_output=True, text=True, timeout=START_TIMEOUT, check=True
+    )
+    assert shell.stdout == f"{exports['OPENAI_BASE_URL']} {exports['ELEVENLABS_BASE_URL']}"
+    assert cli.stop(signal.SIGINT) == 0
+
+
+def test_api_key_makes_another_key_a_502(upstreams: list[FakeUpstream]) -> None:
+    cli = FakeUpstream("--api-key", "sk-the-only-one")
+    upstreams.append(cli)
+    base_url = cli.exports()["OPENAI_BASE_URL"]
+    assert "only the key given with --api-key" in cli.output
+    assert "sk-the-only-one" not in cli.output  # a key is never printed, even a fake one
+
+    wrong = NavaiVoiceBackendOptions(openai_api_key="sk-anything", openai_base_url=base_url)
+    with pytest.raises(UpstreamError) as refused:
+        create_realtime_client_secret_sync(wrong)
+    assert refused.value.status == 502  # the upstream's 401 is the server's failure
+    assert "(401)" in refused.value.message
+
+    right = NavaiVoiceBackendOptions(openai_api_key="sk-the-only-one", openai_base_url=base_url)
+    assert create_realtime_client_secret_sync(right).value.startswith("ek_fake_")
+    assert cli.stop(signal.SIGTERM) == 0
+
+
+def test_a_busy_port_is_one_line_and_status_2() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "navai_mw", "fake-upstream", "--port", str(port)],
+            cwd=ROOT,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT,
+            check=False,
+        )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"navai-mw: error: cannot listen on 127.0.0.1:{port}: ")
+
+
+def test_missing_uvicorn_is_the_install_hint(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # makes `import uvicorn` fail
+    assert main(["fake-upstream"]) == 2
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", f"navai-mw: error: {UVICORN_MISSING}\n")
+
+
+def test_help_names_its_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fake-upstream", "--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--host", "--port", "--api-key", "sk-anything"):
+        assert flag in out
+    assert main(["--help"]) == 0
+    assert "fake-upstream" in capsys.readouterr().out
