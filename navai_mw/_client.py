@@ -15,7 +15,9 @@ from typing import Any, Final, TypeVar
 
 import anyio
 
-from ._core import Attempt, Outcome, build_upstream_request, exchange
+from ._core import Attempt, Outcome
+from ._effects import AsyncEffects, SyncEffects
+from ._mint import SessionHook, mint_client_secret, mint_transcription_secret
 from ._models import (
     CreateClientSecretRequest,
     HttpResponse,
@@ -28,6 +30,8 @@ from .transports import AsyncTransport, HttpxAsyncTransport, HttpxSyncTransport,
 __all__ = [
     "create_realtime_client_secret",
     "create_realtime_client_secret_sync",
+    "create_transcription_client_secret",
+    "create_transcription_client_secret_sync",
     "drive_async",
     "drive_sync",
     "synthesize_speech",
@@ -132,6 +136,10 @@ _DEFAULT_SYNC: Final = HttpxSyncTransport()
 
 
 Request = CreateClientSecretRequest | Mapping[str, Any] | None
+# The client functions' performers: an Azure token provider and a
+# customize_session hook are their only effects.
+_SYNC_EFFECTS: Final = SyncEffects(None)
+_ASYNC_EFFECTS: Final = AsyncEffects(None)
 
 
 def create_realtime_client_secret_sync(
@@ -139,19 +147,19 @@ def create_realtime_client_secret_sync(
     req: Request = None,
     *,
     transport: SyncTransport | None = None,
+    customize_session: SessionHook | None = None,
 ) -> OpenAIRealtimeClientSecretResponse:
     """Mint an ephemeral client secret (blocking).
 
     ``req`` is a :class:`CreateClientSecretRequest` or a mapping spelled as on
-    the wire (``voiceAccent``...). Raises :class:`NavaiError` with the status a
-    server should answer.
+    the wire (``voiceAccent``...). ``customize_session`` changes the session
+    before it is sent, as the middleware's hook does. Raises
+    :class:`NavaiError` with the status a server should answer.
     """
-    steps = exchange(
-        build_upstream_request(opts, req),
-        budget=opts.upstream_timeout_seconds,
-        provider=opts.tts_provider,
+    steps = mint_client_secret(opts, req, customize=customize_session)
+    return drive_sync(
+        steps, transport if transport is not None else _DEFAULT_SYNC, perform=_SYNC_EFFECTS
     )
-    return drive_sync(steps, transport if transport is not None else _DEFAULT_SYNC)
 
 
 async def create_realtime_client_secret(
@@ -159,21 +167,49 @@ async def create_realtime_client_secret(
     req: Request = None,
     *,
     transport: AsyncTransport | None = None,
+    customize_session: SessionHook | None = None,
 ) -> OpenAIRealtimeClientSecretResponse:
     """Mint an ephemeral client secret.
 
     Without ``transport``, a short-lived pooled client is used for this call;
     servers should hold an :class:`HttpxAsyncTransport` (the middleware does).
     """
-    steps = exchange(
-        build_upstream_request(opts, req),
-        budget=opts.upstream_timeout_seconds,
-        provider=opts.tts_provider,
+    steps = mint_client_secret(opts, req, customize=customize_session)
+    return await _drive_async(steps, transport)
+
+
+def create_transcription_client_secret_sync(
+    opts: NavaiVoiceBackendOptions,
+    req: Mapping[str, Any] | None = None,
+    *,
+    transport: SyncTransport | None = None,
+    customize_session: SessionHook | None = None,
+) -> OpenAIRealtimeClientSecretResponse:
+    """Mint a client secret for a transcription session (blocking); ``req``
+    may name ``language`` and ``prompt``."""
+    steps = mint_transcription_secret(opts, req, customize=customize_session)
+    return drive_sync(
+        steps, transport if transport is not None else _DEFAULT_SYNC, perform=_SYNC_EFFECTS
     )
+
+
+async def create_transcription_client_secret(
+    opts: NavaiVoiceBackendOptions,
+    req: Mapping[str, Any] | None = None,
+    *,
+    transport: AsyncTransport | None = None,
+    customize_session: SessionHook | None = None,
+) -> OpenAIRealtimeClientSecretResponse:
+    """Mint a client secret for a transcription session."""
+    steps = mint_transcription_secret(opts, req, customize=customize_session)
+    return await _drive_async(steps, transport)
+
+
+async def _drive_async(steps: Steps[T], transport: AsyncTransport | None) -> T:
     if transport is not None:
-        return await drive_async(steps, transport)
+        return await drive_async(steps, transport, perform=_ASYNC_EFFECTS)
     async with HttpxAsyncTransport() as own:
-        return await drive_async(steps, own)
+        return await drive_async(steps, own, perform=_ASYNC_EFFECTS)
 
 
 SpeechRequest = Mapping[str, Any] | None
@@ -205,7 +241,4 @@ async def synthesize_speech(
     :func:`synthesize_speech_sync`; without ``transport``, a short-lived
     client serves this call)."""
     steps = speech_exchange(build_speech_request(opts, req), budget=opts.upstream_timeout_seconds)
-    if transport is not None:
-        return await drive_async(steps, transport)
-    async with HttpxAsyncTransport() as own:
-        return await drive_async(steps, own)
+    return await _drive_async(steps, transport)

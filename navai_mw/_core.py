@@ -28,13 +28,15 @@ from urllib.parse import unquote
 
 import attrs
 
-from ._errors import RequestError, UpstreamError
+from ._errors import OptionsError, RequestError, UpstreamError
 from ._models import (
     DEFAULT_INSTRUCTIONS,
     DEFAULT_MODEL,
+    DEFAULT_TRANSCRIPTION_MODEL,
     DEFAULT_VOICE,
     WIRE_NAMES,
     CreateClientSecretRequest,
+    CreateTranscriptionSecretRequest,
     HttpRequest,
     HttpResponse,
     NavaiVoiceBackendOptions,
@@ -42,6 +44,7 @@ from ._models import (
     converter,
     is_header_safe,
 )
+from ._session import merge_session
 
 __all__ = [
     "Attempt",
@@ -115,6 +118,30 @@ def structure_request(
         ) from None
 
 
+def structure_transcription_request(
+    data: CreateTranscriptionSecretRequest | Mapping[str, Any] | None,
+) -> CreateTranscriptionSecretRequest:
+    """A transcription-secret request from its wire spelling (``language``,
+    ``prompt``, ``apiKey``); a field of the wrong type is a 400 naming it."""
+    if data is None:
+        return CreateTranscriptionSecretRequest()
+    if isinstance(data, CreateTranscriptionSecretRequest):
+        return data
+    if not isinstance(data, Mapping):
+        raise RequestError(NOT_AN_OBJECT)
+    try:
+        return converter.structure(data, CreateTranscriptionSecretRequest)
+    except TypeError:
+        fields = sorted(
+            name
+            for name in ("apiKey", "language", "prompt")
+            if data.get(name) is not None and not isinstance(data[name], str)
+        )
+        raise RequestError(
+            f"Invalid request field {', '.join(fields)}: expected a string."
+        ) from None
+
+
 def build_instructions(
     base: str, language: str | None, voice_accent: str | None, voice_tone: str | None
 ) -> str:
@@ -153,10 +180,15 @@ def check_policy(opts: NavaiVoiceBackendOptions, req: CreateClientSecretRequest)
         )
 
 
-def resolve_api_key(opts: NavaiVoiceBackendOptions, req: CreateClientSecretRequest) -> str:
+def resolve_api_key(
+    opts: NavaiVoiceBackendOptions,
+    req: CreateClientSecretRequest | CreateTranscriptionSecretRequest,
+) -> str | None:
     # The server's key always wins. Options without one always allow request
     # keys (checked when the options are built), so a missing request key is
-    # the only way left to fail.
+    # the only way left to fail. A request's key never goes to Azure.
+    if opts.uses_azure:
+        return None
     if opts.openai_api_key is not None:
         return opts.openai_api_key
     if req.api_key is None:
@@ -166,21 +198,10 @@ def resolve_api_key(opts: NavaiVoiceBackendOptions, req: CreateClientSecretReque
     return req.api_key
 
 
-def build_upstream_request(
-    opts: NavaiVoiceBackendOptions,
-    req: CreateClientSecretRequest | Mapping[str, Any] | None = None,
-    *,
-    safety_identifier: str | None = None,
-) -> HttpRequest:
-    """The ``POST /realtime/client_secrets`` call for this request.
-
-    ``safety_identifier`` (a hash of the caller's identity) is sent as
-    ``OpenAI-Safety-Identifier``, so that OpenAI can single out one abusive
-    user instead of the whole account.
-    """
-    req = structure_request(req)
-    check_policy(opts, req)
-    api_key = resolve_api_key(opts, req)
+def build_session(opts: NavaiVoiceBackendOptions, req: CreateClientSecretRequest) -> dict[str, Any]:
+    """The realtime session for ``req``: navai's fields (a request's choice
+    over the option's default over the built-in one) laid over the
+    ``session`` template."""
     session: dict[str, Any] = {
         "type": "realtime",
         "model": req.model or opts.default_model or DEFAULT_MODEL,
@@ -196,20 +217,110 @@ def build_upstream_request(
         session["output_modalities"] = ["text"]
     else:
         session["audio"] = {"output": {"voice": req.voice or opts.default_voice or DEFAULT_VOICE}}
+    return merge_session(opts.session, session)
+
+
+def build_transcription_session(
+    opts: NavaiVoiceBackendOptions, req: CreateTranscriptionSecretRequest
+) -> dict[str, Any]:
+    """The transcription session for ``req``: the model, language and prompt
+    (a request's over the options'), with the template's input audio
+    settings (format, turn detection, noise reduction) and ``include``."""
+    template = opts.session or {}
+    template_input = template.get("audio", {}).get("input", {})
+    transcription = {
+        **template_input.get("transcription", {}),
+        "model": opts.transcription_model or DEFAULT_TRANSCRIPTION_MODEL,
+    }
+    language = req.language or opts.transcription_language
+    prompt = req.prompt or opts.transcription_prompt
+    if language is not None:
+        transcription["language"] = language
+    if prompt is not None:
+        transcription["prompt"] = prompt
+    audio_input = {
+        key: template_input[key]
+        for key in ("format", "turn_detection", "noise_reduction")
+        if key in template_input
+    }
+    session: dict[str, Any] = {
+        "type": "transcription",
+        "audio": {"input": {**audio_input, "transcription": transcription}},
+    }
+    if "include" in template:
+        session["include"] = template["include"]
+    return session
+
+
+def request_credential(
+    opts: NavaiVoiceBackendOptions, api_key: str | None
+) -> tuple[str, str] | None:
+    """The header that authenticates the upstream call; None when an Azure
+    token provider must be asked for it first."""
+    if opts.uses_azure:
+        if opts.azure_api_key is None:
+            return None
+        return ("api-key", opts.azure_api_key)
+    if api_key is None:
+        raise RequestError("Missing API key. Configure openai_api_key or send apiKey in request.")
+    return ("Authorization", f"Bearer {api_key}")
+
+
+def upstream_request(
+    opts: NavaiVoiceBackendOptions,
+    session: Mapping[str, Any],
+    *,
+    credential: tuple[str, str],
+    safety_identifier: str | None = None,
+) -> HttpRequest:
+    """The ``POST .../realtime/client_secrets`` call minting ``session``:
+    OpenAI's URL, or Azure's when ``azure_endpoint`` is set."""
+    url = (
+        f"{opts.azure_endpoint}{AZURE_PATH}"
+        if opts.uses_azure
+        else f"{opts.openai_base_url}/realtime/client_secrets"
+    )
     body = {
         "expires_after": {"anchor": "created_at", "seconds": opts.client_secret_ttl_seconds},
         "session": session,
     }
     return HttpRequest(
         method="POST",
-        url=f"{opts.openai_base_url}/realtime/client_secrets",
+        url=url,
         headers=(
-            ("Authorization", f"Bearer {api_key}"),
+            credential,
             ("Content-Type", "application/json"),
             *((("OpenAI-Safety-Identifier", safety_identifier),) if safety_identifier else ()),
         ),
         body=compact_json(body),
         max_response_bytes=MAX_CLIENT_SECRET_RESPONSE_BYTES,
+    )
+
+
+def build_upstream_request(
+    opts: NavaiVoiceBackendOptions,
+    req: CreateClientSecretRequest | Mapping[str, Any] | None = None,
+    *,
+    safety_identifier: str | None = None,
+) -> HttpRequest:
+    """The ``POST /realtime/client_secrets`` call for this request.
+
+    ``safety_identifier`` (a hash of the caller's identity) is sent as
+    ``OpenAI-Safety-Identifier``, so that OpenAI can single out one abusive
+    user instead of the whole account. With an Azure token provider there is
+    no request to build before the provider is asked (the client functions
+    and the middlewares do that).
+    """
+    req = structure_request(req)
+    check_policy(opts, req)
+    credential = request_credential(opts, resolve_api_key(opts, req))
+    if credential is None:
+        raise OptionsError(
+            "azure_ad_token_provider is asked for a token on every request: mint with "
+            "create_realtime_client_secret or the middleware."
+        )
+    return upstream_request(
+        opts, build_session(opts, req), credential=credential, safety_identifier=safety_identifier
     )
 
 
@@ -262,15 +373,16 @@ def retry_after_headers(response: HttpResponse) -> tuple[tuple[str, str], ...]:
 
 
 def parse_upstream_response(
-    response: HttpResponse, *, secret: str | None = None
+    response: HttpResponse, *, secret: str | None = None, what: str = "OpenAI client_secrets"
 ) -> OpenAIRealtimeClientSecretResponse:
-    """Read OpenAI's answer; ``secret`` (the key sent) is redacted from errors."""
+    """Read OpenAI's answer; ``secret`` (the key sent) is redacted from errors;
+    ``what`` names the upstream in them."""
     status = response.status
     if not 200 <= status < 300:
         message = redact(_upstream_message(response.body), secret)
         if len(message) > MAX_QUOTED_UPSTREAM_CHARS:
             message = message[:MAX_QUOTED_UPSTREAM_CHARS] + "..."
-        text = f"OpenAI client_secrets failed ({status}): {message}"
+        text = f"{what} failed ({status}): {message}"
         if status == 429:
             raise UpstreamError(text, status=429, headers=retry_after_headers(response))
         raise UpstreamError(text)
@@ -279,14 +391,14 @@ def parse_upstream_response(
     except (ValueError, RecursionError):
         payload = None
     if not isinstance(payload, dict):
-        raise UpstreamError("OpenAI client_secrets returned a body that is not a JSON object.")
+        raise UpstreamError(f"{what} returned a body that is not a JSON object.")
     value = payload.get("value")
     expires_at = payload.get("expires_at")
     session = payload.get("session")
     if not isinstance(value, str) or not value:
-        raise UpstreamError("OpenAI client_secrets returned no client secret value.")
+        raise UpstreamError(f"{what} returned no client secret value.")
     if isinstance(expires_at, bool) or not isinstance(expires_at, int):
-        raise UpstreamError("OpenAI client_secrets returned no integer expires_at.")
+        raise UpstreamError(f"{what} returned no integer expires_at.")
     return OpenAIRealtimeClientSecretResponse(
         value=value,
         expires_at=expires_at,
@@ -341,6 +453,8 @@ class Outcome:
 Exchange = Generator[Attempt, Outcome, OpenAIRealtimeClientSecretResponse]
 
 _CLIENT_SECRETS: Final = "OpenAI client_secrets"
+_AZURE_CLIENT_SECRETS: Final = "Azure OpenAI client_secrets"
+AZURE_PATH: Final = "/openai/v1/realtime/client_secrets"
 
 
 def attempts(
@@ -385,11 +499,16 @@ def attempts(
 def exchange(request: HttpRequest, *, budget: float, provider: str = "openai") -> Exchange:
     """Mint one client secret upstream: :func:`attempts`, then the answer
     read; ``provider`` (who voices the session) goes into its ``speech``."""
-    response = yield from attempts(request, budget=budget)
-    secret = parse_upstream_response(response, secret=secret_of(request))
+    what = _AZURE_CLIENT_SECRETS if AZURE_PATH in request.url else _CLIENT_SECRETS
+    response = yield from attempts(request, budget=budget, what=what)
+    secret = parse_upstream_response(response, secret=secret_of(request), what=what)
     return attrs.evolve(secret, speech={"provider": provider})
 
 
 def secret_of(request: HttpRequest) -> str | None:
-    """The bearer token of a request built here, for redaction."""
-    return dict(request.headers).get("Authorization", "").removeprefix("Bearer ") or None
+    """The credential of a request built here (a bearer token or an Azure
+    ``api-key``), for redaction."""
+    headers = dict(request.headers)
+    if "api-key" in headers:
+        return headers["api-key"]
+    return headers.get("Authorization", "").removeprefix("Bearer ") or None

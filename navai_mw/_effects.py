@@ -197,7 +197,11 @@ class SyncEffects:
     def __call__(self, effect: object) -> object:
         if isinstance(effect, CallHook):
             try:
-                return HookResult(effect.hook(effect.info))
+                if is_async_hook(effect.hook):  # an async Azure token provider
+                    loop = self._loop_thread.loop()
+                    future = asyncio.run_coroutine_threadsafe(effect.hook(*effect.args), loop)
+                    return HookResult(future.result())
+                return HookResult(effect.hook(*effect.args))
             except Exception as exc:
                 return HookResult(error=exc)
         if isinstance(effect, HitLimit):
@@ -282,9 +286,9 @@ class AsyncEffects:
         if isinstance(effect, CallHook):
             try:
                 if is_async_hook(effect.hook):
-                    return HookResult(await effect.hook(effect.info))
+                    return HookResult(await effect.hook(*effect.args))
                 # It may touch a database: not on the event loop.
-                return HookResult(await anyio.to_thread.run_sync(effect.hook, effect.info))
+                return HookResult(await anyio.to_thread.run_sync(effect.hook, *effect.args))
             except Exception as exc:
                 return HookResult(error=exc)
         if isinstance(effect, HitLimit):

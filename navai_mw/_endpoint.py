@@ -35,7 +35,7 @@ from typing import Any, Final
 
 import attrs
 
-from ._core import NOT_AN_OBJECT, build_upstream_request, compact_json, exchange
+from ._core import NOT_AN_OBJECT, compact_json
 from ._env import (
     get_cors_origins_from_env,
     get_navai_voice_backend_options_from_env,
@@ -46,6 +46,7 @@ from ._env import (
 from ._errors import NavaiError, OptionsError, RequestError, log_safe
 from ._guard import Guard, RequestInfo, client_address
 from ._invoke import CallFunction, FunctionOutcome, function_reply
+from ._mint import SessionHook, mint_client_secret, mint_transcription_secret
 from ._models import MAX_UPSTREAM_TIMEOUT_SECONDS, NavaiVoiceBackendOptions
 from ._speech import build_speech_request, speech_exchange
 from .functions import (
@@ -96,6 +97,7 @@ DEFAULT_FUNCTIONS_LIST_PATH: Final = "/navai/functions"
 DEFAULT_FUNCTIONS_EXECUTE_PATH: Final = "/navai/functions/execute"
 DEFAULT_SPEECH_SYNTHESIZE_PATH: Final = "/navai/speech/synthesize"
 DEFAULT_FUNCTION_TIMEOUT_SECONDS: Final = 30.0
+DEFAULT_TRANSCRIPTION_PATH: Final = "/navai/realtime/transcription-secret"
 # Headers a page may read from a cross-origin answer.
 _EXPOSED: Final = ("Access-Control-Expose-Headers", "Retry-After, RateLimit, RateLimit-Policy")
 
@@ -307,11 +309,13 @@ class Endpoint:
         *,
         prefix: str = "",
         path: str | None = DEFAULT_PATH,
+        transcription_secret_path: str | None = DEFAULT_TRANSCRIPTION_PATH,
         functions_list_path: str | None = DEFAULT_FUNCTIONS_LIST_PATH,
         functions_execute_path: str | None = DEFAULT_FUNCTIONS_EXECUTE_PATH,
         speech_synthesize_path: str | None = DEFAULT_SPEECH_SYNTHESIZE_PATH,
         include_functions_routes: bool = True,
         functions: FunctionRegistry | None = None,
+        customize_session: SessionHook | None = None,
         function_timeout_seconds: float = DEFAULT_FUNCTION_TIMEOUT_SECONDS,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         cors_origins: Iterable[str] | None = None,
@@ -336,12 +340,22 @@ class Endpoint:
         self.prefix = _prefix(prefix)
         self.functions = functions if functions is not None else FunctionRegistry()
         self.function_timeout = _timeout(function_timeout_seconds)
+        if customize_session is not None and not callable(customize_session):
+            raise ValueError("customize_session must be a function (or None).")
+        self.customize_session = customize_session
 
         def _path(value: str | None, name: str) -> str | None:
             return _route_path(self.prefix, value, name)
 
         wanted: list[tuple[str, str | None, str, str, Handler]] = [
             ("client_secret", _path(path, "path"), "POST", "mint", self._client_secret),
+            (
+                "transcription_secret",
+                _path(transcription_secret_path, "transcription_secret_path"),
+                "POST",
+                "mint",
+                self._transcription_secret,
+            ),
             (
                 "speech_synthesize",
                 _path(speech_synthesize_path, "speech_synthesize_path"),
@@ -408,9 +422,11 @@ class Endpoint:
         *,
         prefix: str = "",
         path: str | None = DEFAULT_PATH,
+        transcription_secret_path: str | None = DEFAULT_TRANSCRIPTION_PATH,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         cors_origins: Iterable[str] | None = None,
         cors_allow_credentials: bool | None = None,
+        customize_session: SessionHook | None = None,
         functions_list_path: str | None = DEFAULT_FUNCTIONS_LIST_PATH,
         functions_execute_path: str | None = DEFAULT_FUNCTIONS_EXECUTE_PATH,
         speech_synthesize_path: str | None = DEFAULT_SPEECH_SYNTHESIZE_PATH,
@@ -451,6 +467,8 @@ class Endpoint:
             opts,
             prefix=prefix,
             path=path,
+            transcription_secret_path=transcription_secret_path,
+            customize_session=customize_session,
             functions_list_path=functions_list_path,
             functions_execute_path=functions_execute_path,
             speech_synthesize_path=speech_synthesize_path,
@@ -639,17 +657,28 @@ class Endpoint:
     # -- the routes ------------------------------------------------------------
 
     def _client_secret(self, call: Call) -> Generator[Any, Any, Reply]:
-        request = build_upstream_request(
+        secret = yield from mint_client_secret(
             self.opts,
             call.body,
+            customize=self.customize_session,
+            identity=call.identity,
+            request=call.info,
             safety_identifier=self.guard.safety_identifier(call.identity),
-        )
-        secret = yield from exchange(
-            request, budget=self.opts.upstream_timeout_seconds, provider=self.opts.tts_provider
         )
         return Reply(
             200, {"value": secret.value, "expires_at": secret.expires_at, "speech": secret.speech}
         )
+
+    def _transcription_secret(self, call: Call) -> Generator[Any, Any, Reply]:
+        secret = yield from mint_transcription_secret(
+            self.opts,
+            call.body,
+            customize=self.customize_session,
+            identity=call.identity,
+            request=call.info,
+            safety_identifier=self.guard.safety_identifier(call.identity),
+        )
+        return Reply(200, {"value": secret.value, "expires_at": secret.expires_at})
 
     def _speech(self, call: Call) -> Generator[Any, Any, Reply]:
         request = build_speech_request(self.opts, call.body)
@@ -697,6 +726,7 @@ class Endpoint:
 # What a failing route was doing, for the log line.
 _DOING: Final = {
     "client_secret": "minting a client secret",
+    "transcription_secret": "minting a transcription secret",
     "speech_synthesize": "synthesizing speech",
     "functions_list": "listing backend functions",
     "functions_execute": "running a backend function",

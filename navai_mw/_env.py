@@ -1,6 +1,6 @@
 """Environment variables -> :class:`NavaiVoiceBackendOptions`.
 
-The seed's nine variables, ``OPENAI_BASE_URL``, the request policy
+The reference's variables, ``OPENAI_BASE_URL``, the request policy
 (``NAVAI_ALLOWED_MODELS``, ``NAVAI_ALLOWED_VOICES``,
 ``NAVAI_ALLOW_CLIENT_INSTRUCTIONS``), and speech (``NAVAI_TTS_PROVIDER``,
 ``ELEVENLABS_*``, as the reference reads them). A variable set to a blank

@@ -89,10 +89,13 @@ class RequestInfo:
 
 @attrs.frozen
 class CallHook:
-    """Call ``hook(info)``; send back a :class:`HookResult`."""
+    """Call ``hook(*args)`` (awaited when it is async); send back a
+    :class:`HookResult`. The ``authorize`` hook gets the request view; a
+    ``customize_session`` hook the session context; an Azure token provider
+    nothing."""
 
-    hook: Callable[[RequestInfo], Any]
-    info: RequestInfo
+    hook: Callable[..., Any]
+    args: tuple[Any, ...] = ()
 
 
 @attrs.frozen
@@ -392,7 +395,7 @@ class Guard:
         if self._builtin:
             identity = yield from cast(Authorizer, authorize).steps(info)
         else:
-            result: HookResult = yield CallHook(cast(Hook, authorize), info)
+            result: HookResult = yield CallHook(cast(Hook, authorize), (info,))
             if result.error is not None:
                 if isinstance(result.error, NavaiError):
                     raise result.error

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -30,9 +30,11 @@ __all__ = [
     "DEFAULT_ELEVENLABS_OUTPUT_FORMAT",
     "DEFAULT_INSTRUCTIONS",
     "DEFAULT_MODEL",
+    "DEFAULT_TRANSCRIPTION_MODEL",
     "DEFAULT_VOICE",
     "WIRE_NAMES",
     "CreateClientSecretRequest",
+    "CreateTranscriptionSecretRequest",
     "HttpRequest",
     "HttpResponse",
     "NavaiVoiceBackendOptions",
@@ -47,6 +49,7 @@ DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
 DEFAULT_MODEL: Final = "gpt-realtime"
 DEFAULT_VOICE: Final = "marin"
 DEFAULT_INSTRUCTIONS: Final = "You are a helpful assistant."
+DEFAULT_TRANSCRIPTION_MODEL: Final = "gpt-4o-transcribe"
 # OpenAI accepts 10..7200 seconds for expires_after.seconds.
 MIN_TTL_SECONDS: Final = 10
 MAX_TTL_SECONDS: Final = 7200
@@ -117,6 +120,10 @@ def _clean_base_url(value: str) -> str:
     return value.strip().rstrip("/") if isinstance(value, str) else value
 
 
+def _clean_optional_url(value: str | None) -> str | None:
+    return None if value is None else _clean_base_url(value)
+
+
 def _check_base_url(_: object, field: attrs.Attribute[Any], value: str) -> None:
     # Checked here, not on the first request: a URL a transport cannot use
     # would otherwise fail every request instead of the deployment. Both
@@ -153,7 +160,11 @@ def _check_base_url(_: object, field: attrs.Attribute[Any], value: str) -> None:
         )
 
 
-_UPSTREAMS: Final = {"openai_base_url": "OpenAI", "elevenlabs_base_url": "ElevenLabs"}
+_UPSTREAMS: Final = {
+    "openai_base_url": "OpenAI",
+    "elevenlabs_base_url": "ElevenLabs",
+    "azure_endpoint": "Azure OpenAI",
+}
 
 
 def _check_bool(_: object, field: attrs.Attribute[Any], value: object) -> None:
@@ -298,6 +309,18 @@ class NavaiVoiceBackendOptions:
         elevenlabs_optimize_streaming_latency, elevenlabs_voice_settings:
             the speech route's defaults; a request may name its own voice,
             model, format, latency and settings.
+        session: Realtime session fields sent with every secret (tools,
+            turn detection, transcription...), a dict or a JSON string,
+            checked against OpenAI's session schema here; navai's own fields
+            (type, model, instructions, output voice) are not allowed in it.
+        allow_unknown_session_fields: let ``session`` carry fields the
+            schema does not know (newer than this version).
+        transcription_model (``gpt-4o-transcribe``), transcription_language,
+        transcription_prompt: the transcription-secret route's defaults.
+        azure_endpoint: Azure OpenAI's endpoint; setting it selects Azure,
+            with exactly one of azure_api_key (sent as ``api-key``) and
+            azure_ad_token_provider (a callable, sync or async, returning a
+            Microsoft Entra ID token; called for every request).
 
     Invalid options raise :class:`OptionsError` here, at construction.
     """
@@ -349,10 +372,70 @@ class NavaiVoiceBackendOptions:
     elevenlabs_voice_settings: VoiceSettings | None = attrs.field(
         default=None, validator=_check_voice_settings
     )
+    # Declared as what it holds once checked; a JSON string is accepted too.
+    session: dict[str, Any] | None = attrs.field(default=None, eq=False)
+    allow_unknown_session_fields: bool = attrs.field(default=False, validator=_check_bool)
+    transcription_model: str | None = _optional_text()
+    transcription_language: str | None = _optional_text()
+    transcription_prompt: str | None = _optional_text()
+    azure_endpoint: str | None = attrs.field(
+        default=None,
+        converter=_clean_optional_url,
+        validator=attrs.validators.optional(_check_base_url),
+    )
+    azure_api_key: str | None = attrs.field(
+        default=None,
+        converter=_clean_key,
+        validator=[_check_text, _check_key],
+        repr=False,
+    )
+    azure_ad_token_provider: Callable[[], Any] | None = attrs.field(
+        default=None, repr=False, eq=False
+    )
+
+    @property
+    def uses_azure(self) -> bool:
+        return self.azure_endpoint is not None
 
     def __attrs_post_init__(self) -> None:
-        if self.openai_api_key is None and not self.allow_api_key_from_request:
+        from ._session import check_session  # the schema classes load on first use
+
+        object.__setattr__(
+            self,
+            "session",
+            check_session(
+                self.session,
+                unknown_ok=self.allow_unknown_session_fields,
+                elevenlabs=self.tts_provider == "elevenlabs",
+            ),
+        )
+        if self.azure_endpoint is not None:
+            self._check_azure()
+        elif self.azure_api_key is not None or self.azure_ad_token_provider is not None:
+            raise OptionsError(
+                "azure_api_key and azure_ad_token_provider need azure_endpoint "
+                "(https://<resource>.openai.azure.com)."
+            )
+        elif self.openai_api_key is None and not self.allow_api_key_from_request:
             raise OptionsError("Missing openai_api_key in NavaiVoiceBackendOptions.")
+        self._check_policy_defaults()
+
+    def _check_azure(self) -> None:
+        has_key = self.azure_api_key is not None
+        has_provider = self.azure_ad_token_provider is not None
+        if has_key == has_provider:
+            raise OptionsError(
+                "Azure OpenAI needs exactly one of azure_api_key and azure_ad_token_provider."
+            )
+        if has_provider and not callable(self.azure_ad_token_provider):
+            raise OptionsError("azure_ad_token_provider must be a callable returning a token.")
+        if self.openai_api_key is not None:
+            raise OptionsError(
+                "openai_api_key is set beside azure_endpoint: Azure OpenAI uses azure_api_key "
+                "or azure_ad_token_provider. Remove one of them."
+            )
+
+    def _check_policy_defaults(self) -> None:
         # The server's own choices must pass its own policy.
         for default, builtin, allowed, name in (
             (self.default_model, DEFAULT_MODEL, self.allowed_models, "model"),
@@ -436,6 +519,18 @@ class HttpResponse:
         return None
 
 
+@attrs.frozen(kw_only=True)
+class CreateTranscriptionSecretRequest:
+    """What a client may ask of a transcription session: language, prompt
+    and (where the options allow it) api_key, ``apiKey`` on the wire."""
+
+    language: str | None = _optional_text()
+    prompt: str | None = _optional_text()
+    api_key: str | None = attrs.field(
+        default=None, converter=_clean_key, validator=_check_text, repr=False
+    )
+
+
 # Wire spelling of CreateClientSecretRequest, as @navai/voice-frontend sends it.
 WIRE_NAMES: Final = {
     "model": "model",
@@ -469,5 +564,15 @@ converter.register_structure_hook(
         voice_accent=override(rename=WIRE_NAMES["voice_accent"]),
         voice_tone=override(rename=WIRE_NAMES["voice_tone"]),
         api_key=override(rename=WIRE_NAMES["api_key"]),
+    ),
+)
+converter.register_structure_hook(
+    CreateTranscriptionSecretRequest,
+    make_dict_structure_fn(
+        CreateTranscriptionSecretRequest,
+        converter,
+        _cattrs_forbid_extra_keys=False,
+        _cattrs_detailed_validation=False,
+        api_key=override(rename="apiKey"),
     ),
 )

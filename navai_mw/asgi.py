@@ -30,10 +30,12 @@ from ._endpoint import (
     DEFAULT_MAX_BODY_SIZE,
     DEFAULT_PATH,
     DEFAULT_SPEECH_SYNTHESIZE_PATH,
+    DEFAULT_TRANSCRIPTION_PATH,
     Answer,
     route_path,
 )
 from ._guard import Authorizer, RequestInfo
+from ._mint import SessionContext
 from ._models import NavaiVoiceBackendOptions
 from .functions import FunctionRegistry, FunctionSource
 from .transports import AsyncTransport
@@ -76,6 +78,8 @@ class NavaiASGIMiddleware:
         *,
         prefix: str = "",
         path: str | None = DEFAULT_PATH,
+        transcription_secret_path: str | None = DEFAULT_TRANSCRIPTION_PATH,
+        customize_session: Callable[[SessionContext], Any] | None = None,
         functions_list_path: str | None = DEFAULT_FUNCTIONS_LIST_PATH,
         functions_execute_path: str | None = DEFAULT_FUNCTIONS_EXECUTE_PATH,
         speech_synthesize_path: str | None = DEFAULT_SPEECH_SYNTHESIZE_PATH,
@@ -101,6 +105,8 @@ class NavaiASGIMiddleware:
             function_workers=function_workers,
             prefix=prefix,
             path=path,
+            transcription_secret_path=transcription_secret_path,
+            customize_session=customize_session,
             functions_list_path=functions_list_path,
             functions_execute_path=functions_execute_path,
             speech_synthesize_path=speech_synthesize_path,

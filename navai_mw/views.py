@@ -89,12 +89,13 @@ class NavaiHandler:
         function_workers: int = DEFAULT_FUNCTION_WORKERS,
         **keywords: Any,
     ) -> None:
-        authorize = keywords.get("authorize")
-        if authorize is not None and is_async_hook(authorize):
-            raise OptionsError(
-                "authorize is an async function; the WSGI middleware calls it "
-                "synchronously. Pass a plain function."
-            )
+        for name in ("authorize", "customize_session"):
+            hook = keywords.get(name)
+            if hook is not None and is_async_hook(hook):
+                raise OptionsError(
+                    f"{name} is an async function; the WSGI middleware calls it "
+                    "synchronously. Pass a plain function."
+                )
         self.endpoint = Endpoint.configured(opts, **keywords)
         self.effects = SyncEffects(
             self.endpoint.guard.storage_uri, function_workers=function_workers

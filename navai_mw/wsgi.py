@@ -24,9 +24,11 @@ from ._endpoint import (
     DEFAULT_MAX_BODY_SIZE,
     DEFAULT_PATH,
     DEFAULT_SPEECH_SYNTHESIZE_PATH,
+    DEFAULT_TRANSCRIPTION_PATH,
     Answer,
 )
 from ._guard import Authorizer, RequestInfo
+from ._mint import SessionContext
 from ._models import NavaiVoiceBackendOptions
 from .functions import FunctionRegistry, FunctionSource
 from .transports import SyncTransport
@@ -59,6 +61,8 @@ class NavaiWSGIMiddleware:
         *,
         prefix: str = "",
         path: str | None = DEFAULT_PATH,
+        transcription_secret_path: str | None = DEFAULT_TRANSCRIPTION_PATH,
+        customize_session: Callable[[SessionContext], Any] | None = None,
         functions_list_path: str | None = DEFAULT_FUNCTIONS_LIST_PATH,
         functions_execute_path: str | None = DEFAULT_FUNCTIONS_EXECUTE_PATH,
         speech_synthesize_path: str | None = DEFAULT_SPEECH_SYNTHESIZE_PATH,
@@ -84,6 +88,8 @@ class NavaiWSGIMiddleware:
             function_workers=function_workers,
             prefix=prefix,
             path=path,
+            transcription_secret_path=transcription_secret_path,
+            customize_session=customize_session,
             functions_list_path=functions_list_path,
             functions_execute_path=functions_execute_path,
             speech_synthesize_path=speech_synthesize_path,

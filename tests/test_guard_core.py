@@ -119,7 +119,7 @@ def test_the_key_is_the_identity_else_the_address() -> None:
         [HookResult("alice"), LimitResult(windows=((0, NOW),), now=NOW)],
     )
     assert isinstance(effects[0], CallHook)
-    assert effects[0].info is INFO
+    assert effects[0].args == (INFO,)
     assert isinstance(effects[1], HitLimit)
     assert effects[1].key == "navai:mint:id:alice"
     effects, _ = run_check(limited("1/minute"), [LimitResult(windows=((0, NOW),), now=NOW)])
@@ -202,7 +202,7 @@ def test_a_slow_hook_does_not_eat_the_upstream_budget() -> None:
     clock = Clock()
 
     def steps() -> Generator[Any, Any, HttpResponse]:
-        yield CallHook(lambda info: "a", INFO)  # the hook takes 100 s of this clock
+        yield CallHook(lambda info: "a", (INFO,))  # the hook takes 100 s of this clock
         request = HttpRequest(method="POST", url="http://x", headers=(), body=b"")
         return (yield from attempts(request, budget=10))
 

@@ -1,0 +1,442 @@
+"""The Realtime session a server configures: the ``session=`` template,
+checked against OpenAI's session schema when the options are built.
+
+The attrs classes below mirror the fields of OpenAI's
+``POST /v1/realtime/client_secrets`` session that navai_mw knows (their
+types, enums and ranges); a template is structured into them with a strict
+cattrs converter, so that a typo or a value OpenAI would refuse is an
+options error at start-up, not a 502 on every request. What is sent is the
+template as given (after the check), merged with the fields navai computes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from typing import Any, Final, Literal
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn
+from cattrs.v import format_exception
+
+from ._errors import OptionsError
+
+__all__ = [
+    "NAVAI_FIELDS",
+    "check_session",
+    "merge_session",
+]
+
+
+def _between(low: float, high: float) -> Any:
+    def check(_: object, field: attrs.Attribute[Any], value: object) -> None:
+        if value is not None and not low <= value <= high:  # type: ignore[operator]
+            raise ValueError(f"{field.name} must be between {low:g} and {high:g}")
+
+    return check
+
+
+def _at_least(low: int) -> Any:
+    def check(_: object, field: attrs.Attribute[Any], value: object) -> None:
+        if value is not None and value < low:  # type: ignore[operator]
+            raise ValueError(f"{field.name} must be at least {low}")
+
+    return check
+
+
+# -- audio ----------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class AudioFormat:
+    type: Literal["audio/pcm", "audio/pcmu", "audio/pcma"] | None = None
+    rate: Literal[24000] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ServerVad:
+    type: Literal["server_vad"]
+    threshold: float | None = attrs.field(default=None, validator=_between(0, 1))
+    prefix_padding_ms: int | None = attrs.field(default=None, validator=_at_least(0))
+    silence_duration_ms: int | None = attrs.field(default=None, validator=_at_least(0))
+    idle_timeout_ms: int | None = attrs.field(default=None, validator=_at_least(0))
+    create_response: bool | None = None
+    interrupt_response: bool | None = None
+
+
+@attrs.frozen(kw_only=True)
+class SemanticVad:
+    type: Literal["semantic_vad"]
+    eagerness: Literal["low", "medium", "high", "auto"] | None = None
+    create_response: bool | None = None
+    interrupt_response: bool | None = None
+
+
+@attrs.frozen(kw_only=True)
+class NoiseReduction:
+    type: Literal["near_field", "far_field"] | None = None
+    strength: float | None = attrs.field(default=None, validator=_between(0, 1))
+
+
+@attrs.frozen(kw_only=True)
+class Transcription:
+    model: str | None = None
+    language: str | None = None
+    prompt: str | None = None
+    languages: list[str] | None = None
+    keywords: list[str] | None = None
+    delay: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class AudioInput:
+    format: AudioFormat | None = None
+    noise_reduction: NoiseReduction | None = None
+    transcription: Transcription | None = None
+    turn_detection: ServerVad | SemanticVad | None = None
+
+
+@attrs.frozen(kw_only=True)
+class AudioOutput:
+    format: AudioFormat | None = None
+    speed: float | None = attrs.field(default=None, validator=_between(0.25, 1.5))
+    voice: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Audio:
+    input: AudioInput | None = None
+    output: AudioOutput | None = None
+
+
+# -- tools ----------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class FunctionTool:
+    type: Literal["function"]
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+def _approval(_: object, __: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and value not in ("always", "never") and not isinstance(value, dict):
+        raise ValueError("require_approval must be 'always', 'never' or a filter object")
+
+
+def _allowed(_: object, __: attrs.Attribute[Any], value: object) -> None:
+    if value is None or isinstance(value, dict):
+        return
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError("allowed_tools must be a list of names or a filter object")
+
+
+@attrs.frozen(kw_only=True)
+class McpTool:
+    type: Literal["mcp"]
+    server_label: str
+    server_url: str | None = None
+    server_description: str | None = None
+    connector_id: str | None = None
+    authorization: str | None = None
+    headers: dict[str, str] | None = None
+    allowed_tools: Any = attrs.field(default=None, validator=_allowed)
+    require_approval: Any = attrs.field(default=None, validator=_approval)
+    allowed_callers: list[Literal["direct", "programmatic"]] | None = None
+    defer_loading: bool | None = None
+    tunnel_id: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ToolChoiceFunction:
+    type: Literal["function"]
+    name: str
+
+
+@attrs.frozen(kw_only=True)
+class ToolChoiceMcp:
+    type: Literal["mcp"]
+    server_label: str
+    name: str | None = None
+
+
+# -- the rest -------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Tracing:
+    workflow_name: str | None = None
+    group_id: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Prompt:
+    id: str
+    version: str | None = None
+    variables: dict[str, Any] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class TokenLimits:
+    post_instructions: int | None = attrs.field(default=None, validator=_at_least(0))
+
+
+@attrs.frozen(kw_only=True)
+class RetentionRatio:
+    type: Literal["retention_ratio"]
+    retention_ratio: float = attrs.field(validator=_between(0, 1))
+    token_limits: TokenLimits | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Reasoning:
+    effort: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
+
+
+ToolChoice = Literal["none", "auto", "required"] | ToolChoiceFunction | ToolChoiceMcp
+Truncation = Literal["auto", "disabled"] | RetentionRatio
+MaxTokens = int | Literal["inf"]
+TracingConfig = Literal["auto"] | Tracing
+
+
+@attrs.frozen(kw_only=True)
+class RealtimeSession:
+    """The fields of a realtime session (navai's own included, so that a
+    ``customize_session`` hook's result is checked whole)."""
+
+    type: Literal["realtime"] | None = None
+    model: str | None = None
+    instructions: str | None = None
+    audio: Audio | None = None
+    include: list[Literal["item.input_audio_transcription.logprobs"]] | None = None
+    max_output_tokens: MaxTokens | None = None
+    output_modalities: list[Literal["text", "audio"]] | None = None
+    parallel_tool_calls: bool | None = None
+    prompt: Prompt | None = None
+    reasoning: Reasoning | None = None
+    tool_choice: ToolChoice | None = None
+    tools: list[FunctionTool | McpTool] | None = None
+    tracing: TracingConfig | None = None
+    truncation: Truncation | None = None
+
+
+@attrs.frozen(kw_only=True)
+class TranscriptionSession:
+    type: Literal["transcription"] | None = None
+    audio: Audio | None = None
+    include: list[Literal["item.input_audio_transcription.logprobs"]] | None = None
+
+
+# -- the converter ----------------------------------------------------------------------
+
+
+def _strict(kind: type, name: str) -> Any:
+    def structure(value: object, _: object) -> Any:
+        if isinstance(value, bool) and kind is not bool:
+            raise TypeError(f"expected {name}, got a boolean")
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, kind):
+            raise TypeError(f"expected {name}, got {type(value).__name__}")
+        return value
+
+    return structure
+
+
+def _by_type(
+    converter: cattrs.Converter, options: Mapping[str, type], words: tuple[str, ...] = ()
+) -> Any:
+    """A union told apart by its ``type`` field, or one of ``words``."""
+
+    def structure(value: object, _: object) -> Any:
+        if isinstance(value, str) and value in words:
+            return value
+        if isinstance(value, dict):
+            kind = options.get(value.get("type"))  # type: ignore[arg-type]
+            if kind is not None:
+                return converter.structure(value, kind)
+        wanted = [*map(repr, words), *(f"an object with type {key!r}" for key in options)]
+        raise ValueError(f"expected {' or '.join(wanted)}")
+
+    return structure
+
+
+def _tracing(converter: cattrs.Converter) -> Any:
+    def structure(value: object, _: object) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, dict):
+            return converter.structure(value, Tracing)
+        raise ValueError("expected 'auto' or an object")
+
+    return structure
+
+
+def _max_tokens(value: object, _: object) -> Any:
+    if value == "inf":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096:
+        raise ValueError("expected an integer from 1 to 4096, or 'inf'")
+    return value
+
+
+def _or_none(hook: Any) -> Any:
+    def structure(value: object, kind: object) -> Any:
+        return None if value is None else hook(value, kind)
+
+    return structure
+
+
+def _make_converter(forbid_extra: bool) -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=forbid_extra)
+    converter.register_structure_hook(str, _strict(str, "a string"))
+    converter.register_structure_hook(int, _strict(int, "an integer"))
+    converter.register_structure_hook(float, _strict(float, "a number"))
+    converter.register_structure_hook(bool, _strict(bool, "true or false"))
+    unions: list[tuple[Any, Any]] = [
+        (
+            ServerVad | SemanticVad,
+            _by_type(converter, {"server_vad": ServerVad, "semantic_vad": SemanticVad}),
+        ),
+        (FunctionTool | McpTool, _by_type(converter, {"function": FunctionTool, "mcp": McpTool})),
+        (
+            ToolChoice,
+            _by_type(
+                converter,
+                {"function": ToolChoiceFunction, "mcp": ToolChoiceMcp},
+                ("none", "auto", "required"),
+            ),
+        ),
+        (
+            Truncation,
+            _by_type(converter, {"retention_ratio": RetentionRatio}, ("auto", "disabled")),
+        ),
+        (TracingConfig, _tracing(converter)),
+        (MaxTokens, _max_tokens),
+    ]
+    for union, hook in unions:
+        converter.register_structure_hook(union, hook)
+        converter.register_structure_hook(union | None, _or_none(hook))
+    for cls in (RealtimeSession, TranscriptionSession):
+        converter.register_structure_hook(
+            cls, make_dict_structure_fn(cls, converter, _cattrs_forbid_extra_keys=forbid_extra)
+        )
+    return converter
+
+
+_STRICT: Final = _make_converter(forbid_extra=True)
+_LENIENT: Final = _make_converter(forbid_extra=False)
+
+
+def _describe(exc: BaseException, kind: type | None) -> str:
+    text = str(exc)
+    if " not in literal " in text:
+        value, _, allowed = text.partition(" not in literal ")
+        return f"{value!r} is not one of {allowed.removeprefix('typing.Literal')}"
+    if isinstance(exc, (ValueError, TypeError)):
+        return text
+    return format_exception(exc, kind)
+
+
+def _problems(exc: BaseException, path: str) -> str:
+    messages = cattrs.transform_error(exc, path=path, format_exception=_describe)
+    return "; ".join(messages[:5])
+
+
+def _structure(data: Any, kind: type, *, unknown_ok: bool, path: str) -> None:
+    converter = _LENIENT if unknown_ok else _STRICT
+    try:
+        converter.structure(data, kind)
+    except cattrs.BaseValidationError as exc:
+        raise OptionsError(f"{path} is not a valid session: {_problems(exc, path)}") from None
+    except (ValueError, TypeError) as exc:
+        raise OptionsError(f"{path} is not a valid session: {exc}") from None
+
+
+# What navai computes, and the option that sets each instead.
+NAVAI_FIELDS: Final = {
+    ("type",): "nothing: navai sets it",
+    ("model",): "default_model",
+    ("instructions",): "default_instructions",
+    ("audio", "output", "voice"): "default_voice",
+}
+# Under ElevenLabs speech the session answers in text: these are navai's too.
+ELEVENLABS_FIELDS: Final = {
+    ("output_modalities",): "nothing: ElevenLabs speech makes it text",
+    ("audio", "output"): "nothing: ElevenLabs voices the answers",
+}
+
+
+def _has(data: Mapping[str, Any], path: tuple[str, ...]) -> bool:
+    node: Any = data
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+def check_session(
+    template: object,
+    *,
+    option: str = "session",
+    kind: Literal["realtime", "transcription"] = "realtime",
+    unknown_ok: bool = False,
+    elevenlabs: bool = False,
+) -> dict[str, Any] | None:
+    """The template as a JSON object, checked; None when there is none.
+
+    A string is read as JSON (the environment's spelling). Raises
+    :class:`OptionsError` naming the field for anything OpenAI's schema
+    would refuse, and for a field navai sets itself."""
+    if template is None:
+        return None
+    if isinstance(template, str):
+        try:
+            template = json.loads(template)
+        except ValueError as exc:
+            raise OptionsError(f"{option} is not valid JSON: {exc}") from None
+    if not isinstance(template, Mapping):
+        raise OptionsError(f"{option} must be a JSON object of session fields.")
+    data = copy.deepcopy(dict(template))
+    owned = {**NAVAI_FIELDS, **(ELEVENLABS_FIELDS if elevenlabs else {})}
+    for path, instead in owned.items():
+        if _has(data, path):
+            raise OptionsError(
+                f"{option} sets {'.'.join(path)}, which navai sets itself; use {instead}."
+            )
+    _structure(
+        data,
+        RealtimeSession if kind == "realtime" else TranscriptionSession,
+        unknown_ok=unknown_ok,
+        path=option,
+    )
+    return data
+
+
+def check_final_session(session: Mapping[str, Any], *, unknown_ok: bool) -> None:
+    """A whole session (after a ``customize_session`` hook): the schema only."""
+    kind = TranscriptionSession if session.get("type") == "transcription" else RealtimeSession
+    _structure(dict(session), kind, unknown_ok=unknown_ok, path="session")
+
+
+def merge_session(template: Mapping[str, Any] | None, computed: dict[str, Any]) -> dict[str, Any]:
+    """``computed`` (navai's fields) laid over a copy of ``template``, object
+    by object; the two share no field, so nothing is overwritten."""
+    if not template:
+        return computed
+    merged = copy.deepcopy(dict(template))
+    _lay(merged, computed)
+    return merged
+
+
+def _lay(target: dict[str, Any], source: Mapping[str, Any]) -> None:
+    for key, value in source.items():
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            _lay(target[key], value)
+        else:
+            target[key] = value
