@@ -8,14 +8,18 @@ starts with an underscore is private.
 from ._client import (
     create_realtime_client_secret,
     create_realtime_client_secret_sync,
+    create_transcription_client_secret,
+    create_transcription_client_secret_sync,
     synthesize_speech,
     synthesize_speech_sync,
 )
 from ._env import get_navai_voice_backend_options_from_env
 from ._errors import AuthError, NavaiError, OptionsError, RequestError, UpstreamError
 from ._guard import RequestInfo
+from ._mint import SessionContext
 from ._models import (
     CreateClientSecretRequest,
+    CreateTranscriptionSecretRequest,
     HttpRequest,
     HttpResponse,
     NavaiVoiceBackendOptions,
@@ -37,6 +41,7 @@ __all__ = [
     "AsyncNavaiHandler",
     "AuthError",
     "CreateClientSecretRequest",
+    "CreateTranscriptionSecretRequest",
     "FunctionContext",
     "FunctionRegistry",
     "HttpRequest",
@@ -52,11 +57,14 @@ __all__ = [
     "OptionsError",
     "RequestError",
     "RequestInfo",
+    "SessionContext",
     "SynthesizedSpeech",
     "UpstreamError",
     "VoiceSettings",
     "create_realtime_client_secret",
     "create_realtime_client_secret_sync",
+    "create_transcription_client_secret",
+    "create_transcription_client_secret_sync",
     "get_navai_voice_backend_options_from_env",
     "load_navai_functions",
     "synthesize_speech",

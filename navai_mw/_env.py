@@ -10,6 +10,7 @@ string counts as unset (the reference would send ``"model": ""``).
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import re
@@ -34,6 +35,11 @@ __all__ = [
 ]
 
 _INTEGER: Final = re.compile(r"[+-]?[0-9]+")
+logger = logging.getLogger("navai_mw")
+AZURE_WINS_WARNING: Final = (
+    "AZURE_OPENAI_ENDPOINT and OPENAI_API_KEY are both set: minting with Azure OpenAI; "
+    "OPENAI_API_KEY is ignored"
+)
 
 
 def _read(env: Mapping[str, str | None], name: str) -> str | None:
@@ -94,10 +100,21 @@ def get_navai_voice_backend_options_from_env(
     if env is None:
         env = os.environ
     api_key = _read(env, "OPENAI_API_KEY")
+    azure_endpoint = _read(env, "AZURE_OPENAI_ENDPOINT")
+    if azure_endpoint is not None and api_key is not None:
+        # Many machines export both: Azure was asked for explicitly.
+        logger.warning(AZURE_WINS_WARNING)
+        api_key = None
     allow = (_read(env, "NAVAI_ALLOW_FRONTEND_API_KEY") or "").strip().lower() == "true"
     return NavaiVoiceBackendOptions(
         openai_api_key=api_key,
-        allow_api_key_from_request=allow or api_key is None,
+        allow_api_key_from_request=azure_endpoint is None and (allow or api_key is None),
+        azure_endpoint=azure_endpoint,
+        azure_api_key=_read(env, "AZURE_OPENAI_API_KEY"),
+        session=_read(env, "OPENAI_REALTIME_SESSION"),
+        transcription_model=_read(env, "OPENAI_TRANSCRIPTION_MODEL"),
+        transcription_language=_read(env, "OPENAI_TRANSCRIPTION_LANGUAGE"),
+        transcription_prompt=_read(env, "OPENAI_TRANSCRIPTION_PROMPT"),
         client_secret_ttl_seconds=_ttl(_read(env, "OPENAI_REALTIME_CLIENT_SECRET_TTL")),
         openai_base_url=_read(env, "OPENAI_BASE_URL") or DEFAULT_BASE_URL,
         default_model=_read(env, "OPENAI_REALTIME_MODEL"),

@@ -10,9 +10,10 @@ Invariants, held by construction so that no other module re-checks them:
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -118,6 +119,21 @@ def _check_timeout(_: object, __: attrs.Attribute[Any], value: object) -> None:
 
 def _clean_base_url(value: str) -> str:
     return value.strip().rstrip("/") if isinstance(value, str) else value
+
+
+def _session_input(value: Mapping[str, Any] | str | None) -> dict[str, Any] | None:
+    """A template as given (a mapping, or JSON as in the environment); it is
+    checked once the other options are known."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise OptionsError(f"session is not valid JSON: {exc}") from None
+    if not isinstance(value, Mapping):
+        raise OptionsError("session must be a JSON object of session fields.")
+    return dict(value)
 
 
 def _clean_optional_url(value: str | None) -> str | None:
@@ -373,7 +389,9 @@ class NavaiVoiceBackendOptions:
         default=None, validator=_check_voice_settings
     )
     # Declared as what it holds once checked; a JSON string is accepted too.
-    session: dict[str, Any] | None = attrs.field(default=None, eq=False)
+    session: dict[str, Any] | None = attrs.field(
+        default=None, converter=_session_input, eq=False
+    )
     allow_unknown_session_fields: bool = attrs.field(default=False, validator=_check_bool)
     transcription_model: str | None = _optional_text()
     transcription_language: str | None = _optional_text()

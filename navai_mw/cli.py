@@ -58,7 +58,11 @@ import attrs
 
 from . import _demo_functions
 from ._endpoint import DEFAULT_PATH
-from ._env import get_cors_origins_from_env, get_navai_voice_backend_options_from_env
+from ._env import (
+    AZURE_WINS_WARNING,
+    get_cors_origins_from_env,
+    get_navai_voice_backend_options_from_env,
+)
 from ._errors import NavaiError
 from ._guard import Guard
 from ._models import DEFAULT_INSTRUCTIONS, DEFAULT_MODEL, DEFAULT_VOICE, NavaiVoiceBackendOptions
@@ -495,6 +499,9 @@ def _origin(host: str, port: int, *, local: bool) -> str:
 
 
 def _key_policy(opts: NavaiVoiceBackendOptions, *, demo: bool) -> str:
+    if opts.uses_azure:
+        how = "api-key" if opts.azure_api_key is not None else "an Entra ID token provider"
+        return f"Azure OpenAI with {how}; keys from requests: never sent to Azure"
     if demo:
         return "a made-up demo key, accepted only by the fake; keys from requests: ignored"
     if opts.openai_api_key is not None:
@@ -509,6 +516,12 @@ def _with_default(value: str | None, default: str) -> str:
 def _short(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
+
+
+def _session_policy(opts: NavaiVoiceBackendOptions) -> str:
+    if not opts.session:
+        return "navai's fields only (set OPENAI_REALTIME_SESSION for tools, VAD...)"
+    return "template with " + ", ".join(sorted(opts.session))
 
 
 def _speech_policy(base: str, opts: NavaiVoiceBackendOptions, *, demo: bool) -> str:
@@ -534,7 +547,8 @@ UNGUARDED_WARNING: Final = (
 
 
 def _unguarded(opts: NavaiVoiceBackendOptions, guard: Guard, *, demo: bool) -> bool:
-    return not demo and opts.openai_api_key is not None and not guard.active
+    has_credential = opts.openai_api_key is not None or opts.uses_azure
+    return not demo and has_credential and not guard.active
 
 
 def _auth_policy(guard: Guard) -> str:
@@ -576,7 +590,8 @@ def _banner(
     settings = [
         ("token endpoint", f"POST {base}{token_path}"),
         ("health", f"GET {base}{HEALTH_PATH}"),
-        ("upstream", opts.openai_base_url),  # never credentials: the options refuse them
+        # Never credentials: the options refuse them in either URL.
+        ("upstream", opts.azure_endpoint or opts.openai_base_url),
         ("API key", _key_policy(opts, demo=demo)),
         ("model", _with_default(opts.default_model, DEFAULT_MODEL)),
         ("voice", _with_default(opts.default_voice, DEFAULT_VOICE)),
@@ -585,6 +600,7 @@ def _banner(
         ("voice accent", opts.default_voice_accent),
         ("voice tone", opts.default_voice_tone),
         ("secret TTL", f"{opts.client_secret_ttl_seconds} s"),
+        ("session", _session_policy(opts)),
         ("speech", _speech_policy(base, opts, demo=demo)),
         ("CORS origins", _cors_policy(cors)),
         ("authorization", _auth_policy(guard)),
@@ -604,6 +620,8 @@ def _banner(
     lines += ["", *(f"  {name:<15} {value}" for name, value in settings if value is not None)]
     if _unguarded(opts, guard, demo=demo):
         lines += ["", f"WARNING: {UNGUARDED_WARNING}"]
+    if not demo and opts.uses_azure and os.environ.get("OPENAI_API_KEY", "").strip():
+        lines += ["", f"NOTE: {AZURE_WINS_WARNING}."]
     lines += ["", _functions_banner(base, functions)]
     lines += [
         "Mint a token:",
