@@ -2,6 +2,11 @@
 
 Run it with ``OPENAI_API_KEY=sk-... python examples/starlette_app.py``, then
 ``curl -X POST http://127.0.0.1:8000/navai/realtime/client-secret``.
+
+No key, or no network? Run ``navai-mw fake-upstream`` in another terminal,
+paste the two ``export`` lines it prints, and set ``OPENAI_API_KEY=sk-anything``:
+the same commands then mint fake tokens (``ek_fake_...``) from a fake OpenAI
+on loopback.
 """
 
 from __future__ import annotations
