@@ -365,6 +365,21 @@ def _upstream_message(body: bytes) -> str:
     return text.strip()
 
 
+def upstream_failure(
+    what: str, response: HttpResponse, message: str, secret: str | None
+) -> UpstreamError:
+    """The error for an upstream's failure answer: its own ``message``
+    quoted (the key redacted, at most a few hundred characters); 429 keeps
+    its ``Retry-After``, everything else is a 502."""
+    message = redact(message, secret)
+    if len(message) > MAX_QUOTED_UPSTREAM_CHARS:
+        message = message[:MAX_QUOTED_UPSTREAM_CHARS] + "..."
+    text = f"{what} failed ({response.status}): {message}"
+    if response.status == 429:
+        return UpstreamError(text, status=429, headers=retry_after_headers(response))
+    return UpstreamError(text)
+
+
 def retry_after_headers(response: HttpResponse) -> tuple[tuple[str, str], ...]:
     """The upstream's ``Retry-After``, to pass on verbatim: only when it says
     what the header may say (and so can carry nothing else)."""
@@ -377,15 +392,8 @@ def parse_upstream_response(
 ) -> OpenAIRealtimeClientSecretResponse:
     """Read OpenAI's answer; ``secret`` (the key sent) is redacted from errors;
     ``what`` names the upstream in them."""
-    status = response.status
-    if not 200 <= status < 300:
-        message = redact(_upstream_message(response.body), secret)
-        if len(message) > MAX_QUOTED_UPSTREAM_CHARS:
-            message = message[:MAX_QUOTED_UPSTREAM_CHARS] + "..."
-        text = f"{what} failed ({status}): {message}"
-        if status == 429:
-            raise UpstreamError(text, status=429, headers=retry_after_headers(response))
-        raise UpstreamError(text)
+    if not 200 <= response.status < 300:
+        raise upstream_failure(what, response, _upstream_message(response.body), secret)
     try:
         payload = json.loads(response.body)
     except (ValueError, RecursionError):

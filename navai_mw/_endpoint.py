@@ -46,7 +46,7 @@ from ._env import (
 from ._errors import NavaiError, OptionsError, RequestError, log_safe
 from ._guard import Guard, RequestInfo, client_address
 from ._invoke import CallFunction, FunctionOutcome, function_reply
-from ._mint import SessionHook, mint_client_secret, mint_transcription_secret
+from ._mint import Mint, SessionHook, mint_client_secret, mint_transcription_secret
 from ._models import MAX_UPSTREAM_TIMEOUT_SECONDS, NavaiVoiceBackendOptions
 from ._speech import build_speech_request, speech_exchange
 from .functions import (
@@ -657,28 +657,26 @@ class Endpoint:
     # -- the routes ------------------------------------------------------------
 
     def _client_secret(self, call: Call) -> Generator[Any, Any, Reply]:
-        secret = yield from mint_client_secret(
-            self.opts,
-            call.body,
-            customize=self.customize_session,
-            identity=call.identity,
-            request=call.info,
-            safety_identifier=self.guard.safety_identifier(call.identity),
-        )
+        secret = yield from self._mint(mint_client_secret, call)
         return Reply(
             200, {"value": secret.value, "expires_at": secret.expires_at, "speech": secret.speech}
         )
 
     def _transcription_secret(self, call: Call) -> Generator[Any, Any, Reply]:
-        secret = yield from mint_transcription_secret(
-            self.opts,
-            call.body,
-            customize=self.customize_session,
-            identity=call.identity,
-            request=call.info,
-            safety_identifier=self.guard.safety_identifier(call.identity),
-        )
+        secret = yield from self._mint(mint_transcription_secret, call)
         return Reply(200, {"value": secret.value, "expires_at": secret.expires_at})
+
+    def _mint(self, mint: Callable[..., Mint], call: Call) -> Mint:
+        return (
+            yield from mint(
+                self.opts,
+                call.body,
+                customize=self.customize_session,
+                identity=call.identity,
+                request=call.info,
+                safety_identifier=self.guard.safety_identifier(call.identity),
+            )
+        )
 
     def _speech(self, call: Call) -> Generator[Any, Any, Reply]:
         request = build_speech_request(self.opts, call.body)

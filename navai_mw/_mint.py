@@ -36,7 +36,7 @@ from ._models import (
 )
 from ._session import check_final_session
 
-__all__ = ["SessionContext", "mint_client_secret", "mint_transcription_secret"]
+__all__ = ["Mint", "SessionContext", "mint_client_secret", "mint_transcription_secret"]
 
 logger = logging.getLogger("navai_mw")
 

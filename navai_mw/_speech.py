@@ -20,16 +20,14 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 import attrs
 
 from ._core import (
-    MAX_QUOTED_UPSTREAM_CHARS,
     NOT_AN_OBJECT,
     Attempt,
     Outcome,
     attempts,
     compact_json,
-    redact,
-    retry_after_headers,
+    upstream_failure,
 )
-from ._errors import RequestError, UpstreamError
+from ._errors import RequestError
 from ._models import (
     DEFAULT_ELEVENLABS_OUTPUT_FORMAT,
     HttpRequest,
@@ -193,15 +191,8 @@ def parse_speech_response(
     response: HttpResponse, *, output_format: str, secret: str | None = None
 ) -> SynthesizedSpeech:
     """Read ElevenLabs' answer; ``secret`` (the key sent) is redacted from errors."""
-    status = response.status
-    if not 200 <= status < 300:
-        message = redact(_detail(response.body), secret)
-        if len(message) > MAX_QUOTED_UPSTREAM_CHARS:
-            message = message[:MAX_QUOTED_UPSTREAM_CHARS] + "..."
-        text = f"{_WHAT} failed ({status}): {message}"
-        if status == 429:
-            raise UpstreamError(text, status=429, headers=retry_after_headers(response))
-        raise UpstreamError(text)
+    if not 200 <= response.status < 300:
+        raise upstream_failure(_WHAT, response, _detail(response.body), secret)
     return SynthesizedSpeech(
         provider="elevenlabs",
         mime_type=mime_type(output_format, response.header("content-type")),

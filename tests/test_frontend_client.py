@@ -29,19 +29,25 @@ JS = Path(__file__).parent / "js"
 PINNED = "0.1.7"
 
 
-def _node() -> str:
+def node_with(name: str, pinned: str) -> str:
+    """The node binary, once ``@navai/{name}`` is installed in tests/js at
+    the pinned version; a clear failure (never a skip) otherwise."""
     node = shutil.which("node")
     if node is None:
-        pytest.fail("node is not on PATH: the front-end client tests need Node.js 18 or later")
-    package = JS / "node_modules" / "@navai" / "voice-frontend" / "package.json"
+        pytest.fail("node is not on PATH: the tests of the published packages need Node.js 18+")
+    package = JS / "node_modules" / "@navai" / name / "package.json"
     if not package.is_file():
         pytest.fail(
-            "tests/js/node_modules is missing: run "
+            f"tests/js/node_modules/@navai/{name} is missing: run "
             "`cd tests/js && NAVAI_SKIP_AUTO_SETUP=1 npm ci` (scripts/test does it)"
         )
     installed = json.loads(package.read_text())["version"]
-    assert installed == PINNED, f"tests/js has @navai/voice-frontend {installed}, not {PINNED}"
+    assert installed == pinned, f"tests/js has @navai/{name} {installed}, not {pinned}"
     return node
+
+
+def _node() -> str:
+    return node_with("voice-frontend", PINNED)
 
 
 def run_client(base_url: str, request: dict[str, Any]) -> subprocess.CompletedProcess[str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import pytest
 
 from .function_layouts import Class, Layout, Module, write_both
+from .test_frontend_client import node_with
 
 JS = Path(__file__).parent / "js"
 PINNED = "0.1.3"
@@ -31,18 +31,7 @@ FN = "src/ai/functions-modules"
 
 
 def _node() -> str:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not on PATH: the function loader differential tests need Node.js 18+")
-    package = JS / "node_modules" / "@navai" / "voice-backend" / "package.json"
-    if not package.is_file():
-        pytest.fail(
-            "tests/js/node_modules/@navai/voice-backend is missing: run "
-            "`cd tests/js && NAVAI_SKIP_AUTO_SETUP=1 npm ci` (scripts/test does it)"
-        )
-    installed = json.loads(package.read_text())["version"]
-    assert installed == PINNED, f"tests/js has @navai/voice-backend {installed}, not {PINNED}"
-    return node
+    return node_with("voice-backend", PINNED)
 
 
 @dataclass(frozen=True)
