@@ -389,9 +389,7 @@ class NavaiVoiceBackendOptions:
         default=None, validator=_check_voice_settings
     )
     # Declared as what it holds once checked; a JSON string is accepted too.
-    session: dict[str, Any] | None = attrs.field(
-        default=None, converter=_session_input, eq=False
-    )
+    session: dict[str, Any] | None = attrs.field(default=None, converter=_session_input, eq=False)
     allow_unknown_session_fields: bool = attrs.field(default=False, validator=_check_bool)
     transcription_model: str | None = _optional_text()
     transcription_language: str | None = _optional_text()
