@@ -228,9 +228,12 @@ def build_transcription_session(
     settings (format, turn detection, noise reduction) and ``include``."""
     template = opts.session or {}
     template_input = template.get("audio", {}).get("input", {})
+    from_template = template_input.get("transcription", {})
     transcription = {
-        **template_input.get("transcription", {}),
-        "model": opts.transcription_model or DEFAULT_TRANSCRIPTION_MODEL,
+        **from_template,
+        "model": opts.transcription_model
+        or from_template.get("model")
+        or DEFAULT_TRANSCRIPTION_MODEL,
     }
     language = req.language or opts.transcription_language
     prompt = req.prompt or opts.transcription_prompt

@@ -478,7 +478,8 @@ class Endpoint:
             max_body_size=max_body_size,
             cors_origins=cors_origins,
             cors_allow_credentials=cors_allow_credentials,
-            guard=guard_from_env(api_key=opts.openai_api_key, **guard),
+            # The safety identifier's secret derives from the server's key.
+            guard=guard_from_env(api_key=opts.openai_api_key or opts.azure_api_key, **guard),
         )
 
     def owns(self, path: str) -> bool:

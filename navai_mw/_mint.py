@@ -27,12 +27,13 @@ from ._core import (
     structure_transcription_request,
     upstream_request,
 )
-from ._errors import NavaiError, OptionsError, UpstreamError
+from ._errors import AuthError, NavaiError, OptionsError, RequestError, UpstreamError
 from ._guard import CallHook, HookResult, RequestInfo
 from ._models import (
     CreateClientSecretRequest,
     NavaiVoiceBackendOptions,
     OpenAIRealtimeClientSecretResponse,
+    is_header_safe,
 )
 from ._session import check_final_session
 
@@ -155,8 +156,8 @@ def _customized(opts: NavaiVoiceBackendOptions, kind: str, result: HookResult) -
     """The hook's session, held to the schema and the request policy; the
     server's own code failed (503, logged) when it is not fit to send."""
     if result.error is not None:
-        if isinstance(result.error, NavaiError):
-            raise result.error
+        if isinstance(result.error, (RequestError, AuthError)):
+            raise result.error  # the hook refuses this caller, on purpose
         logger.error(
             "navai_mw: the customize_session hook raised %s",
             type(result.error).__name__,
@@ -182,7 +183,8 @@ def _check_policy(opts: NavaiVoiceBackendOptions, session: Mapping[str, Any]) ->
     model = session.get("model")
     if opts.allowed_models is not None and model is not None and model not in opts.allowed_models:
         raise OptionsError(f"model {model!r} is not in allowed_models")
-    output = session.get("audio", {}).get("output", {})
+    audio = session.get("audio")
+    output = audio.get("output") if isinstance(audio, Mapping) else None
     voice = output.get("voice") if isinstance(output, Mapping) else None
     if opts.allowed_voices is not None and voice is not None and voice not in opts.allowed_voices:
         raise OptionsError(f"voice {voice!r} is not in allowed_voices")
@@ -202,9 +204,10 @@ def _azure_token(opts: NavaiVoiceBackendOptions) -> Generator[Any, Any, str]:
         )
         raise UpstreamError("Azure OpenAI token provider failed; no token to send.")
     token = result.value
-    if not isinstance(token, str) or not token.strip() or not token.isascii():
+    if not isinstance(token, str) or not is_header_safe(token.strip()):
         logger.error(
-            "navai_mw: the Azure token provider returned %s, not a token", type(token).__name__
+            "navai_mw: the Azure token provider returned %s, not a token",
+            "an empty string" if token == "" else type(token).__name__,
         )
         raise UpstreamError("Azure OpenAI token provider returned no usable token.")
     return token.strip()

@@ -359,15 +359,15 @@ def _structure(data: Any, kind: type, *, unknown_ok: bool, path: str) -> None:
 
 # What navai computes, and the option that sets each instead.
 NAVAI_FIELDS: Final = {
-    ("type",): "nothing: navai sets it",
-    ("model",): "default_model",
-    ("instructions",): "default_instructions",
-    ("audio", "output", "voice"): "default_voice",
+    ("type",): "remove it: the route decides it",
+    ("model",): "use default_model",
+    ("instructions",): "use default_instructions",
+    ("audio", "output", "voice"): "use default_voice",
 }
 # Under ElevenLabs speech the session answers in text: these are navai's too.
 ELEVENLABS_FIELDS: Final = {
-    ("output_modalities",): "nothing: ElevenLabs speech makes it text",
-    ("audio", "output"): "nothing: ElevenLabs voices the answers",
+    ("output_modalities",): "remove it: with ElevenLabs speech the session answers in text",
+    ("audio", "output"): "remove it: ElevenLabs voices the answers",
 }
 
 
@@ -407,7 +407,7 @@ def check_session(
     for path, instead in owned.items():
         if _has(data, path):
             raise OptionsError(
-                f"{option} sets {'.'.join(path)}, which navai sets itself; use {instead}."
+                f"{option} sets {'.'.join(path)}, which navai sets itself; {instead}."
             )
     _structure(
         data,

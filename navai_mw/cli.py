@@ -589,6 +589,7 @@ def _banner(
     base = _origin(host, port, local=True)
     settings = [
         ("token endpoint", f"POST {base}{token_path}"),
+        ("transcription", f"POST {base}/navai/realtime/transcription-secret"),
         ("health", f"GET {base}{HEALTH_PATH}"),
         # Never credentials: the options refuse them in either URL.
         ("upstream", opts.azure_endpoint or opts.openai_base_url),
