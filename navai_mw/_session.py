@@ -18,6 +18,7 @@ from typing import Any, Final, Literal
 
 import attrs
 import cattrs
+from cattrs.cols import is_sequence, list_structure_factory
 from cattrs.gen import make_dict_structure_fn
 from cattrs.v import format_exception
 
@@ -50,9 +51,17 @@ def _at_least(low: int) -> Any:
 
 
 @attrs.frozen(kw_only=True)
-class AudioFormat:
-    type: Literal["audio/pcm", "audio/pcmu", "audio/pcma"] | None = None
+class PcmFormat:
+    type: Literal["audio/pcm"]
     rate: Literal[24000] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class G711Format:
+    type: Literal["audio/pcmu", "audio/pcma"]
+
+
+AudioFormat = PcmFormat | G711Format
 
 
 @attrs.frozen(kw_only=True)
@@ -122,16 +131,30 @@ class FunctionTool:
     parameters: dict[str, Any] | None = None
 
 
-def _approval(_: object, __: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and value not in ("always", "never") and not isinstance(value, dict):
-        raise ValueError("require_approval must be 'always', 'never' or a filter object")
+@attrs.frozen(kw_only=True)
+class McpToolFilter:
+    tool_names: list[str] | None = None
+    read_only: bool | None = None
 
 
-def _allowed(_: object, __: attrs.Attribute[Any], value: object) -> None:
-    if value is None or isinstance(value, dict):
-        return
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ValueError("allowed_tools must be a list of names or a filter object")
+@attrs.frozen(kw_only=True)
+class McpApprovalFilter:
+    always: McpToolFilter | None = None
+    never: McpToolFilter | None = None
+
+
+McpAllowedTools = list[str] | McpToolFilter
+McpApproval = Literal["always", "never"] | McpApprovalFilter
+Connector = Literal[
+    "connector_dropbox",
+    "connector_gmail",
+    "connector_googlecalendar",
+    "connector_googledrive",
+    "connector_microsoftteams",
+    "connector_outlookcalendar",
+    "connector_outlookemail",
+    "connector_sharepoint",
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -140,11 +163,11 @@ class McpTool:
     server_label: str
     server_url: str | None = None
     server_description: str | None = None
-    connector_id: str | None = None
+    connector_id: Connector | None = None
     authorization: str | None = None
     headers: dict[str, str] | None = None
-    allowed_tools: Any = attrs.field(default=None, validator=_allowed)
-    require_approval: Any = attrs.field(default=None, validator=_approval)
+    allowed_tools: McpAllowedTools | None = None
+    require_approval: McpApproval | None = None
     allowed_callers: list[Literal["direct", "programmatic"]] | None = None
     defer_loading: bool | None = None
     tunnel_id: str | None = None
@@ -174,10 +197,27 @@ class Tracing:
 
 
 @attrs.frozen(kw_only=True)
+class PromptInput:
+    """A prompt variable that is not plain text: text, an image or a file."""
+
+    type: Literal["input_text", "input_image", "input_file"]
+    text: str | None = None
+    image_url: str | None = None
+    file_id: str | None = None
+    file_url: str | None = None
+    file_data: str | None = None
+    filename: str | None = None
+    detail: Literal["low", "high", "auto"] | None = None
+
+
+PromptVariable = str | PromptInput
+
+
+@attrs.frozen(kw_only=True)
 class Prompt:
     id: str
     version: str | None = None
-    variables: dict[str, Any] | None = None
+    variables: dict[str, PromptVariable] | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -225,9 +265,14 @@ class RealtimeSession:
 
 
 @attrs.frozen(kw_only=True)
+class TranscriptionAudio:
+    input: AudioInput | None = None
+
+
+@attrs.frozen(kw_only=True)
 class TranscriptionSession:
     type: Literal["transcription"] | None = None
-    audio: Audio | None = None
+    audio: TranscriptionAudio | None = None
     include: list[Literal["item.input_audio_transcription.logprobs"]] | None = None
 
 
@@ -276,6 +321,35 @@ def _tracing(converter: cattrs.Converter) -> Any:
     return structure
 
 
+def _list_or(converter: cattrs.Converter, kind: type, what: str) -> Any:
+    """A list of strings, or an object of ``kind``."""
+
+    def structure(value: object, _: object) -> Any:
+        if isinstance(value, list):
+            if not all(isinstance(item, str) for item in value):
+                raise ValueError(f"expected {what}")
+            return value
+        if isinstance(value, dict):
+            return converter.structure(value, kind)
+        raise ValueError(f"expected {what} or an object")
+
+    return structure
+
+
+def _word_or(converter: cattrs.Converter, kind: type, words: tuple[str, ...] | None) -> Any:
+    """One of ``words`` (any string when None), or an object of ``kind``."""
+
+    def structure(value: object, _: object) -> Any:
+        if isinstance(value, str) and (words is None or value in words):
+            return value
+        if isinstance(value, dict):
+            return converter.structure(value, kind)
+        expected = "a string" if words is None else " or ".join(map(repr, words))
+        raise ValueError(f"expected {expected} or an object")
+
+    return structure
+
+
 def _max_tokens(value: object, _: object) -> Any:
     if value == "inf":
         return value
@@ -291,8 +365,26 @@ def _or_none(hook: Any) -> Any:
     return structure
 
 
+def _strict_lists(converter: cattrs.Converter) -> None:
+    """Lists only from JSON arrays: cattrs would make ``["a", "b"]`` of the
+    string ``"ab"``, or a list of keys of an object."""
+
+    def factory(kind: Any) -> Any:
+        items = list_structure_factory(kind, converter)
+
+        def structure(value: object, target: Any) -> Any:
+            if not isinstance(value, list):
+                raise TypeError(f"expected a list, got {type(value).__name__}")
+            return items(value, target)
+
+        return structure
+
+    converter.register_structure_hook_factory(is_sequence, factory)
+
+
 def _make_converter(forbid_extra: bool) -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=forbid_extra)
+    _strict_lists(converter)
     converter.register_structure_hook(str, _strict(str, "a string"))
     converter.register_structure_hook(int, _strict(int, "an integer"))
     converter.register_structure_hook(float, _strict(float, "a number"))
@@ -316,6 +408,16 @@ def _make_converter(forbid_extra: bool) -> cattrs.Converter:
             _by_type(converter, {"retention_ratio": RetentionRatio}, ("auto", "disabled")),
         ),
         (TracingConfig, _tracing(converter)),
+        (
+            AudioFormat,
+            _by_type(
+                converter,
+                {"audio/pcm": PcmFormat, "audio/pcmu": G711Format, "audio/pcma": G711Format},
+            ),
+        ),
+        (McpAllowedTools, _list_or(converter, McpToolFilter, "a list of tool names")),
+        (McpApproval, _word_or(converter, McpApprovalFilter, ("always", "never"))),
+        (PromptVariable, _word_or(converter, PromptInput, None)),
         (MaxTokens, _max_tokens),
     ]
     for union, hook in unions:
@@ -336,7 +438,8 @@ def _describe(exc: BaseException, kind: type | None) -> str:
     text = str(exc)
     if " not in literal " in text:
         value, _, allowed = text.partition(" not in literal ")
-        return f"{value!r} is not one of {allowed.removeprefix('typing.Literal')}"
+        shown = value if value.lstrip("-").replace(".", "", 1).isdigit() else repr(value)
+        return f"{shown} is not one of {allowed.removeprefix('typing.Literal')}"
     if isinstance(exc, (ValueError, TypeError)):
         return text
     return format_exception(exc, kind)

@@ -579,6 +579,15 @@ def _form_fields(content_type: str, body: bytes) -> dict[str, str]:
     return fields
 
 
+def _preflight_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
+    asked = headers.get("access-control-request-headers", "authorization, content-type")
+    return [
+        ("access-control-allow-methods", "GET, POST, OPTIONS"),
+        ("access-control-allow-headers", asked),
+        ("access-control-max-age", "600"),
+    ]
+
+
 def _event_id() -> str:
     return f"event_{secrets.token_hex(10)}"
 
@@ -687,7 +696,16 @@ class FakeRealtimeWebRTC(_ScriptedUpstream):
             method = scope["method"]
             request = RecordedRequest(method, unquote(raw_path), headers, body, payload, params)
             self.requests.append(request)
-            await _send_reply(send, await self._answer_async(request))
+            if method == "OPTIONS":  # a browser's CORS preflight
+                reply = _Reply(0.0, 204, _preflight_headers(headers), b"")
+            else:
+                reply = await self._answer_async(request)
+            # Like OpenAI, any origin may call (browsers post offers directly).
+            cors = [
+                ("access-control-allow-origin", "*"),
+                ("access-control-expose-headers", "Location"),
+            ]
+            await _send_reply(send, attrs.evolve(reply, headers=[*reply.headers, *cors]))
 
     async def _answer_async(self, request: RecordedRequest) -> _Reply:
         method, path = request.method, request.path

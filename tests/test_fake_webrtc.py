@@ -1,0 +1,343 @@
+"""FakeRealtimeWebRTC over real WebRTC: an aiortc client offers, the fake,
+served by uvicorn as users will, answers; the data channel carries its
+first event, hangups and the Live sideband close the fake's side."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import anyio
+import httpx
+import pytest
+
+from navai_mw.testing import FakeRealtimeWebRTC
+
+aiortc = pytest.importorskip("aiortc")
+
+KEY = "sk-test-webrtc-0123456789"
+SESSION = {"type": "realtime", "model": "gpt-realtime", "instructions": "Be brief."}
+AUTH = {"Authorization": f"Bearer {KEY}"}
+DEADLINE = 20  # seconds; a bound against hangs, not a timing assertion
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # aiortc runs on asyncio only
+
+
+@pytest.fixture
+def fake() -> FakeRealtimeWebRTC:
+    return FakeRealtimeWebRTC(api_key=KEY)
+
+
+@pytest.fixture
+def base_url(fake: FakeRealtimeWebRTC) -> Iterator[str]:
+    with fake.serve() as url:
+        yield url
+
+
+class Browser:
+    """The offering side, as a browser front end does it: a data channel
+    named ``oai-events`` and a sendrecv audio transceiver."""
+
+    def __init__(self) -> None:
+        self.pc = aiortc.RTCPeerConnection(aiortc.RTCConfiguration(iceServers=[]))
+        self.channel = self.pc.createDataChannel("oai-events")
+        self.pc.addTransceiver("audio", direction="sendrecv")
+        self._received: asyncio.Queue[Any] = asyncio.Queue()
+        self.channel.on("message", lambda message: self._received.put_nowait(json.loads(message)))
+
+    async def offer(self) -> str:
+        # aiortc's setLocalDescription returns once ICE gathering is complete.
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        assert self.pc.iceGatheringState == "complete"
+        sdp: str = self.pc.localDescription.sdp
+        return sdp
+
+    async def answer(self, sdp: str) -> None:
+        await self.pc.setRemoteDescription(aiortc.RTCSessionDescription(sdp=sdp, type="answer"))
+
+    async def next_event(self) -> Any:
+        with anyio.fail_after(DEADLINE):
+            return await self._received.get()
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
+async def _post_call(
+    client: httpx.AsyncClient, base_url: str, offer: str, key: str = KEY
+) -> httpx.Response:
+    """POST /realtime/calls exactly as OpenAI's unified interface expects."""
+    return await client.post(
+        f"{base_url}/realtime/calls",
+        headers={"Authorization": f"Bearer {key}", "Accept": "application/sdp"},
+        files={"sdp": (None, offer), "session": (None, json.dumps(SESSION))},
+    )
+
+
+@pytest.mark.anyio
+async def test_call_connects_greets_and_hangs_up(fake: FakeRealtimeWebRTC, base_url: str) -> None:
+    browser = Browser()
+    try:
+        async with httpx.AsyncClient(timeout=DEADLINE) as client:
+            offer = await browser.offer()
+            response = await _post_call(client, base_url, offer)
+            assert response.status_code == 201, response.text
+            assert response.headers["content-type"] == "application/sdp"
+            assert "a=candidate:" in response.text  # gathered before answering
+            call_id = response.headers["location"].rpartition("/")[2]
+            assert response.headers["location"] == f"/v1/realtime/calls/{call_id}"
+            assert call_id.startswith("rtc_")
+            int(call_id.removeprefix("rtc_"), 16)
+            await browser.answer(response.text)
+
+            event = await browser.next_event()
+            assert event["type"] == "session.created"
+            assert event["event_id"]
+            assert event["session"] == {**SESSION, "id": call_id}
+            assert browser.pc.connectionState == "connected"
+
+            [call] = fake.calls
+            assert call.call_id == call_id
+            assert call.session == SESSION
+            assert call.offer == offer
+            assert call.answer == response.text
+            assert call.headers["authorization"] == f"Bearer {KEY}"
+            assert call.headers["accept"] == "application/sdp"
+            assert call.connected
+            assert call.state == "connected"
+
+            # The Realtime protocol's acknowledgement, which front ends await.
+            browser.channel.send(
+                json.dumps({"type": "session.update", "session": {"instructions": "Hi."}})
+            )
+            updated = await browser.next_event()
+            assert updated["type"] == "session.updated"
+            assert updated["session"] == {**SESSION, "instructions": "Hi.", "id": call_id}
+            assert call.events == [{"type": "session.update", "session": {"instructions": "Hi."}}]
+
+            hangup = await client.post(f"{base_url}/realtime/calls/{call_id}/hangup", headers=AUTH)
+            assert hangup.status_code == 200
+            assert hangup.json() == {}
+            assert fake.hangups == [call_id]
+            assert call.state == "closed"
+    finally:
+        await browser.close()
+
+
+@pytest.mark.anyio
+async def test_bare_sdp_offer_as_an_ephemeral_key_sends(base_url: str) -> None:
+    """Browsers holding an ``ek_`` key POST the bare offer (OpenAI's Agents SDK does)."""
+    browser = Browser()
+    try:
+        async with httpx.AsyncClient(timeout=DEADLINE) as client:
+            response = await client.post(
+                f"{base_url}/realtime/calls",
+                headers={**AUTH, "Content-Type": "application/sdp"},
+                content=await browser.offer(),
+            )
+            assert response.status_code == 201, response.text
+            await browser.answer(response.text)
+            event = await browser.next_event()
+            call_id = response.headers["location"].rpartition("/")[2]
+            assert event["type"] == "session.created"
+            assert event["session"] == {"id": call_id}
+    finally:
+        await browser.close()
+
+
+@pytest.mark.anyio
+async def test_live_session_starts_and_the_sideband_closes_it(
+    fake: FakeRealtimeWebRTC, base_url: str
+) -> None:
+    session = {"model": "gpt-live", "voice": "marin"}
+    browser = Browser()
+    try:
+        async with httpx.AsyncClient(timeout=DEADLINE) as client:
+            offer = await browser.offer()
+            response = await client.post(
+                f"{base_url}/live/sessions",
+                headers=AUTH,
+                json={"session": session, "transport": {"type": "webrtc", "sdp": offer}},
+            )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        session_id = body["session"]["id"]
+        assert session_id.startswith("live_")
+        assert body["session"] == {**session, "id": session_id}
+        assert body["transport"]["type"] == "webrtc"
+        await browser.answer(body["transport"]["sdp"])
+
+        event = await browser.next_event()
+        assert event == {"type": "session.started", "session": {**session, "id": session_id}}
+        assert browser.pc.connectionState == "connected"
+        [live] = fake.live_sessions
+        assert (live.session_id, live.session, live.offer) == (session_id, session, offer)
+        assert live.connected
+
+        ws_url = f"{base_url.replace('http', 'ws', 1)}/live/sessions/{session_id}/attach"
+        async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, headers=AUTH) as ws:
+            await ws.send_json({"type": "session.update", "session": {}})  # ignored
+            await ws.send_json({"type": "session.close"})
+            with anyio.fail_after(DEADLINE):
+                message = await ws.receive()
+            assert message.type == aiohttp.WSMsgType.CLOSE
+            assert message.data == 1000
+        assert fake.closes == [session_id]
+        assert live.state == "closed"
+    finally:
+        await browser.close()
+
+
+@pytest.mark.anyio
+async def test_sideband_refuses_unknown_sessions_and_wrong_keys(base_url: str) -> None:
+    ws_base = base_url.replace("http", "ws", 1)
+    async with aiohttp.ClientSession() as http:
+        for url, headers in [
+            (f"{ws_base}/live/sessions/live_nope/attach", AUTH),
+            (f"{ws_base}/live/sessions/live_nope/attach", {"Authorization": "Bearer sk-wrong"}),
+        ]:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+                await http.ws_connect(url, headers=headers)
+            assert caught.value.status == 403
+
+
+@pytest.mark.anyio
+async def test_serve_closes_every_peer_connection_on_exit(fake: FakeRealtimeWebRTC) -> None:
+    browser = Browser()
+    try:
+        with fake.serve() as base_url:
+            async with httpx.AsyncClient(timeout=DEADLINE) as client:
+                response = await _post_call(client, base_url, await browser.offer())
+            await browser.answer(response.text)
+            assert (await browser.next_event())["type"] == "session.created"
+        [call] = fake.calls
+        assert call.connected
+        assert call.state == "closed"
+        assert fake.hangups == []
+    finally:
+        await browser.close()
+
+
+@pytest.mark.anyio
+async def test_wrong_key_is_401(base_url: str) -> None:
+    async with httpx.AsyncClient(timeout=DEADLINE) as client:
+        for headers in ({"Authorization": "Bearer sk-wrong-key-123456"}, {}):
+            response = await client.post(
+                f"{base_url}/realtime/calls",
+                headers=headers,
+                files={"sdp": (None, "v=0\r\n"), "session": (None, "{}")},
+            )
+            assert response.status_code == 401
+            error = response.json()["error"]
+            assert set(error) == {"message", "type", "param", "code"}
+            assert error["type"] == "invalid_request_error"
+            assert KEY not in response.text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "request_kwargs",
+    [
+        {"json": {"sdp": "v=0", "session": {}}},  # JSON, not multipart
+        {"files": {"sdp": (None, "v=0\r\n")}},  # no session
+        {"files": {"session": (None, "{}")}},  # no sdp
+        {"files": {"sdp": (None, "v=0\r\n"), "session": (None, "not json")}},
+        {"files": {"sdp": (None, "v=0\r\n"), "session": (None, "[]")}},
+        {"files": {"sdp": (None, "not an offer"), "session": (None, "{}")}},
+        {"content": b"--x\r\n", "headers": {"content-type": "multipart/form-data; boundary=y"}},
+    ],
+)
+async def test_bad_call_body_is_400(
+    fake: FakeRealtimeWebRTC, base_url: str, request_kwargs: dict[str, Any]
+) -> None:
+    headers = {**AUTH, **request_kwargs.pop("headers", {})}
+    async with httpx.AsyncClient(timeout=DEADLINE) as client:
+        response = await client.post(
+            f"{base_url}/realtime/calls", headers=headers, **request_kwargs
+        )
+    assert response.status_code == 400
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert fake.calls == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"session": {}},
+        {"session": {}, "transport": {"type": "webrtc"}},
+        {"session": {}, "transport": {"type": "websocket", "sdp": "v=0"}},
+        {"session": [], "transport": {"type": "webrtc", "sdp": "v=0"}},
+        [],
+    ],
+)
+async def test_bad_live_body_is_400(fake: FakeRealtimeWebRTC, base_url: str, body: Any) -> None:
+    async with httpx.AsyncClient(timeout=DEADLINE) as client:
+        response = await client.post(f"{base_url}/live/sessions", headers=AUTH, json=body)
+    assert response.status_code == 400
+    assert "error" in response.json()
+    assert fake.live_sessions == []
+
+
+@pytest.mark.anyio
+async def test_unknown_call_and_route_are_404(fake: FakeRealtimeWebRTC, base_url: str) -> None:
+    async with httpx.AsyncClient(timeout=DEADLINE) as client:
+        hangup = await client.post(f"{base_url}/realtime/calls/rtc_0000/hangup", headers=AUTH)
+        assert hangup.status_code == 404
+        assert "rtc_0000" in hangup.json()["error"]["message"]
+        other = await client.get(f"{base_url}/realtime/calls", headers=AUTH)
+        assert other.status_code == 404
+    assert fake.hangups == []
+    assert [r.path for r in fake.requests] == [
+        "/v1/realtime/calls/rtc_0000/hangup",
+        "/v1/realtime/calls",
+    ]
+
+
+@pytest.mark.anyio
+async def test_scripted_failures(fake: FakeRealtimeWebRTC, base_url: str) -> None:
+    fake.fail(503, "Busy", times=1)
+    fake.rate_limit(retry_after="3", times=1)
+    async with httpx.AsyncClient(timeout=DEADLINE) as client:
+        failed = await client.post(f"{base_url}/live/sessions", headers=AUTH, json={})
+        limited = await client.post(f"{base_url}/live/sessions", headers=AUTH, json={})
+        after = await client.post(f"{base_url}/live/sessions", headers=AUTH, json={})
+    assert (failed.status_code, failed.json()["error"]["message"]) == (503, "Busy")
+    assert (limited.status_code, limited.headers["retry-after"]) == (429, "3")
+    assert after.status_code == 400  # back to normal: the body is checked
+    fake.reset()
+    assert fake.requests == []
+
+
+def test_sync_transport_is_refused(fake: FakeRealtimeWebRTC) -> None:
+    with pytest.raises(TypeError, match=r"serve\(\)"):
+        fake.sync_transport()
+
+
+def test_without_aiortc_the_module_imports_and_the_fake_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    script = (
+        "import sys; sys.modules['aiortc'] = None\n"
+        "import navai_mw.testing as t\n"
+        "assert 'av' not in sys.modules\n"
+        "try:\n"
+        "    t.FakeRealtimeWebRTC()\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "pip install 'navai-mw[webrtc]'" in run.stdout
+    monkeypatch.setitem(sys.modules, "aiortc", None)
+    with pytest.raises(ImportError, match=r"navai-mw\[webrtc\]"):
+        FakeRealtimeWebRTC()
