@@ -355,7 +355,7 @@ def redact(text: str, secret: str | None) -> str:
     return text.replace(secret, _REDACTED)
 
 
-def _upstream_message(body: bytes) -> str:
+def upstream_message(body: bytes) -> str:
     text = body.decode("utf-8", errors="replace")
     try:
         payload = json.loads(text)
@@ -396,7 +396,7 @@ def parse_upstream_response(
     """Read OpenAI's answer; ``secret`` (the key sent) is redacted from errors;
     ``what`` names the upstream in them."""
     if not 200 <= response.status < 300:
-        raise upstream_failure(what, response, _upstream_message(response.body), secret)
+        raise upstream_failure(what, response, upstream_message(response.body), secret)
     try:
         payload = json.loads(response.body)
     except (ValueError, RecursionError):

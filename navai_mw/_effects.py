@@ -35,6 +35,7 @@ import sniffio
 from ._errors import OptionsError
 from ._guard import CallHook, HitLimit, HookResult, LimitResult
 from ._invoke import CallFunction, FunctionOutcome
+from ._relay import ScheduleHangup
 
 __all__ = [
     "DEFAULT_FUNCTION_WORKERS",
@@ -181,6 +182,9 @@ class SyncEffects:
         self.workers = FunctionWorkers(function_workers)
         self._loop_thread = _LoopThread()
         self._limiter: Any = None
+        self._transport: Any = None
+        self._timers: dict[str, threading.Timer] = {}
+        self._timers_lock = threading.Lock()
         if storage_uri is not None:
             from limits.storage import storage_from_string
             from limits.strategies import SlidingWindowCounterRateLimiter
@@ -211,7 +215,42 @@ class SyncEffects:
                 return _unavailable(exc)
         if isinstance(effect, CallFunction):
             return self._call(effect)
+        if isinstance(effect, ScheduleHangup):
+            self._schedule(effect)
+            return None
         raise TypeError(f"no performer for the effect {type(effect).__name__}")
+
+    def attach(self, transport: Any) -> None:
+        """The transport scheduled hangups are sent with."""
+        self._transport = transport
+
+    def _schedule(self, effect: ScheduleHangup) -> None:
+        from ._client import drive_sync  # the drivers use these performers
+
+        def hang_up() -> None:
+            with self._timers_lock:
+                self._timers.pop(effect.call_id, None)
+            try:
+                drive_sync(effect.steps(), self._transport, perform=self)
+            except Exception as exc:
+                logger.warning(
+                    "navai_mw: hanging up call %s at its time cap failed: %s",
+                    effect.call_id,
+                    type(exc).__name__,
+                )
+
+        timer = threading.Timer(effect.delay, hang_up)
+        timer.daemon = True
+        with self._timers_lock:
+            self._timers[effect.call_id] = timer
+        timer.start()
+
+    def close(self) -> None:
+        """Cancel the hangups still waiting (the process is stopping)."""
+        with self._timers_lock:
+            timers, self._timers = list(self._timers.values()), {}
+        for timer in timers:
+            timer.cancel()
 
     def _call(self, effect: CallFunction) -> FunctionOutcome:
         future: Future[Any] | None
@@ -245,6 +284,8 @@ class AsyncEffects:
         self, storage_uri: str | None, *, function_workers: int = DEFAULT_FUNCTION_WORKERS
     ) -> None:
         self.workers = FunctionWorkers(function_workers)
+        self._transport: Any = None
+        self._hangups: dict[str, asyncio.Task[None]] = {}
         self._uri = storage_uri
         self._local = storage_uri is not None and _scheme(storage_uri) == "memory"
         self._sync = SyncEffects(storage_uri, function_workers=1) if self._local else None
@@ -306,7 +347,49 @@ class AsyncEffects:
                 return _unavailable(exc)
         if isinstance(effect, CallFunction):
             return await self._call(effect)
+        if isinstance(effect, ScheduleHangup):
+            self._schedule(effect)
+            return None
         raise TypeError(f"no performer for the effect {type(effect).__name__}")
+
+    def attach(self, transport: Any) -> None:
+        """The transport scheduled hangups are sent with."""
+        self._transport = transport
+
+    def _schedule(self, effect: ScheduleHangup) -> None:
+        """A task on the server's event loop (asyncio), cancelled at shutdown."""
+        from ._client import drive_async  # the drivers use these performers
+
+        async def hang_up() -> None:
+            try:
+                await asyncio.sleep(effect.delay)
+                await drive_async(effect.steps(), self._transport, perform=self)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning(
+                    "navai_mw: hanging up call %s at its time cap failed: %s",
+                    effect.call_id,
+                    type(exc).__name__,
+                )
+            finally:
+                self._hangups.pop(effect.call_id, None)
+
+        if not _on_asyncio():
+            logger.warning(
+                "navai_mw: max_call_seconds needs asyncio; call %s is not capped", effect.call_id
+            )
+            return
+        self._hangups[effect.call_id] = asyncio.get_running_loop().create_task(hang_up())
+
+    async def aclose(self) -> None:
+        """Cancel the hangups still waiting (the server is shutting down)."""
+        tasks, self._hangups = list(self._hangups.values()), {}
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     async def _call(self, effect: CallFunction) -> FunctionOutcome:
         if effect.is_async:

@@ -35,7 +35,17 @@ from typing import Any, Final
 
 import attrs
 
-from ._core import NOT_AN_OBJECT, compact_json
+from ._core import (
+    NOT_AN_OBJECT,
+    attempts,
+    build_session,
+    check_policy,
+    compact_json,
+    secret_of,
+    structure_request,
+    upstream_failure,
+    upstream_message,
+)
 from ._env import (
     get_cors_origins_from_env,
     get_navai_voice_backend_options_from_env,
@@ -46,8 +56,27 @@ from ._env import (
 from ._errors import NavaiError, OptionsError, RequestError, log_safe
 from ._guard import Guard, RequestInfo, client_address
 from ._invoke import CallFunction, FunctionOutcome, function_reply
-from ._mint import Mint, SessionHook, mint_client_secret, mint_transcription_secret
+from ._mint import (
+    Mint,
+    SessionHook,
+    credential_for,
+    customized,
+    mint_client_secret,
+    mint_transcription_secret,
+)
 from ._models import MAX_UPSTREAM_TIMEOUT_SECONDS, NavaiVoiceBackendOptions
+from ._relay import (
+    CALLS,
+    DEFAULT_MAX_OFFER_SIZE,
+    CallRegistry,
+    ScheduleHangup,
+    calls_request,
+    check_offer,
+    hangup_request,
+    is_call_id,
+    overrides_from_query,
+    parse_calls_response,
+)
 from ._speech import build_speech_request, speech_exchange
 from .functions import (
     FunctionContext,
@@ -91,13 +120,14 @@ def _reason(status: int) -> str:
 
 _REASONS: Final = {
     status: _reason(status)
-    for status in (200, 204, 400, 401, 403, 404, 405, 413, 415, 429, 500, 502, 503, 504)
+    for status in (200, 201, 204, 400, 401, 403, 404, 405, 413, 415, 429, 500, 502, 503, 504)
 }
 DEFAULT_FUNCTIONS_LIST_PATH: Final = "/navai/functions"
 DEFAULT_FUNCTIONS_EXECUTE_PATH: Final = "/navai/functions/execute"
 DEFAULT_SPEECH_SYNTHESIZE_PATH: Final = "/navai/speech/synthesize"
 DEFAULT_FUNCTION_TIMEOUT_SECONDS: Final = 30.0
 DEFAULT_TRANSCRIPTION_PATH: Final = "/navai/realtime/transcription-secret"
+DEFAULT_CALLS_PATH: Final = "/navai/realtime/calls"
 # Headers a page may read from a cross-origin answer.
 _EXPOSED: Final = ("Access-Control-Expose-Headers", "Retry-After, RateLimit, RateLimit-Policy")
 
@@ -130,6 +160,8 @@ class BodyWanted:
     content_type_ok: bool
     info: RequestInfo
     route: Route = attrs.field(repr=False)
+    query: str = ""
+    mount: str = ""
 
 
 def route_path(path: str, root_path: str) -> str:
@@ -225,6 +257,54 @@ def _error(exc: NavaiError, headers: Iterable[tuple[str, str]] = ()) -> Answer:
     return _json(exc.status, {"error": exc.message}, [*exc.headers, *headers])
 
 
+def _too_large(limit: int, cors: Iterable[tuple[str, str]]) -> Answer:
+    message = f"Request body is larger than {limit} bytes."
+    return _error(RequestError(message, status=413), cors)
+
+
+def _unsupported(route: Route, cors: Iterable[tuple[str, str]]) -> Answer:
+    kind = "application/sdp" if route.body == "sdp" else "application/json (UTF-8)"
+    return _error(RequestError(f"Content-Type must be {kind}.", status=415), cors)
+
+
+def _sdp_type_ok(content_type: str | None) -> bool:
+    if content_type is None:
+        return False
+    return content_type.partition(";")[0].strip().lower() == "application/sdp"
+
+
+def _raw(reply: Reply, headers: Iterable[tuple[str, str]]) -> Answer:
+    """A non-JSON answer (an SDP answer, or a 204 with no body)."""
+    body = reply.raw or b""
+    kind = () if reply.status == 204 else (("Content-Type", reply.content_type),)
+    return Answer(
+        reply.status,
+        [
+            *kind,
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            ("X-Content-Type-Options", "nosniff"),
+            *reply.headers,
+            *headers,
+        ],
+        body,
+    )
+
+
+def _cap(value: object) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 < value <= 24 * 3600
+    ):
+        raise OptionsError(
+            f"max_call_seconds must be a number of seconds above 0 and at most a day. "
+            f"Received: {value!r}"
+        )
+    return float(value)
+
+
 def _normalize_origin(origin: str) -> str:
     return origin.strip().rstrip("/").lower()
 
@@ -236,14 +316,21 @@ class Call:
     body: dict[str, Any]
     info: RequestInfo
     identity: str | None
+    raw: bytes = b""
+    query: str = ""
+    mount: str = ""
 
 
 @attrs.frozen
 class Reply:
-    """What a route's handler answers: a status and a JSON payload."""
+    """What a route's handler answers: a status and a JSON payload, or
+    ``raw`` bytes of ``content_type`` (an SDP answer); ``headers`` extra."""
 
     status: int
     payload: object
+    raw: bytes | None = None
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 Handler = Callable[[Call], Generator[Any, Any, Reply]]
@@ -259,6 +346,10 @@ class Route:
     method: str
     group: str
     handle: Handler = attrs.field(repr=False)
+    # What the body is: "json" (the default), "sdp" (an offer) or "none".
+    body: str = "json"
+    # A route for the path's children ({path}/{id}), not the path itself.
+    dynamic: bool = False
     allow: tuple[str, str] = attrs.field(init=False, repr=False)
     allow_cors: tuple[str, str] = attrs.field(init=False, repr=False)
 
@@ -310,6 +401,9 @@ class Endpoint:
         prefix: str = "",
         path: str | None = DEFAULT_PATH,
         transcription_secret_path: str | None = DEFAULT_TRANSCRIPTION_PATH,
+        calls_path: str | None = DEFAULT_CALLS_PATH,
+        max_call_seconds: float | None = None,
+        max_offer_size: int = DEFAULT_MAX_OFFER_SIZE,
         functions_list_path: str | None = DEFAULT_FUNCTIONS_LIST_PATH,
         functions_execute_path: str | None = DEFAULT_FUNCTIONS_EXECUTE_PATH,
         speech_synthesize_path: str | None = DEFAULT_SPEECH_SYNTHESIZE_PATH,
@@ -343,10 +437,22 @@ class Endpoint:
         if customize_session is not None and not callable(customize_session):
             raise ValueError("customize_session must be a function (or None).")
         self.customize_session = customize_session
+        self.max_call_seconds = None if max_call_seconds is None else _cap(max_call_seconds)
+        if (
+            isinstance(max_offer_size, bool)
+            or not isinstance(max_offer_size, int)
+            or (max_offer_size < 1)
+        ):
+            raise ValueError(
+                f"max_offer_size must be a positive integer. Received: {max_offer_size!r}"
+            )
+        self.max_offer_size = max_offer_size
+        self.calls = CallRegistry()
 
         def _path(value: str | None, name: str) -> str | None:
             return _route_path(self.prefix, value, name)
 
+        calls = _path(calls_path, "calls_path")
         wanted: list[tuple[str, str | None, str, str, Handler]] = [
             ("client_secret", _path(path, "path"), "POST", "mint", self._client_secret),
             (
@@ -381,13 +487,24 @@ class Endpoint:
                     self._functions_execute,
                 ),
             ]
-        self.routes = tuple(
+        routes = [
             Route(name, route_path, method, group, handle)
             for name, route_path, method, group, handle in wanted
             if route_path is not None
-        )
+        ]
+        if calls is not None:
+            routes.append(Route("calls", calls, "POST", "mint", self._calls, body="sdp"))
+            routes.append(
+                Route("call_hangup", calls, "DELETE", "mint", self._hangup, "none", dynamic=True)
+            )
+        self.routes = tuple(routes)
+        # Routes for a path's children: {path}/{id}.
+        self._dynamic = tuple(route for route in routes if route.dynamic)
+        self.dynamic_prefixes = tuple(f"{route.path}/" for route in self._dynamic)
         self._by_path: dict[str, Route] = {}
         for route in self.routes:
+            if route.dynamic:
+                continue
             for spelling in {route.path, route.path + "/"}:  # a trailing slash is fine
                 other = self._by_path.setdefault(spelling, route)
                 if other is not route:
@@ -423,6 +540,9 @@ class Endpoint:
         prefix: str = "",
         path: str | None = DEFAULT_PATH,
         transcription_secret_path: str | None = DEFAULT_TRANSCRIPTION_PATH,
+        calls_path: str | None = DEFAULT_CALLS_PATH,
+        max_call_seconds: float | None = None,
+        max_offer_size: int = DEFAULT_MAX_OFFER_SIZE,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         cors_origins: Iterable[str] | None = None,
         cors_allow_credentials: bool | None = None,
@@ -447,6 +567,9 @@ class Endpoint:
                 cors_origins = get_cors_origins_from_env()
         if cors_allow_credentials is None:
             cors_allow_credentials = read_bool(os.environ, "NAVAI_CORS_ALLOW_CREDENTIALS", False)
+        if max_call_seconds is None:
+            cap = read_seconds(os.environ, "NAVAI_MAX_CALL_SECONDS", 0.0)
+            max_call_seconds = cap or None
         if function_timeout_seconds is None:
             function_timeout_seconds = read_seconds(
                 os.environ, "NAVAI_FUNCTION_TIMEOUT_SECONDS", DEFAULT_FUNCTION_TIMEOUT_SECONDS
@@ -468,6 +591,9 @@ class Endpoint:
             prefix=prefix,
             path=path,
             transcription_secret_path=transcription_secret_path,
+            calls_path=calls_path,
+            max_call_seconds=max_call_seconds,
+            max_offer_size=max_offer_size,
             customize_session=customize_session,
             functions_list_path=functions_list_path,
             functions_execute_path=functions_execute_path,
@@ -484,7 +610,20 @@ class Endpoint:
 
     def owns(self, path: str) -> bool:
         """Whether a request for ``path`` (below the mount point) is ours."""
-        return path in self._by_path
+        return path in self._by_path or self._child_route(path) is not None
+
+    def _child_route(self, path: str) -> Route | None:
+        for route, prefix in zip(self._dynamic, self.dynamic_prefixes, strict=True):
+            if path.startswith(prefix) and is_call_id(path[len(prefix) :]):
+                return route
+        return None
+
+    def route_for(self, path: str) -> Route:
+        """The route serving ``path`` (one that :meth:`owns`)."""
+        route = self._by_path.get(path) or self._child_route(path)
+        if route is None:
+            raise KeyError(path)
+        return route
 
     # -- CORS ------------------------------------------------------------
 
@@ -534,6 +673,8 @@ class Endpoint:
         peer: str | None = None,
         scope: Mapping[str, Any] | None = None,
         environ: Mapping[str, Any] | None = None,
+        query: str = "",
+        mount: str = "",
     ) -> Answer | BodyWanted:
         """Decide what to do before any of the body is read.
 
@@ -542,7 +683,7 @@ class Endpoint:
         socket peer's address; ``scope`` or ``environ`` is handed to an
         ``authorize`` hook as it is.
         """
-        route = self._by_path[path if path is not None else self.path or ""]
+        route = self.route_for(path if path is not None else self.path or "")
         cors = self._cors(headers)
         if cors is None:
             return _error(RequestError("Origin not allowed.", status=403), [("Vary", "Origin")])
@@ -552,17 +693,22 @@ class Endpoint:
             allow = route.allow if self._origins is None else route.allow_cors
             message = f"Method not allowed. Use {route.method}."
             return _error(RequestError(message, status=405), [allow, *cors])
+        limit = self.max_offer_size if route.body == "sdp" else self.max_body_size
         raw_length = headers.get("content-length", "").strip()
         declared = None
         if raw_length:
             if _DIGITS.fullmatch(raw_length) is None:
                 return _error(RequestError("Invalid Content-Length."), cors)
             declared = int(raw_length)
-            if declared > self.max_body_size:
-                return self._too_large(cors)
-        content_type_ok = _media_type_ok(headers.get("content-type"))
+            if declared > limit:
+                return _too_large(limit, cors)
+        content_type_ok = (
+            _sdp_type_ok(headers.get("content-type"))
+            if route.body == "sdp"
+            else _media_type_ok(headers.get("content-type"))
+        )
         if declared and not content_type_ok:
-            return self._unsupported(cors)
+            return _unsupported(route, cors)
         info = RequestInfo(
             method=method,
             route=route.name,
@@ -573,21 +719,15 @@ class Endpoint:
             environ=environ,
         )
         return BodyWanted(
-            limit=self.max_body_size,
+            limit=limit,
             declared=declared,
             cors=cors,
             content_type_ok=content_type_ok,
             info=info,
             route=route,
+            query=query,
+            mount=mount,
         )
-
-    def _too_large(self, cors: Iterable[tuple[str, str]]) -> Answer:
-        message = f"Request body is larger than {self.max_body_size} bytes."
-        return _error(RequestError(message, status=413), cors)
-
-    def _unsupported(self, cors: Iterable[tuple[str, str]]) -> Answer:
-        message = "Content-Type must be application/json (UTF-8)."
-        return _error(RequestError(message, status=415), cors)
 
     def finish(
         self, wanted: BodyWanted, body: bytes | None, *, identity: str | None = None
@@ -603,15 +743,15 @@ class Endpoint:
         if body is None:
             return _error(RequestError("Send the request body with a Content-Length."), cors)
         if len(body) > wanted.limit:
-            return self._too_large(cors)
+            return _too_large(wanted.limit, cors)
         if wanted.declared is not None and len(body) != wanted.declared:
             shape = (
                 "incomplete" if len(body) < wanted.declared else "longer than its Content-Length"
             )
             return _error(RequestError(f"Request body is {shape}."), cors)
-        if body and not wanted.content_type_ok:
-            return self._unsupported(cors)
         route = wanted.route
+        if body and not wanted.content_type_ok:
+            return _unsupported(route, cors)
         try:
             identity, limit_headers = yield from self.guard.check(
                 wanted.info, route.group, identity=identity
@@ -620,13 +760,17 @@ class Endpoint:
             return _error(exc, cors)
         answer_headers = (*cors, *limit_headers)
         try:
-            reply = yield from route.handle(Call(parse_body(body), wanted.info, identity))
+            parsed = parse_body(body) if route.body == "json" else {}
+            call = Call(parsed, wanted.info, identity, body, wanted.query, wanted.mount)
+            reply = yield from route.handle(call)
         except RequestError as exc:
             return _error(exc, answer_headers)
         except NavaiError as exc:
             logger.warning("navai_mw: %s failed: %s", _DOING[route.name], log_safe(exc.message))
             return _error(exc, answer_headers)
-        return _json(reply.status, reply.payload, answer_headers)
+        if reply.raw is None:
+            return _json(reply.status, reply.payload, [*reply.headers, *answer_headers])
+        return _raw(reply, answer_headers)
 
     def handle(
         self,
@@ -639,6 +783,8 @@ class Endpoint:
         scope: Mapping[str, Any] | None = None,
         environ: Mapping[str, Any] | None = None,
         identity: str | None = None,
+        query: str = "",
+        mount: str = "",
     ) -> Generator[Any, Any, Answer]:
         """A whole request at once, for a framework's view that has read the
         body already: :meth:`begin` and :meth:`finish` in one generator.
@@ -650,7 +796,16 @@ class Endpoint:
         lowered["content-length"] = str(len(body))
         if not self.owns(path):
             return _error(RequestError("Not found.", status=404))
-        wanted = self.begin(method, lowered, path=path, peer=peer, scope=scope, environ=environ)
+        wanted = self.begin(
+            method,
+            lowered,
+            path=path,
+            peer=peer,
+            scope=scope,
+            environ=environ,
+            query=query,
+            mount=mount,
+        )
         if isinstance(wanted, Answer):
             return wanted
         return (yield from self.finish(wanted, body, identity=identity))
@@ -678,6 +833,70 @@ class Endpoint:
                 safety_identifier=self.guard.safety_identifier(call.identity),
             )
         )
+
+    def _calls(self, call: Call) -> Generator[Any, Any, Reply]:
+        offer = check_offer(call.raw)
+        req = structure_request(overrides_from_query(call.query))
+        check_policy(self.opts, req)
+        if self.opts.openai_api_key is None and not self.opts.uses_azure:
+            # A request's key cannot ride in a URL: the relay needs the server's.
+            raise RequestError(
+                "Missing API key. Configure openai_api_key or send apiKey in request."
+            )
+        session = yield from customized(
+            self.opts,
+            build_session(self.opts, req),
+            kind="realtime",
+            customize=self.customize_session,
+            identity=call.identity,
+            request=call.info,
+        )
+        credential = yield from credential_for(self.opts, self.opts.openai_api_key)
+        upstream = calls_request(
+            self.opts,
+            offer,
+            session,
+            credential=credential,
+            safety_identifier=self.guard.safety_identifier(call.identity),
+        )
+        # Never retried: a second POST could start a second call.
+        response = yield from attempts(
+            upstream, budget=self.opts.upstream_timeout_seconds, max_retries=0, what=CALLS
+        )
+        relayed = parse_calls_response(response, secret=secret_of(upstream))
+        self.calls.remember(relayed.call_id, call.identity)
+        if self.max_call_seconds is not None:
+            call_id = relayed.call_id
+            yield ScheduleHangup(call_id, self.max_call_seconds, lambda: self._end(call_id))
+        location = f"{call.mount}{call.info.path.rstrip('/')}/{relayed.call_id}"
+        return Reply(
+            201,
+            None,
+            raw=relayed.answer.encode(),
+            content_type="application/sdp",
+            headers=(("Location", location),),
+        )
+
+    def _hangup(self, call: Call) -> Generator[Any, Any, Reply]:
+        call_id = call.info.path.rsplit("/", 1)[-1]
+        # Another identity's call, or one this process never relayed: it
+        # does not exist, as far as this caller can tell.
+        if not self.calls.known(call_id, call.identity):
+            raise RequestError("Unknown call.", status=404)
+        yield from self._end(call_id)
+        return Reply(204, None, raw=b"")
+
+    def _end(self, call_id: str) -> Generator[Any, Any, None]:
+        """Hang ``call_id`` up upstream and forget it (a call OpenAI no
+        longer knows has ended already)."""
+        credential = yield from credential_for(self.opts, self.opts.openai_api_key)
+        upstream = hangup_request(self.opts, call_id, credential=credential)
+        response = yield from attempts(
+            upstream, budget=self.opts.upstream_timeout_seconds, what=CALLS
+        )
+        if response.status != 404 and not 200 <= response.status < 300:
+            raise upstream_failure(CALLS, response, upstream_message(response.body), credential[1])
+        self.calls.forget(call_id)
 
     def _speech(self, call: Call) -> Generator[Any, Any, Reply]:
         request = build_speech_request(self.opts, call.body)
@@ -726,6 +945,8 @@ class Endpoint:
 _DOING: Final = {
     "client_secret": "minting a client secret",
     "transcription_secret": "minting a transcription secret",
+    "calls": "relaying a WebRTC offer",
+    "call_hangup": "hanging up a call",
     "speech_synthesize": "synthesizing speech",
     "functions_list": "listing backend functions",
     "functions_execute": "running a backend function",

@@ -37,7 +37,14 @@ from ._models import (
 )
 from ._session import check_final_session
 
-__all__ = ["Mint", "SessionContext", "mint_client_secret", "mint_transcription_secret"]
+__all__ = [
+    "Mint",
+    "SessionContext",
+    "credential_for",
+    "customized",
+    "mint_client_secret",
+    "mint_transcription_secret",
+]
 
 logger = logging.getLogger("navai_mw")
 
@@ -133,15 +140,10 @@ def _mint(
     request: RequestInfo | None,
     safety_identifier: str | None,
 ) -> Mint:
-    if customize is not None:
-        context = SessionContext(
-            kind=kind, session=copy.deepcopy(session), identity=identity, request=request
-        )
-        result: HookResult = yield CallHook(customize, (context,))
-        session = _customized(opts, kind, result)
-    credential = request_credential(opts, api_key)
-    if credential is None:
-        credential = ("Authorization", f"Bearer {(yield from _azure_token(opts))}")
+    session = yield from customized(
+        opts, session, kind=kind, customize=customize, identity=identity, request=request
+    )
+    credential = yield from credential_for(opts, api_key)
     upstream = upstream_request(
         opts, session, credential=credential, safety_identifier=safety_identifier
     )
@@ -150,6 +152,36 @@ def _mint(
             upstream, budget=opts.upstream_timeout_seconds, provider=opts.tts_provider
         )
     )
+
+
+def customized(
+    opts: NavaiVoiceBackendOptions,
+    session: dict[str, Any],
+    *,
+    kind: Literal["realtime", "transcription"],
+    customize: SessionHook | None,
+    identity: str | None,
+    request: RequestInfo | None,
+) -> Generator[Any, Any, dict[str, Any]]:
+    """``session`` after the ``customize_session`` hook, when there is one."""
+    if customize is None:
+        return session
+    context = SessionContext(
+        kind=kind, session=copy.deepcopy(session), identity=identity, request=request
+    )
+    result: HookResult = yield CallHook(customize, (context,))
+    return _customized(opts, kind, result)
+
+
+def credential_for(
+    opts: NavaiVoiceBackendOptions, api_key: str | None
+) -> Generator[Any, Any, tuple[str, str]]:
+    """The header that authenticates an upstream call (asking an Azure token
+    provider when there is one)."""
+    credential = request_credential(opts, api_key)
+    if credential is None:
+        credential = ("Authorization", f"Bearer {(yield from _azure_token(opts))}")
+    return credential
 
 
 def _customized(opts: NavaiVoiceBackendOptions, kind: str, result: HookResult) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any
 from ._client import drive_async
 from ._effects import DEFAULT_FUNCTION_WORKERS
 from ._endpoint import (
+    DEFAULT_CALLS_PATH,
     DEFAULT_FUNCTIONS_EXECUTE_PATH,
     DEFAULT_FUNCTIONS_LIST_PATH,
     DEFAULT_MAX_BODY_SIZE,
@@ -79,6 +80,8 @@ class NavaiASGIMiddleware:
         prefix: str = "",
         path: str | None = DEFAULT_PATH,
         transcription_secret_path: str | None = DEFAULT_TRANSCRIPTION_PATH,
+        calls_path: str | None = DEFAULT_CALLS_PATH,
+        max_call_seconds: float | None = None,
         customize_session: Callable[[SessionContext], Any] | None = None,
         functions_list_path: str | None = DEFAULT_FUNCTIONS_LIST_PATH,
         functions_execute_path: str | None = DEFAULT_FUNCTIONS_EXECUTE_PATH,
@@ -106,6 +109,8 @@ class NavaiASGIMiddleware:
             prefix=prefix,
             path=path,
             transcription_secret_path=transcription_secret_path,
+            calls_path=calls_path,
+            max_call_seconds=max_call_seconds,
             customize_session=customize_session,
             functions_list_path=functions_list_path,
             functions_execute_path=functions_execute_path,
@@ -128,15 +133,22 @@ class NavaiASGIMiddleware:
         self.transport = self.handler.transport
         self._paths = self.endpoint.paths
         self._tails = tuple(self._paths)
+        # A call's own path ({calls path}/{id}) cannot be listed ahead.
+        self._children = self.endpoint.dynamic_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         # Every passing request pays for this test, so it starts with one C
         # call: a path of ours ends with one of our spellings of it.
-        if (
-            kind == "http"
-            and scope["path"].endswith(self._tails)
-            and route_path(scope["path"], scope.get("root_path", "")) in self._paths
+        if kind == "http" and (
+            (
+                scope["path"].endswith(self._tails)
+                and route_path(scope["path"], scope.get("root_path", "")) in self._paths
+            )
+            or (
+                self._children
+                and self.endpoint.owns(route_path(scope["path"], scope.get("root_path", "")))
+            )
         ):
             await self._serve(scope, receive, send)
         elif kind == "lifespan" and self.handler.owns_transport:
@@ -194,6 +206,8 @@ class NavaiASGIMiddleware:
             path=route_path(scope["path"], scope.get("root_path", "")),
             peer=client[0] if client else None,
             scope=scope,
+            query=scope.get("query_string", b"").decode("latin-1"),
+            mount=scope.get("root_path", ""),
         )
         if isinstance(wanted, Answer):
             await _send(send, wanted)

@@ -102,6 +102,7 @@ class NavaiHandler:
         )
         self.owns_transport = transport is None
         self.transport: SyncTransport = transport or HttpxSyncTransport()
+        self.effects.attach(self.transport)
 
     def handle(
         self,
@@ -113,6 +114,8 @@ class NavaiHandler:
         client: str | None = None,
         environ: Mapping[str, Any] | None = None,
         identity: str | None = None,
+        query: str = "",
+        mount: str = "",
     ) -> NavaiResponse:
         """Answer one request whose body has been read. ``path`` is the
         route's (below the mount point); ``client`` is the peer's address;
@@ -121,12 +124,22 @@ class NavaiHandler:
         user's id), is used instead of asking ``authorize``: rate limits
         count per identity, and OpenAI gets its safety identifier."""
         steps = self.endpoint.handle(
-            method, path, headers, body, peer=client, environ=environ, identity=identity
+            method,
+            path,
+            headers,
+            body,
+            peer=client,
+            environ=environ,
+            identity=identity,
+            query=query,
+            mount=mount,
         )
         return _response(drive_sync(steps, self.transport, perform=self.effects))
 
     def close(self) -> None:
-        """Close the upstream client, when the handler made it."""
+        """Cancel the calls' pending hangups; close the upstream client, when
+        the handler made it."""
+        self.effects.close()
         if self.owns_transport and isinstance(self.transport, HttpxSyncTransport):
             self.transport.close()
 
@@ -153,6 +166,7 @@ class AsyncNavaiHandler:
         self.effects.check()
         self.owns_transport = transport is None
         self.transport: AsyncTransport = transport or HttpxAsyncTransport()
+        self.effects.attach(self.transport)
 
     async def handle(
         self,
@@ -164,15 +178,27 @@ class AsyncNavaiHandler:
         client: str | None = None,
         scope: Mapping[str, Any] | None = None,
         identity: str | None = None,
+        query: str = "",
+        mount: str = "",
     ) -> NavaiResponse:
         """Answer one request whose body has been read (as
         :meth:`NavaiHandler.handle`; ``scope`` reaches ``authorize``)."""
         steps = self.endpoint.handle(
-            method, path, headers, body, peer=client, scope=scope, identity=identity
+            method,
+            path,
+            headers,
+            body,
+            peer=client,
+            scope=scope,
+            identity=identity,
+            query=query,
+            mount=mount,
         )
         return _response(await drive_async(steps, self.transport, perform=self.effects))
 
     async def aclose(self) -> None:
-        """Close the upstream client, when the handler made it."""
+        """Cancel the calls' pending hangups; close the upstream client, when
+        the handler made it."""
+        await self.effects.aclose()
         if self.owns_transport and isinstance(self.transport, HttpxAsyncTransport):
             await self.transport.aclose()

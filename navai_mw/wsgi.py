@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ._client import drive_sync
 from ._effects import DEFAULT_FUNCTION_WORKERS
 from ._endpoint import (
+    DEFAULT_CALLS_PATH,
     DEFAULT_FUNCTIONS_EXECUTE_PATH,
     DEFAULT_FUNCTIONS_LIST_PATH,
     DEFAULT_MAX_BODY_SIZE,
@@ -62,6 +63,8 @@ class NavaiWSGIMiddleware:
         prefix: str = "",
         path: str | None = DEFAULT_PATH,
         transcription_secret_path: str | None = DEFAULT_TRANSCRIPTION_PATH,
+        calls_path: str | None = DEFAULT_CALLS_PATH,
+        max_call_seconds: float | None = None,
         customize_session: Callable[[SessionContext], Any] | None = None,
         functions_list_path: str | None = DEFAULT_FUNCTIONS_LIST_PATH,
         functions_execute_path: str | None = DEFAULT_FUNCTIONS_EXECUTE_PATH,
@@ -89,6 +92,8 @@ class NavaiWSGIMiddleware:
             prefix=prefix,
             path=path,
             transcription_secret_path=transcription_secret_path,
+            calls_path=calls_path,
+            max_call_seconds=max_call_seconds,
             customize_session=customize_session,
             functions_list_path=functions_list_path,
             functions_execute_path=functions_execute_path,
@@ -128,6 +133,8 @@ class NavaiWSGIMiddleware:
             path=environ.get("PATH_INFO") or "/",
             peer=environ.get("REMOTE_ADDR") or None,
             environ=environ,
+            query=environ.get("QUERY_STRING", ""),
+            mount=environ.get("SCRIPT_NAME", ""),
         )
         if isinstance(wanted, Answer):
             return _respond(start_response, wanted)

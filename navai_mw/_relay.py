@@ -1,0 +1,220 @@
+"""The WebRTC relay, sans-IO: the browser's SDP offer in, OpenAI's answer out.
+
+For ``POST /navai/realtime/calls`` the browser posts its offer; the server
+adds the session (the same one the client-secret route would mint) and its
+own key, and posts both to OpenAI's ``/realtime/calls`` as
+``multipart/form-data``. No secret reaches the page; the server learns the
+call's id, and with it the one way to end a call early (a hangup).
+
+Everything here is pure: the multipart boundary is derived from the
+content (so the same input gives the same bytes, and the boundary cannot
+occur in the parts it separates).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections.abc import Callable, Generator, Mapping
+from typing import Any, Final
+from urllib.parse import parse_qsl
+
+import attrs
+
+from ._core import (
+    MAX_CLIENT_SECRET_RESPONSE_BYTES,
+    compact_json,
+    upstream_failure,
+    upstream_message,
+)
+from ._errors import RequestError, UpstreamError
+from ._models import WIRE_NAMES, HttpRequest, HttpResponse, NavaiVoiceBackendOptions
+
+__all__ = [
+    "DEFAULT_MAX_OFFER_SIZE",
+    "CallRegistry",
+    "RelayedCall",
+    "ScheduleHangup",
+    "calls_request",
+    "check_offer",
+    "hangup_request",
+    "multipart",
+    "overrides_from_query",
+    "parse_calls_response",
+]
+
+# A browser's offer is a few KiB; 32 KiB leaves room for many candidates.
+DEFAULT_MAX_OFFER_SIZE: Final = 32 * 1024
+CALLS: Final = "OpenAI realtime calls"
+# OpenAI's call ids, as they come back in the Location header.
+_CALL_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_QUERY_FIELDS: Final = frozenset(WIRE_NAMES.values()) - {"apiKey"}
+
+
+def check_offer(body: bytes) -> str:
+    """The body as an SDP offer's text, or a 400: SDP starts with ``v=0``
+    and describes at least one media section."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError("Request body is not an SDP offer: it is not UTF-8 text.") from None
+    lines = text.replace("\r\n", "\n").split("\n")
+    if lines[0].strip() != "v=0" or not any(line.startswith("m=") for line in lines):
+        raise RequestError("Request body is not an SDP offer (v=0 and an m= line).")
+    return text
+
+
+def overrides_from_query(query: str) -> dict[str, str]:
+    """The per-request overrides (``?language=Spanish&voice=marin``, wire
+    names). ``apiKey`` is refused: URLs end up in access logs."""
+    fields: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name == "apiKey":
+            raise RequestError(
+                "apiKey is not allowed in a URL (URLs end up in access logs); "
+                "the relay uses the server's key."
+            )
+        if name not in _QUERY_FIELDS:
+            raise RequestError(
+                f"Unknown query parameter {name[:64]!r}. Allowed: "
+                f"{', '.join(sorted(_QUERY_FIELDS))}."
+            )
+        fields[name] = value
+    return fields
+
+
+def multipart(parts: Mapping[str, tuple[str, bytes]]) -> tuple[str, bytes]:
+    """``multipart/form-data`` of ``parts`` (name → content type, bytes):
+    the Content-Type header's value and the body."""
+    seed = hashlib.sha256()
+    for name, (kind, content) in parts.items():
+        seed.update(name.encode() + b"\0" + kind.encode() + b"\0" + content)
+    boundary = f"navai-{seed.hexdigest()[:32]}"
+    body = bytearray()
+    for name, (kind, content) in parts.items():
+        body += f"--{boundary}\r\n".encode()
+        body += f'Content-Disposition: form-data; name="{name}"\r\n'.encode()
+        body += f"Content-Type: {kind}\r\n\r\n".encode()
+        body += content + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return f"multipart/form-data; boundary={boundary}", bytes(body)
+
+
+def calls_request(
+    opts: NavaiVoiceBackendOptions,
+    offer: str,
+    session: Mapping[str, Any],
+    *,
+    credential: tuple[str, str],
+    safety_identifier: str | None = None,
+) -> HttpRequest:
+    """``POST {base}/realtime/calls`` with the offer and the session."""
+    content_type, body = multipart(
+        {
+            "sdp": ("application/sdp", offer.encode()),
+            "session": ("application/json", compact_json(session)),
+        }
+    )
+    return HttpRequest(
+        method="POST",
+        url=f"{_base(opts)}/realtime/calls",
+        headers=(
+            credential,
+            ("Content-Type", content_type),
+            ("Accept", "application/sdp"),
+            *((("OpenAI-Safety-Identifier", safety_identifier),) if safety_identifier else ()),
+        ),
+        body=body,
+        max_response_bytes=MAX_CLIENT_SECRET_RESPONSE_BYTES,
+    )
+
+
+def hangup_request(
+    opts: NavaiVoiceBackendOptions, call_id: str, *, credential: tuple[str, str]
+) -> HttpRequest:
+    """``POST {base}/realtime/calls/{call_id}/hangup``."""
+    return HttpRequest(
+        method="POST",
+        url=f"{_base(opts)}/realtime/calls/{call_id}/hangup",
+        headers=(credential, ("Content-Type", "application/json")),
+        body=b"{}",
+        max_response_bytes=64 * 1024,
+    )
+
+
+def _base(opts: NavaiVoiceBackendOptions) -> str:
+    return f"{opts.azure_endpoint}/openai/v1" if opts.uses_azure else opts.openai_base_url
+
+
+class RelayedCall:
+    """OpenAI's answer to a relayed offer: the call's id and the SDP answer."""
+
+    __slots__ = ("answer", "call_id")
+
+    def __init__(self, call_id: str, answer: str) -> None:
+        self.call_id = call_id
+        self.answer = answer
+
+
+def parse_calls_response(response: HttpResponse, *, secret: str | None) -> RelayedCall:
+    """The call's id (the last segment of ``Location``) and the answer."""
+    if not 200 <= response.status < 300:
+        raise upstream_failure(CALLS, response, upstream_message(response.body), secret)
+    call_id = (response.header("location") or "").rstrip("/").rsplit("/", 1)[-1]
+    if _CALL_ID.fullmatch(call_id) is None:
+        raise UpstreamError(f"{CALLS} answered without a call id.")
+    try:
+        answer = response.body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UpstreamError(f"{CALLS} answered with an SDP that is not text.") from None
+    if not answer.startswith("v=0"):
+        raise UpstreamError(f"{CALLS} answered with no SDP answer.")
+    return RelayedCall(call_id, answer)
+
+
+# How many relayed calls a process remembers (oldest forgotten first): a
+# bound on memory, far above the calls one process relays in an hour.
+MAX_REMEMBERED_CALLS: Final = 10_000
+
+
+class CallRegistry:
+    """The calls this process relayed, and who started each: only those can
+    be hung up, and (with the guard on) only by their owner. In memory, per
+    process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owners: dict[str, str | None] = {}
+
+    def remember(self, call_id: str, owner: str | None) -> None:
+        with self._lock:
+            if len(self._owners) >= MAX_REMEMBERED_CALLS:
+                del self._owners[next(iter(self._owners))]
+            self._owners[call_id] = owner
+
+    def known(self, call_id: str, owner: str | None) -> bool:
+        """Whether ``owner`` may end ``call_id`` (it exists here, and it is theirs)."""
+        with self._lock:
+            return call_id in self._owners and self._owners[call_id] == owner
+
+    def forget(self, call_id: str) -> bool:
+        with self._lock:
+            return self._owners.pop(call_id, _MISSING) is not _MISSING
+
+
+_MISSING: Final = object()
+
+
+@attrs.frozen
+class ScheduleHangup:
+    """After ``delay`` seconds, run ``steps()`` (the hangup) with the shell's
+    driver and transport; send back None at once."""
+
+    call_id: str
+    delay: float
+    steps: Callable[[], Generator[Any, Any, Any]] = attrs.field(repr=False)
+
+
+def is_call_id(value: str) -> bool:
+    return _CALL_ID.fullmatch(value) is not None

@@ -1,0 +1,346 @@
+"""The WebRTC relay on both shells, in process, against a recorded upstream:
+the multipart body OpenAI expects (its session checked with openai-python),
+per-request overrides from the query, the answer and its Location (mount
+point included), every refusal, upstream failures, hangups and their
+owners, and the time cap.
+
+The browser over real WebRTC is in test_browser_relay.py."""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import itertools
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import httpx
+import pytest
+from openai.types.realtime import RealtimeSessionCreateRequest
+
+from navai_mw import (
+    HttpRequest,
+    HttpResponse,
+    NavaiASGIMiddleware,
+    NavaiVoiceBackendOptions,
+    NavaiWSGIMiddleware,
+)
+from navai_mw._errors import RequestError
+from navai_mw._relay import check_offer, multipart, overrides_from_query
+
+from .conftest import CANARY_KEY
+
+CALLS = "/navai/realtime/calls"
+OFFER = (
+    "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n"
+)
+ANSWER = "v=0\r\no=- 9 9 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
+SDP = {"content-type": "application/sdp"}
+
+
+class Upstream:
+    """OpenAI's calls API, recorded: every request, and what to answer."""
+
+    def __init__(self) -> None:
+        self.requests: list[HttpRequest] = []
+        self.answer_status = 201
+        self.ids = (f"rtc_{n:04d}" for n in itertools.count())
+        self.lock = threading.Lock()
+
+    def reply(self, request: HttpRequest) -> HttpResponse:
+        with self.lock:
+            self.requests.append(request)
+        if request.url.endswith("/hangup"):
+            return HttpResponse(status=200, body=b"{}")
+        if self.answer_status != 201:
+            body = json.dumps({"error": {"message": f"sorry {CANARY_KEY}"}}).encode()
+            headers = (("retry-after", "9"),) if self.answer_status == 429 else ()
+            return HttpResponse(status=self.answer_status, headers=headers, body=body)
+        call_id = next(self.ids)
+        return HttpResponse(
+            status=201,
+            headers=(("location", f"/v1/realtime/calls/{call_id}"),),
+            body=ANSWER.encode(),
+        )
+
+    def offers(self) -> list[HttpRequest]:
+        return [r for r in self.requests if not r.url.endswith("/hangup")]
+
+    def hangups(self) -> list[str]:
+        return [r.url.rsplit("/", 2)[-2] for r in self.requests if r.url.endswith("/hangup")]
+
+
+class SyncUpstream:
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+
+    def send(self, request: HttpRequest, *, timeout: float) -> HttpResponse:
+        return self.upstream.reply(request)
+
+
+class AsyncUpstream:
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+
+    async def send(self, request: HttpRequest, *, timeout: float) -> HttpResponse:
+        return self.upstream.reply(request)
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def app_asgi(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"app"})
+
+
+def app_wsgi(environ: Any, start_response: Any) -> list[bytes]:
+    start_response("200 OK", [])
+    return [b"app"]
+
+
+Request = Callable[..., httpx.Response]
+
+
+@contextmanager
+def both_shells(
+    upstream: Upstream, opts: NavaiVoiceBackendOptions | None = None, **keywords: Any
+) -> Iterator[list[tuple[str, Request, Any]]]:
+    opts = opts or NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY)
+    keywords.setdefault("functions", [])
+    with anyio.from_thread.start_blocking_portal() as portal:
+        asgi = NavaiASGIMiddleware(app_asgi, opts, transport=AsyncUpstream(upstream), **keywords)
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=asgi, root_path="/app"), base_url="http://api.test"
+        )
+
+        def asgi_request(method: str, path: str, **kw: Any) -> httpx.Response:
+            return portal.call(lambda: client.request(method, "/app" + path, **kw))
+
+        wsgi = NavaiWSGIMiddleware(app_wsgi, opts, transport=SyncUpstream(upstream), **keywords)
+        with httpx.Client(
+            transport=httpx.WSGITransport(app=wsgi, script_name="/app"),
+            base_url="http://api.test",
+        ) as sync_client:
+
+            def wsgi_request(method: str, path: str, **kw: Any) -> httpx.Response:
+                # httpx's WSGI transport leaves PATH_INFO whole; a server
+                # mounting the app at /app would strip it, as here.
+                return sync_client.request(method, path, **kw)
+
+            yield [("asgi", asgi_request, asgi), ("wsgi", wsgi_request, wsgi)]
+        wsgi.close()
+        portal.call(asgi.aclose)
+        portal.call(client.aclose)
+
+
+def parts(request: HttpRequest) -> dict[str, tuple[str, bytes]]:
+    """The multipart body's fields: name → (content type, bytes)."""
+    content_type = dict(request.headers)["Content-Type"]
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + request.body
+    )
+    fields = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        fields[str(name)] = (part.get_content_type(), part.get_payload(decode=True))
+    return fields
+
+
+# -- relaying an offer --------------------------------------------------------------------
+
+
+def test_an_offer_is_relayed_with_the_session_navai_builds() -> None:
+    upstream = Upstream()
+    template = {"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}}
+    opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, session=template)
+    with both_shells(upstream, opts) as shells:
+        for shell, request, _ in shells:
+            response = request(
+                "POST", CALLS + "?voice=cedar&language=Spanish", content=OFFER, headers=SDP
+            )
+            assert response.status_code == 201, (shell, response.text)
+            assert response.headers["content-type"] == "application/sdp"
+            assert response.headers["cache-control"] == "no-store"
+            assert response.text == ANSWER
+            call_id = upstream.offers()[-1] and response.headers["location"].rsplit("/", 1)[-1]
+            # As the browser must call it: below the mount point.
+            assert response.headers["location"] == f"/app{CALLS}/{call_id}"
+            sent = upstream.offers()[-1]
+            assert sent.url == "https://api.openai.com/v1/realtime/calls"
+            headers = dict(sent.headers)
+            assert headers["Authorization"] == f"Bearer {CANARY_KEY}"
+            assert headers["Accept"] == "application/sdp"
+            fields = parts(sent)
+            assert set(fields) == {"sdp", "session"}
+            assert fields["sdp"] == ("application/sdp", OFFER.encode())
+            kind, raw_session = fields["session"]
+            assert kind == "application/json"
+            session = json.loads(raw_session)
+            RealtimeSessionCreateRequest.model_validate(session)
+            assert session["audio"]["output"]["voice"] == "cedar"
+            assert session["instructions"].endswith("Always reply in Spanish.")
+            assert session["audio"]["input"]["turn_detection"] == {"type": "semantic_vad"}
+            assert CANARY_KEY not in response.text
+
+
+REFUSED = [
+    pytest.param("?apiKey=sk-user", OFFER, SDP, 400, "apiKey is not allowed in a URL", id="key"),
+    pytest.param("?colour=red", OFFER, SDP, 400, "Unknown query parameter 'colour'", id="query"),
+    pytest.param("", "hello", SDP, 400, "Request body is not an SDP offer", id="not-sdp"),
+    pytest.param("", OFFER, {"content-type": "text/plain"}, 415, "application/sdp", id="415"),
+    pytest.param("", "v=0\r\n" + "a" * 40_000, SDP, 413, "larger than", id="413"),
+    pytest.param("?voice=5", OFFER, SDP, 200, "", id="voice-as-text"),
+]
+
+
+@pytest.mark.parametrize(("query", "body", "headers", "status", "message"), REFUSED)
+def test_what_the_relay_refuses(
+    query: str, body: str, headers: dict[str, str], status: int, message: str
+) -> None:
+    upstream = Upstream()
+    opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, allowed_voices=["marin", "5"])
+    with both_shells(upstream, opts) as shells:
+        for _, request, _ in shells:
+            response = request("POST", CALLS + query, content=body, headers=headers)
+            if status == 200:
+                assert response.status_code == 201
+                continue
+            assert response.status_code == status
+            assert message in response.json()["error"]
+    if status != 200:
+        assert upstream.requests == []
+
+
+def test_the_relay_needs_the_servers_key_and_answers_post_only() -> None:
+    upstream = Upstream()
+    opts = NavaiVoiceBackendOptions(allow_api_key_from_request=True)
+    with both_shells(upstream, opts) as shells:
+        for _, request, _ in shells:
+            response = request("POST", CALLS, content=OFFER, headers=SDP)
+            assert response.status_code == 400
+            assert response.json()["error"].startswith("Missing API key.")
+            got = request("GET", CALLS)
+            assert got.status_code == 405
+            assert got.json() == {"error": "Method not allowed. Use POST."}
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize(("status", "answered"), [(500, 502), (429, 429), (401, 502)])
+def test_upstream_failures_map_and_are_never_retried(status: int, answered: int) -> None:
+    upstream = Upstream()
+    upstream.answer_status = status
+    with both_shells(upstream) as shells:
+        for _, request, _ in shells:
+            response = request("POST", CALLS, content=OFFER, headers=SDP)
+            assert response.status_code == answered
+            assert response.json()["error"].startswith(f"OpenAI realtime calls failed ({status})")
+            assert CANARY_KEY not in response.text
+            if status == 429:
+                assert response.headers["retry-after"] == "9"
+    assert len(upstream.requests) == 2  # one per shell: a POST is never sent twice
+
+
+# -- hanging up -------------------------------------------------------------------------------
+
+
+def test_a_call_is_hung_up_by_its_owner_only() -> None:
+    upstream = Upstream()
+
+    def user(info: Any) -> str | None:
+        return info.headers.get("x-user")
+
+    with both_shells(upstream, authorize=user) as shells:
+        for _, request, _ in shells:
+            made = request("POST", CALLS, content=OFFER, headers={**SDP, "x-user": "ana"})
+            location = made.headers["location"].removeprefix("/app")
+            call_id = location.rsplit("/", 1)[-1]
+            # Someone else's call does not exist, as far as they can tell.
+            assert request("DELETE", location, headers={"x-user": "ben"}).status_code == 404
+            assert (
+                request("DELETE", f"{CALLS}/rtc_nope", headers={"x-user": "ana"}).status_code == 404
+            )
+            ended = request("DELETE", location, headers={"x-user": "ana"})
+            assert ended.status_code == 204
+            assert ended.content == b""
+            assert upstream.hangups()[-1] == call_id
+            assert request("DELETE", location, headers={"x-user": "ana"}).status_code == 404
+            assert request("POST", location, headers={"x-user": "ana"}).status_code == 405
+            # A path that is not a call id is not ours.
+            assert request("DELETE", f"{CALLS}/a/b", headers={"x-user": "ana"}).text == "app"
+
+
+def test_the_time_cap_hangs_up_on_both_shells() -> None:
+    upstream = Upstream()
+    with both_shells(upstream, max_call_seconds=0.2) as shells:
+        for _, request, _ in shells:
+            made = request("POST", CALLS, content=OFFER, headers=SDP)
+            call_id = made.headers["location"].rsplit("/", 1)[-1]
+            deadline = time.monotonic() + 10  # a bound, not a measurement
+            while call_id not in upstream.hangups() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert call_id in upstream.hangups()
+            # Hung up: its owner can no longer end it.
+            assert request("DELETE", made.headers["location"][4:]).status_code == 404
+
+
+def test_pending_hangups_are_cancelled_at_shutdown() -> None:
+    upstream = Upstream()
+    with both_shells(upstream, max_call_seconds=30) as shells:
+        for _, request, _ in shells:
+            assert request("POST", CALLS, content=OFFER, headers=SDP).status_code == 201
+    # Both middlewares closed: their timers and tasks are gone, nothing hung up.
+    assert upstream.hangups() == []
+    assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer) and t.is_alive()]
+
+
+def test_the_relay_runs_under_trio_without_a_cap() -> None:
+    upstream = Upstream()
+
+    async def main() -> httpx.Response:
+        app = NavaiASGIMiddleware(
+            app_asgi,
+            NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY),
+            transport=AsyncUpstream(upstream),
+            functions=[],
+        )
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://api.test"
+        ) as client:
+            return await client.post(CALLS, content=OFFER, headers=SDP)
+
+    assert anyio.run(main, backend="trio").status_code == 201
+
+
+# -- the pieces --------------------------------------------------------------------------------
+
+
+def test_multipart_is_deterministic_and_its_boundary_is_not_in_the_parts() -> None:
+    fields = {"sdp": ("application/sdp", OFFER.encode()), "session": ("application/json", b"{}")}
+    first, body = multipart(fields)
+    assert multipart(fields) == (first, body)
+    boundary = first.split("boundary=", 1)[1]
+    assert body.count(boundary.encode()) == 3  # two openings and the end
+    assert body.endswith(f"--{boundary}--\r\n".encode())
+
+
+@pytest.mark.parametrize("body", [b"", b"v=0\r\n", b"\xff\xfe", b"m=audio 9\r\n", b"V=0\nm=x"])
+def test_what_is_not_an_offer(body: bytes) -> None:
+    with pytest.raises(RequestError):
+        check_offer(body)
+
+
+def test_query_overrides_keep_the_wire_names() -> None:
+    assert overrides_from_query("voiceAccent=Irish&voice=marin") == {
+        "voiceAccent": "Irish",
+        "voice": "marin",
+    }
