@@ -50,6 +50,12 @@ same way (but for ``return_garbage``)::
 In-process, reach either fake with its ``sync_transport()`` or
 ``async_transport()``; for a real server on loopback, ``serve()`` it (needs
 uvicorn, the ``server`` extra).
+
+:class:`FakeRealtimeWebRTC` is OpenAI's WebRTC side, over real WebRTC (aiortc,
+the ``webrtc`` extra): ``POST /v1/realtime/calls`` answers a browser's SDP
+offer, and ``session.created`` arrives on its data channel; GPT-Live's
+``POST /v1/live/sessions`` and its sideband WebSocket too. ``serve()`` it
+(on exit, every peer connection is closed).
 """
 
 from __future__ import annotations
@@ -633,9 +639,10 @@ class FakeRealtimeWebRTC(_ScriptedUpstream):
     but not none. ``fail``, ``rate_limit`` and ``stall`` script the next
     answers, as with :class:`FakeOpenAIRealtime`.
 
-    Every peer connection is closed when :meth:`serve` exits (or by
-    :meth:`aclose`, on the loop that answered, when the app is mounted some
-    other way).
+    Every peer connection is closed when :meth:`serve` exits; mounted some
+    other way (under another asyncio server, or reached in-process with
+    ``async_transport()``), close them with :meth:`aclose` on the loop that
+    answered. Responses allow any origin (CORS), as OpenAI's do.
     """
 
     def __init__(

@@ -1,22 +1,29 @@
 """FakeRealtimeWebRTC over real WebRTC: an aiortc client offers, the fake,
 served by uvicorn as users will, answers; the data channel carries its
-first event, hangups and the Live sideband close the fake's side."""
+first event, hangups and the Live sideband close the fake's side. Last,
+headless Chromium does the same from a page on another origin."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import queue
+import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import anyio
 import httpx
 import pytest
 
-from navai_mw.testing import FakeRealtimeWebRTC
+from navai_mw.testing import FakeRealtimeWebRTC, serve_asgi
 
 aiortc = pytest.importorskip("aiortc")
 
@@ -341,3 +348,95 @@ def test_without_aiortc_the_module_imports_and_the_fake_says_what_to_install(
     monkeypatch.setitem(sys.modules, "aiortc", None)
     with pytest.raises(ImportError, match=r"navai-mw\[webrtc\]"):
         FakeRealtimeWebRTC()
+
+
+# -- a real browser ----------------------------------------------------------------
+
+PAGE = """<!doctype html><script>
+const base = new URLSearchParams(location.search).get("base");
+const report = (r) => fetch("/report", {method: "POST", body: JSON.stringify(r)});
+async function run() {
+  const pc = new RTCPeerConnection();
+  const channel = pc.createDataChannel("oai-events");
+  const first = new Promise((ok) => channel.onmessage = (e) => ok(JSON.parse(e.data)));
+  const mic = await navigator.mediaDevices.getUserMedia({audio: true});
+  pc.addTrack(mic.getAudioTracks()[0]);
+  await pc.setLocalDescription(await pc.createOffer());
+  const form = new FormData();
+  form.set("sdp", pc.localDescription.sdp);
+  form.set("session", JSON.stringify({type: "realtime", model: "gpt-realtime"}));
+  const auth = {Authorization: "Bearer ek_fake_browser"};
+  const answer = await fetch(base + "/realtime/calls", {method: "POST", body: form, headers: auth});
+  const call = answer.headers.get("Location");
+  await pc.setRemoteDescription({type: "answer", sdp: await answer.text()});
+  const event = await first;
+  const state = pc.connectionState;
+  const hangup = await fetch(base + call.slice(3) + "/hangup", {method: "POST", headers: auth});
+  report({status: answer.status, call, event, state, hangup: hangup.status});
+}
+run().catch((e) => report({error: String(e)}));
+</script>"""
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+)
+
+
+def test_chromium_calls_the_fake_from_another_origin(tmp_path: Path) -> None:
+    """The browser preflights (CORS), posts FormData, reads Location and gets
+    ``session.created`` over the data channel; then it hangs up."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is missing: apt-get install chromium")
+    reports: queue.Queue[Any] = queue.Queue()
+
+    async def page(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if scope["path"] == "/report":
+            reports.put(json.loads(body))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": PAGE.encode()})
+
+    fake = FakeRealtimeWebRTC()
+    with fake.serve() as base_url, serve_asgi(page, lifespan="off") as page_url:
+        proc = subprocess.Popen(
+            [
+                chromium,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={tmp_path / 'profile'}",
+                f"{page_url}/?base={quote(base_url, safe='')}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: renderers die with it
+        )
+        try:
+            report = reports.get(timeout=60)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert "error" not in report, report
+    [call] = fake.calls
+    assert report["status"] == 201
+    assert report["call"] == f"/v1/realtime/calls/{call.call_id}"
+    assert report["event"]["type"] == "session.created"
+    assert report["event"]["session"] == {
+        "type": "realtime",
+        "model": "gpt-realtime",
+        "id": call.call_id,
+    }
+    assert report["state"] == "connected"
+    assert report["hangup"] == 200
+    assert call.connected
+    assert call.state == "closed"
+    assert fake.hangups == [call.call_id]
+    assert [r.method for r in fake.requests] == ["OPTIONS", "POST", "OPTIONS", "POST"]
