@@ -35,7 +35,7 @@ import sniffio
 from ._errors import OptionsError
 from ._guard import CallHook, HitLimit, HookResult, LimitResult
 from ._invoke import CallFunction, FunctionOutcome
-from ._relay import ScheduleHangup
+from ._relay import CloseLive, ScheduleHangup
 
 __all__ = [
     "DEFAULT_FUNCTION_WORKERS",
@@ -218,6 +218,11 @@ class SyncEffects:
         if isinstance(effect, ScheduleHangup):
             self._schedule(effect)
             return None
+        if isinstance(effect, CloseLive):
+            future = asyncio.run_coroutine_threadsafe(
+                close_live_session(effect), self._loop_thread.loop()
+            )
+            return future.result()
         raise TypeError(f"no performer for the effect {type(effect).__name__}")
 
     def attach(self, transport: Any) -> None:
@@ -350,6 +355,10 @@ class AsyncEffects:
         if isinstance(effect, ScheduleHangup):
             self._schedule(effect)
             return None
+        if isinstance(effect, CloseLive):
+            if not _on_asyncio():
+                return RuntimeError("closing a Live session needs asyncio")
+            return await close_live_session(effect)
         raise TypeError(f"no performer for the effect {type(effect).__name__}")
 
     def attach(self, transport: Any) -> None:
@@ -442,6 +451,28 @@ def _threadsafe_notifier() -> Callable[[Callable[[], object]], None]:
             token.run_sync_soon(callback)
 
     return on_trio
+
+
+# Opening the sideband connection and saying goodbye takes well under this.
+LIVE_CLOSE_TIMEOUT_SECONDS: Final = 10.0
+
+
+async def close_live_session(effect: CloseLive) -> Exception | None:
+    """Send ``session.close`` over a Live session's sideband WebSocket; the
+    exception when that failed, else None."""
+    import aiohttp
+
+    try:
+        timeout = aiohttp.ClientTimeout(total=LIVE_CLOSE_TIMEOUT_SECONDS)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.ws_connect(effect.url, headers=dict(effect.headers)) as socket,
+        ):
+            await socket.send_json({"type": "session.close"})
+        return None
+    except Exception as exc:
+        logger.warning("navai_mw: closing a Live session failed: %s", type(exc).__name__)
+        return exc
 
 
 def _on_asyncio() -> bool:

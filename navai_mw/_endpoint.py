@@ -38,6 +38,7 @@ import attrs
 from ._core import (
     NOT_AN_OBJECT,
     attempts,
+    build_instructions,
     build_session,
     check_policy,
     compact_json,
@@ -53,7 +54,7 @@ from ._env import (
     read_bool,
     read_seconds,
 )
-from ._errors import NavaiError, OptionsError, RequestError, log_safe
+from ._errors import NavaiError, OptionsError, RequestError, UpstreamError, log_safe
 from ._guard import Guard, RequestInfo, client_address
 from ._invoke import CallFunction, FunctionOutcome, function_reply
 from ._mint import (
@@ -64,18 +65,29 @@ from ._mint import (
     mint_client_secret,
     mint_transcription_secret,
 )
-from ._models import MAX_UPSTREAM_TIMEOUT_SECONDS, NavaiVoiceBackendOptions
+from ._models import (
+    DEFAULT_INSTRUCTIONS,
+    DEFAULT_VOICE,
+    MAX_UPSTREAM_TIMEOUT_SECONDS,
+    NavaiVoiceBackendOptions,
+)
 from ._relay import (
     CALLS,
+    DEFAULT_LIVE_MODEL,
     DEFAULT_MAX_OFFER_SIZE,
+    LIVE,
     CallRegistry,
+    RelayedCall,
     ScheduleHangup,
     calls_request,
     check_offer,
+    close_live,
     hangup_request,
     is_call_id,
+    live_request,
     overrides_from_query,
     parse_calls_response,
+    parse_live_response,
 )
 from ._speech import build_speech_request, speech_exchange
 from .functions import (
@@ -128,6 +140,7 @@ DEFAULT_SPEECH_SYNTHESIZE_PATH: Final = "/navai/speech/synthesize"
 DEFAULT_FUNCTION_TIMEOUT_SECONDS: Final = 30.0
 DEFAULT_TRANSCRIPTION_PATH: Final = "/navai/realtime/transcription-secret"
 DEFAULT_CALLS_PATH: Final = "/navai/realtime/calls"
+DEFAULT_LIVE_PATH: Final = "/navai/live/sessions"
 # Headers a page may read from a cross-origin answer.
 _EXPOSED: Final = ("Access-Control-Expose-Headers", "Retry-After, RateLimit, RateLimit-Policy")
 
@@ -402,6 +415,7 @@ class Endpoint:
         path: str | None = DEFAULT_PATH,
         transcription_secret_path: str | None = DEFAULT_TRANSCRIPTION_PATH,
         calls_path: str | None = DEFAULT_CALLS_PATH,
+        live_path: str | None = DEFAULT_LIVE_PATH,
         max_call_seconds: float | None = None,
         max_offer_size: int = DEFAULT_MAX_OFFER_SIZE,
         functions_list_path: str | None = DEFAULT_FUNCTIONS_LIST_PATH,
@@ -453,6 +467,7 @@ class Endpoint:
             return _route_path(self.prefix, value, name)
 
         calls = _path(calls_path, "calls_path")
+        live = _path(live_path, "live_path")
         wanted: list[tuple[str, str | None, str, str, Handler]] = [
             ("client_secret", _path(path, "path"), "POST", "mint", self._client_secret),
             (
@@ -496,6 +511,11 @@ class Endpoint:
             routes.append(Route("calls", calls, "POST", "mint", self._calls, body="sdp"))
             routes.append(
                 Route("call_hangup", calls, "DELETE", "mint", self._hangup, "none", dynamic=True)
+            )
+        if live is not None:
+            routes.append(Route("live", live, "POST", "mint", self._live, body="sdp"))
+            routes.append(
+                Route("live_close", live, "DELETE", "mint", self._close, "none", dynamic=True)
             )
         self.routes = tuple(routes)
         # Routes for a path's children: {path}/{id}.
@@ -541,6 +561,7 @@ class Endpoint:
         path: str | None = DEFAULT_PATH,
         transcription_secret_path: str | None = DEFAULT_TRANSCRIPTION_PATH,
         calls_path: str | None = DEFAULT_CALLS_PATH,
+        live_path: str | None = DEFAULT_LIVE_PATH,
         max_call_seconds: float | None = None,
         max_offer_size: int = DEFAULT_MAX_OFFER_SIZE,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
@@ -592,6 +613,7 @@ class Endpoint:
             path=path,
             transcription_secret_path=transcription_secret_path,
             calls_path=calls_path,
+            live_path=live_path,
             max_call_seconds=max_call_seconds,
             max_offer_size=max_offer_size,
             customize_session=customize_session,
@@ -838,11 +860,7 @@ class Endpoint:
         offer = check_offer(call.raw)
         req = structure_request(overrides_from_query(call.query))
         check_policy(self.opts, req)
-        if self.opts.openai_api_key is None and not self.opts.uses_azure:
-            # A request's key cannot ride in a URL: the relay needs the server's.
-            raise RequestError(
-                "Missing API key. Configure openai_api_key or send apiKey in request."
-            )
+        self._need_server_key()
         session = yield from customized(
             self.opts,
             build_session(self.opts, req),
@@ -864,18 +882,7 @@ class Endpoint:
             upstream, budget=self.opts.upstream_timeout_seconds, max_retries=0, what=CALLS
         )
         relayed = parse_calls_response(response, secret=secret_of(upstream))
-        self.calls.remember(relayed.call_id, call.identity)
-        if self.max_call_seconds is not None:
-            call_id = relayed.call_id
-            yield ScheduleHangup(call_id, self.max_call_seconds, lambda: self._end(call_id))
-        location = f"{call.mount}{call.info.path.rstrip('/')}/{relayed.call_id}"
-        return Reply(
-            201,
-            None,
-            raw=relayed.answer.encode(),
-            content_type="application/sdp",
-            headers=(("Location", location),),
-        )
+        return (yield from self._relayed(call, relayed.call_id, relayed))
 
     def _hangup(self, call: Call) -> Generator[Any, Any, Reply]:
         call_id = call.info.path.rsplit("/", 1)[-1]
@@ -886,10 +893,17 @@ class Endpoint:
         yield from self._end(call_id)
         return Reply(204, None, raw=b"")
 
-    def _end(self, call_id: str) -> Generator[Any, Any, None]:
-        """Hang ``call_id`` up upstream and forget it (a call OpenAI no
-        longer knows has ended already)."""
+    def _end(self, key: str) -> Generator[Any, Any, None]:
+        """End a relayed call (hang it up) or Live session (``live:{id}``:
+        ``session.close`` on its sideband connection), and forget it."""
         credential = yield from credential_for(self.opts, self.opts.openai_api_key)
+        if key.startswith("live:"):
+            failure = yield close_live(self.opts, key.removeprefix("live:"), credential=credential)
+            if failure is not None:
+                raise UpstreamError(f"{LIVE} could not be closed: {type(failure).__name__}.")
+            self.calls.forget(key)
+            return
+        call_id = key
         upstream = hangup_request(self.opts, call_id, credential=credential)
         response = yield from attempts(
             upstream, budget=self.opts.upstream_timeout_seconds, what=CALLS
@@ -897,6 +911,62 @@ class Endpoint:
         if response.status != 404 and not 200 <= response.status < 300:
             raise upstream_failure(CALLS, response, upstream_message(response.body), credential[1])
         self.calls.forget(call_id)
+
+    def _live(self, call: Call) -> Generator[Any, Any, Reply]:
+        offer = check_offer(call.raw)
+        req = structure_request(overrides_from_query(call.query))
+        check_policy(self.opts, req)
+        self._need_server_key()
+        opts = self.opts
+        session: dict[str, Any] = {
+            **(opts.live_session or {}),
+            "model": req.model or opts.live_model or DEFAULT_LIVE_MODEL,
+            "instructions": build_instructions(
+                req.instructions or opts.default_instructions or DEFAULT_INSTRUCTIONS,
+                req.language or opts.default_language,
+                req.voice_accent or opts.default_voice_accent,
+                req.voice_tone or opts.default_voice_tone,
+            ),
+            "audio": {"output": {"voice": req.voice or opts.default_voice or DEFAULT_VOICE}},
+        }
+        safety = self.guard.safety_identifier(call.identity)
+        if safety is not None:
+            session["safety_identifier"] = safety  # Live takes it in the body
+        credential = yield from credential_for(opts, opts.openai_api_key)
+        upstream = live_request(opts, offer, session, credential=credential)
+        response = yield from attempts(
+            upstream, budget=opts.upstream_timeout_seconds, max_retries=0, what=LIVE
+        )
+        relayed = parse_live_response(response, secret=secret_of(upstream))
+        return (yield from self._relayed(call, f"live:{relayed.call_id}", relayed))
+
+    def _close(self, call: Call) -> Generator[Any, Any, Reply]:
+        session_id = call.info.path.rsplit("/", 1)[-1]
+        if not self.calls.known(f"live:{session_id}", call.identity):
+            raise RequestError("Unknown session.", status=404)
+        yield from self._end(f"live:{session_id}")
+        return Reply(204, None, raw=b"")
+
+    def _need_server_key(self) -> None:
+        if self.opts.openai_api_key is None and not self.opts.uses_azure:
+            # A request's key cannot ride in a URL: the relay needs the server's.
+            raise RequestError(
+                "Missing API key. Configure openai_api_key or send apiKey in request."
+            )
+
+    def _relayed(self, call: Call, key: str, relayed: RelayedCall) -> Generator[Any, Any, Reply]:
+        """Remember who started it, cap it, and answer the browser."""
+        self.calls.remember(key, call.identity)
+        if self.max_call_seconds is not None:
+            yield ScheduleHangup(key, self.max_call_seconds, lambda: self._end(key))
+        location = f"{call.mount}{call.info.path.rstrip('/')}/{relayed.call_id}"
+        return Reply(
+            201,
+            None,
+            raw=relayed.answer.encode(),
+            content_type="application/sdp",
+            headers=(("Location", location),),
+        )
 
     def _speech(self, call: Call) -> Generator[Any, Any, Reply]:
         request = build_speech_request(self.opts, call.body)
@@ -947,6 +1017,8 @@ _DOING: Final = {
     "transcription_secret": "minting a transcription secret",
     "calls": "relaying a WebRTC offer",
     "call_hangup": "hanging up a call",
+    "live": "relaying a WebRTC offer to GPT-Live",
+    "live_close": "closing a Live session",
     "speech_synthesize": "synthesizing speech",
     "functions_list": "listing backend functions",
     "functions_execute": "running a backend function",

@@ -112,6 +112,7 @@ def get_navai_voice_backend_options_from_env(
         azure_endpoint=azure_endpoint,
         azure_api_key=_read(env, "AZURE_OPENAI_API_KEY"),
         session=_read(env, "OPENAI_REALTIME_SESSION"),
+        live_model=_read(env, "OPENAI_LIVE_MODEL"),
         transcription_model=_read(env, "OPENAI_TRANSCRIPTION_MODEL"),
         transcription_language=_read(env, "OPENAI_TRANSCRIPTION_LANGUAGE"),
         transcription_prompt=_read(env, "OPENAI_TRANSCRIPTION_PROMPT"),

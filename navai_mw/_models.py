@@ -331,6 +331,9 @@ class NavaiVoiceBackendOptions:
             (type, model, instructions, output voice) are not allowed in it.
         allow_unknown_session_fields: let ``session`` carry fields the
             schema does not know (newer than this version).
+        live_model (``gpt-live-1``), live_session: the GPT-Live relay's
+            model, and a template for the rest of its session (delegation,
+            input history...).
         transcription_model (``gpt-4o-transcribe``), transcription_language,
         transcription_prompt: the transcription-secret route's defaults.
         azure_endpoint: Azure OpenAI's endpoint; setting it selects Azure,
@@ -391,6 +394,10 @@ class NavaiVoiceBackendOptions:
     # Declared as what it holds once checked; a JSON string is accepted too.
     session: dict[str, Any] | None = attrs.field(default=None, converter=_session_input, eq=False)
     allow_unknown_session_fields: bool = attrs.field(default=False, validator=_check_bool)
+    live_model: str | None = _optional_text()
+    live_session: dict[str, Any] | None = attrs.field(
+        default=None, converter=_session_input, eq=False
+    )
     transcription_model: str | None = _optional_text()
     transcription_language: str | None = _optional_text()
     transcription_prompt: str | None = _optional_text()
@@ -425,6 +432,9 @@ class NavaiVoiceBackendOptions:
                 elevenlabs=self.tts_provider == "elevenlabs",
             ),
         )
+        from ._relay import check_live_session
+
+        object.__setattr__(self, "live_session", check_live_session(self.live_session))
         if self.azure_endpoint is not None:
             self._check_azure()
         elif self.azure_api_key is not None or self.azure_ad_token_provider is not None:

@@ -14,6 +14,7 @@ occur in the parts it separates).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 from collections.abc import Callable, Generator, Mapping
@@ -28,12 +29,14 @@ from ._core import (
     upstream_failure,
     upstream_message,
 )
-from ._errors import RequestError, UpstreamError
+from ._errors import OptionsError, RequestError, UpstreamError
 from ._models import WIRE_NAMES, HttpRequest, HttpResponse, NavaiVoiceBackendOptions
 
 __all__ = [
+    "DEFAULT_LIVE_MODEL",
     "DEFAULT_MAX_OFFER_SIZE",
     "CallRegistry",
+    "CloseLive",
     "RelayedCall",
     "ScheduleHangup",
     "calls_request",
@@ -218,3 +221,121 @@ class ScheduleHangup:
 
 def is_call_id(value: str) -> bool:
     return _CALL_ID.fullmatch(value) is not None
+
+
+# -- GPT-Live -----------------------------------------------------------------------------
+
+DEFAULT_LIVE_MODEL: Final = "gpt-live-1"
+LIVE: Final = "OpenAI live sessions"
+# What a live_session template may set: everything but navai's own fields.
+LIVE_TEMPLATE_FIELDS: Final = frozenset(
+    {"delegation", "input", "client", "idle_timeout_s", "store", "triggers", "wake_policy"}
+)
+LIVE_NAVAI_FIELDS: Final = {
+    "model": "use live_model",
+    "instructions": "use default_instructions",
+    "audio": "use default_voice",
+    "safety_identifier": "remove it: the guard sets it per caller",
+}
+
+
+_DELEGATIONS: Final = ("client", "responses", "decisions")
+
+
+def check_live_session(template: object) -> dict[str, Any] | None:
+    """The ``live_session`` template, checked: the fields of a Live session
+    navai does not set itself, each of the right JSON kind."""
+    if template is None:
+        return None
+    if not isinstance(template, Mapping):
+        raise OptionsError("live_session must be a JSON object of Live session fields.")
+    for name in template:
+        if name in LIVE_NAVAI_FIELDS:
+            raise OptionsError(
+                f"live_session sets {name}, which navai sets itself; {LIVE_NAVAI_FIELDS[name]}."
+            )
+        if name not in LIVE_TEMPLATE_FIELDS:
+            raise OptionsError(
+                f"live_session has an unknown field {name!r}. Known: "
+                f"{', '.join(sorted(LIVE_TEMPLATE_FIELDS))}."
+            )
+    kinds: dict[str, tuple[type, ...]] = {
+        "delegation": (dict,),
+        "input": (list,),
+        "client": (dict,),
+        "idle_timeout_s": (int,),
+        "store": (bool,),
+        "triggers": (list,),
+        "wake_policy": (dict,),
+    }
+    for name, value in template.items():
+        wanted = kinds[name]
+        if not isinstance(value, wanted) or (int in wanted and isinstance(value, bool)):
+            raise OptionsError(f"live_session.{name} must be a JSON {wanted[0].__name__}.")
+    delegation = template.get("delegation")
+    if delegation is not None and delegation.get("type") not in (
+        "client",
+        "responses",
+        "decisions",
+    ):
+        raise OptionsError(
+            "live_session.delegation.type must be 'client', 'responses' or 'decisions'."
+        )
+    if not all(isinstance(item, dict) for item in template.get("input", [])):
+        raise OptionsError("live_session.input must be a list of items (JSON objects).")
+    return dict(template)
+
+
+def live_request(
+    opts: NavaiVoiceBackendOptions,
+    offer: str,
+    session: Mapping[str, Any],
+    *,
+    credential: tuple[str, str],
+) -> HttpRequest:
+    """``POST {base}/live/sessions``: the session and the offer, as JSON."""
+    body = {"session": session, "transport": {"type": "webrtc", "sdp": offer}}
+    return HttpRequest(
+        method="POST",
+        url=f"{_base(opts)}/live/sessions",
+        headers=(credential, ("Content-Type", "application/json")),
+        body=compact_json(body),
+        max_response_bytes=MAX_CLIENT_SECRET_RESPONSE_BYTES,
+    )
+
+
+def parse_live_response(response: HttpResponse, *, secret: str | None) -> RelayedCall:
+    """The Live session's id and the SDP answer."""
+    if not 200 <= response.status < 300:
+        raise upstream_failure(LIVE, response, upstream_message(response.body), secret)
+    try:
+        payload = json.loads(response.body)
+    except (ValueError, RecursionError):
+        payload = None
+    session = payload.get("session") if isinstance(payload, dict) else None
+    transport = payload.get("transport") if isinstance(payload, dict) else None
+    session_id = session.get("id") if isinstance(session, dict) else None
+    answer = transport.get("sdp") if isinstance(transport, dict) else None
+    if not isinstance(session_id, str) or _CALL_ID.fullmatch(session_id) is None:
+        raise UpstreamError(f"{LIVE} answered without a session id.")
+    if not isinstance(answer, str) or not answer.startswith("v=0"):
+        raise UpstreamError(f"{LIVE} answered with no SDP answer.")
+    return RelayedCall(session_id, answer)
+
+
+@attrs.frozen
+class CloseLive:
+    """Open the Live session's sideband WebSocket (``url``, ``headers``),
+    send ``session.close`` and close; send back None, or the exception."""
+
+    url: str
+    headers: tuple[tuple[str, str], ...] = attrs.field(repr=False)
+
+
+def close_live(
+    opts: NavaiVoiceBackendOptions, session_id: str, *, credential: tuple[str, str]
+) -> CloseLive:
+    base = _base(opts)
+    scheme, _, rest = base.partition("://")
+    ws_scheme = "wss" if scheme == "https" else "ws"
+    return CloseLive(f"{ws_scheme}://{rest}/live/sessions/{session_id}/attach", (credential,))

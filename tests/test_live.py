@@ -1,0 +1,205 @@
+"""The GPT-Live relay, and both relays end to end over real WebRTC.
+
+In process against a recorded upstream: the Live request body checked
+against openai-python's ``openai.types.live`` shapes (no key they do not
+know), the safety identifier in the body, the live_session template and its
+start-up checks. Then through the ASGI middleware to the WebRTC fake on
+loopback with an aiortc peer as the browser: the offer relayed, the call
+connected, the first event carrying the session navai built, and the end
+(a hangup for Realtime, ``session.close`` on the sideband for Live), also
+at the time cap."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, get_type_hints
+
+import anyio
+import httpx
+import pytest
+from openai.types.live import LiveCreateParams
+from openai.types.live.live_create_params import Transport
+from openai.types.live.media_session_config_param import MediaSessionConfigParam
+from pydantic import TypeAdapter
+
+from navai_mw import (
+    HttpRequest,
+    HttpResponse,
+    NavaiASGIMiddleware,
+    NavaiVoiceBackendOptions,
+    OptionsError,
+)
+from navai_mw.testing import FakeRealtimeWebRTC
+from navai_mw.transports import HttpxAsyncTransport
+
+from .conftest import CANARY_KEY
+from .test_fake_webrtc import Browser
+from .test_relay import OFFER, SDP, app_asgi, both_shells
+
+LIVE = "/navai/live/sessions"
+CALLS = "/navai/realtime/calls"
+DEADLINE = 20.0  # a bound, never a measurement
+
+
+class LiveUpstream:
+    """OpenAI's Live sessions API, recorded."""
+
+    def __init__(self) -> None:
+        self.requests: list[HttpRequest] = []
+
+    def reply(self, request: HttpRequest) -> HttpResponse:
+        self.requests.append(request)
+        body = json.loads(request.body)
+        answer = {
+            "session": {"id": f"live_{len(self.requests):04d}"},
+            "transport": {"type": "webrtc", "sdp": "v=0\r\ns=answer\r\n"},
+        }
+        assert body["transport"]["type"] == "webrtc"
+        return HttpResponse(status=200, body=json.dumps(answer).encode())
+
+    def offers(self) -> list[HttpRequest]:
+        return self.requests
+
+    def hangups(self) -> list[str]:
+        return []
+
+
+def unknown_keys(data: dict[str, Any], shape: Any) -> set[str]:
+    return set(data) - set(get_type_hints(shape))
+
+
+def test_the_live_body_has_openais_shape_and_navais_session() -> None:
+    upstream = LiveUpstream()
+    template = {"delegation": {"type": "client"}, "idle_timeout_s": 60}
+    opts = NavaiVoiceBackendOptions(
+        openai_api_key=CANARY_KEY, live_session=template, default_language="Spanish"
+    )
+    with both_shells(upstream, opts, authorize=lambda info: "ana") as shells:  # type: ignore[arg-type]
+        for shell, request, _ in shells:
+            response = request("POST", LIVE + "?voice=cedar", content=OFFER, headers=SDP)
+            assert response.status_code == 201, (shell, response.text)
+            assert response.headers["content-type"] == "application/sdp"
+            session_id = f"live_{len(upstream.requests):04d}"
+            assert response.headers["location"] == f"/app{LIVE}/{session_id}"
+            sent = upstream.requests[-1]
+            assert sent.url == "https://api.openai.com/v1/live/sessions"
+            body = json.loads(sent.body)
+            TypeAdapter(LiveCreateParams).validate_python(body)
+            assert unknown_keys(body, LiveCreateParams) == set()
+            assert unknown_keys(body["transport"], Transport) == set()
+            session = body["session"]
+            assert unknown_keys(session, MediaSessionConfigParam) == set()
+            assert session["model"] == "gpt-live-1"
+            assert session["audio"] == {"output": {"voice": "cedar"}}
+            assert session["instructions"].endswith("Always reply in Spanish.")
+            assert session["delegation"] == {"type": "client"}
+            assert session["idle_timeout_s"] == 60
+            # Live takes the safety identifier in the body, not in a header.
+            assert len(session["safety_identifier"]) == 64
+            assert "OpenAI-Safety-Identifier" not in dict(sent.headers)
+            assert body["transport"] == {"type": "webrtc", "sdp": OFFER}
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ({"model": "x"}, "live_session sets model, which navai sets itself; use live_model."),
+        ({"audio": {}}, "live_session sets audio"),
+        ({"voice": "x"}, "unknown field 'voice'"),
+        ({"delegation": {"type": "magic"}}, "delegation.type must be"),
+        ({"idle_timeout_s": True}, "idle_timeout_s must be a JSON int"),
+        ({"input": [1]}, "input must be a list of items"),
+        ("[]", "session must be a JSON object"),
+    ],
+)
+def test_bad_live_templates_fail_at_start_up(template: Any, message: str) -> None:
+    with pytest.raises(OptionsError) as caught:
+        NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, live_session=template)
+    assert message in caught.value.message
+
+
+def test_live_model_comes_from_the_environment() -> None:
+    from navai_mw import get_navai_voice_backend_options_from_env
+
+    opts = get_navai_voice_backend_options_from_env(
+        {"OPENAI_API_KEY": CANARY_KEY, "OPENAI_LIVE_MODEL": "gpt-live-1.1"}
+    )
+    assert opts.live_model == "gpt-live-1.1"
+
+
+# -- over real WebRTC --------------------------------------------------------------------
+
+
+@contextmanager
+def relay_to_fake(**keywords: Any) -> Iterator[tuple[FakeRealtimeWebRTC, Any]]:
+    """The ASGI middleware relaying to the WebRTC fake on loopback; yields
+    the fake and an async ``request(method, path, **kw)``."""
+    fake = FakeRealtimeWebRTC()
+    with fake.serve() as base_url:
+        opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, openai_base_url=base_url)
+        yield fake, (opts, keywords)
+
+
+async def _run(opts: NavaiVoiceBackendOptions, keywords: dict[str, Any], steps: Any) -> None:
+    transport = HttpxAsyncTransport()
+    app = NavaiASGIMiddleware(app_asgi, opts, transport=transport, functions=[], **keywords)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://api.test", timeout=DEADLINE
+    ) as client:
+        await steps(client)
+    await app.aclose()
+    await transport.aclose()
+
+
+async def _until(check: Any) -> None:
+    with anyio.fail_after(DEADLINE):
+        while not check():
+            await anyio.sleep(0.02)
+
+
+@pytest.mark.parametrize(("path", "first"), [(CALLS, "session.created"), (LIVE, "session.started")])
+def test_a_browser_peer_talks_to_the_fake_through_the_relay(path: str, first: str) -> None:
+    with relay_to_fake() as (fake, (opts, keywords)):
+
+        async def steps(client: httpx.AsyncClient) -> None:
+            browser = Browser()
+            try:
+                offer = await browser.offer()
+                response = await client.post(path + "?voice=cedar", content=offer, headers=SDP)
+                assert response.status_code == 201, response.text
+                await browser.answer(response.text)
+                event = await browser.next_event()
+                assert event["type"] == first
+                # The session navai built, the query's override included.
+                assert event["session"]["audio"]["output"]["voice"] == "cedar"
+                assert browser.pc.connectionState == "connected"
+                ended = await client.delete(response.headers["location"])
+                assert ended.status_code == 204
+                call_id = response.headers["location"].rsplit("/", 1)[-1]
+                await _until(lambda: call_id in (*fake.hangups, *fake.closes))
+            finally:
+                await browser.close()
+
+        anyio.run(_run, opts, keywords, steps, backend="asyncio")
+
+
+@pytest.mark.parametrize("path", [CALLS, LIVE])
+def test_the_time_cap_ends_a_real_call(path: str) -> None:
+    with relay_to_fake(max_call_seconds=0.5) as (fake, (opts, keywords)):
+
+        async def steps(client: httpx.AsyncClient) -> None:
+            browser = Browser()
+            try:
+                response = await client.post(path, content=await browser.offer(), headers=SDP)
+                assert response.status_code == 201, response.text
+                await browser.answer(response.text)
+                await browser.next_event()
+                call_id = response.headers["location"].rsplit("/", 1)[-1]
+                # Nobody asked: the cap ended it (the wait is a bound only).
+                await _until(lambda: call_id in (*fake.hangups, *fake.closes))
+            finally:
+                await browser.close()
+
+        anyio.run(_run, opts, keywords, steps, backend="asyncio")
