@@ -32,10 +32,11 @@ from typing import Any, Final
 import anyio.to_thread
 import sniffio
 
+from ._calls import AsyncCalls, SyncCalls
 from ._errors import OptionsError
 from ._guard import CallHook, HitLimit, HookResult, LimitResult
 from ._invoke import CallFunction, FunctionOutcome
-from ._relay import CloseLive, ScheduleHangup
+from ._relay import CallOwned, CloseLive, ForgetCall, RememberCall
 
 __all__ = [
     "DEFAULT_FUNCTION_WORKERS",
@@ -177,14 +178,16 @@ class SyncEffects:
     """Performs effects for the WSGI shell."""
 
     def __init__(
-        self, storage_uri: str | None, *, function_workers: int = DEFAULT_FUNCTION_WORKERS
+        self,
+        storage_uri: str | None,
+        *,
+        function_workers: int = DEFAULT_FUNCTION_WORKERS,
+        calls_uri: str | None = None,
     ) -> None:
         self.workers = FunctionWorkers(function_workers)
         self._loop_thread = _LoopThread()
         self._limiter: Any = None
-        self._transport: Any = None
-        self._timers: dict[str, threading.Timer] = {}
-        self._timers_lock = threading.Lock()
+        self.calls = SyncCalls(calls_uri)
         if storage_uri is not None:
             from limits.storage import storage_from_string
             from limits.strategies import SlidingWindowCounterRateLimiter
@@ -215,8 +218,13 @@ class SyncEffects:
                 return _unavailable(exc)
         if isinstance(effect, CallFunction):
             return self._call(effect)
-        if isinstance(effect, ScheduleHangup):
-            self._schedule(effect)
+        if isinstance(effect, RememberCall):
+            self.calls.remember(effect)
+            return None
+        if isinstance(effect, CallOwned):
+            return self.calls.owned(effect)
+        if isinstance(effect, ForgetCall):
+            self.calls.forget(effect)
             return None
         if isinstance(effect, CloseLive):
             future = asyncio.run_coroutine_threadsafe(
@@ -225,37 +233,16 @@ class SyncEffects:
             return future.result()
         raise TypeError(f"no performer for the effect {type(effect).__name__}")
 
-    def attach(self, transport: Any) -> None:
-        """The transport scheduled hangups are sent with."""
-        self._transport = transport
-
-    def _schedule(self, effect: ScheduleHangup) -> None:
+    def attach(self, transport: Any, end: Callable[[str], Any]) -> None:
+        """How a call ends at its time cap: ``end(key)``'s steps, driven over
+        ``transport`` with this performer."""
         from ._client import drive_sync  # the drivers use these performers
 
-        def hang_up() -> None:
-            with self._timers_lock:
-                self._timers.pop(effect.call_id, None)
-            try:
-                drive_sync(effect.steps(), self._transport, perform=self)
-            except Exception as exc:
-                logger.warning(
-                    "navai_mw: hanging up call %s at its time cap failed: %s",
-                    effect.call_id,
-                    type(exc).__name__,
-                )
-
-        timer = threading.Timer(effect.delay, hang_up)
-        timer.daemon = True
-        with self._timers_lock:
-            self._timers[effect.call_id] = timer
-        timer.start()
+        self.calls.start(lambda key: drive_sync(end(key), transport, perform=self))
 
     def close(self) -> None:
-        """Cancel the hangups still waiting (the process is stopping)."""
-        with self._timers_lock:
-            timers, self._timers = list(self._timers.values()), {}
-        for timer in timers:
-            timer.cancel()
+        """Stop ending calls from this process (the process is stopping)."""
+        self.calls.close()
 
     def _call(self, effect: CallFunction) -> FunctionOutcome:
         future: Future[Any] | None
@@ -286,11 +273,14 @@ class AsyncEffects:
     """
 
     def __init__(
-        self, storage_uri: str | None, *, function_workers: int = DEFAULT_FUNCTION_WORKERS
+        self,
+        storage_uri: str | None,
+        *,
+        function_workers: int = DEFAULT_FUNCTION_WORKERS,
+        calls_uri: str | None = None,
     ) -> None:
         self.workers = FunctionWorkers(function_workers)
-        self._transport: Any = None
-        self._hangups: dict[str, asyncio.Task[None]] = {}
+        self.calls = AsyncCalls(calls_uri)
         self._uri = storage_uri
         self._local = storage_uri is not None and _scheme(storage_uri) == "memory"
         self._sync = SyncEffects(storage_uri, function_workers=1) if self._local else None
@@ -352,8 +342,13 @@ class AsyncEffects:
                 return _unavailable(exc)
         if isinstance(effect, CallFunction):
             return await self._call(effect)
-        if isinstance(effect, ScheduleHangup):
-            self._schedule(effect)
+        if isinstance(effect, RememberCall):
+            await self.calls.remember(effect)
+            return None
+        if isinstance(effect, CallOwned):
+            return await self.calls.owned(effect)
+        if isinstance(effect, ForgetCall):
+            await self.calls.forget(effect)
             return None
         if isinstance(effect, CloseLive):
             if not _on_asyncio():
@@ -361,44 +356,19 @@ class AsyncEffects:
             return await close_live_session(effect)
         raise TypeError(f"no performer for the effect {type(effect).__name__}")
 
-    def attach(self, transport: Any) -> None:
-        """The transport scheduled hangups are sent with."""
-        self._transport = transport
-
-    def _schedule(self, effect: ScheduleHangup) -> None:
-        """A task on the server's event loop (asyncio), cancelled at shutdown."""
+    def attach(self, transport: Any, end: Callable[[str], Any]) -> None:
+        """How a call ends at its time cap: ``end(key)``'s steps, driven over
+        ``transport`` with this performer."""
         from ._client import drive_async  # the drivers use these performers
 
-        async def hang_up() -> None:
-            try:
-                await asyncio.sleep(effect.delay)
-                await drive_async(effect.steps(), self._transport, perform=self)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                logger.warning(
-                    "navai_mw: hanging up call %s at its time cap failed: %s",
-                    effect.call_id,
-                    type(exc).__name__,
-                )
-            finally:
-                self._hangups.pop(effect.call_id, None)
+        async def run(key: str) -> None:
+            await drive_async(end(key), transport, perform=self)
 
-        if not _on_asyncio():
-            logger.warning(
-                "navai_mw: max_call_seconds needs asyncio; call %s is not capped", effect.call_id
-            )
-            return
-        self._hangups[effect.call_id] = asyncio.get_running_loop().create_task(hang_up())
+        self.calls.start(run)
 
     async def aclose(self) -> None:
-        """Cancel the hangups still waiting (the server is shutting down)."""
-        tasks, self._hangups = list(self._hangups.values()), {}
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        """Stop ending calls from this process (the server is shutting down)."""
+        await self.calls.aclose()
 
     async def _call(self, effect: CallFunction) -> FunctionOutcome:
         if effect.is_async:

@@ -76,9 +76,10 @@ from ._relay import (
     DEFAULT_LIVE_MODEL,
     DEFAULT_MAX_OFFER_SIZE,
     LIVE,
-    CallRegistry,
+    CallOwned,
+    ForgetCall,
     RelayedCall,
-    ScheduleHangup,
+    RememberCall,
     calls_request,
     check_offer,
     close_live,
@@ -461,7 +462,6 @@ class Endpoint:
                 f"max_offer_size must be a positive integer. Received: {max_offer_size!r}"
             )
         self.max_offer_size = max_offer_size
-        self.calls = CallRegistry()
 
         def _path(value: str | None, name: str) -> str | None:
             return _route_path(self.prefix, value, name)
@@ -888,10 +888,15 @@ class Endpoint:
         call_id = call.info.path.rsplit("/", 1)[-1]
         # Another identity's call, or one this process never relayed: it
         # does not exist, as far as this caller can tell.
-        if not self.calls.known(call_id, call.identity):
+        if not (yield CallOwned(call_id, call.identity)):
             raise RequestError("Unknown call.", status=404)
         yield from self._end(call_id)
         return Reply(204, None, raw=b"")
+
+    def end_call(self, key: str) -> Generator[Any, Any, None]:
+        """The steps that end a relayed call or Live session (for the time
+        cap: the shells' performers run them when a deadline passes)."""
+        return self._end(key)
 
     def _end(self, key: str) -> Generator[Any, Any, None]:
         """End a relayed call (hang it up) or Live session (``live:{id}``:
@@ -901,7 +906,7 @@ class Endpoint:
             failure = yield close_live(self.opts, key.removeprefix("live:"), credential=credential)
             if failure is not None:
                 raise UpstreamError(f"{LIVE} could not be closed: {type(failure).__name__}.")
-            self.calls.forget(key)
+            yield ForgetCall(key)
             return
         call_id = key
         upstream = hangup_request(self.opts, call_id, credential=credential)
@@ -910,7 +915,7 @@ class Endpoint:
         )
         if response.status != 404 and not 200 <= response.status < 300:
             raise upstream_failure(CALLS, response, upstream_message(response.body), credential[1])
-        self.calls.forget(call_id)
+        yield ForgetCall(call_id)
 
     def _live(self, call: Call) -> Generator[Any, Any, Reply]:
         offer = check_offer(call.raw)
@@ -942,7 +947,7 @@ class Endpoint:
 
     def _close(self, call: Call) -> Generator[Any, Any, Reply]:
         session_id = call.info.path.rsplit("/", 1)[-1]
-        if not self.calls.known(f"live:{session_id}", call.identity):
+        if not (yield CallOwned(f"live:{session_id}", call.identity)):
             raise RequestError("Unknown session.", status=404)
         yield from self._end(f"live:{session_id}")
         return Reply(204, None, raw=b"")
@@ -956,9 +961,7 @@ class Endpoint:
 
     def _relayed(self, call: Call, key: str, relayed: RelayedCall) -> Generator[Any, Any, Reply]:
         """Remember who started it, cap it, and answer the browser."""
-        self.calls.remember(key, call.identity)
-        if self.max_call_seconds is not None:
-            yield ScheduleHangup(key, self.max_call_seconds, lambda: self._end(key))
+        yield RememberCall(key, call.identity, self.max_call_seconds)
         location = f"{call.mount}{call.info.path.rstrip('/')}/{relayed.call_id}"
         return Reply(
             201,

@@ -223,6 +223,7 @@ def guard_from_env(
         authorize=authorize,
         limits=limits,
         storage_uri=rate_limit_storage.strip() if limits else None,
+        store_uri=rate_limit_storage.strip(),
         fail_open=rate_limit_fail_open,
         trusted_proxies=parse_trusted_proxies(trusted_proxies),
         safety_secret=secret,

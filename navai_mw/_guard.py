@@ -329,6 +329,9 @@ class Guard:
     limits: Mapping[str, RateLimitPolicy] = attrs.field(factory=dict)
     storage_uri: str | None = None
     fail_open: bool = False
+    # The configured storage, whether or not limits count in it: a shared
+    # Redis also keeps the relayed calls' owners and deadlines.
+    store_uri: str | None = None
     trusted_proxies: tuple[IPNetwork, ...] = ()
     safety_secret: bytes | None = attrs.field(default=None, repr=False)
     # Told apart once: a runtime protocol check costs microseconds a request.

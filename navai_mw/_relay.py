@@ -17,7 +17,7 @@ import hashlib
 import json
 import re
 import threading
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import parse_qsl
 
@@ -38,7 +38,6 @@ __all__ = [
     "CallRegistry",
     "CloseLive",
     "RelayedCall",
-    "ScheduleHangup",
     "calls_request",
     "check_offer",
     "hangup_request",
@@ -183,40 +182,59 @@ MAX_REMEMBERED_CALLS: Final = 10_000
 
 class CallRegistry:
     """The calls this process relayed, and who started each: only those can
-    be hung up, and (with the guard on) only by their owner. In memory, per
-    process."""
+    be hung up, and (with the guard on) only by their owner. In memory."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._owners: dict[str, str | None] = {}
+        self._owners: dict[str, str] = {}
 
-    def remember(self, call_id: str, owner: str | None) -> None:
+    def remember(self, key: str, owner: str | None) -> None:
         with self._lock:
             if len(self._owners) >= MAX_REMEMBERED_CALLS:
                 del self._owners[next(iter(self._owners))]
-            self._owners[call_id] = owner
+            self._owners[key] = owner_mark(owner)
 
-    def known(self, call_id: str, owner: str | None) -> bool:
-        """Whether ``owner`` may end ``call_id`` (it exists here, and it is theirs)."""
+    def known(self, key: str, owner: str | None) -> bool:
+        """Whether ``owner`` may end ``key`` (it exists here, and it is theirs)."""
         with self._lock:
-            return call_id in self._owners and self._owners[call_id] == owner
+            return self._owners.get(key) == owner_mark(owner)
 
-    def forget(self, call_id: str) -> bool:
+    def forget(self, key: str) -> bool:
         with self._lock:
-            return self._owners.pop(call_id, _MISSING) is not _MISSING
+            return self._owners.pop(key, None) is not None
 
 
-_MISSING: Final = object()
+def owner_mark(owner: str | None) -> str:
+    """How an owner is stored: ``id:<identity>``, or ``-`` for nobody (no guard)."""
+    return "-" if owner is None else f"id:{owner}"
+
+
+# -- effects: the calls' store --------------------------------------------------------------
 
 
 @attrs.frozen
-class ScheduleHangup:
-    """After ``delay`` seconds, run ``steps()`` (the hangup) with the shell's
-    driver and transport; send back None at once."""
+class RememberCall:
+    """Remember ``key`` as started by ``owner``; when ``deadline`` (seconds
+    from now) is set, end it then. Send back None."""
 
-    call_id: str
-    delay: float
-    steps: Callable[[], Generator[Any, Any, Any]] = attrs.field(repr=False)
+    key: str
+    owner: str | None
+    deadline: float | None = None
+
+
+@attrs.frozen
+class CallOwned:
+    """Whether ``owner`` started ``key`` (and it is not over); send back a bool."""
+
+    key: str
+    owner: str | None
+
+
+@attrs.frozen
+class ForgetCall:
+    """``key`` has ended: forget it and its deadline. Send back None."""
+
+    key: str
 
 
 def is_call_id(value: str) -> bool:

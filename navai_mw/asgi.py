@@ -172,6 +172,8 @@ class NavaiASGIMiddleware:
         async def closing_send(message: Message) -> None:
             nonlocal sent
             sent = True
+            if message["type"] == "lifespan.startup.complete":
+                self._effects.calls.ensure_polling()
             if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 await self.aclose()
             await send(message)
@@ -198,6 +200,8 @@ class NavaiASGIMiddleware:
         await self.handler.aclose()
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # With a shared Redis, every worker watches the calls' deadlines.
+        self._effects.calls.ensure_polling()
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope["headers"]

@@ -98,11 +98,13 @@ class NavaiHandler:
                 )
         self.endpoint = Endpoint.configured(opts, **keywords)
         self.effects = SyncEffects(
-            self.endpoint.guard.storage_uri, function_workers=function_workers
+            self.endpoint.guard.storage_uri,
+            function_workers=function_workers,
+            calls_uri=self.endpoint.guard.store_uri,
         )
         self.owns_transport = transport is None
         self.transport: SyncTransport = transport or HttpxSyncTransport()
-        self.effects.attach(self.transport)
+        self.effects.attach(self.transport, self.endpoint.end_call)
 
     def handle(
         self,
@@ -161,12 +163,14 @@ class AsyncNavaiHandler:
     ) -> None:
         self.endpoint = Endpoint.configured(opts, **keywords)
         self.effects = AsyncEffects(
-            self.endpoint.guard.storage_uri, function_workers=function_workers
+            self.endpoint.guard.storage_uri,
+            function_workers=function_workers,
+            calls_uri=self.endpoint.guard.store_uri,
         )
         self.effects.check()
         self.owns_transport = transport is None
         self.transport: AsyncTransport = transport or HttpxAsyncTransport()
-        self.effects.attach(self.transport)
+        self.effects.attach(self.transport, self.endpoint.end_call)
 
     async def handle(
         self,

@@ -35,6 +35,7 @@ from navai_mw._errors import RequestError
 from navai_mw._relay import check_offer, multipart, overrides_from_query
 
 from .conftest import CANARY_KEY
+from .redis_server import RedisServer, redis_fixture
 
 CALLS = "/navai/realtime/calls"
 OFFER = (
@@ -344,3 +345,75 @@ def test_query_overrides_keep_the_wire_names() -> None:
         "voiceAccent": "Irish",
         "voice": "marin",
     }
+
+
+# -- with a shared Redis ---------------------------------------------------------------------
+
+shared_redis = redis_fixture(scope="module")
+
+
+def _until(check: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + 15  # a bound, not a measurement
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return check()
+
+
+def test_with_redis_another_worker_ends_the_call(shared_redis: RedisServer) -> None:
+    """Worker A relays a capped call and dies; worker B, started after, ends
+    it at its deadline. And B can hang up what A relayed for its owner."""
+    upstream = Upstream()
+    opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY)
+    shared = {"rate_limit_storage": shared_redis.url, "functions": []}
+    worker_a = NavaiWSGIMiddleware(
+        app_wsgi, opts, transport=SyncUpstream(upstream), max_call_seconds=1, **shared
+    )
+    with httpx.Client(transport=httpx.WSGITransport(app=worker_a), base_url="http://a") as a:
+        capped = a.post(CALLS, content=OFFER, headers=SDP)
+        held = a.post(CALLS + "?voice=cedar", content=OFFER, headers=SDP)
+    worker_a.close()  # A stops: it ends nothing from now on
+    capped_id = capped.headers["location"].rsplit("/", 1)[-1]
+    held_id = held.headers["location"].rsplit("/", 1)[-1]
+
+    worker_b = NavaiWSGIMiddleware(
+        app_wsgi, opts, transport=SyncUpstream(upstream), max_call_seconds=3600, **shared
+    )
+    try:
+        with httpx.Client(transport=httpx.WSGITransport(app=worker_b), base_url="http://b") as b:
+            # B knows A's calls: it ends the one whose owner asks.
+            assert b.delete(held.headers["location"]).status_code == 204
+            assert held_id in upstream.hangups()
+            assert b.delete(held.headers["location"]).status_code == 404
+            # And the capped one, at its deadline, without being asked.
+            assert _until(lambda: capped_id in upstream.hangups())
+            assert upstream.hangups().count(capped_id) == 1
+    finally:
+        worker_b.close()
+
+
+def test_with_redis_under_asgi_the_cap_holds_too(shared_redis: RedisServer) -> None:
+    upstream = Upstream()
+    opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY)
+
+    async def main() -> str:
+        app = NavaiASGIMiddleware(
+            app_asgi,
+            opts,
+            transport=AsyncUpstream(upstream),
+            max_call_seconds=0.5,
+            rate_limit_storage=shared_redis.url,
+            functions=[],
+        )
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://api.test"
+        ) as client:
+            made = await client.post(CALLS, content=OFFER, headers=SDP)
+            call_id = made.headers["location"].rsplit("/", 1)[-1]
+            with anyio.fail_after(15):
+                while call_id not in upstream.hangups():
+                    await anyio.sleep(0.02)
+        await app.aclose()
+        return call_id
+
+    call_id = anyio.run(main, backend="asyncio")
+    assert upstream.hangups() == [call_id]
