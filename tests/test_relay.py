@@ -417,3 +417,27 @@ def test_with_redis_under_asgi_the_cap_holds_too(shared_redis: RedisServer) -> N
 
     call_id = anyio.run(main, backend="asyncio")
     assert upstream.hangups() == [call_id]
+
+
+def test_the_guard_applies_to_calls_as_to_secrets() -> None:
+    upstream = Upstream()
+
+    def only_ana(info: Any) -> str | None:
+        assert info.route in ("calls", "call_hangup", "client_secret")
+        return "ana" if info.headers.get("x-user") == "ana" else None
+
+    with both_shells(upstream, authorize=only_ana, rate_limit={"mint": "2/minute"}) as shells:
+        for _, request, _ in shells:
+            refused = request("POST", CALLS, content=OFFER, headers=SDP)
+            assert refused.status_code == 401
+            assert refused.headers["www-authenticate"] == "Bearer"
+            ana = {**SDP, "x-user": "ana"}
+            assert request("POST", CALLS, content=OFFER, headers=ana).status_code == 201
+            # Calls and secrets count in one group: the third mint is refused.
+            secret = request(
+                "POST", "/navai/realtime/client-secret", json={}, headers={"x-user": "ana"}
+            )
+            assert secret.status_code == 502  # counted; the canned upstream is not OpenAI's
+            over = request("POST", CALLS, content=OFFER, headers=ana)
+            assert over.status_code == 429
+    assert len(upstream.offers()) == 4  # per shell: one call and one secret reached upstream
