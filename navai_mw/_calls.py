@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -54,6 +56,13 @@ def _ended(key: str, exc: BaseException) -> None:
     logger.warning("navai_mw: ending call %s at its time cap failed: %s", key, type(exc).__name__)
 
 
+def _poll_failed(exc: Exception, failing: bool) -> bool:
+    """Log a failure to read the deadlines once, not twice a second."""
+    if not failing:
+        logger.warning("navai_mw: reading call deadlines failed: %s", type(exc).__name__)
+    return True
+
+
 class SyncCalls:
     """For the WSGI shell: timers in memory, or a polling thread on Redis."""
 
@@ -71,10 +80,26 @@ class SyncCalls:
             self._redis = redis.Redis.from_url(shared, socket_timeout=2, socket_connect_timeout=2)
 
     def start(self, end: Callable[[str], None]) -> None:
-        """``end(key)`` ends a call; with Redis, the poller starts now."""
+        """``end(key)`` ends a call; with Redis, the poller starts now (and
+        again in a forked worker, which inherits no thread)."""
         self._end = end
         if self._redis is not None:
-            threading.Thread(target=self._poll, name="navai-call-deadlines", daemon=True).start()
+            self._start_polling()
+            _POLLERS.add(self)
+
+    def _start_polling(self) -> None:
+        self._stop = threading.Event()
+        threading.Thread(target=self._poll, name="navai-call-deadlines", daemon=True).start()
+
+    def perform(self, effect: RememberCall | CallOwned | ForgetCall) -> bool | None:
+        """What the effect asks: remember, answer whether owned, or forget."""
+        if isinstance(effect, CallOwned):
+            return self.owned(effect)
+        if isinstance(effect, RememberCall):
+            self.remember(effect)
+        else:
+            self.forget(effect)
+        return None
 
     def remember(self, effect: RememberCall) -> None:
         if self._redis is None:
@@ -128,14 +153,16 @@ class SyncCalls:
             _ended(key, exc)
 
     def _poll(self) -> None:
+        failing = False
         while not self._stop.wait(POLL_SECONDS):
             try:
                 due = self._redis.zrangebyscore(_DEADLINES, "-inf", time.time(), 0, _BATCH)
                 for raw in due:
                     if self._redis.zrem(_DEADLINES, raw) == 1:  # this worker claimed it
                         self._run(raw.decode())
+                failing = False
             except Exception as exc:
-                logger.warning("navai_mw: reading call deadlines failed: %s", type(exc).__name__)
+                failing = _poll_failed(exc, failing)
 
     def close(self) -> None:
         """Cancel this process's timers and stop polling (the deadlines in
@@ -147,6 +174,20 @@ class SyncCalls:
             timer.cancel()
         if self._redis is not None:
             self._redis.close()
+
+
+_POLLERS: weakref.WeakSet[SyncCalls] = weakref.WeakSet()
+
+
+def _poll_in_child() -> None:
+    for calls in list(_POLLERS):
+        if not calls._stop.is_set():
+            calls._redis.connection_pool.reset()  # the parent's sockets are not ours
+            calls._start_polling()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_poll_in_child)
 
 
 class AsyncCalls:
@@ -181,6 +222,16 @@ class AsyncCalls:
         just started must still end the calls its predecessor relayed)."""
         if self._shared is not None and _on_asyncio():
             self._client()
+
+    async def perform(self, effect: RememberCall | CallOwned | ForgetCall) -> bool | None:
+        """What the effect asks: remember, answer whether owned, or forget."""
+        if isinstance(effect, CallOwned):
+            return await self.owned(effect)
+        if isinstance(effect, RememberCall):
+            await self.remember(effect)
+        else:
+            await self.forget(effect)
+        return None
 
     async def remember(self, effect: RememberCall) -> None:
         if self._shared is None:
@@ -232,6 +283,7 @@ class AsyncCalls:
             _ended(key, exc)
 
     async def _poll(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(POLL_SECONDS)
             try:
@@ -239,10 +291,11 @@ class AsyncCalls:
                 for raw in due:
                     if await self._redis.zrem(_DEADLINES, raw) == 1:
                         await self._run(raw.decode())
+                failing = False
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.warning("navai_mw: reading call deadlines failed: %s", type(exc).__name__)
+                failing = _poll_failed(exc, failing)
 
     async def aclose(self) -> None:
         """Cancel this process's tasks and the poller (deadlines in Redis stay)."""

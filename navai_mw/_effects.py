@@ -218,14 +218,12 @@ class SyncEffects:
                 return _unavailable(exc)
         if isinstance(effect, CallFunction):
             return self._call(effect)
-        if isinstance(effect, RememberCall):
-            self.calls.remember(effect)
-            return None
-        if isinstance(effect, CallOwned):
-            return self.calls.owned(effect)
-        if isinstance(effect, ForgetCall):
-            self.calls.forget(effect)
-            return None
+        if isinstance(effect, (RememberCall, CallOwned, ForgetCall)):
+            try:
+                return self.calls.perform(effect)
+            except Exception as exc:
+                _store_failed(effect, exc)
+                return None
         if isinstance(effect, CloseLive):
             future = asyncio.run_coroutine_threadsafe(
                 close_live_session(effect), self._loop_thread.loop()
@@ -342,14 +340,13 @@ class AsyncEffects:
                 return _unavailable(exc)
         if isinstance(effect, CallFunction):
             return await self._call(effect)
-        if isinstance(effect, RememberCall):
-            await self.calls.remember(effect)
-            return None
-        if isinstance(effect, CallOwned):
-            return await self.calls.owned(effect)
-        if isinstance(effect, ForgetCall):
-            await self.calls.forget(effect)
-            return None
+        if isinstance(effect, (RememberCall, CallOwned, ForgetCall)):
+            try:
+                with anyio.fail_after(STORAGE_TIMEOUT_SECONDS * 2):
+                    return await self.calls.perform(effect)
+            except Exception as exc:
+                _store_failed(effect, exc)
+                return None
         if isinstance(effect, CloseLive):
             if not _on_asyncio():
                 return RuntimeError("closing a Live session needs asyncio")
@@ -421,6 +418,16 @@ def _threadsafe_notifier() -> Callable[[Callable[[], object]], None]:
             token.run_sync_soon(callback)
 
     return on_trio
+
+
+def _store_failed(effect: object, exc: Exception) -> None:
+    """The calls' store failed: logged; the call goes on (a relayed call is
+    answered even when it cannot be remembered), and an ownership question
+    comes back unanswered (None: the core answers 503)."""
+    logger.warning(
+        "navai_mw: the calls' store failed (%s): %s", type(effect).__name__, type(exc).__name__
+    )
+    return None
 
 
 # Opening the sideband connection and saying goodbye takes well under this.

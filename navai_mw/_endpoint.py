@@ -16,10 +16,10 @@ is here, so the two shells cannot drift apart:
    which yields upstream attempts (OpenAI, ElevenLabs) or a backend
    function's call, and returns the :class:`Answer`.
 
-Promises: the only statuses answered are 200, 204, 400, 401, 403, 404, 405,
-413, 415, 429, 500 (only when a backend function, the app's own code,
-fails), 502, 503 and 504; every answer has a JSON body (but the 204
-preflight); no answer carries the server's API key.
+Promises: the only statuses answered are 200, 201 (a relayed call), 204,
+400, 401, 403, 404, 405, 413, 415, 429, 500 (only when a backend function,
+the app's own code, fails), 502, 503 and 504; every answer has a JSON body
+but a 204 and a relay's SDP answer; no answer carries the server's API key.
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ from .functions import (
 
 __all__ = [
     "DEFAULT_MAX_BODY_SIZE",
+    "DEFAULT_MAX_OFFER_SIZE",
     "DEFAULT_PATH",
     "Answer",
     "BodyWanted",
@@ -143,7 +144,10 @@ DEFAULT_TRANSCRIPTION_PATH: Final = "/navai/realtime/transcription-secret"
 DEFAULT_CALLS_PATH: Final = "/navai/realtime/calls"
 DEFAULT_LIVE_PATH: Final = "/navai/live/sessions"
 # Headers a page may read from a cross-origin answer.
-_EXPOSED: Final = ("Access-Control-Expose-Headers", "Retry-After, RateLimit, RateLimit-Policy")
+_EXPOSED: Final = (
+    "Access-Control-Expose-Headers",
+    "Retry-After, RateLimit, RateLimit-Policy, Location",
+)
 
 
 @attrs.frozen
@@ -509,13 +513,14 @@ class Endpoint:
         ]
         if calls is not None:
             routes.append(Route("calls", calls, "POST", "mint", self._calls, body="sdp"))
+            # Ending a call spends nothing: no rate limit may stand in its way.
             routes.append(
-                Route("call_hangup", calls, "DELETE", "mint", self._hangup, "none", dynamic=True)
+                Route("call_hangup", calls, "DELETE", "end", self._hangup, "none", dynamic=True)
             )
         if live is not None:
             routes.append(Route("live", live, "POST", "mint", self._live, body="sdp"))
             routes.append(
-                Route("live_close", live, "DELETE", "mint", self._close, "none", dynamic=True)
+                Route("live_close", live, "DELETE", "end", self._close, "none", dynamic=True)
             )
         self.routes = tuple(routes)
         # Routes for a path's children: {path}/{id}.
@@ -886,10 +891,7 @@ class Endpoint:
 
     def _hangup(self, call: Call) -> Generator[Any, Any, Reply]:
         call_id = call.info.path.rsplit("/", 1)[-1]
-        # Another identity's call, or one this process never relayed: it
-        # does not exist, as far as this caller can tell.
-        if not (yield CallOwned(call_id, call.identity)):
-            raise RequestError("Unknown call.", status=404)
+        yield from self._owned(call_id, call.identity, "call")
         yield from self._end(call_id)
         return Reply(204, None, raw=b"")
 
@@ -947,16 +949,28 @@ class Endpoint:
 
     def _close(self, call: Call) -> Generator[Any, Any, Reply]:
         session_id = call.info.path.rsplit("/", 1)[-1]
-        if not (yield CallOwned(f"live:{session_id}", call.identity)):
-            raise RequestError("Unknown session.", status=404)
+        yield from self._owned(f"live:{session_id}", call.identity, "session")
         yield from self._end(f"live:{session_id}")
         return Reply(204, None, raw=b"")
+
+    def _owned(self, key: str, identity: str | None, what: str) -> Generator[Any, Any, None]:
+        owned = yield CallOwned(key, identity)
+        if owned is None:  # the calls' store could not be asked
+            raise NavaiError(
+                "Calls cannot be looked up right now; try again shortly.",
+                status=503,
+                headers=(("Retry-After", "5"),),
+            )
+        if not owned:
+            # Another identity's, or one this server never relayed: it does
+            # not exist, as far as this caller can tell.
+            raise RequestError(f"Unknown {what}.", status=404)
 
     def _need_server_key(self) -> None:
         if self.opts.openai_api_key is None and not self.opts.uses_azure:
             # A request's key cannot ride in a URL: the relay needs the server's.
             raise RequestError(
-                "Missing API key. Configure openai_api_key or send apiKey in request."
+                "Missing API key. The relay uses the server's key: configure openai_api_key."
             )
 
     def _relayed(self, call: Call, key: str, relayed: RelayedCall) -> Generator[Any, Any, Reply]:

@@ -433,7 +433,7 @@ def test_credentialed_cors_echoes_the_origin_and_exposes_the_pacing_headers(
             assert answer.headers["access-control-allow-origin"] == "https://app.test"
             assert answer.headers["access-control-allow-credentials"] == "true"
             assert answer.headers["access-control-expose-headers"] == (
-                "Retry-After, RateLimit, RateLimit-Policy"
+                "Retry-After, RateLimit, RateLimit-Policy, Location"
             )
     with both_shells(fake, cors_origins=["*"]) as shells:
         answer = shells[0][1](json={}, headers=origin)

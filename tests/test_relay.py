@@ -441,3 +441,30 @@ def test_the_guard_applies_to_calls_as_to_secrets() -> None:
             over = request("POST", CALLS, content=OFFER, headers=ana)
             assert over.status_code == 429
     assert len(upstream.offers()) == 4  # per shell: one call and one secret reached upstream
+
+
+def test_a_store_that_is_down_never_costs_the_call_nor_answers_500() -> None:
+    """Redis unreachable: the relayed call is still answered (uncapped, and
+    said in the log); a hangup cannot be authorized: 503, not 500."""
+    upstream = Upstream()
+    opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY)
+    down = "redis://127.0.0.1:1"
+    with both_shells(upstream, opts, rate_limit_storage=down, max_call_seconds=60) as shells:
+        for _, request, _ in shells:
+            made = request("POST", CALLS, content=OFFER, headers=SDP)
+            assert made.status_code == 201
+            assert made.text == ANSWER
+            ended = request("DELETE", made.headers["location"].removeprefix("/app"))
+            assert ended.status_code == 503
+            assert ended.headers["retry-after"] == "5"
+    assert upstream.hangups() == []
+
+
+def test_hanging_up_is_never_rate_limited() -> None:
+    upstream = Upstream()
+    with both_shells(upstream, rate_limit={"mint": "1/minute"}) as shells:
+        for _, request, _ in shells:
+            made = request("POST", CALLS, content=OFFER, headers=SDP)
+            assert request("POST", CALLS, content=OFFER, headers=SDP).status_code == 429
+            location = made.headers["location"].removeprefix("/app")
+            assert request("DELETE", location).status_code == 204
