@@ -13,9 +13,10 @@ import asyncio
 from typing import Any
 
 from navai_mw import HttpRequest, HttpResponse
+from navai_mw.transports import DEFAULT_MAX_CONNECTIONS
 
-# navai_mw's DEFAULT_LIMITS: at most this many connections to the upstream.
-MAX_CONNECTIONS = 100
+# As navai_mw's default transports: at most this many upstream connections.
+MAX_CONNECTIONS = DEFAULT_MAX_CONNECTIONS
 KEEPALIVE_SECONDS = 5.0
 
 

@@ -82,10 +82,11 @@ def run(ctx: Context) -> Section:
         result = asyncio.run(_rounds(ctx, upstream))
     section.notes.append(
         "httpx pools keep at most `max_keepalive_connections` idle connections (20 by default; "
-        "navai_mw's `DEFAULT_LIMITS` keeps 100). With 50 requests in flight, whenever more than "
+        "navai_mw's transports keep up to `max_upstream_connections`, 1000). With 50 requests in "
+        "flight, whenever more than "
         "20 are between upstream calls at once (a busy event loop bunches them), the extra "
         "connections are closed as they go idle and reopened for the next requests. "
-        "aiohttp's connector keeps every idle connection up to its `limit` (100) until the "
+        "aiohttp's connector keeps every idle connection up to its `limit` until the "
         "keep-alive timeout."
     )
     for arm in ARMS:

@@ -222,10 +222,11 @@ def run(ctx: Context) -> Section:
     )
     section.notes.append(
         "httpx keeps at most `max_keepalive_connections` idle connections per pool (20 by "
-        "default; navai_mw's `DEFAULT_LIMITS` keeps 100): when more requests than that are "
+        "default; navai_mw's transports keep up to `max_upstream_connections`, 1000): when more "
+        "requests than that are "
         "between upstream calls at once, the extra connections are closed as they go idle "
         "and the next requests open new ones. aiohttp's connector has no such cap (it keeps "
-        "up to `limit`, 100, and closes only after the keep-alive timeout)."
+        "up to `limit` and closes only after the keep-alive timeout)."
     )
     for kind in ASYNC_TRANSPORTS:
         loads = arounds.loads[f"{kind}@50"]

@@ -27,12 +27,13 @@ import weakref
 from collections.abc import AsyncGenerator, Iterable
 from contextlib import aclosing
 from types import TracebackType
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, Final, Protocol, cast, runtime_checkable
 
 import httpcore
 import httpx
 import sniffio
 
+from ._errors import OptionsError
 from ._models import HttpRequest, HttpResponse
 
 __all__ = [
@@ -42,10 +43,36 @@ __all__ = [
     "SyncTransport",
 ]
 
-# Enough connections for a burst of page loads; more would only move the
-# queue from here to OpenAI's rate limiter. Idle ones are all kept: closing
-# them between bursts only to reopen them costs a TLS handshake each.
-DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+# Upstream connections at most, per transport. OpenAI takes 0.3-0.8 s to
+# mint: with N connections a process mints at most N / latency secrets a
+# second, so 100 capped a launch-day burst at ~300/s while the page loads
+# queued here. Idle ones are all kept: closing them between bursts only to
+# reopen them costs a TLS handshake each.
+DEFAULT_MAX_CONNECTIONS: Final = 1000
+MAX_CONNECTIONS_ENV: Final = "NAVAI_MAX_UPSTREAM_CONNECTIONS"
+
+
+def upstream_connections(value: int | None = None) -> int:
+    """``value``, else ``NAVAI_MAX_UPSTREAM_CONNECTIONS``, else 1000; a bad
+    value is an :class:`OptionsError` naming where it came from."""
+    source = "max_upstream_connections"
+    if value is None:
+        raw = os.environ.get(MAX_CONNECTIONS_ENV, "").strip()
+        if not raw:
+            return DEFAULT_MAX_CONNECTIONS
+        source = MAX_CONNECTIONS_ENV
+        value = int(raw) if raw.isdigit() else -1
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
+        raise OptionsError(f"{source} must be an integer from 1 to 100000. Received: {value!r}")
+    return value
+
+
+def _limits(connections: int) -> httpx.Limits:
+    return httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+
+
+# What a transport made without a limit uses (the environment is read then).
+DEFAULT_LIMITS = _limits(DEFAULT_MAX_CONNECTIONS)
 
 
 @runtime_checkable
@@ -204,8 +231,11 @@ class HttpxSyncTransport:
     by :meth:`close`.
     """
 
-    def __init__(self, client: httpx.Client | None = None) -> None:
+    def __init__(
+        self, client: httpx.Client | None = None, *, max_connections: int | None = None
+    ) -> None:
         self._given = None if client is None else _bind_to_deadlines(client)
+        self._limits = _limits(upstream_connections(max_connections))
         self._lock = threading.Lock()
         self._lease: _Lease | None = None
         _sync_transports.add(self)
@@ -214,7 +244,7 @@ class HttpxSyncTransport:
         with self._lock:
             lease = self._lease
             if lease is None:
-                client = self._given or httpx.Client(limits=DEFAULT_LIMITS)
+                client = self._given or httpx.Client(limits=self._limits)
                 lease = self._lease = _Lease(_bind_to_deadlines(client))
             lease.users += 1
             return lease
@@ -297,16 +327,16 @@ if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
 # -- async ------------------------------------------------------------------------
 
 
-def _default_async_client() -> httpx.AsyncClient:
+def _default_async_client(limits: httpx.Limits = DEFAULT_LIMITS) -> httpx.AsyncClient:
     # httpcore's pool assignment is quadratic in the requests waiting, and its
     # AsyncClient collapses under a burst (benchmarks/, docs/benchmarks.md);
     # aiohttp's pool keeps its rate from 5 to 50 requests in flight. aiohttp
     # runs on asyncio only: elsewhere (trio) httpcore it is.
     if sniffio.current_async_library() != "asyncio":
-        return httpx.AsyncClient(limits=DEFAULT_LIMITS)
+        return httpx.AsyncClient(limits=limits)
     from httpx_aiohttp import AiohttpTransport
 
-    return httpx.AsyncClient(transport=AiohttpTransport(limits=DEFAULT_LIMITS))
+    return httpx.AsyncClient(transport=AiohttpTransport(limits=limits))
 
 
 def _async_failure(exc: Exception) -> OSError:
@@ -346,9 +376,12 @@ class HttpxAsyncTransport:
     ``is_closed`` is True from :meth:`aclose` until the transport is used again.
     """
 
-    def __init__(self, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient | None = None, *, max_connections: int | None = None
+    ) -> None:
         self._given = client
         self._client = client
+        self._limits = _limits(upstream_connections(max_connections))
         self._loop: object = None
         # An async generator whose ``finally`` closes the client; the loop
         # that ran its first step finalizes it when it shuts down.
@@ -361,7 +394,7 @@ class HttpxAsyncTransport:
         loop = _running_loop()
         if self._client is None or self._loop is not loop:
             self._retire()
-            client = _default_async_client()
+            client = _default_async_client(self._limits)
             self._client, self._loop = client, loop
             self._closer = self._closes_with_its_loop(client)
             await self._closer.__anext__()

@@ -78,7 +78,9 @@ class NavaiHandler:
 
     Keywords as :class:`~navai_mw.NavaiWSGIMiddleware`'s; ``authorize``
     must be a plain function. ``transport`` reaches OpenAI and ElevenLabs;
-    ``close()`` closes it when the handler made it.
+    without one, the handler makes one with at most
+    ``max_upstream_connections`` connections (``NAVAI_MAX_UPSTREAM_CONNECTIONS``,
+    else 1000) and ``close()`` closes it.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class NavaiHandler:
         *,
         transport: SyncTransport | None = None,
         function_workers: int = DEFAULT_FUNCTION_WORKERS,
+        max_upstream_connections: int | None = None,
         **keywords: Any,
     ) -> None:
         for name in ("authorize", "customize_session"):
@@ -103,7 +106,9 @@ class NavaiHandler:
             calls_uri=self.endpoint.guard.store_uri,
         )
         self.owns_transport = transport is None
-        self.transport: SyncTransport = transport or HttpxSyncTransport()
+        self.transport: SyncTransport = transport or HttpxSyncTransport(
+            max_connections=max_upstream_connections
+        )
         self.effects.attach(self.transport, self.endpoint.end_call)
 
     def handle(
@@ -159,6 +164,7 @@ class AsyncNavaiHandler:
         *,
         transport: AsyncTransport | None = None,
         function_workers: int = DEFAULT_FUNCTION_WORKERS,
+        max_upstream_connections: int | None = None,
         **keywords: Any,
     ) -> None:
         self.endpoint = Endpoint.configured(opts, **keywords)
@@ -169,7 +175,9 @@ class AsyncNavaiHandler:
         )
         self.effects.check()
         self.owns_transport = transport is None
-        self.transport: AsyncTransport = transport or HttpxAsyncTransport()
+        self.transport: AsyncTransport = transport or HttpxAsyncTransport(
+            max_connections=max_upstream_connections
+        )
         self.effects.attach(self.transport, self.endpoint.end_call)
 
     async def handle(

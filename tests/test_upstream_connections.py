@@ -1,0 +1,124 @@
+"""The bound on upstream connections: ``max_upstream_connections`` (env
+``NAVAI_MAX_UPSTREAM_CONNECTIONS``, default 1000) caps how many requests a
+transport has in flight to OpenAI at once; the others wait for a connection,
+and every one is served."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import anyio
+import pytest
+
+from navai_mw import HttpRequest, NavaiVoiceBackendOptions, NavaiWSGIMiddleware, OptionsError
+from navai_mw.testing import serve_asgi
+from navai_mw.transports import (
+    DEFAULT_MAX_CONNECTIONS,
+    HttpxAsyncTransport,
+    HttpxSyncTransport,
+    upstream_connections,
+)
+
+from .conftest import CANARY_KEY
+
+
+class Counting:
+    """An upstream that holds each request a moment and counts how many it
+    holds at once."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+        self.served = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        self.now += 1
+        self.most = max(self.most, self.now)
+        await anyio.sleep(0.1)
+        self.now -= 1
+        self.served += 1
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+@pytest.fixture
+def counting() -> Iterator[tuple[Counting, str]]:
+    upstream = Counting()
+    with serve_asgi(upstream) as url:
+        yield upstream, url
+
+
+def _request(url: str) -> HttpRequest:
+    return HttpRequest(method="POST", url=f"{url}/x", headers=(), body=b"{}")
+
+
+def test_the_sync_transport_holds_at_most_its_connections(
+    counting: tuple[Counting, str],
+) -> None:
+    upstream, url = counting
+    with HttpxSyncTransport(max_connections=2) as transport, ThreadPoolExecutor(8) as pool:
+        statuses = list(
+            pool.map(lambda _: transport.send(_request(url), timeout=20).status, range(8))
+        )
+    assert statuses == [200] * 8
+    assert upstream.most == 2
+
+
+def test_the_async_transport_holds_at_most_its_connections(
+    counting: tuple[Counting, str],
+) -> None:
+    upstream, url = counting
+
+    async def main() -> list[int]:
+        async with HttpxAsyncTransport(max_connections=3) as transport:
+            answers = await asyncio.gather(
+                *(transport.send(_request(url), timeout=20) for _ in range(9))
+            )
+        return [answer.status for answer in answers]
+
+    assert asyncio.run(main()) == [200] * 9
+    assert upstream.most == 3
+
+
+def test_the_limit_comes_from_the_keyword_the_environment_or_the_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("NAVAI_MAX_UPSTREAM_CONNECTIONS", raising=False)
+    assert upstream_connections() == DEFAULT_MAX_CONNECTIONS == 1000
+    monkeypatch.setenv("NAVAI_MAX_UPSTREAM_CONNECTIONS", "250")
+    assert upstream_connections() == 250
+    assert upstream_connections(7) == 7  # the keyword wins
+    app = NavaiWSGIMiddleware(
+        lambda e, s: [], NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY), functions=[]
+    )
+    assert isinstance(app.transport, HttpxSyncTransport)
+    assert app.transport._limits.max_connections == 250
+    app.close()
+
+
+@pytest.mark.parametrize("value", ["0", "many", "-3", "100001"])
+def test_a_bad_limit_in_the_environment_fails_at_start_up(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("NAVAI_MAX_UPSTREAM_CONNECTIONS", value)
+    with pytest.raises(OptionsError, match="NAVAI_MAX_UPSTREAM_CONNECTIONS"):
+        HttpxSyncTransport()
+
+
+@pytest.mark.parametrize("value", [0, True, 2.5, 100_001])
+def test_a_bad_limit_in_code_fails_at_start_up(value: Any) -> None:
+    with pytest.raises(OptionsError, match="max_upstream_connections"):
+        NavaiWSGIMiddleware(
+            lambda e, s: [],
+            NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY),
+            functions=[],
+            max_upstream_connections=value,
+        )
