@@ -5,16 +5,25 @@ holds.
 ::
 
     navai-mw serve          # real client secrets; options from the environment
+    navai-mw serve --page   # the same, plus the voice page at /
     navai-mw demo           # the whole flow offline, against an embedded fake OpenAI
     navai-mw fake-upstream  # a fake OpenAI and ElevenLabs on loopback, for your own app
     navai-mw functions      # what serve would load from here, and what failed
 
 ``serve`` and ``demo`` run uvicorn (the ``server`` extra) with every navai
-route (the client secret at ``--path``, the backend functions, speech) and
-``GET /health``, and print where they listen, the configuration in effect,
-the functions loaded and a ``curl`` line that mints a token. The demo
-serves its own example functions and, with ``--speech``, a fake ElevenLabs;
-it ignores every credential in the environment.
+route (the client secret at ``--path``, the WebRTC relay, the backend
+functions, speech) and ``GET /health``, and print where they listen, the
+configuration in effect, the functions loaded and a ``curl`` line that mints
+a token. The demo serves its own example functions and, with ``--speech``, a
+fake ElevenLabs; it ignores every credential in the environment.
+
+The demo (and ``serve --page``) also serves the voice page at ``/``: plain
+HTML and JavaScript (``navai_mw/page/``, read with :func:`page_file`) that
+sends the microphone over WebRTC through the relay and shows the call's
+events. The demo's fake OpenAI answers both client secrets
+(:class:`~navai_mw.testing.FakeOpenAIRealtime`) and WebRTC calls
+(:class:`~navai_mw.testing.FakeRealtimeWebRTC`, which needs aiortc, the
+``webrtc`` extra; without it the demo still mints, and says so).
 
 ``fake-upstream`` serves :mod:`navai_mw.testing`'s fakes, nothing else, and
 prints two shell lines to paste where your own app (a recipe in
@@ -50,6 +59,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
+from importlib import resources
 from types import FrameType
 from typing import Final
 from urllib.parse import urlsplit
@@ -68,9 +78,15 @@ from ._guard import Guard
 from ._models import DEFAULT_INSTRUCTIONS, DEFAULT_MODEL, DEFAULT_VOICE, NavaiVoiceBackendOptions
 from .asgi import ASGIApp, Message, NavaiASGIMiddleware, Receive, Scope, Send
 from .functions import FunctionRegistry, load_navai_functions
-from .testing import FakeElevenLabs, FakeOpenAIRealtime
+from .testing import (
+    CLIENT_SECRETS_PATH,
+    FakeElevenLabs,
+    FakeOpenAIRealtime,
+    FakeRealtimeWebRTC,
+    serve_asgi,
+)
 
-__all__ = ["main"]
+__all__ = ["PAGE_HEADERS", "main", "page_file"]
 
 logger = logging.getLogger("navai_mw")
 
@@ -153,6 +169,12 @@ def _parser() -> argparse.ArgumentParser:
             help="browser origin allowed to call from elsewhere ('*' for any); repeat it "
             "or separate with commas (default: $NAVAI_CORS_ORIGIN, else CORS off)",
         )
+        if name == "serve":
+            command.add_argument(
+                "--page",
+                action="store_true",
+                help="also serve the voice page at / (the demo always does)",
+            )
         if name == "demo":
             command.add_argument(
                 "--speech",
@@ -197,6 +219,10 @@ def _parser() -> argparse.ArgumentParser:
 # -- running ----------------------------------------------------------------------
 
 
+WEBRTC_MISSING: Final = (
+    "aiortc is missing, so the voice page's calls get no answer from the fake (client "
+    "secrets still work): pip install -e '.[demo]'"
+)
 UVICORN_MISSING: Final = (
     "uvicorn is not installed; install it with: pip install -e '.[server]' "
     "(in a clone of navai-mw) or pip install 'navai_mw-<version>-py3-none-any.whl[server]' "
@@ -251,11 +277,18 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"cannot listen on {args.host}:{port}: {exc.strerror or exc}")
 
+    page = demo or args.page
     with ExitStack() as stack:
         stack.callback(listener.close)
+        webrtc = True
         if demo:
-            fake = FakeOpenAIRealtime(api_key=DEMO_API_KEY)
-            opts = attrs.evolve(opts, openai_base_url=stack.enter_context(fake.serve()))
+            secrets, calls = _demo_fakes()
+            webrtc = calls is not None
+            upstream = _demo_upstream(secrets, calls)
+            # An asyncio loop, which aiortc needs; its lifespan closes the
+            # fake's peer connections at the end.
+            url = stack.enter_context(serve_asgi(upstream, loop="asyncio", lifespan="on"))
+            opts = attrs.evolve(opts, openai_base_url=f"{url}/v1")
             if args.speech:
                 voice = FakeElevenLabs(api_key=DEMO_ELEVENLABS_KEY)
                 opts = attrs.evolve(opts, elevenlabs_base_url=stack.enter_context(voice.serve()))
@@ -264,7 +297,7 @@ def _run(args: argparse.Namespace) -> int:
             stack.callback(logging.getLogger("uvicorn.error").setLevel, logging.WARNING)
         try:
             app = NavaiASGIMiddleware(
-                _own_routes(args.path),
+                _own_routes(args.path, page=page),
                 opts,
                 path=args.path,
                 cors_origins=cors,
@@ -284,6 +317,9 @@ def _run(args: argparse.Namespace) -> int:
                 endpoint.guard,
                 endpoint.functions,
                 demo=demo,
+                page=page,
+                webrtc=webrtc,
+                routes={route.name: route.path for route in endpoint.routes},
             ),
             flush=True,
         )
@@ -335,6 +371,32 @@ def _fake_upstream(args: argparse.Namespace) -> int:
             while True:  # uvicorn serves from threads; here only the signals matter
                 time.sleep(3600)
     return 0
+
+
+def _demo_fakes() -> tuple[FakeOpenAIRealtime, FakeRealtimeWebRTC | None]:
+    """The demo's fakes; no WebRTC one without aiortc (the ``webrtc`` extra)."""
+    secrets = FakeOpenAIRealtime(api_key=DEMO_API_KEY)
+    try:
+        # Any key: the relay sends the demo's, a browser never reaches it.
+        return secrets, FakeRealtimeWebRTC()
+    except ImportError:
+        return secrets, None
+
+
+def _demo_upstream(secrets: FakeOpenAIRealtime, webrtc: FakeRealtimeWebRTC | None) -> ASGIApp:
+    """The demo's fake OpenAI, one ASGI app: client secrets from ``secrets``,
+    the rest (WebRTC calls, GPT-Live sessions, hangups) from ``webrtc``. Serve
+    it on an asyncio loop (aiortc needs one), with its lifespan."""
+    if webrtc is None:
+        return secrets
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].rstrip("/") == CLIENT_SECRETS_PATH:
+            await secrets(scope, receive, send)
+        else:  # the lifespan too: at shutdown it closes every peer connection
+            await webrtc(scope, receive, send)
+
+    return app
 
 
 def _reason(exc: BaseException) -> str:
@@ -436,17 +498,59 @@ def _functions_banner(base: str, registry: FunctionRegistry) -> str:
     )
 
 
+# -- the voice page ------------------------------------------------------------------
+
+# Where each of the page's files is served, its name in navai_mw/page/ and its type.
+_PAGE_FILES: Final = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/voice.js": ("voice.js", "text/javascript; charset=utf-8"),
+}
+# The page loads its own script and calls this origin only: nothing else.
+PAGE_HEADERS: Final = (
+    (
+        "content-security-policy",
+        "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; "
+        "connect-src 'self'; media-src 'self' blob: mediastream:; img-src data:; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("cache-control", "no-cache"),
+)
+
+
+def page_file(path: str) -> tuple[str, bytes] | None:
+    """The voice page's file served at ``path``: its content type and
+    bytes, for ``/`` (the page) and ``/voice.js`` (its script); None for
+    any other path. Serve these two from your own app (same origin as the
+    navai routes) to offer the page there; they are the package's files in
+    ``navai_mw/page/``. Send :data:`PAGE_HEADERS` with them if you can."""
+    entry = _PAGE_FILES.get(path)
+    if entry is None:
+        return None
+    name, content_type = entry
+    return content_type, resources.files(__package__).joinpath("page").joinpath(name).read_bytes()
+
+
 # -- the server's own routes ---------------------------------------------------------
 
 
-def _own_routes(token_path: str) -> ASGIApp:
-    """``GET /health`` and JSON errors for everything the middleware passes on."""
+def _own_routes(token_path: str, *, page: bool = False) -> ASGIApp:
+    """``GET /health``, the voice page when ``page``, and JSON errors for
+    everything else the middleware passes on."""
+    files: dict[str, tuple[str, bytes]] = {}
+    for path in _PAGE_FILES if page else ():
+        file = page_file(path)
+        if file is not None:
+            files[path] = file
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1000})
+        elif scope["path"] in files:
+            await _page(scope, send, files[scope["path"]])
         elif scope["path"] != HEALTH_PATH:
             await _json(send, 404, {"error": f"Not found. Mint tokens with POST {token_path}."})
         elif scope["method"] != "GET":
@@ -455,6 +559,26 @@ def _own_routes(token_path: str) -> ASGIApp:
             await _json(send, 200, {"ok": True})
 
     return app
+
+
+async def _page(scope: Scope, send: Send, file: tuple[str, bytes]) -> None:
+    if scope["method"] not in ("GET", "HEAD"):
+        await _json(send, 405, {"error": "Method not allowed. Use GET."}, allow="GET, HEAD")
+        return
+    content_type, body = file
+    headers = [
+        ("content-type", content_type),
+        ("content-length", str(len(body))),
+        *PAGE_HEADERS,
+    ]
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(name.encode(), value.encode()) for name, value in headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -541,8 +665,8 @@ def _cors_policy(origins: Sequence[str] | None) -> str:
 
 UNGUARDED_WARNING: Final = (
     "a real OpenAI key is served with no authorization and no rate limit: anyone who "
-    "can reach this port mints secrets on your account. Set NAVAI_AUTH_TOKENS or "
-    "NAVAI_AUTH_JWKS_URL, and NAVAI_RATE_LIMIT."
+    "can reach this port mints secrets and starts calls on your account. Set "
+    "NAVAI_AUTH_TOKENS or NAVAI_AUTH_JWKS_URL, and NAVAI_RATE_LIMIT."
 )
 
 
@@ -585,10 +709,19 @@ def _banner(
     functions: FunctionRegistry,
     *,
     demo: bool,
+    page: bool = False,
+    webrtc: bool = True,
+    routes: Mapping[str, str] | None = None,
 ) -> str:
     base = _origin(host, port, local=True)
+    routes = routes or {}
+    # The relays, when the middleware has them: an SDP offer in, an answer out.
+    calls, live = routes.get("calls"), routes.get("live")
     settings = [
+        ("voice page", f"{base}/ (open it in a browser, press Start)" if page else None),
         ("token endpoint", f"POST {base}{token_path}"),
+        ("WebRTC calls", f"POST {base}{calls} (Realtime; DELETE its Location)" if calls else None),
+        ("GPT-Live", f"POST {base}{live} (over WebRTC; DELETE its Location)" if live else None),
         ("transcription", f"POST {base}/navai/realtime/transcription-secret"),
         ("health", f"GET {base}{HEALTH_PATH}"),
         # Never credentials: the options refuse them in either URL.
@@ -616,8 +749,11 @@ def _banner(
         lines += [
             "",
             "DEMO MODE: the upstream is a fake OpenAI on loopback. Its tokens start with",
-            "ek_fake_ and work nowhere. For real ones: OPENAI_API_KEY=... navai-mw serve",
+            "ek_fake_ and work nowhere, and its calls answer with silence. For real ones,",
+            "and a real conversation on the page: OPENAI_API_KEY=... navai-mw serve --page",
         ]
+        if not webrtc:
+            lines += ["", f"NOTE: {WEBRTC_MISSING}."]
     lines += ["", *(f"  {name:<15} {value}" for name, value in settings if value is not None)]
     if _unguarded(opts, guard, demo=demo):
         lines += ["", f"WARNING: {UNGUARDED_WARNING}"]

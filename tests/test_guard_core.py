@@ -243,7 +243,9 @@ def test_guard_from_env_reads_every_variable() -> None:
 
 def test_guard_from_env_defaults() -> None:
     guard = guard_from_env({}, api_key=None)
-    assert guard == Guard()
+    # No limits: nothing counted; the calls' store is the process's memory.
+    assert guard == Guard(store_uri="memory://")
+    assert guard.storage_uri is None
     assert guard.active is False
     assert guard.safety_identifier("alice") is None
     assert guard_from_env({"NAVAI_RATE_LIMIT": "1/day"}, api_key=None).storage_uri == "memory://"
