@@ -310,17 +310,7 @@ def _raw(reply: Reply, headers: Iterable[tuple[str, str]]) -> Answer:
 
 
 def _cap(value: object) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or not 0 < value <= 24 * 3600
-    ):
-        raise OptionsError(
-            f"max_call_seconds must be a number of seconds above 0 and at most a day. "
-            f"Received: {value!r}"
-        )
-    return float(value)
+    return _seconds(value, "max_call_seconds", 24 * 3600, "a day")
 
 
 def _normalize_origin(origin: str) -> str:
@@ -395,18 +385,24 @@ def _route_path(prefix: str, value: str | None, name: str) -> str | None:
     return (prefix + value).rstrip("/") or "/"
 
 
-def _timeout(value: object) -> float:
+def _seconds(value: object, name: str, most: float, most_text: str) -> float:
+    """A number of seconds in (0, most], or an options error naming it."""
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
         or not math.isfinite(value)
-        or not 0 < value <= MAX_UPSTREAM_TIMEOUT_SECONDS
+        or not 0 < value <= most
     ):
         raise OptionsError(
-            "function_timeout_seconds must be a number of seconds above 0 and at most "
-            f"{MAX_UPSTREAM_TIMEOUT_SECONDS:g}. Received: {value!r}"
+            f"{name} must be a number of seconds above 0 and at most {most_text}. "
+            f"Received: {value!r}"
         )
     return float(value)
+
+
+def _timeout(value: object) -> float:
+    most = MAX_UPSTREAM_TIMEOUT_SECONDS
+    return _seconds(value, "function_timeout_seconds", most, f"{most:g}")
 
 
 class Endpoint:

@@ -468,3 +468,16 @@ def test_hanging_up_is_never_rate_limited() -> None:
             assert request("POST", CALLS, content=OFFER, headers=SDP).status_code == 429
             location = made.headers["location"].removeprefix("/app")
             assert request("DELETE", location).status_code == 204
+
+
+@pytest.mark.parametrize("value", [0, -1, float("inf"), True, "60", 86401])
+def test_a_bad_time_cap_fails_at_start_up(value: Any) -> None:
+    from navai_mw import OptionsError
+
+    with pytest.raises(OptionsError, match="max_call_seconds must be a number of seconds"):
+        NavaiWSGIMiddleware(
+            app_wsgi,
+            NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY),
+            functions=[],
+            max_call_seconds=value,
+        )
