@@ -67,7 +67,8 @@ from urllib.parse import urlsplit
 import attrs
 
 from . import _demo_functions
-from ._endpoint import DEFAULT_PATH
+from ._calls import redis_uri
+from ._endpoint import DEFAULT_PATH, Endpoint
 from ._env import (
     AZURE_WINS_WARNING,
     get_cors_origins_from_env,
@@ -138,6 +139,12 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _workers(text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"expected a number of workers 1..64, got {text!r}")
+    return int(text)
+
+
 def _path(text: str) -> str:
     if not text.startswith("/"):
         raise argparse.ArgumentTypeError(f"must start with '/', got {text!r}")
@@ -174,6 +181,13 @@ def _parser() -> argparse.ArgumentParser:
                 "--page",
                 action="store_true",
                 help="also serve the voice page at / (the demo always does)",
+            )
+            command.add_argument(
+                "--workers",
+                type=_workers,
+                default=1,
+                help="uvicorn worker processes (default: %(default)s); with more than one, "
+                "rate limits, call owners and time caps need a shared Redis",
             )
         if name == "demo":
             command.add_argument(
@@ -325,6 +339,11 @@ def _run(args: argparse.Namespace) -> int:
         )
         if _unguarded(opts, app.endpoint.guard, demo=demo):
             logger.warning("navai-mw: %s", UNGUARDED_WARNING)
+        workers = getattr(args, "workers", 1)
+        if workers > 1:
+            for warning in per_process_state(endpoint):
+                logger.warning("navai-mw: %s workers: %s", workers, warning)
+            return _run_workers(args, listener, host, bound_port, cors, page, workers)
         # uvicorn would rewrite the client address from X-Forwarded-For for
         # loopback peers; NAVAI_TRUSTED_PROXIES decides that here instead.
         config = uvicorn.Config(app, host=host, port=bound_port, lifespan="on", proxy_headers=False)
@@ -334,6 +353,70 @@ def _run(args: argparse.Namespace) -> int:
         with _sigterm_interrupts(), suppress(KeyboardInterrupt):
             server.run(sockets=[listener])
     return 0 if server.started else 1
+
+
+_WORKER_SPEC: Final = "NAVAI_CLI_WORKER"
+
+
+def per_process_state(endpoint: Endpoint) -> list[str]:
+    """What would be wrong with several worker processes and no shared
+    Redis: each worker would count, own and cap on its own."""
+    shared = redis_uri(endpoint.guard.store_uri) is not None
+    warnings = []
+    if endpoint.guard.limits and not shared:
+        warnings.append(
+            "rate limits count per process on memory:// (each worker allows the full "
+            "limit); set NAVAI_RATE_LIMIT_STORAGE=redis://..."
+        )
+    relays = {route.name for route in endpoint.routes} & {"calls", "live"}
+    if relays and not shared:
+        warnings.append(
+            "relayed calls' owners and time caps live in one process (a DELETE reaching "
+            "another worker is a 404); set NAVAI_RATE_LIMIT_STORAGE=redis://..."
+        )
+    return warnings
+
+
+def _run_workers(
+    args: argparse.Namespace,
+    listener: socket.socket,
+    host: str,
+    port: int,
+    cors: Sequence[str] | None,
+    page: bool,
+    workers: int,
+) -> int:
+    """uvicorn's worker processes, each building the same app (options from
+    the same environment, the flags passed along)."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    os.environ[_WORKER_SPEC] = json.dumps({"path": args.path, "cors": cors, "page": page})
+    config = uvicorn.Config(
+        "navai_mw.cli:worker_app",
+        factory=True,
+        host=host,
+        port=port,
+        lifespan="on",
+        proxy_headers=False,
+        workers=workers,
+    )
+    # The supervisor answers Ctrl-C and SIGTERM itself: it stops every
+    # worker gracefully, then returns.
+    Multiprocess(config, sockets=[listener]).run()
+    return 0
+
+
+def worker_app() -> NavaiASGIMiddleware:
+    """One worker's app, for ``navai-mw serve --workers N`` (uvicorn calls it
+    in each worker process)."""
+    spec = json.loads(os.environ[_WORKER_SPEC])
+    return NavaiASGIMiddleware(
+        _own_routes(spec["path"], page=spec["page"]),
+        get_navai_voice_backend_options_from_env(),
+        path=spec["path"],
+        cors_origins=spec["cors"],
+    )
 
 
 def _fake_upstream(args: argparse.Namespace) -> int:

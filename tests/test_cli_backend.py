@@ -157,3 +157,38 @@ def test_the_functions_command_lists_and_fails_on_a_broken_module(
     # Flags choose where to look; a folder that holds nothing says so.
     assert main(["functions", "--base-dir", str(project), "--folders", "src/other"]) == 0
     assert "NAVAI_FUNCTIONS_FOLDERS did not match any module" in capsys.readouterr().out
+
+
+def test_serve_with_workers_mints_and_warns_of_per_process_state(
+    started: list[Cli], served_fake: str
+) -> None:
+    port = _free_port()
+    env = _env(
+        OPENAI_API_KEY=CANARY_KEY,
+        OPENAI_BASE_URL=served_fake,
+        NAVAI_RATE_LIMIT="1000/minute",
+        NAVAI_AUTH_TOKENS="ops:tok-0123456789abcdef",
+    )
+    cli = Cli("serve", "--port", str(port), "--workers", "2", env=env)
+    started.append(cli)
+    cli.banner()
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": "Bearer tok-0123456789abcdef"}
+    for _ in range(4):  # served by the workers, whichever takes each
+        answer = httpx.post(
+            f"{base}/navai/realtime/client-secret", json={}, headers=headers, timeout=30
+        )
+        assert answer.status_code == 200, answer.text
+    assert cli.stop(signal.SIGTERM) == 0
+    output = cli.output
+    assert "2 workers: rate limits count per process on memory://" in output
+    assert "2 workers: relayed calls' owners and time caps live in one process" in output
+    assert CANARY_KEY not in output
+
+
+@pytest.mark.parametrize("value", ["0", "65", "two"])
+def test_a_bad_worker_count_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    assert main(["serve", "--workers", value]) == 2
+    assert "expected a number of workers 1..64" in capsys.readouterr().err
