@@ -159,13 +159,14 @@ class NavaiASGIMiddleware:
             )
         ):
             await self._serve(scope, receive, send)
-        elif kind == "lifespan" and self.handler.owns_transport:
+        elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Forward lifespan to the app; close our client once it has shut down."""
+        """Forward lifespan to the app; once it has shut down, close what is
+        ours (pending hangups; the upstream client, when we made it)."""
         received: list[str] = []
         sent = False
 
@@ -201,7 +202,9 @@ class NavaiASGIMiddleware:
         await send({"type": "lifespan.shutdown.complete"})
 
     async def aclose(self) -> None:
-        """Close the upstream client, when the middleware made it."""
+        """Cancel the relayed calls' pending hangups in this process; close
+        the upstream client, when the middleware made it. Called at lifespan
+        shutdown."""
         await self.handler.aclose()
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:

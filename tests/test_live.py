@@ -203,3 +203,23 @@ def test_the_time_cap_ends_a_real_call(path: str) -> None:
                 await browser.close()
 
         anyio.run(_run, opts, keywords, steps, backend="asyncio")
+
+
+def test_azure_relays_to_its_own_paths() -> None:
+    from .test_relay import Upstream
+
+    upstream = Upstream()
+    live = LiveUpstream()
+    opts = NavaiVoiceBackendOptions(
+        azure_endpoint="https://res.openai.azure.com", azure_api_key="az-key-0123"
+    )
+    with both_shells(upstream, opts) as shells:
+        for _, request, _ in shells:
+            assert request("POST", CALLS, content=OFFER, headers=SDP).status_code == 201
+    sent = upstream.offers()[-1]
+    assert sent.url == "https://res.openai.azure.com/openai/v1/realtime/calls"
+    assert dict(sent.headers)["api-key"] == "az-key-0123"
+    with both_shells(live, opts) as shells:  # type: ignore[arg-type]
+        for _, request, _ in shells:
+            assert request("POST", LIVE, content=OFFER, headers=SDP).status_code == 201
+    assert live.requests[-1].url == "https://res.openai.azure.com/openai/v1/live/sessions"
