@@ -25,7 +25,7 @@ app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax")
 navai = NavaiHandler(prefix="/api")
 
 
-@app.route("/api/navai/<path:rest>", methods=["GET", "POST", "OPTIONS"])
+@app.route("/api/navai/<path:rest>", methods=["GET", "POST", "DELETE", "OPTIONS"])
 def navai_view(rest: str) -> Response | tuple[Response, int]:
     user = session.get("user")
     # A CORS preflight carries no cookies: it is answered without a login.
@@ -39,6 +39,8 @@ def navai_view(rest: str) -> Response | tuple[Response, int]:
         client=request.remote_addr,
         environ=request.environ,
         identity=user,  # rate limits per user; OpenAI's safety id
+        query=request.query_string.decode("latin-1"),  # the relay's overrides
+        mount=request.root_path,  # for a relayed call's Location
     )
     return Response(answer.body, status=answer.status, headers=answer.headers)
 

@@ -290,3 +290,32 @@ def test_flask_view_behind_its_session(
             assert client.get("/api" + TOKEN).status_code == 405
     finally:
         module.navai.close()
+
+
+def test_a_view_relays_a_call_with_its_query_and_mount() -> None:
+    import json as json_module
+
+    from .test_relay import ANSWER, OFFER, SyncUpstream, Upstream, parts
+
+    upstream = Upstream()
+    handler = NavaiHandler(
+        NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY),
+        transport=SyncUpstream(upstream),
+        functions=[],
+    )
+    made = handler.handle(
+        "POST",
+        "/navai/realtime/calls",
+        {"Content-Type": "application/sdp"},
+        OFFER.encode(),
+        query="voice=cedar",
+        mount="/site",
+    )
+    assert (made.status, made.body.decode()) == (201, ANSWER)
+    location = dict(made.headers)["Location"]
+    assert location.startswith("/site/navai/realtime/calls/rtc_")
+    session = json_module.loads(parts(upstream.offers()[-1])["session"][1])
+    assert session["audio"]["output"]["voice"] == "cedar"
+    ended = handler.handle("DELETE", location.removeprefix("/site"), {}, b"")
+    assert ended.status == 204
+    handler.close()

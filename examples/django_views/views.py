@@ -36,6 +36,8 @@ def navai_view(request: HttpRequest, rest: str = "") -> HttpResponse:
         client=request.META.get("REMOTE_ADDR"),
         environ=request.META,
         identity=str(request.user.pk),  # rate limits per user; OpenAI's safety id
+        query=request.META.get("QUERY_STRING", ""),  # the relay's overrides
+        mount=request.META.get("SCRIPT_NAME", ""),  # for a relayed call's Location
     )
     response = HttpResponse(answer.body, status=answer.status)
     for name, value in answer.headers:
