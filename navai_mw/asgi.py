@@ -22,6 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
+from ._calls import redis_uri
 from ._client import drive_async
 from ._effects import DEFAULT_FUNCTION_WORKERS
 from ._endpoint import (
@@ -143,6 +144,13 @@ class NavaiASGIMiddleware:
         self._tails = tuple(self._paths)
         # A call's own path ({calls path}/{id}) cannot be listed ahead.
         self._children = self.endpoint.dynamic_prefixes
+        # Lifespan is ours to watch only when something of ours must close
+        # at shutdown: the client we made, or calls' hangups and deadlines.
+        self._takes_lifespan = (
+            self.handler.owns_transport
+            or self.endpoint.max_call_seconds is not None
+            or redis_uri(self.endpoint.guard.store_uri) is not None
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -159,7 +167,7 @@ class NavaiASGIMiddleware:
             )
         ):
             await self._serve(scope, receive, send)
-        elif kind == "lifespan":
+        elif kind == "lifespan" and self._takes_lifespan:
             await self._lifespan(scope, receive, send)
         else:
             await self.app(scope, receive, send)
