@@ -63,6 +63,9 @@ def is_async_hook(hook: object) -> bool:
 
 
 DEFAULT_FUNCTION_WORKERS: Final = 16
+# How long the WSGI shell waits for an async hook (an Azure token provider)
+# on its loop thread.
+ASYNC_HOOK_TIMEOUT_SECONDS: Final = 30.0
 _WORKER_POOLS: weakref.WeakSet[FunctionWorkers] = weakref.WeakSet()
 
 
@@ -207,7 +210,8 @@ class SyncEffects:
                 if is_async_hook(effect.hook):  # an async Azure token provider
                     loop = self._loop_thread.loop()
                     future = asyncio.run_coroutine_threadsafe(effect.hook(*effect.args), loop)
-                    return HookResult(future.result())
+                    # A provider that never answers must not hold a thread forever.
+                    return HookResult(future.result(timeout=ASYNC_HOOK_TIMEOUT_SECONDS))
                 return HookResult(effect.hook(*effect.args))
             except Exception as exc:
                 return HookResult(error=exc)

@@ -519,6 +519,8 @@ class Endpoint:
                 Route("live_close", live, "DELETE", "end", self._close, "none", dynamic=True)
             )
         self.routes = tuple(routes)
+        # Whether it relays calls (and so has calls to own, cap and end).
+        self.relays = calls is not None or live is not None
         # Routes for a path's children: {path}/{id}.
         self._dynamic = tuple(route for route in routes if route.dynamic)
         self.dynamic_prefixes = tuple(f"{route.path}/" for route in self._dynamic)

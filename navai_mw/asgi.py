@@ -149,7 +149,7 @@ class NavaiASGIMiddleware:
         self._takes_lifespan = (
             self.handler.owns_transport
             or self.endpoint.max_call_seconds is not None
-            or redis_uri(self.endpoint.guard.store_uri) is not None
+            or (self.endpoint.relays and redis_uri(self.endpoint.guard.store_uri) is not None)
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

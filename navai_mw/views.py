@@ -103,7 +103,8 @@ class NavaiHandler:
         self.effects = SyncEffects(
             self.endpoint.guard.storage_uri,
             function_workers=function_workers,
-            calls_uri=self.endpoint.guard.store_uri,
+            # A shared store for calls only when there are calls to share.
+            calls_uri=self.endpoint.guard.store_uri if self.endpoint.relays else None,
         )
         self.owns_transport = transport is None
         self.transport: SyncTransport = transport or HttpxSyncTransport(
@@ -171,7 +172,8 @@ class AsyncNavaiHandler:
         self.effects = AsyncEffects(
             self.endpoint.guard.storage_uri,
             function_workers=function_workers,
-            calls_uri=self.endpoint.guard.store_uri,
+            # A shared store for calls only when there are calls to share.
+            calls_uri=self.endpoint.guard.store_uri if self.endpoint.relays else None,
         )
         self.effects.check()
         self.owns_transport = transport is None

@@ -481,3 +481,29 @@ def test_a_bad_time_cap_fails_at_start_up(value: Any) -> None:
             functions=[],
             max_call_seconds=value,
         )
+
+
+def test_only_a_relaying_middleware_watches_redis_for_deadlines(
+    shared_redis: RedisServer,
+) -> None:
+    def pollers() -> int:
+        return sum(t.name == "navai-call-deadlines" and t.is_alive() for t in threading.enumerate())
+
+    before = pollers()
+    opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY)
+    quiet = NavaiWSGIMiddleware(
+        app_wsgi,
+        opts,
+        functions=[],
+        rate_limit_storage=shared_redis.url,
+        calls_path=None,
+        live_path=None,
+    )
+    assert pollers() == before  # no calls to end: Redis is not asked twice a second
+    relaying = NavaiWSGIMiddleware(
+        app_wsgi, opts, functions=[], rate_limit_storage=shared_redis.url
+    )
+    assert pollers() == before + 1
+    relaying.close()
+    quiet.close()
+    assert _until(lambda: pollers() == before)
