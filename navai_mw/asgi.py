@@ -154,23 +154,20 @@ class NavaiASGIMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        # Every passing request pays for this test, so it starts with one C
-        # call: a path of ours ends with one of our spellings of it.
-        if kind == "http" and (
-            (
-                scope["path"].endswith(self._tails)
-                and route_path(scope["path"], scope.get("root_path", "")) in self._paths
-            )
-            or (
-                self._children
-                and self.endpoint.owns(route_path(scope["path"], scope.get("root_path", "")))
-            )
-        ):
-            await self._serve(scope, receive, send)
+        # Every passing request pays for this test, so it starts with C calls
+        # only: a path of ours ends with one of our spellings of it, or (a
+        # call's own path) its parent ends with a relay's path.
+        if kind == "http":
+            path = scope["path"]
+            if (
+                path.endswith(self._tails) or path[: path.rfind("/") + 1].endswith(self._children)
+            ) and self.endpoint.owns(route_path(path, scope.get("root_path", ""))):
+                await self._serve(scope, receive, send)
+                return
         elif kind == "lifespan" and self._takes_lifespan:
             await self._lifespan(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Forward lifespan to the app; once it has shut down, close what is
