@@ -34,6 +34,7 @@ from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any, Final
 
 import attrs
+from typing_extensions import TypedDict
 
 from ._core import (
     NOT_AN_OBJECT,
@@ -55,7 +56,7 @@ from ._env import (
     read_seconds,
 )
 from ._errors import NavaiError, OptionsError, RequestError, UpstreamError, log_safe
-from ._guard import Guard, RequestInfo, client_address
+from ._guard import Authorizer, Guard, RequestInfo, client_address
 from ._invoke import CallFunction, FunctionOutcome, function_reply
 from ._mint import (
     Mint,
@@ -106,6 +107,7 @@ __all__ = [
     "Answer",
     "BodyWanted",
     "Endpoint",
+    "RouteOptions",
     "route_path",
 ]
 
@@ -315,6 +317,48 @@ def _cap(value: object) -> float:
 
 def _normalize_origin(origin: str) -> str:
     return origin.strip().rstrip("/").lower()
+
+
+class RouteOptions(TypedDict, total=False):
+    """The keywords of the middlewares and the view handlers, listed once
+    (:meth:`Endpoint.configured` gives their defaults; see
+    docs/configuration.md).
+
+    Routes: ``prefix``; ``path`` (the client secret),
+    ``transcription_secret_path``, ``calls_path``, ``live_path``,
+    ``functions_list_path``, ``functions_execute_path``,
+    ``speech_synthesize_path`` (None switches a route off);
+    ``include_functions_routes``. Limits: ``max_body_size``,
+    ``max_offer_size``, ``max_call_seconds``, ``function_timeout_seconds``.
+    Behaviour: ``functions``, ``customize_session``. Browsers:
+    ``cors_origins``, ``cors_allow_credentials``. The guard: ``authorize``,
+    ``rate_limit``, ``rate_limit_storage``, ``rate_limit_fail_open``,
+    ``trusted_proxies``, ``safety_id_secret``.
+    """
+
+    prefix: str
+    path: str | None
+    transcription_secret_path: str | None
+    calls_path: str | None
+    live_path: str | None
+    functions_list_path: str | None
+    functions_execute_path: str | None
+    speech_synthesize_path: str | None
+    include_functions_routes: bool
+    max_body_size: int
+    max_offer_size: int
+    max_call_seconds: float | None
+    function_timeout_seconds: float | None
+    functions: Iterable[FunctionSource] | FunctionRegistry | None
+    customize_session: SessionHook | None
+    cors_origins: Iterable[str] | None
+    cors_allow_credentials: bool | None
+    authorize: Callable[[RequestInfo], Any] | Authorizer | None
+    rate_limit: str | Mapping[str, str] | None
+    rate_limit_storage: str | None
+    rate_limit_fail_open: bool | None
+    trusted_proxies: str | Iterable[str] | None
+    safety_id_secret: str | None
 
 
 @attrs.frozen

@@ -19,29 +19,20 @@ wrapped app has finished its own shutdown).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+from typing_extensions import Unpack
 
 from ._calls import redis_uri
 from ._client import drive_async
 from ._effects import DEFAULT_FUNCTION_WORKERS
 from ._endpoint import (
-    DEFAULT_CALLS_PATH,
-    DEFAULT_FUNCTIONS_EXECUTE_PATH,
-    DEFAULT_FUNCTIONS_LIST_PATH,
-    DEFAULT_LIVE_PATH,
-    DEFAULT_MAX_BODY_SIZE,
-    DEFAULT_MAX_OFFER_SIZE,
-    DEFAULT_PATH,
-    DEFAULT_SPEECH_SYNTHESIZE_PATH,
-    DEFAULT_TRANSCRIPTION_PATH,
     Answer,
+    RouteOptions,
     route_path,
 )
-from ._guard import Authorizer, RequestInfo
-from ._mint import SessionContext
 from ._models import NavaiVoiceBackendOptions
-from .functions import FunctionRegistry, FunctionSource
 from .transports import AsyncTransport
 from .views import AsyncNavaiHandler
 
@@ -67,12 +58,15 @@ class NavaiASGIMiddleware:
     to choose how OpenAI is reached; the middleware closes only the
     transport it made itself.
 
-    The guard's keywords (``authorize``, ``rate_limit``,
-    ``rate_limit_storage``, ``rate_limit_fail_open``, ``trusted_proxies``,
-    ``safety_id_secret``, ``cors_allow_credentials``) decide who may call a
-    navai route and how often; each one left None is read from its
+    The other keywords are :class:`~navai_mw._endpoint.RouteOptions`' (the
+    routes' paths, limits, functions, the session hook, CORS and the guard;
+    docs/configuration.md has each with its default). The guard's
+    (``authorize``, ``rate_limit``, ``rate_limit_storage``...) decide who may
+    call a navai route and how often; each one left None is read from its
     ``NAVAI_*`` variable, whatever ``opts`` is. A sync ``authorize`` hook
-    runs in a worker thread, an async one is awaited.
+    runs in a worker thread, an async one is awaited. ``function_workers``
+    and ``max_upstream_connections`` size the backend functions' pool and
+    the upstream connections.
     """
 
     def __init__(
@@ -80,32 +74,10 @@ class NavaiASGIMiddleware:
         app: ASGIApp,
         opts: NavaiVoiceBackendOptions | None = None,
         *,
-        prefix: str = "",
-        path: str | None = DEFAULT_PATH,
-        transcription_secret_path: str | None = DEFAULT_TRANSCRIPTION_PATH,
-        calls_path: str | None = DEFAULT_CALLS_PATH,
-        live_path: str | None = DEFAULT_LIVE_PATH,
-        max_call_seconds: float | None = None,
-        max_offer_size: int = DEFAULT_MAX_OFFER_SIZE,
-        customize_session: Callable[[SessionContext], Any] | None = None,
-        functions_list_path: str | None = DEFAULT_FUNCTIONS_LIST_PATH,
-        functions_execute_path: str | None = DEFAULT_FUNCTIONS_EXECUTE_PATH,
-        speech_synthesize_path: str | None = DEFAULT_SPEECH_SYNTHESIZE_PATH,
-        include_functions_routes: bool = True,
-        functions: Iterable[FunctionSource] | FunctionRegistry | None = None,
-        function_timeout_seconds: float | None = None,
+        transport: AsyncTransport | None = None,
         function_workers: int = DEFAULT_FUNCTION_WORKERS,
         max_upstream_connections: int | None = None,
-        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
-        cors_origins: Iterable[str] | None = None,
-        cors_allow_credentials: bool | None = None,
-        authorize: Callable[[RequestInfo], Any] | Authorizer | None = None,
-        rate_limit: str | Mapping[str, str] | None = None,
-        rate_limit_storage: str | None = None,
-        rate_limit_fail_open: bool | None = None,
-        trusted_proxies: str | Iterable[str] | None = None,
-        safety_id_secret: str | None = None,
-        transport: AsyncTransport | None = None,
+        **keywords: Unpack[RouteOptions],
     ) -> None:
         self.app = app
         self.handler = AsyncNavaiHandler(
@@ -113,29 +85,7 @@ class NavaiASGIMiddleware:
             transport=transport,
             function_workers=function_workers,
             max_upstream_connections=max_upstream_connections,
-            prefix=prefix,
-            path=path,
-            transcription_secret_path=transcription_secret_path,
-            calls_path=calls_path,
-            live_path=live_path,
-            max_call_seconds=max_call_seconds,
-            max_offer_size=max_offer_size,
-            customize_session=customize_session,
-            functions_list_path=functions_list_path,
-            functions_execute_path=functions_execute_path,
-            speech_synthesize_path=speech_synthesize_path,
-            include_functions_routes=include_functions_routes,
-            functions=functions,
-            function_timeout_seconds=function_timeout_seconds,
-            max_body_size=max_body_size,
-            cors_origins=cors_origins,
-            cors_allow_credentials=cors_allow_credentials,
-            authorize=authorize,
-            rate_limit=rate_limit,
-            rate_limit_storage=rate_limit_storage,
-            rate_limit_fail_open=rate_limit_fail_open,
-            trusted_proxies=trusted_proxies,
-            safety_id_secret=safety_id_secret,
+            **keywords,
         )
         self.endpoint = self.handler.endpoint
         self._effects = self.handler.effects

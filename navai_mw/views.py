@@ -39,10 +39,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+from typing_extensions import Unpack
 
 from ._client import drive_async, drive_sync
 from ._effects import DEFAULT_FUNCTION_WORKERS, AsyncEffects, SyncEffects, is_async_hook
-from ._endpoint import Answer, Endpoint
+from ._endpoint import Answer, Endpoint, RouteOptions
 from ._errors import OptionsError
 from ._models import NavaiVoiceBackendOptions
 from .transports import AsyncTransport, HttpxAsyncTransport, HttpxSyncTransport, SyncTransport
@@ -90,7 +91,7 @@ class NavaiHandler:
         transport: SyncTransport | None = None,
         function_workers: int = DEFAULT_FUNCTION_WORKERS,
         max_upstream_connections: int | None = None,
-        **keywords: Any,
+        **keywords: Unpack[RouteOptions],
     ) -> None:
         for name in ("authorize", "customize_session"):
             hook = keywords.get(name)
@@ -166,7 +167,7 @@ class AsyncNavaiHandler:
         transport: AsyncTransport | None = None,
         function_workers: int = DEFAULT_FUNCTION_WORKERS,
         max_upstream_connections: int | None = None,
-        **keywords: Any,
+        **keywords: Unpack[RouteOptions],
     ) -> None:
         self.endpoint = Endpoint.configured(opts, **keywords)
         self.effects = AsyncEffects(

@@ -13,27 +13,18 @@ upstream client serves every thread of the server.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+
+from typing_extensions import Unpack
 
 from ._client import drive_sync
 from ._effects import DEFAULT_FUNCTION_WORKERS
 from ._endpoint import (
-    DEFAULT_CALLS_PATH,
-    DEFAULT_FUNCTIONS_EXECUTE_PATH,
-    DEFAULT_FUNCTIONS_LIST_PATH,
-    DEFAULT_LIVE_PATH,
-    DEFAULT_MAX_BODY_SIZE,
-    DEFAULT_MAX_OFFER_SIZE,
-    DEFAULT_PATH,
-    DEFAULT_SPEECH_SYNTHESIZE_PATH,
-    DEFAULT_TRANSCRIPTION_PATH,
     Answer,
+    RouteOptions,
 )
-from ._guard import Authorizer, RequestInfo
-from ._mint import SessionContext
 from ._models import NavaiVoiceBackendOptions
-from .functions import FunctionRegistry, FunctionSource
 from .transports import SyncTransport
 from .views import NavaiHandler
 
@@ -62,32 +53,10 @@ class NavaiWSGIMiddleware:
         app: WSGIApplication,
         opts: NavaiVoiceBackendOptions | None = None,
         *,
-        prefix: str = "",
-        path: str | None = DEFAULT_PATH,
-        transcription_secret_path: str | None = DEFAULT_TRANSCRIPTION_PATH,
-        calls_path: str | None = DEFAULT_CALLS_PATH,
-        live_path: str | None = DEFAULT_LIVE_PATH,
-        max_call_seconds: float | None = None,
-        max_offer_size: int = DEFAULT_MAX_OFFER_SIZE,
-        customize_session: Callable[[SessionContext], Any] | None = None,
-        functions_list_path: str | None = DEFAULT_FUNCTIONS_LIST_PATH,
-        functions_execute_path: str | None = DEFAULT_FUNCTIONS_EXECUTE_PATH,
-        speech_synthesize_path: str | None = DEFAULT_SPEECH_SYNTHESIZE_PATH,
-        include_functions_routes: bool = True,
-        functions: Iterable[FunctionSource] | FunctionRegistry | None = None,
-        function_timeout_seconds: float | None = None,
+        transport: SyncTransport | None = None,
         function_workers: int = DEFAULT_FUNCTION_WORKERS,
         max_upstream_connections: int | None = None,
-        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
-        cors_origins: Iterable[str] | None = None,
-        cors_allow_credentials: bool | None = None,
-        authorize: Callable[[RequestInfo], Any] | Authorizer | None = None,
-        rate_limit: str | Mapping[str, str] | None = None,
-        rate_limit_storage: str | None = None,
-        rate_limit_fail_open: bool | None = None,
-        trusted_proxies: str | Iterable[str] | None = None,
-        safety_id_secret: str | None = None,
-        transport: SyncTransport | None = None,
+        **keywords: Unpack[RouteOptions],
     ) -> None:
         self.app = app
         self.handler = NavaiHandler(
@@ -95,29 +64,7 @@ class NavaiWSGIMiddleware:
             transport=transport,
             function_workers=function_workers,
             max_upstream_connections=max_upstream_connections,
-            prefix=prefix,
-            path=path,
-            transcription_secret_path=transcription_secret_path,
-            calls_path=calls_path,
-            live_path=live_path,
-            max_call_seconds=max_call_seconds,
-            max_offer_size=max_offer_size,
-            customize_session=customize_session,
-            functions_list_path=functions_list_path,
-            functions_execute_path=functions_execute_path,
-            speech_synthesize_path=speech_synthesize_path,
-            include_functions_routes=include_functions_routes,
-            functions=functions,
-            function_timeout_seconds=function_timeout_seconds,
-            max_body_size=max_body_size,
-            cors_origins=cors_origins,
-            cors_allow_credentials=cors_allow_credentials,
-            authorize=authorize,
-            rate_limit=rate_limit,
-            rate_limit_storage=rate_limit_storage,
-            rate_limit_fail_open=rate_limit_fail_open,
-            trusted_proxies=trusted_proxies,
-            safety_id_secret=safety_id_secret,
+            **keywords,
         )
         self.endpoint = self.handler.endpoint
         self._effects = self.handler.effects
