@@ -8,12 +8,15 @@ retry policy in no real time.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, TypeVar
 
 import anyio
+import sniffio
 
 from ._core import Attempt, Outcome
 from ._effects import AsyncEffects, SyncEffects
@@ -41,6 +44,12 @@ __all__ = [
 T = TypeVar("T")
 R = TypeVar("R")
 Steps = Generator[Any, Any, T]
+
+
+# asyncio.timeout came with Python 3.11.
+_asyncio_timeout: Callable[[float], AbstractAsyncContextManager[object]] | None = getattr(
+    asyncio, "timeout", None
+)
 
 
 def drive_sync(
@@ -109,7 +118,7 @@ async def drive_async(
             try:
                 # The transport's own timeouts are per read; this bounds the
                 # whole attempt, so a trickling upstream cannot stretch it.
-                with anyio.fail_after(effect.timeout):
+                async with _deadline(effect.timeout):
                     response = await transport.send(effect.request, timeout=effect.timeout)
             except TimeoutError:
                 timed_out = True
@@ -120,6 +129,29 @@ async def drive_async(
     except StopIteration as done:
         result: T = done.value
         return result
+
+
+def _deadline(seconds: float) -> AbstractAsyncContextManager[object]:
+    """A TimeoutError after ``seconds``: asyncio's own on asyncio (a fraction
+    of anyio's cost per attempt), anyio's on any other loop."""
+    if _asyncio_timeout is not None and sniffio.current_async_library() == "asyncio":
+        return _asyncio_timeout(seconds)
+    return _AnyioDeadline(seconds)
+
+
+class _AnyioDeadline:
+    """``anyio.fail_after``, entered and left with ``async with``."""
+
+    __slots__ = ("_scope",)
+
+    def __init__(self, seconds: float) -> None:
+        self._scope = anyio.fail_after(seconds)
+
+    async def __aenter__(self) -> object:
+        return self._scope.__enter__()
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return self._scope.__exit__(*exc_info)
 
 
 def _performed(perform: Callable[[Any], R] | None, effect: object) -> R:
@@ -172,7 +204,7 @@ async def create_realtime_client_secret(
     """Mint an ephemeral client secret.
 
     Without ``transport``, a short-lived pooled client is used for this call;
-    servers should hold an :class:`HttpxAsyncTransport` (the middleware does).
+    servers should hold an :class:`AiohttpTransport` (the middleware does).
     """
     steps = mint_client_secret(opts, req, customize=customize_session)
     return await _drive_async(steps, transport)
@@ -208,6 +240,7 @@ async def create_transcription_client_secret(
 async def _drive_async(steps: Steps[T], transport: AsyncTransport | None) -> T:
     if transport is not None:
         return await drive_async(steps, transport, perform=_ASYNC_EFFECTS)
+    # One call, one short-lived client: httpx's (which respx can mock in tests).
     async with HttpxAsyncTransport() as own:
         return await drive_async(steps, own, perform=_ASYNC_EFFECTS)
 

@@ -27,16 +27,18 @@ import weakref
 from collections.abc import AsyncGenerator, Iterable
 from contextlib import aclosing
 from types import TracebackType
-from typing import Any, Final, Protocol, cast, runtime_checkable
+from typing import Any, Final, Generic, Protocol, TypeVar, cast, runtime_checkable
 
 import httpcore
 import httpx
 import sniffio
+from typing_extensions import Self
 
 from ._errors import OptionsError
 from ._models import HttpRequest, HttpResponse
 
 __all__ = [
+    "AiohttpTransport",
     "AsyncTransport",
     "HttpxAsyncTransport",
     "HttpxSyncTransport",
@@ -362,52 +364,58 @@ def _running_loop() -> object:
         return None
 
 
-class HttpxAsyncTransport:
-    """An :class:`AsyncTransport` over one pooled ``httpx.AsyncClient``.
+C = TypeVar("C")
 
-    Without ``client``, one is made on first use: on asyncio, an httpx client
-    over aiohttp's connection pool (``httpx-aiohttp``), which holds up under
-    concurrency; elsewhere, httpx's own. Such a client belongs to the event
-    loop that made it. It is closed on that loop when the loop shuts down
-    (``asyncio.run`` and trio finalize it with their async generators), when
-    another loop takes over while it still runs, or by :meth:`aclose`; the
-    transport then makes a fresh one on its next use (a server's second
+
+class _PerLoop(Generic[C]):
+    """What the async transports share: one pooled client per event loop.
+
+    Without a given client, one is made on first use. It belongs to the
+    event loop that made it, and is closed on that loop when the loop shuts
+    down (``asyncio.run`` and trio finalize it with their async generators),
+    when another loop takes over while it still runs, or by :meth:`aclose`;
+    the transport then makes a fresh one on its next use (a server's second
     lifespan, a test harness that runs each request on a loop of its own).
     ``is_closed`` is True from :meth:`aclose` until the transport is used again.
     """
 
-    def __init__(
-        self, client: httpx.AsyncClient | None = None, *, max_connections: int | None = None
-    ) -> None:
+    def __init__(self, client: C | None, max_connections: int | None) -> None:
         self._given = client
         self._client = client
-        self._limits = _limits(upstream_connections(max_connections))
+        self._max_connections = upstream_connections(max_connections)
         self._loop: object = None
         # An async generator whose ``finally`` closes the client; the loop
         # that ran its first step finalizes it when it shuts down.
         self._closer: AsyncGenerator[None, None] | None = None
         self.is_closed = False
 
-    async def _current_client(self) -> httpx.AsyncClient:
+    def _make(self) -> C:
+        raise NotImplementedError
+
+    async def _close(self, client: C) -> None:
+        raise NotImplementedError
+
+    async def _current_client(self) -> C:
         if self._given is not None:
             return self._given
         loop = _running_loop()
-        if self._client is None or self._loop is not loop:
+        client = self._client
+        if client is None or self._loop is not loop:
             self._retire()
-            client = _default_async_client(self._limits)
+            client = self._make()
             self._client, self._loop = client, loop
             self._closer = self._closes_with_its_loop(client)
             await self._closer.__anext__()
         self.is_closed = False
-        return self._client
+        return client
 
-    async def _closes_with_its_loop(self, client: httpx.AsyncClient) -> AsyncGenerator[None, None]:
+    async def _closes_with_its_loop(self, client: C) -> AsyncGenerator[None, None]:
         try:
             yield
         finally:
             if self._client is client:
                 self._client = None
-            await client.aclose()
+            await self._close(client)
 
     def _retire(self) -> None:
         """Close the client of another loop on that loop, while it runs."""
@@ -419,37 +427,15 @@ class HttpxAsyncTransport:
         # A loop that ran to its end finalized the closer already; one that
         # was stopped without that cannot run anything more.
 
-    async def send(self, request: HttpRequest, *, timeout: float) -> HttpResponse:
-        client = await self._current_client()
-        try:
-            response = await client.send(_build(client, request, timeout), stream=True)
-            try:
-                body = bytearray()
-                # Closed at once when left early (an async generator in fact).
-                chunks_left = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
-                async with aclosing(chunks_left) as chunks:
-                    async for chunk in chunks:
-                        if _full(body, chunk, request):
-                            break
-            finally:
-                await response.aclose()
-            return _answer(response, body)
-        except httpx.HTTPError as exc:
-            raise _async_failure(exc) from None
-        except Exception as exc:
-            if _is_aiohttp_error(exc):  # raised unmapped by httpx_aiohttp
-                raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
-            raise
-
     async def aclose(self) -> None:
         closer, self._closer = self._closer, None
         self.is_closed = True
         if closer is not None:
             await closer.aclose()
         elif self._given is not None:
-            await self._given.aclose()
+            await self._close(self._given)
 
-    async def __aenter__(self) -> HttpxAsyncTransport:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -459,3 +445,134 @@ class HttpxAsyncTransport:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+async def _send_httpx(
+    client: httpx.AsyncClient, request: HttpRequest, timeout: float
+) -> HttpResponse:
+    try:
+        response = await client.send(_build(client, request, timeout), stream=True)
+        try:
+            body = bytearray()
+            # Closed at once when left early (an async generator in fact).
+            chunks_left = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
+            async with aclosing(chunks_left) as chunks:
+                async for chunk in chunks:
+                    if _full(body, chunk, request):
+                        break
+        finally:
+            await response.aclose()
+        return _answer(response, body)
+    except httpx.HTTPError as exc:
+        raise _async_failure(exc) from None
+    except Exception as exc:
+        if _is_aiohttp_error(exc):  # raised unmapped by httpx_aiohttp
+            raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
+        raise
+
+
+class HttpxAsyncTransport(_PerLoop[httpx.AsyncClient]):
+    """An :class:`AsyncTransport` over one pooled ``httpx.AsyncClient``.
+
+    Without ``client``, one is made on first use: on asyncio, an httpx client
+    over aiohttp's connection pool (``httpx-aiohttp``), which holds up under
+    concurrency; elsewhere, httpx's own. It belongs to the event loop that
+    made it and closes with it (see :class:`AiohttpTransport`, which shares
+    this lifecycle). A ``client`` given is used as it is, and closed by
+    :meth:`aclose`.
+    """
+
+    def __init__(
+        self, client: httpx.AsyncClient | None = None, *, max_connections: int | None = None
+    ) -> None:
+        super().__init__(client, max_connections)
+
+    def _make(self) -> httpx.AsyncClient:
+        return _default_async_client(_limits(self._max_connections))
+
+    async def _close(self, client: httpx.AsyncClient) -> None:
+        await client.aclose()
+
+    async def send(self, request: HttpRequest, *, timeout: float) -> HttpResponse:
+        return await _send_httpx(await self._current_client(), request, timeout)
+
+
+class AiohttpTransport(_PerLoop[Any]):
+    """The default :class:`AsyncTransport`: aiohttp's ``ClientSession``, no
+    httpx layer between navai_mw and the pool.
+
+    On asyncio it speaks aiohttp directly, which mints about 1.6 times as
+    fast as httpx over the same pool (``docs/benchmarks.md``). aiohttp runs
+    on asyncio only: on any other loop (trio) the transport sends through
+    an ``httpx.AsyncClient`` instead, with the same limits and failures.
+
+    The session made here trusts what httpx trusts (certifi's CA bundle, the
+    ``HTTP(S)_PROXY``/``NO_PROXY`` variables), keeps no cookies, follows no
+    redirects, and holds at most ``max_connections`` upstream connections
+    (``NAVAI_MAX_UPSTREAM_CONNECTIONS``, 1000 by default). A ``session``
+    given is used as it is, and closed by :meth:`aclose`. The client belongs
+    to one event loop and closes with it, as :class:`HttpxAsyncTransport`'s.
+    """
+
+    def __init__(self, session: Any = None, *, max_connections: int | None = None) -> None:
+        super().__init__(session, max_connections)
+
+    def _make(self) -> Any:
+        if sniffio.current_async_library() != "asyncio":
+            return httpx.AsyncClient(limits=_limits(self._max_connections))
+        import ssl
+
+        import aiohttp
+        import certifi
+
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections,
+            ssl=ssl.create_default_context(cafile=certifi.where()),
+        )
+        return aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=True
+        )
+
+    async def _close(self, client: Any) -> None:
+        if isinstance(client, httpx.AsyncClient):
+            await client.aclose()
+        else:
+            await client.close()
+
+    async def send(self, request: HttpRequest, *, timeout: float) -> HttpResponse:
+        client = await self._current_client()
+        if isinstance(client, httpx.AsyncClient):
+            return await _send_httpx(client, request, timeout)
+        return await _send_aiohttp(client, request, timeout)
+
+
+# The most read from aiohttp's buffer at once (as httpx's chunks).
+_CHUNK: Final = 65536
+
+
+async def _send_aiohttp(session: Any, request: HttpRequest, timeout: float) -> HttpResponse:
+    import aiohttp
+
+    try:
+        async with session.request(
+            request.method,
+            request.url,
+            headers=request.headers,
+            data=request.body,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as response:
+            body = bytearray()
+            content = response.content
+            while chunk := await content.read(_CHUNK):
+                if _full(body, chunk, request):
+                    break  # leaving unread: the connection is closed, not reused
+            return HttpResponse(
+                status=response.status,
+                headers=tuple((name.lower(), value) for name, value in response.headers.items()),
+                body=bytes(body),
+            )
+    except asyncio.TimeoutError as exc:  # aiohttp's timeouts (asyncio's before 3.11)
+        raise TimeoutError(str(exc) or "timed out") from None
+    except aiohttp.ClientError as exc:
+        raise ConnectionError(f"{type(exc).__name__}: {exc}") from None

@@ -46,7 +46,7 @@ from ._effects import DEFAULT_FUNCTION_WORKERS, AsyncEffects, SyncEffects, is_as
 from ._endpoint import Answer, Endpoint, RouteOptions
 from ._errors import OptionsError
 from ._models import NavaiVoiceBackendOptions
-from .transports import AsyncTransport, HttpxAsyncTransport, HttpxSyncTransport, SyncTransport
+from .transports import AiohttpTransport, AsyncTransport, HttpxSyncTransport, SyncTransport
 
 __all__ = ["AsyncNavaiHandler", "NavaiHandler", "NavaiResponse"]
 
@@ -178,7 +178,7 @@ class AsyncNavaiHandler:
         )
         self.effects.check()
         self.owns_transport = transport is None
-        self.transport: AsyncTransport = transport or HttpxAsyncTransport(
+        self.transport: AsyncTransport = transport or AiohttpTransport(
             max_connections=max_upstream_connections
         )
         self.effects.attach(self.transport, self.endpoint.end_call)
@@ -215,5 +215,5 @@ class AsyncNavaiHandler:
         """Cancel the calls' pending hangups; close the upstream client, when
         the handler made it."""
         await self.effects.aclose()
-        if self.owns_transport and isinstance(self.transport, HttpxAsyncTransport):
+        if self.owns_transport and isinstance(self.transport, AiohttpTransport):
             await self.transport.aclose()

@@ -11,7 +11,7 @@ import pytest
 
 from navai_mw import NavaiVoiceBackendOptions
 from navai_mw.testing import FakeOpenAIRealtime
-from navai_mw.transports import AsyncTransport, HttpxAsyncTransport
+from navai_mw.transports import AiohttpTransport, AsyncTransport, HttpxAsyncTransport
 
 # A key that must never show up in a response, an exception message or a log.
 CANARY_KEY = "sk-canary-0123456789abcdefCANARY"
@@ -63,9 +63,9 @@ def raw_server(answer: Callable[[socket.socket, threading.Event], None]) -> Iter
 
 
 async def is_closed(transport: AsyncTransport) -> bool:
-    """Whether an httpx async transport is closed (async, for use from a loop
-    or with ``anyio.run``)."""
-    assert isinstance(transport, HttpxAsyncTransport)
+    """Whether one of navai_mw's async transports is closed (async, for use
+    from a loop or with ``anyio.run``)."""
+    assert isinstance(transport, (AiohttpTransport, HttpxAsyncTransport))
     return transport.is_closed
 
 

@@ -36,7 +36,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from navai_mw import NavaiASGIMiddleware, NavaiVoiceBackendOptions
 from navai_mw.testing import FakeOpenAIRealtime, serve_asgi
-from navai_mw.transports import HttpxAsyncTransport
+from navai_mw.transports import AiohttpTransport
 
 from .conftest import CANARY_KEY
 from .test_browser import _PageHandler, _PageServer, _Seen, origin_of, run_page
@@ -407,7 +407,7 @@ def recipe(monkeypatch: pytest.MonkeyPatch, served_fake: str) -> ModuleType:
     return _load_recipe(monkeypatch)
 
 
-CLIENTS: dict[str, Callable[[ModuleType], HttpxAsyncTransport]] = {
+CLIENTS: dict[str, Callable[[ModuleType], AiohttpTransport]] = {
     "app": lambda module: module.app.transport,
     "mounted_app": lambda module: module.voice.transport,
     "own_transport_app": lambda module: module.upstream,
@@ -450,5 +450,5 @@ def test_a_mounted_middleware_is_not_closed_without_the_parents_lifespan(
     with serve_asgi(parent) as url:
         minted = httpx.post(url + "/api" + TOKEN_PATH, json={}, timeout=10)
     assert minted.status_code == 200
-    assert isinstance(voice.transport, HttpxAsyncTransport)
+    assert isinstance(voice.transport, AiohttpTransport)
     assert voice.transport.is_closed is False  # aclose() never ran

@@ -37,7 +37,7 @@ from navai_mw import (
 from navai_mw._core import MAX_CLIENT_SECRET_RESPONSE_BYTES, exchange, parse_upstream_response
 from navai_mw._errors import log_safe
 from navai_mw.testing import FakeOpenAIRealtime
-from navai_mw.transports import HttpxAsyncTransport, HttpxSyncTransport
+from navai_mw.transports import AiohttpTransport, HttpxAsyncTransport, HttpxSyncTransport
 
 from .conftest import CANARY_KEY, raw_server
 
@@ -138,6 +138,12 @@ def endless_server() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(params=[AiohttpTransport, HttpxAsyncTransport])
+def make_async(request: pytest.FixtureRequest) -> type[AiohttpTransport | HttpxAsyncTransport]:
+    kind: type[AiohttpTransport | HttpxAsyncTransport] = request.param
+    return kind
+
+
 OVERSIZED = (
     f"OpenAI client_secrets answered with more than {MAX_CLIENT_SECRET_RESPONSE_BYTES} bytes."
 )
@@ -162,11 +168,13 @@ def test_sync_transport_stops_reading_past_the_limit(endless_server: str) -> Non
 
 
 @_HTTPX_INNER_GENERATORS
-async def test_async_transport_stops_reading_past_the_limit(endless_server: str) -> None:
+async def test_async_transport_stops_reading_past_the_limit(
+    endless_server: str, make_async: type[AiohttpTransport | HttpxAsyncTransport]
+) -> None:
     request = HttpRequest(
         method="POST", url=endless_server, headers=(), body=b"", max_response_bytes=100_000
     )
-    async with HttpxAsyncTransport() as transport:
+    async with make_async() as transport:
         response = await transport.send(request, timeout=5)
     assert response.status == 200
     assert 100_000 < len(response.body) <= 100_000 + 65536 + 16
@@ -179,8 +187,10 @@ def test_an_endless_answer_is_502_at_once_sync(endless_server: str) -> None:
 
 
 @_HTTPX_INNER_GENERATORS
-async def test_an_endless_answer_is_502_at_once_async(endless_server: str) -> None:
-    async with HttpxAsyncTransport() as transport:
+async def test_an_endless_answer_is_502_at_once_async(
+    endless_server: str, make_async: type[AiohttpTransport | HttpxAsyncTransport]
+) -> None:
+    async with make_async() as transport:
         with pytest.raises(UpstreamError) as caught:
             await create_realtime_client_secret(options(endless_server, 30), transport=transport)
     assert (caught.value.status, caught.value.message) == (502, OVERSIZED)
@@ -502,10 +512,12 @@ def _established_to(port: int) -> int:
 
 
 def test_each_loops_client_is_closed_on_that_loop(
-    served_fake: str, caplog: pytest.LogCaptureFixture
+    served_fake: str,
+    caplog: pytest.LogCaptureFixture,
+    make_async: type[AiohttpTransport | HttpxAsyncTransport],
 ) -> None:
     port = int(served_fake.rsplit(":", 1)[1].split("/")[0])
-    transport = HttpxAsyncTransport()
+    transport = make_async()
     opts = options(served_fake)
     for _ in range(20):
         secret = asyncio.run(create_realtime_client_secret(opts, transport=transport))

@@ -1,9 +1,9 @@
-"""The default httpx transports against real loopback servers.
+"""The default transports against real loopback servers.
 
-The async default runs httpx over aiohttp's pool; these tests pin that its
-failures reach the core as the right built-in exceptions (a refused
-connection is retried and ends in 502, a stall is a 504), the same as the
-sync transport's.
+Both async transports (aiohttp's session, the default, and httpx over
+aiohttp's pool) and the sync one: these tests pin that their failures reach
+the core as the right built-in exceptions (a refused connection is retried
+and ends in 502, a stall is a 504), the same on every transport and loop.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from navai_mw import (
     create_realtime_client_secret_sync,
 )
 from navai_mw.testing import FakeOpenAIRealtime
-from navai_mw.transports import HttpxAsyncTransport, HttpxSyncTransport
+from navai_mw.transports import AiohttpTransport, HttpxAsyncTransport, HttpxSyncTransport
 
 from .conftest import CANARY_KEY, closed_port, is_closed, raw_server
 
@@ -39,6 +39,12 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return backend
 
 
+@pytest.fixture(params=[AiohttpTransport, HttpxAsyncTransport])
+def make_async(request: pytest.FixtureRequest) -> type[AiohttpTransport | HttpxAsyncTransport]:
+    kind: type[AiohttpTransport | HttpxAsyncTransport] = request.param
+    return kind
+
+
 def options(base_url: str, timeout: float = 5) -> NavaiVoiceBackendOptions:
     return NavaiVoiceBackendOptions(
         openai_api_key=CANARY_KEY, openai_base_url=base_url, upstream_timeout_seconds=timeout
@@ -46,19 +52,31 @@ def options(base_url: str, timeout: float = 5) -> NavaiVoiceBackendOptions:
 
 
 async def test_async_default_mints_over_the_right_pool(
-    fake: FakeOpenAIRealtime, served_fake: str, anyio_backend: str
+    fake: FakeOpenAIRealtime,
+    served_fake: str,
+    anyio_backend: str,
+    make_async: type[AiohttpTransport | HttpxAsyncTransport],
 ) -> None:
-    async with HttpxAsyncTransport() as transport:
+    async with make_async() as transport:
         for _ in range(3):  # one pooled client, reused
             secret = await create_realtime_client_secret(options(served_fake), transport=transport)
             assert secret.value.startswith("ek_fake_")
-        pool = type(transport._client._transport).__name__  # type: ignore[union-attr]
-    assert pool == {"asyncio": "AiohttpTransport", "trio": "AsyncHTTPTransport"}[anyio_backend]
+        client = transport._client
+        pool = type(getattr(client, "_transport", client)).__name__
+    expected = {
+        (AiohttpTransport, "asyncio"): "ClientSession",
+        (AiohttpTransport, "trio"): "AsyncHTTPTransport",
+        (HttpxAsyncTransport, "asyncio"): "AiohttpTransport",
+        (HttpxAsyncTransport, "trio"): "AsyncHTTPTransport",
+    }
+    assert pool == expected[make_async, anyio_backend]
     assert len(fake.requests) == 3
 
 
-async def test_async_refused_connection_is_retried_then_502() -> None:
-    async with HttpxAsyncTransport() as transport:
+async def test_async_refused_connection_is_retried_then_502(
+    make_async: type[AiohttpTransport | HttpxAsyncTransport],
+) -> None:
+    async with make_async() as transport:
         with pytest.raises(UpstreamError) as caught:
             await create_realtime_client_secret(
                 options(f"http://127.0.0.1:{closed_port()}/v1"), transport=transport
@@ -67,18 +85,24 @@ async def test_async_refused_connection_is_retried_then_502() -> None:
     assert caught.value.message == "OpenAI client_secrets could not be reached."
 
 
-async def test_async_refused_connection_is_a_connection_error() -> None:
+async def test_async_refused_connection_is_a_connection_error(
+    make_async: type[AiohttpTransport | HttpxAsyncTransport],
+) -> None:
     request = HttpRequest(
         method="POST", url=f"http://127.0.0.1:{closed_port()}/v1", headers=(), body=b""
     )
-    async with HttpxAsyncTransport() as transport:
+    async with make_async() as transport:
         with pytest.raises(ConnectionError):
             await transport.send(request, timeout=2)
 
 
-async def test_async_stall_is_504(fake: FakeOpenAIRealtime, served_fake: str) -> None:
+async def test_async_stall_is_504(
+    fake: FakeOpenAIRealtime,
+    served_fake: str,
+    make_async: type[AiohttpTransport | HttpxAsyncTransport],
+) -> None:
     fake.stall(1.0)
-    async with HttpxAsyncTransport() as transport:
+    async with make_async() as transport:
         with pytest.raises(UpstreamError) as caught:
             await create_realtime_client_secret(options(served_fake, 0.3), transport=transport)
     assert caught.value.status == 504
@@ -86,9 +110,11 @@ async def test_async_stall_is_504(fake: FakeOpenAIRealtime, served_fake: str) ->
 
 
 async def test_async_transport_reopens_after_close(
-    fake: FakeOpenAIRealtime, served_fake: str
+    fake: FakeOpenAIRealtime,
+    served_fake: str,
+    make_async: type[AiohttpTransport | HttpxAsyncTransport],
 ) -> None:
-    transport = HttpxAsyncTransport()
+    transport = make_async()
     await transport.aclose()  # nothing was opened; nothing to fail
     assert await is_closed(transport)
     # A server that runs a second lifespan uses the same middleware again.
@@ -126,8 +152,10 @@ def garbage_server() -> Iterator[str]:
         yield url
 
 
-async def test_async_garbled_answer_is_retried_then_502(garbage_server: str) -> None:
-    async with HttpxAsyncTransport() as transport:
+async def test_async_garbled_answer_is_retried_then_502(
+    garbage_server: str, make_async: type[AiohttpTransport | HttpxAsyncTransport]
+) -> None:
+    async with make_async() as transport:
         with pytest.raises(UpstreamError) as caught:
             await create_realtime_client_secret(options(garbage_server), transport=transport)
     assert (caught.value.status, caught.value.message) == (
@@ -169,8 +197,10 @@ def test_sync_trickling_answer_cannot_stretch_the_budget(trickling_server: str) 
     assert caught.value.status == 504
 
 
-async def test_async_trickling_answer_cannot_stretch_the_budget(trickling_server: str) -> None:
-    async with HttpxAsyncTransport() as transport:
+async def test_async_trickling_answer_cannot_stretch_the_budget(
+    trickling_server: str, make_async: type[AiohttpTransport | HttpxAsyncTransport]
+) -> None:
+    async with make_async() as transport:
         with pytest.raises(UpstreamError) as caught:
             await create_realtime_client_secret(options(trickling_server, 0.5), transport=transport)
     assert caught.value.status == 504
@@ -201,8 +231,10 @@ def test_sync_trickling_head_cannot_stretch_the_budget(trickling_head_server: st
     assert caught.value.status == 504
 
 
-async def test_async_trickling_head_cannot_stretch_the_budget(trickling_head_server: str) -> None:
-    async with HttpxAsyncTransport() as transport:
+async def test_async_trickling_head_cannot_stretch_the_budget(
+    trickling_head_server: str, make_async: type[AiohttpTransport | HttpxAsyncTransport]
+) -> None:
+    async with make_async() as transport:
         with pytest.raises(UpstreamError) as caught:
             await create_realtime_client_secret(
                 options(trickling_head_server, 0.5), transport=transport
