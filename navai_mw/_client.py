@@ -8,15 +8,12 @@ retry policy in no real time.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
-from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, TypeVar
 
 import anyio
-import sniffio
 
 from ._core import Attempt, Outcome
 from ._effects import AsyncEffects, SyncEffects
@@ -28,7 +25,14 @@ from ._models import (
     OpenAIRealtimeClientSecretResponse,
 )
 from ._speech import SynthesizedSpeech, build_speech_request, speech_exchange
-from .transports import AsyncTransport, HttpxAsyncTransport, HttpxSyncTransport, SyncTransport
+from .transports import (
+    AsyncTransport,
+    BoundedTransport,
+    HttpxAsyncTransport,
+    HttpxSyncTransport,
+    SyncTransport,
+    attempt_deadline,
+)
 
 __all__ = [
     "create_realtime_client_secret",
@@ -44,12 +48,6 @@ __all__ = [
 T = TypeVar("T")
 R = TypeVar("R")
 Steps = Generator[Any, Any, T]
-
-
-# asyncio.timeout came with Python 3.11.
-_asyncio_timeout: Callable[[float], AbstractAsyncContextManager[object]] | None = getattr(
-    asyncio, "timeout", None
-)
 
 
 def drive_sync(
@@ -116,10 +114,13 @@ async def drive_async(
             response: HttpResponse | None = None
             timed_out = False
             try:
-                # The transport's own timeouts are per read; this bounds the
-                # whole attempt, so a trickling upstream cannot stretch it.
-                async with _deadline(effect.timeout):
+                if isinstance(transport, BoundedTransport):
                     response = await transport.send(effect.request, timeout=effect.timeout)
+                else:
+                    # A transport's own timeouts may be per read; this bounds
+                    # the whole attempt, so a trickling upstream cannot stretch it.
+                    async with attempt_deadline(effect.timeout):
+                        response = await transport.send(effect.request, timeout=effect.timeout)
             except TimeoutError:
                 timed_out = True
             except OSError:
@@ -129,29 +130,6 @@ async def drive_async(
     except StopIteration as done:
         result: T = done.value
         return result
-
-
-def _deadline(seconds: float) -> AbstractAsyncContextManager[object]:
-    """A TimeoutError after ``seconds``: asyncio's own on asyncio (a fraction
-    of anyio's cost per attempt), anyio's on any other loop."""
-    if _asyncio_timeout is not None and sniffio.current_async_library() == "asyncio":
-        return _asyncio_timeout(seconds)
-    return _AnyioDeadline(seconds)
-
-
-class _AnyioDeadline:
-    """``anyio.fail_after``, entered and left with ``async with``."""
-
-    __slots__ = ("_scope",)
-
-    def __init__(self, seconds: float) -> None:
-        self._scope = anyio.fail_after(seconds)
-
-    async def __aenter__(self) -> object:
-        return self._scope.__enter__()
-
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
-        return self._scope.__exit__(*exc_info)
 
 
 def _performed(perform: Callable[[Any], R] | None, effect: object) -> R:

@@ -23,12 +23,15 @@ import os
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 import weakref
-from collections.abc import AsyncGenerator, Iterable
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, aclosing
 from types import TracebackType
 from typing import Any, Final, Generic, Protocol, TypeVar, cast, runtime_checkable
 
+import anyio
 import httpcore
 import httpx
 import sniffio
@@ -364,11 +367,42 @@ def _running_loop() -> object:
         return None
 
 
+# asyncio.timeout came with Python 3.11.
+_asyncio_timeout: Callable[[float], AbstractAsyncContextManager[object]] | None = getattr(
+    asyncio, "timeout", None
+)
+
+
+def attempt_deadline(seconds: float) -> AbstractAsyncContextManager[object]:
+    """A TimeoutError once ``seconds`` have passed: asyncio's own timeout on
+    asyncio (a fraction of anyio's cost per attempt), anyio's elsewhere."""
+    if _asyncio_timeout is not None and sniffio.current_async_library() == "asyncio":
+        return _asyncio_timeout(seconds)
+    return _AnyioDeadline(seconds)
+
+
+class _AnyioDeadline:
+    """``anyio.fail_after``, entered and left with ``async with``."""
+
+    __slots__ = ("_scope",)
+
+    def __init__(self, seconds: float) -> None:
+        self._scope = anyio.fail_after(seconds)
+
+    async def __aenter__(self) -> object:
+        return self._scope.__enter__()
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return self._scope.__exit__(*exc_info)
+
+
 C = TypeVar("C")
 
 
-class _PerLoop(Generic[C]):
-    """What the async transports share: one pooled client per event loop.
+class BoundedTransport(Generic[C]):
+    """What navai_mw's async transports share: one pooled client per event
+    loop, and attempts bounded as a whole by the transport itself (so the
+    driver adds no deadline of its own around them).
 
     Without a given client, one is made on first use. It belongs to the
     event loop that made it, and is closed on that loop when the loop shuts
@@ -471,7 +505,7 @@ async def _send_httpx(
         raise
 
 
-class HttpxAsyncTransport(_PerLoop[httpx.AsyncClient]):
+class HttpxAsyncTransport(BoundedTransport[httpx.AsyncClient]):
     """An :class:`AsyncTransport` over one pooled ``httpx.AsyncClient``.
 
     Without ``client``, one is made on first use: on asyncio, an httpx client
@@ -497,7 +531,7 @@ class HttpxAsyncTransport(_PerLoop[httpx.AsyncClient]):
         return await _send_httpx(await self._current_client(), request, timeout)
 
 
-class AiohttpTransport(_PerLoop[Any]):
+class AiohttpTransport(BoundedTransport[Any]):
     """The default :class:`AsyncTransport`: aiohttp's ``ClientSession``, no
     httpx layer between navai_mw and the pool.
 
@@ -516,6 +550,7 @@ class AiohttpTransport(_PerLoop[Any]):
 
     def __init__(self, session: Any = None, *, max_connections: int | None = None) -> None:
         super().__init__(session, max_connections)
+        self._proxies = _Proxies(use_environment=session is None)
 
     def _make(self) -> Any:
         if sniffio.current_async_library() != "asyncio":
@@ -529,9 +564,10 @@ class AiohttpTransport(_PerLoop[Any]):
             limit=self._max_connections,
             ssl=ssl.create_default_context(cafile=certifi.where()),
         )
-        return aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=True
-        )
+        # trust_env=False: aiohttp would read the proxy variables and ~/.netrc
+        # (from a worker thread) on every request. They are read once, here.
+        self._proxies = _Proxies()
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
     async def _close(self, client: Any) -> None:
         if isinstance(client, httpx.AsyncClient):
@@ -543,14 +579,47 @@ class AiohttpTransport(_PerLoop[Any]):
         client = await self._current_client()
         if isinstance(client, httpx.AsyncClient):
             return await _send_httpx(client, request, timeout)
-        return await _send_aiohttp(client, request, timeout)
+        return await _send_aiohttp(client, request, timeout, self._proxies.get(request.url))
 
 
 # The most read from aiohttp's buffer at once (as httpx's chunks).
 _CHUNK: Final = 65536
 
 
-async def _send_aiohttp(session: Any, request: HttpRequest, timeout: float) -> HttpResponse:
+class _Proxies:
+    """The proxy for each URL, as httpx chooses it: ``HTTP_PROXY``,
+    ``HTTPS_PROXY``, ``ALL_PROXY`` and ``NO_PROXY`` (any case), read once."""
+
+    __slots__ = ("_chosen", "_proxies")
+
+    def __init__(self, *, use_environment: bool = True) -> None:
+        self._proxies = urllib.request.getproxies_environment() if use_environment else {}
+        self._chosen: dict[str, str | None] = {}
+
+    def get(self, url: str) -> str | None:
+        if not self._proxies:
+            return None
+        chosen = self._chosen.get(url, _UNKNOWN)
+        if chosen is _UNKNOWN:
+            if len(self._chosen) >= 256:  # URLs carry ids: keep the cache small
+                self._chosen.clear()
+            chosen = self._chosen[url] = self._choose(url)
+        return chosen  # type: ignore[return-value]
+
+    def _choose(self, url: str) -> str | None:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        if urllib.request.proxy_bypass_environment(host, self._proxies):  # type: ignore[attr-defined]
+            return None
+        return self._proxies.get(parts.scheme) or self._proxies.get("all")
+
+
+_UNKNOWN: Final = object()
+
+
+async def _send_aiohttp(
+    session: Any, request: HttpRequest, timeout: float, proxy: str | None
+) -> HttpResponse:
     import aiohttp
 
     try:
@@ -561,6 +630,7 @@ async def _send_aiohttp(session: Any, request: HttpRequest, timeout: float) -> H
             data=request.body,
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=timeout),
+            proxy=proxy,
         ) as response:
             body = bytearray()
             content = response.content
