@@ -23,6 +23,7 @@ from . import (
     bench_connections,
     bench_core,
     bench_guard,
+    bench_latency,
     bench_memory,
     bench_minting,
     bench_passthrough,
@@ -41,6 +42,9 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "minting": bench_minting.run,
     "guard": bench_guard.run,
     "wsgi": bench_wsgi.run,
+    "latency": bench_latency.run,
+    "latency-wsgi": bench_latency.run_wsgi,
+    "workers": bench_latency.run_workers,
 }
 RESULTS = REPO / "benchmarks" / "results"
 

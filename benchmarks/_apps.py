@@ -8,6 +8,7 @@ benchmarks never import it.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
@@ -148,19 +149,32 @@ _MAX_RECORDED = 1000
 
 class CountedUpstream:
     """FakeOpenAIRealtime, plus ``GET /_bench/stats``: connections accepted
-    (``count_connection`` is called by the server's protocol) and requests."""
+    (the server's protocol calls ``count_connection`` and ``count_close``),
+    the most open at once since the previous stats call, and requests."""
 
-    def __init__(self) -> None:
+    def __init__(self, stall: float = 0.0) -> None:
         self.fake = FakeOpenAIRealtime(api_key=BENCH_KEY)
+        if stall:
+            self.fake.stall(stall)
         self.connections = 0
+        self.open = 0
+        self.peak = 0
         self.requests = 0
 
     def count_connection(self) -> None:
         self.connections += 1
+        self.open += 1
+        self.peak = max(self.peak, self.open)
+
+    def count_close(self) -> None:
+        self.open -= 1
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == STATS_PATH:
-            body = f'{{"connections":{self.connections},"requests":{self.requests}}}'.encode()
+            body = json.dumps(
+                {"connections": self.connections, "requests": self.requests, "peak": self.peak}
+            ).encode()
+            self.peak = self.open
             await send(
                 {
                     "type": "http.response.start",
@@ -175,6 +189,53 @@ class CountedUpstream:
             if len(self.fake.requests) > _MAX_RECORDED:
                 self.fake.requests.clear()
         await self.fake(scope, receive, send)
+
+
+class AiohttpRelay:
+    """The ceiling of any relay: a raw ASGI app that reads the request, POSTs
+    one fixed, prebuilt body upstream on an ``aiohttp.ClientSession`` and
+    sends the answer back. It checks nothing, builds nothing, parses nothing."""
+
+    def __init__(self, upstream: str) -> None:
+        from navai_mw._core import build_upstream_request
+
+        request = build_upstream_request(options(upstream), {"model": "gpt-realtime"})
+        self.url = request.url
+        self.headers = dict(request.headers)
+        self.body = request.body
+        self.session: Any = None
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        more = True
+        while more:
+            more = (await receive()).get("more_body", False)
+        if scope["path"] == "/_bench/ready":
+            status, body = 200, b"ok"
+        else:
+            async with self.session.post(self.url, data=self.body, headers=self.headers) as answer:
+                status, body = answer.status, await answer.read()
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        import aiohttp
+
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                connector = aiohttp.TCPConnector(limit=1000)
+                self.session = aiohttp.ClientSession(
+                    connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+                )
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await self.session.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
 
 def describe_default_transport() -> str:

@@ -46,6 +46,20 @@ class Profile:
     connection_seconds: float  # no new round after this long
     memory_requests: int  # per arm, over all rounds
     memory_seconds: float  # no new round after this long
+    # The latency benchmarks: upstream latencies (0 = at once; a stall is
+    # NAVAI_BENCH_LATENCY_MS), wrk seconds for each, clients, rounds, arms.
+    latencies: tuple[float, ...] = (0.0, 0.3)
+    latency_seconds: tuple[int, ...] = (2, 3)
+    latency_clients: tuple[int, ...] = (5, 50, 400, 2000)
+    latency_rounds: int = 3
+    latency_arms: tuple[str, ...] = ("direct", "navai", "reference", "relay", "peer")
+    wsgi_latency_arms: tuple[str, ...] = (
+        "gunicorn/100",
+        "gunicorn/400",
+        "waitress/100",
+        "waitress/400",
+    )
+    worker_counts: tuple[int, ...] = (1, 2)
 
 
 FULL = Profile(
@@ -77,6 +91,13 @@ QUICK = Profile(
     connection_seconds=10.0,
     memory_requests=1000,
     memory_seconds=10.0,
+    latencies=(0.3,),
+    latency_seconds=(1,),
+    latency_clients=(50,),
+    latency_rounds=1,
+    latency_arms=("direct", "navai", "relay"),
+    wsgi_latency_arms=("gunicorn/32", "waitress/32"),
+    worker_counts=(2,),
 )
 
 

@@ -26,39 +26,55 @@ from ._apps import STATS_PATH
 from ._harness import REPO
 
 LUA_SCRIPT = Path(__file__).with_name("wrk_post_json.lua")
+BACKLOG = 4096
 START_TIMEOUT = 60.0  # seconds; a cold import of FastAPI + openai on a busy box is slow
 
 
 class Server:
     """One child process serving ``role`` on a loopback port."""
 
-    def __init__(self, role: str, *args: str, logdir: Path, name: str | None = None) -> None:
+    def __init__(
+        self,
+        role: str,
+        *args: str,
+        logdir: Path,
+        name: str | None = None,
+        command: Sequence[str] | Callable[[int], Sequence[str]] | None = None,
+        cwd: Path = REPO,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``command`` (then ``--fd N`` and ``args``) instead of
+        ``python -m benchmarks._serve role``: a server in another language.
+        A callable ``command`` gets the port and binds it itself (the socket
+        made here is closed first): ``navai-mw serve --port``."""
         self.name = name or role
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(1024)
+        # Room for a burst of 2,000 clients connecting at once: a full accept
+        # queue drops SYNs, and the client retries only a second later.
+        self._sock.listen(BACKLOG)
         self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = logdir / f"{self.name}.log"
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            **(env or {}),
         }
+        if command is None:
+            command = [sys.executable, "-m", "benchmarks._serve", role]
+        if callable(command):
+            self._sock.close()
+            argv, fds = [*command(self.port), *args], []
+        else:
+            argv, fds = [*command, "--fd", str(self._sock.fileno()), *args], [self._sock.fileno()]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "benchmarks._serve",
-                    role,
-                    "--fd",
-                    str(self._sock.fileno()),
-                    *args,
-                ],
-                pass_fds=[self._sock.fileno()],
+                argv,
+                pass_fds=fds,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=REPO,
+                cwd=cwd,
                 env=env,
             )
         # The child holds its own copy now.
@@ -98,8 +114,17 @@ class Servers:
     def __init__(self) -> None:
         self._servers: list[Server] = []
 
-    def start(self, role: str, *args: str, logdir: Path, name: str | None = None) -> Server:
-        server = Server(role, *args, logdir=logdir, name=name)
+    def start(
+        self,
+        role: str,
+        *args: str,
+        logdir: Path,
+        name: str | None = None,
+        command: Sequence[str] | Callable[[int], Sequence[str]] | None = None,
+        cwd: Path = REPO,
+        env: dict[str, str] | None = None,
+    ) -> Server:
+        server = Server(role, *args, logdir=logdir, name=name, command=command, cwd=cwd, env=env)
         self._servers.append(server)
         return server
 
@@ -136,19 +161,57 @@ def get(base_url: str, path: str, *, timeout: float = 10.0) -> tuple[int, bytes]
 class UpstreamStats:
     connections: int
     requests: int
+    peak: int = 0  # the most connections open at once since the previous call
 
     def __sub__(self, earlier: UpstreamStats) -> UpstreamStats:
         # Each stats call opens one connection of its own: the later one's
-        # is in the later count.
+        # is in the later count (and in its peak).
         return UpstreamStats(
-            self.connections - earlier.connections - 1, self.requests - earlier.requests
+            self.connections - earlier.connections - 1,
+            self.requests - earlier.requests,
+            max(0, self.peak - 1),
         )
 
 
 def upstream_stats(upstream: Server) -> UpstreamStats:
     _, body = get(upstream.url, STATS_PATH)
     data = json.loads(body)
-    return UpstreamStats(data["connections"], data["requests"])
+    return UpstreamStats(data["connections"], data["requests"], data.get("peak", 0))
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (uvicorn's workers, say)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            for child in task.read_text().split():
+                found += _descendants(int(child))
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by ``pid`` and its descendants;
+    0 where /proc is not there."""
+    total = 0
+    for each in _descendants(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def memory_mib(pid: int) -> tuple[float, float]:
+    """(resident now, resident at its highest) of ``pid`` and its
+    descendants, in MiB; zeros where /proc is not there."""
+    now = peak = 0
+    for each in _descendants(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    now += int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    peak += int(line.split()[1])
+    return now / 1024, peak / 1024
 
 
 @dataclass(frozen=True)
@@ -170,7 +233,13 @@ def have_wrk() -> bool:
 
 
 def run_wrk(
-    url: str, *, connections: int, seconds: int, body: bytes, headers: Sequence[str] = ()
+    url: str,
+    *,
+    connections: int,
+    seconds: int,
+    body: bytes,
+    headers: Sequence[str] = (),
+    timeout: float = 10.0,
 ) -> WrkResult:
     """One wrk run: one thread (the servers need the cores more), POSTing ``body``."""
     command = [
@@ -179,7 +248,7 @@ def run_wrk(
         f"-c{connections}",
         f"-d{seconds}s",
         "--timeout",
-        "10s",
+        f"{timeout:g}s",
         "-s",
         str(LUA_SCRIPT),
         url,

@@ -149,6 +149,7 @@ def write(
     after = os.getloadavg() if hasattr(os, "getloadavg") else None
     by_key = {s.key: s for s in sections}
     charts: dict[str, str] = {}
+    extra_charts: dict[str, list[tuple[str, str]]] = {}
     if "minting" in by_key and (svg := minting_chart(by_key["minting"])):
         (out_dir / MINTING_SVG).write_text(svg)
         charts["minting"] = MINTING_SVG
@@ -157,6 +158,20 @@ def write(
     ):
         (out_dir / TRANSPORTS_SVG).write_text(svg)
         charts["transports"] = TRANSPORTS_SVG
+
+    for section in sections:
+        for chart in section.data.get("charts", []):
+            svg_name = f"benchmarks-{chart['name']}.svg"
+            (out_dir / svg_name).write_text(
+                grouped_bars(
+                    title=chart["title"],
+                    subtitle="median of interleaved rounds; whiskers: lowest to highest round",
+                    y_label="secrets / s",
+                    groups=chart["groups"],
+                    series=chart["series"],
+                )
+            )
+            extra_charts.setdefault(section.key, []).append((chart["title"], svg_name))
 
     m = machine_before
     lines = [
@@ -201,6 +216,8 @@ def write(
         lines += ["", f"## {section.title}", "", section.intro, ""]
         if section.key in charts:
             lines += [f"![{section.title}]({charts[section.key]})", ""]
+        for title, svg_name in extra_charts.get(section.key, []):
+            lines += [f"![{title}]({svg_name})", ""]
         if section.rows:
             lines += [*_table(section.headers, section.rows), ""]
         if section.ratios:

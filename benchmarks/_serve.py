@@ -3,14 +3,19 @@
     python -m benchmarks._serve ROLE --fd N [--upstream URL] [--transport KIND]
                                 [--threads N] [--keepalive N] [--jwks URL]
                                 [--rate-limit LIMIT --rate-limit-storage URI]
+                                [--stall SECONDS]
 
-Roles: ``upstream`` (the fake OpenAI, counting connections), ``navai``
+Roles: ``upstream`` (the fake OpenAI, counting connections; ``--stall``
+makes it answer that much later, as OpenAI does), ``navai``
 (NavaiASGIMiddleware; ``--jwks`` and ``--rate-limit`` turn its guard on),
-``peer`` (FastAPI + openai SDK), all under uvicorn
-with the asyncio loop and h11 (the pure-Python stack every arm shares); and
+``peer`` (FastAPI + openai SDK), ``relay`` (a raw ASGI app that relays one
+fixed body with aiohttp: the ceiling of any relay), all under uvicorn
+with the asyncio loop and h11 (the pure-Python stack every arm shares);
 ``wsgi`` (NavaiWSGIMiddleware under waitress; ``--keepalive`` gives its
-httpx.Client a keep-alive pool of that size instead of the default). The parent made the socket,
-so there is no race for a free port and it knows the URL before we start.
+httpx.Client a keep-alive pool of that size instead of the default) and
+``gunicorn`` (the same under gunicorn's gthread worker, ``--threads`` each).
+The parent made the socket, so there is no race for a free port and it knows
+the URL before we start.
 """
 
 from __future__ import annotations
@@ -31,12 +36,12 @@ def _uvicorn(app: Any, sock: socket.socket, http: Any = "h11") -> None:
     uvicorn.Server(config).run(sockets=[sock])
 
 
-def _serve_upstream(sock: socket.socket) -> None:
+def _serve_upstream(sock: socket.socket, stall: float) -> None:
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     from ._apps import CountedUpstream
 
-    upstream = CountedUpstream()
+    upstream = CountedUpstream(stall=stall)
 
     class CountingH11Protocol(H11Protocol):
         # One protocol instance per accepted TCP connection.
@@ -44,12 +49,47 @@ def _serve_upstream(sock: socket.socket) -> None:
             upstream.count_connection()
             super().connection_made(transport)
 
+        def connection_lost(self, exc: Exception | None) -> None:
+            upstream.count_close()
+            super().connection_lost(exc)
+
     _uvicorn(upstream, sock, http=CountingH11Protocol)
+
+
+def _gunicorn(upstream: str, sock: socket.socket, threads: int) -> None:
+    """One gunicorn gthread worker with ``threads`` threads, on the inherited socket."""
+    import os
+
+    from gunicorn.app.base import BaseApplication
+
+    from ._apps import navai_wsgi
+
+    class One(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in {
+                "bind": [f"fd://{sock.fileno()}"],
+                "workers": 1,
+                "worker_class": "gthread",
+                "threads": threads,
+                # As many keep-alive connections as wrk opens, so that none waits
+                # for a thread to notice it went idle.
+                "worker_connections": 4096,
+                "backlog": 4096,
+                "loglevel": "warning",
+                "accesslog": None,
+            }.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return navai_wsgi(upstream)
+
+    os.set_inheritable(sock.fileno(), True)
+    One().run()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks._serve")
-    parser.add_argument("role", choices=["upstream", "navai", "peer", "wsgi"])
+    parser.add_argument("role", choices=["upstream", "navai", "peer", "relay", "wsgi", "gunicorn"])
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--upstream", default="")
     parser.add_argument("--transport", default=None)
@@ -58,11 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jwks", default=None)
     parser.add_argument("--rate-limit", default=None)
     parser.add_argument("--rate-limit-storage", default=None)
+    parser.add_argument("--stall", type=float, default=0.0)
     args = parser.parse_args(argv)
     sock = socket.socket(fileno=args.fd)
 
     if args.role == "upstream":
-        _serve_upstream(sock)
+        _serve_upstream(sock, args.stall)
     elif args.role == "navai":
         from ._apps import navai_asgi
 
@@ -78,6 +119,12 @@ def main(argv: list[str] | None = None) -> None:
         from ._peer import make_peer
 
         _uvicorn(make_peer(args.upstream), sock)
+    elif args.role == "relay":
+        from ._apps import AiohttpRelay
+
+        _uvicorn(AiohttpRelay(args.upstream), sock)
+    elif args.role == "gunicorn":
+        _gunicorn(args.upstream, sock, args.threads)
     else:
         import waitress
 
