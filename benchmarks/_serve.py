@@ -27,11 +27,21 @@ import socket
 from typing import Any
 
 
-def _uvicorn(app: Any, sock: socket.socket, http: Any = "h11") -> None:
+def _uvicorn(app: Any, sock: socket.socket, http: Any = None) -> None:
+    import os
+
     import uvicorn
 
+    # BENCH_UVICORN=auto: uvicorn's defaults (httptools and uvloop when
+    # installed) instead of the pure-Python stack.
+    auto = os.environ.get("BENCH_UVICORN") == "auto" and http is None
     config = uvicorn.Config(
-        app, http=http, loop="asyncio", lifespan="on", log_level="warning", access_log=False
+        app,
+        http="auto" if auto else (http or "h11"),
+        loop="auto" if auto else "asyncio",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
     )
     uvicorn.Server(config).run(sockets=[sock])
 

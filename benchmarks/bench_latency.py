@@ -5,7 +5,9 @@ after a stall (300 ms by default: OpenAI takes 0.3-0.8 s to mint). The arms,
 each its own process on loopback, all reach it:
 
 * ``direct``: wrk against the fake upstream itself, the practical ceiling;
-* ``navai``: navai_mw's ASGI middleware with its defaults, under uvicorn;
+* ``navai``: navai_mw's ASGI middleware with its defaults, under uvicorn
+  with uvicorn's defaults (httptools and uvloop, which navai_mw's
+  ``server`` extra installs), as the relay and the peer;
 * ``reference``: the TypeScript reference, ``@navai/voice-backend`` 0.1.3
   under Express 5 on Node, its fixed OpenAI URL sent to the fake by a
   wrapped ``fetch`` (``benchmarks/js``, installed with ``npm ci``);
@@ -216,11 +218,14 @@ def run(ctx: Context) -> Section:
         key="latency",
         title="Minting at OpenAI's latency, 5 to 2,000 clients",
         intro=(
-            "Each arm in its own process; one fake upstream that answers at once or after "
+            "Each arm in its own process with a fake upstream of its own (uvicorn, asyncio, "
+            "h11, as everywhere on this page) that answers at once or after "
             f"{stall_ms} ms (as OpenAI takes 0.3-0.8 s; set `NAVAI_BENCH_LATENCY_MS` to "
             f"change it). wrk (1 thread, one connection per client) for "
             f"{'/'.join(map(str, profile.latency_seconds))} s per run, "
-            f"{profile.latency_rounds} interleaved rounds; medians. *cpu* is the server "
+            f"{profile.latency_rounds} interleaved rounds; medians. The Python arms run under "
+            "uvicorn with its default settings (httptools and uvloop, installed by navai_mw's "
+            "`server` extra). *cpu* is the server "
             "process's CPU time per request (user + system); *upstream conns* the most "
             "connections open at the upstream at once during the run."
         ),

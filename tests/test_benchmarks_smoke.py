@@ -10,20 +10,38 @@ import asyncio
 import dataclasses
 import datetime
 import math
+import os
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+
+from navai_mw.testing import FakeOpenAIRealtime, serve_asgi
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # plain `pytest` does not put the repository root there
     sys.path.insert(0, str(REPO))
 
-from benchmarks import _report, bench_core  # noqa: E402
-from benchmarks._harness import QUICK, Context, Ratio, Section, Spread, Target, interleave  # noqa: E402
+from benchmarks import _report, bench_core, bench_latency  # noqa: E402
+from benchmarks._apps import AiohttpRelay  # noqa: E402
+from benchmarks._harness import (  # noqa: E402
+    BENCH_KEY,
+    MINT_PATH,
+    QUICK,
+    REQUEST_BODY,
+    Context,
+    Ratio,
+    Section,
+    Spread,
+    Target,
+    interleave,
+)
 from benchmarks._inproc import CannedTransport, mint_call  # noqa: E402
 from benchmarks._load import run_async, run_threads  # noqa: E402
+from benchmarks._procs import Servers, cpu_seconds, memory_mib  # noqa: E402
 from benchmarks._svg import grouped_bars  # noqa: E402
 
 TINY = dataclasses.replace(QUICK, inproc_seconds=0.002)
@@ -137,3 +155,85 @@ def test_report_writes_page_and_charts(tmp_path: Path) -> None:
     assert f"]({_report.MINTING_SVG})" in text
     for name in (_report.MINTING_SVG, _report.TRANSPORTS_SVG):
         ET.fromstring((tmp_path / name).read_text())  # noqa: S314 - our own output
+
+
+def test_report_writes_each_sections_charts(tmp_path: Path) -> None:
+    latency = Section(key="latency", title="Latency", intro="z")
+    latency.data["charts"] = [
+        {
+            "name": "latency-300ms",
+            "title": "Secrets/s against clients, 300 ms",
+            "groups": ["5 clients", "50 clients"],
+            "series": [("navai_mw", [(10.0, 9.0, 11.0), (20.0, 19.0, 21.0)])],
+        }
+    ]
+    page = _report.write(
+        [latency],
+        profile=QUICK,
+        out_dir=tmp_path,
+        markdown_name="benchmarks.md",
+        machine_before=_report.machine(),
+        started=datetime.datetime.now(datetime.timezone.utc),
+        seconds=1.0,
+        default_transport="test",
+    )
+    assert "](benchmarks-latency-300ms.svg)" in page.read_text()
+    svg = ET.fromstring((tmp_path / "benchmarks-latency-300ms.svg").read_text())  # noqa: S314
+    assert len(svg.findall(f".//{SVG}rect")) >= 3  # the background and a bar per group
+
+
+def test_process_counters_read_this_process() -> None:
+    busy = sum(i * i for i in range(200_000))  # some CPU time to count
+    assert busy > 0
+    assert cpu_seconds(os.getpid()) > 0
+    now, peak = memory_mib(os.getpid())
+    assert 0 < now <= peak
+
+
+@pytest.fixture
+def bench_upstream() -> Iterator[tuple[FakeOpenAIRealtime, str]]:
+    fake = FakeOpenAIRealtime(api_key=BENCH_KEY)
+    with fake.serve() as url:
+        yield fake, url
+
+
+def test_relay_arm_relays_the_upstreams_answer(
+    bench_upstream: tuple[FakeOpenAIRealtime, str],
+) -> None:
+    fake, url = bench_upstream
+    with serve_asgi(AiohttpRelay(url), loop="asyncio", lifespan="on") as relay:
+        answer = httpx.post(relay + MINT_PATH, content=REQUEST_BODY, timeout=10)
+    assert answer.status_code == 200
+    assert answer.json()["value"].startswith("ek_fake_")
+    assert fake.requests[-1].headers["authorization"] == f"Bearer {BENCH_KEY}"
+
+
+def test_reference_arm_mints_through_the_loopback_fake(
+    bench_upstream: tuple[FakeOpenAIRealtime, str], tmp_path: Path
+) -> None:
+    """The TypeScript reference, unchanged, reaches the fake and not OpenAI."""
+    fake, url = bench_upstream
+    assert bench_latency.reference_ready(lambda line: None) is None
+    with Servers() as servers:
+        reference = servers.start(
+            "reference",
+            "--upstream",
+            url,
+            "--key",
+            BENCH_KEY,
+            logdir=tmp_path,
+            command=["node", "reference_server.mjs"],
+            cwd=bench_latency.JS_DIR,
+        )
+        servers.wait_ready()
+        answer = httpx.post(
+            reference.url + MINT_PATH,
+            content=REQUEST_BODY,
+            headers={"content-type": "application/json"},
+            timeout=10,
+        )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["value"].startswith("ek_fake_")
+    sent = fake.requests[-1]
+    assert sent.headers["authorization"] == f"Bearer {BENCH_KEY}"
+    assert sent.json["session"]["instructions"].endswith("Use a friendly tone while speaking.")
