@@ -20,6 +20,8 @@ PACKAGES = (
     "httpx",
     "httpcore",
     "h11",
+    "httptools",
+    "uvloop",
     "anyio",
     "sniffio",
     "httpx-aiohttp",
@@ -31,6 +33,7 @@ PACKAGES = (
     "starlette",
     "uvicorn",
     "waitress",
+    "gunicorn",
     "attrs",
     "cattrs",
     "limits",
@@ -63,6 +66,7 @@ def machine() -> dict[str, Any]:
         versions["wrk"] = (wrk.stdout or wrk.stderr).split("[")[0].strip().removeprefix("wrk ")
     except OSError:
         versions["wrk"] = "not installed"
+    versions |= _node_versions()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -71,6 +75,23 @@ def machine() -> dict[str, Any]:
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "packages": versions,
     }
+
+
+def _node_versions() -> dict[str, str]:
+    """Node and the TypeScript reference's packages, as the benchmark installed them."""
+    found: dict[str, str] = {}
+    try:
+        node = subprocess.run(["node", "--version"], capture_output=True, text=True, check=False)
+        found["node"] = node.stdout.strip().removeprefix("v") or "not installed"
+    except OSError:
+        found["node"] = "not installed"
+    modules = Path(__file__).with_name("js") / "node_modules"
+    for name in ("@navai/voice-backend", "express"):
+        try:
+            found[name] = json.loads((modules / name / "package.json").read_text())["version"]
+        except (OSError, ValueError, KeyError):
+            found[name] = "not installed"
+    return found
 
 
 def _load(values: Any) -> str:
@@ -234,10 +255,11 @@ def write(
         "## How to run",
         "",
         "```sh",
-        "pip install -e '.[bench]'          # plus: apt-get install wrk redis-server",
-        "python -m benchmarks               # full run, about 7 minutes; rewrites this page",
+        "pip install -e '.[bench]'          # plus: apt-get install wrk redis-server nodejs npm",
+        "python -m benchmarks               # full run, about 25 minutes; rewrites this page",
         "python -m benchmarks --quick       # smoke run, under a minute; benchmarks/results/",
         "python -m benchmarks --only core,passthrough",
+        "NAVAI_BENCH_LATENCY_MS=600 python -m benchmarks --only latency  # a slower OpenAI",
         "```",
         "",
         "Every run also writes the raw numbers of each round as JSON to `benchmarks/results/` "

@@ -253,6 +253,10 @@ def parse_body(body: bytes) -> dict[str, Any]:
     if _too_deep(text):
         raise RequestError(f"Request body nests deeper than {MAX_JSON_DEPTH} levels.")
     try:
+        if text.startswith("\ufeff"):  # json.loads' own check, which decode() lacks
+            raise ValueError(
+                "Unexpected UTF-8 BOM (decode using utf-8-sig): line 1 column 1 (char 0)"
+            )
         data = _DECODER.decode(text)
     except ValueError as exc:
         raise RequestError(f"Request body is not valid JSON: {exc}.") from None

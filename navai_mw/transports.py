@@ -1,4 +1,4 @@
-"""How bytes reach OpenAI: two one-method protocols and their httpx defaults.
+"""How bytes reach OpenAI: two one-method protocols and their defaults.
 
 A transport sends an :class:`~navai_mw.HttpRequest` and returns an
 :class:`~navai_mw.HttpResponse`. It makes no decisions: retries, the time
@@ -9,10 +9,11 @@ standard library needs no navai_mw import to be correct:
 * :class:`TimeoutError` when the attempt ran out of time;
 * :class:`OSError` (:class:`ConnectionError` and friends) when no answer came.
 
-Each httpx transport holds one pooled client for its lifetime. Close it with
-``close()``/``aclose()`` or use it as a context manager. The async default
-runs httpx over aiohttp's connection pool, which keeps its rate under
-concurrency where httpx's own pool does not (see the benchmarks page).
+Each transport holds one pooled client for its lifetime. Close it with
+``close()``/``aclose()`` or use it as a context manager. The async default,
+:class:`AiohttpTransport`, speaks aiohttp directly (httpx on trio); the sync
+one is httpx's. :class:`HttpxAsyncTransport` stays for an ``httpx.AsyncClient``
+of one's own (and respx in tests).
 """
 
 from __future__ import annotations
@@ -484,6 +485,15 @@ class BoundedTransport(Generic[C]):
 async def _send_httpx(
     client: httpx.AsyncClient, request: HttpRequest, timeout: float
 ) -> HttpResponse:
+    # httpx's timeouts are per read: this bounds the whole attempt, so an
+    # upstream that trickles its answer cannot stretch it.
+    async with attempt_deadline(timeout):
+        return await _send_httpx_unbounded(client, request, timeout)
+
+
+async def _send_httpx_unbounded(
+    client: httpx.AsyncClient, request: HttpRequest, timeout: float
+) -> HttpResponse:
     try:
         response = await client.send(_build(client, request, timeout), stream=True)
         try:
@@ -540,8 +550,11 @@ class AiohttpTransport(BoundedTransport[Any]):
     on asyncio only: on any other loop (trio) the transport sends through
     an ``httpx.AsyncClient`` instead, with the same limits and failures.
 
-    The session made here trusts what httpx trusts (certifi's CA bundle, the
-    ``HTTP(S)_PROXY``/``NO_PROXY`` variables), keeps no cookies, follows no
+    The session made here trusts the certificates httpx trusts
+    (``SSL_CERT_FILE``/``SSL_CERT_DIR``, else certifi's bundle) and reads the
+    ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY``/``NO_PROXY`` variables once,
+    when it is made (http:// proxies; not the system's proxy settings). It
+    keeps no cookies (on trio, httpx's client does), follows no
     redirects, and holds at most ``max_connections`` upstream connections
     (``NAVAI_MAX_UPSTREAM_CONNECTIONS``, 1000 by default). A ``session``
     given is used as it is, and closed by :meth:`aclose`. The client belongs
@@ -560,9 +573,14 @@ class AiohttpTransport(BoundedTransport[Any]):
         import aiohttp
         import certifi
 
+        # As httpx: SSL_CERT_FILE / SSL_CERT_DIR when set, else certifi's bundle.
+        cafile = os.environ.get("SSL_CERT_FILE") or None
+        capath = os.environ.get("SSL_CERT_DIR") or None
+        if cafile is None and capath is None:
+            cafile = certifi.where()
         connector = aiohttp.TCPConnector(
             limit=self._max_connections,
-            ssl=ssl.create_default_context(cafile=certifi.where()),
+            ssl=ssl.create_default_context(cafile=cafile, capath=capath),
         )
         # trust_env=False: aiohttp would read the proxy variables and ~/.netrc
         # (from a worker thread) on every request. They are read once, here.
@@ -608,10 +626,16 @@ class _Proxies:
 
     def _choose(self, url: str) -> str | None:
         parts = urllib.parse.urlsplit(url)
+        # host:port, so that NO_PROXY entries with a port match too.
         host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
         if urllib.request.proxy_bypass_environment(host, self._proxies):  # type: ignore[attr-defined]
             return None
-        return self._proxies.get(parts.scheme) or self._proxies.get("all")
+        proxy = self._proxies.get(parts.scheme) or self._proxies.get("all")
+        if proxy and "://" not in proxy:  # HTTP_PROXY=host:3128 means http://, as for httpx
+            proxy = f"http://{proxy}"
+        return proxy
 
 
 _UNKNOWN: Final = object()
@@ -646,3 +670,7 @@ async def _send_aiohttp(
         raise TimeoutError(str(exc) or "timed out") from None
     except aiohttp.ClientError as exc:
         raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
+    except RuntimeError:
+        if not session.closed:
+            raise
+        raise ConnectionError("the aiohttp session given to the transport is closed") from None
