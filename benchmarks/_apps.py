@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from navai_mw import NavaiASGIMiddleware, NavaiVoiceBackendOptions, NavaiWSGIMiddleware
+from navai_mw import transports as navai_transports
 from navai_mw.testing import FakeOpenAIRealtime
 from navai_mw.transports import HttpxAsyncTransport, HttpxSyncTransport
 
@@ -26,12 +27,13 @@ JWT_AUDIENCE = "https://api.bench.navai.invalid"
 JWT_ISSUER = "https://issuer.bench.navai.invalid/"
 
 # The async transports compared by the suite, by arm name.
-ASYNC_TRANSPORTS = ("httpcore", "aiohttp", "httpx2", "aiohttp-native")
+ASYNC_TRANSPORTS = ("httpcore", "aiohttp", "httpx2", "aiohttp-native", "default")
 ASYNC_TRANSPORT_LABELS = {
     "httpcore": "httpx.AsyncClient (httpcore)",
     "aiohttp": "httpx.AsyncClient + httpx_aiohttp.AiohttpTransport",
     "httpx2": "httpx2.AsyncClient (the fork the openai SDK uses)",
     "aiohttp-native": "aiohttp.ClientSession, no httpx (reference)",
+    "default": "navai_mw.AiohttpTransport (the default)",
 }
 
 
@@ -39,7 +41,9 @@ def options(upstream: str) -> NavaiVoiceBackendOptions:
     return NavaiVoiceBackendOptions(openai_api_key=BENCH_KEY, openai_base_url=upstream)
 
 
-def async_transport(kind: str) -> HttpxAsyncTransport | AiohttpNativeTransport:
+def async_transport(
+    kind: str,
+) -> HttpxAsyncTransport | AiohttpNativeTransport | navai_transports.AiohttpTransport:
     """One of the arms, each through navai_mw's async transport protocol.
 
     ``httpcore`` is httpx's own pool; ``aiohttp`` is the same class over
@@ -61,6 +65,8 @@ def async_transport(kind: str) -> HttpxAsyncTransport | AiohttpNativeTransport:
         return HttpxAsyncTransport(client)
     if kind == "aiohttp-native":
         return AiohttpNativeTransport()
+    if kind == "default":
+        return navai_transports.AiohttpTransport()
     raise ValueError(f"unknown transport {kind!r}")
 
 
@@ -239,13 +245,14 @@ class AiohttpRelay:
 
 
 def describe_default_transport() -> str:
-    """What navai_mw's async transport runs over when given no client, as text."""
-    from navai_mw.transports import _default_async_client
+    """What navai_mw's middleware sends through when given no transport, as text."""
+    from navai_mw import NavaiASGIMiddleware
 
     async def probe() -> str:
-        client = _default_async_client()
-        name = type(client._transport).__name__
-        await client.aclose()
-        return f"HttpxAsyncTransport / {name}"
+        middleware = NavaiASGIMiddleware(not_found_asgi, options("http://127.0.0.1:9/v1"))
+        transport = middleware.transport
+        client = await transport._current_client()  # type: ignore[attr-defined]
+        await transport.aclose()  # type: ignore[attr-defined]
+        return f"{type(transport).__name__} / {type(client).__module__}.{type(client).__name__}"
 
     return asyncio.run(probe())

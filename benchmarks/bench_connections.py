@@ -23,7 +23,7 @@ from ._inproc import mint_call
 from ._load import run_async
 from ._procs import Server, Servers, upstream_stats
 
-ARMS = ("httpcore", "aiohttp")
+ARMS = ("httpcore", "aiohttp", "default")
 CONCURRENCY = 50
 ROUND_SECONDS = 2.0
 ROUND_REQUESTS = 2000

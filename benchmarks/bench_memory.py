@@ -32,7 +32,7 @@ from ._inproc import CannedTransport, mint_call
 from ._load import run_async
 from ._procs import Servers
 
-ARMS = ("canned", "httpcore", "aiohttp")
+ARMS = ("canned", "httpcore", "aiohttp", "default")
 LABELS = {"canned": "canned upstream, in-process", **ASYNC_TRANSPORT_LABELS}
 CONCURRENCY = 10
 ROUNDS = 10

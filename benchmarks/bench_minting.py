@@ -32,7 +32,8 @@ from ._procs import Servers, WrkArm, WrkResult, have_wrk, run_wrk, wrk_rounds
 LABELS = {
     "upstream": "fake upstream alone (ceiling)",
     "navai-httpcore": "navai_mw, httpcore transport",
-    "navai-aiohttp": "navai_mw, aiohttp transport",
+    "navai-aiohttp": "navai_mw, httpx over aiohttp's pool",
+    "navai-default": "navai_mw, AiohttpTransport",
     "peer": "FastAPI + openai SDK (peer)",
 }
 MIN_VS_PEER = 3.0
@@ -42,10 +43,12 @@ MAX_P99_OVER_P50 = 5.0
 
 def default_arm() -> str | None:
     """The navai arm whose transport is navai_mw's default today."""
-    described = describe_default_transport().lower()
-    if "aiohttp" in described:
+    described = describe_default_transport()
+    if described.startswith("AiohttpTransport"):
+        return "navai-default"
+    if "httpx_aiohttp" in described:
         return "navai-aiohttp"
-    if "httpcore" in described:
+    if "httpcore" in described or "httpx" in described:
         return "navai-httpcore"
     return None
 
@@ -77,8 +80,9 @@ def run(ctx: Context) -> Section:
         for arm in profile.minting_arms:
             if arm.startswith("navai-"):
                 kind = arm.removeprefix("navai-")
+                chosen = () if kind == "default" else ("--transport", kind)
                 apps[arm] = servers.start(
-                    "navai", "--upstream", base, "--transport", kind, logdir=ctx.workdir, name=arm
+                    "navai", "--upstream", base, *chosen, logdir=ctx.workdir, name=arm
                 )
             elif arm == "peer":
                 apps[arm] = servers.start("peer", "--upstream", base, logdir=ctx.workdir)
