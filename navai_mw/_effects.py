@@ -37,6 +37,7 @@ from ._errors import OptionsError
 from ._guard import CallHook, HitLimit, HookResult, LimitResult
 from ._invoke import CallFunction, FunctionOutcome
 from ._relay import CallOwned, CloseLive, ForgetCall, RememberCall
+from .transports import attempt_deadline
 
 __all__ = [
     "DEFAULT_FUNCTION_WORKERS",
@@ -338,7 +339,7 @@ class AsyncEffects:
                 logger.error("navai_mw: %s", _NEEDS_ASYNCIO)
                 return LimitResult(unavailable=True)
             try:
-                with anyio.fail_after(STORAGE_TIMEOUT_SECONDS * 2):
+                async with attempt_deadline(STORAGE_TIMEOUT_SECONDS * 2):
                     return await _hit_async(self._async_limiter(), effect)
             except Exception as exc:
                 return _unavailable(exc)
@@ -346,7 +347,7 @@ class AsyncEffects:
             return await self._call(effect)
         if isinstance(effect, (RememberCall, CallOwned, ForgetCall)):
             try:
-                with anyio.fail_after(STORAGE_TIMEOUT_SECONDS * 2):
+                async with attempt_deadline(STORAGE_TIMEOUT_SECONDS * 2):
                     return await self.calls.perform(effect)
             except Exception as exc:
                 _store_failed(effect, exc)
