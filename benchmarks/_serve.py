@@ -27,7 +27,9 @@ import socket
 from typing import Any
 
 
-def _uvicorn(app: Any, sock: socket.socket, http: Any = None) -> None:
+def _uvicorn(
+    app: Any, sock: socket.socket, http: Any = None, keep_alive: int | None = None
+) -> None:
     import os
 
     import uvicorn
@@ -42,6 +44,7 @@ def _uvicorn(app: Any, sock: socket.socket, http: Any = None) -> None:
         lifespan="on",
         log_level="warning",
         access_log=False,
+        **({} if keep_alive is None else {"timeout_keep_alive": keep_alive}),
     )
     uvicorn.Server(config).run(sockets=[sock])
 
@@ -63,7 +66,9 @@ def _serve_upstream(sock: socket.socket, stall: float) -> None:
             upstream.count_close()
             super().connection_lost(exc)
 
-    _uvicorn(upstream, sock, http=CountingH11Protocol)
+    # Idle connections kept 30 s (uvicorn's default is 5): the arms' pools
+    # decide when theirs close, not the fake, as with OpenAI.
+    _uvicorn(upstream, sock, http=CountingH11Protocol, keep_alive=30)
 
 
 def _gunicorn(upstream: str, sock: socket.socket, threads: int) -> None:

@@ -19,6 +19,7 @@ wrapped app has finished its own shutdown).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -94,6 +95,10 @@ class NavaiASGIMiddleware:
         self._tails = tuple(self._paths)
         # A call's own path ({calls path}/{id}) cannot be listed ahead.
         self._children = self.endpoint.dynamic_prefixes
+        # What every path of ours contains ("/navai/" by default): most
+        # passing paths are told apart by this one test.
+        # (A common prefix of strings, not of path segments: a substring of each.)
+        self._marker = os.path.commonprefix([*self._tails, *self._children]) or "/"  # noqa: RUF071
         # Lifespan is ours to watch only when something of ours must close
         # at shutdown: the client we made, or calls' hangups and deadlines.
         self._takes_lifespan = (
@@ -110,8 +115,13 @@ class NavaiASGIMiddleware:
         if kind == "http":
             path = scope["path"]
             if (
-                path.endswith(self._tails) or path[: path.rfind("/") + 1].endswith(self._children)
-            ) and self.endpoint.owns(route_path(path, scope.get("root_path", ""))):
+                self._marker in path
+                and (
+                    path.endswith(self._tails)
+                    or path.endswith(self._children, 0, path.rfind("/") + 1)
+                )
+                and self.endpoint.owns(route_path(path, scope.get("root_path", "")))
+            ):
                 await self._serve(scope, receive, send)
                 return
         elif kind == "lifespan" and self._takes_lifespan:
