@@ -149,7 +149,14 @@ def main(argv: list[str] | None = None) -> None:
         # every request; the queue is the point of the benchmark.
         logging.getLogger("waitress.queue").setLevel(logging.ERROR)
         app = navai_wsgi(args.upstream, keepalive=args.keepalive)
-        waitress.serve(app, sockets=[sock], threads=args.threads, _quiet=True)
+        # waitress accepts 100 connections at most by default: as many as threads.
+        waitress.serve(
+            app,
+            sockets=[sock],
+            threads=args.threads,
+            connection_limit=max(100, args.threads),
+            _quiet=True,
+        )
 
 
 if __name__ == "__main__":

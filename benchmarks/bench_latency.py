@@ -187,6 +187,28 @@ def measure(
     return runs
 
 
+def _measure_all(
+    servers: Servers,
+    arms: dict[str, Arm],
+    ctx: Context,
+    *,
+    clients: Sequence[int],
+    seconds: int,
+    tag: str,
+) -> dict[tuple[str, int], list[Run]]:
+    """Once every server answers: warm each arm up, then :func:`measure`."""
+    servers.wait_ready()
+    _warm(arms)
+    return measure(
+        arms,
+        clients=clients,
+        rounds=ctx.profile.latency_rounds,
+        seconds=seconds,
+        log=ctx.log,
+        tag=tag,
+    )
+
+
 def _warm(arms: dict[str, Arm]) -> None:
     """One unrecorded run each: imports, pools and caches warm up."""
     for arm in arms.values():
@@ -256,17 +278,12 @@ def run(ctx: Context) -> Section:
             "latency",
             "arm",
             "clients",
-            "secrets/s",
-            "p50 ms",
-            "p99 ms",
-            "errors",
-            "cpu us/req",
+            *MEASURED,
             "upstream conns",
             "RSS MiB",
         ],
     )
-    if not have_wrk():
-        section.notes.append("skipped: wrk is not installed (apt-get install wrk)")
+    if _skipped(section):
         return section
     charts: list[dict[str, Any]] = []
     results: dict[float, dict[tuple[str, int], list[Run]]] = {}
@@ -274,14 +291,8 @@ def run(ctx: Context) -> Section:
         name = f"{latency * 1000:.0f} ms"
         with Servers() as servers:
             arms = _start_arms(servers, profile.latency_arms, latency, ctx, section.notes)
-            _warm(arms)
-            runs = measure(
-                arms,
-                clients=profile.latency_clients,
-                rounds=profile.latency_rounds,
-                seconds=seconds,
-                log=ctx.log,
-                tag=name,
+            runs = _measure_all(
+                servers, arms, ctx, clients=profile.latency_clients, seconds=seconds, tag=name
             )
         results[latency] = runs
         _rows(section, name, arms, profile.latency_clients, runs)
@@ -308,6 +319,28 @@ def run(ctx: Context) -> Section:
     return section
 
 
+MEASURED = ["secrets/s", "p50 ms", "p99 ms", "errors", "cpu us/req"]
+
+
+def _measured(each: list[Run], *, cpu: bool = True) -> list[str]:
+    """The :data:`MEASURED` columns: medians over the rounds, errors summed."""
+    wrk = [r.result for r in each]
+    return [
+        fmt_rate(median([w.rate for w in wrk])),
+        fmt_ms(median([w.p50 for w in wrk])),
+        fmt_ms(median([w.p99 for w in wrk])),
+        str(sum(w.errors for w in wrk)),
+        f"{median([r.cpu_per_request for r in each]) * 1e6:.0f}" if cpu else "",
+    ]
+
+
+def _skipped(section: Section) -> bool:
+    if have_wrk():
+        return False
+    section.notes.append("skipped: wrk is not installed (apt-get install wrk)")
+    return True
+
+
 def _bar(values: list[float]) -> tuple[float, float, float]:
     return (median(values), min(values), max(values))
 
@@ -328,13 +361,7 @@ def _rows(
                     name,
                     LABELS[arm],
                     str(n),
-                    fmt_rate(median([w.rate for w in wrk])),
-                    fmt_ms(median([w.p50 for w in wrk])),
-                    fmt_ms(median([w.p99 for w in wrk])),
-                    str(sum(w.errors for w in wrk)),
-                    f"{median([r.cpu_per_request for r in each]) * 1e6:.0f}"
-                    if arm != "direct"
-                    else "",
+                    *_measured(each, cpu=arm != "direct"),
                     str(max(r.peak_upstream for r in each)),
                     f"{max(r.rss for r in each):.0f}" if arm != "direct" else "",
                 ]
@@ -471,15 +498,10 @@ def run_wsgi(ctx: Context) -> Section:
             "server",
             "threads",
             "bound /s",
-            "secrets/s",
-            "p50 ms",
-            "p99 ms",
-            "errors",
-            "cpu us/req",
+            *MEASURED,
         ],
     )
-    if not have_wrk():
-        section.notes.append("skipped: wrk is not installed (apt-get install wrk)")
+    if _skipped(section):
         return section
     with Servers() as servers:
         arms: dict[str, Arm] = {}
@@ -502,32 +524,20 @@ def run_wsgi(ctx: Context) -> Section:
                 name=f"{kind}-{threads}",
             )
             arms[arm] = Arm(f"{server.url}{MINT_PATH}", REQUEST_BODY, (), server, upstream)
-        servers.wait_ready()
-        _warm(arms)
-        runs = measure(
-            arms,
-            clients=[clients],
-            rounds=profile.latency_rounds,
-            seconds=max(profile.latency_seconds),
-            log=ctx.log,
-            tag="wsgi",
+        runs = _measure_all(
+            servers, arms, ctx, clients=[clients], seconds=max(profile.latency_seconds), tag="wsgi"
         )
     for arm in profile.wsgi_latency_arms:
         server, threads = arm.split("/")
         each = runs[(arm, clients)]
         wrk = [r.result for r in each]
         bound = min(int(threads), clients) / stall
-        rate = median([w.rate for w in wrk])
         section.rows.append(
             [
                 "gunicorn (gthread)" if server == "gunicorn" else "waitress",
                 threads,
                 fmt_rate(bound),
-                fmt_rate(rate),
-                fmt_ms(median([w.p50 for w in wrk])),
-                fmt_ms(median([w.p99 for w in wrk])),
-                str(sum(w.errors for w in wrk)),
-                f"{median([r.cpu_per_request for r in each]) * 1e6:.0f}",
+                *_measured(each),
             ]
         )
         section.data[arm] = {"rate": [w.rate for w in wrk], "p99": [w.p99 for w in wrk]}
@@ -573,15 +583,10 @@ def run_workers(ctx: Context) -> Section:
             "upstream",
             "workers",
             "clients",
-            "secrets/s",
-            "p50 ms",
-            "p99 ms",
-            "errors",
-            "cpu us/req",
+            *MEASURED,
         ],
     )
-    if not have_wrk():
-        section.notes.append("skipped: wrk is not installed (apt-get install wrk)")
+    if _skipped(section):
         return section
     for latency, clients in ((0.0, 50), (stall, 400)):
         name = "instant" if latency == 0 else f"{latency * 1000:.0f} ms"
@@ -607,14 +612,12 @@ def run_workers(ctx: Context) -> Section:
                 arms[str(workers)] = Arm(
                     f"{server.url}{MINT_PATH}", REQUEST_BODY, (), server, upstream
                 )
-            servers.wait_ready()
-            _warm(arms)
-            runs = measure(
+            runs = _measure_all(
+                servers,
                 arms,
+                ctx,
                 clients=[clients],
-                rounds=profile.latency_rounds,
                 seconds=max(profile.latency_seconds),
-                log=ctx.log,
                 tag=f"workers {name}",
             )
         for arm in arms:
@@ -625,11 +628,7 @@ def run_workers(ctx: Context) -> Section:
                     name,
                     arm,
                     str(clients),
-                    fmt_rate(median([w.rate for w in wrk])),
-                    fmt_ms(median([w.p50 for w in wrk])),
-                    fmt_ms(median([w.p99 for w in wrk])),
-                    str(sum(w.errors for w in wrk)),
-                    f"{median([r.cpu_per_request for r in each]) * 1e6:.0f}",
+                    *_measured(each),
                 ]
             )
             section.data[f"{name}/{arm}"] = {

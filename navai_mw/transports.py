@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
+import ssl
 import sys
 import threading
 import time
@@ -223,37 +224,72 @@ class _Lease:
         self.closing = False
 
 
+# Each thread's own client: a thread has one attempt at a time, to one of a
+# few origins (OpenAI, ElevenLabs, a JWKS), and keeps those connections.
+_THREAD_LIMITS: Final = httpx.Limits(max_connections=4, max_keepalive_connections=4)
+
+
 class HttpxSyncTransport:
-    """A :class:`SyncTransport` over one pooled, thread-safe ``httpx.Client``.
+    """A :class:`SyncTransport` over httpx, for threads.
 
     Each attempt runs on the caller's thread, and every socket operation of
     it (connect, TLS, each write and read) ends by the attempt's deadline, so
     an upstream that trickles its answer cannot hold a thread past it.
 
-    Without ``client``, one is made on first use, and again in a child
-    process after ``fork()`` (a pre-fork server's workers never share the
-    parent's connections) and after :meth:`close` (which lets the attempts
-    in flight finish first). A ``client`` given is used as it is, and closed
-    by :meth:`close`.
+    Without ``client``, every thread gets a pooled client of its own, made
+    on its first attempt, and again in a child process after ``fork()`` (a
+    pre-fork server's workers never share the parent's connections) and
+    after :meth:`close` (which lets the attempts in flight finish first).
+    One client shared by every thread would serialise them on its pool's
+    lock, whose bookkeeping grows with the threads waiting: at OpenAI's
+    latency a WSGI server with 100 threads then spent milliseconds of CPU per
+    request (``docs/benchmarks.md``). At most ``max_connections`` attempts
+    are in flight at once over all threads; the others wait, within their
+    deadline. A ``client`` given is shared by every thread, used as it is,
+    and closed by :meth:`close`.
     """
 
     def __init__(
         self, client: httpx.Client | None = None, *, max_connections: int | None = None
     ) -> None:
         self._given = None if client is None else _bind_to_deadlines(client)
-        self._limits = _limits(upstream_connections(max_connections))
-        self._lock = threading.Lock()
-        self._lease: _Lease | None = None
+        self._max = upstream_connections(max_connections)
+        self._context: ssl.SSLContext | None = None
+        self._start()
         _sync_transports.add(self)
 
+    def _start(self) -> None:
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(self._max)
+        self._local = threading.local()
+        self._leases: list[_Lease] = []  # every client made: close() closes them all
+
     def _acquire(self) -> _Lease:
+        lease: _Lease | None = getattr(self._local, "lease", None)
+        made = None
+        if (lease is None or lease.closing) and self._given is None:
+            # Made outside the lock: a client takes milliseconds to make.
+            made = _Lease(
+                _bind_to_deadlines(httpx.Client(limits=_THREAD_LIMITS, verify=self._tls()))
+            )
         with self._lock:
-            lease = self._lease
-            if lease is None:
-                client = self._given or httpx.Client(limits=self._limits)
-                lease = self._lease = _Lease(_bind_to_deadlines(client))
+            if lease is None or lease.closing:
+                if made is None and self._leases:  # the client given, shared
+                    lease = self._leases[0]
+                else:
+                    lease = made or _Lease(self._given)  # type: ignore[arg-type]
+                    self._leases.append(lease)
+                self._local.lease = lease
             lease.users += 1
             return lease
+
+    def _tls(self) -> ssl.SSLContext:
+        """One TLS context for every thread's client (loading the CA bundle
+        takes tens of milliseconds: once, not once per thread)."""
+        context = self._context
+        if context is None:
+            context = self._context = httpx.create_ssl_context()
+        return context
 
     def _release(self, lease: _Lease) -> None:
         with self._lock:
@@ -265,14 +301,24 @@ class HttpxSyncTransport:
     def _after_fork(self) -> None:
         # The parent's lock may have been held, and its connections are the
         # parent's: start afresh. (Its sockets close with the copy, unread.)
-        self._lock = threading.Lock()
-        self._lease = None
+        self._start()
 
     def send(self, request: HttpRequest, *, timeout: float) -> HttpResponse:
-        lease = self._acquire()
+        if not self._slots.acquire(timeout=timeout):
+            raise TimeoutError("no upstream connection was free in time")
+        try:
+            lease = self._acquire()
+            try:
+                return self._send(lease.client, request, timeout)
+            finally:
+                self._release(lease)
+        finally:
+            self._slots.release()
+
+    @staticmethod
+    def _send(client: httpx.Client, request: HttpRequest, timeout: float) -> HttpResponse:
         token = _deadline.set(time.monotonic() + timeout)
         try:
-            client = lease.client
             response = client.send(_build(client, request, timeout), stream=True)
             try:
                 body = bytearray()
@@ -287,24 +333,26 @@ class HttpxSyncTransport:
         except httpx.HTTPError as exc:
             raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
         except RuntimeError:
-            if not lease.client.is_closed:
+            if not client.is_closed:
                 raise
             raise ConnectionError("the HTTP client given to the transport is closed") from None
         finally:
             _deadline.reset(token)
-            self._release(lease)
 
     def close(self) -> None:
         with self._lock:
-            lease, self._lease = self._lease, None
-            if lease is None:
-                if self._given is not None:
-                    self._given.close()
-                return
-            lease.closing = True
-            done = lease.users == 0
-        if done:
+            leases, self._leases = self._leases, []
+            # Every thread makes a fresh client on its next attempt.
+            self._local = threading.local()
+            done = []
+            for lease in leases:
+                lease.closing = True
+                if lease.users == 0:
+                    done.append(lease)
+        for lease in done:
             lease.client.close()
+        if not leases and self._given is not None:
+            self._given.close()
 
     def __enter__(self) -> HttpxSyncTransport:
         return self
@@ -568,8 +616,6 @@ class AiohttpTransport(BoundedTransport[Any]):
     def _make(self) -> Any:
         if sniffio.current_async_library() != "asyncio":
             return httpx.AsyncClient(limits=_limits(self._max_connections))
-        import ssl
-
         import aiohttp
         import certifi
 

@@ -6,6 +6,7 @@ and every one is served."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -100,7 +101,7 @@ def test_the_limit_comes_from_the_keyword_the_environment_or_the_default(
         lambda e, s: [], NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY), functions=[]
     )
     assert isinstance(app.transport, HttpxSyncTransport)
-    assert app.transport._limits.max_connections == 250
+    assert app.transport._max == 250
     app.close()
 
 
@@ -122,3 +123,27 @@ def test_a_bad_limit_in_code_fails_at_start_up(value: Any) -> None:
             functions=[],
             max_upstream_connections=value,
         )
+
+
+def test_each_thread_has_a_client_of_its_own(counting: tuple[Counting, str]) -> None:
+    """No pool shared by every thread (whose one lock would serialise them):
+    a client per thread, each reused, all closed by close()."""
+    upstream, url = counting
+    threads: set[int] = set()
+
+    def send(_: int) -> int:
+        threads.add(threading.get_ident())
+        return transport.send(_request(url), timeout=20).status
+
+    transport = HttpxSyncTransport()
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(send, range(12))) == [200] * 12
+    clients = [lease.client for lease in transport._leases]
+    assert len(clients) == len(threads) == len({id(client) for client in clients})
+    transport.close()
+    assert all(client.is_closed for client in clients)
+    # Used again after close(): a fresh client, not a closed one.
+    assert transport.send(_request(url), timeout=20).status == 200
+    assert not transport._leases[0].client.is_closed
+    transport.close()
+    assert upstream.served == 13
