@@ -256,7 +256,7 @@ def write(
         "",
         "```sh",
         "pip install -e '.[bench]'          # plus: apt-get install wrk redis-server nodejs npm",
-        "python -m benchmarks               # full run, about 25 minutes; rewrites this page",
+        "python -m benchmarks               # full run, about 18 minutes; rewrites this page",
         "python -m benchmarks --quick       # smoke run, under a minute; benchmarks/results/",
         "python -m benchmarks --only core,passthrough",
         "NAVAI_BENCH_LATENCY_MS=600 python -m benchmarks --only latency  # a slower OpenAI",
