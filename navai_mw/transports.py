@@ -611,7 +611,9 @@ class AiohttpTransport(BoundedTransport[Any]):
 
     def __init__(self, session: Any = None, *, max_connections: int | None = None) -> None:
         super().__init__(session, max_connections)
-        self._proxies = _Proxies(use_environment=session is None)
+        # The environment is read when this transport makes its session; a
+        # session given is used as it is, with no proxy of ours.
+        self._proxies = _Proxies(use_environment=False)
 
     def _make(self) -> Any:
         if sniffio.current_async_library() != "asyncio":
