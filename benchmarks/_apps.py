@@ -251,7 +251,7 @@ def describe_default_transport() -> str:
     async def probe() -> str:
         middleware = NavaiASGIMiddleware(not_found_asgi, options("http://127.0.0.1:9/v1"))
         transport = middleware.transport
-        client = await transport._current_client()  # type: ignore[attr-defined]
+        client = await transport._current()  # type: ignore[attr-defined]
         await transport.aclose()  # type: ignore[attr-defined]
         return f"{type(transport).__name__} / {type(client).__module__}.{type(client).__name__}"
 

@@ -22,12 +22,11 @@ import inspect
 import logging
 import os
 import threading
-import time
 import weakref
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, wait
 from queue import SimpleQueue
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import anyio.to_thread
 import sniffio
@@ -36,6 +35,7 @@ from ._calls import AsyncCalls, SyncCalls
 from ._errors import OptionsError
 from ._guard import CallHook, HitLimit, HookResult, LimitResult
 from ._invoke import CallFunction, FunctionOutcome
+from ._limiter import AsyncCounter, SyncCounter
 from ._relay import CallOwned, CloseLive, ForgetCall, RememberCall
 from .transports import attempt_deadline
 
@@ -170,11 +170,11 @@ class _LoopThread:
 
 
 def _redis_options(uri: str) -> dict[str, Any]:
+    """A connect timeout for a Redis or Valkey storage. The async shell
+    bounds each count as a whole (a socket timeout on every read and write
+    would cost a timer each); the sync shell adds the socket's own."""
     if _scheme(uri) in ("redis", "rediss", "valkey", "valkeys"):
-        return {
-            "socket_connect_timeout": STORAGE_TIMEOUT_SECONDS,
-            "socket_timeout": STORAGE_TIMEOUT_SECONDS,
-        }
+        return {"socket_connect_timeout": STORAGE_TIMEOUT_SECONDS}
     return {}
 
 
@@ -190,20 +190,21 @@ class SyncEffects:
     ) -> None:
         self.workers = FunctionWorkers(function_workers)
         self._loop_thread = _LoopThread()
-        self._limiter: Any = None
+        self._counter: SyncCounter | None = None
         self.calls = SyncCalls(calls_uri)
         if storage_uri is not None:
             from limits.storage import storage_from_string
-            from limits.strategies import SlidingWindowCounterRateLimiter
 
             try:
                 uri = storage_uri.removeprefix("async+")
-                storage = storage_from_string(uri, **_redis_options(uri))
+                options = _redis_options(uri)
+                if options:  # no outer deadline here: the socket's own
+                    options["socket_timeout"] = STORAGE_TIMEOUT_SECONDS
+                self._counter = SyncCounter(storage_from_string(uri, **options))
             except Exception as exc:  # limits raises several kinds for a bad URI
                 raise OptionsError(
                     f"rate_limit_storage cannot be used: {type(exc).__name__}"
                 ) from None
-            self._limiter = SlidingWindowCounterRateLimiter(storage)
 
     def __call__(self, effect: object) -> object:
         if isinstance(effect, CallHook):
@@ -218,7 +219,7 @@ class SyncEffects:
                 return HookResult(error=exc)
         if isinstance(effect, HitLimit):
             try:
-                return _hit_sync(self._limiter, effect)
+                return cast(SyncCounter, self._counter).hit(effect.policy, effect.key)
             except Exception as exc:
                 return _unavailable(exc)
         if isinstance(effect, CallFunction):
@@ -287,19 +288,19 @@ class AsyncEffects:
         self._uri = storage_uri
         self._local = storage_uri is not None and _scheme(storage_uri) == "memory"
         self._sync = SyncEffects(storage_uri, function_workers=1) if self._local else None
-        self._limiter: Any = None
+        self._counter: AsyncCounter | None = None
 
-    def _async_limiter(self) -> Any:
-        if self._limiter is None and self._uri is not None:
-            from limits.aio.strategies import SlidingWindowCounterRateLimiter
+    def _async_counter(self) -> AsyncCounter:
+        if self._counter is None:
             from limits.storage import storage_from_string
 
-            uri = self._uri if self._uri.startswith("async+") else f"async+{self._uri}"
+            uri = cast(str, self._uri)
+            uri = uri if uri.startswith("async+") else f"async+{uri}"
             options = _redis_options(uri)
             if options:
                 options["implementation"] = "redispy"
-            self._limiter = SlidingWindowCounterRateLimiter(storage_from_string(uri, **options))
-        return self._limiter
+            self._counter = AsyncCounter(storage_from_string(uri, **options))
+        return self._counter
 
     def _needs_asyncio(self) -> bool:
         """Whether the storage's client runs on asyncio only and this is not it."""
@@ -317,7 +318,7 @@ class AsyncEffects:
         if self._needs_asyncio():
             raise OptionsError(_NEEDS_ASYNCIO)
         try:
-            self._async_limiter()
+            self._async_counter()
         except Exception as exc:
             raise OptionsError(f"rate_limit_storage cannot be used: {type(exc).__name__}") from None
 
@@ -334,13 +335,14 @@ class AsyncEffects:
             if self._sync is not None:  # in this process: nothing to wait for
                 if not _on_asyncio():
                     return self._sync(effect)
-                return await _hit_async(self._async_limiter(), effect)
+                return await self._async_counter().hit(effect.policy, effect.key)
             if self._needs_asyncio():
                 logger.error("navai_mw: %s", _NEEDS_ASYNCIO)
                 return LimitResult(unavailable=True)
             try:
-                async with attempt_deadline(STORAGE_TIMEOUT_SECONDS * 2):
-                    return await _hit_async(self._async_limiter(), effect)
+                # One bound for the whole count, connecting included.
+                async with attempt_deadline(STORAGE_TIMEOUT_SECONDS):
+                    return await self._async_counter().hit(effect.policy, effect.key)
             except Exception as exc:
                 return _unavailable(exc)
         if isinstance(effect, CallFunction):
@@ -369,8 +371,11 @@ class AsyncEffects:
         self.calls.start(run)
 
     async def aclose(self) -> None:
-        """Stop ending calls from this process (the server is shutting down)."""
+        """Stop ending calls from this process and close the rate limit's
+        connections (the server is shutting down)."""
         await self.calls.aclose()
+        if self._counter is not None:
+            await self._counter.aclose()
 
     async def _call(self, effect: CallFunction) -> FunctionOutcome:
         if effect.is_async:
@@ -477,29 +482,3 @@ _NEEDS_ASYNCIO: Final = (
 def _unavailable(exc: Exception) -> LimitResult:
     logger.warning("navai_mw: the rate-limit storage failed: %s", type(exc).__name__)
     return LimitResult(unavailable=True)
-
-
-def _hit_sync(limiter: Any, effect: HitLimit) -> LimitResult:
-    allowed = True
-    for item in effect.policy.items:
-        if not limiter.hit(item, effect.key):
-            allowed = False
-            break
-    windows = []
-    for item in effect.policy.items:
-        stats = limiter.get_window_stats(item, effect.key)
-        windows.append((stats.remaining, stats.reset_time))
-    return LimitResult(allowed=allowed, windows=tuple(windows), now=time.time())
-
-
-async def _hit_async(limiter: Any, effect: HitLimit) -> LimitResult:
-    allowed = True
-    for item in effect.policy.items:
-        if not await limiter.hit(item, effect.key):
-            allowed = False
-            break
-    windows = []
-    for item in effect.policy.items:
-        stats = await limiter.get_window_stats(item, effect.key)
-        windows.append((stats.remaining, stats.reset_time))
-    return LimitResult(allowed=allowed, windows=tuple(windows), now=time.time())

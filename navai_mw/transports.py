@@ -448,24 +448,21 @@ class _AnyioDeadline:
 C = TypeVar("C")
 
 
-class BoundedTransport(Generic[C]):
-    """What navai_mw's async transports share: one pooled client per event
-    loop, and attempts bounded as a whole by the transport itself (so the
-    driver adds no deadline of its own around them).
+class LoopBound(Generic[C]):
+    """One ``C`` per event loop: a pooled client, or the connections of one.
 
-    Without a given client, one is made on first use. It belongs to the
-    event loop that made it, and is closed on that loop when the loop shuts
-    down (``asyncio.run`` and trio finalize it with their async generators),
-    when another loop takes over while it still runs, or by :meth:`aclose`;
-    the transport then makes a fresh one on its next use (a server's second
+    Without a given one, it is made on first use (:meth:`_current`). It
+    belongs to the event loop that made it, and is closed on that loop when
+    the loop shuts down (``asyncio.run`` and trio finalize it with their
+    async generators), when another loop takes over while it still runs, or
+    by :meth:`aclose`; a fresh one is made on the next use (a server's second
     lifespan, a test harness that runs each request on a loop of its own).
-    ``is_closed`` is True from :meth:`aclose` until the transport is used again.
+    ``is_closed`` is True from :meth:`aclose` until the next use.
     """
 
-    def __init__(self, client: C | None, max_connections: int | None) -> None:
-        self._given = client
-        self._client = client
-        self._max_connections = upstream_connections(max_connections)
+    def __init__(self, given: C | None) -> None:
+        self._given = given
+        self._client = given
         self._loop: object = None
         # An async generator whose ``finally`` closes the client; the loop
         # that ran its first step finalizes it when it shuts down.
@@ -478,7 +475,7 @@ class BoundedTransport(Generic[C]):
     async def _close(self, client: C) -> None:
         raise NotImplementedError
 
-    async def _current_client(self) -> C:
+    async def _current(self) -> C:
         if self._given is not None:
             return self._given
         loop = _running_loop()
@@ -517,6 +514,17 @@ class BoundedTransport(Generic[C]):
             await closer.aclose()
         elif self._given is not None:
             await self._close(self._given)
+
+
+class BoundedTransport(LoopBound[C]):
+    """What navai_mw's async transports share: one pooled client per event
+    loop (:class:`LoopBound`), and attempts bounded as a whole by the
+    transport itself (so the driver adds no deadline of its own around them).
+    """
+
+    def __init__(self, client: C | None, max_connections: int | None) -> None:
+        super().__init__(client)
+        self._max_connections = upstream_connections(max_connections)
 
     async def __aenter__(self) -> Self:
         return self
@@ -586,7 +594,7 @@ class HttpxAsyncTransport(BoundedTransport[httpx.AsyncClient]):
         await client.aclose()
 
     async def send(self, request: HttpRequest, *, timeout: float) -> HttpResponse:
-        return await _send_httpx(await self._current_client(), request, timeout)
+        return await _send_httpx(await self._current(), request, timeout)
 
 
 class AiohttpTransport(BoundedTransport[Any]):
@@ -642,7 +650,7 @@ class AiohttpTransport(BoundedTransport[Any]):
             await client.close()
 
     async def send(self, request: HttpRequest, *, timeout: float) -> HttpResponse:
-        client = await self._current_client()
+        client = await self._current()
         if isinstance(client, httpx.AsyncClient):
             return await _send_httpx(client, request, timeout)
         return await _send_aiohttp(client, request, timeout, self._proxies.get(request.url))

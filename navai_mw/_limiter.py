@@ -1,0 +1,295 @@
+"""Counting one request against a rate-limit policy, in a ``limits`` storage.
+
+The storage and the arithmetic are the ``limits`` library's sliding window
+counter: each window of a policy (``"10/minute;200/day"``) keeps a count for
+the current period and one for the period before, and a request is let
+through while ``floor(previous * time left of it / period) + current``
+stays within the limit. What the guard needs per request is the answer
+*and* the state of every window after it (for the ``RateLimit`` header),
+and that is where the two kinds of storage differ:
+
+* **Redis and Valkey** (``redis://``, ``rediss://``, sentinel): one round
+  trip. :data:`SLIDING_WINDOWS_LUA` runs on the storage's own client, over
+  the keys ``limits`` uses for those windows: it checks every window, counts
+  the request in all of them or in none, and returns their state. Through
+  the ``limits`` API the same takes a ``hit`` and a ``get_window_stats`` per
+  window, each a round trip with its client-side overhead: two thirds of
+  the guard's cost. The keys stay those of ``limits`` (a test holds the two
+  to the same counts), so other ``limits`` users of the same Redis agree.
+* **Every other storage** (``memory://``, Redis Cluster, whose windows of
+  one policy live on different nodes): the ``limits`` storage's sliding
+  window calls, per window: acquire, then read the window back. A window
+  that refuses stops the count, as ``limits`` does.
+
+Both report a :class:`LimitResult` built by :func:`window_state`, the
+arithmetic of ``limits``' ``get_window_stats``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final
+
+from ._guard import LimitResult, RateLimitPolicy
+from .transports import LoopBound
+
+__all__ = ["AsyncCounter", "SyncCounter", "window_state"]
+
+# KEYS: each window's previous and current key, in the policy's order.
+# ARGV: each window's limit and period in seconds, in the same order.
+# Returns 1 (counted) or 0 (a window is full: nothing counted), then each
+# window's previous count, its time left in ms, current count, time left.
+SLIDING_WINDOWS_LUA: Final = """
+local windows = #KEYS / 2
+local seen = {}
+local allowed = 1
+for i = 1, windows do
+    local previous, current = KEYS[2 * i - 1], KEYS[2 * i]
+    local limit = tonumber(ARGV[2 * i - 1])
+    local period = tonumber(ARGV[2 * i]) * 1000
+    local current_left = redis.call('pttl', current)
+    if current_left > 0 and current_left < period then
+        -- the current period is over: it becomes the previous one
+        redis.call('rename', current, previous)
+        redis.call('set', current, 0, 'PX', current_left + period)
+    end
+    local previous_count = tonumber(redis.call('get', previous)) or 0
+    local previous_left = math.max(redis.call('pttl', previous), 0)
+    local current_count = tonumber(redis.call('get', current)) or 0
+    current_left = math.max(redis.call('pttl', current), 0)
+    if math.floor(previous_count * previous_left / period) + current_count + 1 > limit then
+        allowed = 0
+    end
+    seen[i] = {previous_count, previous_left, current_count, current_left, period}
+end
+local reply = {allowed}
+for i = 1, windows do
+    local window = seen[i]
+    if allowed == 1 then
+        local current = KEYS[2 * i]
+        if redis.call('exists', current) == 1 then
+            window[3] = redis.call('incr', current)
+        else
+            -- a new current period: it lives on as the previous one
+            redis.call('set', current, 1, 'PX', window[5] * 2)
+            window[3], window[4] = 1, window[5] * 2
+        end
+    end
+    for j = 1, 4 do
+        reply[#reply + 1] = window[j]
+    end
+end
+return reply
+"""
+
+
+_SCRIPT_SHA: Final = hashlib.sha1(SLIDING_WINDOWS_LUA.encode(), usedforsecurity=False).hexdigest()
+
+# Connections kept open between counts, per event loop; more are opened
+# while more counts are in flight, and closed after them.
+MAX_IDLE_CONNECTIONS: Final = 64
+
+
+def window_state(
+    item: Any,
+    previous_count: int,
+    previous_left: float,
+    current_count: int,
+    current_left: float,
+    now: float,
+) -> tuple[int, float]:
+    """The requests a window has left, and the Unix time at which it next
+    frees a slot (``limits``' ``get_window_stats``; times left in seconds)."""
+    period = item.get_expiry()
+    weighted = previous_count * previous_left / period + current_count
+    remaining = max(0, item.amount - math.floor(weighted))
+    frees_in = math.inf
+    if previous_count:
+        frees_in = previous_left % (period / previous_count)
+    if current_count:
+        frees_in = min(frees_in, current_left % period)
+    return remaining, now + (0.0 if frees_in == math.inf else frees_in)
+
+
+def _script_parts(policy: RateLimitPolicy, key: str, prefix: str) -> tuple[list[str], list[int]]:
+    """The script's keys and arguments: ``limits``' two keys of each window
+    (``PREFIX:{item key}`` and ``PREFIX:{item key}/-1``), its limit and period."""
+    keys: list[str] = []
+    args: list[int] = []
+    for item in policy.items:
+        current = f"{prefix}:{{{item.key_for(key)}}}"
+        keys += (f"{current}/-1", current)
+        args += (item.amount, item.get_expiry())
+    return keys, args
+
+
+def _script_result(policy: RateLimitPolicy, reply: Sequence[Any], now: float) -> LimitResult:
+    windows = tuple(
+        window_state(
+            item,
+            int(reply[1 + 4 * i]),
+            int(reply[2 + 4 * i]) / 1000,
+            int(reply[3 + 4 * i]),
+            int(reply[4 + 4 * i]) / 1000,
+            now,
+        )
+        for i, item in enumerate(policy.items)
+    )
+    return LimitResult(allowed=reply[0] == 1, windows=windows, now=now)
+
+
+def _windows_result(
+    policy: RateLimitPolicy, allowed: bool, states: Iterable[tuple[int, float, int, float]]
+) -> LimitResult:
+    now = time.time()
+    windows = tuple(
+        window_state(item, *state, now) for item, state in zip(policy.items, states, strict=True)
+    )
+    return LimitResult(allowed=allowed, windows=windows, now=now)
+
+
+def _scripted(storage: Any, sync: bool) -> tuple[Any, str] | None:
+    """The storage's Redis client and key prefix when one script can count a
+    request there, else None (not Redis, or a cluster)."""
+    if sync:
+        from limits.storage import RedisClusterStorage, RedisStorage
+
+        if isinstance(storage, RedisStorage) and not isinstance(storage, RedisClusterStorage):
+            return storage.get_connection(), storage.key_prefix
+        return None
+    from limits.aio.storage import RedisClusterStorage as AsyncCluster
+    from limits.aio.storage import RedisStorage as AsyncRedis
+
+    if isinstance(storage, AsyncRedis) and not isinstance(storage, AsyncCluster):
+        bridge: Any = storage.bridge  # redis-py's (the ``implementation`` asked for)
+        return bridge.get_connection(), bridge.key_prefix
+    return None
+
+
+class _ScriptConnections(LoopBound[list[Any]]):
+    """Runs the counting script on Redis connections of its own, made with
+    the settings of the storage's client (address, database, password, TLS):
+    one per count in flight, kept between counts.
+
+    The client's own command path checks every connection out of its pool
+    with a read to see that it is clean, and dispatches events and records
+    metrics around each command: as much CPU again as the script's round
+    trip. A connection here is clean whenever it is idle, as redis-py
+    disconnects one whose command failed or was cancelled halfway (it
+    connects again on its next use).
+    """
+
+    def __init__(self, client: Any) -> None:
+        from redis.exceptions import NoScriptError
+
+        super().__init__(None)
+        self._connection = client.connection_pool.make_connection
+        self._no_script = NoScriptError
+        # hiredis packs a command in C (the limits extra installs it);
+        # redis-py's asyncio packer costs a third of the round trip.
+        try:
+            from hiredis import pack_command
+        except ImportError:  # pragma: no cover
+            self._pack: Callable[[tuple[Any, ...]], bytes] | None = None
+        else:
+            self._pack = pack_command
+
+    def _make(self) -> list[Any]:
+        return []
+
+    async def _close(self, idle: list[Any]) -> None:
+        while idle:
+            await idle.pop().disconnect(nowait=True)
+
+    async def run(self, keys: list[str], args: list[int]) -> Any:
+        idle = await self._current()
+        connection = idle.pop() if idle else self._connection()
+        try:
+            await connection.connect()  # at once when it is connected
+            try:
+                return await self._command(connection, "EVALSHA", _SCRIPT_SHA, keys, args)
+            except self._no_script:  # a new or flushed server: send it whole
+                return await self._command(connection, "EVAL", SLIDING_WINDOWS_LUA, keys, args)
+        finally:
+            if len(idle) < MAX_IDLE_CONNECTIONS:
+                idle.append(connection)
+            else:
+                await connection.disconnect(nowait=True)
+
+    async def _command(
+        self, connection: Any, name: str, script: str, keys: list[str], args: list[int]
+    ) -> Any:
+        words = (name, script, len(keys), *keys, *args)
+        if self._pack is None:
+            await connection.send_command(*words)
+        else:
+            await connection.send_packed_command(self._pack(words), check_health=False)
+        return await connection.read_response()
+
+
+class SyncCounter:
+    """Counts requests in a ``limits`` sync storage (the WSGI shell)."""
+
+    def __init__(self, storage: Any) -> None:
+        self.storage = storage
+        scripted = _scripted(storage, sync=True)
+        self._script: Any = None
+        if scripted is not None:
+            client, self._prefix = scripted
+            self._script = client.register_script(SLIDING_WINDOWS_LUA)
+
+    def hit(self, policy: RateLimitPolicy, key: str) -> LimitResult:
+        if self._script is not None:
+            keys, args = _script_parts(policy, key, self._prefix)
+            reply = self._script(keys=keys, args=args)
+            return _script_result(policy, reply, time.time())
+        storage = self.storage
+        allowed = all(
+            storage.acquire_sliding_window_entry(item.key_for(key), item.amount, item.get_expiry())
+            for item in policy.items
+        )
+        states = [
+            storage.get_sliding_window(item.key_for(key), item.get_expiry())
+            for item in policy.items
+        ]
+        return _windows_result(policy, allowed, states)
+
+
+class AsyncCounter:
+    """Counts requests in a ``limits`` async storage (the ASGI shell)."""
+
+    def __init__(self, storage: Any) -> None:
+        self.storage = storage
+        scripted = _scripted(storage, sync=False)
+        self._script: _ScriptConnections | None = None
+        if scripted is not None:
+            client, self._prefix = scripted
+            self._script = _ScriptConnections(client)
+
+    async def hit(self, policy: RateLimitPolicy, key: str) -> LimitResult:
+        if self._script is not None:
+            keys, args = _script_parts(policy, key, self._prefix)
+            reply = await self._script.run(keys, args)
+            return _script_result(policy, reply, time.time())
+        storage = self.storage
+        allowed = True
+        for item in policy.items:
+            if not await storage.acquire_sliding_window_entry(
+                item.key_for(key), item.amount, item.get_expiry()
+            ):
+                allowed = False
+                break
+        states = [
+            await storage.get_sliding_window(item.key_for(key), item.get_expiry())
+            for item in policy.items
+        ]
+        return _windows_result(policy, allowed, states)
+
+    async def aclose(self) -> None:
+        """Close the script's connections (the ``limits`` storage's client
+        opens none: it only registered its scripts)."""
+        if self._script is not None:
+            await self._script.aclose()
