@@ -299,7 +299,8 @@ class AsyncEffects:
             options = _redis_options(uri)
             if options:
                 options["implementation"] = "redispy"
-            self._counter = AsyncCounter(storage_from_string(uri, **options))
+            storage = storage_from_string(uri, **options)
+            self._counter = AsyncCounter(storage, timeout=STORAGE_TIMEOUT_SECONDS)
         return self._counter
 
     def _needs_asyncio(self) -> bool:
@@ -332,19 +333,7 @@ class AsyncEffects:
             except Exception as exc:
                 return HookResult(error=exc)
         if isinstance(effect, HitLimit):
-            if self._sync is not None:  # in this process: nothing to wait for
-                if not _on_asyncio():
-                    return self._sync(effect)
-                return await self._async_counter().hit(effect.policy, effect.key)
-            if self._needs_asyncio():
-                logger.error("navai_mw: %s", _NEEDS_ASYNCIO)
-                return LimitResult(unavailable=True)
-            try:
-                # One bound for the whole count, connecting included.
-                async with attempt_deadline(STORAGE_TIMEOUT_SECONDS):
-                    return await self._async_counter().hit(effect.policy, effect.key)
-            except Exception as exc:
-                return _unavailable(exc)
+            return await self._count(effect)
         if isinstance(effect, CallFunction):
             return await self._call(effect)
         if isinstance(effect, (RememberCall, CallOwned, ForgetCall)):
@@ -376,6 +365,22 @@ class AsyncEffects:
         await self.calls.aclose()
         if self._counter is not None:
             await self._counter.aclose()
+
+    async def _count(self, effect: HitLimit) -> LimitResult:
+        if not _on_asyncio():
+            if self._sync is not None:  # memory:// under trio: the sync storage
+                return cast(LimitResult, self._sync(effect))
+            logger.error("navai_mw: %s", _NEEDS_ASYNCIO)
+            return LimitResult(unavailable=True)
+        try:
+            counter = self._async_counter()
+            if counter.bounded:
+                return await counter.hit(effect.policy, effect.key)
+            # One bound for the whole count, connecting included.
+            async with attempt_deadline(STORAGE_TIMEOUT_SECONDS):
+                return await counter.hit(effect.policy, effect.key)
+        except Exception as exc:
+            return _unavailable(exc)
 
     async def _call(self, effect: CallFunction) -> FunctionOutcome:
         if effect.is_async:

@@ -163,6 +163,14 @@ class RateLimitPolicy:
     group: str
     text: str
     items: tuple[Any, ...] = attrs.field(eq=False, repr=False)
+    # The same on every answer: spelled once.
+    _policy_header: str = attrs.field(init=False, eq=False, repr=False)
+
+    @_policy_header.default
+    def _spell_policy_header(self) -> str:
+        return ", ".join(
+            f'"{self.group}";q={item.amount};w={item.get_expiry()}' for item in self.items
+        )
 
     @classmethod
     def parse(cls, group: str, text: str) -> RateLimitPolicy:
@@ -179,9 +187,7 @@ class RateLimitPolicy:
 
     def policy_header(self) -> str:
         """``RateLimit-Policy``: one item per window (IETF draft syntax)."""
-        return ", ".join(
-            f'"{self.group}";q={item.amount};w={item.get_expiry()}' for item in self.items
-        )
+        return self._policy_header
 
 
 def parse_rate_limits(value: str | Mapping[str, str] | None) -> dict[str, RateLimitPolicy]:
@@ -205,6 +211,10 @@ def parse_rate_limits(value: str | Mapping[str, str] | None) -> dict[str, RateLi
 def _limit_header(policy: RateLimitPolicy, result: LimitResult) -> tuple[str, int]:
     """The ``RateLimit`` header value, and the seconds until a slot frees in
     the tightest window (the one with the fewest requests left)."""
+    if len(policy.items) == 1:  # the common case, without the search
+        remaining, reset_at = result.windows[0]
+        wait = _wait(policy.items[0], remaining, reset_at, result.now)
+        return f'"{policy.group}";r={remaining};t={wait}', wait
     waits = [
         _wait(item, remaining, reset_at, result.now)
         for item, (remaining, reset_at) in zip(policy.items, result.windows, strict=True)

@@ -5,28 +5,33 @@ counter: each window of a policy (``"10/minute;200/day"``) keeps a count for
 the current period and one for the period before, and a request is let
 through while ``floor(previous * time left of it / period) + current``
 stays within the limit. What the guard needs per request is the answer
-*and* the state of every window after it (for the ``RateLimit`` header),
-and that is where the two kinds of storage differ:
+*and* the state of every window after it (for the ``RateLimit`` header).
+Through the ``limits`` API that is a ``hit`` and a ``get_window_stats`` per
+window; here it is one step wherever the storage allows:
 
 * **Redis and Valkey** (``redis://``, ``rediss://``, sentinel): one round
-  trip. :data:`SLIDING_WINDOWS_LUA` runs on the storage's own client, over
-  the keys ``limits`` uses for those windows: it checks every window, counts
-  the request in all of them or in none, and returns their state. Through
-  the ``limits`` API the same takes a ``hit`` and a ``get_window_stats`` per
-  window, each a round trip with its client-side overhead: two thirds of
-  the guard's cost. The keys stay those of ``limits`` (a test holds the two
-  to the same counts), so other ``limits`` users of the same Redis agree.
-* **Every other storage** (``memory://``, Redis Cluster, whose windows of
-  one policy live on different nodes): the ``limits`` storage's sliding
-  window calls, per window: acquire, then read the window back. A window
-  that refuses stops the count, as ``limits`` does.
+  trip. :data:`SLIDING_WINDOWS_LUA`, over the keys ``limits`` gives those
+  windows, checks every window, counts the request in all of them or in
+  none, and returns their state. (Two round trips per window, each with
+  redis-py's client-side overhead, were most of the guard's cost.)
+* **memory:// under asyncio**: the ``limits`` async memory storage's own
+  counters (``get``, ``incr``), read and counted in one pass. None of its
+  calls waits for anything, so nothing else runs in between: the pass is as
+  atomic as the script.
+* **Every other storage** (the sync ones under WSGI, whose threads can
+  interleave; Redis Cluster, whose windows of one policy live on different
+  nodes): the storage's sliding-window calls per window, acquire and then
+  read back. A window that refuses stops the count, as in ``limits``.
 
-Both report a :class:`LimitResult` built by :func:`window_state`, the
-arithmetic of ``limits``' ``get_window_stats``.
+Each reports a :class:`LimitResult` built by :func:`window_state`, the
+arithmetic of ``limits``' ``get_window_stats``. The keys and counts stay
+those of ``limits`` (a test holds the two to the same numbers), so other
+``limits`` users of the same Redis agree with navai_mw.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import time
@@ -34,7 +39,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 from ._guard import LimitResult, RateLimitPolicy
-from .transports import LoopBound
+from .transports import LoopBound, attempt_deadline
 
 __all__ = ["AsyncCounter", "SyncCounter", "window_state"]
 
@@ -169,25 +174,45 @@ def _scripted(storage: Any, sync: bool) -> tuple[Any, str] | None:
     return None
 
 
-class _ScriptConnections(LoopBound[list[Any]]):
-    """Runs the counting script on Redis connections of its own, made with
-    the settings of the storage's client (address, database, password, TLS):
-    one per count in flight, kept between counts.
+class _Pipe:
+    """One event loop's connections, and the counts waiting to be sent."""
 
-    The client's own command path checks every connection out of its pool
-    with a read to see that it is clean, and dispatches events and records
-    metrics around each command: as much CPU again as the script's round
+    __slots__ = ("idle", "sending", "waiting")
+
+    def __init__(self) -> None:
+        self.idle: list[Any] = []
+        self.waiting: list[tuple[list[str], list[int], asyncio.Future[Any]]] | None = None
+        self.sending: set[asyncio.Task[None]] = set()
+
+
+class _ScriptConnections(LoopBound[_Pipe]):
+    """Runs the counting script on Redis connections of its own, made with
+    the settings of the storage's client (address, database, password, TLS).
+
+    The counts asked for in one turn of the event loop go out together, one
+    write for all on one connection, and their answers are read back in
+    order (Redis runs each script whole, so every count stays exact). Under
+    load that is one round trip for several requests, and never more than
+    one per request; a lone request waits for no one. Each batch is bounded
+    by ``timeout`` as a whole, so the requests themselves need no timer. A
+    batch that fails fails each of its counts with the same error.
+
+    Through the client's own command path, every command also checks a
+    connection out of a pool with a read to see that it is clean, and
+    dispatches events and records metrics: as much CPU again as the round
     trip. A connection here is clean whenever it is idle, as redis-py
     disconnects one whose command failed or was cancelled halfway (it
     connects again on its next use).
     """
 
-    def __init__(self, client: Any) -> None:
-        from redis.exceptions import NoScriptError
+    def __init__(self, client: Any, timeout: float) -> None:
+        from redis.exceptions import NoScriptError, ResponseError
 
         super().__init__(None)
         self._connection = client.connection_pool.make_connection
+        self._timeout = timeout
         self._no_script = NoScriptError
+        self._refused = ResponseError
         # hiredis packs a command in C (the limits extra installs it);
         # redis-py's asyncio packer costs a third of the round trip.
         try:
@@ -197,37 +222,91 @@ class _ScriptConnections(LoopBound[list[Any]]):
         else:
             self._pack = pack_command
 
-    def _make(self) -> list[Any]:
-        return []
+    def _make(self) -> _Pipe:
+        return _Pipe()
 
-    async def _close(self, idle: list[Any]) -> None:
-        while idle:
-            await idle.pop().disconnect(nowait=True)
+    async def _close(self, pipe: _Pipe) -> None:
+        for task in list(pipe.sending):
+            task.cancel()
+        while pipe.idle:
+            await pipe.idle.pop().disconnect(nowait=True)
 
     async def run(self, keys: list[str], args: list[int]) -> Any:
-        idle = await self._current()
-        connection = idle.pop() if idle else self._connection()
+        """The script's reply for these keys and arguments."""
+        pipe = await self._current()
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
+        if pipe.waiting is None:
+            pipe.waiting = []
+            loop.call_soon(self._send_waiting, pipe, loop)
+        pipe.waiting.append((keys, args, answer))
+        return await answer
+
+    def _send_waiting(self, pipe: _Pipe, loop: asyncio.AbstractEventLoop) -> None:
+        batch, pipe.waiting = pipe.waiting or [], None
+        task = loop.create_task(self._send(pipe, batch))
+        pipe.sending.add(task)  # held until done: the loop keeps only a weak reference
+        task.add_done_callback(pipe.sending.discard)
+
+    async def _send(
+        self, pipe: _Pipe, batch: list[tuple[list[str], list[int], asyncio.Future[Any]]]
+    ) -> None:
+        connection = pipe.idle.pop() if pipe.idle else self._connection()
         try:
-            await connection.connect()  # at once when it is connected
-            try:
-                return await self._command(connection, "EVALSHA", _SCRIPT_SHA, keys, args)
-            except self._no_script:  # a new or flushed server: send it whole
-                return await self._command(connection, "EVAL", SLIDING_WINDOWS_LUA, keys, args)
+            async with attempt_deadline(self._timeout):
+                await connection.connect()  # at once when it is connected
+                pending = batch
+                # A new or flushed server knows no script by its digest: the
+                # counts it refused for that go again with the script whole.
+                for name, script in (("EVALSHA", _SCRIPT_SHA), ("EVAL", SLIDING_WINDOWS_LUA)):
+                    pending = await self._exchange(connection, name, script, pending)
+                    if not pending:
+                        break
+        except BaseException as exc:
+            for _, _, answer in batch:
+                if not answer.done():
+                    answer.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
         finally:
-            if len(idle) < MAX_IDLE_CONNECTIONS:
-                idle.append(connection)
+            if len(pipe.idle) < MAX_IDLE_CONNECTIONS:
+                pipe.idle.append(connection)
             else:
                 await connection.disconnect(nowait=True)
 
-    async def _command(
-        self, connection: Any, name: str, script: str, keys: list[str], args: list[int]
-    ) -> Any:
-        words = (name, script, len(keys), *keys, *args)
+    async def _exchange(
+        self,
+        connection: Any,
+        name: str,
+        script: str,
+        batch: list[tuple[list[str], list[int], asyncio.Future[Any]]],
+    ) -> list[tuple[list[str], list[int], asyncio.Future[Any]]]:
+        """Send every count of ``batch``, settle each with its reply; return
+        those the server did not run for want of the script."""
+        commands = [(name, script, len(keys), *keys, *args) for keys, args, _ in batch]
         if self._pack is None:
-            await connection.send_command(*words)
+            await connection.send_packed_command(
+                connection.pack_commands(commands), check_health=False
+            )
         else:
-            await connection.send_packed_command(self._pack(words), check_health=False)
-        return await connection.read_response()
+            await connection.send_packed_command(
+                b"".join(map(self._pack, commands)), check_health=False
+            )
+        unknown = []
+        for entry in batch:
+            answer = entry[2]
+            try:
+                reply = await connection.read_response()
+            except self._no_script:
+                unknown.append(entry)
+                continue
+            except self._refused as exc:  # this count only; the connection is fine
+                if not answer.done():
+                    answer.set_exception(exc)
+                continue
+            if not answer.done():  # a request that left has cancelled it
+                answer.set_result(reply)
+        return unknown
 
 
 class SyncCounter:
@@ -261,19 +340,28 @@ class SyncCounter:
 class AsyncCounter:
     """Counts requests in a ``limits`` async storage (the ASGI shell)."""
 
-    def __init__(self, storage: Any) -> None:
+    def __init__(self, storage: Any, *, timeout: float) -> None:
+        from limits.aio.storage import MemoryStorage
+
         self.storage = storage
         scripted = _scripted(storage, sync=False)
         self._script: _ScriptConnections | None = None
+        self._memory = isinstance(storage, MemoryStorage)
         if scripted is not None:
             client, self._prefix = scripted
-            self._script = _ScriptConnections(client)
+            self._script = _ScriptConnections(client, timeout)
+        # Whether each count is bounded in time here (so the caller needs no
+        # deadline of its own): memory never waits, the script's batches
+        # carry their own.
+        self.bounded = self._memory or self._script is not None
 
     async def hit(self, policy: RateLimitPolicy, key: str) -> LimitResult:
         if self._script is not None:
             keys, args = _script_parts(policy, key, self._prefix)
             reply = await self._script.run(keys, args)
             return _script_result(policy, reply, time.time())
+        if self._memory:
+            return await self._count_in_memory(policy, key)
         storage = self.storage
         allowed = True
         for item in policy.items:
@@ -287,6 +375,33 @@ class AsyncCounter:
             for item in policy.items
         ]
         return _windows_result(policy, allowed, states)
+
+    async def _count_in_memory(self, policy: RateLimitPolicy, key: str) -> LimitResult:
+        """One pass over the memory storage's counters of every window: read
+        them, then count in all or none (limits' window keys and times)."""
+        storage = self.storage
+        now = time.time()
+        seen = []
+        allowed = True
+        for item in policy.items:
+            period = item.get_expiry()
+            previous_key, current_key = storage.sliding_window_keys(item.key_for(key), period, now)
+            previous = await storage.get(previous_key)
+            current = await storage.get(current_key)
+            # The periods are aligned on the clock: what is left of them.
+            previous_left = (1 - ((now - period) / period) % 1) * period if previous else 0.0
+            current_left = (1 - (now / period) % 1) * period + period
+            if math.floor(previous * previous_left / period) + current + 1 > item.amount:
+                allowed = False
+            seen.append((current_key, previous, previous_left, current, current_left))
+        windows = []
+        for item, (current_key, previous, previous_left, current, current_left) in zip(
+            policy.items, seen, strict=True
+        ):
+            if allowed:
+                current = await storage.incr(current_key, 2 * item.get_expiry())
+            windows.append(window_state(item, previous, previous_left, current, current_left, now))
+        return LimitResult(allowed=allowed, windows=tuple(windows), now=now)
 
     async def aclose(self) -> None:
         """Close the script's connections (the ``limits`` storage's client
