@@ -1,0 +1,337 @@
+"""How a request is counted (:mod:`navai_mw._limiter`), against a real
+``redis-server`` on a loopback port and the ``limits`` memory storages.
+
+The counts must be exactly those of the ``limits`` library on the same keys
+(other ``limits`` users of the same Redis agree with navai_mw), every window
+of a policy counts a request or none does, and the batches that carry
+concurrent counts to Redis stay exact, recover from a flushed script cache,
+fail as a whole within their deadline, and survive a request that leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from navai_mw._guard import LimitResult, RateLimitPolicy
+from navai_mw._limiter import AsyncCounter, SyncCounter
+
+from .redis_server import RedisServer, command, redis_fixture
+
+pytest.importorskip("limits")
+
+redis = redis_fixture(scope="module")
+
+
+def _policy(text: str) -> RateLimitPolicy:
+    return RateLimitPolicy.parse("mint", text)
+
+
+def _key() -> str:
+    return f"navai:mint:id:{uuid.uuid4().hex}"
+
+
+def _async_redis(server: RedisServer, timeout: float = 1.0) -> AsyncCounter:
+    from limits.storage import storage_from_string
+
+    storage = storage_from_string(f"async+{server.url}", implementation="redispy")
+    return AsyncCounter(storage, timeout=timeout)
+
+
+def _sync_redis(server: RedisServer) -> SyncCounter:
+    from limits.storage import storage_from_string
+
+    return SyncCounter(storage_from_string(server.url))
+
+
+async def _close_limits(storage: Any) -> None:
+    """Close the client of a limits async Redis storage (limits never does)."""
+    await storage.bridge.get_connection().aclose()
+
+
+def _info(server: RedisServer, field: str) -> int:
+    text = command(server.port, "INFO", "all").decode()
+    for line in text.splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split(":", 1)[1])
+    raise AssertionError(f"no {field} in INFO")
+
+
+def _script_runs(server: RedisServer) -> int:
+    text = command(server.port, "INFO", "commandstats").decode()
+    total = 0
+    for line in text.splitlines():
+        if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:")):
+            total += int(line.split("calls=", 1)[1].split(",", 1)[0])
+    return total
+
+
+@pytest.fixture
+def thawed(redis: RedisServer) -> Iterator[RedisServer]:
+    yield redis
+    if redis.frozen:
+        redis.thaw()
+
+
+# -- the same counts as the limits library -------------------------------------------
+
+
+def test_async_script_counts_what_limits_reads_and_the_other_way_round(
+    redis: RedisServer,
+) -> None:
+    from limits.aio.strategies import SlidingWindowCounterRateLimiter
+    from limits.storage import storage_from_string
+
+    policy, key = _policy("5/minute"), _key()
+    item = policy.items[0]
+
+    async def scenario() -> tuple[list[LimitResult], int, bool, LimitResult]:
+        counter = _async_redis(redis)
+        ours = [await counter.hit(policy, key) for _ in range(3)]
+        storage = storage_from_string(f"async+{redis.url}", implementation="redispy")
+        limits = SlidingWindowCounterRateLimiter(storage)
+        remaining = (await limits.get_window_stats(item, key)).remaining
+        assert await limits.hit(item, key)
+        assert await limits.hit(item, key)
+        refused_by_limits = await limits.hit(item, key)
+        after = await counter.hit(policy, key)
+        await counter.aclose()
+        await _close_limits(storage)
+        return ours, remaining, refused_by_limits, after
+
+    ours, remaining, refused_by_limits, after = asyncio.run(scenario())
+    assert [r.allowed for r in ours] == [True, True, True]
+    assert [r.windows[0][0] for r in ours] == [4, 3, 2]
+    assert remaining == 2  # limits reads the three counts the script made
+    assert refused_by_limits is False  # its own two made five
+    assert after.allowed is False  # and the script sees all five
+    assert after.windows[0][0] == 0
+
+
+def test_sync_script_counts_what_limits_reads(redis: RedisServer) -> None:
+    from limits.storage import storage_from_string
+    from limits.strategies import SlidingWindowCounterRateLimiter
+
+    policy, key = _policy("4/minute"), _key()
+    counter = _sync_redis(redis)
+    results = [counter.hit(policy, key) for _ in range(5)]
+    assert [r.allowed for r in results] == [True, True, True, True, False]
+    assert [r.windows[0][0] for r in results] == [3, 2, 1, 0, 0]
+    limits = SlidingWindowCounterRateLimiter(storage_from_string(redis.url))
+    stats = limits.get_window_stats(policy.items[0], key)
+    assert stats.remaining == 0
+    # The refused request counted nothing: the window holds four.
+    assert not limits.test(policy.items[0], key)
+
+
+def test_memory_pass_agrees_with_limits_on_the_same_storage() -> None:
+    from limits.aio.strategies import SlidingWindowCounterRateLimiter
+    from limits.storage import storage_from_string
+
+    policy, key = _policy("10/hour"), _key()
+
+    async def scenario() -> tuple[LimitResult, Any]:
+        storage = storage_from_string("async+memory://")
+        counter = AsyncCounter(storage, timeout=1.0)
+        for _ in range(3):
+            last = await counter.hit(policy, key)
+        limits = SlidingWindowCounterRateLimiter(storage)
+        return last, await limits.get_window_stats(policy.items[0], key)
+
+    last, stats = asyncio.run(scenario())
+    assert last.windows[0][0] == stats.remaining == 7
+    # Both say when the window next frees a slot, to within the time between.
+    assert abs(last.windows[0][1] - stats.reset_time) < 1.0
+
+
+@pytest.mark.parametrize("where", ["redis-async", "redis-sync", "memory-async", "memory-sync"])
+def test_a_refused_request_is_counted_in_no_window(redis: RedisServer, where: str) -> None:
+    from limits.storage import storage_from_string
+
+    policy, key = _policy("3/minute;5/hour"), _key()
+
+    def run() -> list[LimitResult]:
+        if where == "redis-sync":
+            sync = _sync_redis(redis)
+            return [sync.hit(policy, key) for _ in range(5)]
+        if where == "memory-sync":
+            memory = SyncCounter(storage_from_string("memory://"))
+            return [memory.hit(policy, key) for _ in range(5)]
+
+        async def counts() -> list[LimitResult]:
+            if where == "redis-async":
+                counter = _async_redis(redis)
+            else:
+                counter = AsyncCounter(storage_from_string("async+memory://"), timeout=1.0)
+            results = [await counter.hit(policy, key) for _ in range(5)]
+            await counter.aclose()
+            return results
+
+        return asyncio.run(counts())
+
+    results = run()
+    assert [r.allowed for r in results] == [True, True, True, False, False]
+    minute, hour = results[-1].windows
+    assert minute[0] == 0
+    assert hour[0] == 2  # the two refused requests spent nothing of the hour
+
+
+def test_the_script_slides_its_windows_as_limits_does(redis: RedisServer) -> None:
+    """A period that ends becomes the previous one, weighted by what is left
+    of it: the same decisions as limits' own script on a twin key."""
+    from limits.aio.strategies import SlidingWindowCounterRateLimiter
+    from limits.storage import storage_from_string
+
+    policy = _policy("2/second")
+    item = policy.items[0]
+    ours_key, theirs_key = _key(), _key()
+
+    async def scenario() -> tuple[list[bool], list[bool]]:
+        counter = _async_redis(redis)
+        storage = storage_from_string(f"async+{redis.url}", implementation="redispy")
+        limits = SlidingWindowCounterRateLimiter(storage)
+        ours: list[bool] = []
+        theirs: list[bool] = []
+
+        async def both() -> None:
+            ours.append((await counter.hit(policy, ours_key)).allowed)
+            theirs.append(await limits.hit(item, theirs_key))
+
+        for _ in range(3):
+            await both()
+        await asyncio.sleep(1.1)  # the first second is over; 0.9 s of it still weighs
+        for _ in range(2):
+            await both()
+        await counter.aclose()
+        await _close_limits(storage)
+        return ours, theirs
+
+    ours, theirs = asyncio.run(scenario())
+    assert ours == [True, True, False, True, False]
+    assert theirs == ours
+
+
+# -- batches ---------------------------------------------------------------------------
+
+
+def test_concurrent_counts_go_in_one_batch_and_stay_exact(redis: RedisServer) -> None:
+    policy, key = _policy("50/minute"), _key()
+    connections_before = _info(redis, "total_connections_received")
+    runs_before = _script_runs(redis)
+
+    async def scenario() -> list[LimitResult]:
+        counter = _async_redis(redis)
+        results = await asyncio.gather(*(counter.hit(policy, key) for _ in range(200)))
+        await counter.aclose()
+        return list(results)
+
+    results = asyncio.run(scenario())
+    assert sum(r.allowed for r in results) == 50
+    # Redis ran each count's script in the order sent: the remaining count
+    # goes down one by one, then stays at zero.
+    assert sorted((r.windows[0][0] for r in results if r.allowed), reverse=True) == list(
+        range(49, -1, -1)
+    )
+    assert _script_runs(redis) - runs_before == 200
+    # Asked in one turn of the loop: one write on one connection (the three
+    # others are this test's own INFO commands since the first).
+    assert _info(redis, "total_connections_received") - connections_before == 1 + 3
+
+
+def test_a_flushed_script_cache_is_refilled(redis: RedisServer) -> None:
+    policy, key = _policy("10/minute"), _key()
+
+    async def scenario() -> list[LimitResult]:
+        counter = _async_redis(redis)
+        first = await counter.hit(policy, key)
+        assert command(redis.port, "SCRIPT", "FLUSH") == b"+OK"
+        again = await asyncio.gather(*(counter.hit(policy, key) for _ in range(3)))
+        await counter.aclose()
+        return [first, *again]
+
+    results = asyncio.run(scenario())
+    assert all(r.allowed for r in results)
+    assert sorted(r.windows[0][0] for r in results) == [6, 7, 8, 9]
+
+    sync = _sync_redis(redis)
+    assert command(redis.port, "SCRIPT", "FLUSH") == b"+OK"
+    assert sync.hit(policy, key).windows[0][0] == 5
+
+
+def test_a_frozen_redis_fails_the_whole_batch_within_its_deadline(thawed: RedisServer) -> None:
+    policy, key = _policy("10/minute"), _key()
+
+    async def scenario() -> tuple[list[BaseException | LimitResult], float, LimitResult]:
+        counter = _async_redis(thawed, timeout=0.3)
+        await counter.hit(policy, key)  # connected before the freeze
+        thawed.freeze()
+        start = time.monotonic()
+        outcomes = await asyncio.gather(
+            *(counter.hit(policy, key) for _ in range(3)), return_exceptions=True
+        )
+        took = time.monotonic() - start
+        thawed.thaw()
+        after = await counter.hit(policy, key)
+        await counter.aclose()
+        return outcomes, took, after
+
+    outcomes, took, after = asyncio.run(scenario())
+    assert all(isinstance(outcome, TimeoutError) for outcome in outcomes)
+    assert took < 1.0
+    # The frozen connection was dropped; a fresh one counts on. What the
+    # frozen server ran after its thaw, if anything, is counted too.
+    assert after.allowed
+    assert after.windows[0][0] in (5, 8)
+
+
+def test_a_request_that_leaves_does_not_disturb_its_batch(redis: RedisServer) -> None:
+    policy, key = _policy("10/minute"), _key()
+
+    async def scenario() -> list[Any]:
+        counter = _async_redis(redis)
+        tasks = [asyncio.ensure_future(counter.hit(policy, key)) for _ in range(3)]
+        await asyncio.sleep(0)  # all three wait on the batch
+        tasks[1].cancel()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        after = await counter.hit(policy, key)
+        await counter.aclose()
+        return [*outcomes, after]
+
+    first, left, third, after = asyncio.run(scenario())
+    assert isinstance(left, asyncio.CancelledError)
+    assert isinstance(first, LimitResult)
+    assert isinstance(third, LimitResult)
+    assert first.allowed
+    assert third.allowed
+    # The batch was sent whole: the count of the one that left was made.
+    assert after.windows[0][0] == 6
+
+
+def test_aclose_closes_the_connections(redis: RedisServer) -> None:
+    policy, key = _policy("100/minute"), _key()
+    before = _info(redis, "connected_clients")
+
+    async def scenario() -> int:
+        counter = _async_redis(redis)
+        await asyncio.gather(*(counter.hit(policy, key) for _ in range(5)))
+        # Two batches in flight at once: two connections.
+        first = asyncio.gather(*(counter.hit(policy, key) for _ in range(5)))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        second = asyncio.gather(*(counter.hit(policy, key) for _ in range(5)))
+        await asyncio.gather(first, second)
+        during = _info(redis, "connected_clients")
+        await counter.aclose()
+        return during
+
+    during = asyncio.run(scenario())
+    assert during > before
+    deadline = time.monotonic() + 2
+    while _info(redis, "connected_clients") > before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _info(redis, "connected_clients") == before
