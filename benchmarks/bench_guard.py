@@ -310,7 +310,10 @@ def _redis_notes(
         def spell(counts: dict[str, float]) -> str:
             return ", ".join(f"{name} {per:.2f}" for name, per in sorted(counts.items()))
 
-        scripts = f"{spell(sent)}, each a round trip; the commands those scripts ran: "
+        scripts = (
+            f"{spell(sent)} (under load several go out in one write and come back in one "
+            "read); the commands those scripts ran: "
+        )
         section.notes.append(
             "Redis calls per *jwt+redis* request (per answer wrk counted, so slightly high): "
             + (scripts if sent else "")
