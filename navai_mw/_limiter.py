@@ -263,10 +263,13 @@ class _ScriptConnections(LoopBound[_Pipe]):
                     if not pending:
                         break
         except BaseException as exc:
+            # A batch cancelled (its loop shutting down) still answers its
+            # requests: the storage is unavailable to them.
+            failure = exc if isinstance(exc, Exception) else ConnectionError("count abandoned")
             for _, _, answer in batch:
                 if not answer.done():
-                    answer.set_exception(exc)
-            if not isinstance(exc, Exception):
+                    answer.set_exception(failure)
+            if failure is not exc:
                 raise
         finally:
             if len(pipe.idle) < MAX_IDLE_CONNECTIONS:

@@ -335,3 +335,22 @@ def test_aclose_closes_the_connections(redis: RedisServer) -> None:
     while _info(redis, "connected_clients") > before and time.monotonic() < deadline:
         time.sleep(0.02)
     assert _info(redis, "connected_clients") == before
+
+
+def test_closing_answers_the_counts_in_flight(thawed: RedisServer) -> None:
+    policy, key = _policy("10/minute"), _key()
+
+    async def scenario() -> BaseException | LimitResult:
+        counter = _async_redis(thawed, timeout=5.0)
+        await counter.hit(policy, key)
+        thawed.freeze()
+        waiting = asyncio.ensure_future(counter.hit(policy, key))
+        await asyncio.sleep(0.05)  # sent, and waiting for the frozen server
+        await counter.aclose()  # a server shutting down
+        outcome = (await asyncio.gather(waiting, return_exceptions=True))[0]
+        thawed.thaw()
+        return outcome
+
+    outcome = asyncio.run(scenario())
+    # An answer (the guard's 503), not a request cancelled from under it.
+    assert isinstance(outcome, ConnectionError)
