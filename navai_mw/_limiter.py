@@ -35,8 +35,8 @@ import asyncio
 import hashlib
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Final, cast
 
 from ._guard import LimitResult, RateLimitPolicy
 from .transports import LoopBound, attempt_deadline
@@ -341,7 +341,11 @@ class SyncCounter:
 
 
 class AsyncCounter:
-    """Counts requests in a ``limits`` async storage (the ASGI shell)."""
+    """Counts requests in a ``limits`` async storage (the ASGI shell).
+
+    ``hit(policy, key)`` is chosen once, for the storage: the script on
+    Redis, the one pass in memory, the storage's calls elsewhere.
+    """
 
     def __init__(self, storage: Any, *, timeout: float) -> None:
         from limits.aio.storage import MemoryStorage
@@ -349,22 +353,26 @@ class AsyncCounter:
         self.storage = storage
         scripted = _scripted(storage, sync=False)
         self._script: _ScriptConnections | None = None
-        self._memory = isinstance(storage, MemoryStorage)
-        if scripted is not None:
-            client, self._prefix = scripted
-            self._script = _ScriptConnections(client, timeout)
+        self.hit: Callable[[RateLimitPolicy, str], Awaitable[LimitResult]] = self._by_calls
         # Whether each count is bounded in time here (so the caller needs no
         # deadline of its own): memory never waits, the script's batches
         # carry their own.
-        self.bounded = self._memory or self._script is not None
+        self.bounded = True
+        if scripted is not None:
+            client, self._prefix = scripted
+            self._script = _ScriptConnections(client, timeout)
+            self.hit = self._by_script
+        elif isinstance(storage, MemoryStorage):
+            self.hit = self._in_memory
+        else:
+            self.bounded = False
 
-    async def hit(self, policy: RateLimitPolicy, key: str) -> LimitResult:
-        if self._script is not None:
-            keys, args = _script_parts(policy, key, self._prefix)
-            reply = await self._script.run(keys, args)
-            return _script_result(policy, reply, time.time())
-        if self._memory:
-            return await self._count_in_memory(policy, key)
+    async def _by_script(self, policy: RateLimitPolicy, key: str) -> LimitResult:
+        keys, args = _script_parts(policy, key, self._prefix)
+        reply = await cast(_ScriptConnections, self._script).run(keys, args)
+        return _script_result(policy, reply, time.time())
+
+    async def _by_calls(self, policy: RateLimitPolicy, key: str) -> LimitResult:
         storage = self.storage
         allowed = True
         for item in policy.items:
@@ -379,9 +387,9 @@ class AsyncCounter:
         ]
         return _windows_result(policy, allowed, states)
 
-    async def _count_in_memory(self, policy: RateLimitPolicy, key: str) -> LimitResult:
-        """One pass over the memory storage's counters of every window: read
-        them, then count in all or none (limits' window keys and times)."""
+    async def _in_memory(self, policy: RateLimitPolicy, key: str) -> LimitResult:
+        """One pass over the memory storage's counters of every window (its
+        window keys, its times): read them, then count in all or none."""
         storage = self.storage
         now = time.time()
         seen = []
