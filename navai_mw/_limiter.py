@@ -9,8 +9,8 @@ stays within the limit. What the guard needs per request is the answer
 Through the ``limits`` API that is a ``hit`` and a ``get_window_stats`` per
 window; here it is one step wherever the storage allows:
 
-* **Redis and Valkey** (``redis://``, ``rediss://``, sentinel): one round
-  trip. :data:`SLIDING_WINDOWS_LUA`, over the keys ``limits`` gives those
+* **Redis** (``redis://``, ``rediss://``; under WSGI ``valkey://`` too):
+  one round trip. :data:`SLIDING_WINDOWS_LUA`, over the keys ``limits`` gives those
   windows, checks every window, counts the request in all of them or in
   none, and returns their state. (Two round trips per window, each with
   redis-py's client-side overhead, were most of the guard's cost.)
@@ -18,10 +18,14 @@ window; here it is one step wherever the storage allows:
   counters (``get``, ``incr``), read and counted in one pass. None of its
   calls waits for anything, so nothing else runs in between: the pass is as
   atomic as the script.
-* **Every other storage** (the sync ones under WSGI, whose threads can
-  interleave; Redis Cluster, whose windows of one policy live on different
-  nodes): the storage's sliding-window calls per window, acquire and then
-  read back. A window that refuses stops the count, as in ``limits``.
+* **memory:// under WSGI**: the same pass over the ``limits`` sync memory
+  storage's counters, under a lock of its own (the server's threads would
+  interleave otherwise).
+* **Every other storage** (Redis Cluster, whose windows of one policy live
+  on different nodes; ``valkey://`` and Redis over coredis under ASGI):
+  the storage's sliding-window calls per window, acquire and then read
+  back. A window that refuses stops the count, as in ``limits``, but the
+  windows before it have counted the request.
 
 Each reports a :class:`LimitResult` built by :func:`window_state`, the
 arithmetic of ``limits``' ``get_window_stats``. The keys and counts stay
@@ -34,8 +38,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from typing import Any, Final, cast
 
 from ._guard import LimitResult, RateLimitPolicy
@@ -93,9 +98,10 @@ return reply
 
 _SCRIPT_SHA: Final = hashlib.sha1(SLIDING_WINDOWS_LUA.encode(), usedforsecurity=False).hexdigest()
 
-# Connections kept open between counts, per event loop; more are opened
-# while more counts are in flight, and closed after them.
-MAX_IDLE_CONNECTIONS: Final = 64
+# Batches in flight at once on Redis, each on a connection of its own, per
+# event loop; at most as many connections are kept open between counts.
+MAX_CONNECTIONS: Final = 64
+MAX_IDLE_CONNECTIONS: Final = MAX_CONNECTIONS
 
 
 def window_state(
@@ -158,7 +164,8 @@ def _windows_result(
 
 def _scripted(storage: Any, sync: bool) -> tuple[Any, str] | None:
     """The storage's Redis client and key prefix when one script can count a
-    request there, else None (not Redis, or a cluster)."""
+    request there, else None (not Redis, a cluster, or under asyncio a
+    client other than redis-py's)."""
     if sync:
         from limits.storage import RedisClusterStorage, RedisStorage
 
@@ -167,22 +174,72 @@ def _scripted(storage: Any, sync: bool) -> tuple[Any, str] | None:
         return None
     from limits.aio.storage import RedisClusterStorage as AsyncCluster
     from limits.aio.storage import RedisStorage as AsyncRedis
+    from limits.aio.storage.redis.redispy import RedispyBridge
 
     if isinstance(storage, AsyncRedis) and not isinstance(storage, AsyncCluster):
-        bridge: Any = storage.bridge  # redis-py's (the ``implementation`` asked for)
-        return bridge.get_connection(), bridge.key_prefix
+        bridge: Any = storage.bridge
+        # redis-py's own client only: the connections and the errors the
+        # batches speak are redis-py's (valkey-py and coredis have their own).
+        if type(bridge) is RedispyBridge:
+            return bridge.get_connection(), bridge.key_prefix
     return None
+
+
+# What the memory pass asks of the storage: ``("get", key, 0)`` or
+# ``("incr", key, expiry)``; it is sent back the count.
+MemoryStep = tuple[str, str, int]
+
+
+def _memory_pass(
+    storage: Any, policy: RateLimitPolicy, key: str, now: float
+) -> Generator[MemoryStep, int, LimitResult]:
+    """One pass over a ``limits`` memory storage's counters of every window
+    (its window keys, its times): read them, then count in all or none.
+    Sans-IO: the sync and the async counter each perform its steps."""
+    seen = []
+    allowed = True
+    for item in policy.items:
+        period = item.get_expiry()
+        previous_key, current_key = storage.sliding_window_keys(item.key_for(key), period, now)
+        previous = yield ("get", previous_key, 0)
+        current = yield ("get", current_key, 0)
+        # The periods are aligned on the clock: what is left of them.
+        previous_left = (1 - ((now - period) / period) % 1) * period if previous else 0.0
+        current_left = (1 - (now / period) % 1) * period + period
+        if math.floor(previous * previous_left / period) + current + 1 > item.amount:
+            allowed = False
+        seen.append((current_key, previous, previous_left, current, current_left))
+    windows = []
+    for item, (current_key, previous, previous_left, current, current_left) in zip(
+        policy.items, seen, strict=True
+    ):
+        if allowed:
+            current = yield ("incr", current_key, 2 * item.get_expiry())
+        windows.append(window_state(item, previous, previous_left, current, current_left, now))
+    return LimitResult(allowed=allowed, windows=tuple(windows), now=now)
+
+
+Batch = list[tuple[list[str], list[int], "asyncio.Future[Any]"]]
 
 
 class _Pipe:
     """One event loop's connections, and the counts waiting to be sent."""
 
-    __slots__ = ("idle", "sending", "waiting")
+    __slots__ = ("busy", "closed", "idle", "scheduled", "sending", "waiting")
 
     def __init__(self) -> None:
         self.idle: list[Any] = []
-        self.waiting: list[tuple[list[str], list[int], asyncio.Future[Any]]] | None = None
+        self.busy = 0  # connections with a batch on them
+        self.waiting: Batch = []
+        self.scheduled = False  # a send of ``waiting`` is on the loop's list
         self.sending: set[asyncio.Task[None]] = set()
+        self.closed = False
+
+
+def _fail(batch: Batch, error: Exception) -> None:
+    for _, _, answer in batch:
+        if not answer.done():  # a request that left has cancelled its own
+            answer.set_exception(error)
 
 
 class _ScriptConnections(LoopBound[_Pipe]):
@@ -193,16 +250,20 @@ class _ScriptConnections(LoopBound[_Pipe]):
     write for all on one connection, and their answers are read back in
     order (Redis runs each script whole, so every count stays exact). Under
     load that is one round trip for several requests, and never more than
-    one per request; a lone request waits for no one. Each batch is bounded
-    by ``timeout`` as a whole, so the requests themselves need no timer. A
-    batch that fails fails each of its counts with the same error.
+    one per request; a lone request waits for no one. At most
+    :data:`MAX_CONNECTIONS` batches are in flight at once; counts asked for
+    meanwhile wait for the next free connection, in one batch.
+
+    Each batch is bounded by ``timeout`` as a whole, so the requests need no
+    timer of their own, and whatever becomes of a batch (an error, its
+    deadline, its task cancelled before it ran) each of its counts is
+    answered. A connection goes back to the idle ones only after a batch
+    went through whole; one that failed halfway is disconnected first.
 
     Through the client's own command path, every command also checks a
     connection out of a pool with a read to see that it is clean, and
     dispatches events and records metrics: as much CPU again as the round
-    trip. A connection here is clean whenever it is idle, as redis-py
-    disconnects one whose command failed or was cancelled halfway (it
-    connects again on its next use).
+    trip.
     """
 
     def __init__(self, client: Any, timeout: float) -> None:
@@ -226,6 +287,9 @@ class _ScriptConnections(LoopBound[_Pipe]):
         return _Pipe()
 
     async def _close(self, pipe: _Pipe) -> None:
+        pipe.closed = True
+        waiting, pipe.waiting = pipe.waiting, []
+        _fail(waiting, ConnectionError("rate-limit storage closed"))
         for task in list(pipe.sending):
             task.cancel()
         while pipe.idle:
@@ -236,72 +300,110 @@ class _ScriptConnections(LoopBound[_Pipe]):
         pipe = await self._current()
         loop = asyncio.get_running_loop()
         answer = loop.create_future()
-        if pipe.waiting is None:
-            pipe.waiting = []
-            loop.call_soon(self._send_waiting, pipe, loop)
         pipe.waiting.append((keys, args, answer))
+        if not pipe.scheduled and pipe.busy < MAX_CONNECTIONS:
+            pipe.scheduled = True
+            loop.call_soon(self._send_waiting, pipe, loop)
         return await answer
 
     def _send_waiting(self, pipe: _Pipe, loop: asyncio.AbstractEventLoop) -> None:
-        batch, pipe.waiting = pipe.waiting or [], None
+        pipe.scheduled = False
+        batch, pipe.waiting = pipe.waiting, []
+        if not batch:
+            return
+        if pipe.closed:
+            _fail(batch, ConnectionError("rate-limit storage closed"))
+            return
+        pipe.busy += 1
         task = loop.create_task(self._send(pipe, batch))
         pipe.sending.add(task)  # held until done: the loop keeps only a weak reference
-        task.add_done_callback(pipe.sending.discard)
 
-    async def _send(
-        self, pipe: _Pipe, batch: list[tuple[list[str], list[int], asyncio.Future[Any]]]
-    ) -> None:
+        def done(task: asyncio.Task[None]) -> None:
+            pipe.sending.discard(task)
+            pipe.busy -= 1
+            # Cancelled before its first step, the task answered no one.
+            _fail(batch, ConnectionError("count abandoned"))
+            if pipe.waiting and not pipe.scheduled and not pipe.closed:
+                pipe.scheduled = True  # the counts that waited for a connection
+                loop.call_soon(self._send_waiting, pipe, loop)
+
+        task.add_done_callback(done)
+
+    async def _send(self, pipe: _Pipe, batch: Batch) -> None:
         connection = pipe.idle.pop() if pipe.idle else self._connection()
+        whole = False
         try:
             async with attempt_deadline(self._timeout):
                 await connection.connect()  # at once when it is connected
-                pending = batch
+                pending = self._packed(batch, "EVALSHA", _SCRIPT_SHA)
                 # A new or flushed server knows no script by its digest: the
                 # counts it refused for that go again with the script whole.
-                for name, script in (("EVALSHA", _SCRIPT_SHA), ("EVAL", SLIDING_WINDOWS_LUA)):
-                    pending = await self._exchange(connection, name, script, pending)
-                    if not pending:
-                        break
-        except BaseException as exc:
-            # A batch cancelled (its loop shutting down) still answers its
-            # requests: the storage is unavailable to them.
-            failure = exc if isinstance(exc, Exception) else ConnectionError("count abandoned")
-            for _, _, answer in batch:
-                if not answer.done():
-                    answer.set_exception(failure)
-            if failure is not exc:
-                raise
+                if pending:
+                    pending = await self._exchange(connection, pending)
+                if pending:
+                    pending = self._packed(
+                        [entry for entry, _ in pending], "EVAL", SLIDING_WINDOWS_LUA
+                    )
+                    await self._exchange(connection, pending)
+            whole = True
+        except Exception as exc:
+            _fail(batch, exc)
+        except BaseException:
+            # Cancelled (the loop shutting down): the storage is unavailable
+            # to these requests, which still get their answer.
+            _fail(batch, ConnectionError("count abandoned"))
+            raise
         finally:
-            if len(pipe.idle) < MAX_IDLE_CONNECTIONS:
+            if whole and not pipe.closed and len(pipe.idle) < MAX_IDLE_CONNECTIONS:
                 pipe.idle.append(connection)
             else:
                 await connection.disconnect(nowait=True)
 
+    def _packed(
+        self, batch: Batch, name: str, script: str
+    ) -> list[tuple[tuple[list[str], list[int], asyncio.Future[Any]], bytes]]:
+        """Each count of ``batch`` with its command; one that cannot be
+        packed (a key Redis cannot take) fails alone."""
+        packed = []
+        for entry in batch:
+            keys, args, answer = entry
+            words = (name, script, len(keys), *keys, *args)
+            try:
+                command = (
+                    self._pack(words)
+                    if self._pack is not None
+                    else b"".join(self._python_pack(words))
+                )
+            except (UnicodeError, TypeError, ValueError) as exc:
+                if not answer.done():
+                    answer.set_exception(exc)
+                continue
+            packed.append((entry, command))
+        return packed
+
+    @staticmethod
+    def _python_pack(words: tuple[Any, ...]) -> list[bytes]:  # pragma: no cover
+        from redis.asyncio.connection import Connection
+
+        return list(Connection().pack_command(*words))
+
     async def _exchange(
         self,
         connection: Any,
-        name: str,
-        script: str,
-        batch: list[tuple[list[str], list[int], asyncio.Future[Any]]],
-    ) -> list[tuple[list[str], list[int], asyncio.Future[Any]]]:
-        """Send every count of ``batch``, settle each with its reply; return
-        those the server did not run for want of the script."""
-        commands = [(name, script, len(keys), *keys, *args) for keys, args, _ in batch]
-        if self._pack is None:
-            await connection.send_packed_command(
-                connection.pack_commands(commands), check_health=False
-            )
-        else:
-            await connection.send_packed_command(
-                b"".join(map(self._pack, commands)), check_health=False
-            )
+        packed: list[tuple[tuple[list[str], list[int], asyncio.Future[Any]], bytes]],
+    ) -> list[tuple[tuple[list[str], list[int], asyncio.Future[Any]], bytes]]:
+        """Send the commands in one write and settle each count with its
+        reply; return those the server did not run for want of the script."""
+        await connection.send_packed_command(
+            b"".join(command for _, command in packed), check_health=False
+        )
         unknown = []
-        for entry in batch:
+        for entry, command in packed:
             answer = entry[2]
             try:
                 reply = await connection.read_response()
             except self._no_script:
-                unknown.append(entry)
+                unknown.append((entry, command))
                 continue
             except self._refused as exc:  # this count only; the connection is fine
                 if not answer.done():
@@ -313,21 +415,45 @@ class _ScriptConnections(LoopBound[_Pipe]):
 
 
 class SyncCounter:
-    """Counts requests in a ``limits`` sync storage (the WSGI shell)."""
+    """Counts requests in a ``limits`` sync storage (the WSGI shell).
+
+    ``hit(policy, key)`` is chosen once, for the storage: the script on
+    Redis, the one pass in memory, the storage's calls elsewhere.
+    """
 
     def __init__(self, storage: Any) -> None:
+        from limits.storage import MemoryStorage
+
         self.storage = storage
+        self.hit: Callable[[RateLimitPolicy, str], LimitResult] = self._by_calls
         scripted = _scripted(storage, sync=True)
-        self._script: Any = None
         if scripted is not None:
             client, self._prefix = scripted
             self._script = client.register_script(SLIDING_WINDOWS_LUA)
+            self.hit = self._by_script
+        elif isinstance(storage, MemoryStorage):
+            self._lock = threading.Lock()
+            self.hit = self._in_memory
 
-    def hit(self, policy: RateLimitPolicy, key: str) -> LimitResult:
-        if self._script is not None:
-            keys, args = _script_parts(policy, key, self._prefix)
-            reply = self._script(keys=keys, args=args)
-            return _script_result(policy, reply, time.time())
+    def _by_script(self, policy: RateLimitPolicy, key: str) -> LimitResult:
+        keys, args = _script_parts(policy, key, self._prefix)
+        reply = self._script(keys=keys, args=args)
+        return _script_result(policy, reply, time.time())
+
+    def _in_memory(self, policy: RateLimitPolicy, key: str) -> LimitResult:
+        storage = self.storage
+        with self._lock:  # the server's threads take turns
+            steps = _memory_pass(storage, policy, key, time.time())
+            try:
+                name, counter, expiry = next(steps)
+                while True:
+                    count = storage.get(counter) if name == "get" else storage.incr(counter, expiry)
+                    name, counter, expiry = steps.send(count)
+            except StopIteration as done:
+                result: LimitResult = done.value
+                return result
+
+    def _by_calls(self, policy: RateLimitPolicy, key: str) -> LimitResult:
         storage = self.storage
         allowed = all(
             storage.acquire_sliding_window_entry(item.key_for(key), item.amount, item.get_expiry())
@@ -388,31 +514,19 @@ class AsyncCounter:
         return _windows_result(policy, allowed, states)
 
     async def _in_memory(self, policy: RateLimitPolicy, key: str) -> LimitResult:
-        """One pass over the memory storage's counters of every window (its
-        window keys, its times): read them, then count in all or none."""
         storage = self.storage
-        now = time.time()
-        seen = []
-        allowed = True
-        for item in policy.items:
-            period = item.get_expiry()
-            previous_key, current_key = storage.sliding_window_keys(item.key_for(key), period, now)
-            previous = await storage.get(previous_key)
-            current = await storage.get(current_key)
-            # The periods are aligned on the clock: what is left of them.
-            previous_left = (1 - ((now - period) / period) % 1) * period if previous else 0.0
-            current_left = (1 - (now / period) % 1) * period + period
-            if math.floor(previous * previous_left / period) + current + 1 > item.amount:
-                allowed = False
-            seen.append((current_key, previous, previous_left, current, current_left))
-        windows = []
-        for item, (current_key, previous, previous_left, current, current_left) in zip(
-            policy.items, seen, strict=True
-        ):
-            if allowed:
-                current = await storage.incr(current_key, 2 * item.get_expiry())
-            windows.append(window_state(item, previous, previous_left, current, current_left, now))
-        return LimitResult(allowed=allowed, windows=tuple(windows), now=now)
+        steps = _memory_pass(storage, policy, key, time.time())
+        try:
+            name, counter, expiry = next(steps)
+            while True:
+                if name == "get":
+                    count = await storage.get(counter)
+                else:
+                    count = await storage.incr(counter, expiry)
+                name, counter, expiry = steps.send(count)
+        except StopIteration as done:
+            result: LimitResult = done.value
+            return result
 
     async def aclose(self) -> None:
         """Close the script's connections (the ``limits`` storage's client

@@ -153,7 +153,8 @@ def test_memory_pass_agrees_with_limits_on_the_same_storage() -> None:
 def test_a_refused_request_is_counted_in_no_window(redis: RedisServer, where: str) -> None:
     from limits.storage import storage_from_string
 
-    policy, key = _policy("3/minute;5/hour"), _key()
+    # The window that refuses comes second: the first must not count either.
+    policy, key = _policy("5/hour;3/minute"), _key()
 
     def run() -> list[LimitResult]:
         if where == "redis-sync":
@@ -176,7 +177,7 @@ def test_a_refused_request_is_counted_in_no_window(redis: RedisServer, where: st
 
     results = run()
     assert [r.allowed for r in results] == [True, True, True, False, False]
-    minute, hour = results[-1].windows
+    hour, minute = results[-1].windows
     assert minute[0] == 0
     assert hour[0] == 2  # the two refused requests spent nothing of the hour
 
@@ -354,3 +355,78 @@ def test_closing_answers_the_counts_in_flight(thawed: RedisServer) -> None:
     outcome = asyncio.run(scenario())
     # An answer (the guard's 503), not a request cancelled from under it.
     assert isinstance(outcome, ConnectionError)
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2])
+def test_closing_as_a_count_is_queued_answers_it_and_leaks_nothing(
+    redis: RedisServer, turns: int
+) -> None:
+    """aclose() right after a request asked for a count: before its batch
+    was sent, or as its task was about to start."""
+    policy, key = _policy("10/minute"), _key()
+    before = _info(redis, "connected_clients")
+
+    async def scenario() -> BaseException | LimitResult:
+        counter = _async_redis(redis)
+        await counter.hit(policy, key)  # a connection, idle
+        waiting = asyncio.ensure_future(counter.hit(policy, key))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await counter.aclose()
+        done, _ = await asyncio.wait([waiting], timeout=2)
+        assert done, "the count was never answered"
+        return (await asyncio.gather(waiting, return_exceptions=True))[0]
+
+    outcome = asyncio.run(scenario())
+    assert isinstance(outcome, (LimitResult, ConnectionError))
+    deadline = time.monotonic() + 2
+    while _info(redis, "connected_clients") > before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _info(redis, "connected_clients") == before
+
+
+def test_batches_wait_for_a_free_connection_beyond_the_cap(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import navai_mw._limiter
+
+    monkeypatch.setattr(navai_mw._limiter, "MAX_CONNECTIONS", 1)
+    policy, key = _policy("1000/minute"), _key()
+    opened_before = _info(redis, "total_connections_received")
+
+    async def scenario() -> list[LimitResult]:
+        counter = _async_redis(redis)
+        asked = []
+        for _ in range(5):  # five turns of the loop: five batches
+            asked.append(asyncio.ensure_future(counter.hit(policy, key)))
+            await asyncio.sleep(0)
+        results = await asyncio.gather(*asked)
+        await counter.aclose()
+        return list(results)
+
+    results = asyncio.run(scenario())
+    assert sorted(r.windows[0][0] for r in results) == [995, 996, 997, 998, 999]
+    # One connection carried them all (the other is this test's INFO).
+    assert _info(redis, "total_connections_received") - opened_before == 1 + 1
+
+
+def test_a_key_redis_cannot_take_fails_only_its_own_count(redis: RedisServer) -> None:
+    policy = _policy("10/minute")
+    good, bad = _key(), "navai:mint:id:\udcff"
+
+    async def scenario() -> list[Any]:
+        counter = _async_redis(redis)
+        outcomes = await asyncio.gather(
+            counter.hit(policy, good),
+            counter.hit(policy, bad),
+            counter.hit(policy, good),
+            return_exceptions=True,
+        )
+        await counter.aclose()
+        return list(outcomes)
+
+    first, refused, third = asyncio.run(scenario())
+    assert isinstance(refused, UnicodeError)
+    assert isinstance(first, LimitResult)
+    assert isinstance(third, LimitResult)
+    assert sorted([first.windows[0][0], third.windows[0][0]]) == [8, 9]
