@@ -219,7 +219,10 @@ def _memory_pass(
     return LimitResult(allowed=allowed, windows=tuple(windows), now=now)
 
 
-Batch = list[tuple[list[str], list[int], "asyncio.Future[Any]"]]
+# A count asked for: the script's keys and arguments, and where its reply goes.
+Entry = tuple[list[str], list[int], "asyncio.Future[Any]"]
+Batch = list[Entry]
+Packed = list[tuple[Entry, bytes]]
 
 
 class _Pipe:
@@ -359,9 +362,7 @@ class _ScriptConnections(LoopBound[_Pipe]):
             else:
                 await connection.disconnect(nowait=True)
 
-    def _packed(
-        self, batch: Batch, name: str, script: str
-    ) -> list[tuple[tuple[list[str], list[int], asyncio.Future[Any]], bytes]]:
+    def _packed(self, batch: Batch, name: str, script: str) -> Packed:
         """Each count of ``batch`` with its command; one that cannot be
         packed (a key Redis cannot take) fails alone."""
         packed = []
@@ -387,11 +388,7 @@ class _ScriptConnections(LoopBound[_Pipe]):
 
         return list(Connection().pack_command(*words))
 
-    async def _exchange(
-        self,
-        connection: Any,
-        packed: list[tuple[tuple[list[str], list[int], asyncio.Future[Any]], bytes]],
-    ) -> list[tuple[tuple[list[str], list[int], asyncio.Future[Any]], bytes]]:
+    async def _exchange(self, connection: Any, packed: Packed) -> Packed:
         """Send the commands in one write and settle each count with its
         reply; return those the server did not run for want of the script."""
         await connection.send_packed_command(
