@@ -239,6 +239,14 @@ class _Pipe:
         self.closed = False
 
 
+def _closed_by_server(connection: Any) -> bool:
+    """Whether the server closed this idle connection (its end of stream has
+    arrived). redis-py still calls it connected, and would fail the next
+    batch on it; its own pool asks with a read for every command instead."""
+    reader = getattr(connection, "_reader", None)  # redis-py's stream, when connected
+    return reader is not None and reader.at_eof()
+
+
 def _fail(batch: Batch, error: Exception) -> None:
     for _, _, answer in batch:
         if not answer.done():  # a request that left has cancelled its own
@@ -337,6 +345,8 @@ class _ScriptConnections(LoopBound[_Pipe]):
         whole = False
         try:
             async with attempt_deadline(self._timeout):
+                if _closed_by_server(connection):  # a restart, an idle timeout
+                    await connection.disconnect(nowait=True)
                 await connection.connect()  # at once when it is connected
                 pending = self._packed(batch, "EVALSHA", _SCRIPT_SHA)
                 # A new or flushed server knows no script by its digest: the

@@ -430,3 +430,31 @@ def test_a_key_redis_cannot_take_fails_only_its_own_count(redis: RedisServer) ->
     assert isinstance(first, LimitResult)
     assert isinstance(third, LimitResult)
     assert sorted([first.windows[0][0], third.windows[0][0]]) == [8, 9]
+
+
+def test_connections_the_server_closed_are_not_used_again(thawed: RedisServer) -> None:
+    """After a Redis restart every idle connection is dead: the next counts
+    go through fresh ones instead of failing one batch per dead connection."""
+    policy, key = _policy("100/minute"), _key()
+
+    async def scenario() -> list[str]:
+        counter = _async_redis(thawed)
+        in_flight = []
+        for _ in range(4):  # four batches at once: four connections, then idle
+            in_flight.append(asyncio.ensure_future(counter.hit(policy, key)))
+            await asyncio.sleep(0)
+        await asyncio.gather(*in_flight)
+        thawed.stop()
+        thawed.start()
+        await asyncio.sleep(0.2)  # the loop reads each connection's end of stream
+        outcomes = []
+        for _ in range(6):
+            try:
+                await counter.hit(policy, key)
+                outcomes.append("ok")
+            except Exception as exc:
+                outcomes.append(type(exc).__name__)
+        await counter.aclose()
+        return outcomes
+
+    assert asyncio.run(scenario()) == ["ok"] * 6
