@@ -458,3 +458,76 @@ def test_connections_the_server_closed_are_not_used_again(thawed: RedisServer) -
         return outcomes
 
     assert asyncio.run(scenario()) == ["ok"] * 6
+
+
+def test_a_count_redis_refuses_fails_alone_and_the_connection_goes_on(
+    redis: RedisServer,
+) -> None:
+    """A key that holds something else (another application's list): Redis
+    answers that script with an error; the counts around it are unharmed."""
+    policy = _policy("10/minute")
+    good, taken = _key(), _key()
+    current = f"LIMITS:{{{policy.items[0].key_for(taken)}}}"
+    assert command(redis.port, "RPUSH", current, "x") == b":1"
+    opened_before = _info(redis, "total_connections_received")
+
+    async def scenario() -> list[Any]:
+        counter = _async_redis(redis)
+        outcomes = await asyncio.gather(
+            counter.hit(policy, good),
+            counter.hit(policy, taken),
+            counter.hit(policy, good),
+            return_exceptions=True,
+        )
+        after = await counter.hit(policy, good)
+        await counter.aclose()
+        return [*outcomes, after]
+
+    first, refused, third, after = asyncio.run(scenario())
+    from redis.exceptions import ResponseError
+
+    assert isinstance(refused, ResponseError)
+    assert "WRONGTYPE" in str(refused)
+    assert isinstance(first, LimitResult)
+    assert isinstance(third, LimitResult)
+    assert after.windows[0][0] == 7
+    # One connection served the batch and the count after it.
+    assert _info(redis, "total_connections_received") - opened_before == 1 + 1
+
+
+class _OtherStorage:
+    """A storage of another kind (as Redis Cluster or memcached are to the
+    counters): only the limits sliding-window calls, here over memory."""
+
+    def __init__(self, storage: Any) -> None:
+        self._storage = storage
+
+    def acquire_sliding_window_entry(self, *args: Any) -> Any:
+        return self._storage.acquire_sliding_window_entry(*args)
+
+    def get_sliding_window(self, *args: Any) -> Any:
+        return self._storage.get_sliding_window(*args)
+
+
+@pytest.mark.parametrize("shell", ["sync", "async"])
+def test_other_storages_count_through_the_limits_calls(shell: str) -> None:
+    from limits.storage import storage_from_string
+
+    # The first window refuses: nothing is counted in the second. (When a
+    # later window refuses, the earlier ones have counted, as in limits.)
+    policy, key = _policy("3/minute;5/hour"), _key()
+    if shell == "sync":
+        sync = SyncCounter(_OtherStorage(storage_from_string("memory://")))
+        results = [sync.hit(policy, key) for _ in range(5)]
+    else:
+
+        async def counts() -> list[LimitResult]:
+            storage = _OtherStorage(storage_from_string("async+memory://"))
+            counter = AsyncCounter(storage, timeout=1.0)
+            assert counter.bounded is False  # the effects bound it with a deadline
+            return [await counter.hit(policy, key) for _ in range(5)]
+
+        results = asyncio.run(counts())
+    assert [r.allowed for r in results] == [True, True, True, False, False]
+    assert [r.windows[0][0] for r in results] == [2, 1, 0, 0, 0]
+    assert results[-1].windows[1][0] == 2
