@@ -324,6 +324,8 @@ class AsyncEffects:
             raise OptionsError(f"rate_limit_storage cannot be used: {type(exc).__name__}") from None
 
     async def __call__(self, effect: object) -> object:
+        if isinstance(effect, HitLimit):  # the most frequent
+            return await self._count(effect)
         if isinstance(effect, CallHook):
             try:
                 if is_async_hook(effect.hook):
@@ -332,8 +334,6 @@ class AsyncEffects:
                 return HookResult(await anyio.to_thread.run_sync(effect.hook, *effect.args))
             except Exception as exc:
                 return HookResult(error=exc)
-        if isinstance(effect, HitLimit):
-            return await self._count(effect)
         if isinstance(effect, CallFunction):
             return await self._call(effect)
         if isinstance(effect, (RememberCall, CallOwned, ForgetCall)):
@@ -468,10 +468,13 @@ async def close_live_session(effect: CloseLive) -> Exception | None:
 
 
 def _on_asyncio() -> bool:
+    """Whether an asyncio loop runs this code (not trio): asked per request,
+    so one C call."""
     try:
-        return sniffio.current_async_library() == "asyncio"
-    except sniffio.AsyncLibraryNotFoundError:
+        asyncio.get_running_loop()
+    except RuntimeError:
         return False
+    return True
 
 
 def _scheme(uri: str) -> str:

@@ -14,13 +14,12 @@ window; here it is one step wherever the storage allows:
   windows, checks every window, counts the request in all of them or in
   none, and returns their state. (Two round trips per window, each with
   redis-py's client-side overhead, were most of the guard's cost.)
-* **memory:// under asyncio**: the ``limits`` async memory storage's own
-  counters (``get``, ``incr``), read and counted in one pass. None of its
-  calls waits for anything, so nothing else runs in between: the pass is as
-  atomic as the script.
-* **memory:// under WSGI**: the same pass over the ``limits`` sync memory
-  storage's counters, under a lock of its own (the server's threads would
-  interleave otherwise).
+* **memory://**: the ``limits`` memory storage's own counters and expiry
+  times (:class:`MemoryCounts`), read and counted in one pass of plain
+  code, with none of its per-call coroutines, locks and expiry tasks. Under
+  asyncio nothing runs in between, so the pass is as atomic as the script;
+  under WSGI the sync storage's counters are counted under a lock of its
+  own (the server's threads would interleave otherwise).
 * **Every other storage** (Redis Cluster, whose windows of one policy live
   on different nodes; ``valkey://`` and Redis over coredis under ASGI):
   the storage's sliding-window calls per window, acquire and then read
@@ -40,7 +39,7 @@ import hashlib
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, cast
 
 from ._guard import LimitResult, RateLimitPolicy
@@ -185,38 +184,94 @@ def _scripted(storage: Any, sync: bool) -> tuple[Any, str] | None:
     return None
 
 
-# What the memory pass asks of the storage: ``("get", key, 0)`` or
-# ``("incr", key, expiry)``; it is sent back the count.
-MemoryStep = tuple[str, str, int]
+# How often, at most, the memory counts drop the windows that have expired.
+SWEEP_SECONDS: Final = 10.0
+# Window names kept ready (``limits``' key of an item and a client); past
+# this many, the cache starts over.
+MAX_NAMES: Final = 10_000
 
 
-def _memory_pass(
-    storage: Any, policy: RateLimitPolicy, key: str, now: float
-) -> Generator[MemoryStep, int, LimitResult]:
-    """One pass over a ``limits`` memory storage's counters of every window
-    (its window keys, its times): read them, then count in all or none.
-    Sans-IO: the sync and the async counter each perform its steps."""
-    seen = []
-    allowed = True
-    for item in policy.items:
-        period = item.get_expiry()
-        previous_key, current_key = storage.sliding_window_keys(item.key_for(key), period, now)
-        previous = yield ("get", previous_key, 0)
-        current = yield ("get", current_key, 0)
-        # The periods are aligned on the clock: what is left of them.
-        previous_left = (1 - ((now - period) / period) % 1) * period if previous else 0.0
-        current_left = (1 - (now / period) % 1) * period + period
-        if math.floor(previous * previous_left / period) + current + 1 > item.amount:
-            allowed = False
-        seen.append((current_key, previous, previous_left, current, current_left))
-    windows = []
-    for item, (current_key, previous, previous_left, current, current_left) in zip(
-        policy.items, seen, strict=True
-    ):
-        if allowed:
-            current = yield ("incr", current_key, 2 * item.get_expiry())
-        windows.append(window_state(item, previous, previous_left, current, current_left, now))
-    return LimitResult(allowed=allowed, windows=tuple(windows), now=now)
+class MemoryCounts:
+    """Counting in a ``limits`` memory storage, sync or async (both keep
+    the same two dicts): its counters and their expiry times, under its
+    window keys, read and written here directly.
+
+    Its own calls are coroutines that take a lock and schedule an expiry
+    task for what is, under an event loop, a few dict operations that
+    nothing can interrupt; through them the count cost most of the guard's
+    time. Here it is one plain pass: read every window, then count in all or
+    none. The dicts stay as its calls would leave them (a count expires two
+    periods after it starts, an expired one reads as nothing), so its own
+    ``get_window_stats`` agrees, and expired counts are dropped every
+    :data:`SWEEP_SECONDS`, as its expiry task would.
+
+    Not thread-safe: the sync counter holds a lock around :meth:`hit`.
+    """
+
+    __slots__ = ("_counts", "_expiries", "_names", "_next_sweep")
+
+    def __init__(self, storage: Any) -> None:
+        self._counts: dict[str, int] = storage.storage
+        self._expiries: dict[str, float] = storage.expirations
+        # A client's key: the policy's windows, and their names.
+        self._names: dict[str, tuple[tuple[Any, ...], tuple[str, ...]]] = {}
+        self._next_sweep = 0.0
+
+    def hit(self, policy: RateLimitPolicy, key: str, now: float) -> LimitResult:
+        if now >= self._next_sweep:
+            self._sweep(now)
+        read = self._read
+        seen = []
+        allowed = True
+        for item, name in zip(policy.items, self._names_of(policy, key), strict=True):
+            period = item.get_expiry()
+            # ``limits``' window keys: the period's number since the epoch.
+            previous = read(f"{name}/{int((now - period) / period)}", now)
+            current_key = f"{name}/{int(now / period)}"
+            current = read(current_key, now)
+            # The periods are aligned on the clock: what is left of them.
+            previous_left = (1 - ((now - period) / period) % 1) * period if previous else 0.0
+            if math.floor(previous * previous_left / period) + current >= item.amount:
+                allowed = False
+            seen.append((item, period, current_key, previous, previous_left, current))
+        windows = []
+        for item, period, current_key, previous, previous_left, current in seen:
+            if allowed:
+                current += 1
+                self._counts[current_key] = current
+                if current == 1:
+                    self._expiries[current_key] = now + 2 * period
+            current_left = (1 - (now / period) % 1) * period + period
+            windows.append(window_state(item, previous, previous_left, current, current_left, now))
+        return LimitResult(allowed, tuple(windows), now)
+
+    def _names_of(self, policy: RateLimitPolicy, key: str) -> tuple[str, ...]:
+        """``limits``' key of each window of ``policy`` for ``key``."""
+        names = self._names
+        known = names.get(key)
+        if known is not None and known[0] is policy.items:
+            return known[1]
+        if len(names) >= MAX_NAMES:
+            names.clear()
+        spelled = tuple(item.key_for(key) for item in policy.items)
+        names[key] = (policy.items, spelled)
+        return spelled
+
+    def _read(self, key: str, now: float) -> int:
+        """A counter's value, as the storage's ``get``: nothing once expired."""
+        if self._expiries.get(key, 0.0) > now:
+            return self._counts.get(key, 0)
+        if key in self._counts:
+            del self._counts[key]
+            self._expiries.pop(key, None)
+        return 0
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + SWEEP_SECONDS
+        expired = [key for key, at in self._expiries.items() if at <= now]
+        for key in expired:
+            del self._expiries[key]
+            self._counts.pop(key, None)
 
 
 # A count asked for: the script's keys and arguments, and where its reply goes.
@@ -440,6 +495,7 @@ class SyncCounter:
             self.hit = self._by_script
         elif isinstance(storage, MemoryStorage):
             self._lock = threading.Lock()
+            self._memory = MemoryCounts(storage)
             self.hit = self._in_memory
 
     def _by_script(self, policy: RateLimitPolicy, key: str) -> LimitResult:
@@ -448,17 +504,8 @@ class SyncCounter:
         return _script_result(policy, reply, time.time())
 
     def _in_memory(self, policy: RateLimitPolicy, key: str) -> LimitResult:
-        storage = self.storage
         with self._lock:  # the server's threads take turns
-            steps = _memory_pass(storage, policy, key, time.time())
-            try:
-                name, counter, expiry = next(steps)
-                while True:
-                    count = storage.get(counter) if name == "get" else storage.incr(counter, expiry)
-                    name, counter, expiry = steps.send(count)
-            except StopIteration as done:
-                result: LimitResult = done.value
-                return result
+            return self._memory.hit(policy, key, time.time())
 
     def _by_calls(self, policy: RateLimitPolicy, key: str) -> LimitResult:
         storage = self.storage
@@ -496,6 +543,7 @@ class AsyncCounter:
             self._script = _ScriptConnections(client, timeout)
             self.hit = self._by_script
         elif isinstance(storage, MemoryStorage):
+            self._memory = MemoryCounts(storage)
             self.hit = self._in_memory
         else:
             self.bounded = False
@@ -521,19 +569,8 @@ class AsyncCounter:
         return _windows_result(policy, allowed, states)
 
     async def _in_memory(self, policy: RateLimitPolicy, key: str) -> LimitResult:
-        storage = self.storage
-        steps = _memory_pass(storage, policy, key, time.time())
-        try:
-            name, counter, expiry = next(steps)
-            while True:
-                if name == "get":
-                    count = await storage.get(counter)
-                else:
-                    count = await storage.incr(counter, expiry)
-                name, counter, expiry = steps.send(count)
-        except StopIteration as done:
-            result: LimitResult = done.value
-            return result
+        # Nothing in it waits: no other request runs in between.
+        return self._memory.hit(policy, key, time.time())
 
     async def aclose(self) -> None:
         """Close the script's connections (the ``limits`` storage's client

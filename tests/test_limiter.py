@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from navai_mw._guard import LimitResult, RateLimitPolicy
-from navai_mw._limiter import AsyncCounter, SyncCounter
+from navai_mw._limiter import MAX_NAMES, SWEEP_SECONDS, AsyncCounter, MemoryCounts, SyncCounter
 
 from .redis_server import RedisServer, command, redis_fixture
 
@@ -147,6 +147,94 @@ def test_memory_pass_agrees_with_limits_on_the_same_storage() -> None:
     assert last.windows[0][0] == stats.remaining == 7
     # Both say when the window next frees a slot, to within the time between.
     assert abs(last.windows[0][1] - stats.reset_time) < 1.0
+
+
+@pytest.mark.parametrize("scheme", ["memory://", "async+memory://"])
+def test_memory_counts_and_limits_calls_see_the_same_counters(scheme: str) -> None:
+    """The counts kept in the storage's counters are those its own calls
+    keep: limits refuses once navai_mw filled a window, and navai_mw counts
+    what limits let through."""
+    from limits.storage import storage_from_string
+
+    policy, key = _policy("4/hour"), _key()
+    item = policy.items[0]
+    storage = storage_from_string(scheme)
+    counts = MemoryCounts(storage)
+
+    async def limits_call(name: str, *args: Any) -> Any:
+        result = getattr(storage, name)(*args)
+        return await result if asyncio.iscoroutine(result) else result
+
+    async def scenario() -> None:
+        assert await limits_call("acquire_sliding_window_entry", item.key_for(key), 4, 3600)
+        assert counts.hit(policy, key, time.time()).windows[0][0] == 2
+        assert counts.hit(policy, key, time.time()).windows[0][0] == 1
+        assert await limits_call("acquire_sliding_window_entry", item.key_for(key), 4, 3600)
+        previous, _, current, _ = await limits_call("get_sliding_window", item.key_for(key), 3600)
+        assert previous + current == 4
+        assert not await limits_call("acquire_sliding_window_entry", item.key_for(key), 4, 3600)
+        assert not counts.hit(policy, key, time.time()).allowed
+
+    asyncio.run(scenario())
+
+
+def test_memory_counts_slide_their_windows() -> None:
+    """Given the clock: a full period weighs on the next one by the share of
+    it still ahead (the limits arithmetic), then not at all."""
+    from limits.storage import storage_from_string
+
+    policy, key = _policy("10/minute"), _key()
+    counts = MemoryCounts(storage_from_string("memory://"))
+    start = 60 * 29_000_000 + 30.0  # halfway through a period
+    assert [counts.hit(policy, key, start).allowed for _ in range(11)] == [True] * 10 + [False]
+    # Halfway through the next one: half of the ten still weigh, five are free.
+    later = start + 60
+    results = [counts.hit(policy, key, later) for _ in range(6)]
+    assert [r.allowed for r in results] == [True] * 5 + [False]
+    assert results[-1].windows[0][0] == 0
+    # Two periods on, the first is forgotten; the five of the second weigh
+    # half (2.5, floored as limits does): eight are free.
+    again = [counts.hit(policy, key, start + 120).allowed for _ in range(9)]
+    assert again == [True] * 8 + [False]
+
+
+def test_memory_counts_drop_expired_windows() -> None:
+    """Counts no longer needed leave the storage (a key per client and
+    period would otherwise pile up), as the storage's own expiry does."""
+    from limits.storage import storage_from_string
+
+    policy = _policy("3/second")
+    storage = storage_from_string("async+memory://")
+    counts = MemoryCounts(storage)
+    start = 1_900_000_000.5
+    for index in range(50):
+        counts.hit(policy, f"navai:mint:ip:10.0.0.{index}", start)
+    assert len(storage.storage) == len(storage.expirations) == 50
+    # Within the sweep interval nothing is dropped; after it, the expired are.
+    counts.hit(policy, "navai:mint:ip:10.0.1.1", start + SWEEP_SECONDS / 2)
+    assert len(storage.storage) == 51
+    last = counts.hit(policy, "navai:mint:ip:10.0.1.2", start + SWEEP_SECONDS + 1)
+    assert last.allowed
+    assert list(storage.storage.values()) == [1]
+    assert storage.expirations.keys() == storage.storage.keys()
+
+
+def test_memory_counts_forget_window_names_past_their_bound() -> None:
+    from limits.storage import storage_from_string
+
+    policy = _policy("2/hour")
+    counts = MemoryCounts(storage_from_string("memory://"))
+    now = time.time()
+    first = "navai:mint:ip:192.0.2.1"
+    counts.hit(policy, first, now)
+    for index in range(MAX_NAMES):
+        counts.hit(
+            policy, f"navai:mint:ip:10.{index // 65536}.{index // 256 % 256}.{index % 256}", now
+        )
+    assert len(counts._names) <= MAX_NAMES
+    # The count of a forgotten name is still there: only its spelling was cached.
+    assert counts.hit(policy, first, now).windows[0][0] == 0
+    assert not counts.hit(policy, first, now).allowed
 
 
 @pytest.mark.parametrize("where", ["redis-async", "redis-sync", "memory-async", "memory-sync"])
