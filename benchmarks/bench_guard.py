@@ -57,6 +57,9 @@ LABELS = {
 # Far above what one uvicorn worker mints: never refuses.
 RATE_LIMIT = "100000000/minute"
 MIN_RATIO = {"jwt+redis": 0.8, "memory": 0.95}
+# Rounds of a full run: the targets are ratios a few percent from 1, and one
+# wrk run on this kind of machine moves by as much; more pairs narrow the median.
+FULL_ROUNDS = 9
 
 JWKS_PATH = "/.well-known/jwks.json"
 KEY_ID = "bench-key-1"
@@ -68,12 +71,13 @@ GUARD_MODULES = ("jwt", "cryptography", "limits", "redis")
 
 def run(ctx: Context) -> Section:
     profile = ctx.profile
+    rounds = FULL_ROUNDS if profile.name == "full" else profile.rounds
     section = Section(
         key="guard",
         title="The guard under uvicorn, driven by wrk",
         intro=(
             f"`POST {MINT_PATH}` with the front end's JSON, wrk (1 thread, {CONNECTIONS} "
-            f"connections) for {profile.wrk_seconds} s per run, {profile.rounds} interleaved "
+            f"connections) for {profile.wrk_seconds} s per run, {rounds} interleaved "
             "rounds; navai_mw with its default transport, each arm in its own uvicorn process, "
             "the fake upstream in another. *jwt+redis* verifies an RS256 token (`jwt_bearer`, "
             "JWKS on loopback) and counts the request in a local `redis-server`; *memory* "
@@ -150,7 +154,7 @@ def run(ctx: Context) -> Section:
                     headers=target.headers,
                 )
         before = redis.stats()
-        runs = _rounds(targets, apps, redis, ctx)
+        runs = _rounds(targets, apps, redis, ctx, rounds)
         after = redis.stats()
         section.data["jwks_fetches"] = jwks_server.fetches
         section.data["redis_version"] = redis.version
@@ -188,12 +192,16 @@ def _cpu_seconds(pid: int | None) -> float:
 
 
 def _rounds(
-    targets: dict[str, WrkArm], apps: dict[str, Server], redis: RedisServer, ctx: Context
+    targets: dict[str, WrkArm],
+    apps: dict[str, Server],
+    redis: RedisServer,
+    ctx: Context,
+    rounds: int,
 ) -> dict[str, list[GuardRun]]:
     """wrk each arm once per round, interleaved, reading CPU times around each run."""
     profile = ctx.profile
     runs: dict[str, list[GuardRun]] = {arm: [] for arm in targets}
-    for index, arm in interleave(list(targets), profile.rounds):
+    for index, arm in interleave(list(targets), rounds):
         target = targets[arm]
         pid = apps[arm].proc.pid
         app_before, redis_before = _cpu_seconds(pid), _cpu_seconds(redis.pid)

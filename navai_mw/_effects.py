@@ -22,6 +22,7 @@ import inspect
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, wait
@@ -268,10 +269,9 @@ class SyncEffects:
 class AsyncEffects:
     """Performs effects for the ASGI shell.
 
-    ``memory://`` counts in this process: on asyncio with the ``limits``
-    async memory storage (its expiry runs as a task; the sync storage
-    starts a thread a hundred times a second, and each start blocks the
-    event loop), elsewhere (trio) with the sync storage, called inline. A
+    ``memory://`` counts in this process, inline: the counters of a
+    ``limits`` async memory storage, counted by plain code that waits for
+    nothing (so no other request runs in between, under asyncio or trio). A
     shared storage goes through the ``limits`` async storage on redis-py's
     asyncio client.
     """
@@ -287,8 +287,9 @@ class AsyncEffects:
         self.calls = AsyncCalls(calls_uri)
         self._uri = storage_uri
         self._local = storage_uri is not None and _scheme(storage_uri) == "memory"
-        self._sync = SyncEffects(storage_uri, function_workers=1) if self._local else None
         self._counter: AsyncCounter | None = None
+        # memory:// needs no event loop of a kind: its counts are made now.
+        self._memory = self._async_counter().memory if self._local else None
 
     def _async_counter(self) -> AsyncCounter:
         if self._counter is None:
@@ -325,6 +326,8 @@ class AsyncEffects:
 
     async def __call__(self, effect: object) -> object:
         if isinstance(effect, HitLimit):  # the most frequent
+            if self._memory is not None:  # counted here, waiting for nothing
+                return self._memory.hit(effect.policy, effect.key, time.time())
             return await self._count(effect)
         if isinstance(effect, CallHook):
             try:
@@ -367,9 +370,8 @@ class AsyncEffects:
             await self._counter.aclose()
 
     async def _count(self, effect: HitLimit) -> LimitResult:
+        """Count in a shared storage (asyncio only), within the storage's timeout."""
         if not _on_asyncio():
-            if self._sync is not None:  # memory:// under trio: the sync storage
-                return cast(LimitResult, self._sync(effect))
             logger.error("navai_mw: %s", _NEEDS_ASYNCIO)
             return LimitResult(unavailable=True)
         try:

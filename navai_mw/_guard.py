@@ -28,7 +28,7 @@ import logging
 import math
 from collections.abc import Callable, Generator, Iterable, Mapping
 from types import MappingProxyType
-from typing import Any, Final, Protocol, cast, runtime_checkable
+from typing import Any, Final, NamedTuple, Protocol, cast, runtime_checkable
 
 import attrs
 
@@ -106,18 +106,18 @@ class HookResult:
     error: BaseException | None = None
 
 
-@attrs.frozen
-class HitLimit:
+class HitLimit(NamedTuple):
     """Count one request of ``key`` against ``policy`` in the limiter's
-    storage; send back a :class:`LimitResult`."""
+    storage; send back a :class:`LimitResult`. (A named tuple, as that
+    result: one of each per request.)"""
 
     policy: RateLimitPolicy
     key: str
 
 
-@attrs.frozen
-class LimitResult:
-    """What the storage said.
+class LimitResult(NamedTuple):
+    """What the storage said (a named tuple: one is made per request, and a
+    tuple is the cheapest immutable record to make).
 
     Fields:
         allowed: False when one of the windows is full (nothing more counted).
@@ -163,10 +163,11 @@ class RateLimitPolicy:
     group: str
     text: str
     items: tuple[Any, ...] = attrs.field(eq=False, repr=False)
-    # The same on every answer: spelled once.
-    _policy_header: str = attrs.field(init=False, eq=False, repr=False)
+    # ``RateLimit-Policy``: one item per window (IETF draft syntax). The
+    # same on every answer: spelled once.
+    policy_header: str = attrs.field(init=False, eq=False, repr=False)
 
-    @_policy_header.default
+    @policy_header.default
     def _spell_policy_header(self) -> str:
         return ", ".join(
             f'"{self.group}";q={item.amount};w={item.get_expiry()}' for item in self.items
@@ -184,10 +185,6 @@ class RateLimitPolicy:
                 f'("10/minute;200/day"). Received: {text!r}'
             ) from None
         return cls(group, text, items)
-
-    def policy_header(self) -> str:
-        """``RateLimit-Policy``: one item per window (IETF draft syntax)."""
-        return self._policy_header
 
 
 def parse_rate_limits(value: str | Mapping[str, str] | None) -> dict[str, RateLimitPolicy]:
@@ -371,7 +368,7 @@ class Guard:
         (``RateLimit``/``RateLimit-Policy``). An ``identity`` given (a view
         that authenticated the caller itself) is taken as it is, without
         asking ``authorize``. Raises :class:`NavaiError`."""
-        if identity is None:
+        if identity is None and self.authorize is not None:
             identity = yield from self._authorize(info)
         policy = self.limits.get(group)
         if policy is None:
@@ -390,7 +387,7 @@ class Guard:
                 headers=(("Retry-After", "5"),),
             )
         header, wait = _limit_header(policy, result)
-        headers = (("RateLimit-Policy", policy.policy_header()), ("RateLimit", header))
+        headers = (("RateLimit-Policy", policy.policy_header), ("RateLimit", header))
         if not result.allowed:
             raise NavaiError(
                 "Too many requests; try again later.",
@@ -401,10 +398,8 @@ class Guard:
             )
         return identity, headers
 
-    def _authorize(self, info: RequestInfo) -> Generator[Any, Any, str | None]:
+    def _authorize(self, info: RequestInfo) -> Generator[Any, Any, str]:
         authorize = self.authorize
-        if authorize is None:
-            return None
         if self._builtin:
             identity = yield from cast(Authorizer, authorize).steps(info)
         else:

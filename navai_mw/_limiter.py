@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -104,24 +103,27 @@ MAX_IDLE_CONNECTIONS: Final = MAX_CONNECTIONS
 
 
 def window_state(
-    item: Any,
+    amount: int,
+    period: int,
     previous_count: int,
     previous_left: float,
     current_count: int,
     current_left: float,
     now: float,
 ) -> tuple[int, float]:
-    """The requests a window has left, and the Unix time at which it next
-    frees a slot (``limits``' ``get_window_stats``; times left in seconds)."""
-    period = item.get_expiry()
-    weighted = previous_count * previous_left / period + current_count
-    remaining = max(0, item.amount - math.floor(weighted))
-    frees_in = math.inf
+    """The requests a window of ``amount`` per ``period`` seconds has left,
+    and the Unix time at which it next frees a slot (``limits``'
+    ``get_window_stats``; times left in seconds, never negative)."""
+    # int() floors what is never negative, and costs less than math.floor.
+    remaining = amount - int(previous_count * previous_left / period + current_count)
+    frees_in = 0.0
     if previous_count:
         frees_in = previous_left % (period / previous_count)
-    if current_count:
-        frees_in = min(frees_in, current_left % period)
-    return remaining, now + (0.0 if frees_in == math.inf else frees_in)
+        if current_count:
+            frees_in = min(frees_in, current_left % period)
+    elif current_count:
+        frees_in = current_left % period
+    return (remaining if remaining > 0 else 0), now + frees_in
 
 
 def _script_parts(policy: RateLimitPolicy, key: str, prefix: str) -> tuple[list[str], list[int]]:
@@ -139,7 +141,8 @@ def _script_parts(policy: RateLimitPolicy, key: str, prefix: str) -> tuple[list[
 def _script_result(policy: RateLimitPolicy, reply: Sequence[Any], now: float) -> LimitResult:
     windows = tuple(
         window_state(
-            item,
+            item.amount,
+            item.get_expiry(),
             int(reply[1 + 4 * i]),
             int(reply[2 + 4 * i]) / 1000,
             int(reply[3 + 4 * i]),
@@ -156,7 +159,8 @@ def _windows_result(
 ) -> LimitResult:
     now = time.time()
     windows = tuple(
-        window_state(item, *state, now) for item, state in zip(policy.items, states, strict=True)
+        window_state(item.amount, item.get_expiry(), *state, now)
+        for item, state in zip(policy.items, states, strict=True)
     )
     return LimitResult(allowed=allowed, windows=windows, now=now)
 
@@ -186,9 +190,13 @@ def _scripted(storage: Any, sync: bool) -> tuple[Any, str] | None:
 
 # How often, at most, the memory counts drop the windows that have expired.
 SWEEP_SECONDS: Final = 10.0
-# Window names kept ready (``limits``' key of an item and a client); past
-# this many, the cache starts over.
-MAX_NAMES: Final = 10_000
+# Clients whose windows' keys are kept spelled; past this many, the cache
+# starts over.
+MAX_CLIENTS: Final = 10_000
+
+
+# Each window of a policy for one client: its limit, period and ``limits`` key.
+Windows = tuple[tuple[int, int, str], ...]
 
 
 class MemoryCounts:
@@ -208,63 +216,60 @@ class MemoryCounts:
     Not thread-safe: the sync counter holds a lock around :meth:`hit`.
     """
 
-    __slots__ = ("_counts", "_expiries", "_names", "_next_sweep")
+    __slots__ = ("_counts", "_expiries", "_next_sweep", "_windows")
 
     def __init__(self, storage: Any) -> None:
         self._counts: dict[str, int] = storage.storage
         self._expiries: dict[str, float] = storage.expirations
-        # A client's key: the policy's windows, and their names.
-        self._names: dict[str, tuple[tuple[Any, ...], tuple[str, ...]]] = {}
+        # A client's key: the policy's items, and for each its limit,
+        # period and ``limits`` key (spelled once per client, not per request).
+        self._windows: dict[str, tuple[tuple[Any, ...], Windows]] = {}
         self._next_sweep = 0.0
 
     def hit(self, policy: RateLimitPolicy, key: str, now: float) -> LimitResult:
         if now >= self._next_sweep:
             self._sweep(now)
-        read = self._read
+        counts, expiries = self._counts, self._expiries
+        known = self._windows.get(key)
+        windows = known[1] if known is not None and known[0] is policy.items else None
+        if windows is None:
+            windows = self._spell(policy, key)
         seen = []
         allowed = True
-        for item, name in zip(policy.items, self._names_of(policy, key), strict=True):
-            period = item.get_expiry()
+        for amount, period, name in windows:
             # ``limits``' window keys: the period's number since the epoch.
-            previous = read(f"{name}/{int((now - period) / period)}", now)
+            # A count that has expired reads as nothing (the sweep drops it).
+            previous_key = f"{name}/{int((now - period) / period)}"
+            previous = counts.get(previous_key, 0) if expiries.get(previous_key, 0.0) > now else 0
             current_key = f"{name}/{int(now / period)}"
-            current = read(current_key, now)
+            current = counts.get(current_key, 0) if expiries.get(current_key, 0.0) > now else 0
             # The periods are aligned on the clock: what is left of them.
             previous_left = (1 - ((now - period) / period) % 1) * period if previous else 0.0
-            if math.floor(previous * previous_left / period) + current >= item.amount:
+            if int(previous * previous_left / period) + current >= amount:
                 allowed = False
-            seen.append((item, period, current_key, previous, previous_left, current))
-        windows = []
-        for item, period, current_key, previous, previous_left, current in seen:
+            seen.append((amount, period, current_key, previous, previous_left, current))
+        states = []
+        for amount, period, current_key, previous, previous_left, current in seen:
             if allowed:
                 current += 1
-                self._counts[current_key] = current
+                counts[current_key] = current
                 if current == 1:
-                    self._expiries[current_key] = now + 2 * period
+                    expiries[current_key] = now + 2 * period
             current_left = (1 - (now / period) % 1) * period + period
-            windows.append(window_state(item, previous, previous_left, current, current_left, now))
-        return LimitResult(allowed, tuple(windows), now)
+            states.append(
+                window_state(amount, period, previous, previous_left, current, current_left, now)
+            )
+        return LimitResult(allowed, tuple(states), now)
 
-    def _names_of(self, policy: RateLimitPolicy, key: str) -> tuple[str, ...]:
-        """``limits``' key of each window of ``policy`` for ``key``."""
-        names = self._names
-        known = names.get(key)
-        if known is not None and known[0] is policy.items:
-            return known[1]
-        if len(names) >= MAX_NAMES:
-            names.clear()
-        spelled = tuple(item.key_for(key) for item in policy.items)
-        names[key] = (policy.items, spelled)
-        return spelled
-
-    def _read(self, key: str, now: float) -> int:
-        """A counter's value, as the storage's ``get``: nothing once expired."""
-        if self._expiries.get(key, 0.0) > now:
-            return self._counts.get(key, 0)
-        if key in self._counts:
-            del self._counts[key]
-            self._expiries.pop(key, None)
-        return 0
+    def _spell(self, policy: RateLimitPolicy, key: str) -> Windows:
+        """The windows of ``policy`` for a client's ``key``, kept for its next requests."""
+        if len(self._windows) >= MAX_CLIENTS:
+            self._windows.clear()
+        windows = tuple(
+            (item.amount, item.get_expiry(), item.key_for(key)) for item in policy.items
+        )
+        self._windows[key] = (policy.items, windows)
+        return windows
 
     def _sweep(self, now: float) -> None:
         self._next_sweep = now + SWEEP_SECONDS
@@ -538,12 +543,15 @@ class AsyncCounter:
         # deadline of its own): memory never waits, the script's batches
         # carry their own.
         self.bounded = True
+        # In this process (memory://): counted by plain code, which the
+        # caller may also call itself, sparing a coroutine.
+        self.memory: MemoryCounts | None = None
         if scripted is not None:
             client, self._prefix = scripted
             self._script = _ScriptConnections(client, timeout)
             self.hit = self._by_script
         elif isinstance(storage, MemoryStorage):
-            self._memory = MemoryCounts(storage)
+            self.memory = MemoryCounts(storage)
             self.hit = self._in_memory
         else:
             self.bounded = False
@@ -570,7 +578,7 @@ class AsyncCounter:
 
     async def _in_memory(self, policy: RateLimitPolicy, key: str) -> LimitResult:
         # Nothing in it waits: no other request runs in between.
-        return self._memory.hit(policy, key, time.time())
+        return cast(MemoryCounts, self.memory).hit(policy, key, time.time())
 
     async def aclose(self) -> None:
         """Close the script's connections (the ``limits`` storage's client

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from navai_mw._guard import LimitResult, RateLimitPolicy
-from navai_mw._limiter import MAX_NAMES, SWEEP_SECONDS, AsyncCounter, MemoryCounts, SyncCounter
+from navai_mw._limiter import MAX_CLIENTS, SWEEP_SECONDS, AsyncCounter, MemoryCounts, SyncCounter
 
 from .redis_server import RedisServer, command, redis_fixture
 
@@ -227,11 +227,11 @@ def test_memory_counts_forget_window_names_past_their_bound() -> None:
     now = time.time()
     first = "navai:mint:ip:192.0.2.1"
     counts.hit(policy, first, now)
-    for index in range(MAX_NAMES):
+    for index in range(MAX_CLIENTS):
         counts.hit(
             policy, f"navai:mint:ip:10.{index // 65536}.{index // 256 % 256}.{index % 256}", now
         )
-    assert len(counts._names) <= MAX_NAMES
+    assert len(counts._windows) <= MAX_CLIENTS
     # The count of a forgotten name is still there: only its spelling was cached.
     assert counts.hit(policy, first, now).windows[0][0] == 0
     assert not counts.hit(policy, first, now).allowed
