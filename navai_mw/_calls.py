@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from ._relay import CallOwned, CallRegistry, ForgetCall, RememberCall, owner_mark
+from .transports import on_asyncio as _on_asyncio
 
 __all__ = ["AsyncCalls", "SyncCalls", "redis_uri"]
 
@@ -309,16 +310,3 @@ class AsyncCalls:
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
-
-
-def _on_asyncio() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    import sniffio
-
-    try:
-        return sniffio.current_async_library() == "asyncio"
-    except sniffio.AsyncLibraryNotFoundError:
-        return False

@@ -39,6 +39,7 @@ from ._invoke import CallFunction, FunctionOutcome
 from ._limiter import AsyncCounter, SyncCounter
 from ._relay import CallOwned, CloseLive, ForgetCall, RememberCall
 from .transports import attempt_deadline
+from .transports import on_asyncio as _on_asyncio
 
 __all__ = [
     "DEFAULT_FUNCTION_WORKERS",
@@ -467,16 +468,6 @@ async def close_live_session(effect: CloseLive) -> Exception | None:
     except Exception as exc:
         logger.warning("navai_mw: closing a Live session failed: %s", type(exc).__name__)
         return exc
-
-
-def _on_asyncio() -> bool:
-    """Whether an asyncio loop runs this code (not trio): asked per request,
-    so one C call."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 def _scheme(uri: str) -> str:

@@ -416,6 +416,12 @@ def _running_loop() -> object:
         return None
 
 
+def on_asyncio() -> bool:
+    """Whether an asyncio loop runs this code (else trio): one C call, cheap
+    enough to ask per request."""
+    return _running_loop() is not None
+
+
 # asyncio.timeout came with Python 3.11.
 _asyncio_timeout: Callable[[float], AbstractAsyncContextManager[object]] | None = getattr(
     asyncio, "timeout", None
@@ -425,7 +431,7 @@ _asyncio_timeout: Callable[[float], AbstractAsyncContextManager[object]] | None 
 def attempt_deadline(seconds: float) -> AbstractAsyncContextManager[object]:
     """A TimeoutError once ``seconds`` have passed: asyncio's own timeout on
     asyncio (a fraction of anyio's cost per attempt), anyio's elsewhere."""
-    if _asyncio_timeout is not None and sniffio.current_async_library() == "asyncio":
+    if _asyncio_timeout is not None and on_asyncio():
         return _asyncio_timeout(seconds)
     return _AnyioDeadline(seconds)
 
