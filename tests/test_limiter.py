@@ -200,23 +200,43 @@ def test_memory_counts_slide_their_windows() -> None:
 
 def test_memory_counts_drop_expired_windows() -> None:
     """Counts no longer needed leave the storage (a key per client and
-    period would otherwise pile up), as the storage's own expiry does."""
+    period would otherwise pile up), as the storage's own expiry does: two
+    periods after they start, and only those."""
     from limits.storage import storage_from_string
 
-    policy = _policy("3/second")
+    policy = _policy("3/minute")
     storage = storage_from_string("async+memory://")
     counts = MemoryCounts(storage)
-    start = 1_900_000_000.5
+    start = 60 * 31_000_000 + 0.5
     for index in range(50):
         counts.hit(policy, f"navai:mint:ip:10.0.0.{index}", start)
     assert len(storage.storage) == len(storage.expirations) == 50
-    # Within the sweep interval nothing is dropped; after it, the expired are.
-    counts.hit(policy, "navai:mint:ip:10.0.1.1", start + SWEEP_SECONDS / 2)
+    # A period later the sweeps have run, and nothing has expired yet.
+    later = counts.hit(policy, "navai:mint:ip:10.0.1.1", start + 60)
+    assert later.allowed
     assert len(storage.storage) == 51
-    last = counts.hit(policy, "navai:mint:ip:10.0.1.2", start + SWEEP_SECONDS + 1)
-    assert last.allowed
-    assert list(storage.storage.values()) == [1]
+    # Two periods after the fifty started, they go; the later one stays.
+    counts.hit(policy, "navai:mint:ip:10.0.1.2", start + 120 + SWEEP_SECONDS)
+    kept = sorted(key.split("/")[1] for key in storage.storage)
+    assert kept == ["navai:mint:ip:10.0.1.1", "navai:mint:ip:10.0.1.2"]
     assert storage.expirations.keys() == storage.storage.keys()
+
+
+def test_the_sweep_keeps_a_count_that_started_again() -> None:
+    """A count whose expiry moved since it was queued (it was made anew)
+    is not dropped at its old time."""
+    from limits.storage import storage_from_string
+
+    policy = _policy("3/minute")
+    storage = storage_from_string("memory://")
+    counts = MemoryCounts(storage)
+    start = 60 * 31_000_000 + 0.5
+    counts.hit(policy, "navai:mint:ip:192.0.2.7", start)
+    (key,) = storage.storage
+    storage.expirations[key] = start + 500
+    counts.hit(policy, "navai:mint:ip:192.0.2.8", start + 121 + SWEEP_SECONDS)
+    assert storage.storage[key] == 1
+    assert storage.expirations[key] == start + 500
 
 
 def test_memory_counts_forget_window_names_past_their_bound() -> None:
