@@ -429,7 +429,9 @@ def _fake_upstream(args: argparse.Namespace) -> int:
     elevenlabs = FakeElevenLabs()
     with ExitStack() as stack:
         # SIGTERM ends it as Ctrl-C does, from here on: also while starting.
-        stack.enter_context(_sigterm_interrupts())
+        # The fakes serve from threads, so Ctrl-C is ours to catch: also
+        # when it was started with SIGINT ignored.
+        stack.enter_context(_sigterm_interrupts(signal.SIGINT))
         try:
             openai_url = stack.enter_context(openai.serve(args.host, args.port))
         except (OSError, RuntimeError) as exc:
@@ -525,19 +527,23 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 @contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
+def _sigterm_interrupts(*others: signal.Signals) -> Iterator[None]:
     # uvicorn catches SIGTERM, shuts down gracefully, then raises the signal
     # again for whatever handler was there before. Make that handler a
     # KeyboardInterrupt, which the caller ends quietly, so that `kill` and
-    # container stops exit with status 0 instead of death by signal.
+    # container stops exit with status 0 instead of death by signal. The
+    # ``others`` interrupt too, whatever their inherited handling (a script's
+    # background job starts with SIGINT ignored).
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread may set handlers (main() run in a test thread)
         return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    taken = (signal.SIGTERM, *others)
+    previous = {signum: signal.signal(signum, _interrupt) for signum in taken}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _list_functions(args: argparse.Namespace) -> int:

@@ -107,6 +107,19 @@ def test_the_export_lines_run_in_a_shell(upstreams: list[FakeUpstream]) -> None:
     assert cli.stop(signal.SIGINT) == 0
 
 
+def test_sigint_stops_it_also_when_it_starts_ignored(upstreams: list[FakeUpstream]) -> None:
+    """A script's background job (``navai-mw fake-upstream &``) starts with
+    SIGINT ignored; the fakes serve from threads, so the CLI takes it itself."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the child
+    try:
+        cli = FakeUpstream()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    upstreams.append(cli)
+    assert "OPENAI_BASE_URL" in cli.exports()
+    assert cli.stop(signal.SIGINT) == 0
+
+
 def test_api_key_makes_another_key_a_502(upstreams: list[FakeUpstream]) -> None:
     cli = FakeUpstream("--api-key", "sk-the-only-one")
     upstreams.append(cli)
