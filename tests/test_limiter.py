@@ -518,26 +518,35 @@ def test_batches_wait_for_a_free_connection_beyond_the_cap(
     assert _info(redis, "total_connections_received") - opened_before == 1 + 1
 
 
+def _counts_around(server: RedisServer, policy: RateLimitPolicy, good: str, odd: str) -> list[Any]:
+    """``odd`` counted between two counts of ``good`` (one batch), then
+    ``good`` once more on its own: each outcome, or the exception it raised."""
+
+    async def scenario() -> list[Any]:
+        counter = _async_redis(server)
+        outcomes = await asyncio.gather(
+            counter.hit(policy, good),
+            counter.hit(policy, odd),
+            counter.hit(policy, good),
+            return_exceptions=True,
+        )
+        after = await counter.hit(policy, good)
+        await counter.aclose()
+        return [*outcomes, after]
+
+    return asyncio.run(scenario())
+
+
 def test_a_key_redis_cannot_take_fails_only_its_own_count(redis: RedisServer) -> None:
     policy = _policy("10/minute")
     good, bad = _key(), "navai:mint:id:\udcff"
 
-    async def scenario() -> list[Any]:
-        counter = _async_redis(redis)
-        outcomes = await asyncio.gather(
-            counter.hit(policy, good),
-            counter.hit(policy, bad),
-            counter.hit(policy, good),
-            return_exceptions=True,
-        )
-        await counter.aclose()
-        return list(outcomes)
-
-    first, refused, third = asyncio.run(scenario())
+    first, refused, third, after = _counts_around(redis, policy, good, bad)
     assert isinstance(refused, UnicodeError)
     assert isinstance(first, LimitResult)
     assert isinstance(third, LimitResult)
     assert sorted([first.windows[0][0], third.windows[0][0]]) == [8, 9]
+    assert after.windows[0][0] == 7
 
 
 def test_connections_the_server_closed_are_not_used_again(thawed: RedisServer) -> None:
@@ -579,19 +588,7 @@ def test_a_count_redis_refuses_fails_alone_and_the_connection_goes_on(
     assert command(redis.port, "RPUSH", current, "x") == b":1"
     opened_before = _info(redis, "total_connections_received")
 
-    async def scenario() -> list[Any]:
-        counter = _async_redis(redis)
-        outcomes = await asyncio.gather(
-            counter.hit(policy, good),
-            counter.hit(policy, taken),
-            counter.hit(policy, good),
-            return_exceptions=True,
-        )
-        after = await counter.hit(policy, good)
-        await counter.aclose()
-        return [*outcomes, after]
-
-    first, refused, third, after = asyncio.run(scenario())
+    first, refused, third, after = _counts_around(redis, policy, good, taken)
     from redis.exceptions import ResponseError
 
     assert isinstance(refused, ResponseError)
