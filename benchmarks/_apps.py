@@ -203,7 +203,7 @@ class AiohttpRelay:
     sends the answer back. It checks nothing, builds nothing, parses nothing."""
 
     def __init__(self, upstream: str) -> None:
-        from navai_mw._core import build_upstream_request
+        from navai_mw.upstreams.openai_secrets import build_upstream_request
 
         request = build_upstream_request(options(upstream), {"model": "gpt-realtime"})
         self.url = request.url

@@ -21,8 +21,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from navai_mw._core import Outcome, build_upstream_request, parse_upstream_response
-from navai_mw._endpoint import Answer, Endpoint
+from navai_mw.core.effects import Outcome
+from navai_mw.endpoint.answers import Answer
+from navai_mw.endpoint.endpoint import Endpoint
+from navai_mw.upstreams.openai_secrets import build_upstream_request, parse_upstream_response
 
 from ._apps import options
 from ._harness import (

@@ -31,8 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from navai_mw._core import build_upstream_request
 from navai_mw.transports import DEFAULT_MAX_CONNECTIONS
+from navai_mw.upstreams.openai_secrets import build_upstream_request
 
 from ._apps import options
 from ._harness import (

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from navai_mw._core import build_upstream_request
+from navai_mw.upstreams.openai_secrets import build_upstream_request
 
 from ._apps import describe_default_transport, options
 from ._harness import (

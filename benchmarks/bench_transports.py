@@ -17,8 +17,8 @@ import math
 from collections import defaultdict
 from typing import Any
 
-from navai_mw._core import build_upstream_request
 from navai_mw.transports import HttpxSyncTransport
+from navai_mw.upstreams.openai_secrets import build_upstream_request
 
 from ._apps import (
     ASYNC_TRANSPORT_LABELS,

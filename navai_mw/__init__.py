@@ -1,11 +1,23 @@
 """navai_mw: hand browser and mobile voice clients an OpenAI Realtime session
 without ever handing them the server's API key.
 
-The public names are re-exported here; everything in a module whose name
-starts with an underscore is private.
+The public names are re-exported here, and from the other top-level
+modules (``asgi``, ``wsgi``, ``views``, ``auth``, ``functions``,
+``transports``, ``sansio``, ``testing``, ``cli``); the layers below them
+(``core``, ``upstreams``, ``guard``, ``backend_functions``, ``endpoint``,
+``config``, ``runtime``) are private.
 """
 
-from ._client import (
+from .asgi import NavaiASGIMiddleware
+from .backend_functions.loading import load_navai_functions
+from .backend_functions.registry import FunctionContext, FunctionRegistry, NavaiFunctionError
+from .config.env import get_navai_voice_backend_options_from_env
+from .core.client_requests import CreateClientSecretRequest, CreateTranscriptionSecretRequest
+from .core.errors import AuthError, NavaiError, OptionsError, RequestError, UpstreamError
+from .core.faces import publish
+from .core.http import HttpRequest, HttpResponse, RequestInfo
+from .core.options import NavaiVoiceBackendOptions, VoiceSettings
+from .runtime.client_functions import (
     create_realtime_client_secret,
     create_realtime_client_secret_sync,
     create_transcription_client_secret,
@@ -13,27 +25,9 @@ from ._client import (
     synthesize_speech,
     synthesize_speech_sync,
 )
-from ._env import get_navai_voice_backend_options_from_env
-from ._errors import AuthError, NavaiError, OptionsError, RequestError, UpstreamError
-from ._guard import RequestInfo
-from ._mint import SessionContext
-from ._models import (
-    CreateClientSecretRequest,
-    CreateTranscriptionSecretRequest,
-    HttpRequest,
-    HttpResponse,
-    NavaiVoiceBackendOptions,
-    OpenAIRealtimeClientSecretResponse,
-    VoiceSettings,
-)
-from ._speech import SynthesizedSpeech
-from .asgi import NavaiASGIMiddleware
-from .functions import (
-    FunctionContext,
-    FunctionRegistry,
-    NavaiFunctionError,
-    load_navai_functions,
-)
+from .upstreams.elevenlabs import SynthesizedSpeech
+from .upstreams.mint import SessionContext
+from .upstreams.openai_secrets import OpenAIRealtimeClientSecretResponse
 from .views import AsyncNavaiHandler, NavaiHandler, NavaiResponse
 from .wsgi import NavaiWSGIMiddleware
 
@@ -70,3 +64,5 @@ __all__ = [
     "synthesize_speech",
     "synthesize_speech_sync",
 ]
+
+publish(__name__, globals(), __all__)

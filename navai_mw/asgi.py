@@ -25,19 +25,18 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from ._calls import redis_uri
-from ._client import drive_async
-from ._effects import DEFAULT_FUNCTION_WORKERS
-from ._endpoint import (
-    Answer,
-    RouteOptions,
-    route_path,
-)
-from ._models import NavaiVoiceBackendOptions
-from .transports import AsyncTransport
+from .core.options import NavaiVoiceBackendOptions
+from .endpoint.answers import Answer
+from .endpoint.endpoint import RouteOptions, route_path
+from .runtime.call_store import redis_uri
+from .runtime.drivers import drive_async
+from .runtime.function_workers import DEFAULT_FUNCTION_WORKERS
+from .runtime.transports import AsyncTransport
 from .views import AsyncNavaiHandler
 
-__all__ = ["NavaiASGIMiddleware"]
+__all__ = [
+    "NavaiASGIMiddleware",
+]
 
 logger = logging.getLogger("navai_mw")
 
@@ -59,7 +58,7 @@ class NavaiASGIMiddleware:
     to choose how OpenAI is reached; the middleware closes only the
     transport it made itself.
 
-    The other keywords are :class:`~navai_mw._endpoint.RouteOptions`' (the
+    The other keywords are :class:`~navai_mw.config.RouteOptions`' (the
     routes' paths, limits, functions, the session hook, CORS and the guard;
     docs/configuration.md has each with its default). The guard's
     (``authorize``, ``rate_limit``, ``rate_limit_storage``...) decide who may

@@ -41,14 +41,20 @@ from typing import Any
 import attrs
 from typing_extensions import Unpack
 
-from ._client import drive_async, drive_sync
-from ._effects import DEFAULT_FUNCTION_WORKERS, AsyncEffects, SyncEffects, is_async_hook
-from ._endpoint import Answer, Endpoint, RouteOptions
-from ._errors import OptionsError
-from ._models import NavaiVoiceBackendOptions
-from .transports import AiohttpTransport, AsyncTransport, HttpxSyncTransport, SyncTransport
+from .core.errors import OptionsError
+from .core.options import NavaiVoiceBackendOptions
+from .endpoint.answers import Answer
+from .endpoint.endpoint import Endpoint, RouteOptions
+from .runtime.drivers import drive_async, drive_sync
+from .runtime.function_workers import DEFAULT_FUNCTION_WORKERS
+from .runtime.performers import AsyncEffects, SyncEffects, is_async_hook
+from .runtime.transports import AiohttpTransport, AsyncTransport, HttpxSyncTransport, SyncTransport
 
-__all__ = ["AsyncNavaiHandler", "NavaiHandler", "NavaiResponse"]
+__all__ = [
+    "AsyncNavaiHandler",
+    "NavaiHandler",
+    "NavaiResponse",
+]
 
 
 @attrs.frozen
@@ -111,7 +117,11 @@ class NavaiHandler:
         self.transport: SyncTransport = transport or HttpxSyncTransport(
             max_connections=max_upstream_connections
         )
-        self.effects.attach(self.transport, self.endpoint.end_call)
+        # A call ends at its time cap by the endpoint's own steps, driven here.
+        endpoint, transport, effects = self.endpoint, self.transport, self.effects
+        self.effects.calls.start(
+            lambda key: drive_sync(endpoint.end_call(key), transport, perform=effects)
+        )
 
     def handle(
         self,
@@ -181,7 +191,13 @@ class AsyncNavaiHandler:
         self.transport: AsyncTransport = transport or AiohttpTransport(
             max_connections=max_upstream_connections
         )
-        self.effects.attach(self.transport, self.endpoint.end_call)
+        endpoint, transport, effects = self.endpoint, self.transport, self.effects
+
+        async def end_call(key: str) -> None:
+            # A call ends at its time cap by the endpoint's own steps, driven here.
+            await drive_async(endpoint.end_call(key), transport, perform=effects)
+
+        self.effects.calls.start(end_call)
 
     async def handle(
         self,

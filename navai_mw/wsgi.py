@@ -18,20 +18,20 @@ from typing import TYPE_CHECKING, Any
 
 from typing_extensions import Unpack
 
-from ._client import drive_sync
-from ._effects import DEFAULT_FUNCTION_WORKERS
-from ._endpoint import (
-    Answer,
-    RouteOptions,
-)
-from ._models import NavaiVoiceBackendOptions
-from .transports import SyncTransport
+from .core.options import NavaiVoiceBackendOptions
+from .endpoint.answers import Answer
+from .endpoint.endpoint import RouteOptions
+from .runtime.drivers import drive_sync
+from .runtime.function_workers import DEFAULT_FUNCTION_WORKERS
+from .runtime.transports import SyncTransport
 from .views import NavaiHandler
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["NavaiWSGIMiddleware"]
+__all__ = [
+    "NavaiWSGIMiddleware",
+]
 
 # CGI spells these two without the HTTP_ prefix.
 _UNPREFIXED = {"CONTENT_TYPE": "content-type", "CONTENT_LENGTH": "content-length"}

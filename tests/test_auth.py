@@ -32,10 +32,6 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from navai_mw import NavaiError, OptionsError, UpstreamError
-from navai_mw._client import drive_async, drive_sync
-from navai_mw._core import Attempt, Outcome
-from navai_mw._errors import AuthError
-from navai_mw._guard import Authorizer, AuthSteps, Guard, RequestInfo
 from navai_mw.auth import (
     MAX_JWKS_BYTES,
     AnyOf,
@@ -46,6 +42,12 @@ from navai_mw.auth import (
     bearer_tokens,
     jwt_bearer,
 )
+from navai_mw.core.effects import Attempt, Outcome
+from navai_mw.core.errors import AuthError
+from navai_mw.core.http import RequestInfo
+from navai_mw.guard.authorizers import Authorizer, AuthSteps
+from navai_mw.guard.guard import Guard
+from navai_mw.runtime.drivers import drive_async, drive_sync
 from navai_mw.transports import HttpxAsyncTransport, HttpxSyncTransport
 
 AUD = "https://api.example.test"

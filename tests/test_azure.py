@@ -40,12 +40,12 @@ from navai_mw import (
     create_transcription_client_secret_sync,
     get_navai_voice_backend_options_from_env,
 )
-from navai_mw._core import build_upstream_request
-from navai_mw._env import AZURE_WINS_WARNING
-from navai_mw._guard import Guard
+from navai_mw.config.env import AZURE_WINS_WARNING
 from navai_mw.functions import FunctionRegistry
+from navai_mw.guard.guard import Guard
 from navai_mw.testing import RecordedRequest, serve_asgi
 from navai_mw.transports import HttpxAsyncTransport, HttpxSyncTransport
+from navai_mw.upstreams.openai_secrets import build_upstream_request
 
 from .conftest import CANARY_KEY
 from .test_servers import inner_asgi as lifespan_asgi
@@ -471,13 +471,13 @@ def test_a_middleware_from_the_environment_mints_with_azure(
 
 
 def test_the_cli_banner_notes_that_azure_wins(monkeypatch: pytest.MonkeyPatch) -> None:
-    from navai_mw import cli
+    from navai_mw.cli import banner as cli_banner
 
     env = {"AZURE_OPENAI_ENDPOINT": ENDPOINT, "AZURE_OPENAI_API_KEY": AZURE_KEY}
     opts = get_navai_voice_backend_options_from_env(env)
 
     def banner() -> str:
-        return cli._banner(
+        return cli_banner._banner(
             "127.0.0.1", 8000, TOKEN, opts, None, Guard(), FunctionRegistry(), demo=False
         )
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from navai_mw._speech import NOT_ENABLED
 from navai_mw.cli import DEMO_VOICE_ID, main
 from navai_mw.testing import FakeElevenLabs
+from navai_mw.upstreams.elevenlabs import NOT_ENABLED
 
 from .conftest import CANARY_KEY
 from .test_cli import Cli, _env, _free_port

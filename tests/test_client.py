@@ -19,8 +19,7 @@ from navai_mw import (
     create_realtime_client_secret,
     create_realtime_client_secret_sync,
 )
-from navai_mw._client import drive_async, drive_sync
-from navai_mw._core import build_upstream_request, exchange
+from navai_mw.runtime.drivers import drive_async, drive_sync
 from navai_mw.testing import FakeOpenAIRealtime
 from navai_mw.transports import (
     AsyncTransport,
@@ -28,6 +27,7 @@ from navai_mw.transports import (
     HttpxSyncTransport,
     SyncTransport,
 )
+from navai_mw.upstreams.openai_secrets import build_upstream_request, exchange
 
 from .conftest import CANARY_KEY
 

@@ -20,14 +20,12 @@ from navai_mw import (
     RequestError,
     UpstreamError,
 )
-from navai_mw._core import (
-    MAX_QUOTED_UPSTREAM_CHARS,
-    Attempt,
-    Outcome,
+from navai_mw.core.effects import Attempt, Outcome
+from navai_mw.core.exchange import MAX_QUOTED_UPSTREAM_CHARS, retry_delay
+from navai_mw.upstreams.openai_secrets import (
     build_upstream_request,
     exchange,
     parse_upstream_response,
-    retry_delay,
 )
 
 KEY = "sk-core-test-key"

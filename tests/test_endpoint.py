@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 
 from navai_mw import NavaiVoiceBackendOptions
-from navai_mw._endpoint import Answer, BodyWanted, Endpoint, parse_body, route_path
-from navai_mw._errors import RequestError
+from navai_mw.core.errors import RequestError
+from navai_mw.endpoint.answers import Answer
+from navai_mw.endpoint.body import parse_body
+from navai_mw.endpoint.endpoint import BodyWanted, Endpoint, route_path
 
 OPTS = NavaiVoiceBackendOptions(openai_api_key="sk-endpoint")
 JSON = {"content-type": "application/json"}

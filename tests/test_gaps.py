@@ -1,8 +1,8 @@
 """Edges a mutation-testing review found unpinned: each test here fails on some
 plausible mutant of navai_mw's sans-IO code.
 
-Most cases drive :class:`~navai_mw._endpoint.Endpoint` by hand (``begin``,
-then ``finish`` with scripted :class:`~navai_mw._core.Outcome` values sent
+Most cases drive :class:`~navai_mw.endpoint.endpoint.Endpoint` by hand (``begin``,
+then ``finish`` with scripted :class:`~navai_mw.core.effects.Outcome` values sent
 into its generator), so they need no server and no clock; the CORS headers
 are also checked through both middlewares, with the in-process fake upstream.
 Header names are compared case-insensitively throughout.
@@ -28,13 +28,17 @@ from navai_mw import (
     NavaiVoiceBackendOptions,
     NavaiWSGIMiddleware,
     OptionsError,
-    _endpoint,
     get_navai_voice_backend_options_from_env,
 )
-from navai_mw._core import MAX_QUOTED_UPSTREAM_CHARS, Attempt, Outcome, parse_upstream_response
-from navai_mw._endpoint import MAX_JSON_DEPTH, Answer, Endpoint, parse_body
-from navai_mw._errors import RequestError, UpstreamError
+from navai_mw.core.effects import Attempt, Outcome
+from navai_mw.core.errors import RequestError, UpstreamError
+from navai_mw.core.exchange import MAX_QUOTED_UPSTREAM_CHARS
+from navai_mw.endpoint import body as body_rules
+from navai_mw.endpoint.answers import Answer
+from navai_mw.endpoint.body import MAX_JSON_DEPTH, parse_body
+from navai_mw.endpoint.endpoint import Endpoint
 from navai_mw.testing import FakeOpenAIRealtime
+from navai_mw.upstreams.openai_secrets import parse_upstream_response
 
 from .conftest import CANARY_KEY
 
@@ -451,23 +455,23 @@ HOSTILE = [
 
 def test_counting_strings_replays_the_real_pass() -> None:
     """The stand-in must remove exactly what the real pattern removes."""
-    strings = CountingStrings(_endpoint._JSON_STRING)
+    strings = CountingStrings(body_rules._JSON_STRING)
     samples = [param.values[0][:300] for param in HOSTILE]
     samples += [param.values[0].decode() for param in NESTING]
     samples += ['a"b\\"c"d"e', '""""', '"\\', "no quotes", ""]
     for text in samples:
-        assert strings.sub("", text) == _endpoint._JSON_STRING.sub("", text), text
+        assert strings.sub("", text) == body_rules._JSON_STRING.sub("", text), text
 
 
 @pytest.mark.parametrize(("text", "deep"), HOSTILE)
 def test_nesting_check_does_linear_work(
     monkeypatch: pytest.MonkeyPatch, text: str, deep: bool
 ) -> None:
-    strings = CountingStrings(_endpoint._JSON_STRING)
-    brackets = CountingBrackets(_endpoint._BRACKET)
-    monkeypatch.setattr(_endpoint, "_JSON_STRING", strings)
-    monkeypatch.setattr(_endpoint, "_BRACKET", brackets)
-    assert _endpoint._too_deep(text) is deep
+    strings = CountingStrings(body_rules._JSON_STRING)
+    brackets = CountingBrackets(body_rules._BRACKET)
+    monkeypatch.setattr(body_rules, "_JSON_STRING", strings)
+    monkeypatch.setattr(body_rules, "_BRACKET", brackets)
+    assert body_rules._too_deep(text) is deep
     assert (strings.calls, brackets.calls) == (1, 1)
     assert strings.work + brackets.work <= 3 * len(text)
 
@@ -476,9 +480,9 @@ def test_a_quadratic_tokenizer_would_be_caught(monkeypatch: pytest.MonkeyPatch) 
     """The check above has teeth: a string pattern that must see its closing
     quote rescans the text from every quote."""
     strings = CountingStrings(re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL))
-    monkeypatch.setattr(_endpoint, "_JSON_STRING", strings)
+    monkeypatch.setattr(body_rules, "_JSON_STRING", strings)
     text = '"' + '\\"[' * 2000
-    _endpoint._too_deep(text)
+    body_rules._too_deep(text)
     assert strings.work > 100 * len(text)
 
 
@@ -635,7 +639,7 @@ MEDIA_TYPES = [
 
 @pytest.mark.parametrize(("content_type", "ok"), MEDIA_TYPES)
 def test_media_type(content_type: str, ok: bool) -> None:
-    assert _endpoint._media_type_ok(content_type) is ok
+    assert body_rules._media_type_ok(content_type) is ok
 
 
 @pytest.mark.parametrize(("content_type", "ok"), MEDIA_TYPES)

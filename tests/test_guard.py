@@ -27,7 +27,7 @@ from navai_mw import (
     OptionsError,
     RequestInfo,
 )
-from navai_mw._guard import client_address, parse_trusted_proxies
+from navai_mw.guard.addresses import client_address, parse_trusted_proxies
 from navai_mw.testing import FakeOpenAIRealtime
 
 from .conftest import CANARY_KEY

@@ -12,22 +12,16 @@ from typing import Any
 import pytest
 
 from navai_mw import AuthError, NavaiError, NavaiVoiceBackendOptions, OptionsError, RequestInfo
-from navai_mw._client import drive_sync
-from navai_mw._core import Attempt, Outcome, attempts
-from navai_mw._endpoint import Answer, Endpoint
-from navai_mw._env import guard_from_env
-from navai_mw._guard import (
-    CallHook,
-    Guard,
-    HitLimit,
-    HookResult,
-    LimitResult,
-    RateLimitPolicy,
-    client_address,
-    parse_rate_limits,
-    parse_trusted_proxies,
-)
-from navai_mw._models import HttpRequest, HttpResponse
+from navai_mw.config.env import guard_from_env
+from navai_mw.core.effects import Attempt, CallHook, HitLimit, HookResult, LimitResult, Outcome
+from navai_mw.core.exchange import attempts
+from navai_mw.core.http import HttpRequest, HttpResponse
+from navai_mw.core.rate_limit_policy import RateLimitPolicy, parse_rate_limits
+from navai_mw.endpoint.answers import Answer
+from navai_mw.endpoint.endpoint import Endpoint
+from navai_mw.guard.addresses import client_address, parse_trusted_proxies
+from navai_mw.guard.guard import Guard
+from navai_mw.runtime.drivers import drive_sync
 
 NOW = 1_800_000_000.0
 INFO = RequestInfo(method="POST", route="client_secret", path="/p", headers={}, client="1.2.3.4")

@@ -34,10 +34,14 @@ from navai_mw import (
     create_realtime_client_secret_sync,
     get_navai_voice_backend_options_from_env,
 )
-from navai_mw._core import MAX_CLIENT_SECRET_RESPONSE_BYTES, exchange, parse_upstream_response
-from navai_mw._errors import log_safe
+from navai_mw.core.errors import log_safe
 from navai_mw.testing import FakeOpenAIRealtime
 from navai_mw.transports import AiohttpTransport, HttpxAsyncTransport, HttpxSyncTransport
+from navai_mw.upstreams.openai_secrets import (
+    MAX_CLIENT_SECRET_RESPONSE_BYTES,
+    exchange,
+    parse_upstream_response,
+)
 
 from .conftest import CANARY_KEY, raw_server
 
@@ -198,7 +202,7 @@ async def test_an_endless_answer_is_502_at_once_async(
 
 def test_the_core_refuses_a_body_past_the_request_limit_without_retrying() -> None:
     request = HttpRequest(method="POST", url="http://x", headers=(), body=b"", max_response_bytes=4)
-    from navai_mw._core import Outcome
+    from navai_mw.core.effects import Outcome
 
     steps = exchange(request, budget=10)
     next(steps)

@@ -1,4 +1,4 @@
-"""How a request is counted (:mod:`navai_mw._limiter`), against a real
+"""How a request is counted (:mod:`navai_mw.runtime.rate_counters`), against a real
 ``redis-server`` on a loopback port and the ``limits`` memory storages.
 
 The counts must be exactly those of the ``limits`` library on the same keys
@@ -18,8 +18,15 @@ from typing import Any
 
 import pytest
 
-from navai_mw._guard import LimitResult, RateLimitPolicy
-from navai_mw._limiter import MAX_CLIENTS, SWEEP_SECONDS, AsyncCounter, MemoryCounts, SyncCounter
+from navai_mw.core.effects import LimitResult
+from navai_mw.core.rate_limit_policy import RateLimitPolicy
+from navai_mw.runtime.rate_counters import (
+    MAX_CLIENTS,
+    SWEEP_SECONDS,
+    AsyncCounter,
+    MemoryCounts,
+    SyncCounter,
+)
 
 from .redis_server import RedisServer, command, redis_fixture
 
@@ -496,9 +503,9 @@ def test_closing_as_a_count_is_queued_answers_it_and_leaks_nothing(
 def test_batches_wait_for_a_free_connection_beyond_the_cap(
     redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import navai_mw._limiter
+    import navai_mw.runtime.rate_counters
 
-    monkeypatch.setattr(navai_mw._limiter, "MAX_CONNECTIONS", 1)
+    monkeypatch.setattr(navai_mw.runtime.rate_counters, "MAX_CONNECTIONS", 1)
     policy, key = _policy("1000/minute"), _key()
     opened_before = _info(redis, "total_connections_received")
 

@@ -13,7 +13,7 @@ from navai_mw import (
     OptionsError,
     get_navai_voice_backend_options_from_env,
 )
-from navai_mw._env import get_cors_origins_from_env
+from navai_mw.config.env import get_cors_origins_from_env
 
 from .conftest import CANARY_KEY
 

@@ -18,8 +18,8 @@ from navai_mw import (
     RequestError,
     get_navai_voice_backend_options_from_env,
 )
-from navai_mw._core import build_upstream_request
 from navai_mw.testing import FakeOpenAIRealtime
+from navai_mw.upstreams.openai_secrets import build_upstream_request
 
 from .conftest import CANARY_KEY
 

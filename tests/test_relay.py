@@ -31,8 +31,9 @@ from navai_mw import (
     NavaiVoiceBackendOptions,
     NavaiWSGIMiddleware,
 )
-from navai_mw._errors import RequestError
-from navai_mw._relay import check_offer, multipart, overrides_from_query
+from navai_mw.core.errors import RequestError
+from navai_mw.endpoint.routes.relay_steps import check_offer, overrides_from_query
+from navai_mw.upstreams.realtime_calls import multipart
 
 from .conftest import CANARY_KEY
 from .redis_server import RedisServer, redis_fixture

@@ -30,8 +30,8 @@ from navai_mw import (
     synthesize_speech,
     synthesize_speech_sync,
 )
-from navai_mw._core import build_upstream_request
-from navai_mw._speech import (
+from navai_mw.testing import FakeElevenLabs, FakeOpenAIRealtime
+from navai_mw.upstreams.elevenlabs import (
     MAX_SPEECH_AUDIO_BYTES,
     NO_CREDENTIALS,
     NOT_ENABLED,
@@ -39,7 +39,7 @@ from navai_mw._speech import (
     mime_type,
     parse_speech_response,
 )
-from navai_mw.testing import FakeElevenLabs, FakeOpenAIRealtime
+from navai_mw.upstreams.openai_secrets import build_upstream_request
 
 from .conftest import CANARY_KEY
 

@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from navai_mw import NavaiError, NavaiVoiceBackendOptions
-from navai_mw._core import build_upstream_request
 from navai_mw.testing import FakeOpenAIRealtime
 from navai_mw.transports import SyncTransport
+from navai_mw.upstreams.openai_secrets import build_upstream_request
 
 from .conftest import CANARY_KEY, raw_server
 

@@ -1,0 +1,413 @@
+"""Finding and importing backend function modules: where the reference
+looks (``NAVAI_FUNCTIONS_FOLDERS``...), what a module exports, and the
+registry made of them. File-system work, done once when the middleware is
+configured; public through :mod:`navai_mw.functions`."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Final
+
+from .registry import FunctionRegistry, NavaiFunction, _Names, locale_sort_key
+
+__all__ = [
+    "DEFAULT_FUNCTIONS_FOLDER",
+    "load_navai_functions",
+]
+
+logger = logging.getLogger("navai_mw")
+
+DEFAULT_FUNCTIONS_FOLDER: Final = "src/ai/functions-modules"
+# Files that are never function modules: a package's own files.
+_NOT_MODULES: Final = frozenset({"__init__.py", "__main__.py"})
+# Folders the walk never enters (the reference skips node_modules, dist and
+# dot-folders; a Python project adds its caches and installed packages).
+_SKIPPED_FOLDERS: Final = frozenset({"node_modules", "dist", "__pycache__", "site-packages"})
+
+
+# -- naming ---------------------------------------------------------------------------
+
+
+# -- ordering as JavaScript's localeCompare -------------------------------------------
+
+
+# -- where modules are found ----------------------------------------------------------
+
+
+def _normalize_path(value: str) -> str:
+    value = value.strip().replace("\\", "/")
+    value = re.sub(r"^/+", "", value)
+    value = re.sub(r"^(\./)+", "", value)
+    return re.sub(r"^(\.\./)+", "", value)
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    # The reference's translation, quirks kept: "?" is not escaped.
+    escaped = re.sub(r"([.+^${}()|\[\]\\])", r"\\\1", pattern)
+    escaped = escaped.replace("**", "\0").replace("*", "[^/]*").replace("\0", ".*")
+    return re.compile(f"^{escaped}$")
+
+
+def _matcher(token: str, agents: list[str]) -> Callable[[str], bool]:
+    raw = _normalize_path(token)
+    if not raw:
+        return lambda _: False
+    normalized = raw if raw.startswith("src/") else f"src/{raw}"
+    if normalized.endswith("/..."):
+        base = normalized[:-4].rstrip("/")
+        return lambda path: path.startswith(f"{base}/")
+    if "*" in normalized:
+        pattern = _glob(normalized)
+        return lambda path: pattern.match(path) is not None
+    if normalized.endswith(".py"):
+        return lambda path: path == normalized
+    base = normalized.rstrip("/")
+    if agents:
+
+        def in_agent_folder(path: str) -> bool:
+            if not path.startswith(f"{base}/"):
+                return False
+            return path[len(base) + 1 :].split("/", 1)[0] in agents
+
+        return in_agent_folder
+    return lambda path: path == base or path.startswith(f"{base}/")
+
+
+def _csv_segments(value: str | None) -> list[str]:
+    segments = (_normalize_path(item).replace("/", "") for item in (value or "").split(","))
+    return [segment for segment in segments if segment]
+
+
+def _is_virtualenv(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "pyvenv.cfg"))
+
+
+def _scan(base_dir: str) -> list[tuple[str, str]]:
+    """Every ``.py`` file below ``base_dir/src`` (every pattern is forced
+    under ``src/``, so nothing else can match): (path relative to
+    ``base_dir`` with ``/``, absolute path).
+
+    Links are followed, each real folder walked once (the first path to it
+    in name order wins), so that links cannot make the walk loop or grow.
+    """
+    found: list[tuple[str, str]] = []
+    walked: set[str] = set()
+
+    def walk(folder: str, relative: str) -> None:
+        real = os.path.realpath(folder)
+        if real in walked:
+            return
+        walked.add(real)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue  # the reference skips dot-folders and dot-files
+            path = f"{relative}{entry.name}"
+            try:
+                is_dir = entry.is_dir()
+                is_file = not is_dir and entry.is_file()
+            except OSError:
+                continue
+            if is_dir:
+                if entry.name not in _SKIPPED_FOLDERS and not _is_virtualenv(entry.path):
+                    walk(entry.path, f"{path}/")
+            elif is_file and entry.name.lower().endswith(".py") and entry.name not in _NOT_MODULES:
+                found.append((path, entry.path))
+
+    source = os.path.join(base_dir, "src")
+    if os.path.isdir(source):
+        walk(source, "src/")
+    return found
+
+
+def _env_value(env: Mapping[str, str | None], name: str) -> str | None:
+    value = env.get(name)
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def find_function_modules(
+    *,
+    base_dir: str | os.PathLike[str] | None = None,
+    functions_folders: str | None = None,
+    agents_folders: str | None = None,
+    env: Mapping[str, str | None] | None = None,
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """The modules to load, as (relative path, absolute path) in load order,
+    and the warnings of the search."""
+    env = os.environ if env is None else env
+    if base_dir is None:
+        configured_dir = _env_value(env, "NAVAI_FUNCTIONS_BASE_DIR")
+        base_dir = os.path.abspath(configured_dir) if configured_dir else os.getcwd()
+    folders = (
+        (functions_folders or "").strip()
+        or _env_value(env, "NAVAI_FUNCTIONS_FOLDERS")
+        or DEFAULT_FUNCTIONS_FOLDER
+    )
+    agents = _csv_segments(
+        (agents_folders or "").strip() or _env_value(env, "NAVAI_AGENTS_FOLDERS")
+    )
+    modules = _scan(os.fspath(base_dir))
+    tokens = [token.strip() for token in folders.split(",") if token.strip()]
+    matchers = [_matcher(token, agents) for token in tokens or [DEFAULT_FUNCTIONS_FOLDER]]
+    matched = [module for module in modules if any(match(module[0]) for match in matchers)]
+    warnings: list[str] = []
+    if not matched and tokens:
+        warnings.append(
+            f'[navai] NAVAI_FUNCTIONS_FOLDERS did not match any module: "{folders}". '
+            f'Falling back to "{DEFAULT_FUNCTIONS_FOLDER}".'
+        )
+        fallback = _matcher(DEFAULT_FUNCTIONS_FOLDER, agents)
+        matched = [module for module in modules if fallback(module[0])]
+    matched.sort(key=lambda module: locale_sort_key(module[0]))
+    return matched, warnings
+
+
+# -- importing a module by its path ---------------------------------------------------
+
+
+def _package_root(path: Path) -> Path | None:
+    """The outermost folder of the package chain holding ``path``, if any."""
+    root = None
+    folder = path.parent
+    while (folder / "__init__.py").is_file():
+        root = folder
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    return root
+
+
+def _synthetic_name(path: Path) -> str:
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    stem = re.sub(r"\W", "_", path.stem) or "module"
+    return f"_navai_functions_{digest}_{stem}"
+
+
+def import_by_path(absolute: str) -> ModuleType:
+    """Import the ``.py`` file at ``absolute`` (a folder may have any name).
+
+    Inside a package, the package is imported first under a private name, so
+    that the module's relative imports resolve.
+    """
+    path = Path(absolute).resolve()
+    root = _package_root(path)
+    if root is None:
+        name = _synthetic_name(path)
+        if name in sys.modules:
+            return sys.modules[name]
+        return _exec_module(name, path, None)
+    package = _synthetic_name(root)
+    if package not in sys.modules:
+        _exec_module(package, root / "__init__.py", [str(root)])
+    dotted = ".".join(path.relative_to(root).with_suffix("").parts)
+    return importlib.import_module(f"{package}.{dotted}")
+
+
+def _exec_module(name: str, path: Path, search: list[str] | None) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path, submodule_search_locations=search)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path.name}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+# -- what a module gives --------------------------------------------------------------
+
+
+def _defined_in(value: object, module: ModuleType) -> bool:
+    return getattr(value, "__module__", None) == module.__name__
+
+
+def _exports(module: ModuleType) -> list[tuple[str, object]]:
+    names = getattr(module, "__all__", None)
+    if isinstance(names, (list, tuple)) and all(isinstance(name, str) for name in names):
+        chosen = [(name, getattr(module, name)) for name in names if hasattr(module, name)]
+    else:
+        chosen = [
+            (name, value)
+            for name, value in vars(module).items()
+            if not name.startswith("_")
+            and not isinstance(value, ModuleType)
+            and type(value).__name__ != "_Feature"  # from __future__ import ...
+            and (
+                _defined_in(value, module)
+                if inspect.isclass(value) or inspect.isroutine(value)
+                # A value is an export without a function; another callable
+                # (a typing construct, an alias, a partial) is not one.
+                else not callable(value)
+            )
+        ]
+    # An ES module's namespace lists its exports in code-unit order.
+    return sorted(chosen, key=lambda item: item[0])
+
+
+def _summary(value: object) -> str | None:
+    doc = inspect.getdoc(value)
+    if not doc:
+        return None
+    return doc.strip().splitlines()[0].strip() or None
+
+
+def _method_names(cls: type) -> list[str]:
+    return [
+        name
+        for name, value in vars(cls).items()
+        if not name.startswith("_")
+        and (inspect.isfunction(value) or isinstance(value, (staticmethod, classmethod)))
+    ]
+
+
+def _signature(function: Any, *, drop_first: bool = False) -> inspect.Signature | None:
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return None
+    if drop_first:
+        parameters = list(signature.parameters.values())[1:]
+        signature = signature.replace(parameters=parameters)
+    return signature
+
+
+def _from_class(
+    origin: str, export: str, cls: type, names: _Names, warnings: list[str]
+) -> list[NavaiFunction]:
+    methods = _method_names(cls)
+    if not methods:
+        warnings.append(
+            f"[navai] Ignored {origin}#{export}: class has no callable instance methods."
+        )
+        return []
+    found = []
+    for method in methods:
+        raw = f"{cls.__name__}_{method}"
+        attribute = vars(cls)[method]
+        found.append(
+            NavaiFunction(
+                name=names.take(raw, warnings),
+                description=_summary(getattr(cls, method))
+                or f"Call class method {cls.__name__}.{method}().",
+                source=f"{origin}#{export}.{method}",
+                target=cls,
+                method=method,
+                signature=_signature(
+                    getattr(cls, method), drop_first=inspect.isfunction(attribute)
+                ),
+            )
+        )
+    return found
+
+
+def _from_value(
+    origin: str, export: str, value: object, names: _Names, warnings: list[str]
+) -> list[NavaiFunction]:
+    if inspect.isclass(value):
+        return _from_class(origin, export, value, names, warnings)
+    if inspect.isroutine(value):
+        return [
+            NavaiFunction(
+                name=names.take(export, warnings),
+                description=_summary(value) or f"Call exported function {export}.",
+                source=f"{origin}#{export}",
+                target=value,
+                signature=_signature(value),
+            )
+        ]
+    return []
+
+
+def _from_module(
+    origin: str, module: ModuleType, names: _Names, warnings: list[str]
+) -> list[NavaiFunction]:
+    exports = _exports(module)
+    if not exports:
+        warnings.append(f"[navai] Ignored {origin}: module has no exports.")
+        return []
+    found: list[NavaiFunction] = []
+    for export, value in exports:
+        found.extend(_from_value(origin, export, value, names, warnings))
+    if not found:
+        warnings.append(f"[navai] Ignored {origin}: module has no callable exports.")
+    return found
+
+
+def _failure(exc: BaseException) -> str:
+    # Only the kind: the message may hold anything (a password in a
+    # connection string), and the list is served to browsers. The message
+    # and the traceback go to the log.
+    return f"{type(exc).__name__} (see the server log)"
+
+
+FunctionSource = Callable[..., Any] | type | ModuleType
+
+
+def load_navai_functions(
+    functions: Iterable[FunctionSource] | None = None,
+    *,
+    base_dir: str | os.PathLike[str] | None = None,
+    functions_folders: str | None = None,
+    agents_folders: str | None = None,
+    env: Mapping[str, str | None] | None = None,
+) -> FunctionRegistry:
+    """Load backend functions.
+
+    With ``functions``, exactly those (functions, classes, modules), in that
+    order. Without, from the module folders as the reference finds them:
+    ``functions_folders`` (else ``NAVAI_FUNCTIONS_FOLDERS``, else
+    ``src/ai/functions-modules``), below ``base_dir`` (else
+    ``NAVAI_FUNCTIONS_BASE_DIR``, else the working directory), filtered by
+    ``agents_folders`` (else ``NAVAI_AGENTS_FOLDERS``). A module that fails
+    to import becomes a warning.
+    """
+    names = _Names()
+    warnings: list[str] = []
+    ordered: list[NavaiFunction] = []
+    if functions is not None:
+        for item in functions:
+            if isinstance(item, ModuleType):
+                ordered.extend(_from_module(item.__name__, item, names, warnings))
+                continue
+            export = getattr(item, "__name__", None)
+            if not isinstance(export, str) or not callable(item):
+                raise TypeError(
+                    f"functions must hold functions, classes or modules. Received: {item!r}"
+                )
+            origin = getattr(item, "__module__", None) or "functions"
+            ordered.extend(_from_value(origin, export, item, names, warnings))
+        return FunctionRegistry(tuple(ordered), tuple(warnings))
+    modules, search_warnings = find_function_modules(
+        base_dir=base_dir,
+        functions_folders=functions_folders,
+        agents_folders=agents_folders,
+        env=env,
+    )
+    for relative, absolute in modules:
+        try:
+            module = import_by_path(absolute)
+        except (Exception, SystemExit) as exc:
+            logger.warning("navai_mw: failed to load %s", relative, exc_info=True)
+            warnings.append(f"[navai] Failed to load {relative}: {_failure(exc)}")
+            continue
+        ordered.extend(_from_module(relative, module, names, warnings))
+    return FunctionRegistry(tuple(ordered), (*search_warnings, *warnings))
+
+
+# -- calling one ----------------------------------------------------------------------

@@ -1,0 +1,63 @@
+"""What ``navai-mw demo`` runs against: the fakes, its made-up keys, and the
+environment it ignores."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ..asgi import ASGIApp, Receive, Scope, Send
+from ..testing.openai import CLIENT_SECRETS_PATH, FakeOpenAIRealtime
+from ..testing.webrtc import FakeRealtimeWebRTC
+
+# The demo's fake upstream accepts this key and no other. It is not a secret
+# (it opens nothing), but it is still never printed, like any key.
+DEMO_API_KEY: Final = "sk-navai-demo-made-up-key"
+
+
+DEMO_ELEVENLABS_KEY: Final = "xi-navai-demo-made-up-key"
+
+
+DEMO_VOICE_ID: Final = "demo-voice"
+
+
+# What the demo drops from the environment: every credential and every
+# upstream's address, so that offline means offline (the session's model,
+# voice and instructions still apply).
+_DEMO_DROPPED_PREFIXES: Final = ("AZURE_",)
+
+
+_DEMO_DROPPED: Final = frozenset(
+    {
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "ELEVENLABS_API_KEY",
+        "ELEVENLABS_BASE_URL",
+        "NAVAI_TTS_PROVIDER",
+    }
+)
+
+
+def _demo_fakes() -> tuple[FakeOpenAIRealtime, FakeRealtimeWebRTC | None]:
+    """The demo's fakes; no WebRTC one without aiortc (the ``webrtc`` extra)."""
+    secrets = FakeOpenAIRealtime(api_key=DEMO_API_KEY)
+    try:
+        # Any key: the relay sends the demo's, a browser never reaches it.
+        return secrets, FakeRealtimeWebRTC()
+    except ImportError:
+        return secrets, None
+
+
+def _demo_upstream(secrets: FakeOpenAIRealtime, webrtc: FakeRealtimeWebRTC | None) -> ASGIApp:
+    """The demo's fake OpenAI, one ASGI app: client secrets from ``secrets``,
+    the rest (WebRTC calls, GPT-Live sessions, hangups) from ``webrtc``. Serve
+    it on an asyncio loop (aiortc needs one), with its lifespan."""
+    if webrtc is None:
+        return secrets
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].rstrip("/") == CLIENT_SECRETS_PATH:
+            await secrets(scope, receive, send)
+        else:  # the lifespan too: at shutdown it closes every peer connection
+            await webrtc(scope, receive, send)
+
+    return app

@@ -1,0 +1,144 @@
+"""Every effect the sans-IO code yields, and each result sent back: the one
+contract between the decisions and the I/O that performs them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import attrs
+
+from .http import HttpRequest, HttpResponse
+from .rate_limit_policy import RateLimitPolicy
+
+
+@attrs.frozen(kw_only=True)
+class Attempt:
+    """Send ``request`` after waiting ``delay`` seconds; give up after ``timeout``.
+
+    ``first`` marks the first attempt of an exchange: the driver measures
+    ``Outcome.elapsed`` from there.
+    """
+
+    request: HttpRequest
+    delay: float
+    timeout: float
+    first: bool = False
+
+
+@attrs.frozen
+class Outcome:
+    """What an :class:`Attempt` gave.
+
+    Fields:
+        response: the upstream response, or None when none arrived.
+        timed_out: True when the attempt ran out of time.
+        elapsed: seconds since the exchange began, measured by the driver.
+        jitter: a fresh random number in [0, 1), drawn by the driver.
+    """
+
+    response: HttpResponse | None
+    timed_out: bool = False
+    elapsed: float = 0.0
+    jitter: float = 0.0
+
+
+@attrs.frozen
+class CallHook:
+    """Call ``hook(*args)`` (awaited when it is async); send back a
+    :class:`HookResult`. The ``authorize`` hook gets the request view; a
+    ``customize_session`` hook the session context; an Azure token provider
+    nothing."""
+
+    hook: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+
+
+@attrs.frozen
+class HookResult:
+    """What a hook call gave: its return value, or the exception it raised."""
+
+    value: object = None
+    error: BaseException | None = None
+
+
+class HitLimit(NamedTuple):
+    """Count one request of ``key`` against ``policy`` in the limiter's
+    storage; send back a :class:`LimitResult`. (A named tuple, as that
+    result: one of each per request.)"""
+
+    policy: RateLimitPolicy
+    key: str
+
+
+class LimitResult(NamedTuple):
+    """What the storage said (a named tuple: one is made per request, and a
+    tuple is the cheapest immutable record to make).
+
+    Fields:
+        allowed: False when one of the windows is full (nothing more counted).
+        windows: for each item of the policy, in order, the requests left
+            and the Unix time at which the window next frees a slot.
+        now: the Unix time the driver read.
+        unavailable: True when the storage could not be reached.
+    """
+
+    allowed: bool = True
+    windows: tuple[tuple[int, float], ...] = ()
+    now: float = 0.0
+    unavailable: bool = False
+
+
+@attrs.frozen
+class CallFunction:
+    """Run ``run()`` (await it when ``is_async``), for at most ``timeout``
+    seconds; send back a :class:`FunctionOutcome`."""
+
+    run: Callable[[], Any] = attrs.field(repr=False)
+    is_async: bool
+    timeout: float
+
+
+@attrs.frozen
+class FunctionOutcome:
+    """How a call ended: its value, the exception it raised, out of time, or
+    not started because every worker was busy."""
+
+    value: object = None
+    error: BaseException | None = None
+    timed_out: bool = False
+    busy: bool = False
+
+
+@attrs.frozen
+class RememberCall:
+    """Remember ``key`` as started by ``owner``; when ``deadline`` (seconds
+    from now) is set, end it then. Send back None."""
+
+    key: str
+    owner: str | None
+    deadline: float | None = None
+
+
+@attrs.frozen
+class CallOwned:
+    """Whether ``owner`` started ``key`` (and it is not over); send back a bool."""
+
+    key: str
+    owner: str | None
+
+
+@attrs.frozen
+class ForgetCall:
+    """``key`` has ended: forget it and its deadline. Send back None."""
+
+    key: str
+
+
+@attrs.frozen
+class CloseLive:
+    """Open the Live session's sideband WebSocket (``url``, ``headers``),
+    send ``session.close`` and close; send back None, or the exception."""
+
+    url: str
+    headers: tuple[tuple[str, str], ...] = attrs.field(repr=False)

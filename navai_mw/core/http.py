@@ -1,0 +1,97 @@
+"""The HTTP values both sides speak: a request to make, a response received,
+the request view hooks see, compact JSON, and what a header may hold."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final
+
+import attrs
+
+# What a transport reads of an upstream answer when the request names no
+# limit; each request the core builds names its own.
+DEFAULT_MAX_RESPONSE_BYTES: Final = 1024 * 1024
+
+
+# An API key goes into an HTTP header: visible ASCII only, so that no key can
+# smuggle a header break or make the HTTP client raise while encoding.
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
+
+
+def is_header_safe(value: str) -> bool:
+    return _HEADER_SAFE.fullmatch(value) is not None
+
+
+@attrs.frozen(kw_only=True)
+class HttpRequest:
+    """An HTTP request to make, described without doing any I/O.
+
+    Fields: method, url, headers (name/value pairs), body (bytes), and
+    max_response_bytes: a transport reads at most one byte more than this of
+    the answer's body, then stops (the core refuses anything longer). The
+    ``repr`` hides the ``Authorization`` header.
+    """
+
+    method: str
+    url: str
+    headers: tuple[tuple[str, str], ...] = attrs.field(repr=False)
+    body: bytes
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+
+
+@attrs.frozen(kw_only=True)
+class HttpResponse:
+    """An HTTP response as received: status, headers (lower-case names), body."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+
+# One encoder for the package: json.dumps builds a new one per call when
+# given any option.
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"))
+
+
+def compact_json(value: object) -> bytes:
+    """``value`` as compact JSON bytes; ASCII escapes keep lone surrogates
+    from a client encodable."""
+    return _ENCODER.encode(value).encode("ascii")
+
+
+def _read_only(headers: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(headers))
+
+
+@attrs.frozen(kw_only=True)
+class RequestInfo:
+    """What an ``authorize`` hook sees of a request.
+
+    Fields:
+        method: the HTTP method (``"POST"``).
+        route: the navai route's name (``"client_secret"``).
+        path: the path below the mount point.
+        headers: request headers, lower-case names, read-only.
+        client: the client's address (after trusted proxies), or None.
+        scope: the ASGI scope (ASGI only), for ``scope["user"]``,
+            ``scope["session"]`` and other framework state.
+        environ: the WSGI environ (WSGI only), for a Django or Flask session.
+    """
+
+    method: str
+    route: str
+    path: str
+    headers: Mapping[str, str] = attrs.field(converter=_read_only)
+    client: str | None = None
+    scope: Mapping[str, Any] | None = attrs.field(default=None, repr=False)
+    environ: Mapping[str, Any] | None = attrs.field(default=None, repr=False)

@@ -1,0 +1,160 @@
+"""Session templates checked and merged: the Realtime ``session=`` (against
+the schema in :mod:`~navai_mw.core.session_schema`) and GPT-Live's
+``live_session=``."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from typing import Any, Final, Literal
+
+from .errors import OptionsError
+from .session_schema import RealtimeSession, TranscriptionSession, _structure
+
+# What a live_session template may set: everything but navai's own fields.
+LIVE_TEMPLATE_FIELDS: Final = frozenset(
+    {"delegation", "input", "client", "idle_timeout_s", "store", "triggers", "wake_policy"}
+)
+
+
+LIVE_NAVAI_FIELDS: Final = {
+    "model": "use live_model",
+    "instructions": "use default_instructions",
+    "audio": "use default_voice",
+    "safety_identifier": "remove it: the guard sets it per caller",
+}
+
+
+_DELEGATIONS: Final = ("client", "responses", "decisions")
+
+
+def check_live_session(template: object) -> dict[str, Any] | None:
+    """The ``live_session`` template, checked: the fields of a Live session
+    navai does not set itself, each of the right JSON kind."""
+    if template is None:
+        return None
+    if not isinstance(template, Mapping):
+        raise OptionsError("live_session must be a JSON object of Live session fields.")
+    for name in template:
+        if name in LIVE_NAVAI_FIELDS:
+            raise OptionsError(
+                f"live_session sets {name}, which navai sets itself; {LIVE_NAVAI_FIELDS[name]}."
+            )
+        if name not in LIVE_TEMPLATE_FIELDS:
+            raise OptionsError(
+                f"live_session has an unknown field {name!r}. Known: "
+                f"{', '.join(sorted(LIVE_TEMPLATE_FIELDS))}."
+            )
+    kinds: dict[str, tuple[type, ...]] = {
+        "delegation": (dict,),
+        "input": (list,),
+        "client": (dict,),
+        "idle_timeout_s": (int,),
+        "store": (bool,),
+        "triggers": (list,),
+        "wake_policy": (dict,),
+    }
+    for name, value in template.items():
+        wanted = kinds[name]
+        if not isinstance(value, wanted) or (int in wanted and isinstance(value, bool)):
+            raise OptionsError(f"live_session.{name} must be a JSON {wanted[0].__name__}.")
+    delegation = template.get("delegation")
+    if delegation is not None and delegation.get("type") not in (
+        "client",
+        "responses",
+        "decisions",
+    ):
+        raise OptionsError(
+            "live_session.delegation.type must be 'client', 'responses' or 'decisions'."
+        )
+    if not all(isinstance(item, dict) for item in template.get("input", [])):
+        raise OptionsError("live_session.input must be a list of items (JSON objects).")
+    return dict(template)
+
+
+# What navai computes, and the option that sets each instead.
+NAVAI_FIELDS: Final = {
+    ("type",): "remove it: the route decides it",
+    ("model",): "use default_model",
+    ("instructions",): "use default_instructions",
+    ("audio", "output", "voice"): "use default_voice",
+}
+
+
+# Under ElevenLabs speech the session answers in text: these are navai's too.
+ELEVENLABS_FIELDS: Final = {
+    ("output_modalities",): "remove it: with ElevenLabs speech the session answers in text",
+    ("audio", "output"): "remove it: ElevenLabs voices the answers",
+}
+
+
+def _has(data: Mapping[str, Any], path: tuple[str, ...]) -> bool:
+    node: Any = data
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+def check_session(
+    template: object,
+    *,
+    option: str = "session",
+    kind: Literal["realtime", "transcription"] = "realtime",
+    unknown_ok: bool = False,
+    elevenlabs: bool = False,
+) -> dict[str, Any] | None:
+    """The template as a JSON object, checked; None when there is none.
+
+    A string is read as JSON (the environment's spelling). Raises
+    :class:`OptionsError` naming the field for anything OpenAI's schema
+    would refuse, and for a field navai sets itself."""
+    if template is None:
+        return None
+    if isinstance(template, str):
+        try:
+            template = json.loads(template)
+        except ValueError as exc:
+            raise OptionsError(f"{option} is not valid JSON: {exc}") from None
+    if not isinstance(template, Mapping):
+        raise OptionsError(f"{option} must be a JSON object of session fields.")
+    data = copy.deepcopy(dict(template))
+    owned = {**NAVAI_FIELDS, **(ELEVENLABS_FIELDS if elevenlabs else {})}
+    for path, instead in owned.items():
+        if _has(data, path):
+            raise OptionsError(
+                f"{option} sets {'.'.join(path)}, which navai sets itself; {instead}."
+            )
+    _structure(
+        data,
+        RealtimeSession if kind == "realtime" else TranscriptionSession,
+        unknown_ok=unknown_ok,
+        path=option,
+    )
+    return data
+
+
+def check_final_session(session: Mapping[str, Any], *, unknown_ok: bool) -> None:
+    """A whole session (after a ``customize_session`` hook): the schema only."""
+    kind = TranscriptionSession if session.get("type") == "transcription" else RealtimeSession
+    _structure(dict(session), kind, unknown_ok=unknown_ok, path="session")
+
+
+def merge_session(template: Mapping[str, Any] | None, computed: dict[str, Any]) -> dict[str, Any]:
+    """``computed`` (navai's fields) laid over a copy of ``template``, object
+    by object; the two share no field, so nothing is overwritten."""
+    if not template:
+        return computed
+    merged = copy.deepcopy(dict(template))
+    _lay(merged, computed)
+    return merged
+
+
+def _lay(target: dict[str, Any], source: Mapping[str, Any]) -> None:
+    for key, value in source.items():
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            _lay(target[key], value)
+        else:
+            target[key] = value

@@ -1,0 +1,118 @@
+"""Drivers that run the core's exchange over a transport, and the two
+public functions built on them.
+
+The drivers only move data between the sans-IO exchanges and a
+transport; clock, sleep and randomness are parameters so that tests run the
+retry policy in no real time.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, TypeVar
+
+import anyio
+
+from ..core.effects import Attempt, Outcome
+from ..core.http import HttpResponse
+from .aio import attempt_deadline
+from .transports import AsyncTransport, BoundedTransport, SyncTransport
+
+__all__ = [
+    "drive_async",
+    "drive_sync",
+]
+
+T = TypeVar("T")
+R = TypeVar("R")
+Steps = Generator[Any, Any, T]
+
+
+def drive_sync(
+    steps: Steps[T],
+    transport: SyncTransport,
+    *,
+    perform: Callable[[Any], Any] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    jitter: Callable[[], float] = random.random,
+) -> T:
+    """Run ``steps`` to completion; return its result.
+
+    Upstream attempts go to ``transport``; every other effect (a user's
+    hook, a rate-limit hit) to ``perform``, whose return value is sent back.
+    """
+    start = clock()
+    try:
+        effect = next(steps)
+        while True:
+            if not isinstance(effect, Attempt):
+                effect = steps.send(_performed(perform, effect))
+                continue
+            if effect.first:
+                start = clock()
+            if effect.delay:
+                sleep(effect.delay)
+            response: HttpResponse | None = None
+            timed_out = False
+            try:
+                response = transport.send(effect.request, timeout=effect.timeout)
+            except TimeoutError:
+                timed_out = True
+            except OSError:
+                pass  # no answer: the core decides whether to try again
+            elapsed = clock() - start
+            effect = steps.send(Outcome(response, timed_out, elapsed, jitter()))
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
+async def drive_async(
+    steps: Steps[T],
+    transport: AsyncTransport,
+    *,
+    perform: Callable[[Any], Awaitable[Any]] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[Any]] = anyio.sleep,
+    jitter: Callable[[], float] = random.random,
+) -> T:
+    """Run ``steps`` to completion; return its result (as :func:`drive_sync`)."""
+    start = clock()
+    try:
+        effect = next(steps)
+        while True:
+            if not isinstance(effect, Attempt):
+                effect = steps.send(await _performed(perform, effect))
+                continue
+            if effect.first:
+                start = clock()
+            if effect.delay:
+                await sleep(effect.delay)
+            response: HttpResponse | None = None
+            timed_out = False
+            try:
+                if isinstance(transport, BoundedTransport):
+                    response = await transport.send(effect.request, timeout=effect.timeout)
+                else:
+                    # A transport's own timeouts may be per read; this bounds
+                    # the whole attempt, so a trickling upstream cannot stretch it.
+                    async with attempt_deadline(effect.timeout):
+                        response = await transport.send(effect.request, timeout=effect.timeout)
+            except TimeoutError:
+                timed_out = True
+            except OSError:
+                pass  # no answer: the core decides whether to try again
+            elapsed = clock() - start
+            effect = steps.send(Outcome(response, timed_out, elapsed, jitter()))
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
+def _performed(perform: Callable[[Any], R] | None, effect: object) -> R:
+    if perform is None:  # a programming error: the shell wired no performer
+        raise TypeError(f"no performer for the effect {type(effect).__name__}")
+    return perform(effect)

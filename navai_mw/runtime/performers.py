@@ -1,0 +1,335 @@
+"""How the shells perform the core's effects: the user's hook, the
+rate-limit hit on the ``limits`` library's storage, and a backend
+function's call.
+
+Each shell has one performer, built once with the middleware: the WSGI
+shell a :class:`SyncEffects` (hooks called inline, the sync storage), the
+ASGI shell an :class:`AsyncEffects` (async hooks awaited, sync ones in a
+worker thread, the async storage). Both run sync backend functions on a
+:class:`FunctionWorkers` pool of their own, so that a call that overruns its
+timeout is answered on time (its worker stays busy until it returns:
+Python cannot stop a thread); async functions are awaited under ASGI, and
+run on an event loop thread of the performer's under WSGI. They decide
+nothing: a result or an exception, and what the storage said, go back to
+the core as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from concurrent.futures import Future, wait
+from typing import Any, Final, cast
+
+import anyio.to_thread
+import sniffio
+
+from ..core.effects import (
+    CallFunction,
+    CallHook,
+    CallOwned,
+    CloseLive,
+    ForgetCall,
+    FunctionOutcome,
+    HitLimit,
+    HookResult,
+    LimitResult,
+    RememberCall,
+)
+from ..core.errors import OptionsError
+from .aio import _LoopThread, _wait, attempt_deadline, on_asyncio
+from .call_store import AsyncCalls, SyncCalls
+from .function_workers import DEFAULT_FUNCTION_WORKERS, FunctionWorkers, _finished, _outcome_of
+from .rate_counters import AsyncCounter, SyncCounter
+
+__all__ = [
+    "AsyncEffects",
+    "SyncEffects",
+    "is_async_hook",
+]
+
+logger = logging.getLogger("navai_mw")
+
+# A limiter storage that does not answer within this is down: the guard
+# answers 503 (or lets the request through, when it fails open) instead of
+# holding the request.
+STORAGE_TIMEOUT_SECONDS: Final = 1.0
+
+
+def is_async_hook(hook: object) -> bool:
+    """Whether ``hook`` must be awaited (a coroutine function, or an object
+    whose ``__call__`` is one)."""
+    return inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(
+        getattr(hook, "__call__", None)  # noqa: B004 - a callable object's own method
+    )
+
+
+# How long the WSGI shell waits for an async hook (an Azure token provider)
+# on its loop thread.
+ASYNC_HOOK_TIMEOUT_SECONDS: Final = 30.0
+
+
+def _redis_options(uri: str) -> dict[str, Any]:
+    """A connect timeout for a Redis or Valkey storage. The async shell
+    bounds each count as a whole (a socket timeout on every read and write
+    would cost a timer each); the sync shell adds the socket's own."""
+    if _scheme(uri) in ("redis", "rediss", "valkey", "valkeys"):
+        return {"socket_connect_timeout": STORAGE_TIMEOUT_SECONDS}
+    return {}
+
+
+class SyncEffects:
+    """Performs effects for the WSGI shell."""
+
+    def __init__(
+        self,
+        storage_uri: str | None,
+        *,
+        function_workers: int = DEFAULT_FUNCTION_WORKERS,
+        calls_uri: str | None = None,
+    ) -> None:
+        self.workers = FunctionWorkers(function_workers)
+        self._loop_thread = _LoopThread()
+        self._counter: SyncCounter | None = None
+        self.calls = SyncCalls(calls_uri)
+        if storage_uri is not None:
+            from limits.storage import storage_from_string
+
+            try:
+                uri = storage_uri.removeprefix("async+")
+                options = _redis_options(uri)
+                if options:  # no outer deadline here: the socket's own
+                    options["socket_timeout"] = STORAGE_TIMEOUT_SECONDS
+                self._counter = SyncCounter(storage_from_string(uri, **options))
+            except Exception as exc:  # limits raises several kinds for a bad URI
+                raise OptionsError(
+                    f"rate_limit_storage cannot be used: {type(exc).__name__}"
+                ) from None
+
+    def __call__(self, effect: object) -> object:
+        if isinstance(effect, CallHook):
+            try:
+                if is_async_hook(effect.hook):  # an async Azure token provider
+                    loop = self._loop_thread.loop()
+                    future = asyncio.run_coroutine_threadsafe(effect.hook(*effect.args), loop)
+                    # A provider that never answers must not hold a thread forever.
+                    return HookResult(future.result(timeout=ASYNC_HOOK_TIMEOUT_SECONDS))
+                return HookResult(effect.hook(*effect.args))
+            except Exception as exc:
+                return HookResult(error=exc)
+        if isinstance(effect, HitLimit):
+            try:
+                return cast(SyncCounter, self._counter).hit(effect.policy, effect.key)
+            except Exception as exc:
+                return _unavailable(exc)
+        if isinstance(effect, CallFunction):
+            return self._call(effect)
+        if isinstance(effect, (RememberCall, CallOwned, ForgetCall)):
+            try:
+                return self.calls.perform(effect)
+            except Exception as exc:
+                _store_failed(effect, exc)
+                return None
+        if isinstance(effect, CloseLive):
+            future = asyncio.run_coroutine_threadsafe(
+                close_live_session(effect), self._loop_thread.loop()
+            )
+            return future.result()
+        raise TypeError(f"no performer for the effect {type(effect).__name__}")
+
+    def close(self) -> None:
+        """Stop ending calls from this process (the process is stopping)."""
+        self.calls.close()
+
+    def _call(self, effect: CallFunction) -> FunctionOutcome:
+        future: Future[Any] | None
+        if effect.is_async:
+            future = asyncio.run_coroutine_threadsafe(
+                _outcome_of(effect.run()), self._loop_thread.loop()
+            )
+        else:
+            future = self.workers.submit(effect.run)
+        if future is None:
+            return FunctionOutcome(busy=True)
+        wait([future], timeout=effect.timeout)
+        if not future.done():
+            future.cancel()  # an async function stops at its next await
+            return FunctionOutcome(timed_out=True)
+        return _finished(future)
+
+
+class AsyncEffects:
+    """Performs effects for the ASGI shell.
+
+    ``memory://`` counts in this process, inline: the counters of a
+    ``limits`` async memory storage, counted by plain code that waits for
+    nothing (so no other request runs in between, under asyncio or trio). A
+    shared storage goes through the ``limits`` async storage on redis-py's
+    asyncio client.
+    """
+
+    def __init__(
+        self,
+        storage_uri: str | None,
+        *,
+        function_workers: int = DEFAULT_FUNCTION_WORKERS,
+        calls_uri: str | None = None,
+    ) -> None:
+        self.workers = FunctionWorkers(function_workers)
+        self.calls = AsyncCalls(calls_uri)
+        self._uri = storage_uri
+        self._local = storage_uri is not None and _scheme(storage_uri) == "memory"
+        self._counter: AsyncCounter | None = None
+        # memory:// needs no event loop of a kind: its counts are made now.
+        self._memory = self._async_counter().memory if self._local else None
+
+    def _async_counter(self) -> AsyncCounter:
+        if self._counter is None:
+            from limits.storage import storage_from_string
+
+            uri = cast(str, self._uri)
+            uri = uri if uri.startswith("async+") else f"async+{uri}"
+            options = _redis_options(uri)
+            if options:
+                options["implementation"] = "redispy"
+            storage = storage_from_string(uri, **options)
+            self._counter = AsyncCounter(storage, timeout=STORAGE_TIMEOUT_SECONDS)
+        return self._counter
+
+    def _needs_asyncio(self) -> bool:
+        """Whether the storage's client runs on asyncio only and this is not it."""
+        if self._uri is None or self._local:
+            return False
+        try:
+            return sniffio.current_async_library() != "asyncio"
+        except sniffio.AsyncLibraryNotFoundError:
+            return False  # not in a loop yet: asked again on each hit
+
+    def check(self) -> None:
+        """Build the storage now, so that a bad URI fails at start-up."""
+        if self._uri is None or self._local:
+            return
+        if self._needs_asyncio():
+            raise OptionsError(_NEEDS_ASYNCIO)
+        try:
+            self._async_counter()
+        except Exception as exc:
+            raise OptionsError(f"rate_limit_storage cannot be used: {type(exc).__name__}") from None
+
+    async def __call__(self, effect: object) -> object:
+        if isinstance(effect, HitLimit):  # the most frequent
+            if self._memory is not None:  # counted here, waiting for nothing
+                return self._memory.hit(effect.policy, effect.key, time.time())
+            return await self._count(effect)
+        if isinstance(effect, CallHook):
+            try:
+                if is_async_hook(effect.hook):
+                    return HookResult(await effect.hook(*effect.args))
+                # It may touch a database: not on the event loop.
+                return HookResult(await anyio.to_thread.run_sync(effect.hook, *effect.args))
+            except Exception as exc:
+                return HookResult(error=exc)
+        if isinstance(effect, CallFunction):
+            return await self._call(effect)
+        if isinstance(effect, (RememberCall, CallOwned, ForgetCall)):
+            try:
+                async with attempt_deadline(STORAGE_TIMEOUT_SECONDS * 2):
+                    return await self.calls.perform(effect)
+            except Exception as exc:
+                _store_failed(effect, exc)
+                return None
+        if isinstance(effect, CloseLive):
+            if not on_asyncio():
+                return RuntimeError("closing a Live session needs asyncio")
+            return await close_live_session(effect)
+        raise TypeError(f"no performer for the effect {type(effect).__name__}")
+
+    async def aclose(self) -> None:
+        """Stop ending calls from this process and close the rate limit's
+        connections (the server is shutting down)."""
+        await self.calls.aclose()
+        if self._counter is not None:
+            await self._counter.aclose()
+
+    async def _count(self, effect: HitLimit) -> LimitResult:
+        """Count in a shared storage (asyncio only), within the storage's timeout."""
+        if not on_asyncio():
+            logger.error("navai_mw: %s", _NEEDS_ASYNCIO)
+            return LimitResult(unavailable=True)
+        try:
+            counter = self._async_counter()
+            if counter.bounded:
+                return await counter.hit(effect.policy, effect.key)
+            # One bound for the whole count, connecting included.
+            async with attempt_deadline(STORAGE_TIMEOUT_SECONDS):
+                return await counter.hit(effect.policy, effect.key)
+        except Exception as exc:
+            return _unavailable(exc)
+
+    async def _call(self, effect: CallFunction) -> FunctionOutcome:
+        if effect.is_async:
+            cancelled = anyio.get_cancelled_exc_class()
+            with anyio.move_on_after(effect.timeout) as scope:
+                try:
+                    return FunctionOutcome(value=await effect.run())
+                except cancelled:
+                    raise  # the timeout, or the server stopping: not the function's
+                except BaseException as exc:  # SystemExit too: the app's code failed
+                    return FunctionOutcome(error=exc)
+            assert scope.cancelled_caught
+            return FunctionOutcome(timed_out=True)
+        future = self.workers.submit(effect.run)
+        if future is None:
+            return FunctionOutcome(busy=True)
+        if not await _wait(future, effect.timeout):
+            return FunctionOutcome(timed_out=True)
+        return _finished(future)
+
+
+def _store_failed(effect: object, exc: Exception) -> None:
+    """The calls' store failed: logged; the call goes on (a relayed call is
+    answered even when it cannot be remembered), and an ownership question
+    comes back unanswered (None: the core answers 503)."""
+    logger.warning(
+        "navai_mw: the calls' store failed (%s): %s", type(effect).__name__, type(exc).__name__
+    )
+    return None
+
+
+# Opening the sideband connection and saying goodbye takes well under this.
+LIVE_CLOSE_TIMEOUT_SECONDS: Final = 10.0
+
+
+async def close_live_session(effect: CloseLive) -> Exception | None:
+    """Send ``session.close`` over a Live session's sideband WebSocket; the
+    exception when that failed, else None."""
+    import aiohttp
+
+    try:
+        timeout = aiohttp.ClientTimeout(total=LIVE_CLOSE_TIMEOUT_SECONDS)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.ws_connect(effect.url, headers=dict(effect.headers)) as socket,
+        ):
+            await socket.send_json({"type": "session.close"})
+        return None
+    except Exception as exc:
+        logger.warning("navai_mw: closing a Live session failed: %s", type(exc).__name__)
+        return exc
+
+
+def _scheme(uri: str) -> str:
+    return uri.split("://", 1)[0].removeprefix("async+")
+
+
+_NEEDS_ASYNCIO: Final = (
+    "rate_limit_storage on Redis or Valkey needs asyncio (its client runs on asyncio only); "
+    "under trio, use memory://."
+)
+
+
+def _unavailable(exc: Exception) -> LimitResult:
+    logger.warning("navai_mw: the rate-limit storage failed: %s", type(exc).__name__)
+    return LimitResult(unavailable=True)

@@ -1,0 +1,303 @@
+"""The sans-IO core: every decision about the upstream exchange, and no I/O.
+
+Options and a request go in, an :class:`HttpRequest` comes out; a status,
+headers and body go in, a secret or a :class:`NavaiError` comes out. The
+exchange itself, retries and time budget included, is a generator that
+yields :class:`Attempt` and is sent :class:`Outcome`; a ten-line driver
+(:mod:`navai_mw.runtime.drivers`) runs it over a sync or an async transport, so the
+two never disagree.
+
+Promises:
+
+* nothing here reads a clock, draws a random number or touches a socket:
+  elapsed time and jitter arrive inside each :class:`Outcome`;
+* no message built here contains an API key: upstream text is redacted of
+  the key that was sent before it is quoted;
+* the request built for a well-formed input equals, field for field, the
+  one ``@navai/voice-backend`` sends.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator, Mapping
+from typing import Any, Final
+
+import attrs
+
+from ..core.client_requests import (
+    CreateClientSecretRequest,
+    CreateTranscriptionSecretRequest,
+    structure_request,
+)
+from ..core.effects import Attempt, Outcome
+from ..core.errors import OptionsError, RequestError, UpstreamError
+from ..core.exchange import _CLIENT_SECRETS, attempts, secret_of, upstream_failure, upstream_message
+from ..core.http import HttpRequest, HttpResponse, compact_json, is_header_safe
+from ..core.options import (
+    DEFAULT_INSTRUCTIONS,
+    DEFAULT_MODEL,
+    DEFAULT_TRANSCRIPTION_MODEL,
+    DEFAULT_VOICE,
+    NavaiVoiceBackendOptions,
+)
+from ..core.sessions import merge_session
+
+__all__ = [
+    "Exchange",
+    "build_instructions",
+    "build_upstream_request",
+    "exchange",
+    "parse_upstream_response",
+]
+
+
+# A client secret answer is under 1 KiB, its session description a few KiB;
+# 1 MiB leaves room for a verbose proxy page and bounds what an endless or
+# hostile upstream can make the process hold.
+MAX_CLIENT_SECRET_RESPONSE_BYTES: Final = 1024 * 1024
+
+
+def build_instructions(
+    base: str, language: str | None, voice_accent: str | None, voice_tone: str | None
+) -> str:
+    lines = [base.strip()]
+    if language:
+        lines.append(f"Always reply in {language.strip()}.")
+    if voice_accent:
+        lines.append(f"Use a {voice_accent.strip()} accent while speaking.")
+    if voice_tone:
+        lines.append(f"Use a {voice_tone.strip()} tone while speaking.")
+    return "\n".join(lines)
+
+
+@attrs.frozen(kw_only=True)
+class OpenAIRealtimeClientSecretResponse:
+    """A minted client secret.
+
+    Fields:
+        value: the ephemeral secret (``ek_...``); hidden from ``repr``.
+        expires_at: Unix time, in seconds, when it stops working.
+        session: the session OpenAI created, as OpenAI described it.
+        speech: who voices the session, ``{"provider": "openai"}`` or
+            ``{"provider": "elevenlabs"}``, as the reference answers.
+    """
+
+    value: str = attrs.field(repr=False)
+    expires_at: int
+    session: dict[str, Any] | None = None
+    speech: dict[str, str] = attrs.field(factory=lambda: {"provider": "openai"})
+
+
+# How much of a refused value a 403 quotes back.
+_QUOTED_VALUE_CHARS: Final = 64
+
+
+def check_policy(opts: NavaiVoiceBackendOptions, req: CreateClientSecretRequest) -> None:
+    """Refuse (403) what the options do not let a client ask for; what the
+    client leaves out falls back to the server's defaults, which passed the
+    same policy when the options were built."""
+    for field, value, allowed in (
+        ("model", req.model, opts.allowed_models),
+        ("voice", req.voice, opts.allowed_voices),
+    ):
+        if value is not None and allowed is not None and value not in allowed:
+            raise RequestError(
+                f"Request field {field} is not allowed: {value[:_QUOTED_VALUE_CHARS]!r}. "
+                f"Allowed: {', '.join(allowed)}.",
+                status=403,
+            )
+    if req.instructions is not None and not opts.allow_client_instructions:
+        raise RequestError(
+            "Request field instructions is not allowed: this server sets the instructions.",
+            status=403,
+        )
+
+
+def resolve_api_key(
+    opts: NavaiVoiceBackendOptions,
+    req: CreateClientSecretRequest | CreateTranscriptionSecretRequest,
+) -> str | None:
+    # The server's key always wins. Options without one always allow request
+    # keys (checked when the options are built), so a missing request key is
+    # the only way left to fail. A request's key never goes to Azure.
+    if opts.uses_azure:
+        return None
+    if opts.openai_api_key is not None:
+        return opts.openai_api_key
+    if req.api_key is None:
+        raise RequestError("Missing API key. Configure openai_api_key or send apiKey in request.")
+    if not is_header_safe(req.api_key):
+        raise RequestError("Invalid request field apiKey: expected printable ASCII.")
+    return req.api_key
+
+
+def build_session(opts: NavaiVoiceBackendOptions, req: CreateClientSecretRequest) -> dict[str, Any]:
+    """The realtime session for ``req``: navai's fields (a request's choice
+    over the option's default over the built-in one) laid over the
+    ``session`` template."""
+    session: dict[str, Any] = {
+        "type": "realtime",
+        "model": req.model or opts.default_model or DEFAULT_MODEL,
+        "instructions": build_instructions(
+            req.instructions or opts.default_instructions or DEFAULT_INSTRUCTIONS,
+            req.language or opts.default_language,
+            req.voice_accent or opts.default_voice_accent,
+            req.voice_tone or opts.default_voice_tone,
+        ),
+    }
+    if opts.tts_provider == "elevenlabs":
+        # ElevenLabs voices the answers: the session only writes them.
+        session["output_modalities"] = ["text"]
+    else:
+        session["audio"] = {"output": {"voice": req.voice or opts.default_voice or DEFAULT_VOICE}}
+    return merge_session(opts.session, session)
+
+
+def build_transcription_session(
+    opts: NavaiVoiceBackendOptions, req: CreateTranscriptionSecretRequest
+) -> dict[str, Any]:
+    """The transcription session for ``req``: the model, language and prompt
+    (a request's over the options'), with the template's input audio
+    settings (format, turn detection, noise reduction) and ``include``."""
+    template = opts.session or {}
+    template_input = template.get("audio", {}).get("input", {})
+    from_template = template_input.get("transcription", {})
+    transcription = {
+        **from_template,
+        "model": opts.transcription_model
+        or from_template.get("model")
+        or DEFAULT_TRANSCRIPTION_MODEL,
+    }
+    language = req.language or opts.transcription_language
+    prompt = req.prompt or opts.transcription_prompt
+    if language is not None:
+        transcription["language"] = language
+    if prompt is not None:
+        transcription["prompt"] = prompt
+    audio_input = {
+        key: template_input[key]
+        for key in ("format", "turn_detection", "noise_reduction")
+        if key in template_input
+    }
+    session: dict[str, Any] = {
+        "type": "transcription",
+        "audio": {"input": {**audio_input, "transcription": transcription}},
+    }
+    if "include" in template:
+        session["include"] = template["include"]
+    return session
+
+
+def request_credential(
+    opts: NavaiVoiceBackendOptions, api_key: str | None
+) -> tuple[str, str] | None:
+    """The header that authenticates the upstream call; None when an Azure
+    token provider must be asked for it first."""
+    if opts.uses_azure:
+        if opts.azure_api_key is None:
+            return None
+        return ("api-key", opts.azure_api_key)
+    if api_key is None:
+        raise RequestError("Missing API key. Configure openai_api_key or send apiKey in request.")
+    return ("Authorization", f"Bearer {api_key}")
+
+
+def upstream_request(
+    opts: NavaiVoiceBackendOptions,
+    session: Mapping[str, Any],
+    *,
+    credential: tuple[str, str],
+    safety_identifier: str | None = None,
+) -> HttpRequest:
+    """The ``POST .../realtime/client_secrets`` call minting ``session``:
+    OpenAI's URL, or Azure's when ``azure_endpoint`` is set."""
+    url = (
+        f"{opts.azure_endpoint}{AZURE_PATH}"
+        if opts.uses_azure
+        else f"{opts.openai_base_url}/realtime/client_secrets"
+    )
+    body = {
+        "expires_after": {"anchor": "created_at", "seconds": opts.client_secret_ttl_seconds},
+        "session": session,
+    }
+    return HttpRequest(
+        method="POST",
+        url=url,
+        headers=(
+            credential,
+            ("Content-Type", "application/json"),
+            *((("OpenAI-Safety-Identifier", safety_identifier),) if safety_identifier else ()),
+        ),
+        body=compact_json(body),
+        max_response_bytes=MAX_CLIENT_SECRET_RESPONSE_BYTES,
+    )
+
+
+def build_upstream_request(
+    opts: NavaiVoiceBackendOptions,
+    req: CreateClientSecretRequest | Mapping[str, Any] | None = None,
+    *,
+    safety_identifier: str | None = None,
+) -> HttpRequest:
+    """The ``POST /realtime/client_secrets`` call for this request.
+
+    ``safety_identifier`` (a hash of the caller's identity) is sent as
+    ``OpenAI-Safety-Identifier``, so that OpenAI can single out one abusive
+    user instead of the whole account. With an Azure token provider there is
+    no request to build before the provider is asked (the client functions
+    and the middlewares do that).
+    """
+    req = structure_request(req)
+    check_policy(opts, req)
+    credential = request_credential(opts, resolve_api_key(opts, req))
+    if credential is None:
+        raise OptionsError(
+            "azure_ad_token_provider is asked for a token on every request: mint with "
+            "create_realtime_client_secret or the middleware."
+        )
+    return upstream_request(
+        opts, build_session(opts, req), credential=credential, safety_identifier=safety_identifier
+    )
+
+
+def parse_upstream_response(
+    response: HttpResponse, *, secret: str | None = None, what: str = "OpenAI client_secrets"
+) -> OpenAIRealtimeClientSecretResponse:
+    """Read OpenAI's answer; ``secret`` (the key sent) is redacted from errors;
+    ``what`` names the upstream in them."""
+    if not 200 <= response.status < 300:
+        raise upstream_failure(what, response, upstream_message(response.body), secret)
+    try:
+        payload = json.loads(response.body)
+    except (ValueError, RecursionError):
+        payload = None
+    if not isinstance(payload, dict):
+        raise UpstreamError(f"{what} returned a body that is not a JSON object.")
+    value = payload.get("value")
+    expires_at = payload.get("expires_at")
+    session = payload.get("session")
+    if not isinstance(value, str) or not value:
+        raise UpstreamError(f"{what} returned no client secret value.")
+    if isinstance(expires_at, bool) or not isinstance(expires_at, int):
+        raise UpstreamError(f"{what} returned no integer expires_at.")
+    return OpenAIRealtimeClientSecretResponse(
+        value=value,
+        expires_at=expires_at,
+        session=session if isinstance(session, dict) else None,
+    )
+
+
+Exchange = Generator[Attempt, Outcome, OpenAIRealtimeClientSecretResponse]
+
+_AZURE_CLIENT_SECRETS: Final = "Azure OpenAI client_secrets"
+AZURE_PATH: Final = "/openai/v1/realtime/client_secrets"
+
+
+def exchange(request: HttpRequest, *, budget: float, provider: str = "openai") -> Exchange:
+    """Mint one client secret upstream: :func:`attempts`, then the answer
+    read; ``provider`` (who voices the session) goes into its ``speech``."""
+    what = _AZURE_CLIENT_SECRETS if AZURE_PATH in request.url else _CLIENT_SECRETS
+    response = yield from attempts(request, budget=budget, what=what)
+    secret = parse_upstream_response(response, secret=secret_of(request), what=what)
+    return attrs.evolve(secret, speech={"provider": provider})

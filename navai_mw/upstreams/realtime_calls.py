@@ -1,0 +1,136 @@
+"""The WebRTC relay, sans-IO: the browser's SDP offer in, OpenAI's answer out.
+
+For ``POST /navai/realtime/calls`` the browser posts its offer; the server
+adds the session (the same one the client-secret route would mint) and its
+own key, and posts both to OpenAI's ``/realtime/calls`` as
+``multipart/form-data``. No secret reaches the page; the server learns the
+call's id, and with it the one way to end a call early (a hangup).
+
+Everything here is pure: the multipart boundary is derived from the
+content (so the same input gives the same bytes, and the boundary cannot
+occur in the parts it separates).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+from ..core.errors import UpstreamError
+from ..core.exchange import upstream_failure, upstream_message
+from ..core.http import HttpRequest, HttpResponse, compact_json
+from ..core.options import NavaiVoiceBackendOptions
+from .openai_secrets import MAX_CLIENT_SECRET_RESPONSE_BYTES
+
+__all__ = [
+    "RelayedCall",
+    "calls_request",
+    "hangup_request",
+    "multipart",
+    "parse_calls_response",
+]
+
+CALLS: Final = "OpenAI realtime calls"
+# OpenAI's call ids, as they come back in the Location header.
+_CALL_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def multipart(parts: Mapping[str, tuple[str, bytes]]) -> tuple[str, bytes]:
+    """``multipart/form-data`` of ``parts`` (name → content type, bytes):
+    the Content-Type header's value and the body."""
+    seed = hashlib.sha256()
+    for name, (kind, content) in parts.items():
+        seed.update(name.encode() + b"\0" + kind.encode() + b"\0" + content)
+    boundary = f"navai-{seed.hexdigest()[:32]}"
+    body = bytearray()
+    for name, (kind, content) in parts.items():
+        body += f"--{boundary}\r\n".encode()
+        body += f'Content-Disposition: form-data; name="{name}"\r\n'.encode()
+        body += f"Content-Type: {kind}\r\n\r\n".encode()
+        body += content + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return f"multipart/form-data; boundary={boundary}", bytes(body)
+
+
+def calls_request(
+    opts: NavaiVoiceBackendOptions,
+    offer: str,
+    session: Mapping[str, Any],
+    *,
+    credential: tuple[str, str],
+    safety_identifier: str | None = None,
+) -> HttpRequest:
+    """``POST {base}/realtime/calls`` with the offer and the session."""
+    content_type, body = multipart(
+        {
+            "sdp": ("application/sdp", offer.encode()),
+            "session": ("application/json", compact_json(session)),
+        }
+    )
+    return HttpRequest(
+        method="POST",
+        url=f"{_base(opts)}/realtime/calls",
+        headers=(
+            credential,
+            ("Content-Type", content_type),
+            ("Accept", "application/sdp"),
+            *((("OpenAI-Safety-Identifier", safety_identifier),) if safety_identifier else ()),
+        ),
+        body=body,
+        max_response_bytes=MAX_CLIENT_SECRET_RESPONSE_BYTES,
+    )
+
+
+def hangup_request(
+    opts: NavaiVoiceBackendOptions, call_id: str, *, credential: tuple[str, str]
+) -> HttpRequest:
+    """``POST {base}/realtime/calls/{call_id}/hangup``."""
+    return HttpRequest(
+        method="POST",
+        url=f"{_base(opts)}/realtime/calls/{call_id}/hangup",
+        headers=(credential, ("Content-Type", "application/json")),
+        body=b"{}",
+        max_response_bytes=64 * 1024,
+    )
+
+
+def _base(opts: NavaiVoiceBackendOptions) -> str:
+    return f"{opts.azure_endpoint}/openai/v1" if opts.uses_azure else opts.openai_base_url
+
+
+class RelayedCall:
+    """OpenAI's answer to a relayed offer: the call's id and the SDP answer."""
+
+    __slots__ = ("answer", "call_id")
+
+    def __init__(self, call_id: str, answer: str) -> None:
+        self.call_id = call_id
+        self.answer = answer
+
+
+def parse_calls_response(response: HttpResponse, *, secret: str | None) -> RelayedCall:
+    """The call's id (the last segment of ``Location``) and the answer."""
+    if not 200 <= response.status < 300:
+        raise upstream_failure(CALLS, response, upstream_message(response.body), secret)
+    call_id = (response.header("location") or "").rstrip("/").rsplit("/", 1)[-1]
+    if _CALL_ID.fullmatch(call_id) is None:
+        raise UpstreamError(f"{CALLS} answered without a call id.")
+    try:
+        answer = response.body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UpstreamError(f"{CALLS} answered with an SDP that is not text.") from None
+    if not answer.startswith("v=0"):
+        raise UpstreamError(f"{CALLS} answered with no SDP answer.")
+    return RelayedCall(call_id, answer)
+
+
+# -- effects: the calls' store --------------------------------------------------------------
+
+
+def is_call_id(value: str) -> bool:
+    return _CALL_ID.fullmatch(value) is not None
+
+
+# -- GPT-Live -----------------------------------------------------------------------------
