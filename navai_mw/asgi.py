@@ -25,10 +25,10 @@ from typing import Any
 
 from typing_extensions import Unpack
 
+from .config.configure import RouteOptions
 from .core.options import NavaiVoiceBackendOptions
 from .endpoint.answers import Answer
-from .endpoint.endpoint import RouteOptions, route_path
-from .runtime.call_store import redis_uri
+from .endpoint.endpoint import route_path
 from .runtime.drivers import drive_async
 from .runtime.function_workers import DEFAULT_FUNCTION_WORKERS
 from .runtime.transports import AsyncTransport
@@ -58,7 +58,7 @@ class NavaiASGIMiddleware:
     to choose how OpenAI is reached; the middleware closes only the
     transport it made itself.
 
-    The other keywords are :class:`~navai_mw.config.RouteOptions`' (the
+    The other keywords are :class:`~navai_mw.config.configure.RouteOptions`' (the
     routes' paths, limits, functions, the session hook, CORS and the guard;
     docs/configuration.md has each with its default). The guard's
     (``authorize``, ``rate_limit``, ``rate_limit_storage``...) decide who may
@@ -98,13 +98,7 @@ class NavaiASGIMiddleware:
         # passing paths are told apart by this one test.
         # (A common prefix of strings, not of path segments: a substring of each.)
         self._marker = os.path.commonprefix([*self._tails, *self._children]) or "/"  # noqa: RUF071
-        # Lifespan is ours to watch only when something of ours must close
-        # at shutdown: the client we made, or calls' hangups and deadlines.
-        self._takes_lifespan = (
-            self.handler.owns_transport
-            or self.endpoint.max_call_seconds is not None
-            or (self.endpoint.relays and redis_uri(self.endpoint.guard.store_uri) is not None)
-        )
+        self._takes_lifespan = self.handler.needs_lifespan
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -19,14 +19,9 @@ of one's own (and respx in tests).
 from __future__ import annotations
 
 from .core.faces import publish
-from .runtime.transports import (
-    DEFAULT_MAX_CONNECTIONS,
-    AiohttpTransport,
-    AsyncTransport,
-    HttpxAsyncTransport,
-    HttpxSyncTransport,
-    SyncTransport,
-)
+from .runtime.async_transports import AiohttpTransport, HttpxAsyncTransport
+from .runtime.sync_transport import HttpxSyncTransport
+from .runtime.transports import DEFAULT_MAX_CONNECTIONS, AsyncTransport, SyncTransport
 from .runtime.transports import upstream_connections as upstream_connections
 
 __all__ = [

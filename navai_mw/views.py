@@ -41,14 +41,17 @@ from typing import Any
 import attrs
 from typing_extensions import Unpack
 
+from .config.configure import RouteOptions, configure_endpoint
 from .core.errors import OptionsError
 from .core.options import NavaiVoiceBackendOptions
+from .core.storage import is_redis
 from .endpoint.answers import Answer
-from .endpoint.endpoint import Endpoint, RouteOptions
+from .runtime.async_transports import AiohttpTransport
 from .runtime.drivers import drive_async, drive_sync
 from .runtime.function_workers import DEFAULT_FUNCTION_WORKERS
 from .runtime.performers import AsyncEffects, SyncEffects, is_async_hook
-from .runtime.transports import AiohttpTransport, AsyncTransport, HttpxSyncTransport, SyncTransport
+from .runtime.sync_transport import HttpxSyncTransport
+from .runtime.transports import AsyncTransport, SyncTransport
 
 __all__ = [
     "AsyncNavaiHandler",
@@ -106,7 +109,7 @@ class NavaiHandler:
                     f"{name} is an async function; the WSGI middleware calls it "
                     "synchronously. Pass a plain function."
                 )
-        self.endpoint = Endpoint.configured(opts, **keywords)
+        self.endpoint = configure_endpoint(opts, **keywords)
         self.effects = SyncEffects(
             self.endpoint.guard.storage_uri,
             function_workers=function_workers,
@@ -179,7 +182,7 @@ class AsyncNavaiHandler:
         max_upstream_connections: int | None = None,
         **keywords: Unpack[RouteOptions],
     ) -> None:
-        self.endpoint = Endpoint.configured(opts, **keywords)
+        self.endpoint = configure_endpoint(opts, **keywords)
         self.effects = AsyncEffects(
             self.endpoint.guard.storage_uri,
             function_workers=function_workers,
@@ -226,6 +229,17 @@ class AsyncNavaiHandler:
             mount=mount,
         )
         return _response(await drive_async(steps, self.transport, perform=self.effects))
+
+    @property
+    def needs_lifespan(self) -> bool:
+        """Whether something of the handler's must start or close with the
+        server: the upstream client it made, the calls' time caps, or the
+        shared calls' store whose deadlines every worker watches."""
+        return (
+            self.owns_transport
+            or self.endpoint.max_call_seconds is not None
+            or (self.endpoint.relays and is_redis(self.endpoint.guard.store_uri))
+        )
 
     async def aclose(self) -> None:
         """Cancel the calls' pending hangups; close the upstream client, when

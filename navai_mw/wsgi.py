@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from typing_extensions import Unpack
 
+from .config.configure import RouteOptions
 from .core.options import NavaiVoiceBackendOptions
 from .endpoint.answers import Answer
-from .endpoint.endpoint import RouteOptions
 from .runtime.drivers import drive_sync
 from .runtime.function_workers import DEFAULT_FUNCTION_WORKERS
 from .runtime.transports import SyncTransport

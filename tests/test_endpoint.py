@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from navai_mw import NavaiVoiceBackendOptions
+from navai_mw.config.configure import configure_endpoint
 from navai_mw.core.errors import RequestError
 from navai_mw.endpoint.answers import Answer
 from navai_mw.endpoint.body import parse_body
@@ -184,16 +185,16 @@ def test_no_options_means_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("OPENAI_REALTIME_VOICE", "cedar")
     monkeypatch.setenv("NAVAI_CORS_ORIGIN", "http://front.test")
     kwargs: dict[str, Any] = {"path": "/t", "max_body_size": 10}
-    from_env = Endpoint.configured(None, cors_origins=None, **kwargs)
+    from_env = configure_endpoint(None, cors_origins=None, **kwargs)
     assert from_env.opts.default_voice == "cedar"
     assert isinstance(from_env.begin("POST", {"origin": "http://front.test"}), BodyWanted)
     assert isinstance(from_env.begin("POST", {"origin": "http://other.test"}), Answer)
     # Options given in code: the environment is not consulted, CORS included.
-    in_code = Endpoint.configured(OPTS, cors_origins=None, **kwargs)
+    in_code = configure_endpoint(OPTS, cors_origins=None, **kwargs)
     assert in_code.opts is OPTS
     assert isinstance(in_code.begin("POST", {"origin": "http://other.test"}), BodyWanted)
     # CORS given in code wins over the environment.
-    explicit = Endpoint.configured(None, cors_origins=["http://other.test"], **kwargs)
+    explicit = configure_endpoint(None, cors_origins=["http://other.test"], **kwargs)
     assert isinstance(explicit.begin("POST", {"origin": "http://front.test"}), Answer)
 
 

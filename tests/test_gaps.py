@@ -639,7 +639,7 @@ MEDIA_TYPES = [
 
 @pytest.mark.parametrize(("content_type", "ok"), MEDIA_TYPES)
 def test_media_type(content_type: str, ok: bool) -> None:
-    assert body_rules._media_type_ok(content_type) is ok
+    assert body_rules.json_type_ok(content_type) is ok
 
 
 @pytest.mark.parametrize(("content_type", "ok"), MEDIA_TYPES)

@@ -20,13 +20,8 @@ import pytest
 
 from navai_mw.core.effects import LimitResult
 from navai_mw.core.rate_limit_policy import RateLimitPolicy
-from navai_mw.runtime.rate_counters import (
-    MAX_CLIENTS,
-    SWEEP_SECONDS,
-    AsyncCounter,
-    MemoryCounts,
-    SyncCounter,
-)
+from navai_mw.runtime.memory_counts import MAX_CLIENTS, SWEEP_SECONDS, MemoryCounts
+from navai_mw.runtime.rate_counters import AsyncCounter, SyncCounter
 
 from .redis_server import RedisServer, command, redis_fixture
 

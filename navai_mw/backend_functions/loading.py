@@ -18,6 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Final
 
+from ..core.envvars import read
 from .registry import FunctionRegistry, NavaiFunction, _Names, locale_sort_key
 
 __all__ = [
@@ -133,11 +134,6 @@ def _scan(base_dir: str) -> list[tuple[str, str]]:
     return found
 
 
-def _env_value(env: Mapping[str, str | None], name: str) -> str | None:
-    value = env.get(name)
-    return value.strip() if isinstance(value, str) and value.strip() else None
-
-
 def find_function_modules(
     *,
     base_dir: str | os.PathLike[str] | None = None,
@@ -149,16 +145,14 @@ def find_function_modules(
     and the warnings of the search."""
     env = os.environ if env is None else env
     if base_dir is None:
-        configured_dir = _env_value(env, "NAVAI_FUNCTIONS_BASE_DIR")
+        configured_dir = read(env, "NAVAI_FUNCTIONS_BASE_DIR")
         base_dir = os.path.abspath(configured_dir) if configured_dir else os.getcwd()
     folders = (
         (functions_folders or "").strip()
-        or _env_value(env, "NAVAI_FUNCTIONS_FOLDERS")
+        or read(env, "NAVAI_FUNCTIONS_FOLDERS")
         or DEFAULT_FUNCTIONS_FOLDER
     )
-    agents = _csv_segments(
-        (agents_folders or "").strip() or _env_value(env, "NAVAI_AGENTS_FOLDERS")
-    )
+    agents = _csv_segments((agents_folders or "").strip() or read(env, "NAVAI_AGENTS_FOLDERS"))
     modules = _scan(os.fspath(base_dir))
     tokens = [token.strip() for token in folders.split(",") if token.strip()]
     matchers = [_matcher(token, agents) for token in tokens or [DEFAULT_FUNCTIONS_FOLDER]]

@@ -131,7 +131,6 @@ class _Names:
 # in this order; everything else sorts by code point after the letters.
 _PUNCTUATION: Final = "\t\n\x0b\x0c\r _-,;:!?.'\"()[]{}@*/\\&#%`^+<=>|~$"
 
-
 _PRIMARY: Final = {char: index for index, char in enumerate(_PUNCTUATION)}
 
 

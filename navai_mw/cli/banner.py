@@ -24,12 +24,10 @@ from .site import HEALTH_PATH
 # Instructions can run to paragraphs; the banner shows their start.
 _SHOWN_CHARS: Final = 60
 
-
 WEBRTC_MISSING: Final = (
     "aiortc is missing, so the voice page's calls get no answer from the fake (client "
     "secrets still work): pip install -e '.[demo]'"
 )
-
 
 _FAILED: Final = "[navai] Failed to load "
 

@@ -13,18 +13,14 @@ from ..testing.webrtc import FakeRealtimeWebRTC
 # (it opens nothing), but it is still never printed, like any key.
 DEMO_API_KEY: Final = "sk-navai-demo-made-up-key"
 
-
 DEMO_ELEVENLABS_KEY: Final = "xi-navai-demo-made-up-key"
 
-
 DEMO_VOICE_ID: Final = "demo-voice"
-
 
 # What the demo drops from the environment: every credential and every
 # upstream's address, so that offline means offline (the session's model,
 # voice and instructions still apply).
 _DEMO_DROPPED_PREFIXES: Final = ("AZURE_",)
-
 
 _DEMO_DROPPED: Final = frozenset(
     {

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from ..backend_functions.loading import load_navai_functions
-from ..endpoint.endpoint import DEFAULT_PATH
+from ..endpoint.route_table import DEFAULT_PATH
 from .banner import _FAILED, PROG, _describe_functions, _fail
 from .serve import DEFAULT_HOST, DEFAULT_PORT, _port, fake_upstream, run_server
 

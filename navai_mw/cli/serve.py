@@ -24,8 +24,8 @@ import attrs
 from ..asgi import NavaiASGIMiddleware
 from ..config.env import get_cors_origins_from_env, get_navai_voice_backend_options_from_env
 from ..core.errors import NavaiError
+from ..core.storage import is_redis
 from ..endpoint.endpoint import Endpoint
-from ..runtime.call_store import redis_uri
 from ..testing.elevenlabs import FakeElevenLabs
 from ..testing.openai import FakeOpenAIRealtime
 from ..testing.servers import serve_asgi
@@ -152,7 +152,7 @@ _WORKER_SPEC: Final = "NAVAI_CLI_WORKER"
 def per_process_state(endpoint: Endpoint) -> list[str]:
     """What would be wrong with several worker processes and no shared
     Redis: each worker would count, own and cap on its own."""
-    shared = redis_uri(endpoint.guard.store_uri) is not None
+    shared = is_redis(endpoint.guard.store_uri)
     warnings = []
     if endpoint.guard.limits and not shared:
         warnings.append(
@@ -313,9 +313,7 @@ def _sigterm_interrupts(*others: signal.Signals) -> Iterator[None]:
 
 DEFAULT_HOST: Final = "127.0.0.1"
 
-
 DEFAULT_PORT: Final = 3000
-
 
 _PORT: Final = re.compile(r"[0-9]{1,5}")
 

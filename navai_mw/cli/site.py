@@ -11,13 +11,11 @@ from ..asgi import ASGIApp, Message, Receive, Scope, Send
 
 HEALTH_PATH: Final = "/health"
 
-
 # Where each of the page's files is served, its name in navai_mw/page/ and its type.
 _PAGE_FILES: Final = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/voice.js": ("voice.js", "text/javascript; charset=utf-8"),
 }
-
 
 # The page loads its own script and calls this origin only: nothing else.
 PAGE_HEADERS: Final = (

@@ -15,7 +15,14 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from ..core.envvars import _INTEGER, _number, _read, read_bool
+from ..core.envvars import (
+    Env,
+    read,
+    read_bool,
+    read_int,
+    read_list,
+    read_number,
+)
 from ..core.errors import OptionsError
 from ..core.options import (
     DEFAULT_BASE_URL,
@@ -42,15 +49,9 @@ AZURE_WINS_WARNING: Final = (
 )
 
 
-def _ttl(raw: str | None) -> int:
-    if raw is None:
-        return 600
-    if _INTEGER.fullmatch(raw.strip()) is None:
-        raise OptionsError(
-            "client_secret_ttl_seconds must be an integer. "
-            f"Received: {raw!r} (from OPENAI_REALTIME_CLIENT_SECRET_TTL)"
-        )
-    return int(raw.strip())
+def _ttl(env: Env) -> int:
+    ttl = read_int(env, "OPENAI_REALTIME_CLIENT_SECRET_TTL", option="client_secret_ttl_seconds")
+    return 600 if ttl is None else ttl
 
 
 def get_navai_voice_backend_options_from_env(
@@ -64,54 +65,56 @@ def get_navai_voice_backend_options_from_env(
     """
     if env is None:
         env = os.environ
-    api_key = _read(env, "OPENAI_API_KEY")
-    azure_endpoint = _read(env, "AZURE_OPENAI_ENDPOINT")
+    api_key = read(env, "OPENAI_API_KEY")
+    azure_endpoint = read(env, "AZURE_OPENAI_ENDPOINT")
     if azure_endpoint is not None and api_key is not None:
         # Many machines export both: Azure was asked for explicitly.
         logger.warning(AZURE_WINS_WARNING)
         api_key = None
-    allow = (_read(env, "NAVAI_ALLOW_FRONTEND_API_KEY") or "").strip().lower() == "true"
+    allow = (read(env, "NAVAI_ALLOW_FRONTEND_API_KEY") or "").strip().lower() == "true"
     return NavaiVoiceBackendOptions(
         openai_api_key=api_key,
         allow_api_key_from_request=azure_endpoint is None and (allow or api_key is None),
         azure_endpoint=azure_endpoint,
-        azure_api_key=_read(env, "AZURE_OPENAI_API_KEY"),
-        session=_read(env, "OPENAI_REALTIME_SESSION"),
-        live_model=_read(env, "OPENAI_LIVE_MODEL"),
-        transcription_model=_read(env, "OPENAI_TRANSCRIPTION_MODEL"),
-        transcription_language=_read(env, "OPENAI_TRANSCRIPTION_LANGUAGE"),
-        transcription_prompt=_read(env, "OPENAI_TRANSCRIPTION_PROMPT"),
-        client_secret_ttl_seconds=_ttl(_read(env, "OPENAI_REALTIME_CLIENT_SECRET_TTL")),
-        openai_base_url=_read(env, "OPENAI_BASE_URL") or DEFAULT_BASE_URL,
-        default_model=_read(env, "OPENAI_REALTIME_MODEL"),
-        default_voice=_read(env, "OPENAI_REALTIME_VOICE"),
-        default_instructions=_read(env, "OPENAI_REALTIME_INSTRUCTIONS"),
-        default_language=_read(env, "OPENAI_REALTIME_LANGUAGE"),
-        default_voice_accent=_read(env, "OPENAI_REALTIME_VOICE_ACCENT"),
-        default_voice_tone=_read(env, "OPENAI_REALTIME_VOICE_TONE"),
-        allowed_models=_read(env, "NAVAI_ALLOWED_MODELS"),
-        allowed_voices=_read(env, "NAVAI_ALLOWED_VOICES"),
+        azure_api_key=read(env, "AZURE_OPENAI_API_KEY"),
+        session=read(env, "OPENAI_REALTIME_SESSION"),
+        live_model=read(env, "OPENAI_LIVE_MODEL"),
+        transcription_model=read(env, "OPENAI_TRANSCRIPTION_MODEL"),
+        transcription_language=read(env, "OPENAI_TRANSCRIPTION_LANGUAGE"),
+        transcription_prompt=read(env, "OPENAI_TRANSCRIPTION_PROMPT"),
+        client_secret_ttl_seconds=_ttl(env),
+        openai_base_url=read(env, "OPENAI_BASE_URL") or DEFAULT_BASE_URL,
+        default_model=read(env, "OPENAI_REALTIME_MODEL"),
+        default_voice=read(env, "OPENAI_REALTIME_VOICE"),
+        default_instructions=read(env, "OPENAI_REALTIME_INSTRUCTIONS"),
+        default_language=read(env, "OPENAI_REALTIME_LANGUAGE"),
+        default_voice_accent=read(env, "OPENAI_REALTIME_VOICE_ACCENT"),
+        default_voice_tone=read(env, "OPENAI_REALTIME_VOICE_TONE"),
+        allowed_models=read(env, "NAVAI_ALLOWED_MODELS"),
+        allowed_voices=read(env, "NAVAI_ALLOWED_VOICES"),
         allow_client_instructions=read_bool(env, "NAVAI_ALLOW_CLIENT_INSTRUCTIONS", True),
         # As the reference: anything but "elevenlabs" means OpenAI voices it.
         tts_provider=(
             "elevenlabs"
-            if (_read(env, "NAVAI_TTS_PROVIDER") or "").strip().lower() == "elevenlabs"
+            if (read(env, "NAVAI_TTS_PROVIDER") or "").strip().lower() == "elevenlabs"
             else "openai"
         ),
-        elevenlabs_api_key=_read(env, "ELEVENLABS_API_KEY"),
-        elevenlabs_base_url=_read(env, "ELEVENLABS_BASE_URL") or DEFAULT_ELEVENLABS_BASE_URL,
-        elevenlabs_voice_id=_read(env, "ELEVENLABS_VOICE_ID"),
-        elevenlabs_model_id=_read(env, "ELEVENLABS_MODEL_ID"),
-        elevenlabs_output_format=_read(env, "ELEVENLABS_OUTPUT_FORMAT"),
-        elevenlabs_optimize_streaming_latency=_number(env, "ELEVENLABS_OPTIMIZE_STREAMING_LATENCY"),
+        elevenlabs_api_key=read(env, "ELEVENLABS_API_KEY"),
+        elevenlabs_base_url=read(env, "ELEVENLABS_BASE_URL") or DEFAULT_ELEVENLABS_BASE_URL,
+        elevenlabs_voice_id=read(env, "ELEVENLABS_VOICE_ID"),
+        elevenlabs_model_id=read(env, "ELEVENLABS_MODEL_ID"),
+        elevenlabs_output_format=read(env, "ELEVENLABS_OUTPUT_FORMAT"),
+        elevenlabs_optimize_streaming_latency=read_number(
+            env, "ELEVENLABS_OPTIMIZE_STREAMING_LATENCY"
+        ),
         elevenlabs_voice_settings=VoiceSettings.sanitized(
             {
-                "stability": _number(env, "ELEVENLABS_STABILITY"),
-                "similarityBoost": _number(env, "ELEVENLABS_SIMILARITY_BOOST"),
-                "style": _number(env, "ELEVENLABS_STYLE"),
+                "stability": read_number(env, "ELEVENLABS_STABILITY"),
+                "similarityBoost": read_number(env, "ELEVENLABS_SIMILARITY_BOOST"),
+                "style": read_number(env, "ELEVENLABS_STYLE"),
                 "useSpeakerBoost": (
                     None
-                    if _read(env, "ELEVENLABS_USE_SPEAKER_BOOST") is None
+                    if read(env, "ELEVENLABS_USE_SPEAKER_BOOST") is None
                     else read_bool(env, "ELEVENLABS_USE_SPEAKER_BOOST", False)
                 ),
             }
@@ -124,10 +127,7 @@ def get_cors_origins_from_env(env: Mapping[str, str | None] | None = None) -> li
     ``*`` for any); None when unset, which turns CORS handling off."""
     if env is None:
         env = os.environ
-    raw = _read(env, "NAVAI_CORS_ORIGIN")
-    if raw is None:
-        return None
-    return [origin.strip() for origin in raw.split(",") if origin.strip()]
+    return read_list(env, "NAVAI_CORS_ORIGIN")
 
 
 def guard_from_env(
@@ -146,19 +146,19 @@ def guard_from_env(
     ``NAVAI_RATE_LIMIT`` is never silently ignored)."""
     if env is None:
         env = os.environ
-    if authorize is None and (_read(env, "NAVAI_AUTH_TOKENS") or _read(env, "NAVAI_AUTH_JWKS_URL")):
+    if authorize is None and (read(env, "NAVAI_AUTH_TOKENS") or read(env, "NAVAI_AUTH_JWKS_URL")):
         authorize = authorizer_from_env(env)
     if rate_limit is None:
-        rate_limit = _read(env, "NAVAI_RATE_LIMIT")
+        rate_limit = read(env, "NAVAI_RATE_LIMIT")
     limits = parse_rate_limits(rate_limit)
     if rate_limit_storage is None:
-        rate_limit_storage = _read(env, "NAVAI_RATE_LIMIT_STORAGE") or "memory://"
+        rate_limit_storage = read(env, "NAVAI_RATE_LIMIT_STORAGE") or "memory://"
     if rate_limit_fail_open is None:
         rate_limit_fail_open = read_bool(env, "NAVAI_RATE_LIMIT_FAIL_OPEN", False)
     if trusted_proxies is None:
-        trusted_proxies = _read(env, "NAVAI_TRUSTED_PROXIES")
+        trusted_proxies = read(env, "NAVAI_TRUSTED_PROXIES")
     if safety_id_secret is None:
-        safety_id_secret = _read(env, "NAVAI_SAFETY_ID_SECRET")
+        safety_id_secret = read(env, "NAVAI_SAFETY_ID_SECRET")
     # Derived from the server's key by default, so that every worker and
     # every machine turns one identity into the same identifier.
     secret = (
@@ -179,14 +179,7 @@ def guard_from_env(
     )
 
 
-def _env_value(env: Mapping[str, str | None], name: str) -> str | None:
-    value = env.get(name)
-    if value is None or not value.strip():
-        return None
-    return value.strip()
-
-
-def _listed(value: str) -> list[str]:
+def _items(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
@@ -206,15 +199,15 @@ def authorizer_from_env(env: Mapping[str, str | None] | None = None) -> Authoriz
     if env is None:
         env = os.environ
     authorizers: list[Authorizer] = []
-    tokens = _env_value(env, "NAVAI_AUTH_TOKENS")
+    tokens = read(env, "NAVAI_AUTH_TOKENS")
     if tokens is not None:
         try:
             authorizers.append(bearer_tokens(tokens))
         except OptionsError as exc:
             raise OptionsError(f"NAVAI_AUTH_TOKENS: {exc.message}") from None
-    url = _env_value(env, "NAVAI_AUTH_JWKS_URL")
-    audience = _env_value(env, "NAVAI_AUTH_AUDIENCE")
-    issuer = _env_value(env, "NAVAI_AUTH_ISSUER")
+    url = read(env, "NAVAI_AUTH_JWKS_URL")
+    audience = read(env, "NAVAI_AUTH_AUDIENCE")
+    issuer = read(env, "NAVAI_AUTH_ISSUER")
     if url is None:
         given = "NAVAI_AUTH_AUDIENCE" if audience is not None else "NAVAI_AUTH_ISSUER"
         if audience is not None or issuer is not None:
@@ -229,7 +222,7 @@ def authorizer_from_env(env: Mapping[str, str | None] | None = None) -> Authoriz
                 f"NAVAI_AUTH_JWKS_URL is set but {missing} is not: JWT bearer auth needs "
                 "both NAVAI_AUTH_AUDIENCE and NAVAI_AUTH_ISSUER."
             )
-        authorizers.append(jwt_bearer(url, audience=_listed(audience), issuer=_listed(issuer)))
+        authorizers.append(jwt_bearer(url, audience=_items(audience), issuer=_items(issuer)))
     if not authorizers:
         return None
     if len(authorizers) == 1:

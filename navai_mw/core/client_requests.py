@@ -8,9 +8,10 @@ from typing import Any, Final
 
 import attrs
 import cattrs
+from cattrs.gen import make_dict_structure_fn, override
 
 from .errors import RequestError
-from .values import _check_text, _clean_key, _optional_text
+from .values import check_text, clean_key, optional_text
 
 
 @attrs.frozen(kw_only=True)
@@ -22,14 +23,14 @@ class CreateClientSecretRequest:
     ``voiceTone`` and ``apiKey``. Blank strings count as absent.
     """
 
-    model: str | None = _optional_text()
-    voice: str | None = _optional_text()
-    instructions: str | None = _optional_text()
-    language: str | None = _optional_text()
-    voice_accent: str | None = _optional_text()
-    voice_tone: str | None = _optional_text()
+    model: str | None = optional_text()
+    voice: str | None = optional_text()
+    instructions: str | None = optional_text()
+    language: str | None = optional_text()
+    voice_accent: str | None = optional_text()
+    voice_tone: str | None = optional_text()
     api_key: str | None = attrs.field(
-        default=None, converter=_clean_key, validator=_check_text, repr=False
+        default=None, converter=clean_key, validator=check_text, repr=False
     )
 
 
@@ -38,10 +39,10 @@ class CreateTranscriptionSecretRequest:
     """What a client may ask of a transcription session: language, prompt
     and (where the options allow it) api_key, ``apiKey`` on the wire."""
 
-    language: str | None = _optional_text()
-    prompt: str | None = _optional_text()
+    language: str | None = optional_text()
+    prompt: str | None = optional_text()
     api_key: str | None = attrs.field(
-        default=None, converter=_clean_key, validator=_check_text, repr=False
+        default=None, converter=clean_key, validator=check_text, repr=False
     )
 
 
@@ -65,7 +66,6 @@ def _strict_str(value: object, _: object) -> str:
 
 
 converter: Final = cattrs.Converter()
-
 
 NOT_AN_OBJECT: Final = "Request body must be a JSON object."
 
@@ -118,3 +118,30 @@ def structure_transcription_request(
         raise RequestError(
             f"Invalid request field {', '.join(fields)}: expected a string."
         ) from None
+
+
+converter.register_structure_hook(str, _strict_str)
+converter.register_structure_hook(
+    CreateClientSecretRequest,
+    make_dict_structure_fn(
+        CreateClientSecretRequest,
+        converter,
+        _cattrs_forbid_extra_keys=False,
+        # Plain errors are several times faster to structure with; the field
+        # names for the 400 are worked out only when structuring fails.
+        _cattrs_detailed_validation=False,
+        voice_accent=override(rename=WIRE_NAMES["voice_accent"]),
+        voice_tone=override(rename=WIRE_NAMES["voice_tone"]),
+        api_key=override(rename=WIRE_NAMES["api_key"]),
+    ),
+)
+converter.register_structure_hook(
+    CreateTranscriptionSecretRequest,
+    make_dict_structure_fn(
+        CreateTranscriptionSecretRequest,
+        converter,
+        _cattrs_forbid_extra_keys=False,
+        _cattrs_detailed_validation=False,
+        api_key=override(rename="apiKey"),
+    ),
+)

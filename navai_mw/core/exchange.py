@@ -18,24 +18,18 @@ from .http import HttpRequest, HttpResponse
 # shortened by up to a quarter at random so that clients spread out.
 MAX_RETRIES: Final = 2
 
-
 INITIAL_RETRY_DELAY: Final = 0.5
 
-
 MAX_RETRY_DELAY: Final = 8.0
-
 
 # Timeouts (408), lock conflicts (409) and server errors are worth another try;
 # 429 is not: the client is told to come back instead of being kept waiting.
 _RETRYABLE_STATUSES: Final = frozenset({408, 409})
 
-
 # An upstream error body is quoted to the client; a proxy's HTML page is not.
 MAX_QUOTED_UPSTREAM_CHARS: Final = 500
 
-
 _REDACTED: Final = "[redacted]"
-
 
 # Retry-After is passed on to the client only as what RFC 9110 allows: a
 # number of seconds, or an HTTP date (IMF-fixdate).
@@ -45,7 +39,6 @@ _RETRY_AFTER: Final = re.compile(
     r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} "
     r"[0-9]{2}:[0-9]{2}:[0-9]{2} GMT"
 )
-
 
 _UNICODE_ESCAPE: Final = re.compile(r"\\u([0-9a-fA-F]{4})")
 
@@ -120,15 +113,12 @@ def retry_delay(retries_done: int, *, jitter: float) -> float:
     return delay * (1.0 - 0.25 * jitter)
 
 
-_CLIENT_SECRETS: Final = "OpenAI client_secrets"
-
-
 def attempts(
     request: HttpRequest,
     *,
     budget: float,
     max_retries: int = MAX_RETRIES,
-    what: str = _CLIENT_SECRETS,
+    what: str = "The upstream",
 ) -> Generator[Attempt, Outcome, HttpResponse]:
     """Send ``request`` until an answer worth reading comes: the retry
     policy and the time budget, shared by every upstream call.
@@ -160,12 +150,3 @@ def attempts(
         if response is None:
             raise UpstreamError(f"{what} could not be reached.")
         return response
-
-
-def secret_of(request: HttpRequest) -> str | None:
-    """The credential of a request built here (a bearer token or an Azure
-    ``api-key``), for redaction."""
-    headers = dict(request.headers)
-    if "api-key" in headers:
-        return headers["api-key"]
-    return headers.get("Authorization", "").removeprefix("Bearer ") or None

@@ -15,7 +15,6 @@ import attrs
 # limit; each request the core builds names its own.
 DEFAULT_MAX_RESPONSE_BYTES: Final = 1024 * 1024
 
-
 # An API key goes into an HTTP header: visible ASCII only, so that no key can
 # smuggle a header break or make the HTTP client raise while encoding.
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
@@ -29,10 +28,12 @@ def is_header_safe(value: str) -> bool:
 class HttpRequest:
     """An HTTP request to make, described without doing any I/O.
 
-    Fields: method, url, headers (name/value pairs), body (bytes), and
-    max_response_bytes: a transport reads at most one byte more than this of
-    the answer's body, then stops (the core refuses anything longer). The
-    ``repr`` hides the ``Authorization`` header.
+    Fields: method, url, headers (name/value pairs), body (bytes),
+    max_response_bytes (a transport reads at most one byte more than this of
+    the answer's body, then stops: the core refuses anything longer), and
+    secret: the credential the headers carry, which no message about this
+    request may quote (a transport ignores it). The ``repr`` hides the
+    headers and the secret.
     """
 
     method: str
@@ -40,6 +41,36 @@ class HttpRequest:
     headers: tuple[tuple[str, str], ...] = attrs.field(repr=False)
     body: bytes
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    secret: str | None = attrs.field(default=None, repr=False)
+
+
+@attrs.frozen
+class Credential:
+    """How an upstream call authenticates: one header, and the secret in it.
+
+    Builders put ``header`` among a request's headers and ``secret`` in its
+    ``HttpRequest.secret``, so that redaction knows what to take out without
+    reading it back from the headers.
+    """
+
+    name: str
+    value: str = attrs.field(repr=False)
+    secret: str = attrs.field(repr=False)
+
+    @classmethod
+    def bearer(cls, token: str) -> Credential:
+        """``Authorization: Bearer <token>`` (OpenAI's key, an Entra ID token)."""
+        return cls("Authorization", f"Bearer {token}", token)
+
+    @classmethod
+    def key_header(cls, name: str, key: str) -> Credential:
+        """A key sent as it is in a header of its own (Azure's ``api-key``,
+        ElevenLabs' ``xi-api-key``)."""
+        return cls(name, key, key)
+
+    @property
+    def header(self) -> tuple[str, str]:
+        return (self.name, self.value)
 
 
 @attrs.frozen(kw_only=True)

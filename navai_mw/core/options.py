@@ -11,25 +11,16 @@ Invariants, held by construction so that no other module re-checks them:
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import attrs
-from cattrs.gen import make_dict_structure_fn, override
 
-from .client_requests import (
-    WIRE_NAMES,
-    CreateClientSecretRequest,
-    CreateTranscriptionSecretRequest,
-    _strict_str,
-    converter,
-)
 from .errors import OptionsError
 from .http import is_header_safe
 from .sessions import check_live_session, check_session
 from .urls import _check_base_url, _clean_base_url, _clean_optional_url
-from .values import _check_text, _clean_key, _finite, _optional_text
+from .values import check_text, clean_key, finite, optional_text, outside, seconds
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -74,16 +65,7 @@ def _check_ttl(_: object, __: attrs.Attribute[Any], value: object) -> None:
 
 
 def _check_timeout(_: object, __: attrs.Attribute[Any], value: object) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or not 0 < value <= MAX_UPSTREAM_TIMEOUT_SECONDS
-    ):
-        raise OptionsError(
-            "upstream_timeout_seconds must be a number of seconds above 0 and at most "
-            f"{MAX_UPSTREAM_TIMEOUT_SECONDS:g}. Received: {value!r}"
-        )
+    seconds(value, "upstream_timeout_seconds", most=MAX_UPSTREAM_TIMEOUT_SECONDS)
 
 
 def _session_input(value: Mapping[str, Any] | str | None) -> dict[str, Any] | None:
@@ -159,9 +141,9 @@ class VoiceSettings:
             return None
         boost = value.get("useSpeakerBoost")
         settings = cls(
-            stability=_finite(value.get("stability")),
-            similarity_boost=_finite(value.get("similarityBoost")),
-            style=_finite(value.get("style")),
+            stability=finite(value.get("stability")),
+            similarity_boost=finite(value.get("similarityBoost")),
+            style=finite(value.get("style")),
             use_speaker_boost=boost if isinstance(boost, bool) else None,
         )
         return settings if settings.to_wire() else None
@@ -187,7 +169,7 @@ def _check_provider(_: object, __: attrs.Attribute[Any], value: object) -> None:
 
 
 def _check_latency(_: object, __: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and _finite(value) is None:
+    if value is not None and finite(value) is None:
         raise OptionsError(
             f"elevenlabs_optimize_streaming_latency must be a number. Received: {value!r}"
         )
@@ -200,7 +182,7 @@ def _check_voice_settings(_: object, __: attrs.Attribute[Any], value: object) ->
         raise OptionsError("elevenlabs_voice_settings must be a VoiceSettings.")
     for name in ("stability", "similarity_boost", "style"):
         number = getattr(value, name)
-        if number is not None and _finite(number) is None:
+        if number is not None and finite(number) is None:
             raise OptionsError(f"elevenlabs_voice_settings.{name} must be a finite number.")
     if value.use_speaker_boost is not None and not isinstance(value.use_speaker_boost, bool):
         raise OptionsError("elevenlabs_voice_settings.use_speaker_boost must be True or False.")
@@ -254,16 +236,16 @@ class NavaiVoiceBackendOptions:
 
     openai_api_key: str | None = attrs.field(
         default=None,
-        converter=_clean_key,
-        validator=[_check_text, _check_key],
+        converter=clean_key,
+        validator=[check_text, _check_key],
         repr=False,
     )
-    default_model: str | None = _optional_text()
-    default_voice: str | None = _optional_text()
-    default_instructions: str | None = _optional_text()
-    default_language: str | None = _optional_text()
-    default_voice_accent: str | None = _optional_text()
-    default_voice_tone: str | None = _optional_text()
+    default_model: str | None = optional_text()
+    default_voice: str | None = optional_text()
+    default_instructions: str | None = optional_text()
+    default_language: str | None = optional_text()
+    default_voice_accent: str | None = optional_text()
+    default_voice_tone: str | None = optional_text()
     client_secret_ttl_seconds: int = attrs.field(default=600, validator=_check_ttl)
     allow_api_key_from_request: bool = attrs.field(default=False, validator=_check_bool)
     openai_base_url: str = attrs.field(
@@ -283,16 +265,16 @@ class NavaiVoiceBackendOptions:
     )
     elevenlabs_api_key: str | None = attrs.field(
         default=None,
-        converter=_clean_key,
-        validator=[_check_text, _check_key],
+        converter=clean_key,
+        validator=[check_text, _check_key],
         repr=False,
     )
     elevenlabs_base_url: str = attrs.field(
         default=DEFAULT_ELEVENLABS_BASE_URL, converter=_clean_base_url, validator=_check_base_url
     )
-    elevenlabs_voice_id: str | None = _optional_text()
-    elevenlabs_model_id: str | None = _optional_text()
-    elevenlabs_output_format: str | None = _optional_text()
+    elevenlabs_voice_id: str | None = optional_text()
+    elevenlabs_model_id: str | None = optional_text()
+    elevenlabs_output_format: str | None = optional_text()
     elevenlabs_optimize_streaming_latency: float | None = attrs.field(
         default=None, validator=_check_latency
     )
@@ -302,13 +284,13 @@ class NavaiVoiceBackendOptions:
     # Declared as what it holds once checked; a JSON string is accepted too.
     session: dict[str, Any] | None = attrs.field(default=None, converter=_session_input, eq=False)
     allow_unknown_session_fields: bool = attrs.field(default=False, validator=_check_bool)
-    live_model: str | None = _optional_text()
+    live_model: str | None = optional_text()
     live_session: dict[str, Any] | None = attrs.field(
         default=None, converter=_session_input, eq=False
     )
-    transcription_model: str | None = _optional_text()
-    transcription_language: str | None = _optional_text()
-    transcription_prompt: str | None = _optional_text()
+    transcription_model: str | None = optional_text()
+    transcription_language: str | None = optional_text()
+    transcription_prompt: str | None = optional_text()
     azure_endpoint: str | None = attrs.field(
         default=None,
         converter=_clean_optional_url,
@@ -316,8 +298,8 @@ class NavaiVoiceBackendOptions:
     )
     azure_api_key: str | None = attrs.field(
         default=None,
-        converter=_clean_key,
-        validator=[_check_text, _check_key],
+        converter=clean_key,
+        validator=[check_text, _check_key],
         repr=False,
     )
     azure_ad_token_provider: Callable[[], Any] | None = attrs.field(
@@ -327,6 +309,14 @@ class NavaiVoiceBackendOptions:
     @property
     def uses_azure(self) -> bool:
         return self.azure_endpoint is not None
+
+    @property
+    def api_base_url(self) -> str:
+        """Where the OpenAI API lives for these options: ``openai_base_url``,
+        or Azure's v1 API under ``azure_endpoint``."""
+        if self.azure_endpoint is not None:
+            return f"{self.azure_endpoint}/openai/v1"
+        return self.openai_base_url
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(
@@ -367,39 +357,12 @@ class NavaiVoiceBackendOptions:
 
     def _check_policy_defaults(self) -> None:
         # The server's own choices must pass its own policy.
-        for default, builtin, allowed, name in (
-            (self.default_model, DEFAULT_MODEL, self.allowed_models, "model"),
-            (self.default_voice, DEFAULT_VOICE, self.allowed_voices, "voice"),
+        for name, chosen, allowed in (
+            ("model", self.default_model or DEFAULT_MODEL, self.allowed_models),
+            ("voice", self.default_voice or DEFAULT_VOICE, self.allowed_voices),
         ):
-            if allowed is not None and (default or builtin) not in allowed:
+            if outside(chosen, allowed):
                 raise OptionsError(
-                    f"default_{name} {default or builtin!r} is not in allowed_{name}s "
-                    f"({', '.join(allowed)}): set default_{name} to one of them."
+                    f"default_{name} {chosen!r} is not in allowed_{name}s "
+                    f"({', '.join(allowed or ())}): set default_{name} to one of them."
                 )
-
-
-converter.register_structure_hook(str, _strict_str)
-converter.register_structure_hook(
-    CreateClientSecretRequest,
-    make_dict_structure_fn(
-        CreateClientSecretRequest,
-        converter,
-        _cattrs_forbid_extra_keys=False,
-        # Plain errors are several times faster to structure with; the field
-        # names for the 400 are worked out only when structuring fails.
-        _cattrs_detailed_validation=False,
-        voice_accent=override(rename=WIRE_NAMES["voice_accent"]),
-        voice_tone=override(rename=WIRE_NAMES["voice_tone"]),
-        api_key=override(rename=WIRE_NAMES["api_key"]),
-    ),
-)
-converter.register_structure_hook(
-    CreateTranscriptionSecretRequest,
-    make_dict_structure_fn(
-        CreateTranscriptionSecretRequest,
-        converter,
-        _cattrs_forbid_extra_keys=False,
-        _cattrs_detailed_validation=False,
-        api_key=override(rename="apiKey"),
-    ),
-)

@@ -17,14 +17,12 @@ LIVE_TEMPLATE_FIELDS: Final = frozenset(
     {"delegation", "input", "client", "idle_timeout_s", "store", "triggers", "wake_policy"}
 )
 
-
 LIVE_NAVAI_FIELDS: Final = {
     "model": "use live_model",
     "instructions": "use default_instructions",
     "audio": "use default_voice",
     "safety_identifier": "remove it: the guard sets it per caller",
 }
-
 
 _DELEGATIONS: Final = ("client", "responses", "decisions")
 
@@ -80,7 +78,6 @@ NAVAI_FIELDS: Final = {
     ("instructions",): "use default_instructions",
     ("audio", "output", "voice"): "use default_voice",
 }
-
 
 # Under ElevenLabs speech the session answers in text: these are navai's too.
 ELEVENLABS_FIELDS: Final = {

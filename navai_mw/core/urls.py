@@ -63,3 +63,10 @@ _UPSTREAMS: Final = {
     "elevenlabs_base_url": "ElevenLabs",
     "azure_endpoint": "Azure OpenAI",
 }
+
+
+def websocket_url(url: str) -> str:
+    """``url`` with its scheme turned into a WebSocket's: https → wss,
+    http → ws (a sideband lives beside the HTTP API it belongs to)."""
+    scheme, _, rest = url.partition("://")
+    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}"

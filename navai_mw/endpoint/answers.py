@@ -11,17 +11,31 @@ import attrs
 
 from ..core.errors import NavaiError, RequestError
 from ..core.http import compact_json
-from .route import Reply, Route
 
+__all__ = [
+    "ANSWERED_STATUSES",
+    "Answer",
+    "error_answer",
+    "json_answer",
+    "raw_answer",
+    "too_large",
+    "unsupported",
+]
 
-def _reason(status: int) -> str:
-    return f"{status} {http.HTTPStatus(status).phrase}"
-
-
+# Every status a navai route answers with (docs/http.md): nothing else
+# leaves the endpoint, so the WSGI shell can spell each one.
+ANSWERED_STATUSES: Final = frozenset(
+    {200, 201, 204, 400, 401, 403, 404, 405, 413, 415, 429, 500, 502, 503, 504}
+)
 _REASONS: Final = {
-    status: _reason(status)
-    for status in (200, 201, 204, 400, 401, 403, 404, 405, 413, 415, 429, 500, 502, 503, 504)
+    status: f"{status} {http.HTTPStatus(status).phrase}" for status in ANSWERED_STATUSES
 }
+
+_JSON_HEADERS: Final = (
+    ("Content-Type", "application/json"),
+    ("Cache-Control", "no-store"),
+    ("X-Content-Type-Options", "nosniff"),
+)
 
 
 @attrs.frozen
@@ -38,7 +52,7 @@ class Answer:
         return _REASONS[self.status]
 
 
-def _json(status: int, payload: object, headers: Iterable[tuple[str, str]]) -> Answer:
+def json_answer(status: int, payload: object, headers: Iterable[tuple[str, str]]) -> Answer:
     body = compact_json(payload)
     return Answer(
         status,
@@ -47,39 +61,33 @@ def _json(status: int, payload: object, headers: Iterable[tuple[str, str]]) -> A
     )
 
 
-_JSON_HEADERS: Final = (
-    ("Content-Type", "application/json"),
-    ("Cache-Control", "no-store"),
-    ("X-Content-Type-Options", "nosniff"),
-)
+def error_answer(exc: NavaiError, headers: Iterable[tuple[str, str]] = ()) -> Answer:
+    """``{"error": message}`` with the error's status and headers."""
+    return json_answer(exc.status, {"error": exc.message}, [*exc.headers, *headers])
 
 
-def _error(exc: NavaiError, headers: Iterable[tuple[str, str]] = ()) -> Answer:
-    return _json(exc.status, {"error": exc.message}, [*exc.headers, *headers])
-
-
-def _too_large(limit: int, cors: Iterable[tuple[str, str]]) -> Answer:
+def too_large(limit: int, headers: Iterable[tuple[str, str]]) -> Answer:
     message = f"Request body is larger than {limit} bytes."
-    return _error(RequestError(message, status=413), cors)
+    return error_answer(RequestError(message, status=413), headers)
 
 
-def _unsupported(route: Route, cors: Iterable[tuple[str, str]]) -> Answer:
-    kind = "application/sdp" if route.body == "sdp" else "application/json (UTF-8)"
-    return _error(RequestError(f"Content-Type must be {kind}.", status=415), cors)
+def unsupported(body_kind: str, headers: Iterable[tuple[str, str]]) -> Answer:
+    kind = "application/sdp" if body_kind == "sdp" else "application/json (UTF-8)"
+    return error_answer(RequestError(f"Content-Type must be {kind}.", status=415), headers)
 
 
-def _raw(reply: Reply, headers: Iterable[tuple[str, str]]) -> Answer:
-    """A non-JSON answer (an SDP answer, or a 204 with no body)."""
-    body = reply.raw or b""
-    kind = () if reply.status == 204 else (("Content-Type", reply.content_type),)
+def raw_answer(
+    status: int, body: bytes, content_type: str | None, headers: Iterable[tuple[str, str]]
+) -> Answer:
+    """A non-JSON answer: an SDP answer, or a 204 with no body (``content_type`` None)."""
+    kind = () if content_type is None else (("Content-Type", content_type),)
     return Answer(
-        reply.status,
+        status,
         [
             *kind,
             ("Content-Length", str(len(body))),
             ("Cache-Control", "no-store"),
             ("X-Content-Type-Options", "nosniff"),
-            *reply.headers,
             *headers,
         ],
         body,

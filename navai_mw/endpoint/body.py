@@ -1,5 +1,6 @@
-"""A request body's framing and parse: the JSON media type, SDP's, and one
-JSON object with no duplicate keys, no NaN and a bounded nesting."""
+"""A request body's framing and parse: its declared length, the JSON media
+type and SDP's, and one JSON object with no duplicate keys, no NaN and a
+bounded nesting."""
 
 from __future__ import annotations
 
@@ -14,19 +15,29 @@ from ..core.errors import RequestError
 # the parser, refused before json.loads can recurse into RecursionError.
 MAX_JSON_DEPTH: Final = 32
 
-
 # A JSON string; an unterminated one runs to the end of the text, so that no
 # quote is ever rescanned (a body of backslash-quotes would be quadratic).
 _JSON_STRING: Final = re.compile(r'"(?:[^"\\]|\\.)*"?', re.DOTALL)
 
-
 _BRACKET: Final = re.compile(r"[\[\]{}]")
-
 
 _DIGITS: Final = re.compile(r"[0-9]{1,19}")
 
 
-def _media_type_ok(content_type: str | None) -> bool:
+def declared_length(value: str | None) -> int | None:
+    """The Content-Length a client declared: None when it sent none; raises
+    a 400 for anything but a plain number."""
+    raw = (value or "").strip()
+    if not raw:
+        return None
+    if _DIGITS.fullmatch(raw) is None:
+        raise RequestError("Invalid Content-Length.")
+    return int(raw)
+
+
+def json_type_ok(content_type: str | None) -> bool:
+    """Whether a body of this type can be JSON: ``application/json`` or
+    ``application/<subtype>+json``, in UTF-8."""
     if content_type is None:
         return False
     media_type, _, params = content_type.partition(";")
@@ -48,6 +59,8 @@ def _media_type_ok(content_type: str | None) -> bool:
 
 
 def _too_deep(text: str) -> bool:
+    """Whether the JSON text nests deeper than :data:`MAX_JSON_DEPTH` (the
+    brackets inside strings do not count)."""
     if text.count("{") + text.count("[") <= MAX_JSON_DEPTH:
         return False  # cannot nest deeper than it has brackets: the usual case
     depth = 0
@@ -100,7 +113,8 @@ def parse_body(body: bytes) -> dict[str, Any]:
     return data
 
 
-def _sdp_type_ok(content_type: str | None) -> bool:
+def sdp_type_ok(content_type: str | None) -> bool:
+    """Whether a body of this type can be an SDP offer."""
     if content_type is None:
         return False
     return content_type.partition(";")[0].strip().lower() == "application/sdp"

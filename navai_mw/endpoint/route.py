@@ -1,13 +1,57 @@
-"""What a route is, and what its handler gets and gives."""
+"""What a route is, and what its handler gets and gives.
+
+A handler is ``handle(settings, call)``: a generator that yields effects
+and returns a :class:`Reply`. It sees neither headers nor CORS nor framing
+(the endpoint has dealt with them), and raises a
+:class:`~navai_mw.NavaiError` to refuse.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import Any, Final, Literal
 
 import attrs
 
+from ..backend_functions.registry import FunctionRegistry
 from ..core.http import RequestInfo
+from ..core.options import NavaiVoiceBackendOptions
+from ..core.rate_limit_policy import GROUPS
+from ..guard.guard import Guard
+from ..upstreams.mint import Mint, SessionHook
+
+__all__ = [
+    "ROUTE_GROUPS",
+    "BodyKind",
+    "Call",
+    "Handler",
+    "Reply",
+    "Route",
+    "Settings",
+    "mint_for",
+]
+
+# A route's rate-limit group: one of the guard's, or "end" (ending a call
+# spends nothing, so no limit may stand in its way).
+ROUTE_GROUPS: Final = (*GROUPS, "end")
+BodyKind = Literal["json", "sdp", "none"]
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """What every route's handler may read: the configuration, made once.
+
+    Fields: opts, guard, functions (the registry), customize_session (the
+    hook, or None), function_timeout (seconds), max_call_seconds (the time
+    cap of a relayed call, or None).
+    """
+
+    opts: NavaiVoiceBackendOptions
+    guard: Guard
+    functions: FunctionRegistry
+    customize_session: SessionHook | None = None
+    function_timeout: float
+    max_call_seconds: float | None = None
 
 
 @attrs.frozen
@@ -25,32 +69,40 @@ class Call:
 @attrs.frozen
 class Reply:
     """What a route's handler answers: a status and a JSON payload, or
-    ``raw`` bytes of ``content_type`` (an SDP answer); ``headers`` extra."""
+    ``raw`` bytes of ``content_type`` (an SDP answer; None for a 204's
+    empty body); ``headers`` extra."""
 
     status: int
     payload: object
     raw: bytes | None = None
-    content_type: str = "application/json"
+    content_type: str | None = "application/json"
     headers: tuple[tuple[str, str], ...] = ()
 
 
-Handler = Callable[[Call], Generator[Any, Any, Reply]]
+Handler = Callable[[Settings, Call], Generator[Any, Any, Reply]]
+
+
+def _known_group(_: object, __: attrs.Attribute[str], value: str) -> None:
+    # A typo here would silently mean "no limit": refused when the table is made.
+    if value not in ROUTE_GROUPS:
+        raise ValueError(f"route group must be one of {', '.join(ROUTE_GROUPS)}: {value!r}")
 
 
 @attrs.frozen
 class Route:
-    """One navai route: its name (what ``authorize`` sees as
-    ``RequestInfo.route``), path, method, rate-limit group and handler."""
+    """One navai route as served: its name (what ``authorize`` sees as
+    ``RequestInfo.route``), path, method, rate-limit group, handler, the kind
+    of body it takes, whether it serves its path's children
+    (``{path}/{id}``), and what it does (for a log line when it fails)."""
 
     name: str
     path: str
     method: str
-    group: str
+    group: str = attrs.field(validator=_known_group)
     handle: Handler = attrs.field(repr=False)
-    # What the body is: "json" (the default), "sdp" (an offer) or "none".
-    body: str = "json"
-    # A route for the path's children ({path}/{id}), not the path itself.
+    body: BodyKind = "json"
     dynamic: bool = False
+    doing: str = attrs.field(default="", repr=False)
     allow: tuple[str, str] = attrs.field(init=False, repr=False)
     allow_cors: tuple[str, str] = attrs.field(init=False, repr=False)
 
@@ -61,3 +113,18 @@ class Route:
     @allow_cors.default
     def _allow_cors(self) -> tuple[str, str]:
         return ("Allow", f"{self.method}, OPTIONS")
+
+
+def mint_for(mint: Callable[..., Mint], settings: Settings, call: Call) -> Mint:
+    """A client secret for ``call``: ``mint`` (the client-secret or the
+    transcription one) with the server's hook and the caller's identity."""
+    return (
+        yield from mint(
+            settings.opts,
+            call.body,
+            customize=settings.customize_session,
+            identity=call.identity,
+            request=call.info,
+            safety_identifier=settings.guard.safety_identifier(call.identity),
+        )
+    )

@@ -45,10 +45,8 @@ def _no_attempts() -> Generator[Attempt, Outcome, None]:
 
 _TOKEN_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
-
 # Visible ASCII: a token travels in a header.
 _VISIBLE_ASCII: Final = re.compile(r"[\x21-\x7e]+")
-
 
 # 16 random visible characters hold about 100 bits; shorter is a password
 # someone typed.

@@ -20,6 +20,7 @@ from ..core.errors import AuthError, NavaiError, OptionsError, UpstreamError, lo
 from ..core.exchange import attempts
 from ..core.http import HttpRequest, RequestInfo, is_header_safe
 from ..core.options import MAX_UPSTREAM_TIMEOUT_SECONDS
+from ..core.values import finite, seconds
 from .authorizers import AuthSteps, _bearer
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ def _invalid(reason: str) -> AuthError:
 
 
 def _is_time(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return finite(value) is not None
 
 
 def _strings(value: str | Iterable[str], name: str) -> tuple[str, ...]:
@@ -101,23 +102,6 @@ def _strings(value: str | Iterable[str], name: str) -> tuple[str, ...]:
     if not items or not all(isinstance(item, str) and item.strip() for item in items):
         raise OptionsError(f"jwt_bearer {name} must be a non-empty string, or several.")
     return tuple(item.strip() for item in items)
-
-
-def _seconds(value: object, name: str, *, zero_ok: bool, cap: float = math.inf) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-        or (value == 0 and not zero_ok)
-        or value > cap
-    ):
-        bound = "0 or more" if zero_ok else "above 0"
-        limit = f" and at most {cap:g}" if math.isfinite(cap) else ""
-        raise OptionsError(
-            f"jwt_bearer {name} must be a number of seconds {bound}{limit}. Received: {value!r}"
-        )
-    return float(value)
 
 
 def _check_jwks_url(url: object) -> str:
@@ -195,12 +179,12 @@ class JWTBearer:
                 f"{', '.join(_KEY_TYPES)} (none and HS* are never allowed). "
                 f"Received: {log_safe(repr(refused or self._algorithms))[:200]}"
             )
-        self._leeway = _seconds(leeway, "leeway", zero_ok=True)
-        self._refetch_interval = _seconds(refetch_interval, "refetch_interval", zero_ok=True)
-        self._cache_seconds = _seconds(cache_seconds, "cache_seconds", zero_ok=False)
-        self._timeout = _seconds(
-            timeout, "timeout", zero_ok=False, cap=MAX_UPSTREAM_TIMEOUT_SECONDS
+        self._leeway = seconds(leeway, "jwt_bearer leeway", zero_ok=True)
+        self._refetch_interval = seconds(
+            refetch_interval, "jwt_bearer refetch_interval", zero_ok=True
         )
+        self._cache_seconds = seconds(cache_seconds, "jwt_bearer cache_seconds")
+        self._timeout = seconds(timeout, "jwt_bearer timeout", most=MAX_UPSTREAM_TIMEOUT_SECONDS)
         self._backoff = min(FAILED_FETCH_BACKOFF_SECONDS, self._refetch_interval)
         self._retry_after = str(max(1, math.ceil(self._backoff)))
         self._clock = clock

@@ -25,12 +25,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from ..core.effects import CallOwned, ForgetCall, RememberCall
+from ..core.storage import redis_client_url
 from .aio import on_asyncio
 
 __all__ = [
     "AsyncCalls",
     "SyncCalls",
-    "redis_uri",
 ]
 
 logger = logging.getLogger("navai_mw")
@@ -41,16 +41,6 @@ _OWNER_TTL_SECONDS: Final = 2 * 3600
 # How often each worker looks for deadlines that have passed.
 POLL_SECONDS: Final = 0.5
 _BATCH: Final = 20
-
-
-def redis_uri(uri: str | None) -> str | None:
-    """``uri`` when it names a Redis the calls can share, else None."""
-    if uri is None:
-        return None
-    scheme = uri.split("://", 1)[0].removeprefix("async+")
-    if scheme in ("redis", "rediss"):
-        return uri.removeprefix("async+")
-    return None
 
 
 def _owner_key(key: str) -> str:
@@ -78,7 +68,7 @@ class SyncCalls:
         self._redis: Any = None
         self._stop = threading.Event()
         self._end: Callable[[str], None] | None = None
-        shared = redis_uri(uri)
+        shared = redis_client_url(uri)
         if shared is not None:
             import redis
 
@@ -202,7 +192,7 @@ class AsyncCalls:
     def __init__(self, uri: str | None) -> None:
         self._registry = CallRegistry()
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._shared = redis_uri(uri)
+        self._shared = redis_client_url(uri)
         self._redis: Any = None
         self._poller: asyncio.Task[None] | None = None
         self._end: Callable[[str], Awaitable[None]] | None = None

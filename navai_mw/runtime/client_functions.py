@@ -8,12 +8,14 @@ from typing import Any, Final
 
 from ..core.client_requests import CreateClientSecretRequest
 from ..core.options import NavaiVoiceBackendOptions
-from ..upstreams.elevenlabs import SynthesizedSpeech, build_speech_request, speech_exchange
+from ..upstreams.elevenlabs import SynthesizedSpeech, synthesize
 from ..upstreams.mint import SessionHook, mint_client_secret, mint_transcription_secret
 from ..upstreams.openai_secrets import OpenAIRealtimeClientSecretResponse
+from .async_transports import HttpxAsyncTransport
 from .drivers import Steps, T, drive_async, drive_sync
 from .performers import AsyncEffects, SyncEffects
-from .transports import AsyncTransport, HttpxAsyncTransport, HttpxSyncTransport, SyncTransport
+from .sync_transport import HttpxSyncTransport
+from .transports import AsyncTransport, SyncTransport
 
 # The sync function's default: one pooled client for the whole process, made
 # on first use (and made again in a forked child). The async function has no
@@ -21,14 +23,11 @@ from .transports import AsyncTransport, HttpxAsyncTransport, HttpxSyncTransport,
 # loops come and go.
 _DEFAULT_SYNC: Final = HttpxSyncTransport()
 
-
 Request = CreateClientSecretRequest | Mapping[str, Any] | None
-
 
 # The client functions' performers: an Azure token provider and a
 # customize_session hook are their only effects.
 _SYNC_EFFECTS: Final = SyncEffects(None)
-
 
 _ASYNC_EFFECTS: Final = AsyncEffects(None)
 
@@ -119,7 +118,7 @@ def synthesize_speech_sync(
     ``outputFormat``, ``optimizeStreamingLatency``, ``voiceSettings``).
     Raises :class:`NavaiError` with the status a server should answer.
     """
-    steps = speech_exchange(build_speech_request(opts, req), budget=opts.upstream_timeout_seconds)
+    steps = synthesize(opts, req)
     return drive_sync(steps, transport if transport is not None else _DEFAULT_SYNC)
 
 
@@ -132,5 +131,5 @@ async def synthesize_speech(
     """Turn ``req["text"]`` into audio with ElevenLabs (as
     :func:`synthesize_speech_sync`; without ``transport``, a short-lived
     client serves this call)."""
-    steps = speech_exchange(build_speech_request(opts, req), budget=opts.upstream_timeout_seconds)
+    steps = synthesize(opts, req)
     return await _drive_async(steps, transport)

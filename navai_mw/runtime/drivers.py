@@ -18,7 +18,8 @@ import anyio
 from ..core.effects import Attempt, Outcome
 from ..core.http import HttpResponse
 from .aio import attempt_deadline
-from .transports import AsyncTransport, BoundedTransport, SyncTransport
+from .async_transports import BoundedTransport
+from .transports import AsyncTransport, SyncTransport
 
 __all__ = [
     "drive_async",

@@ -17,7 +17,6 @@ from ..core.errors import OptionsError
 
 DEFAULT_FUNCTION_WORKERS: Final = 16
 
-
 _WORKER_POOLS: weakref.WeakSet[FunctionWorkers] = weakref.WeakSet()
 
 

@@ -39,6 +39,7 @@ from ..core.effects import (
     RememberCall,
 )
 from ..core.errors import OptionsError
+from ..core.storage import is_memory, is_redis
 from .aio import _LoopThread, _wait, attempt_deadline, on_asyncio
 from .call_store import AsyncCalls, SyncCalls
 from .function_workers import DEFAULT_FUNCTION_WORKERS, FunctionWorkers, _finished, _outcome_of
@@ -75,7 +76,7 @@ def _redis_options(uri: str) -> dict[str, Any]:
     """A connect timeout for a Redis or Valkey storage. The async shell
     bounds each count as a whole (a socket timeout on every read and write
     would cost a timer each); the sync shell adds the socket's own."""
-    if _scheme(uri) in ("redis", "rediss", "valkey", "valkeys"):
+    if is_redis(uri):
         return {"socket_connect_timeout": STORAGE_TIMEOUT_SECONDS}
     return {}
 
@@ -180,7 +181,7 @@ class AsyncEffects:
         self.workers = FunctionWorkers(function_workers)
         self.calls = AsyncCalls(calls_uri)
         self._uri = storage_uri
-        self._local = storage_uri is not None and _scheme(storage_uri) == "memory"
+        self._local = storage_uri is not None and is_memory(storage_uri)
         self._counter: AsyncCounter | None = None
         # memory:// needs no event loop of a kind: its counts are made now.
         self._memory = self._async_counter().memory if self._local else None
@@ -318,10 +319,6 @@ async def close_live_session(effect: CloseLive) -> Exception | None:
     except Exception as exc:
         logger.warning("navai_mw: closing a Live session failed: %s", type(exc).__name__)
         return exc
-
-
-def _scheme(uri: str) -> str:
-    return uri.split("://", 1)[0].removeprefix("async+")
 
 
 _NEEDS_ASYNCIO: Final = (

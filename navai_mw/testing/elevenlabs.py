@@ -22,9 +22,7 @@ from .scripted import (
 
 TEXT_TO_SPEECH_PATH = "/v1/text-to-speech/"
 
-
 DEFAULT_OUTPUT_FORMAT = "mp3_44100_128"
-
 
 # Output format prefix -> (content type, first bytes of the made-up audio).
 # Any other format is answered as MP3, ElevenLabs' default.

@@ -16,7 +16,8 @@ import anyio
 import attrs
 import httpx
 
-from ..runtime.transports import HttpxAsyncTransport, HttpxSyncTransport
+from ..runtime.async_transports import HttpxAsyncTransport
+from ..runtime.sync_transport import HttpxSyncTransport
 from .servers import serve_asgi
 
 __all__ = [

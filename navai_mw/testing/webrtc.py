@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, unquote
 
 import attrs
 
-from ..runtime.transports import HttpxSyncTransport
+from ..runtime.sync_transport import HttpxSyncTransport
 from .scripted import (
     RecordedRequest,
     _Behaviour,
@@ -32,15 +32,11 @@ from .scripted import (
 
 REALTIME_CALLS_PATH = "/v1/realtime/calls"
 
-
 LIVE_SESSIONS_PATH = "/v1/live/sessions"
-
 
 _HANGUP_PATH = re.compile(r"/v1/realtime/calls/(?P<id>[^/]+)/hangup/?")
 
-
 _ATTACH_PATH = re.compile(r"/v1/live/sessions/(?P<id>[^/]+)/attach/?")
-
 
 _WEBRTC_MISSING = "FakeRealtimeWebRTC needs aiortc, which is not installed: " + (
     "pip install 'navai-mw[webrtc]'"

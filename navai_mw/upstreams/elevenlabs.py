@@ -15,7 +15,7 @@ import json
 import math
 from collections.abc import Generator, Mapping
 from typing import Any, Final
-from urllib.parse import parse_qs, quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 import attrs
 
@@ -23,15 +23,16 @@ from ..core.client_requests import NOT_AN_OBJECT
 from ..core.effects import Attempt, Outcome
 from ..core.errors import RequestError
 from ..core.exchange import attempts, upstream_failure
-from ..core.http import HttpRequest, HttpResponse, compact_json
+from ..core.http import Credential, HttpRequest, HttpResponse, compact_json
 from ..core.options import DEFAULT_ELEVENLABS_OUTPUT_FORMAT, NavaiVoiceBackendOptions, VoiceSettings
+from ..core.values import finite
 
 __all__ = [
     "MAX_SPEECH_AUDIO_BYTES",
     "SynthesizedSpeech",
     "build_speech_request",
     "parse_speech_response",
-    "speech_exchange",
+    "synthesize",
 ]
 
 # A minute of mp3 at 128 kbit/s is about 1 MB, of 44.1 kHz PCM about 5 MB:
@@ -109,6 +110,14 @@ def build_speech_request(
     ``voiceId``, ``modelId``, ``outputFormat``, ``optimizeStreamingLatency``,
     ``voiceSettings``). Raises 404 when speech is not enabled, 400 for no
     text or no key or voice."""
+    return _speech_call(opts, req)[0]
+
+
+def _speech_call(
+    opts: NavaiVoiceBackendOptions, req: Mapping[str, Any] | None
+) -> tuple[HttpRequest, str]:
+    """The ElevenLabs call, and the output format it asks for (the answer's
+    reading needs it)."""
     if opts.tts_provider != "elevenlabs":
         raise RequestError(NOT_ENABLED, status=404)
     if req is None:
@@ -128,10 +137,8 @@ def build_speech_request(
         or opts.elevenlabs_output_format
         or DEFAULT_ELEVENLABS_OUTPUT_FORMAT
     )
-    latency = req.get("optimizeStreamingLatency")
-    if isinstance(latency, bool) or not isinstance(latency, (int, float)):
-        latency = None
-    if latency is None or not math.isfinite(latency):
+    latency = finite(req.get("optimizeStreamingLatency"))
+    if latency is None:
         latency = opts.elevenlabs_optimize_streaming_latency
     settings = VoiceSettings.sanitized(req.get("voiceSettings")) or VoiceSettings.sanitized(
         opts.elevenlabs_voice_settings
@@ -144,20 +151,23 @@ def build_speech_request(
         body["model_id"] = model_id
     if settings is not None:
         body["voice_settings"] = settings.to_wire()
-    return HttpRequest(
+    credential = Credential.key_header("xi-api-key", api_key)
+    request = HttpRequest(
         method="POST",
         url=(
             f"{opts.elevenlabs_base_url}/v1/text-to-speech/"
             f"{quote(voice_id, safe=_URI_COMPONENT_SAFE)}?{urlencode(query)}"
         ),
         headers=(
-            ("xi-api-key", api_key),
+            credential.header,
             ("Content-Type", "application/json"),
             ("Accept", mime_type(output_format)),  # one of a few fixed types
         ),
         body=compact_json(body),
         max_response_bytes=MAX_SPEECH_AUDIO_BYTES,
+        secret=credential.secret,
     )
+    return request, output_format
 
 
 def _detail(body: bytes) -> str:
@@ -190,13 +200,12 @@ def parse_speech_response(
     )
 
 
-def speech_exchange(
-    request: HttpRequest, *, budget: float
+def synthesize(
+    opts: NavaiVoiceBackendOptions, req: Mapping[str, Any] | None
 ) -> Generator[Attempt, Outcome, SynthesizedSpeech]:
-    """Synthesize upstream: the shared retry policy, then the answer read."""
-    response = yield from attempts(request, budget=budget, what=_WHAT)
-    return parse_speech_response(
-        response,
-        output_format=parse_qs(urlsplit(request.url).query)["output_format"][0],
-        secret=dict(request.headers).get("xi-api-key"),
-    )
+    """Speech for ``req`` (spelled as on the wire), whole: the request
+    built, the shared retry policy within ``upstream_timeout_seconds``, then
+    the answer read."""
+    request, output_format = _speech_call(opts, req)
+    response = yield from attempts(request, budget=opts.upstream_timeout_seconds, what=_WHAT)
+    return parse_speech_response(response, output_format=output_format, secret=request.secret)

@@ -1,24 +1,70 @@
 """GPT-Live ``/live/sessions``, sans-IO: the session built, the request, the
-answer read, and the effect that closes a session over its sideband."""
+answer read, and the effect that closes a session over its sideband.
+
+Live takes its session in a JSON body beside the browser's offer
+(``{"session": ..., "transport": {"type": "webrtc", "sdp": ...}}``), and
+the safety identifier inside the session. A session ends with a
+``session.close`` sent over its sideband WebSocket
+(``{api base, ws scheme}/live/sessions/{id}/attach``), which a performer
+opens: :class:`~navai_mw.core.effects.CloseLive`.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from typing import Any, Final
 
-from ..core.effects import CloseLive
+from ..core.client_requests import CreateClientSecretRequest
+from ..core.effects import Attempt, CloseLive, Outcome
 from ..core.errors import UpstreamError
-from ..core.exchange import upstream_failure, upstream_message
-from ..core.http import HttpRequest, HttpResponse, compact_json
-from ..core.options import NavaiVoiceBackendOptions
-from .openai_secrets import MAX_CLIENT_SECRET_RESPONSE_BYTES
-from .realtime_calls import _CALL_ID, RelayedCall, _base
+from ..core.exchange import attempts, upstream_failure, upstream_message
+from ..core.http import Credential, HttpRequest, HttpResponse, compact_json
+from ..core.options import DEFAULT_VOICE, NavaiVoiceBackendOptions
+from ..core.urls import websocket_url
+from .openai_secrets import MAX_CLIENT_SECRET_RESPONSE_BYTES, session_instructions
+from .realtime_calls import RelayedCall, is_call_id
+
+__all__ = [
+    "DEFAULT_LIVE_MODEL",
+    "LIVE",
+    "build_live_session",
+    "close_live",
+    "end_live",
+    "live_model",
+    "live_request",
+    "parse_live_response",
+    "relay_live",
+]
 
 DEFAULT_LIVE_MODEL: Final = "gpt-live-1"
-
-
 LIVE: Final = "OpenAI live sessions"
+
+
+def live_model(opts: NavaiVoiceBackendOptions, req: CreateClientSecretRequest) -> str:
+    """The model a Live session gets: the request's, else ``live_model``,
+    else the built-in one."""
+    return req.model or opts.live_model or DEFAULT_LIVE_MODEL
+
+
+def build_live_session(
+    opts: NavaiVoiceBackendOptions,
+    req: CreateClientSecretRequest,
+    *,
+    safety_identifier: str | None = None,
+) -> dict[str, Any]:
+    """The Live session for ``req``: the ``live_session`` template, with the
+    model, instructions and voice as for Realtime; the safety identifier,
+    when there is one, in the body (where Live takes it)."""
+    session: dict[str, Any] = {
+        **(opts.live_session or {}),
+        "model": live_model(opts, req),
+        "instructions": session_instructions(opts, req),
+        "audio": {"output": {"voice": req.voice or opts.default_voice or DEFAULT_VOICE}},
+    }
+    if safety_identifier is not None:
+        session["safety_identifier"] = safety_identifier
+    return session
 
 
 def live_request(
@@ -26,16 +72,17 @@ def live_request(
     offer: str,
     session: Mapping[str, Any],
     *,
-    credential: tuple[str, str],
+    credential: Credential,
 ) -> HttpRequest:
-    """``POST {base}/live/sessions``: the session and the offer, as JSON."""
+    """``POST {api base}/live/sessions``: the session and the offer, as JSON."""
     body = {"session": session, "transport": {"type": "webrtc", "sdp": offer}}
     return HttpRequest(
         method="POST",
-        url=f"{_base(opts)}/live/sessions",
-        headers=(credential, ("Content-Type", "application/json")),
+        url=f"{opts.api_base_url}/live/sessions",
+        headers=(credential.header, ("Content-Type", "application/json")),
         body=compact_json(body),
         max_response_bytes=MAX_CLIENT_SECRET_RESPONSE_BYTES,
+        secret=credential.secret,
     )
 
 
@@ -51,17 +98,41 @@ def parse_live_response(response: HttpResponse, *, secret: str | None) -> Relaye
     transport = payload.get("transport") if isinstance(payload, dict) else None
     session_id = session.get("id") if isinstance(session, dict) else None
     answer = transport.get("sdp") if isinstance(transport, dict) else None
-    if not isinstance(session_id, str) or _CALL_ID.fullmatch(session_id) is None:
+    if not isinstance(session_id, str) or not is_call_id(session_id):
         raise UpstreamError(f"{LIVE} answered without a session id.")
     if not isinstance(answer, str) or not answer.startswith("v=0"):
         raise UpstreamError(f"{LIVE} answered with no SDP answer.")
     return RelayedCall(session_id, answer)
 
 
+def relay_live(
+    opts: NavaiVoiceBackendOptions,
+    offer: str,
+    session: Mapping[str, Any],
+    *,
+    credential: Credential,
+) -> Generator[Attempt, Outcome, RelayedCall]:
+    """Start a Live session upstream: never retried (a second POST could
+    start a second session)."""
+    request = live_request(opts, offer, session, credential=credential)
+    response = yield from attempts(
+        request, budget=opts.upstream_timeout_seconds, max_retries=0, what=LIVE
+    )
+    return parse_live_response(response, secret=request.secret)
+
+
 def close_live(
-    opts: NavaiVoiceBackendOptions, session_id: str, *, credential: tuple[str, str]
+    opts: NavaiVoiceBackendOptions, session_id: str, *, credential: Credential
 ) -> CloseLive:
-    base = _base(opts)
-    scheme, _, rest = base.partition("://")
-    ws_scheme = "wss" if scheme == "https" else "ws"
-    return CloseLive(f"{ws_scheme}://{rest}/live/sessions/{session_id}/attach", (credential,))
+    """The effect that ends a Live session: ``session.close`` on its sideband."""
+    url = websocket_url(f"{opts.api_base_url}/live/sessions/{session_id}/attach")
+    return CloseLive(url, (credential.header,))
+
+
+def end_live(
+    opts: NavaiVoiceBackendOptions, session_id: str, *, credential: Credential
+) -> Generator[Any, Any, None]:
+    """End a Live session; a 502 naming what failed when it could not be."""
+    failure = yield close_live(opts, session_id, credential=credential)
+    if failure is not None:
+        raise UpstreamError(f"{LIVE} could not be closed: {type(failure).__name__}.")

@@ -23,14 +23,16 @@ from ..core.client_requests import (
 )
 from ..core.effects import CallHook, HookResult
 from ..core.errors import AuthError, NavaiError, OptionsError, RequestError, UpstreamError
-from ..core.http import RequestInfo, is_header_safe
+from ..core.http import Credential, RequestInfo, is_header_safe
 from ..core.options import NavaiVoiceBackendOptions
 from ..core.sessions import check_final_session
+from ..core.values import outside
 from .openai_secrets import (
     OpenAIRealtimeClientSecretResponse,
     build_session,
     build_transcription_session,
     check_policy,
+    client_secrets_name,
     exchange,
     request_credential,
     resolve_api_key,
@@ -149,7 +151,10 @@ def _mint(
     )
     return (
         yield from exchange(
-            upstream, budget=opts.upstream_timeout_seconds, provider=opts.tts_provider
+            upstream,
+            budget=opts.upstream_timeout_seconds,
+            provider=opts.tts_provider,
+            what=client_secrets_name(opts),
         )
     )
 
@@ -175,12 +180,12 @@ def customized(
 
 def credential_for(
     opts: NavaiVoiceBackendOptions, api_key: str | None
-) -> Generator[Any, Any, tuple[str, str]]:
-    """The header that authenticates an upstream call (asking an Azure token
-    provider when there is one)."""
+) -> Generator[Any, Any, Credential]:
+    """What authenticates an upstream call (asking an Azure token provider
+    when there is one)."""
     credential = request_credential(opts, api_key)
     if credential is None:
-        credential = ("Authorization", f"Bearer {(yield from _azure_token(opts))}")
+        credential = Credential.bearer((yield from _azure_token(opts)))
     return credential
 
 
@@ -213,13 +218,15 @@ def _customized(opts: NavaiVoiceBackendOptions, kind: str, result: HookResult) -
 
 def _check_policy(opts: NavaiVoiceBackendOptions, session: Mapping[str, Any]) -> None:
     model = session.get("model")
-    if opts.allowed_models is not None and model is not None and model not in opts.allowed_models:
-        raise OptionsError(f"model {model!r} is not in allowed_models")
     audio = session.get("audio")
     output = audio.get("output") if isinstance(audio, Mapping) else None
     voice = output.get("voice") if isinstance(output, Mapping) else None
-    if opts.allowed_voices is not None and voice is not None and voice not in opts.allowed_voices:
-        raise OptionsError(f"voice {voice!r} is not in allowed_voices")
+    for name, value, allowed in (
+        ("model", model, opts.allowed_models),
+        ("voice", voice, opts.allowed_voices),
+    ):
+        if outside(value, allowed):
+            raise OptionsError(f"{name} {value!r} is not in allowed_{name}s")
 
 
 def _azure_token(opts: NavaiVoiceBackendOptions) -> Generator[Any, Any, str]:

@@ -1,18 +1,20 @@
-"""The sans-IO core: every decision about the upstream exchange, and no I/O.
+"""OpenAI's ``POST /realtime/client_secrets``, sans-IO: the session built
+from the options and the request, the policy applied, the request to make,
+and the answer read.
 
 Options and a request go in, an :class:`HttpRequest` comes out; a status,
 headers and body go in, a secret or a :class:`NavaiError` comes out. The
-exchange itself, retries and time budget included, is a generator that
-yields :class:`Attempt` and is sent :class:`Outcome`; a ten-line driver
-(:mod:`navai_mw.runtime.drivers`) runs it over a sync or an async transport, so the
-two never disagree.
+exchange, retries and time budget included, is a generator that yields
+:class:`Attempt` and is sent :class:`Outcome`; a short driver
+(:mod:`navai_mw.runtime.drivers`) runs it over a sync or an async
+transport, so the two never disagree.
 
 Promises:
 
 * nothing here reads a clock, draws a random number or touches a socket:
   elapsed time and jitter arrive inside each :class:`Outcome`;
 * no message built here contains an API key: upstream text is redacted of
-  the key that was sent before it is quoted;
+  the credential the request carries before it is quoted;
 * the request built for a well-formed input equals, field for field, the
   one ``@navai/voice-backend`` sends.
 """
@@ -32,8 +34,8 @@ from ..core.client_requests import (
 )
 from ..core.effects import Attempt, Outcome
 from ..core.errors import OptionsError, RequestError, UpstreamError
-from ..core.exchange import _CLIENT_SECRETS, attempts, secret_of, upstream_failure, upstream_message
-from ..core.http import HttpRequest, HttpResponse, compact_json, is_header_safe
+from ..core.exchange import attempts, upstream_failure, upstream_message
+from ..core.http import Credential, HttpRequest, HttpResponse, compact_json, is_header_safe
 from ..core.options import (
     DEFAULT_INSTRUCTIONS,
     DEFAULT_MODEL,
@@ -42,6 +44,7 @@ from ..core.options import (
     NavaiVoiceBackendOptions,
 )
 from ..core.sessions import merge_session
+from ..core.values import outside
 
 __all__ = [
     "Exchange",
@@ -51,11 +54,12 @@ __all__ = [
     "parse_upstream_response",
 ]
 
-
 # A client secret answer is under 1 KiB, its session description a few KiB;
 # 1 MiB leaves room for a verbose proxy page and bounds what an endless or
 # hostile upstream can make the process hold.
 MAX_CLIENT_SECRET_RESPONSE_BYTES: Final = 1024 * 1024
+CLIENT_SECRETS: Final = "OpenAI client_secrets"
+AZURE_CLIENT_SECRETS: Final = "Azure OpenAI client_secrets"
 
 
 def build_instructions(
@@ -101,10 +105,10 @@ def check_policy(opts: NavaiVoiceBackendOptions, req: CreateClientSecretRequest)
         ("model", req.model, opts.allowed_models),
         ("voice", req.voice, opts.allowed_voices),
     ):
-        if value is not None and allowed is not None and value not in allowed:
+        if outside(value, allowed):
             raise RequestError(
-                f"Request field {field} is not allowed: {value[:_QUOTED_VALUE_CHARS]!r}. "
-                f"Allowed: {', '.join(allowed)}.",
+                f"Request field {field} is not allowed: {str(value)[:_QUOTED_VALUE_CHARS]!r}. "
+                f"Allowed: {', '.join(allowed or ())}.",
                 status=403,
             )
     if req.instructions is not None and not opts.allow_client_instructions:
@@ -132,6 +136,17 @@ def resolve_api_key(
     return req.api_key
 
 
+def session_instructions(opts: NavaiVoiceBackendOptions, req: CreateClientSecretRequest) -> str:
+    """The instructions a session gets: a request's choices over the
+    options' defaults over the built-in ones (Realtime and Live alike)."""
+    return build_instructions(
+        req.instructions or opts.default_instructions or DEFAULT_INSTRUCTIONS,
+        req.language or opts.default_language,
+        req.voice_accent or opts.default_voice_accent,
+        req.voice_tone or opts.default_voice_tone,
+    )
+
+
 def build_session(opts: NavaiVoiceBackendOptions, req: CreateClientSecretRequest) -> dict[str, Any]:
     """The realtime session for ``req``: navai's fields (a request's choice
     over the option's default over the built-in one) laid over the
@@ -139,12 +154,7 @@ def build_session(opts: NavaiVoiceBackendOptions, req: CreateClientSecretRequest
     session: dict[str, Any] = {
         "type": "realtime",
         "model": req.model or opts.default_model or DEFAULT_MODEL,
-        "instructions": build_instructions(
-            req.instructions or opts.default_instructions or DEFAULT_INSTRUCTIONS,
-            req.language or opts.default_language,
-            req.voice_accent or opts.default_voice_accent,
-            req.voice_tone or opts.default_voice_tone,
-        ),
+        "instructions": session_instructions(opts, req),
     }
     if opts.tts_provider == "elevenlabs":
         # ElevenLabs voices the answers: the session only writes them.
@@ -189,48 +199,47 @@ def build_transcription_session(
     return session
 
 
-def request_credential(
-    opts: NavaiVoiceBackendOptions, api_key: str | None
-) -> tuple[str, str] | None:
-    """The header that authenticates the upstream call; None when an Azure
-    token provider must be asked for it first."""
+def request_credential(opts: NavaiVoiceBackendOptions, api_key: str | None) -> Credential | None:
+    """What authenticates the upstream call; None when an Azure token
+    provider must be asked for it first."""
     if opts.uses_azure:
         if opts.azure_api_key is None:
             return None
-        return ("api-key", opts.azure_api_key)
+        return Credential.key_header("api-key", opts.azure_api_key)
     if api_key is None:
         raise RequestError("Missing API key. Configure openai_api_key or send apiKey in request.")
-    return ("Authorization", f"Bearer {api_key}")
+    return Credential.bearer(api_key)
+
+
+def client_secrets_name(opts: NavaiVoiceBackendOptions) -> str:
+    """What messages call the client_secrets upstream of these options."""
+    return AZURE_CLIENT_SECRETS if opts.uses_azure else CLIENT_SECRETS
 
 
 def upstream_request(
     opts: NavaiVoiceBackendOptions,
     session: Mapping[str, Any],
     *,
-    credential: tuple[str, str],
+    credential: Credential,
     safety_identifier: str | None = None,
 ) -> HttpRequest:
-    """The ``POST .../realtime/client_secrets`` call minting ``session``:
-    OpenAI's URL, or Azure's when ``azure_endpoint`` is set."""
-    url = (
-        f"{opts.azure_endpoint}{AZURE_PATH}"
-        if opts.uses_azure
-        else f"{opts.openai_base_url}/realtime/client_secrets"
-    )
+    """The ``POST {api base}/realtime/client_secrets`` call minting
+    ``session`` (OpenAI's, or Azure's when ``azure_endpoint`` is set)."""
     body = {
         "expires_after": {"anchor": "created_at", "seconds": opts.client_secret_ttl_seconds},
         "session": session,
     }
     return HttpRequest(
         method="POST",
-        url=url,
+        url=f"{opts.api_base_url}/realtime/client_secrets",
         headers=(
-            credential,
+            credential.header,
             ("Content-Type", "application/json"),
             *((("OpenAI-Safety-Identifier", safety_identifier),) if safety_identifier else ()),
         ),
         body=compact_json(body),
         max_response_bytes=MAX_CLIENT_SECRET_RESPONSE_BYTES,
+        secret=credential.secret,
     )
 
 
@@ -262,7 +271,7 @@ def build_upstream_request(
 
 
 def parse_upstream_response(
-    response: HttpResponse, *, secret: str | None = None, what: str = "OpenAI client_secrets"
+    response: HttpResponse, *, secret: str | None = None, what: str = CLIENT_SECRETS
 ) -> OpenAIRealtimeClientSecretResponse:
     """Read OpenAI's answer; ``secret`` (the key sent) is redacted from errors;
     ``what`` names the upstream in them."""
@@ -290,14 +299,18 @@ def parse_upstream_response(
 
 Exchange = Generator[Attempt, Outcome, OpenAIRealtimeClientSecretResponse]
 
-_AZURE_CLIENT_SECRETS: Final = "Azure OpenAI client_secrets"
-AZURE_PATH: Final = "/openai/v1/realtime/client_secrets"
 
-
-def exchange(request: HttpRequest, *, budget: float, provider: str = "openai") -> Exchange:
+def exchange(
+    request: HttpRequest,
+    *,
+    budget: float,
+    provider: str = "openai",
+    what: str = CLIENT_SECRETS,
+) -> Exchange:
     """Mint one client secret upstream: :func:`attempts`, then the answer
-    read; ``provider`` (who voices the session) goes into its ``speech``."""
-    what = _AZURE_CLIENT_SECRETS if AZURE_PATH in request.url else _CLIENT_SECRETS
+    read (``request.secret`` redacted from any failure it quotes);
+    ``provider`` (who voices the session) goes into its ``speech``, and
+    ``what`` names the upstream in messages."""
     response = yield from attempts(request, budget=budget, what=what)
-    secret = parse_upstream_response(response, secret=secret_of(request), what=what)
+    secret = parse_upstream_response(response, secret=request.secret, what=what)
     return attrs.evolve(secret, speech={"provider": provider})

@@ -15,26 +15,48 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from typing import Any, Final
 
+import attrs
+
+from ..core.effects import Attempt, Outcome
 from ..core.errors import UpstreamError
-from ..core.exchange import upstream_failure, upstream_message
-from ..core.http import HttpRequest, HttpResponse, compact_json
+from ..core.exchange import attempts, upstream_failure, upstream_message
+from ..core.http import Credential, HttpRequest, HttpResponse, compact_json
 from ..core.options import NavaiVoiceBackendOptions
 from .openai_secrets import MAX_CLIENT_SECRET_RESPONSE_BYTES
 
 __all__ = [
+    "CALLS",
     "RelayedCall",
     "calls_request",
+    "hang_up",
     "hangup_request",
+    "is_call_id",
     "multipart",
     "parse_calls_response",
+    "relay_call",
 ]
 
 CALLS: Final = "OpenAI realtime calls"
 # OpenAI's call ids, as they come back in the Location header.
 _CALL_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
+# A hangup's answer is empty or a small JSON error.
+_MAX_HANGUP_RESPONSE_BYTES: Final = 64 * 1024
+
+
+def is_call_id(value: str) -> bool:
+    """Whether ``value`` can be an upstream call's (or Live session's) id."""
+    return _CALL_ID.fullmatch(value) is not None
+
+
+@attrs.frozen
+class RelayedCall:
+    """OpenAI's answer to a relayed offer: the call's id and the SDP answer."""
+
+    call_id: str
+    answer: str = attrs.field(repr=False)
 
 
 def multipart(parts: Mapping[str, tuple[str, bytes]]) -> tuple[str, bytes]:
@@ -59,10 +81,10 @@ def calls_request(
     offer: str,
     session: Mapping[str, Any],
     *,
-    credential: tuple[str, str],
+    credential: Credential,
     safety_identifier: str | None = None,
 ) -> HttpRequest:
-    """``POST {base}/realtime/calls`` with the offer and the session."""
+    """``POST {api base}/realtime/calls`` with the offer and the session."""
     content_type, body = multipart(
         {
             "sdp": ("application/sdp", offer.encode()),
@@ -71,43 +93,17 @@ def calls_request(
     )
     return HttpRequest(
         method="POST",
-        url=f"{_base(opts)}/realtime/calls",
+        url=f"{opts.api_base_url}/realtime/calls",
         headers=(
-            credential,
+            credential.header,
             ("Content-Type", content_type),
             ("Accept", "application/sdp"),
             *((("OpenAI-Safety-Identifier", safety_identifier),) if safety_identifier else ()),
         ),
         body=body,
         max_response_bytes=MAX_CLIENT_SECRET_RESPONSE_BYTES,
+        secret=credential.secret,
     )
-
-
-def hangup_request(
-    opts: NavaiVoiceBackendOptions, call_id: str, *, credential: tuple[str, str]
-) -> HttpRequest:
-    """``POST {base}/realtime/calls/{call_id}/hangup``."""
-    return HttpRequest(
-        method="POST",
-        url=f"{_base(opts)}/realtime/calls/{call_id}/hangup",
-        headers=(credential, ("Content-Type", "application/json")),
-        body=b"{}",
-        max_response_bytes=64 * 1024,
-    )
-
-
-def _base(opts: NavaiVoiceBackendOptions) -> str:
-    return f"{opts.azure_endpoint}/openai/v1" if opts.uses_azure else opts.openai_base_url
-
-
-class RelayedCall:
-    """OpenAI's answer to a relayed offer: the call's id and the SDP answer."""
-
-    __slots__ = ("answer", "call_id")
-
-    def __init__(self, call_id: str, answer: str) -> None:
-        self.call_id = call_id
-        self.answer = answer
 
 
 def parse_calls_response(response: HttpResponse, *, secret: str | None) -> RelayedCall:
@@ -115,7 +111,7 @@ def parse_calls_response(response: HttpResponse, *, secret: str | None) -> Relay
     if not 200 <= response.status < 300:
         raise upstream_failure(CALLS, response, upstream_message(response.body), secret)
     call_id = (response.header("location") or "").rstrip("/").rsplit("/", 1)[-1]
-    if _CALL_ID.fullmatch(call_id) is None:
+    if not is_call_id(call_id):
         raise UpstreamError(f"{CALLS} answered without a call id.")
     try:
         answer = response.body.decode("utf-8")
@@ -126,11 +122,44 @@ def parse_calls_response(response: HttpResponse, *, secret: str | None) -> Relay
     return RelayedCall(call_id, answer)
 
 
-# -- effects: the calls' store --------------------------------------------------------------
+def relay_call(
+    opts: NavaiVoiceBackendOptions,
+    offer: str,
+    session: Mapping[str, Any],
+    *,
+    credential: Credential,
+    safety_identifier: str | None = None,
+) -> Generator[Attempt, Outcome, RelayedCall]:
+    """Start a call upstream with the browser's offer: never retried, since a
+    second POST could start a second call."""
+    request = calls_request(
+        opts, offer, session, credential=credential, safety_identifier=safety_identifier
+    )
+    response = yield from attempts(
+        request, budget=opts.upstream_timeout_seconds, max_retries=0, what=CALLS
+    )
+    return parse_calls_response(response, secret=request.secret)
 
 
-def is_call_id(value: str) -> bool:
-    return _CALL_ID.fullmatch(value) is not None
+def hangup_request(
+    opts: NavaiVoiceBackendOptions, call_id: str, *, credential: Credential
+) -> HttpRequest:
+    """``POST {api base}/realtime/calls/{call_id}/hangup``."""
+    return HttpRequest(
+        method="POST",
+        url=f"{opts.api_base_url}/realtime/calls/{call_id}/hangup",
+        headers=(credential.header, ("Content-Type", "application/json")),
+        body=b"{}",
+        max_response_bytes=_MAX_HANGUP_RESPONSE_BYTES,
+        secret=credential.secret,
+    )
 
 
-# -- GPT-Live -----------------------------------------------------------------------------
+def hang_up(
+    opts: NavaiVoiceBackendOptions, call_id: str, *, credential: Credential
+) -> Generator[Attempt, Outcome, None]:
+    """Hang a call up upstream; one that is already over (404) is fine."""
+    request = hangup_request(opts, call_id, credential=credential)
+    response = yield from attempts(request, budget=opts.upstream_timeout_seconds, what=CALLS)
+    if response.status != 404 and not 200 <= response.status < 300:
+        raise upstream_failure(CALLS, response, upstream_message(response.body), request.secret)

@@ -1,19 +1,38 @@
 """What the WebRTC relays share: the SDP offer and its query overrides,
-remembering a relayed call, and asking who owns one."""
+remembering a relayed call (and its time cap), asking who owns one, and
+ending one (a hangup, or a Live session's close)."""
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Generator
+from typing import Any, Final
 from urllib.parse import parse_qsl
 
-from ...core.client_requests import WIRE_NAMES
-from ...core.errors import RequestError
+from ...core.client_requests import WIRE_NAMES, CreateClientSecretRequest, structure_request
+from ...core.effects import CallOwned, ForgetCall, RememberCall
+from ...core.errors import NavaiError, RequestError
+from ...upstreams.live import end_live
+from ...upstreams.mint import credential_for
+from ...upstreams.openai_secrets import check_policy
+from ...upstreams.realtime_calls import RelayedCall, hang_up
+from ..route import Call, Reply, Settings
+
+__all__ = [
+    "DEFAULT_MAX_OFFER_SIZE",
+    "LIVE_PREFIX",
+    "check_offer",
+    "end_relayed",
+    "overrides_from_query",
+    "owned",
+    "relay_request",
+    "relayed_reply",
+]
 
 # A browser's offer is a few KiB; 32 KiB leaves room for many candidates.
 DEFAULT_MAX_OFFER_SIZE: Final = 32 * 1024
-
-
 _QUERY_FIELDS: Final = frozenset(WIRE_NAMES.values()) - {"apiKey"}
+# How a Live session is told apart from a Realtime call in the calls' store.
+LIVE_PREFIX: Final = "live:"
 
 
 def check_offer(body: bytes) -> str:
@@ -46,3 +65,60 @@ def overrides_from_query(query: str) -> dict[str, str]:
             )
         fields[name] = value
     return fields
+
+
+def relay_request(settings: Settings, call: Call) -> CreateClientSecretRequest:
+    """The relayed call's request fields (from the query), within the
+    request policy; the relay needs the server's own key."""
+    req = structure_request(overrides_from_query(call.query))
+    check_policy(settings.opts, req)
+    opts = settings.opts
+    if opts.openai_api_key is None and not opts.uses_azure:
+        # A request's key cannot ride in a URL: the relay needs the server's.
+        raise RequestError(
+            "Missing API key. The relay uses the server's key: configure openai_api_key."
+        )
+    return req
+
+
+def relayed_reply(
+    settings: Settings, call: Call, key: str, relayed: RelayedCall
+) -> Generator[Any, Any, Reply]:
+    """Remember who started the call, cap it, and answer the browser with
+    the SDP answer and where to end the call."""
+    yield RememberCall(key, call.identity, settings.max_call_seconds)
+    location = f"{call.mount}{call.info.path.rstrip('/')}/{relayed.call_id}"
+    return Reply(
+        201,
+        None,
+        raw=relayed.answer.encode(),
+        content_type="application/sdp",
+        headers=(("Location", location),),
+    )
+
+
+def owned(key: str, identity: str | None, what: str) -> Generator[Any, Any, None]:
+    """Go on only when ``identity`` started ``key``: a 404 otherwise (another
+    identity's call does not exist, as far as this caller can tell), a 503
+    when the calls' store cannot be asked."""
+    answer = yield CallOwned(key, identity)
+    if answer is None:
+        raise NavaiError(
+            "Calls cannot be looked up right now; try again shortly.",
+            status=503,
+            headers=(("Retry-After", "5"),),
+        )
+    if not answer:
+        raise RequestError(f"Unknown {what}.", status=404)
+
+
+def end_relayed(settings: Settings, key: str) -> Generator[Any, Any, None]:
+    """End a relayed call (hang it up) or Live session (``live:{id}``:
+    ``session.close`` on its sideband), and forget it."""
+    opts = settings.opts
+    credential = yield from credential_for(opts, opts.openai_api_key)
+    if key.startswith(LIVE_PREFIX):
+        yield from end_live(opts, key.removeprefix(LIVE_PREFIX), credential=credential)
+    else:
+        yield from hang_up(opts, key, credential=credential)
+    yield ForgetCall(key)

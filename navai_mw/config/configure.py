@@ -1,0 +1,127 @@
+"""The middlewares' and view handlers' keywords, and the endpoint they make.
+
+:func:`configure_endpoint` is the one place where configuration becomes an
+:class:`~navai_mw.endpoint.endpoint.Endpoint`: options from the environment
+when none are given, every other navai keyword from its variable when not
+given in code, and the backend functions loaded (from their folders unless
+given), all at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from typing_extensions import TypedDict, Unpack
+
+from ..backend_functions.loading import FunctionSource, load_navai_functions
+from ..backend_functions.registry import FunctionRegistry
+from ..core.envvars import read_bool, read_seconds
+from ..core.http import RequestInfo
+from ..core.options import NavaiVoiceBackendOptions
+from ..endpoint.endpoint import DEFAULT_FUNCTION_TIMEOUT_SECONDS, Endpoint
+from ..guard.authorizers import Authorizer
+from ..upstreams.mint import SessionHook
+from .env import get_cors_origins_from_env, get_navai_voice_backend_options_from_env, guard_from_env
+
+__all__ = ["RouteOptions", "configure_endpoint"]
+
+logger = logging.getLogger("navai_mw")
+
+_GUARD_KEYWORDS = (
+    "authorize",
+    "rate_limit",
+    "rate_limit_storage",
+    "rate_limit_fail_open",
+    "trusted_proxies",
+    "safety_id_secret",
+)
+
+
+class RouteOptions(TypedDict, total=False):
+    """The keywords of the middlewares and the view handlers, listed once
+    (docs/configuration.md gives each with its default and variable).
+
+    Routes: ``prefix``; ``path`` (the client secret),
+    ``transcription_secret_path``, ``calls_path``, ``live_path``,
+    ``functions_list_path``, ``functions_execute_path``,
+    ``speech_synthesize_path`` (None switches a route off);
+    ``include_functions_routes``. Limits: ``max_body_size``,
+    ``max_offer_size``, ``max_call_seconds``, ``function_timeout_seconds``.
+    Behaviour: ``functions``, ``customize_session``. Browsers:
+    ``cors_origins``, ``cors_allow_credentials``. The guard: ``authorize``,
+    ``rate_limit``, ``rate_limit_storage``, ``rate_limit_fail_open``,
+    ``trusted_proxies``, ``safety_id_secret``.
+    """
+
+    prefix: str
+    path: str | None
+    transcription_secret_path: str | None
+    calls_path: str | None
+    live_path: str | None
+    functions_list_path: str | None
+    functions_execute_path: str | None
+    speech_synthesize_path: str | None
+    include_functions_routes: bool
+    max_body_size: int
+    max_offer_size: int
+    max_call_seconds: float | None
+    function_timeout_seconds: float | None
+    functions: Iterable[FunctionSource] | FunctionRegistry | None
+    customize_session: SessionHook | None
+    cors_origins: Iterable[str] | None
+    cors_allow_credentials: bool | None
+    authorize: Callable[[RequestInfo], Any] | Authorizer | None
+    rate_limit: str | Mapping[str, str] | None
+    rate_limit_storage: str | None
+    rate_limit_fail_open: bool | None
+    trusted_proxies: str | Iterable[str] | None
+    safety_id_secret: str | None
+
+
+def configure_endpoint(
+    opts: NavaiVoiceBackendOptions | None, **keywords: Unpack[RouteOptions]
+) -> Endpoint:
+    """The endpoint for the middlewares' keywords. ``opts=None`` reads the
+    environment, CORS origins (``NAVAI_CORS_ORIGIN``) included unless given.
+    The guard's keywords (``authorize``, ``rate_limit``...), the time cap and
+    the function timeout each come from the environment when not given,
+    whatever ``opts`` is. Backend functions are loaded now (from the module
+    folders unless ``functions`` names them), when their routes are on."""
+    given: dict[str, Any] = dict(keywords)
+    guard_keywords = {name: given.pop(name) for name in _GUARD_KEYWORDS if name in given}
+    if opts is None:
+        opts = get_navai_voice_backend_options_from_env()
+        if given.get("cors_origins") is None:
+            given["cors_origins"] = get_cors_origins_from_env()
+    if given.get("cors_allow_credentials") is None:
+        given["cors_allow_credentials"] = read_bool(
+            os.environ, "NAVAI_CORS_ALLOW_CREDENTIALS", False
+        )
+    if given.get("max_call_seconds") is None:
+        given["max_call_seconds"] = read_seconds(os.environ, "NAVAI_MAX_CALL_SECONDS", 0.0) or None
+    if given.get("function_timeout_seconds") is None:
+        given["function_timeout_seconds"] = read_seconds(
+            os.environ, "NAVAI_FUNCTION_TIMEOUT_SECONDS", DEFAULT_FUNCTION_TIMEOUT_SECONDS
+        )
+    functions = given.pop("functions", None)
+    registry = None
+    if given.get("include_functions_routes", True) and (
+        given.get("functions_list_path", "") is not None
+        or given.get("functions_execute_path", "") is not None
+    ):
+        registry = (
+            functions
+            if isinstance(functions, FunctionRegistry)
+            else load_navai_functions(functions)
+        )
+    if opts.tts_provider == "elevenlabs" and opts.elevenlabs_api_key is None:
+        logger.warning(
+            "navai_mw: speech is voiced by ElevenLabs but no ElevenLabs API key is set "
+            "(ELEVENLABS_API_KEY): the speech route will answer 400"
+        )
+    # The safety identifier's secret derives from the server's key.
+    guard = guard_from_env(api_key=opts.openai_api_key or opts.azure_api_key, **guard_keywords)
+    return Endpoint(opts, guard=guard, functions=registry, **given)

@@ -1,0 +1,17 @@
+"""``POST /navai/realtime/client-secret``: an ephemeral Realtime client
+secret, as ``@navai/voice-backend`` answers it (with ``speech``)."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+from ...upstreams.mint import mint_client_secret
+from ..route import Call, Reply, Settings, mint_for
+
+
+def handle(settings: Settings, call: Call) -> Generator[Any, Any, Reply]:
+    secret = yield from mint_for(mint_client_secret, settings, call)
+    return Reply(
+        200, {"value": secret.value, "expires_at": secret.expires_at, "speech": secret.speech}
+    )

@@ -1,0 +1,25 @@
+"""``POST /navai/live/sessions``: the browser's SDP offer relayed to GPT-Live
+with the server's session and key; the SDP answer back, and where to end
+the session (``Location``)."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+from ...upstreams.live import build_live_session, relay_live
+from ...upstreams.mint import credential_for
+from ..route import Call, Reply, Settings
+from .relay_steps import LIVE_PREFIX, check_offer, relay_request, relayed_reply
+
+
+def handle(settings: Settings, call: Call) -> Generator[Any, Any, Reply]:
+    opts = settings.opts
+    offer = check_offer(call.raw)
+    req = relay_request(settings, call)
+    session = build_live_session(
+        opts, req, safety_identifier=settings.guard.safety_identifier(call.identity)
+    )
+    credential = yield from credential_for(opts, opts.openai_api_key)
+    relayed = yield from relay_live(opts, offer, session, credential=credential)
+    return (yield from relayed_reply(settings, call, f"{LIVE_PREFIX}{relayed.call_id}", relayed))

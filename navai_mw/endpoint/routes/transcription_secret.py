@@ -1,0 +1,15 @@
+"""``POST /navai/realtime/transcription-secret``: a client secret for a
+transcription session (``language`` and ``prompt`` from the request)."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+from ...upstreams.mint import mint_transcription_secret
+from ..route import Call, Reply, Settings, mint_for
+
+
+def handle(settings: Settings, call: Call) -> Generator[Any, Any, Reply]:
+    secret = yield from mint_for(mint_transcription_secret, settings, call)
+    return Reply(200, {"value": secret.value, "expires_at": secret.expires_at})
