@@ -20,7 +20,7 @@ from .errors import OptionsError
 from .http import is_header_safe
 from .sessions import check_live_session, check_session
 from .urls import _check_base_url, _clean_base_url, _clean_optional_url
-from .values import check_text, clean_key, finite, optional_text, outside, seconds
+from .values import check_text, clean_key, finite, flag, optional_text, outside, seconds
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -84,8 +84,7 @@ def _session_input(value: Mapping[str, Any] | str | None) -> dict[str, Any] | No
 
 
 def _check_bool(_: object, field: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, bool):
-        raise OptionsError(f"{field.name} must be True or False. Received: {value!r}")
+    flag(value, field.name)
 
 
 def _allow_list(value: str | Iterable[str] | None) -> Any:

@@ -16,6 +16,7 @@ __all__ = [
     "check_text",
     "clean_key",
     "finite",
+    "flag",
     "optional_text",
     "outside",
     "seconds",
@@ -87,3 +88,11 @@ def outside(value: str | None, allowed: tuple[str, ...] | None) -> bool:
     goes). The one allow-list rule: a request (403), a hook's session (503)
     and the options' own defaults (an options error) all ask it."""
     return value is not None and allowed is not None and value not in allowed
+
+
+def flag(value: object, name: str) -> bool:
+    """``value`` when it is True or False; an :class:`OptionsError` naming
+    ``name`` otherwise (``"yes"`` from a config file is not a bool)."""
+    if not isinstance(value, bool):
+        raise OptionsError(f"{name} must be True or False. Received: {value!r}")
+    return value

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-from ..core.errors import OptionsError
+from ..core.values import flag
 from .answers import Answer
 
 __all__ = ["PREFLIGHT_MAX_AGE", "Cors"]
@@ -39,10 +39,7 @@ class Cors:
     def __init__(self, origins: Iterable[str] | str | None, *, credentials: bool = False) -> None:
         if isinstance(origins, str):  # "https://a.test, https://b.test", as in the env
             origins = origins.split(",")
-        if not isinstance(credentials, bool):
-            raise OptionsError(
-                f"cors_allow_credentials must be True or False. Received: {credentials!r}"
-            )
+        flag(credentials, "cors_allow_credentials")
         normalized = (
             None if origins is None else {_normalize_origin(o) for o in origins if o.strip()}
         )

@@ -34,16 +34,15 @@ from ..backend_functions.registry import FunctionRegistry
 from ..core.errors import NavaiError, OptionsError, RequestError, log_safe
 from ..core.http import RequestInfo
 from ..core.options import MAX_UPSTREAM_TIMEOUT_SECONDS, NavaiVoiceBackendOptions
-from ..core.values import seconds
+from ..core.values import flag, seconds
 from ..guard.addresses import client_address
 from ..guard.guard import Guard
 from ..upstreams.mint import SessionHook
-from ..upstreams.realtime_calls import is_call_id
 from .answers import Answer, error_answer, json_answer, raw_answer, too_large, unsupported
 from .body import declared_length, json_type_ok, parse_body, sdp_type_ok
 from .cors import Cors
 from .route import Call, Route, Settings
-from .route_table import ROUTES, Feature
+from .route_table import RouteMap
 from .routes.relay_steps import DEFAULT_MAX_OFFER_SIZE, end_relayed
 
 __all__ = [
@@ -97,31 +96,6 @@ def _size(value: object, name: str, *, least: int) -> int:
     return value
 
 
-def _prefix(value: object) -> str:
-    if not isinstance(value, str) or (value and not value.startswith("/")):
-        raise OptionsError(f"prefix must be empty or start with '/'. Received: {value!r}")
-    return value.rstrip("/")
-
-
-def _route_path(prefix: str, value: object, name: str) -> str | None:
-    """A route's path below the mount point: ``prefix`` + ``value``."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.startswith("/"):
-        raise OptionsError(f"{name} must start with '/'. Received: {value!r}")
-    return (prefix + value).rstrip("/") or "/"
-
-
-def _flag(value: object, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise OptionsError(f"{name} must be True or False. Received: {value!r}")
-    return value
-
-
-# The path keywords, each once (two rows, a route and its children's, may share one).
-PATH_OPTIONS: Final = {row.option: row.default_path for row in ROUTES}
-
-
 class Endpoint:
     """The navai routes, configured once; holds no per-request state.
 
@@ -151,9 +125,6 @@ class Endpoint:
         cors_allow_credentials: bool = False,
         **paths: str | None,
     ) -> None:
-        unknown = sorted(set(paths) - set(PATH_OPTIONS))
-        if unknown:
-            raise TypeError(f"Endpoint got unexpected keywords: {', '.join(unknown)}")
         if customize_session is not None and not callable(customize_session):
             raise OptionsError("customize_session must be a function (or None).")
         self.opts = opts
@@ -177,42 +148,15 @@ class Endpoint:
         self.max_body_size = _size(max_body_size, "max_body_size", least=0)
         self.max_offer_size = _size(max_offer_size, "max_offer_size", least=1)
         self.cors = Cors(cors_origins, credentials=cors_allow_credentials)
-        features: dict[Feature, bool] = {
-            "reference": True,
-            "functions": _flag(include_functions_routes, "include_functions_routes"),
-            "transcription": True,
-            "relay": True,
-        }
-        self.prefix = _prefix(prefix)
-        self.routes = tuple(
-            row.route(path)
-            for row in ROUTES
-            if features[row.feature]
-            and (
-                path := _route_path(
-                    self.prefix, paths.get(row.option, row.default_path), row.option
-                )
-            )
-            is not None
+        self.map = RouteMap(
+            prefix,
+            paths,
+            functions=flag(include_functions_routes, "include_functions_routes"),
         )
-        self.path = _route_path(self.prefix, paths.get("path", PATH_OPTIONS["path"]), "path")
-        self._dynamic = tuple(route for route in self.routes if route.dynamic)
-        # Routes for a path's children: {path}/{id}.
-        self.dynamic_prefixes = tuple(f"{route.path}/" for route in self._dynamic)
+        self.routes, self.path, self.paths = self.map.routes, self.map.path, self.map.paths
+        self.dynamic_prefixes = self.map.dynamic_prefixes
         # Whether it relays calls (and so has calls to own, cap and end).
-        self.relays = bool(self._dynamic)
-        self._by_path: dict[str, Route] = {}
-        for route in self.routes:
-            if route.dynamic:
-                continue
-            for spelling in {route.path, route.path + "/"}:  # a trailing slash is fine
-                other = self._by_path.setdefault(spelling, route)
-                if other is not route:
-                    raise OptionsError(
-                        f"{route.name} and {other.name} have the same path: {route.path!r}"
-                    )
-        # Every spelling of every path that is ours.
-        self.paths = frozenset(self._by_path)
+        self.relays = bool(self.dynamic_prefixes)
 
     @property
     def functions(self) -> FunctionRegistry:
@@ -224,20 +168,11 @@ class Endpoint:
 
     def owns(self, path: str) -> bool:
         """Whether a request for ``path`` (below the mount point) is ours."""
-        return path in self._by_path or self._child_route(path) is not None
-
-    def _child_route(self, path: str) -> Route | None:
-        for route, prefix in zip(self._dynamic, self.dynamic_prefixes, strict=True):
-            if path.startswith(prefix) and is_call_id(path[len(prefix) :]):
-                return route
-        return None
+        return self.map.owns(path)
 
     def route_for(self, path: str) -> Route:
         """The route serving ``path`` (one that :meth:`owns`)."""
-        route = self._by_path.get(path) or self._child_route(path)
-        if route is None:
-            raise KeyError(path)
-        return route
+        return self.map.route_for(path)
 
     def end_call(self, key: str) -> Generator[Any, Any, None]:
         """The steps that end a relayed call or Live session (for the time

@@ -6,6 +6,9 @@ default path, method, rate-limit group, the kind of body it takes, its
 handler, whether it serves its path's children (``{path}/{id}``), what it
 does (for the log line when it fails), and the feature it belongs to.
 
+:class:`RouteMap` serves the rows at their configured paths and finds the
+route for a request's path.
+
 A new route is one row here and one module in ``routes/`` (and its path
 keyword in :class:`~navai_mw.config.configure.RouteOptions`, for type
 checkers).
@@ -13,10 +16,13 @@ checkers).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final, Literal
 
 import attrs
 
+from ..core.errors import OptionsError
+from ..upstreams.realtime_calls import is_call_id
 from .route import BodyKind, Handler, Route
 from .routes import (
     call_hangup,
@@ -38,7 +44,9 @@ __all__ = [
     "DEFAULT_PATH",
     "DEFAULT_SPEECH_SYNTHESIZE_PATH",
     "DEFAULT_TRANSCRIPTION_PATH",
+    "PATH_OPTIONS",
     "ROUTES",
+    "RouteMap",
     "Row",
 ]
 
@@ -125,3 +133,79 @@ ROUTES: Final = (
         live_close.handle, "closing a Live session", body="none", dynamic=True, feature="relay",
     ),
 )  # fmt: skip
+
+# The path keywords, each once (two rows, a route and its children's, may share one).
+PATH_OPTIONS: Final = {row.option: row.default_path for row in ROUTES}
+
+
+def _prefix(value: object) -> str:
+    if not isinstance(value, str) or (value and not value.startswith("/")):
+        raise OptionsError(f"prefix must be empty or start with '/'. Received: {value!r}")
+    return value.rstrip("/")
+
+
+def _route_path(prefix: str, value: object, name: str) -> str | None:
+    """A route's path below the mount point: ``prefix`` + ``value``."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise OptionsError(f"{name} must start with '/'. Received: {value!r}")
+    return (prefix + value).rstrip("/") or "/"
+
+
+class RouteMap:
+    """The routes served, and which one serves a path: the table's rows at
+    the paths configured (``paths``: path keyword to path, None switching a
+    route off), below ``prefix``, for the features switched on."""
+
+    def __init__(self, prefix: str, paths: Mapping[str, str | None], *, functions: bool) -> None:
+        unknown = sorted(set(paths) - set(PATH_OPTIONS))
+        if unknown:
+            raise TypeError(f"Endpoint got unexpected keywords: {', '.join(unknown)}")
+        features: dict[Feature, bool] = {
+            "reference": True,
+            "functions": functions,
+            "transcription": True,
+            "relay": True,
+        }
+        self.prefix = _prefix(prefix)
+        wanted = (
+            (row, _route_path(self.prefix, paths.get(row.option, row.default_path), row.option))
+            for row in ROUTES
+            if features[row.feature]
+        )
+        self.routes = tuple(row.route(path) for row, path in wanted if path is not None)
+        # The client-secret route's path: where a request with no path goes.
+        self.path = _route_path(self.prefix, paths.get("path", PATH_OPTIONS["path"]), "path")
+        self._dynamic = tuple(route for route in self.routes if route.dynamic)
+        # Routes for a path's children: {path}/{id}.
+        self.dynamic_prefixes = tuple(f"{route.path}/" for route in self._dynamic)
+        self._by_path: dict[str, Route] = {}
+        for route in self.routes:
+            if route.dynamic:
+                continue
+            for spelling in {route.path, route.path + "/"}:  # a trailing slash is fine
+                other = self._by_path.setdefault(spelling, route)
+                if other is not route:
+                    raise OptionsError(
+                        f"{route.name} and {other.name} have the same path: {route.path!r}"
+                    )
+        # Every spelling of every path that is ours.
+        self.paths = frozenset(self._by_path)
+
+    def owns(self, path: str) -> bool:
+        """Whether a request for ``path`` (below the mount point) is ours."""
+        return path in self._by_path or self._child_route(path) is not None
+
+    def _child_route(self, path: str) -> Route | None:
+        for route, prefix in zip(self._dynamic, self.dynamic_prefixes, strict=True):
+            if path.startswith(prefix) and is_call_id(path[len(prefix) :]):
+                return route
+        return None
+
+    def route_for(self, path: str) -> Route:
+        """The route serving ``path`` (one that :meth:`owns`)."""
+        route = self._by_path.get(path) or self._child_route(path)
+        if route is None:
+            raise KeyError(path)
+        return route
