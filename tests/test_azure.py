@@ -61,6 +61,15 @@ from .test_sessions import (
     shells,
 )
 
+
+@pytest.fixture(autouse=True)
+def _all_routes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Azure serves every route: the relays and the transcription route too,
+    switched on through the environment as a deployment would."""
+    monkeypatch.setenv("NAVAI_RELAY", "true")
+    monkeypatch.setenv("NAVAI_TRANSCRIPTION", "true")
+
+
 AZURE_PATH = "/openai/v1/realtime/client_secrets"
 ENDPOINT = "https://my-resource.openai.azure.com"
 AZURE_KEY = "azure-canary-0123456789abcdefAZURE"

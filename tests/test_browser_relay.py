@@ -66,6 +66,14 @@ from .test_cli import Cli, _env, _free_port
 from .test_cli import started as started  # a fixture
 from .test_servers import serve_waitress
 
+
+@pytest.fixture(autouse=True)
+def _relay_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relays are off unless switched on: every test here switches them on
+    through the environment, as a deployment would (NAVAI_RELAY)."""
+    monkeypatch.setenv("NAVAI_RELAY", "true")
+
+
 pytest.importorskip("aiortc")
 
 TOKEN_PATH = "/navai/realtime/client-secret"

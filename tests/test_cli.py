@@ -171,6 +171,9 @@ def test_demo_mints_fake_tokens_offline_with_the_printed_curl_line(started: list
     base_url = f"http://127.0.0.1:{port}"
     assert _listening_url(banner) == base_url
     assert "ek_fake_" in banner  # its tokens are marked as fake
+    # The demo switches on what its page uses (the relay), and nothing else.
+    assert f"POST {base_url}/navai/realtime/calls (Realtime" in banner
+    assert "transcription   off (NAVAI_TRANSCRIPTION=true)" in banner
 
     curl = _curl_line(banner)
     assert f"{base_url}{TOKEN_PATH}" in curl

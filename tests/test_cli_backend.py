@@ -168,6 +168,7 @@ def test_serve_with_workers_mints_and_warns_of_per_process_state(
         OPENAI_BASE_URL=served_fake,
         NAVAI_RATE_LIMIT="1000/minute",
         NAVAI_AUTH_TOKENS="ops:tok-0123456789abcdef",
+        NAVAI_RELAY="true",
     )
     cli = Cli("serve", "--port", str(port), "--workers", "2", env=env)
     started.append(cli)

@@ -38,6 +38,14 @@ from .conftest import CANARY_KEY
 from .test_fake_webrtc import Browser
 from .test_relay import OFFER, SDP, app_asgi, both_shells
 
+
+@pytest.fixture(autouse=True)
+def _relay_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relays are off unless switched on: every test here switches them on
+    through the environment, as a deployment would (NAVAI_RELAY)."""
+    monkeypatch.setenv("NAVAI_RELAY", "true")
+
+
 LIVE = "/navai/live/sessions"
 CALLS = "/navai/realtime/calls"
 DEADLINE = 20.0  # a bound, never a measurement

@@ -38,6 +38,14 @@ from navai_mw.upstreams.realtime_calls import multipart
 from .conftest import CANARY_KEY
 from .redis_server import RedisServer, redis_fixture
 
+
+@pytest.fixture(autouse=True)
+def _relay_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relays are off unless switched on: every test here switches them on
+    through the environment, as a deployment would (NAVAI_RELAY)."""
+    monkeypatch.setenv("NAVAI_RELAY", "true")
+
+
 CALLS = "/navai/realtime/calls"
 OFFER = (
     "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"

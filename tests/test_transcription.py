@@ -55,6 +55,14 @@ from .test_sessions import (
     shells,
 )
 
+
+@pytest.fixture(autouse=True)
+def _transcription_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The transcription route is off unless switched on: every test here
+    switches it on through the environment, as a deployment would."""
+    monkeypatch.setenv("NAVAI_TRANSCRIPTION", "true")
+
+
 DEFAULT_SESSION = {
     "type": "transcription",
     "audio": {"input": {"transcription": {"model": "gpt-4o-transcribe"}}},

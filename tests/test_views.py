@@ -302,6 +302,7 @@ def test_a_view_relays_a_call_with_its_query_and_mount() -> None:
         NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY),
         transport=SyncUpstream(upstream),
         functions=[],
+        relay=True,
     )
     made = handler.handle(
         "POST",

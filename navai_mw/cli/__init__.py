@@ -18,7 +18,7 @@ a token. The demo serves its own example functions and, with ``--speech``, a
 fake ElevenLabs; it ignores every credential in the environment.
 
 The demo (and ``serve --page``) also serves the voice page at ``/``: plain
-HTML and JavaScript (``navai_mw/page/``, read with :func:`page_file`) that
+HTML and JavaScript (``navai_mw/cli/page/``, read with :func:`page_file`) that
 sends the microphone over WebRTC through the relay and shows the call's
 events. The demo's fake OpenAI answers both client secrets
 (:class:`~navai_mw.testing.FakeOpenAIRealtime`) and WebRTC calls

@@ -159,12 +159,21 @@ def _banner(
     routes = routes or {}
     # The relays, when the middleware has them: an SDP offer in, an answer out.
     calls, live = routes.get("calls"), routes.get("live")
+    transcription = routes.get("transcription_secret")
     settings = [
         ("voice page", f"{base}/ (open it in a browser, press Start)" if page else None),
         ("token endpoint", f"POST {base}{token_path}"),
-        ("WebRTC calls", f"POST {base}{calls} (Realtime; DELETE its Location)" if calls else None),
+        (
+            "WebRTC calls",
+            f"POST {base}{calls} (Realtime; DELETE its Location)"
+            if calls
+            else "off (NAVAI_RELAY=true, or serve --page)",
+        ),
         ("GPT-Live", f"POST {base}{live} (over WebRTC; DELETE its Location)" if live else None),
-        ("transcription", f"POST {base}/navai/realtime/transcription-secret"),
+        (
+            "transcription",
+            f"POST {base}{transcription}" if transcription else "off (NAVAI_TRANSCRIPTION=true)",
+        ),
         ("health", f"GET {base}{HEALTH_PATH}"),
         # Never credentials: the options refuse them in either URL.
         ("upstream", opts.azure_endpoint or opts.openai_base_url),

@@ -107,6 +107,9 @@ def run_server(args: argparse.Namespace) -> int:
                 path=args.path,
                 cors_origins=cors,
                 functions=[demo_functions] if demo else None,
+                # The page calls through the relay: on with the page,
+                # else as NAVAI_RELAY says.
+                relay=True if page else None,
             )
         except (NavaiError, ValueError) as exc:
             return _fail(str(exc))
@@ -207,6 +210,7 @@ def worker_app() -> NavaiASGIMiddleware:
         get_navai_voice_backend_options_from_env(),
         path=spec["path"],
         cors_origins=spec["cors"],
+        relay=True if spec["page"] else None,
     )
 
 

@@ -11,7 +11,7 @@ from ..asgi import ASGIApp, Message, Receive, Scope, Send
 
 HEALTH_PATH: Final = "/health"
 
-# Where each of the page's files is served, its name in navai_mw/page/ and its type.
+# Where each of the page's files is served, its name in navai_mw/cli/page/ and its type.
 _PAGE_FILES: Final = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/voice.js": ("voice.js", "text/javascript; charset=utf-8"),
@@ -36,7 +36,7 @@ def page_file(path: str) -> tuple[str, bytes] | None:
     bytes, for ``/`` (the page) and ``/voice.js`` (its script); None for
     any other path. Serve these two from your own app (same origin as the
     navai routes) to offer the page there; they are the package's files in
-    ``navai_mw/page/``. Send :data:`PAGE_HEADERS` with them if you can."""
+    ``navai_mw/cli/page/``. Send :data:`PAGE_HEADERS` with them if you can."""
     entry = _PAGE_FILES.get(path)
     if entry is None:
         return None

@@ -48,7 +48,9 @@ class RouteOptions(TypedDict, total=False):
     ``transcription_secret_path``, ``calls_path``, ``live_path``,
     ``functions_list_path``, ``functions_execute_path``,
     ``speech_synthesize_path`` (None switches a route off);
-    ``include_functions_routes``. Limits: ``max_body_size``,
+    ``include_functions_routes``; ``relay`` (the WebRTC relays, Realtime and
+    GPT-Live, with their DELETEs) and ``transcription`` (the
+    transcription-secret route), both off unless switched on. Limits: ``max_body_size``,
     ``max_offer_size``, ``max_call_seconds``, ``function_timeout_seconds``.
     Behaviour: ``functions``, ``customize_session``. Browsers:
     ``cors_origins``, ``cors_allow_credentials``. The guard: ``authorize``,
@@ -65,6 +67,8 @@ class RouteOptions(TypedDict, total=False):
     functions_execute_path: str | None
     speech_synthesize_path: str | None
     include_functions_routes: bool
+    relay: bool | None
+    transcription: bool | None
     max_body_size: int
     max_offer_size: int
     max_call_seconds: float | None
@@ -96,6 +100,9 @@ def configure_endpoint(
         opts = get_navai_voice_backend_options_from_env()
         if given.get("cors_origins") is None:
             given["cors_origins"] = get_cors_origins_from_env()
+    for keyword, variable in (("relay", "NAVAI_RELAY"), ("transcription", "NAVAI_TRANSCRIPTION")):
+        if given.get(keyword) is None:
+            given[keyword] = read_bool(os.environ, variable, False)
     if given.get("cors_allow_credentials") is None:
         given["cors_allow_credentials"] = read_bool(
             os.environ, "NAVAI_CORS_ALLOW_CREDENTIALS", False

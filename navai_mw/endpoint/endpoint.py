@@ -102,7 +102,8 @@ class Endpoint:
     ``opts`` are the options; ``guard`` the guard (none by default);
     ``functions`` the backend functions. The keywords are the routes' own:
     each path keyword of the route table (None switches its route off),
-    ``prefix``, ``include_functions_routes``, ``max_body_size``,
+    ``prefix``, ``include_functions_routes``, ``relay`` and ``transcription``
+    (the routes beyond the reference's, off by default), ``max_body_size``,
     ``max_offer_size``, ``max_call_seconds``, ``function_timeout_seconds``,
     ``customize_session``, ``cors_origins``, ``cors_allow_credentials``;
     :mod:`navai_mw.config` reads their environment variables first.
@@ -116,6 +117,8 @@ class Endpoint:
         functions: FunctionRegistry | None = None,
         prefix: str = "",
         include_functions_routes: bool = True,
+        relay: bool = False,
+        transcription: bool = False,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         max_offer_size: int = DEFAULT_MAX_OFFER_SIZE,
         max_call_seconds: float | None = None,
@@ -152,6 +155,8 @@ class Endpoint:
             prefix,
             paths,
             functions=flag(include_functions_routes, "include_functions_routes"),
+            relay=flag(relay, "relay"),
+            transcription=flag(transcription, "transcription"),
         )
         self.routes, self.path, self.paths = self.map.routes, self.map.path, self.map.paths
         self.dynamic_prefixes = self.map.dynamic_prefixes

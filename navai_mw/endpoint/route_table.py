@@ -58,8 +58,10 @@ DEFAULT_FUNCTIONS_EXECUTE_PATH: Final = "/navai/functions/execute"
 DEFAULT_CALLS_PATH: Final = "/navai/realtime/calls"
 DEFAULT_LIVE_PATH: Final = "/navai/live/sessions"
 
-# What switches a route on: "reference" routes are the reference's own (on
-# unless their path is None); the others follow their feature's switch.
+# What switches a route on: "reference" routes are the reference's four (on
+# unless their path is None; the functions' two also follow
+# include_functions_routes); "transcription" and "relay" routes spend money
+# the reference never spent, so they are off until switched on.
 Feature = Literal["reference", "functions", "transcription", "relay"]
 
 
@@ -158,15 +160,23 @@ class RouteMap:
     the paths configured (``paths``: path keyword to path, None switching a
     route off), below ``prefix``, for the features switched on."""
 
-    def __init__(self, prefix: str, paths: Mapping[str, str | None], *, functions: bool) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        paths: Mapping[str, str | None],
+        *,
+        functions: bool,
+        relay: bool,
+        transcription: bool,
+    ) -> None:
         unknown = sorted(set(paths) - set(PATH_OPTIONS))
         if unknown:
             raise TypeError(f"Endpoint got unexpected keywords: {', '.join(unknown)}")
         features: dict[Feature, bool] = {
             "reference": True,
             "functions": functions,
-            "transcription": True,
-            "relay": True,
+            "transcription": transcription,
+            "relay": relay,
         }
         self.prefix = _prefix(prefix)
         wanted = (
