@@ -23,9 +23,11 @@ import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import sniffio
 from typing_extensions import Unpack
 
 from .config.configure import RouteOptions
+from .core.errors import OptionsError
 from .core.options import NavaiVoiceBackendOptions
 from .endpoint.answers import Answer
 from .endpoint.endpoint import route_path
@@ -47,6 +49,14 @@ Send = Callable[[Message], Awaitable[None]]
 # Loose on purpose: frameworks type their scopes as TypedDicts, which a
 # MutableMapping parameter would refuse.
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+def _in_event_loop() -> bool:
+    try:
+        sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return False
+    return True
 
 
 class NavaiASGIMiddleware:
@@ -80,13 +90,26 @@ class NavaiASGIMiddleware:
         **keywords: Unpack[RouteOptions],
     ) -> None:
         self.app = app
-        self.handler = AsyncNavaiHandler(
-            opts,
-            transport=transport,
-            function_workers=function_workers,
-            max_upstream_connections=max_upstream_connections,
-            **keywords,
-        )
+        # A bad setting raises here, unless an event loop runs: then the
+        # middleware is being built lazily inside the server's lifespan call
+        # (Starlette and FastAPI build theirs so), where raising would make
+        # uvicorn's lifespan "auto" carry on and serve 500s. The error is kept
+        # and answered as lifespan.startup.failed: the server stops, saying why.
+        self._failed: Exception | None = None
+        try:
+            self.handler = AsyncNavaiHandler(
+                opts,
+                transport=transport,
+                function_workers=function_workers,
+                max_upstream_connections=max_upstream_connections,
+                **keywords,
+            )
+        except (OptionsError, TypeError, ValueError) as exc:
+            if not _in_event_loop():
+                raise
+            self._failed = exc
+            logger.error("navai_mw: the middleware cannot start: %s", exc)
+            return
         self.endpoint = self.handler.endpoint
         self._effects = self.handler.effects
         self.transport = self.handler.transport
@@ -101,6 +124,9 @@ class NavaiASGIMiddleware:
         self._takes_lifespan = self.handler.needs_lifespan
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._failed is not None:
+            await self._refuse(scope, receive, send, self._failed)
+            return
         kind = scope["type"]
         # Every passing request pays for this test, so it starts with C calls
         # only: a path of ours ends with one of our spellings of it, or (a
@@ -159,11 +185,23 @@ class NavaiASGIMiddleware:
         await self.aclose()
         await send({"type": "lifespan.shutdown.complete"})
 
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, failure: Exception) -> None:
+        """A middleware that could not be built: its lifespan startup fails
+        with the reason; anything else (a server running without lifespan)
+        raises it, for the server to log."""
+        if scope["type"] != "lifespan":
+            raise failure
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.failed", "message": f"navai_mw: {failure}"})
+
     async def aclose(self) -> None:
         """Cancel the relayed calls' pending hangups in this process; close
         the upstream client, when the middleware made it. Called at lifespan
         shutdown."""
-        await self.handler.aclose()
+        if self._failed is None:
+            await self.handler.aclose()
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         # With a shared Redis, every worker watches the calls' deadlines.
