@@ -41,7 +41,7 @@ from typing import Any
 import attrs
 from typing_extensions import Unpack
 
-from .config.configure import RouteOptions, configure_endpoint
+from .config.configure import RouteOptions, configure_endpoint, upstream_connections_from
 from .core.errors import OptionsError
 from .core.options import NavaiVoiceBackendOptions
 from .core.storage import is_redis
@@ -118,7 +118,7 @@ class NavaiHandler:
         )
         self.owns_transport = transport is None
         self.transport: SyncTransport = transport or HttpxSyncTransport(
-            max_connections=max_upstream_connections
+            max_connections=upstream_connections_from(keywords.get("env"), max_upstream_connections)
         )
         # A call ends at its time cap by the endpoint's own steps, driven here.
         endpoint, transport, effects = self.endpoint, self.transport, self.effects
@@ -192,7 +192,7 @@ class AsyncNavaiHandler:
         self.effects.check()
         self.owns_transport = transport is None
         self.transport: AsyncTransport = transport or AiohttpTransport(
-            max_connections=max_upstream_connections
+            max_connections=upstream_connections_from(keywords.get("env"), max_upstream_connections)
         )
         endpoint, transport, effects = self.endpoint, self.transport, self.effects
 

@@ -582,11 +582,21 @@ def test_redis_limits_are_refused_clearly_under_trio(
     )
 
     async def main() -> int:
-        with pytest.raises(OptionsError) as caught:  # built on trio: refused at once
-            NavaiASGIMiddleware(
-                hello_asgi, opts, rate_limit="2/minute", rate_limit_storage="redis://127.0.0.1:1"
-            )
-        assert caught.value.message == message
+        # Built on trio (as a framework builds its stack, inside the lifespan):
+        # refused at once, as the lifespan's startup failure.
+        built_inside = NavaiASGIMiddleware(
+            hello_asgi, opts, rate_limit="2/minute", rate_limit_storage="redis://127.0.0.1:1"
+        )
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "lifespan.startup"}
+
+        async def send(event: dict[str, Any]) -> None:
+            sent.append(event)
+
+        await built_inside({"type": "lifespan"}, receive, send)
+        assert sent == [{"type": "lifespan.startup.failed", "message": f"navai_mw: {message}"}]
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=built_outside), base_url="http://t"
         ) as client:  # built before the loop: each request is refused, fail closed

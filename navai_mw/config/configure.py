@@ -18,15 +18,15 @@ from typing_extensions import TypedDict, Unpack
 
 from ..backend_functions.loading import FunctionSource, load_navai_functions
 from ..backend_functions.registry import FunctionRegistry
-from ..core.envvars import read_bool, read_seconds
+from ..core.envvars import Env, read_bool, read_seconds
 from ..core.http import RequestInfo
-from ..core.options import NavaiVoiceBackendOptions
+from ..core.options import NavaiVoiceBackendOptions, max_upstream_connections
 from ..endpoint.endpoint import DEFAULT_FUNCTION_TIMEOUT_SECONDS, Endpoint
 from ..guard.authorizers import Authorizer
 from ..upstreams.mint import SessionHook
 from .env import get_cors_origins_from_env, get_navai_voice_backend_options_from_env, guard_from_env
 
-__all__ = ["RouteOptions", "configure_endpoint"]
+__all__ = ["RouteOptions", "configure_endpoint", "environment", "upstream_connections_from"]
 
 logger = logging.getLogger("navai_mw")
 
@@ -55,7 +55,8 @@ class RouteOptions(TypedDict, total=False):
     Behaviour: ``functions``, ``customize_session``. Browsers:
     ``cors_origins``, ``cors_allow_credentials``. The guard: ``authorize``,
     ``rate_limit``, ``rate_limit_storage``, ``rate_limit_fail_open``,
-    ``trusted_proxies``, ``safety_id_secret``.
+    ``trusted_proxies``, ``safety_id_secret``. ``env``: a mapping read
+    instead of ``os.environ`` for every navai variable.
     """
 
     prefix: str
@@ -83,35 +84,50 @@ class RouteOptions(TypedDict, total=False):
     rate_limit_fail_open: bool | None
     trusted_proxies: str | Iterable[str] | None
     safety_id_secret: str | None
+    env: Mapping[str, str | None] | None
+
+
+def environment(env: Env | None) -> Env:
+    """Where navai's variables are read: ``env`` when given (it replaces
+    ``os.environ`` for every one of them), else ``os.environ``."""
+    return os.environ if env is None else env
+
+
+def upstream_connections_from(env: Env | None, value: int | None) -> int:
+    """The transports' connection bound: ``value`` when given, else
+    ``NAVAI_MAX_UPSTREAM_CONNECTIONS`` from ``env``, else the default."""
+    return max_upstream_connections(value, env=environment(env))
 
 
 def configure_endpoint(
     opts: NavaiVoiceBackendOptions | None, **keywords: Unpack[RouteOptions]
 ) -> Endpoint:
-    """The endpoint for the middlewares' keywords. ``opts=None`` reads the
-    environment, CORS origins (``NAVAI_CORS_ORIGIN``) included unless given.
-    The guard's keywords (``authorize``, ``rate_limit``...), the time cap and
-    the function timeout each come from the environment when not given,
-    whatever ``opts`` is. Backend functions are loaded now (from the module
-    folders unless ``functions`` names them), when their routes are on."""
+    """The endpoint for the middlewares' keywords, by one rule: a keyword
+    given in code wins; every other navai keyword is read from its
+    environment variable, whether or not ``opts`` is given (``opts`` covers
+    the options' own fields: ``opts=None`` reads those too); an ``env``
+    mapping stands for ``os.environ`` for all of them. Backend functions are
+    loaded now (from the module folders unless ``functions`` names them),
+    when their routes are on."""
     given: dict[str, Any] = dict(keywords)
+    env = environment(given.pop("env", None))
     guard_keywords = {name: given.pop(name) for name in _GUARD_KEYWORDS if name in given}
     if opts is None:
-        opts = get_navai_voice_backend_options_from_env()
-        if given.get("cors_origins") is None:
-            given["cors_origins"] = get_cors_origins_from_env()
-    for keyword, variable in (("relay", "NAVAI_RELAY"), ("transcription", "NAVAI_TRANSCRIPTION")):
+        opts = get_navai_voice_backend_options_from_env(env)
+    if given.get("cors_origins") is None:
+        given["cors_origins"] = get_cors_origins_from_env(env)
+    for keyword, variable in (
+        ("relay", "NAVAI_RELAY"),
+        ("transcription", "NAVAI_TRANSCRIPTION"),
+        ("cors_allow_credentials", "NAVAI_CORS_ALLOW_CREDENTIALS"),
+    ):
         if given.get(keyword) is None:
-            given[keyword] = read_bool(os.environ, variable, False)
-    if given.get("cors_allow_credentials") is None:
-        given["cors_allow_credentials"] = read_bool(
-            os.environ, "NAVAI_CORS_ALLOW_CREDENTIALS", False
-        )
+            given[keyword] = read_bool(env, variable, False)
     if given.get("max_call_seconds") is None:
-        given["max_call_seconds"] = read_seconds(os.environ, "NAVAI_MAX_CALL_SECONDS", 0.0) or None
+        given["max_call_seconds"] = read_seconds(env, "NAVAI_MAX_CALL_SECONDS", 0.0) or None
     if given.get("function_timeout_seconds") is None:
         given["function_timeout_seconds"] = read_seconds(
-            os.environ, "NAVAI_FUNCTION_TIMEOUT_SECONDS", DEFAULT_FUNCTION_TIMEOUT_SECONDS
+            env, "NAVAI_FUNCTION_TIMEOUT_SECONDS", DEFAULT_FUNCTION_TIMEOUT_SECONDS
         )
     functions = given.pop("functions", None)
     registry = None
@@ -122,7 +138,7 @@ def configure_endpoint(
         registry = (
             functions
             if isinstance(functions, FunctionRegistry)
-            else load_navai_functions(functions)
+            else load_navai_functions(functions, env=env)
         )
     if opts.tts_provider == "elevenlabs" and opts.elevenlabs_api_key is None:
         logger.warning(
@@ -130,5 +146,5 @@ def configure_endpoint(
             "(ELEVENLABS_API_KEY): the speech route will answer 400"
         )
     # The safety identifier's secret derives from the server's key.
-    guard = guard_from_env(api_key=opts.openai_api_key or opts.azure_api_key, **guard_keywords)
+    guard = guard_from_env(env, api_key=opts.openai_api_key or opts.azure_api_key, **guard_keywords)
     return Endpoint(opts, guard=guard, functions=registry, **given)

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import attrs
 
+from .envvars import Env, read
 from .errors import OptionsError
 from .http import is_header_safe
 from .sessions import check_live_session, check_session
@@ -365,3 +366,28 @@ class NavaiVoiceBackendOptions:
                     f"default_{name} {chosen!r} is not in allowed_{name}s "
                     f"({', '.join(allowed or ())}): set default_{name} to one of them."
                 )
+
+
+# Upstream connections at most, per transport. OpenAI takes 0.3-0.8 s to
+# mint: with N connections a process mints at most N / latency secrets a
+# second, so 100 capped a launch-day burst at ~300/s while the page loads
+# queued here. Idle ones are all kept: closing them between bursts only to
+# reopen them costs a TLS handshake each.
+DEFAULT_MAX_CONNECTIONS: Final = 1000
+MAX_CONNECTIONS_ENV: Final = "NAVAI_MAX_UPSTREAM_CONNECTIONS"
+
+
+def max_upstream_connections(value: int | None, *, env: Env) -> int:
+    """How many upstream connections a transport may hold: ``value``, else
+    ``NAVAI_MAX_UPSTREAM_CONNECTIONS`` from ``env``, else 1000; a bad value
+    is an :class:`OptionsError` naming where it came from."""
+    source = "max_upstream_connections"
+    if value is None:
+        raw = read(env, MAX_CONNECTIONS_ENV)
+        if raw is None:
+            return DEFAULT_MAX_CONNECTIONS
+        source = MAX_CONNECTIONS_ENV
+        value = int(raw) if raw.isdigit() else -1
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
+        raise OptionsError(f"{source} must be an integer from 1 to 100000. Received: {value!r}")
+    return value

@@ -61,6 +61,11 @@ class BoundedTransport(LoopBound[C]):
         super().__init__(client)
         self._max_connections = upstream_connections(max_connections)
 
+    @property
+    def max_connections(self) -> int:
+        """The most upstream connections the pool holds."""
+        return self._max_connections
+
     async def __aenter__(self) -> Self:
         return self
 

@@ -156,6 +156,11 @@ class HttpxSyncTransport:
         self._start()
         _sync_transports.add(self)
 
+    @property
+    def max_connections(self) -> int:
+        """The most attempts in flight at once, over every thread."""
+        return self._max
+
     def _start(self) -> None:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(self._max)

@@ -8,13 +8,12 @@ promises."""
 from __future__ import annotations
 
 import os
-from typing import Final, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import httpx
 
-from ..core.envvars import read
-from ..core.errors import OptionsError
 from ..core.http import HttpRequest, HttpResponse
+from ..core.options import DEFAULT_MAX_CONNECTIONS, max_upstream_connections
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
@@ -23,28 +22,12 @@ __all__ = [
     "upstream_connections",
 ]
 
-# Upstream connections at most, per transport. OpenAI takes 0.3-0.8 s to
-# mint: with N connections a process mints at most N / latency secrets a
-# second, so 100 capped a launch-day burst at ~300/s while the page loads
-# queued here. Idle ones are all kept: closing them between bursts only to
-# reopen them costs a TLS handshake each.
-DEFAULT_MAX_CONNECTIONS: Final = 1000
-MAX_CONNECTIONS_ENV: Final = "NAVAI_MAX_UPSTREAM_CONNECTIONS"
-
 
 def upstream_connections(value: int | None = None) -> int:
-    """``value``, else ``NAVAI_MAX_UPSTREAM_CONNECTIONS``, else 1000; a bad
-    value is an :class:`OptionsError` naming where it came from."""
-    source = "max_upstream_connections"
-    if value is None:
-        raw = read(os.environ, MAX_CONNECTIONS_ENV)
-        if raw is None:
-            return DEFAULT_MAX_CONNECTIONS
-        source = MAX_CONNECTIONS_ENV
-        value = int(raw) if raw.isdigit() else -1
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
-        raise OptionsError(f"{source} must be an integer from 1 to 100000. Received: {value!r}")
-    return value
+    """``value``, else ``NAVAI_MAX_UPSTREAM_CONNECTIONS``, else 1000: the
+    connections a transport made without a bound may hold (the middlewares
+    read the variable where their ``env=`` says)."""
+    return max_upstream_connections(value, env=os.environ)
 
 
 def _limits(connections: int) -> httpx.Limits:
