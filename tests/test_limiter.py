@@ -131,121 +131,119 @@ def test_sync_script_counts_what_limits_reads(redis: RedisServer) -> None:
     assert not limits.test(policy.items[0], key)
 
 
-def test_memory_pass_agrees_with_limits_on_the_same_storage() -> None:
-    from limits.aio.strategies import SlidingWindowCounterRateLimiter
+def _replay(counts: MemoryCounts, policy: RateLimitPolicy, key: str, at: list[float]) -> list[Any]:
+    return [counts.hit(policy, key, now) for now in at]
+
+
+@pytest.mark.parametrize("shell", ["sync", "async"])
+def test_memory_and_redis_answer_alike(redis: RedisServer, shell: str) -> None:
+    """One behaviour on either storage: the same requests, at the same
+    moments, get the same answers, the same slots left and the same time at
+    which a slot frees (to within the milliseconds between the two)."""
     from limits.storage import storage_from_string
 
-    policy, key = _policy("10/hour"), _key()
+    policy = _policy("3/minute;5/hour")
+    memory_key, redis_key = _key(), _key()
+    if shell == "sync":
+        memory = SyncCounter(storage_from_string("memory://"))
+        on_redis = _sync_redis(redis)
+        pairs = [(memory.hit(policy, memory_key), on_redis.hit(policy, redis_key))]
+        pairs += [(memory.hit(policy, memory_key), on_redis.hit(policy, redis_key))]
+        pairs += [(memory.hit(policy, memory_key), on_redis.hit(policy, redis_key))]
+        pairs += [(memory.hit(policy, memory_key), on_redis.hit(policy, redis_key))]
+    else:
 
-    async def scenario() -> tuple[LimitResult, Any]:
-        storage = storage_from_string("async+memory://")
-        counter = AsyncCounter(storage, timeout=1.0)
-        for _ in range(3):
-            last = await counter.hit(policy, key)
-        limits = SlidingWindowCounterRateLimiter(storage)
-        return last, await limits.get_window_stats(policy.items[0], key)
+        async def counts() -> list[tuple[LimitResult, LimitResult]]:
+            memory = AsyncCounter(storage_from_string("async+memory://"), timeout=1.0)
+            on_redis = _async_redis(redis)
+            made = [
+                (await memory.hit(policy, memory_key), await on_redis.hit(policy, redis_key))
+                for _ in range(4)
+            ]
+            await on_redis.aclose()
+            return made
 
-    last, stats = asyncio.run(scenario())
-    assert last.windows[0][0] == stats.remaining == 7
-    # Both say when the window next frees a slot, to within the time between.
-    assert abs(last.windows[0][1] - stats.reset_time) < 1.0
-
-
-@pytest.mark.parametrize("scheme", ["memory://", "async+memory://"])
-def test_memory_counts_and_limits_calls_see_the_same_counters(scheme: str) -> None:
-    """The counts kept in the storage's counters are those its own calls
-    keep: limits refuses once navai_mw filled a window, and navai_mw counts
-    what limits let through."""
-    from limits.storage import storage_from_string
-
-    policy, key = _policy("4/hour"), _key()
-    item = policy.items[0]
-    storage = storage_from_string(scheme)
-    counts = MemoryCounts(storage)
-
-    async def limits_call(name: str, *args: Any) -> Any:
-        result = getattr(storage, name)(*args)
-        return await result if asyncio.iscoroutine(result) else result
-
-    async def scenario() -> None:
-        assert await limits_call("acquire_sliding_window_entry", item.key_for(key), 4, 3600)
-        assert counts.hit(policy, key, time.time()).windows[0][0] == 2
-        assert counts.hit(policy, key, time.time()).windows[0][0] == 1
-        assert await limits_call("acquire_sliding_window_entry", item.key_for(key), 4, 3600)
-        previous, _, current, _ = await limits_call("get_sliding_window", item.key_for(key), 3600)
-        assert previous + current == 4
-        assert not await limits_call("acquire_sliding_window_entry", item.key_for(key), 4, 3600)
-        assert not counts.hit(policy, key, time.time()).allowed
-
-    asyncio.run(scenario())
+        pairs = asyncio.run(counts())
+    assert [(m.allowed, r.allowed) for m, r in pairs] == [(True, True)] * 3 + [(False, False)]
+    for in_memory, in_redis in pairs:
+        for item, (m_left, m_frees), (r_left, r_frees) in zip(
+            policy.items, in_memory.windows, in_redis.windows, strict=True
+        ):
+            assert m_left == r_left
+            # A slot frees at the same moment, modulo a whole period (a
+            # period that starts now reads as "0 s" or "a period" alike:
+            # which, turns on the millisecond the two were asked in).
+            period = item.get_expiry()
+            apart = abs((m_frees - in_memory.now) - (r_frees - in_redis.now)) % period
+            assert min(apart, period - apart) < 0.5
+    # The first of three requests in one minute frees its slot a minute
+    # after it, whatever the clock's minute (a period that starts now reads
+    # as 0 s ahead: the guard counts it as the whole period).
+    for result in pairs[-1]:
+        ahead = (result.windows[0][1] - result.now) % 60
+        assert min(ahead, 60 - ahead) < 0.5
 
 
-def test_memory_counts_slide_their_windows() -> None:
-    """Given the clock: a full period weighs on the next one by the share of
-    it still ahead (the limits arithmetic), then not at all."""
-    from limits.storage import storage_from_string
-
+def test_memory_counts_start_their_periods_with_the_first_request() -> None:
+    """A period starts with a client's first request, not on the clock; when
+    it is over it weighs on the next by the share of it still ahead (the
+    limits arithmetic), then not at all."""
     policy, key = _policy("10/minute"), _key()
-    counts = MemoryCounts(storage_from_string("memory://"))
-    start = 60 * 29_000_000 + 30.0  # halfway through a period
-    assert [counts.hit(policy, key, start).allowed for _ in range(11)] == [True] * 10 + [False]
-    # Halfway through the next one: half of the ten still weigh, five are free.
-    later = start + 60
-    results = [counts.hit(policy, key, later) for _ in range(6)]
-    assert [r.allowed for r in results] == [True] * 5 + [False]
-    assert results[-1].windows[0][0] == 0
-    # Two periods on, the first is forgotten; the five of the second weigh
-    # half (2.5, floored as limits does): eight are free.
-    again = [counts.hit(policy, key, start + 120).allowed for _ in range(9)]
-    assert again == [True] * 8 + [False]
+    counts = MemoryCounts()
+    start = 60 * 29_000_000 + 30.0  # halfway through the clock's minute
+    results = _replay(counts, policy, key, [start] * 11)
+    assert [r.allowed for r in results] == [True] * 10 + [False]
+    # Full for a minute from the first request, not up to the clock's minute.
+    assert not counts.hit(policy, key, start + 31).allowed
+    assert not counts.hit(policy, key, start + 59.9).allowed
+    # A period and a half on: half of the ten still weigh, five are free.
+    later = _replay(counts, policy, key, [start + 90] * 6)
+    assert [r.allowed for r in later] == [True] * 5 + [False]
+    assert later[-1].windows[0][0] == 0
+    # Three periods on, the first is forgotten; the five of the second weigh
+    # by what is left of it (a quarter: 1.25, floored as limits does).
+    again = _replay(counts, policy, key, [start + 165] * 10)
+    assert [r.allowed for r in again] == [True] * 9 + [False]
 
 
 def test_memory_counts_drop_expired_windows() -> None:
-    """Counts no longer needed leave the storage (a key per client and
-    period would otherwise pile up), as the storage's own expiry does: two
-    periods after they start, and only those."""
-    from limits.storage import storage_from_string
-
+    """Counts no longer needed are dropped (a key per client would otherwise
+    pile up): two periods after they start, and only those."""
     policy = _policy("3/minute")
-    storage = storage_from_string("async+memory://")
-    counts = MemoryCounts(storage)
+    counts = MemoryCounts()
     start = 60 * 31_000_000 + 0.5
     for index in range(50):
         counts.hit(policy, f"navai:mint:ip:10.0.0.{index}", start)
-    assert len(storage.storage) == len(storage.expirations) == 50
+    assert len(counts) == 50
     # A period later the sweeps have run, and nothing has expired yet.
     later = counts.hit(policy, "navai:mint:ip:10.0.1.1", start + 60)
     assert later.allowed
-    assert len(storage.storage) == 51
+    assert len(counts) == 51
     # Two periods after the fifty started, they go; the later one stays.
     counts.hit(policy, "navai:mint:ip:10.0.1.2", start + 120 + SWEEP_SECONDS)
-    kept = sorted(key.split("/")[1] for key in storage.storage)
-    assert kept == ["navai:mint:ip:10.0.1.1", "navai:mint:ip:10.0.1.2"]
-    assert storage.expirations.keys() == storage.storage.keys()
+    assert len(counts) == 2
 
 
 def test_the_sweep_keeps_a_count_that_started_again() -> None:
-    """A count whose expiry moved since it was queued (it was made anew)
-    is not dropped at its old time."""
-    from limits.storage import storage_from_string
-
+    """The sweep drops what has expired, never what is counting: a window
+    whose first period became the previous one keeps its new period."""
     policy = _policy("3/minute")
-    storage = storage_from_string("memory://")
-    counts = MemoryCounts(storage)
+    counts = MemoryCounts()
     start = 60 * 31_000_000 + 0.5
     counts.hit(policy, "navai:mint:ip:192.0.2.7", start)
-    (key,) = storage.storage
-    storage.expirations[key] = start + 500
+    # 70 s on: the first period is over and weighs by what is left of it
+    # (50 of 60 s, floored: nothing); a new period counts this request.
+    assert counts.hit(policy, "navai:mint:ip:192.0.2.7", start + 70).windows[0][0] == 2
+    assert len(counts) == 2  # the previous period's count, and the current one's
+    # Past the first period's expiry (120 s), a sweep drops it, and only it.
     counts.hit(policy, "navai:mint:ip:192.0.2.8", start + 121 + SWEEP_SECONDS)
-    assert storage.storage[key] == 1
-    assert storage.expirations[key] == start + 500
+    assert len(counts) == 2  # .7's current period, and .8's
+    assert counts.hit(policy, "navai:mint:ip:192.0.2.7", start + 122).allowed
 
 
 def test_memory_counts_forget_window_names_past_their_bound() -> None:
-    from limits.storage import storage_from_string
-
     policy = _policy("2/hour")
-    counts = MemoryCounts(storage_from_string("memory://"))
+    counts = MemoryCounts()
     now = time.time()
     first = "navai:mint:ip:192.0.2.1"
     counts.hit(policy, first, now)

@@ -14,12 +14,11 @@ window; here it is one step wherever the storage allows:
   windows, checks every window, counts the request in all of them or in
   none, and returns their state. (Two round trips per window, each with
   redis-py's client-side overhead, were most of the guard's cost.)
-* **memory://**: the ``limits`` memory storage's own counters and expiry
-  times (:class:`MemoryCounts`), read and counted in one pass of plain
-  code, with none of its per-call coroutines, locks and expiry tasks. Under
-  asyncio nothing runs in between, so the pass is as atomic as the script;
-  under WSGI the sync storage's counters are counted under a lock of its
-  own (the server's threads would interleave otherwise).
+* **memory://**: counts kept in this process (:class:`MemoryCounts`), by
+  the script's own arithmetic, in one pass of plain code: a limit behaves
+  the same on memory and on Redis. Under asyncio nothing runs in between,
+  so the pass is as atomic as the script; under WSGI it runs under a lock
+  (the server's threads would interleave otherwise).
 * **Every other storage** (Redis Cluster, whose windows of one policy live
   on different nodes; ``valkey://`` and Redis over coredis under ASGI):
   the storage's sliding-window calls per window, acquire and then read
@@ -27,9 +26,9 @@ window; here it is one step wherever the storage allows:
   windows before it have counted the request.
 
 Each reports a :class:`LimitResult` built by :func:`window_state`, the
-arithmetic of ``limits``' ``get_window_stats``. The keys and counts stay
-those of ``limits`` (a test holds the two to the same numbers), so other
-``limits`` users of the same Redis agree with navai_mw.
+arithmetic of ``limits``' ``get_window_stats``. On Redis the keys and counts
+stay those of ``limits`` (a test holds the two to the same numbers), so
+other ``limits`` users of the same Redis agree with navai_mw.
 """
 
 from __future__ import annotations
@@ -390,7 +389,7 @@ class SyncCounter:
             self.hit = self._by_script
         elif isinstance(storage, MemoryStorage):
             self._lock = threading.Lock()
-            self._memory = MemoryCounts(storage)
+            self._memory = MemoryCounts()
             self.hit = self._in_memory
 
     def _by_script(self, policy: RateLimitPolicy, key: str) -> LimitResult:
@@ -441,7 +440,7 @@ class AsyncCounter:
             self._script = _ScriptConnections(client, timeout)
             self.hit = self._by_script
         elif isinstance(storage, MemoryStorage):
-            self.memory = MemoryCounts(storage)
+            self.memory = MemoryCounts()
             self.hit = self._in_memory
         else:
             self.bounded = False
