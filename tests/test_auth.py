@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,7 @@ from navai_mw.core.errors import AuthError
 from navai_mw.core.http import RequestInfo
 from navai_mw.guard.authorizers import Authorizer, AuthSteps
 from navai_mw.guard.guard import Guard
+from navai_mw.guard.jwt_bearer import FAILED_FETCH_BACKOFF_SECONDS
 from navai_mw.runtime.drivers import drive_async, drive_sync
 from navai_mw.transports import HttpxAsyncTransport, HttpxSyncTransport
 
@@ -152,6 +154,7 @@ class JWKSServer:
         self.status = 200
         self.body: bytes | None = None
         self.stall = False
+        self.hold = False  # answer only once ``release`` is set
         self.hits = 0
         self.release = threading.Event()
         self._lock = threading.Lock()
@@ -164,6 +167,8 @@ class JWKSServer:
                 if outer.stall:
                     outer.release.wait(10)
                     return
+                if outer.hold:
+                    outer.release.wait(10)
                 body = outer.body
                 if body is None:
                     body = json.dumps({"keys": outer.keys}).encode()
@@ -1151,12 +1156,84 @@ def test_many_threads_share_one_cache(
     with ThreadPoolExecutor(max_workers=16) as pool:
         assert all(pool.map(verify, tokens.items()))
         cold = server.hits
-        assert 1 <= cold <= 16  # a cold start may fetch once per thread, no more
+        assert cold == 1  # a cold start fetches once: the other threads wait for it
         assert all(pool.map(verify, tokens.items()))
         assert server.hits == cold  # warm: nothing fetched
         mono.advance(101)
         assert all(pool.map(verify, tokens.items()))
         assert server.hits == cold + 1  # expired: one refresh, the rest served meanwhile
+
+
+def test_concurrent_first_requests_share_one_fetch_also_after_a_failure(
+    make: Callable[..., JWTBearer],
+    transport: HttpxSyncTransport,
+    keys: Keys,
+    server: JWKSServer,
+    mono: FakeMonotonic,
+) -> None:
+    """24 requests at once, with no keys yet: one fetch, the others wait for
+    it. When that fetch fails, all of them get the 503; after the backoff,
+    24 more at once make one fetch again."""
+    authorizer = make()
+    token = f"Bearer {sign(keys.rsa, 'rsa-1')}"
+
+    def attempt(_: int) -> object:
+        try:
+            return run(authorizer, transport, token)
+        except NavaiError as exc:
+            return exc.status
+
+    def burst() -> list[object]:
+        with ThreadPoolExecutor(max_workers=24) as pool:
+            futures = [pool.submit(attempt, n) for n in range(24)]
+            assert _until(lambda: server.hits >= 1)
+            time.sleep(0.2)  # the others have found the fetch in flight
+            server.release.set()
+            return [future.result() for future in futures]
+
+    server.hold, server.status = True, 404  # not retried: one fetch is one request
+    assert burst() == [503] * 24
+    assert server.hits == 1
+    server.release.clear()
+    server.status = 200
+    mono.advance(FAILED_FETCH_BACKOFF_SECONDS + 0.1)
+    assert burst() == ["user-1"] * 24
+    assert server.hits == 2
+
+
+def _until(check: Callable[[], bool], seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.mark.anyio
+async def test_concurrent_first_requests_on_one_event_loop_share_one_fetch(
+    make: Callable[..., JWTBearer], keys: Keys, server: JWKSServer
+) -> None:
+    import anyio
+
+    authorizer = make()
+    token = f"Bearer {sign(keys.rsa, 'rsa-1')}"
+    server.hold = True
+    results: list[object] = []
+    async with HttpxAsyncTransport() as transport:
+
+        async def attempt() -> None:
+            results.append(await _run_async(authorizer, transport, token))
+
+        async with anyio.create_task_group() as group:
+            for _ in range(24):
+                group.start_soon(attempt)
+            while server.hits < 1:
+                await anyio.sleep(0.01)
+            await anyio.sleep(0.2)
+            server.release.set()
+    assert results == ["user-1"] * 24
+    assert server.hits == 1
 
 
 @pytest.fixture(params=["asyncio", "trio"])

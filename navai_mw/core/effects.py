@@ -44,6 +44,16 @@ class Outcome:
 
 
 @attrs.frozen
+class Pause:
+    """Wait ``seconds`` (without holding an event loop), then send back None:
+    for a step that waits on another request's work (a key fetch in
+    flight) and looks again. The drivers sleep it, as they sleep a retry's
+    delay: no performer sees it."""
+
+    seconds: float
+
+
+@attrs.frozen
 class CallHook:
     """Call ``hook(*args)`` (awaited when it is async); send back a
     :class:`HookResult`. The ``authorize`` hook gets the request view; a

@@ -7,13 +7,15 @@ import hashlib
 import hmac
 import re
 from collections.abc import Generator, Iterable, Mapping
-from typing import Final, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 from ..core.effects import Attempt, Outcome
 from ..core.errors import AuthError, NavaiError, OptionsError, log_safe
 from ..core.http import RequestInfo
 
-AuthSteps = Generator[Attempt, Outcome, "str | None"]
+# What a built-in authorizer's steps yield: the Attempts of a fetch, and a
+# Pause while another request's fetch is in flight.
+AuthSteps = Generator[Any, Any, "str | None"]
 
 
 @runtime_checkable

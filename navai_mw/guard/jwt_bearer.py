@@ -15,7 +15,7 @@ from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 from urllib.parse import urlsplit
 
-from ..core.effects import Attempt, Outcome
+from ..core.effects import Attempt, Outcome, Pause
 from ..core.errors import AuthError, NavaiError, OptionsError, UpstreamError, log_safe
 from ..core.exchange import attempts
 from ..core.http import HttpRequest, RequestInfo, is_header_safe
@@ -74,6 +74,15 @@ MAX_TOKEN_CHARS: Final = 16 * 1024
 MAX_REMEMBERED_TOKENS: Final = 10_000
 
 _UNAVAILABLE_MESSAGE: Final = "Authorization is unavailable; try again shortly."
+# How often a request waiting on another's key fetch looks again.
+WAIT_FOR_FETCH_SECONDS: Final = 0.02
+
+
+class _Wait:
+    """The keys are being fetched by another request: wait for them."""
+
+
+_WAIT: Final = _Wait()
 
 # kid -> algorithm -> key.
 KeySet = Mapping[str, Mapping[str, "PyJWK"]]
@@ -224,9 +233,13 @@ class JWTBearer:
         if subject is not None:
             return subject
         alg, kid = self._header(token)
-        keys = self._cached(kid)
-        if keys is None:
-            keys = yield from self._refresh()
+        found = self._cached(kid)
+        while isinstance(found, _Wait):
+            # Another request is fetching the keys this one needs: one fetch
+            # for all of them, the others look again shortly.
+            yield Pause(WAIT_FOR_FETCH_SECONDS)
+            found = self._cached(kid)
+        keys = found if found is not None else (yield from self._refresh())
         subject, valid_from, expires = self._verify(token, alg, kid, keys)
         with self._lock:
             if len(self._verified) >= MAX_REMEMBERED_TOKENS:
@@ -289,23 +302,30 @@ class JWTBearer:
             raise _invalid("no key id")
         return alg, kid
 
-    def _cached(self, kid: str) -> KeySet | None:
-        """The keys to verify with, or None to fetch them first (the fetch is
-        then claimed). Raises the 503 while a failed fetch is recent."""
+    def _cached(self, kid: str) -> KeySet | _Wait | None:
+        """The keys to verify with; :data:`_WAIT` while another request's
+        fetch, in flight, is to bring them; or None to fetch them first (the
+        fetch is then claimed, so that one request fetches for all). Raises
+        the 503 while a failed fetch is recent."""
         with self._lock:
             now = self._monotonic()
             keys = self._keys
             if keys is not None and now - self._fetched_at < self._cache_seconds:
                 if kid in keys:
                     return keys
-                if self._last_fetch is not None and now - self._last_fetch < self._refetch_interval:
+                last = self._last_fetch
+                if last is not None and now - last < self._refetch_interval:
                     return keys  # an unknown kid so soon after a fetch: no refetch
-            elif (
-                keys is not None
-                and self._refreshing_since is not None
-                and now - self._refreshing_since < self._timeout
-            ):
-                return keys  # another request is refreshing them: these serve meanwhile
+                fresh = True
+            else:
+                fresh = False
+            in_flight = (
+                self._refreshing_since is not None and now - self._refreshing_since < self._timeout
+            )
+            if in_flight:
+                # Stale keys serve meanwhile; without any (a cold start), or
+                # for a kid the fetch may bring, wait for it.
+                return keys if keys is not None and not fresh else _WAIT
             if self._failed_at is not None and now - self._failed_at < self._backoff:
                 raise UpstreamError(
                     _UNAVAILABLE_MESSAGE, status=503, headers=(("Retry-After", self._retry_after),)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from ..core.effects import Attempt, Outcome
+from ..core.effects import Attempt, Outcome, Pause
 from ..core.http import HttpResponse
 from .aio import attempt_deadline
 from .async_transports import BoundedTransport
@@ -42,15 +42,21 @@ def drive_sync(
 ) -> T:
     """Run ``steps`` to completion; return its result.
 
-    Upstream attempts go to ``transport``; every other effect (a user's
-    hook, a rate-limit hit) to ``perform``, whose return value is sent back.
+    Upstream attempts go to ``transport``; a :class:`Pause` is slept here
+    (time is the driver's, as a retry's delay is); every other effect (a
+    user's hook, a rate-limit hit) goes to ``perform``, whose return value is
+    sent back.
     """
     start = clock()
     try:
         effect = next(steps)
         while True:
             if not isinstance(effect, Attempt):
-                effect = steps.send(_performed(perform, effect))
+                if isinstance(effect, Pause):  # time is the driver's, as a retry's delay
+                    sleep(effect.seconds)
+                    effect = steps.send(None)
+                else:
+                    effect = steps.send(_performed(perform, effect))
                 continue
             if effect.first:
                 start = clock()
@@ -86,7 +92,11 @@ async def drive_async(
         effect = next(steps)
         while True:
             if not isinstance(effect, Attempt):
-                effect = steps.send(await _performed(perform, effect))
+                if isinstance(effect, Pause):  # time is the driver's, as a retry's delay
+                    await sleep(effect.seconds)
+                    effect = steps.send(None)
+                else:
+                    effect = steps.send(await _performed(perform, effect))
                 continue
             if effect.first:
                 start = clock()
