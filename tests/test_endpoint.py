@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from navai_mw import NavaiVoiceBackendOptions
+from navai_mw import NavaiVoiceBackendOptions, OptionsError
 from navai_mw.config.configure import configure_endpoint
 from navai_mw.core.errors import RequestError
 from navai_mw.endpoint.answers import Answer
@@ -237,3 +237,16 @@ def test_a_json_suffix_needs_a_subtype(media_type: str) -> None:
     answer = Endpoint(OPTS).begin("POST", {"content-type": media_type, "content-length": "2"})
     assert isinstance(answer, Answer)
     assert answer.status == 415
+
+
+@pytest.mark.parametrize("keyword", ["client_secret_path", "path"])
+def test_the_client_secret_path_has_its_name_and_its_alias(keyword: str) -> None:
+    endpoint = Endpoint(OPTS, **{keyword: "/token"})
+    assert endpoint.path == "/token"
+    assert endpoint.route_for("/token").name == "client_secret"
+    assert not endpoint.owns("/navai/realtime/client-secret")
+
+
+def test_the_client_secret_path_given_twice_is_refused() -> None:
+    with pytest.raises(OptionsError, match="path and client_secret_path"):
+        Endpoint(OPTS, path="/a", client_secret_path="/b")

@@ -44,7 +44,7 @@ class RouteOptions(TypedDict, total=False):
     """The keywords of the middlewares and the view handlers, listed once
     (docs/configuration.md gives each with its default and variable).
 
-    Routes: ``prefix``; ``path`` (the client secret),
+    Routes: ``prefix``; ``client_secret_path`` (``path`` is its alias),
     ``transcription_secret_path``, ``calls_path``, ``live_path``,
     ``functions_list_path``, ``functions_execute_path``,
     ``speech_synthesize_path`` (None switches a route off);
@@ -60,6 +60,7 @@ class RouteOptions(TypedDict, total=False):
     """
 
     prefix: str
+    client_secret_path: str | None
     path: str | None
     transcription_secret_path: str | None
     calls_path: str | None

@@ -96,7 +96,7 @@ class Row:
 
 ROUTES: Final = (
     Row(
-        "client_secret", "path", DEFAULT_PATH, "POST", "mint",
+        "client_secret", "client_secret_path", DEFAULT_PATH, "POST", "mint",
         client_secret.handle, "minting a client secret",
     ),
     Row(
@@ -155,6 +155,19 @@ def _route_path(prefix: str, value: object, name: str) -> str | None:
     return (prefix + value).rstrip("/") or "/"
 
 
+def _with_alias(given: Mapping[str, str | None]) -> dict[str, str | None]:
+    """``path=`` is the client-secret route's path under the reference's
+    name; ``client_secret_path=`` the name beside the other routes'."""
+    paths = dict(given)
+    if "path" in paths:
+        if "client_secret_path" in paths:
+            raise OptionsError(
+                "path and client_secret_path both set the client-secret route's path: give one."
+            )
+        paths["client_secret_path"] = paths.pop("path")
+    return paths
+
+
 class RouteMap:
     """The routes served, and which one serves a path: the table's rows at
     the paths configured (``paths``: path keyword to path, None switching a
@@ -163,12 +176,13 @@ class RouteMap:
     def __init__(
         self,
         prefix: str,
-        paths: Mapping[str, str | None],
+        given: Mapping[str, str | None],
         *,
         functions: bool,
         relay: bool,
         transcription: bool,
     ) -> None:
+        paths = _with_alias(given)
         unknown = sorted(set(paths) - set(PATH_OPTIONS))
         if unknown:
             raise TypeError(f"Endpoint got unexpected keywords: {', '.join(unknown)}")
@@ -186,7 +200,11 @@ class RouteMap:
         )
         self.routes = tuple(row.route(path) for row, path in wanted if path is not None)
         # The client-secret route's path: where a request with no path goes.
-        self.path = _route_path(self.prefix, paths.get("path", PATH_OPTIONS["path"]), "path")
+        self.path = _route_path(
+            self.prefix,
+            paths.get("client_secret_path", PATH_OPTIONS["client_secret_path"]),
+            "client_secret_path",
+        )
         self._dynamic = tuple(route for route in self.routes if route.dynamic)
         # Routes for a path's children: {path}/{id}.
         self.dynamic_prefixes = tuple(f"{route.path}/" for route in self._dynamic)
