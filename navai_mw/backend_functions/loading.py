@@ -19,7 +19,13 @@ from types import ModuleType
 from typing import Any, Final
 
 from ..core.envvars import read
-from .registry import FunctionRegistry, NavaiFunction, _Names, locale_sort_key
+from .registry import (
+    FunctionRegistry,
+    NavaiFunction,
+    _Names,
+    locale_sort_key,
+    read_signature,
+)
 
 __all__ = [
     "DEFAULT_FUNCTIONS_FOLDER",
@@ -270,14 +276,15 @@ def _method_names(cls: type) -> list[str]:
     ]
 
 
-def _signature(function: Any, *, drop_first: bool = False) -> inspect.Signature | None:
-    try:
-        signature = inspect.signature(function)
-    except (TypeError, ValueError):
-        return None
-    if drop_first:
-        parameters = list(signature.parameters.values())[1:]
-        signature = signature.replace(parameters=parameters)
+def _read(
+    function: Any, source: str, warnings: list[str], *, drop_first: bool = False
+) -> inspect.Signature | None:
+    signature, problem = read_signature(function, drop_first=drop_first)
+    if problem is not None:
+        warnings.append(
+            f"[navai] Type hints of {source} could not be resolved ({problem}); "
+            "its arguments are not checked against them."
+        )
     return signature
 
 
@@ -291,20 +298,24 @@ def _from_class(
         )
         return []
     found = []
+    constructor = None
     for method in methods:
         raw = f"{cls.__name__}_{method}"
         attribute = vars(cls)[method]
+        source = f"{origin}#{export}.{method}"
+        needs_instance = inspect.isfunction(attribute)
+        if needs_instance and constructor is None:
+            constructor = _read(cls, f"{origin}#{export}", warnings)
         found.append(
             NavaiFunction(
                 name=names.take(raw, warnings),
                 description=_summary(getattr(cls, method))
                 or f"Call class method {cls.__name__}.{method}().",
-                source=f"{origin}#{export}.{method}",
+                source=source,
                 target=cls,
                 method=method,
-                signature=_signature(
-                    getattr(cls, method), drop_first=inspect.isfunction(attribute)
-                ),
+                signature=_read(getattr(cls, method), source, warnings, drop_first=needs_instance),
+                constructor=constructor if needs_instance else None,
             )
         )
     return found
@@ -322,7 +333,7 @@ def _from_value(
                 description=_summary(value) or f"Call exported function {export}.",
                 source=f"{origin}#{export}",
                 target=value,
-                signature=_signature(value),
+                signature=_read(value, f"{origin}#{export}", warnings),
             )
         ]
     return []
