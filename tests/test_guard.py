@@ -27,6 +27,7 @@ from navai_mw import (
     OptionsError,
     RequestInfo,
 )
+from navai_mw.auth import any_of, bearer_tokens, jwt_bearer
 from navai_mw.guard.addresses import client_address, parse_trusted_proxies
 from navai_mw.testing import FakeOpenAIRealtime
 
@@ -132,6 +133,59 @@ def test_auth_errors_answer_their_status(
 def test_auth_error_status_is_401_or_403() -> None:
     with pytest.raises(ValueError, match="401 or 403"):
         AuthError("x", status=500)
+    with pytest.raises(ValueError, match="invalid_request, invalid_token"):
+        AuthError("x", error="bad_token")
+
+
+def test_a_refused_token_is_named_in_the_challenge_and_a_missing_one_is_not(
+    fake: FakeOpenAIRealtime,
+) -> None:
+    # RFC 6750 §3.1: no error code without credentials; invalid_token, with
+    # a description, for credentials that came and were refused.
+    tokens = bearer_tokens({"alice": SECRET_TOKEN})
+    # Nothing listens there: a malformed JWT is refused before any fetch.
+    jwts = jwt_bearer("http://127.0.0.1:9/jwks.json", audience="api", issuer="idp")
+    for authorizer, description in (
+        (tokens, "Invalid bearer token."),
+        (jwts, "Invalid token: malformed."),
+        (any_of(tokens, jwts), "Invalid bearer token."),
+    ):
+        with both_shells(fake, authorize=authorizer) as shells:
+            for shell, post in shells:
+                missing = post(json={})
+                assert missing.status_code == 401, shell
+                assert missing.headers["www-authenticate"] == "Bearer"
+                other_scheme = post(json={}, headers={"authorization": "Basic YTpi"})
+                assert other_scheme.headers["www-authenticate"] == "Bearer"
+                for bad in ("Bearer not-the-token", "Bearer "):
+                    refused = post(json={}, headers={"authorization": bad})
+                    assert refused.status_code == 401, shell
+                    assert refused.json() == {"error": description}
+                    assert refused.headers["www-authenticate"] == (
+                        f'Bearer error="invalid_token", error_description="{description}"'
+                    )
+    assert fake.requests == []
+
+
+def test_a_hooks_auth_error_may_name_its_rfc_6750_error(fake: FakeOpenAIRealtime) -> None:
+    def refuse(info: RequestInfo) -> str:
+        if info.headers.get("x-scope") == "read":
+            raise AuthError("Needs the voice scope.", status=403, error="insufficient_scope")
+        raise AuthError('Session "x" ended.', error="invalid_token")
+
+    with both_shells(fake, authorize=refuse) as shells:
+        for _, post in shells:
+            ended = post(json={})
+            assert ended.status_code == 401
+            # The description drops what its quotes could not hold.
+            assert ended.headers["www-authenticate"] == (
+                'Bearer error="invalid_token", error_description="Session x ended."'
+            )
+            scoped = post(json={}, headers={"x-scope": "read"})
+            assert scoped.status_code == 403
+            assert scoped.headers["www-authenticate"] == (
+                'Bearer error="insufficient_scope", error_description="Needs the voice scope."'
+            )
 
 
 def test_a_hook_that_fails_is_503_logged_with_its_traceback(
