@@ -31,7 +31,7 @@ from navai_mw.auth import any_of, bearer_tokens, jwt_bearer
 from navai_mw.guard.addresses import client_address, parse_trusted_proxies
 from navai_mw.testing import FakeOpenAIRealtime
 
-from .conftest import CANARY_KEY
+from .conftest import CANARY_KEY, closed_port
 
 pytestmark = pytest.mark.anyio
 
@@ -86,6 +86,29 @@ def both_shells(fake: FakeOpenAIRealtime, **keywords: Any) -> Iterator[list[tupl
                 ]
         portal.call(client.aclose)
         portal.call(upstream.aclose)
+
+
+# -- the storage, when it fails ----------------------------------------------------------
+
+
+def test_a_storage_failure_is_logged_naming_the_storage_without_its_password(
+    fake: FakeOpenAIRealtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = closed_port()
+    storage = f"redis://navai:{SECRET_TOKEN}@127.0.0.1:{port}/3?password={SECRET_TOKEN}"
+    with (
+        caplog.at_level(logging.WARNING, logger="navai_mw"),
+        both_shells(fake, rate_limit="5/minute", rate_limit_storage=storage) as shells,
+    ):
+        for shell, post in shells:
+            caplog.clear()
+            refused = post(json={})
+            assert refused.status_code == 503, shell
+            assert [r.getMessage() for r in caplog.records] == [
+                f"navai_mw: the rate-limit storage redis://127.0.0.1:{port}/3 failed: "
+                "ConnectionError"
+            ], shell
+            assert SECRET_TOKEN not in caplog.text
 
 
 # -- the hook's protocol --------------------------------------------------------------
@@ -677,11 +700,11 @@ def test_an_unreachable_storage_fails_closed_or_open(
     messages = [r.getMessage() for r in caplog.records if r.name == "navai_mw"]
     assert (
         messages.count(
-            "navai_mw: the rate-limit storage is unreachable; letting the request through"
+            f"navai_mw: the rate-limit storage {storage} is unreachable; "
+            "letting the request through"
         )
         == 2
     )
-    assert all("127.0.0.1" not in m for m in messages)  # no storage URL in the log
 
 
 @pytest.mark.parametrize(
