@@ -360,3 +360,25 @@ def test_the_warnings_name_every_folder_searched(
         assert load_navai_functions(env={}).names == ["here"]
     assert caplog.records[-1].levelno == logging.INFO
     assert f"below {tmp_path} (the working directory)" in caplog.records[-1].getMessage()
+
+
+def test_a_servers_own_command_is_not_the_apps_script(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``uvicorn app:app`` runs the environment's bin/uvicorn as __main__:
+    that folder is never searched; ``python app.py``'s folder is."""
+    import types
+
+    from navai_mw.backend_functions.loading import _script_folder
+
+    main = types.ModuleType("__main__")
+    main.__spec__ = None
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    for command in (
+        Path(sys.prefix) / "bin" / "uvicorn",
+        Path(sys.base_prefix) / "bin" / "gunicorn",
+    ):
+        main.__file__ = str(command)
+        assert _script_folder() is None
+    main.__file__ = str(tmp_path / "app.py")
+    assert _script_folder() == str(tmp_path)

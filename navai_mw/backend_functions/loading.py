@@ -13,7 +13,9 @@ import logging
 import os
 import re
 import sys
+import sysconfig
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import suppress
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Final
@@ -152,12 +154,27 @@ def _scan(base_dir: str) -> list[tuple[str, str]]:
 def _script_folder() -> str | None:
     """The folder of the script the process was started with
     (``python app.py``), or None: a module run with ``-m``, an interpreter
-    without a script."""
+    without a script, a command installed with Python or in a virtual
+    environment."""
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     if not isinstance(path, str) or getattr(main, "__spec__", None) is not None:
         return None
-    return os.path.dirname(os.path.abspath(path))
+    folder = os.path.dirname(os.path.abspath(path))
+    # A server's own command (uvicorn, gunicorn, pytest) is a script of the
+    # environment it is installed in, not the app's.
+    return None if folder in _scripts_folders() else folder
+
+
+def _scripts_folders() -> set[str]:
+    """Where commands are installed: each environment's ``bin`` (or
+    ``Scripts``), and the user's."""
+    prefixes = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}
+    folders = {os.path.join(prefix, name) for prefix in prefixes for name in ("bin", "Scripts")}
+    folders.add(sysconfig.get_path("scripts"))
+    with suppress(KeyError):
+        folders.add(sysconfig.get_path("scripts", f"{os.name}_user"))
+    return {os.path.abspath(folder) for folder in folders}
 
 
 def _bases(
