@@ -256,7 +256,14 @@ def refused(
         run(authorizer, transport, authorization)
     error = caught.value
     assert error.status == 401
-    assert ("WWW-Authenticate", "Bearer") in error.headers
+    # RFC 6750: a token that came and was refused is named invalid_token.
+    assert error.error == "invalid_token"
+    assert error.headers == (
+        (
+            "WWW-Authenticate",
+            f'Bearer error="invalid_token", error_description="{error.message}"',
+        ),
+    )
     return error
 
 

@@ -489,7 +489,8 @@ def test_the_demo_command_serves_the_page_and_relays_a_call(
     started: list[Cli], tmp_path: Path
 ) -> None:
     """``navai-mw demo`` as users run it: its banner names the page; Chromium
-    talks to its embedded fake; the DELETE shows up in its access log."""
+    talks to its embedded fake, a Realtime call then a GPT-Live session, each
+    ended with Stop; both DELETEs show up in its access log."""
     port = _free_port()
     cli = Cli("demo", "--port", str(port), env=_env(OPENAI_API_KEY=CANARY_KEY))
     started.append(cli)
@@ -514,9 +515,24 @@ def test_the_demo_command_serves_the_page_and_relays_a_call(
     assert_clean(log)
     assert_no_secrets(log, CANARY_KEY, DEMO_API_KEY)
 
+    # GPT-Live on the same demo: Stop closes the session over the sideband
+    # WebSocket of the demo's own fake, which its server must upgrade.
+    live_call, live_log = in_chromium(
+        tmp_path / "live", f"{origin}/?{OVERRIDES}", talk(select="live")
+    )
+    assert not live_call.started["status"].startswith("could not start"), live_call.started
+    assert_connected_and_hung_up(live_call)
+    assert live_call.first_event["type"] == "session.started"
+    live_id = live_call.first_event["session"]["id"]
+    assert_relayed(live_log, origin, LIVE_PATH)
+    assert_clean(live_log)
+    assert_no_secrets(live_log, CANARY_KEY, DEMO_API_KEY)
+
     assert cli.stop(signal.SIGINT) == 0
     assert f'"POST {CALLS_PATH}?{OVERRIDES} HTTP/1.1" 201' in cli.output
     assert f'"DELETE {CALLS_PATH}/{session["id"]} HTTP/1.1" 204' in cli.output
+    assert f'"DELETE {LIVE_PATH}/{live_id} HTTP/1.1" 204' in cli.output
+    assert "No supported WebSocket library" not in cli.output
     assert "Traceback" not in cli.output
     for secret in (CANARY_KEY, DEMO_API_KEY):
         assert secret not in cli.output

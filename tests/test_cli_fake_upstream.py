@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from navai_mw import (
@@ -92,6 +93,45 @@ def test_an_app_configured_from_its_exports_mints_and_speaks(
 
     assert cli.stop(signal.SIGTERM) == 0
     assert cli.stderr == []
+
+
+def test_it_answers_webrtc_calls_and_says_so(upstreams: list[FakeUpstream]) -> None:
+    """The fake OpenAI also serves /v1/realtime/calls (aiortc is installed
+    with the test extra): an offer gets a real peer's answer, and a hangup
+    closes it."""
+    import asyncio
+
+    from .test_fake_webrtc import Browser, _post_call
+
+    cli = FakeUpstream("--api-key", "sk-webrtc-0123456789")
+    upstreams.append(cli)
+    base_url = cli.exports()["OPENAI_BASE_URL"]
+    root = base_url.removesuffix("/v1")
+    assert (
+        f"# WebRTC: the fake OpenAI also answers POST {root}/v1/realtime/calls and "
+        f"POST {root}/v1/live/sessions with a real peer (aiortc)"
+    ) in cli.output
+
+    async def call() -> tuple[int, int, int]:
+        browser = Browser()
+        try:
+            async with httpx.AsyncClient(timeout=START_TIMEOUT) as client:
+                offer = await browser.offer()
+                wrong = await _post_call(client, base_url, offer, key="sk-other-key")
+                made = await _post_call(client, base_url, offer, key="sk-webrtc-0123456789")
+                await browser.answer(made.text)
+                event = await browser.next_event()
+                assert event["type"] == "session.created"
+                hangup = await client.post(
+                    f"{root}{made.headers['location']}/hangup",
+                    headers={"Authorization": "Bearer sk-webrtc-0123456789"},
+                )
+            return wrong.status_code, made.status_code, hangup.status_code
+        finally:
+            await browser.close()
+
+    assert asyncio.run(call()) == (401, 201, 200)
+    assert cli.stop(signal.SIGTERM) == 0
 
 
 def test_the_export_lines_run_in_a_shell(upstreams: list[FakeUpstream]) -> None:

@@ -169,3 +169,16 @@ def test_docs_have_runnable_samples() -> None:
 def test_few_blocks_opt_out() -> None:
     skipped = [b.id for b in ALL_BLOCKS if b.not_tested]
     assert len(skipped) <= MAX_NOT_TESTED, skipped
+
+
+def test_the_pages_agree_on_when_navai_answers_500() -> None:
+    """The code answers 500 in two cases only, both a backend function's
+    failure (tests/test_functions.py): it raises, or returns what JSON
+    cannot carry. Every page that speaks of navai's 500s names both."""
+    for page in ("index.md", "security.md", "http.md", "functions.md"):
+        text = " ".join((DOCS / page).read_text(encoding="utf-8").split())
+        assert not re.search(r"the one `?500", text, re.I), page
+        claim = re.search(r"only (?:`?500`?s)[^.]*?(?:\.|$)(?:[^.]*\.){0,2}", text)
+        assert claim is not None, page
+        assert "raises" in claim[0], (page, claim[0])
+        assert "JSON cannot carry" in claim[0], (page, claim[0])

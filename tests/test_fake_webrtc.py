@@ -6,6 +6,7 @@ headless Chromium does the same from a page on another origin."""
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import os
 import queue
@@ -440,3 +441,63 @@ def test_chromium_calls_the_fake_from_another_origin(tmp_path: Path) -> None:
     assert call.state == "closed"
     assert fake.hangups == [call.call_id]
     assert [r.method for r in fake.requests] == ["OPTIONS", "POST", "OPTIONS", "POST"]
+
+
+# -- the WebSocket library uvicorn needs for the sideband -------------------------------
+
+_ATTACH = """
+import asyncio, sys
+import aiohttp
+from navai_mw.testing import FakeRealtimeWebRTC
+
+for name in sys.argv[1:]:
+    sys.modules[name] = None  # as if not installed
+
+async def attach(url):
+    async with aiohttp.ClientSession() as session:
+        try:
+            async with session.ws_connect(
+                url.replace("http", "ws", 1) + "/live/sessions/live_x/attach",
+                headers={"Authorization": "Bearer sk-any"},
+            ) as socket:
+                message = await socket.receive()
+                print("upgraded", message.type.name)
+        except aiohttp.WSServerHandshakeError as exc:
+            print("refused", exc.status)
+
+with FakeRealtimeWebRTC().serve() as url:
+    asyncio.run(attach(url))
+"""
+
+
+@pytest.mark.parametrize(
+    ("missing", "outcome"),
+    [
+        # The fake's own answer, no such session: it read the upgrade.
+        pytest.param(["websockets"], "refused 403", id="wsproto-alone-is-enough"),
+        # uvicorn's: it could not read the upgrade at all.
+        pytest.param(["websockets", "wsproto"], "refused 404", id="no-websocket-library"),
+    ],
+)
+def test_the_sideband_needs_the_websocket_library_the_extras_carry(
+    missing: list[str], outcome: str
+) -> None:
+    """Without a WebSocket library uvicorn cannot upgrade the fake's /attach,
+    and a Live session's close fails (the demo's "hang-up failed: 502");
+    the wsproto the extras pin is enough."""
+    result = subprocess.run(
+        [sys.executable, "-c", _ATTACH, *missing],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [outcome]
+
+
+@pytest.mark.parametrize("extra", ["server", "webrtc", "demo"])
+def test_the_extras_that_serve_the_fakes_carry_a_pinned_websocket_library(extra: str) -> None:
+    requires = importlib.metadata.requires("navai-mw") or []
+    wanted = f"wsproto==1.3.2; extra == '{extra}'"
+    assert wanted in requires, [r for r in requires if extra in r]

@@ -6,7 +6,10 @@ variables, and the middleware loading them when it is built."""
 from __future__ import annotations
 
 import itertools
+import logging
 import os
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -263,3 +266,119 @@ def test_locale_order_puts_case_and_accents_last() -> None:
         "HTTPHelpers",
     ]
     assert os.sep not in "".join(words)
+
+
+# -- where the folders are resolved, and what the log says ------------------------------
+
+_SERVE = """
+import logging, sys
+
+import httpx
+
+from navai_mw import NavaiVoiceBackendOptions, NavaiWSGIMiddleware
+
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(message)s")
+app = NavaiWSGIMiddleware(lambda e, s: [], NavaiVoiceBackendOptions(openai_api_key="sk-x"))
+with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://t") as client:
+    listed = client.get("/navai/functions").json()
+print("NAMES", [item["name"] for item in listed["items"]])
+"""
+
+
+def _started(script: Path, cwd: Path, **env: str) -> str:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("NAVAI_", "OPENAI_"))}
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=cwd,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_an_app_started_from_another_folder_finds_its_functions(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    write(app, f"{FOLDER}/clock.py", "def now(): return 12\n")
+    script = write(app, "serve.py", _SERVE)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = _started(script, elsewhere)
+    assert "NAMES ['now']" in out
+    # The log says how many were loaded, from where, and why there.
+    assert (
+        f"INFO navai_mw: 1 backend function loaded from 1 module below {app} "
+        f"(the started script's folder); searched {elsewhere / FOLDER}, {app / FOLDER}\n"
+    ) in out
+
+
+def test_the_base_dir_variable_wins_and_a_miss_says_where_it_looked(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    write(app, f"{FOLDER}/clock.py", "def now(): return 12\n")
+    script = write(app, "serve.py", _SERVE)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    # Relative to the working directory, and nothing else is searched.
+    out = _started(script, tmp_path, NAVAI_FUNCTIONS_BASE_DIR="empty")
+    assert "NAMES []" in out
+    assert (
+        f"WARNING navai_mw: No function module found. Searched {empty / FOLDER} "
+        "(base folder: NAVAI_FUNCTIONS_BASE_DIR). Set NAVAI_FUNCTIONS_BASE_DIR to the folder "
+        "that holds src/, or NAVAI_FUNCTIONS_FOLDERS.\n"
+    ) in out
+    out = _started(script, empty, NAVAI_FUNCTIONS_BASE_DIR="../app")
+    assert "NAMES ['now']" in out
+    assert "(NAVAI_FUNCTIONS_BASE_DIR)" in out
+
+
+def test_the_warnings_name_every_folder_searched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="navai_mw"):
+        registry = load_navai_functions(env={"NAVAI_FUNCTIONS_FOLDERS": "tools,src/x/*.py"})
+    searched = (
+        f"{tmp_path / 'src/tools'}, {tmp_path / 'src/x/*.py'} (base folder: the working directory)"
+    )
+    assert registry.warnings[0] == (
+        '[navai] NAVAI_FUNCTIONS_FOLDERS did not match any module: "tools,src/x/*.py". '
+        f'Falling back to "{FOLDER}". Searched {searched}.'
+    )
+    assert registry.warnings[1].startswith(
+        f"[navai] No function module found. Searched {tmp_path / FOLDER} "
+    )
+    assert [r.getMessage() for r in caplog.records] == [
+        f"navai_mw: {warning.removeprefix('[navai] ')}" for warning in registry.warnings
+    ]
+    # The working directory's folders come first: the reference's base.
+    write(tmp_path, f"{FOLDER}/here.py", "def here(): return 1\n")
+    with caplog.at_level(logging.INFO, logger="navai_mw"):
+        caplog.clear()
+        assert load_navai_functions(env={}).names == ["here"]
+    assert caplog.records[-1].levelno == logging.INFO
+    assert f"below {tmp_path} (the working directory)" in caplog.records[-1].getMessage()
+
+
+def test_a_servers_own_command_is_not_the_apps_script(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``uvicorn app:app`` runs the environment's bin/uvicorn as __main__:
+    that folder is never searched; ``python app.py``'s folder is."""
+    import types
+
+    from navai_mw.backend_functions.loading import _script_folder
+
+    main = types.ModuleType("__main__")
+    main.__spec__ = None
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    for command in (
+        Path(sys.prefix) / "bin" / "uvicorn",
+        Path(sys.base_prefix) / "bin" / "gunicorn",
+    ):
+        main.__file__ = str(command)
+        assert _script_folder() is None
+    main.__file__ = str(tmp_path / "app.py")
+    assert _script_folder() == str(tmp_path)

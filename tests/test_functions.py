@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
+import enum
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import attrs
@@ -153,6 +155,78 @@ class Greeter:
         return cls.__name__
 
 
+# -- functions whose context stands among the payload's parameters ---------------------
+
+
+async def weather_in(city: str, context: FunctionContext, units: str = "metric") -> list[str]:
+    return [city, context.function, units]
+
+
+def context_first(context: FunctionContext, a: int, b: int = 0) -> list[Any]:
+    return [context.function, a, b]
+
+
+def context_keyword_only(a: int, *rest: int, ctx: FunctionContext) -> list[Any]:
+    return [a, list(rest), ctx.function]
+
+
+def context_positional_only(
+    a: int = 1, ctx: FunctionContext | None = None, /, b: int = 2
+) -> list[Any]:
+    return [a, ctx.function if ctx else None, b]
+
+
+def context_then_rest(a: str, context: FunctionContext, *rest: str) -> list[Any]:
+    return [a, context.function, list(rest)]
+
+
+# -- functions with type hints -----------------------------------------------------------
+
+
+class Units(enum.Enum):
+    METRIC = "metric"
+    IMPERIAL = "imperial"
+
+
+@attrs.frozen
+class Place:
+    city: str
+    country: str = "PT"
+
+
+def typed(
+    city: str,
+    days: int = 1,
+    ratio: float = 1.0,
+    tags: list[str] | None = None,
+    units: Units = Units.METRIC,
+    mode: Literal["fast", "slow"] = "fast",
+) -> list[Any]:
+    return [city, days, ratio, tags, units.value, mode, type(ratio).__name__]
+
+
+def visit(place: Place, span: tuple[int, int] = (0, 0), **more: int) -> list[Any]:
+    return [type(place).__name__, place.city, place.country, list(span), more]
+
+
+def untyped(city, days=1):  # type: ignore[no-untyped-def]
+    return [city, days]
+
+
+def loose_hint(when: datetime.date, anything: object = None) -> list[Any]:
+    # Hints with no hook (a date) check nothing: the value arrives as sent.
+    return [when, anything]
+
+
+class Account:
+    def __init__(self, owner: str, limit: int = 10) -> None:
+        self.owner = owner
+        self.limit = limit
+
+    def spend(self, amount: float) -> list[Any]:
+        return [self.owner, self.limit, amount]
+
+
 RELEASE = threading.Event()
 
 
@@ -193,6 +267,15 @@ FUNCTIONS = [
     async_sleepy,
     blocked,
 ]
+
+INJECTED = [
+    weather_in,
+    context_first,
+    context_keyword_only,
+    context_positional_only,
+    context_then_rest,
+]
+TYPED = [typed, visit, untyped, loose_hint, Account, get_weather, add]
 
 
 # -- both shells ------------------------------------------------------------------------
@@ -373,6 +456,219 @@ def test_the_context_reaches_a_function_that_asks_for_it() -> None:
                 "client": "203.0.113.7",
                 "header": "t-1",
             }
+
+
+# -- the context wherever it stands ------------------------------------------------------
+
+INJECTED_CALLS = [
+    pytest.param(
+        "weather_in",
+        {"args": ["Porto", "imperial"]},
+        ["Porto", "weather_in", "imperial"],
+        id="positional-around-the-context",
+    ),
+    pytest.param("weather_in", {"args": ["Porto"]}, ["Porto", "weather_in", "metric"], id="one"),
+    pytest.param("weather_in", {"value": "Porto"}, ["Porto", "weather_in", "metric"], id="value"),
+    pytest.param(
+        "weather_in",
+        {"city": "Porto", "units": "imperial"},
+        ["Porto", "weather_in", "imperial"],
+        id="keywords",
+    ),
+    pytest.param("context_first", {"args": [1, 2]}, ["context_first", 1, 2], id="context-first"),
+    pytest.param("context_first", {"a": 3}, ["context_first", 3, 0], id="context-first-keyword"),
+    pytest.param(
+        "context_keyword_only",
+        {"args": [1, 2, 3]},
+        [1, [2, 3], "context_keyword_only"],
+        id="keyword-only",
+    ),
+    pytest.param(
+        "context_positional_only",
+        {"args": [5, 6]},
+        [5, "context_positional_only", 6],
+        id="positional-only",
+    ),
+    pytest.param(
+        "context_positional_only",
+        {},
+        [1, "context_positional_only", 2],
+        id="positional-only-with-defaults",
+    ),
+    pytest.param(
+        "context_then_rest",
+        {"args": ["a", "b", "c"]},
+        ["a", "context_then_rest", ["b", "c"]],
+        id="before-var-positional",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "payload", "result"), INJECTED_CALLS)
+def test_the_context_is_bound_by_its_annotation_wherever_it_stands(
+    name: str, payload: Any, result: Any
+) -> None:
+    with both_shells(functions=INJECTED) as shells:
+        for shell, request in shells:
+            response = execute(request, name, payload)
+            assert response.status_code == 200, (shell, response.text)
+            assert response.json()["result"] == result
+
+
+def test_a_payload_never_fills_the_context() -> None:
+    with both_shells(functions=INJECTED) as shells:
+        for _, request in shells:
+            # Too many values, with the context in the middle: one too many.
+            response = execute(request, "weather_in", {"args": ["Porto", "imperial", "x"]})
+            assert response.status_code == 400
+            assert "too many positional arguments" in response.json()["error"]
+            # A key naming the context is not a keyword: the whole payload is
+            # the first argument, and it is no string.
+            response = execute(request, "weather_in", {"city": "Porto", "context": 1})
+            assert response.status_code == 400
+
+
+# -- type hints -------------------------------------------------------------------------
+
+TYPED_CALLS = [
+    pytest.param(
+        "typed",
+        {"city": "Lisbon", "days": 3, "ratio": 2, "tags": ["a"], "units": "imperial"},
+        ["Lisbon", 3, 2.0, ["a"], "imperial", "fast", "float"],
+        id="converted",
+    ),
+    pytest.param(
+        "typed",
+        {"args": ["Lisbon"]},
+        ["Lisbon", 1, 1.0, None, "metric", "fast", "float"],
+        id="defaults-untouched",
+    ),
+    pytest.param(
+        "visit",
+        {"place": {"city": "Porto"}, "span": [1, 2], "nights": 2},
+        ["Place", "Porto", "PT", [1, 2], {"nights": 2}],
+        id="attrs-class-tuple-and-var-keywords",
+    ),
+    pytest.param("untyped", {"town": "Lisbon"}, [{"town": "Lisbon"}, 1], id="unannotated"),
+    pytest.param("untyped", {"args": [1, "x"]}, [1, "x"], id="unannotated-anything"),
+    pytest.param(
+        "loose_hint", {"args": ["2026-01-01", {"a": 1}]}, ["2026-01-01", {"a": 1}], id="no-hook"
+    ),
+    pytest.param(
+        "account_spend",
+        {"constructorArgs": ["ana", 5], "value": 2},
+        ["ana", 5, 2.0],
+        id="constructor",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "payload", "result"), TYPED_CALLS)
+def test_arguments_are_converted_to_their_type_hints(name: str, payload: Any, result: Any) -> None:
+    with both_shells(functions=TYPED) as shells:
+        for shell, request in shells:
+            response = execute(request, name, payload)
+            assert response.status_code == 200, (shell, response.text)
+            assert response.json()["result"] == result
+
+
+TYPE_MISTAKES = [
+    pytest.param(
+        "get_weather",
+        {"town": "Lisbon"},
+        "city must be str (expected a string, got dict @ city)",
+        id="whole-payload-for-a-string",
+    ),
+    pytest.param(
+        "add",
+        {"args": [1, "2"]},
+        "b must be int (expected an integer, got str @ b)",
+        id="string-for-an-int",
+    ),
+    pytest.param(
+        "add",
+        {"args": [True, 2]},
+        "a must be int (expected an integer, got a boolean @ a)",
+        id="boolean-for-an-int",
+    ),
+    pytest.param(
+        "typed",
+        {"city": "x", "tags": "ab"},
+        "tags must be list[str] | None (expected a list, got str @ tags)",
+        id="string-for-a-list",
+    ),
+    pytest.param(
+        "typed",
+        {"city": "x", "tags": ["a", 1]},
+        "tags must be list[str] | None (expected a string, got int @ tags[1])",
+        id="in-a-list",
+    ),
+    pytest.param("typed", {"city": "x", "units": "kelvin"}, "units must be Units (", id="enum"),
+    pytest.param(
+        "typed",
+        {"city": "x", "mode": "warp"},
+        "mode must be Literal['fast', 'slow'] ('warp' is not one of ['fast', 'slow'] @ mode)",
+        id="literal",
+    ),
+    pytest.param(
+        "visit", {"place": {"country": "PT"}}, "place must be Place (", id="attrs-missing-field"
+    ),
+    pytest.param(
+        "visit",
+        {"place": {"city": 1}},
+        "place must be Place (expected a string, got int @ place.city)",
+        id="attrs-field",
+    ),
+    pytest.param(
+        "visit",
+        {"place": {"city": "a"}, "span": [1]},
+        "span must be tuple[int, int] (",
+        id="tuple-length",
+    ),
+    pytest.param(
+        "visit", {"place": {"city": "a"}, "nights": "2"}, "more must be int (", id="var-keywords"
+    ),
+    pytest.param(
+        "account_spend",
+        {"constructorArgs": [7], "value": 1},
+        "owner must be str (expected a string, got int @ owner)",
+        id="constructor",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "payload", "message"), TYPE_MISTAKES)
+def test_an_argument_of_the_wrong_type_is_400_naming_the_parameter_and_the_type(
+    name: str, payload: Any, message: str
+) -> None:
+    with both_shells(functions=TYPED) as shells:
+        for shell, request in shells:
+            response = execute(request, name, payload)
+            assert response.status_code == 400, (shell, response.text)
+            error = response.json()["error"]
+            target = "Account" if name == "account_spend" else name
+            assert error.startswith(f"The payload does not fit {target}: {message}"), error
+
+
+def test_a_hint_that_cannot_be_resolved_is_a_warning_and_checks_nothing() -> None:
+    namespace: dict[str, Any] = {}
+    exec(  # noqa: S102 - a module whose hint names what only a type checker imports
+        "from __future__ import annotations\n"
+        "def lookup(city: NotImported, context: FunctionContext) -> list:\n"
+        "    return [city, context.function]\n",
+        namespace,
+    )
+    lookup = namespace["lookup"]
+    lookup.__module__ = "tools"
+    registry = load_navai_functions([lookup])
+    assert registry.warnings == (
+        "[navai] Type hints of tools#lookup could not be resolved (NameError); "
+        "its arguments are not checked against them.",
+    )
+    with both_shells(functions=registry) as shells:
+        for _, request in shells:
+            response = execute(request, "lookup", {"args": [{"town": "x"}]})
+            assert response.json()["result"] == [{"town": "x"}, "lookup"]
 
 
 # -- bad calls and failing functions ----------------------------------------------------

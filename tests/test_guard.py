@@ -27,10 +27,11 @@ from navai_mw import (
     OptionsError,
     RequestInfo,
 )
+from navai_mw.auth import any_of, bearer_tokens, jwt_bearer
 from navai_mw.guard.addresses import client_address, parse_trusted_proxies
 from navai_mw.testing import FakeOpenAIRealtime
 
-from .conftest import CANARY_KEY
+from .conftest import CANARY_KEY, closed_port
 
 pytestmark = pytest.mark.anyio
 
@@ -87,6 +88,29 @@ def both_shells(fake: FakeOpenAIRealtime, **keywords: Any) -> Iterator[list[tupl
         portal.call(upstream.aclose)
 
 
+# -- the storage, when it fails ----------------------------------------------------------
+
+
+def test_a_storage_failure_is_logged_naming_the_storage_without_its_password(
+    fake: FakeOpenAIRealtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = closed_port()
+    storage = f"redis://navai:{SECRET_TOKEN}@127.0.0.1:{port}/3?password={SECRET_TOKEN}"
+    with (
+        caplog.at_level(logging.WARNING, logger="navai_mw"),
+        both_shells(fake, rate_limit="5/minute", rate_limit_storage=storage) as shells,
+    ):
+        for shell, post in shells:
+            caplog.clear()
+            refused = post(json={})
+            assert refused.status_code == 503, shell
+            assert [r.getMessage() for r in caplog.records] == [
+                f"navai_mw: the rate-limit storage redis://127.0.0.1:{port}/3 failed: "
+                "ConnectionError"
+            ], shell
+            assert SECRET_TOKEN not in caplog.text
+
+
 # -- the hook's protocol --------------------------------------------------------------
 
 
@@ -132,6 +156,59 @@ def test_auth_errors_answer_their_status(
 def test_auth_error_status_is_401_or_403() -> None:
     with pytest.raises(ValueError, match="401 or 403"):
         AuthError("x", status=500)
+    with pytest.raises(ValueError, match="invalid_request, invalid_token"):
+        AuthError("x", error="bad_token")
+
+
+def test_a_refused_token_is_named_in_the_challenge_and_a_missing_one_is_not(
+    fake: FakeOpenAIRealtime,
+) -> None:
+    # RFC 6750 §3.1: no error code without credentials; invalid_token, with
+    # a description, for credentials that came and were refused.
+    tokens = bearer_tokens({"alice": SECRET_TOKEN})
+    # Nothing listens there: a malformed JWT is refused before any fetch.
+    jwts = jwt_bearer("http://127.0.0.1:9/jwks.json", audience="api", issuer="idp")
+    for authorizer, description in (
+        (tokens, "Invalid bearer token."),
+        (jwts, "Invalid token: malformed."),
+        (any_of(tokens, jwts), "Invalid bearer token."),
+    ):
+        with both_shells(fake, authorize=authorizer) as shells:
+            for shell, post in shells:
+                missing = post(json={})
+                assert missing.status_code == 401, shell
+                assert missing.headers["www-authenticate"] == "Bearer"
+                other_scheme = post(json={}, headers={"authorization": "Basic YTpi"})
+                assert other_scheme.headers["www-authenticate"] == "Bearer"
+                for bad in ("Bearer not-the-token", "Bearer "):
+                    refused = post(json={}, headers={"authorization": bad})
+                    assert refused.status_code == 401, shell
+                    assert refused.json() == {"error": description}
+                    assert refused.headers["www-authenticate"] == (
+                        f'Bearer error="invalid_token", error_description="{description}"'
+                    )
+    assert fake.requests == []
+
+
+def test_a_hooks_auth_error_may_name_its_rfc_6750_error(fake: FakeOpenAIRealtime) -> None:
+    def refuse(info: RequestInfo) -> str:
+        if info.headers.get("x-scope") == "read":
+            raise AuthError("Needs the voice scope.", status=403, error="insufficient_scope")
+        raise AuthError('Session "x" ended.', error="invalid_token")
+
+    with both_shells(fake, authorize=refuse) as shells:
+        for _, post in shells:
+            ended = post(json={})
+            assert ended.status_code == 401
+            # The description drops what its quotes could not hold.
+            assert ended.headers["www-authenticate"] == (
+                'Bearer error="invalid_token", error_description="Session x ended."'
+            )
+            scoped = post(json={}, headers={"x-scope": "read"})
+            assert scoped.status_code == 403
+            assert scoped.headers["www-authenticate"] == (
+                'Bearer error="insufficient_scope", error_description="Needs the voice scope."'
+            )
 
 
 def test_a_hook_that_fails_is_503_logged_with_its_traceback(
@@ -633,11 +710,11 @@ def test_an_unreachable_storage_fails_closed_or_open(
     messages = [r.getMessage() for r in caplog.records if r.name == "navai_mw"]
     assert (
         messages.count(
-            "navai_mw: the rate-limit storage is unreachable; letting the request through"
+            f"navai_mw: the rate-limit storage {storage} is unreachable; "
+            "letting the request through"
         )
         == 2
     )
-    assert all("127.0.0.1" not in m for m in messages)  # no storage URL in the log
 
 
 @pytest.mark.parametrize(

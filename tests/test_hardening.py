@@ -394,12 +394,13 @@ FORGED = "x'\n2026-11-27 12:00:00 CRITICAL navai_mw: database wiped\r\x1b[2K"
 async def test_a_client_cannot_forge_log_lines(caplog: pytest.LogCaptureFixture) -> None:
     opts = options("https://api.openai.com/v1")
     caplog.set_level(logging.WARNING, logger="navai_mw")
-    asgi = NavaiASGIMiddleware(hello_wsgi, opts, transport=AsyncEchoingUpstream())
+    # functions=[]: no folder search, whose miss would be logged too.
+    asgi = NavaiASGIMiddleware(hello_wsgi, opts, transport=AsyncEchoingUpstream(), functions=[])
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=asgi), base_url="http://api.test"
     ) as client:
         asgi_answer = await client.post(PATH, json={"voice": FORGED})
-    wsgi = NavaiWSGIMiddleware(hello_wsgi, opts, transport=EchoingUpstream())
+    wsgi = NavaiWSGIMiddleware(hello_wsgi, opts, transport=EchoingUpstream(), functions=[])
     with httpx.Client(transport=httpx.WSGITransport(app=wsgi), base_url="http://api.test") as c:
         wsgi_answer = c.post(PATH, json={"voice": FORGED})
     for answer in (asgi_answer, wsgi_answer):

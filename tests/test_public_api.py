@@ -70,8 +70,10 @@ PUBLIC: dict[str, list[str]] = {
     ],
     "navai_mw.testing": [
         "FakeElevenLabs",
+        "FakeJWKS",
         "FakeOpenAIRealtime",
         "FakeRealtimeWebRTC",
+        "FakeUpstreams",
         "RecordedCall",
         "RecordedLiveSession",
         "RecordedRequest",

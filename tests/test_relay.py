@@ -12,6 +12,7 @@ import email.parser
 import email.policy
 import itertools
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -452,20 +453,34 @@ def test_the_guard_applies_to_calls_as_to_secrets() -> None:
     assert len(upstream.offers()) == 4  # per shell: one call and one secret reached upstream
 
 
-def test_a_store_that_is_down_never_costs_the_call_nor_answers_500() -> None:
+def test_a_store_that_is_down_never_costs_the_call_nor_answers_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Redis unreachable: the relayed call is still answered (uncapped, and
-    said in the log); a hangup cannot be authorized: 503, not 500."""
+    said in the log, which names the store without its password); a hangup
+    cannot be authorized: 503, not 500."""
     upstream = Upstream()
     opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY)
-    down = "redis://127.0.0.1:1"
-    with both_shells(upstream, opts, rate_limit_storage=down, max_call_seconds=60) as shells:
-        for _, request, _ in shells:
+    down = "redis://navai:store-PASSWORD-never-logged@127.0.0.1:1/0"
+    with (
+        caplog.at_level(logging.WARNING, logger="navai_mw"),
+        both_shells(upstream, opts, rate_limit_storage=down, max_call_seconds=60) as shells,
+    ):
+        for shell, request, _ in shells:
+            caplog.clear()
             made = request("POST", CALLS, content=OFFER, headers=SDP)
             assert made.status_code == 201
             assert made.text == ANSWER
             ended = request("DELETE", made.headers["location"].removeprefix("/app"))
             assert ended.status_code == 503
             assert ended.headers["retry-after"] == "5"
+            failures = [r.getMessage() for r in caplog.records if "calls' store" in r.getMessage()]
+            assert failures, shell
+            assert all(
+                line.startswith("navai_mw: the calls' store redis://127.0.0.1:1/0 failed (")
+                for line in failures
+            ), failures
+            assert "PASSWORD" not in caplog.text
     assert upstream.hangups() == []
 
 

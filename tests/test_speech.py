@@ -30,7 +30,7 @@ from navai_mw import (
     synthesize_speech,
     synthesize_speech_sync,
 )
-from navai_mw.testing import FakeElevenLabs, FakeOpenAIRealtime
+from navai_mw.testing import FakeElevenLabs, FakeOpenAIRealtime, FakeUpstreams
 from navai_mw.upstreams.elevenlabs import (
     MAX_SPEECH_AUDIO_BYTES,
     NO_CREDENTIALS,
@@ -243,8 +243,10 @@ def both_shells(
         upstream_timeout_seconds=2,
         **overrides,
     )
+    # One transport for both upstreams, as the middleware has.
+    fakes = FakeUpstreams(openai=upstream, elevenlabs=voice)
     with anyio.from_thread.start_blocking_portal() as portal:
-        transport = _Both(upstream, voice)
+        transport = fakes.async_transport()
         asgi = NavaiASGIMiddleware(hello_asgi, opts, transport=transport, functions=[], **routes)
         client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=asgi), base_url="http://api.test"
@@ -254,7 +256,7 @@ def both_shells(
             return portal.call(lambda: client.post(path, **kw))
 
         wsgi = NavaiWSGIMiddleware(
-            hello_wsgi, opts, transport=_BothSync(upstream, voice), functions=[], **routes
+            hello_wsgi, opts, transport=fakes.sync_transport(), functions=[], **routes
         )
         with httpx.Client(
             transport=httpx.WSGITransport(app=wsgi), base_url="http://api.test", timeout=30
@@ -262,32 +264,6 @@ def both_shells(
             yield [("asgi", asgi_post), ("wsgi", sync_client.post)]
         portal.call(client.aclose)
         portal.call(transport.aclose)
-
-
-class _Both:
-    """An async transport that sends each request to the fake it names."""
-
-    def __init__(self, openai: FakeOpenAIRealtime, voice: FakeElevenLabs) -> None:
-        self.openai, self.voice = openai.async_transport(), voice.async_transport()
-        self.voice_base = voice.base_url
-
-    async def send(self, request: Any, *, timeout: float) -> HttpResponse:
-        target = self.voice if request.url.startswith(self.voice_base) else self.openai
-        return await target.send(request, timeout=timeout)
-
-    async def aclose(self) -> None:
-        await self.openai.aclose()
-        await self.voice.aclose()
-
-
-class _BothSync:
-    def __init__(self, openai: FakeOpenAIRealtime, voice: FakeElevenLabs) -> None:
-        self.openai, self.voice = openai.sync_transport(), voice.sync_transport()
-        self.voice_base = voice.base_url
-
-    def send(self, request: Any, *, timeout: float) -> HttpResponse:
-        target = self.voice if request.url.startswith(self.voice_base) else self.openai
-        return target.send(request, timeout=timeout)
 
 
 def test_the_route_speaks_on_both_shells() -> None:

@@ -320,3 +320,56 @@ def test_a_view_relays_a_call_with_its_query_and_mount() -> None:
     ended = handler.handle("DELETE", location.removeprefix("/site"), {}, b"")
     assert ended.status == 204
     handler.close()
+
+
+def test_starlette_view_relays_hangs_up_and_keeps_its_query_and_mount(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The recipe's one route takes DELETE too: a relayed call started
+    through it is hung up through it (Starlette answered 405 before)."""
+    import json as json_module
+
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from navai_mw.testing import serve_asgi
+
+    from .test_relay import ANSWER, OFFER, AsyncUpstream, Upstream, parts
+
+    for name in list(os.environ):
+        if name.startswith(("OPENAI_", "NAVAI_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY_KEY)
+    module = _load(monkeypatch, "starlette_views")
+    upstream = Upstream()
+    # The recipe's handler, relaying to a recorded upstream.
+    monkeypatch.setattr(
+        module,
+        "navai",
+        AsyncNavaiHandler(
+            NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY),
+            prefix="/api",
+            transport=AsyncUpstream(upstream),
+            functions=[],
+            relay=True,
+        ),
+    )
+    site = Starlette(routes=[Mount("/site", app=module.app)])
+    ana = {"x-demo-user": "ana"}
+    with serve_asgi(site, lifespan="on") as base, httpx.Client(base_url=base, timeout=10) as client:
+        calls = "/site/api/navai/realtime/calls"
+        assert client.post(calls, content=OFFER).status_code == 401  # no user
+        made = client.post(
+            calls + "?voice=cedar",
+            content=OFFER,
+            headers={**ana, "content-type": "application/sdp"},
+        )
+        assert (made.status_code, made.text) == (201, ANSWER)
+        location = made.headers["location"]
+        assert location.startswith("/site/api/navai/realtime/calls/rtc_")
+        session = json_module.loads(parts(upstream.offers()[-1])["session"][1])
+        assert session["audio"]["output"]["voice"] == "cedar"
+        ended = client.delete(location, headers=ana)
+        assert ended.status_code == 204, ended.text
+        assert len(upstream.hangups()) == 1
+        assert client.get("/site/hello").json() == {"hello": "starlette views"}

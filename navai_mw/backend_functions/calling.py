@@ -12,12 +12,12 @@ import inspect
 import json
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 from ..core.client_requests import converter
 from ..core.effects import FunctionOutcome
 from ..core.errors import NavaiError, RequestError
-from .loading import _signature
+from ..core.strict_json import argument_converter, describe_problems, type_name
 from .registry import FunctionContext, NavaiFunction, NavaiFunctionError
 
 __all__ = [
@@ -97,29 +97,43 @@ def _list(value: object) -> list[Any]:
     return list(value) if isinstance(value, list) else []
 
 
-def _context_parameter(signature: inspect.Signature | None) -> inspect.Parameter | None:
+_POSITIONAL: Final = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def _is_context(parameter: inspect.Parameter) -> bool:
+    annotation = parameter.annotation
+    return (
+        parameter.name == "context"
+        or annotation is FunctionContext
+        or FunctionContext in get_args(annotation)  # Optional[FunctionContext]
+        # A hint left as text (it could not be resolved), read by its name.
+        or (isinstance(annotation, str) and annotation.rsplit(".", 1)[-1] == "FunctionContext")
+    )
+
+
+def _injected(signature: inspect.Signature | None) -> frozenset[str]:
+    """The parameters navai_mw fills itself (the context), never the payload."""
     if signature is None:
-        return None
-    for parameter in signature.parameters.values():
-        annotation = parameter.annotation
-        if (
-            parameter.name == "context"
-            or annotation is FunctionContext
-            or (isinstance(annotation, str) and annotation.rsplit(".", 1)[-1] == "FunctionContext")
-        ):
-            return parameter
-    return None
+        return frozenset()
+    return frozenset(
+        parameter.name
+        for parameter in signature.parameters.values()
+        if parameter.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        and _is_context(parameter)
+    )
 
 
-def _takes_keywords(signature: inspect.Signature | None, keys: set[str], skip: str | None) -> bool:
+def _takes_keywords(
+    signature: inspect.Signature | None, keys: set[str], skip: frozenset[str]
+) -> bool:
     """Whether every key can be passed as a keyword argument."""
     if signature is None:
         return False
     named = set()
     for parameter in signature.parameters.values():
         if parameter.kind is inspect.Parameter.VAR_KEYWORD:
-            return skip not in keys
-        if parameter.name != skip and parameter.kind in (
+            return not keys & skip
+        if parameter.name not in skip and parameter.kind in (
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
             inspect.Parameter.KEYWORD_ONLY,
         ):
@@ -127,33 +141,117 @@ def _takes_keywords(signature: inspect.Signature | None, keys: set[str], skip: s
     return keys <= named
 
 
-def _takes_positional(signature: inspect.Signature | None, skip: str | None) -> bool:
+def _takes_positional(signature: inspect.Signature | None, skip: frozenset[str]) -> bool:
     """Whether the function takes a positional argument (besides the context)."""
     if signature is None:
         return True  # unknown: pass it, as the reference would
     return any(
-        parameter.name != skip
-        and parameter.kind
-        in (
-            inspect.Parameter.POSITIONAL_ONLY,
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            inspect.Parameter.VAR_POSITIONAL,
-        )
+        parameter.name not in skip
+        and parameter.kind in (*_POSITIONAL, inspect.Parameter.VAR_POSITIONAL)
         for parameter in signature.parameters.values()
     )
 
 
+def _arrange(
+    signature: inspect.Signature,
+    injected: frozenset[str],
+    context: FunctionContext,
+    values: list[Any],
+    keywords: dict[str, Any],
+) -> tuple[list[Any], dict[str, Any]]:
+    """The payload's positional values given to the parameters that are not
+    injected, in order, wherever the injected ones stand: the context goes
+    in its own place, positionally while payload values follow it (or when
+    it can only be positional), else by keyword."""
+    args: list[Any] = []
+    kwargs = dict(keywords)
+    pending = list(values)
+    positional = [p for p in signature.parameters.values() if p.kind in _POSITIONAL]
+    # A positional-only context after parameters the payload left out needs
+    # them filled (by their defaults) to stand in its place.
+    last_fixed = max(
+        (
+            index
+            for index, parameter in enumerate(positional)
+            if parameter.name in injected and parameter.kind is inspect.Parameter.POSITIONAL_ONLY
+        ),
+        default=-1,
+    )
+    for index, parameter in enumerate(positional):
+        if parameter.name in injected:
+            if pending or index <= last_fixed:
+                args.append(context)
+            else:
+                kwargs[parameter.name] = context
+        elif pending:
+            args.append(pending.pop(0))
+        elif index < last_fixed:
+            if parameter.default is inspect.Parameter.empty:
+                break  # missing: the signature's check says so
+            args.append(parameter.default)
+    args.extend(pending)  # to *args, or one too many for the check
+    for parameter in signature.parameters.values():
+        if parameter.name in injected and parameter.kind is inspect.Parameter.KEYWORD_ONLY:
+            kwargs[parameter.name] = context
+    return args, kwargs
+
+
+def _structured(function: str, parameter: inspect.Parameter, value: Any) -> Any:
+    """``value`` as the parameter's hint names it; a 400 naming the
+    parameter and the type when it is not one."""
+    hint = parameter.annotation
+    try:
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            return tuple(argument_converter.structure(item, hint) for item in value)
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            return {key: argument_converter.structure(item, hint) for key, item in value.items()}
+        return argument_converter.structure(value, hint)
+    except Exception as exc:
+        # Any failure of a hook (cattrs' own, an enum's, a class's
+        # validator) is the payload's mistake: the function is not called.
+        raise RequestError(
+            f"The payload does not fit {function}: {parameter.name} must be "
+            f"{type_name(hint)} ({describe_problems(exc, parameter.name)})."
+        ) from None
+
+
+def _bound(
+    name: str,
+    signature: inspect.Signature,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    injected: frozenset[str],
+    *,
+    what: str,
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments checked against the parameters (a 400 when they do not
+    fit), each with a type hint converted to it."""
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise RequestError(f"{what} {name}: {exc}.") from None
+    for key, value in bound.arguments.items():
+        parameter = signature.parameters[key]
+        hint = parameter.annotation
+        # No hint, or one left as text: the reference's behaviour, as given.
+        if key in injected or hint is inspect.Parameter.empty or isinstance(hint, str):
+            continue
+        bound.arguments[key] = _structured(name, parameter, value)
+    return bound.args, bound.kwargs
+
+
 def plan_arguments(
     function: NavaiFunction, payload: Mapping[str, Any], context: FunctionContext
-) -> tuple[list[Any], dict[str, Any]]:
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The positional and keyword arguments for a call, by the reference's
     payload conventions: ``args`` (or ``arguments``), else ``value``, else
     the payload as keyword arguments when every key names a parameter,
     else the whole payload as one argument; for a class method,
-    ``methodArgs`` first. The context goes to a parameter that asks for it.
-    Raises a 400 when they do not fit the function's parameters."""
+    ``methodArgs`` first. The context goes to every parameter that asks for
+    it, wherever it stands. Raises a 400 when they do not fit the function's
+    parameters or its type hints."""
     signature = function.signature
-    wants_context = _context_parameter(signature)
+    injected = _injected(signature)
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
     method_args = _list(payload.get("methodArgs")) if function.method else []
@@ -166,25 +264,17 @@ def plan_arguments(
     elif "value" in payload:
         args = [payload["value"]]
     elif payload:
-        skip = wants_context.name if wants_context else None
         keys = set(payload) - _CONVENTIONS
-        if keys and _takes_keywords(signature, keys, skip):
+        if keys and _takes_keywords(signature, keys, injected):
             kwargs = {key: payload[key] for key in keys}
-        elif _takes_positional(signature, skip):
+        elif _takes_positional(signature, injected):
             args = [payload]
         # Else the function takes no argument for it: JavaScript would
         # ignore the extra one, and so does this.
-    if wants_context is not None:
-        if wants_context.kind is inspect.Parameter.POSITIONAL_ONLY:
-            args.append(context)
-        else:
-            kwargs[wants_context.name] = context
-    if signature is not None:
-        try:
-            signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise RequestError(f"The payload does not fit {function.name}: {exc}.") from None
-    return args, kwargs
+    if signature is None:
+        return tuple(args), kwargs
+    args, kwargs = _arrange(signature, injected, context, args, kwargs)
+    return _bound(function.name, signature, args, kwargs, injected, what="The payload does not fit")
 
 
 def bind_call(
@@ -201,15 +291,19 @@ def bind_call(
     if isinstance(inspect.getattr_static(cls, method), (staticmethod, classmethod)):
         bound = getattr(cls, method)  # needs no instance
         return lambda: bound(*args, **kwargs)
-    constructor_args = _list(payload.get("constructorArgs"))
-    constructor = _signature(cls)
-    if constructor is not None:
-        try:
-            constructor.bind(*constructor_args)
-        except TypeError as exc:
-            raise RequestError(f"constructorArgs do not fit {cls.__name__}: {exc}.") from None
+    constructor_args: tuple[Any, ...] = tuple(_list(payload.get("constructorArgs")))
+    constructor_kwargs: dict[str, Any] = {}
+    if function.constructor is not None:
+        constructor_args, constructor_kwargs = _bound(
+            cls.__name__,
+            function.constructor,
+            list(constructor_args),
+            {},
+            frozenset(),
+            what="constructorArgs do not fit",
+        )
 
     def call_method() -> Any:
-        return getattr(cls(*constructor_args), method)(*args, **kwargs)
+        return getattr(cls(*constructor_args, **constructor_kwargs), method)(*args, **kwargs)
 
     return call_method

@@ -13,13 +13,23 @@ import logging
 import os
 import re
 import sys
+import sysconfig
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import suppress
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Final
 
+import attrs
+
 from ..core.envvars import read
-from .registry import FunctionRegistry, NavaiFunction, _Names, locale_sort_key
+from .registry import (
+    FunctionRegistry,
+    NavaiFunction,
+    _Names,
+    locale_sort_key,
+    read_signature,
+)
 
 __all__ = [
     "DEFAULT_FUNCTIONS_FOLDER",
@@ -59,11 +69,18 @@ def _glob(pattern: str) -> re.Pattern[str]:
     return re.compile(f"^{escaped}$")
 
 
-def _matcher(token: str, agents: list[str]) -> Callable[[str], bool]:
+def _pattern(token: str) -> str:
+    """A folder token as the reference reads it: a path below ``src/``."""
     raw = _normalize_path(token)
     if not raw:
+        return ""
+    return raw if raw.startswith("src/") else f"src/{raw}"
+
+
+def _matcher(token: str, agents: list[str]) -> Callable[[str], bool]:
+    normalized = _pattern(token)
+    if not normalized:
         return lambda _: False
-    normalized = raw if raw.startswith("src/") else f"src/{raw}"
     if normalized.endswith("/..."):
         base = normalized[:-4].rstrip("/")
         return lambda path: path.startswith(f"{base}/")
@@ -134,6 +151,137 @@ def _scan(base_dir: str) -> list[tuple[str, str]]:
     return found
 
 
+def _script_folder() -> str | None:
+    """The folder of the script the process was started with
+    (``python app.py``), or None: a module run with ``-m``, an interpreter
+    without a script, a command installed with Python or in a virtual
+    environment."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not isinstance(path, str) or getattr(main, "__spec__", None) is not None:
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    # A server's own command (uvicorn, gunicorn, pytest) is a script of the
+    # environment it is installed in, not the app's.
+    return None if folder in _scripts_folders() else folder
+
+
+def _scripts_folders() -> set[str]:
+    """Where commands are installed: each environment's ``bin`` (or
+    ``Scripts``), and the user's."""
+    prefixes = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}
+    folders = {os.path.join(prefix, name) for prefix in prefixes for name in ("bin", "Scripts")}
+    folders.add(sysconfig.get_path("scripts"))
+    with suppress(KeyError):
+        folders.add(sysconfig.get_path("scripts", f"{os.name}_user"))
+    return {os.path.abspath(folder) for folder in folders}
+
+
+def _bases(
+    base_dir: str | os.PathLike[str] | None, env: Mapping[str, str | None]
+) -> list[tuple[str, str]]:
+    """The base folders to resolve the folders against, in order, each with
+    where it came from: the one given, else NAVAI_FUNCTIONS_BASE_DIR, else
+    the working directory (the reference's), then the started script's."""
+    if base_dir is not None:
+        return [(os.path.abspath(base_dir), "base_dir=")]
+    configured = read(env, "NAVAI_FUNCTIONS_BASE_DIR")
+    if configured:
+        return [(os.path.abspath(configured), "NAVAI_FUNCTIONS_BASE_DIR")]
+    bases = [(os.getcwd(), "the working directory")]
+    script = _script_folder()
+    if script is not None and script != bases[0][0]:
+        bases.append((script, "the started script's folder"))
+    return bases
+
+
+@attrs.frozen
+class FunctionSearch:
+    """Where function modules were looked for, and what was found.
+
+    Fields:
+        modules: (path relative to ``base``, absolute path), in load order.
+        base: the base folder the modules were found below (the first one
+            searched when none was).
+        base_origin: where ``base`` came from (``NAVAI_FUNCTIONS_BASE_DIR``,
+            ``the working directory``...).
+        searched: every absolute folder, glob or file looked in.
+        warnings: what the search found wrong.
+    """
+
+    modules: tuple[tuple[str, str], ...]
+    base: str
+    base_origin: str
+    searched: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+def _searched(bases: list[tuple[str, str]], tokens: list[str]) -> str:
+    def below(base: str) -> str:
+        return ", ".join(os.path.join(base, _pattern(token)) for token in tokens)
+
+    return "; then ".join(f"{below(base)} (base folder: {origin})" for base, origin in bases)
+
+
+def search_function_modules(
+    *,
+    base_dir: str | os.PathLike[str] | None = None,
+    functions_folders: str | None = None,
+    agents_folders: str | None = None,
+    env: Mapping[str, str | None] | None = None,
+) -> FunctionSearch:
+    """The modules to load, where they were looked for, and the warnings."""
+    env = os.environ if env is None else env
+    configured = (functions_folders or "").strip() or read(env, "NAVAI_FUNCTIONS_FOLDERS")
+    folders = configured or DEFAULT_FUNCTIONS_FOLDER
+    agents = _csv_segments((agents_folders or "").strip() or read(env, "NAVAI_AGENTS_FOLDERS"))
+    tokens = [token.strip() for token in folders.split(",") if token.strip()]
+    bases = _bases(base_dir, env)
+    scans = [(base, origin, _scan(base)) for base, origin in bases]
+
+    def first_match(tried: list[str]) -> tuple[str, str, list[tuple[str, str]]] | None:
+        matchers = [_matcher(token, agents) for token in tried]
+        for base, origin, modules in scans:
+            matched = [module for module in modules if any(match(module[0]) for match in matchers)]
+            if matched:
+                return base, origin, matched
+        return None
+
+    found = first_match(tokens or [DEFAULT_FUNCTIONS_FOLDER])
+    warnings: list[str] = []
+    searched = [os.path.join(base, _pattern(token)) for base, _ in bases for token in tokens]
+    if found is None and tokens:
+        fallback = [DEFAULT_FUNCTIONS_FOLDER]
+        if configured and tokens != fallback:
+            warnings.append(
+                f'[navai] NAVAI_FUNCTIONS_FOLDERS did not match any module: "{folders}". '
+                f'Falling back to "{DEFAULT_FUNCTIONS_FOLDER}". '
+                f"Searched {_searched(bases, tokens)}."
+            )
+            found = first_match(fallback)
+            searched += [os.path.join(base, DEFAULT_FUNCTIONS_FOLDER) for base, _ in bases]
+            if found is None:
+                warnings.append(
+                    f"[navai] No function module found. Searched {_searched(bases, fallback)}. "
+                    "Set NAVAI_FUNCTIONS_BASE_DIR to the folder that holds src/."
+                )
+        else:
+            warnings.append(
+                f"[navai] No function module found. Searched {_searched(bases, tokens)}. "
+                "Set NAVAI_FUNCTIONS_BASE_DIR to the folder that holds src/, "
+                "or NAVAI_FUNCTIONS_FOLDERS."
+            )
+    base, origin, matched = found if found is not None else (*bases[0], [])
+    matched.sort(key=lambda module: locale_sort_key(module[0]))
+    return FunctionSearch(
+        modules=tuple(matched),
+        base=base,
+        base_origin=origin,
+        searched=tuple(searched),
+        warnings=tuple(warnings),
+    )
+
+
 def find_function_modules(
     *,
     base_dir: str | os.PathLike[str] | None = None,
@@ -143,30 +291,13 @@ def find_function_modules(
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """The modules to load, as (relative path, absolute path) in load order,
     and the warnings of the search."""
-    env = os.environ if env is None else env
-    if base_dir is None:
-        configured_dir = read(env, "NAVAI_FUNCTIONS_BASE_DIR")
-        base_dir = os.path.abspath(configured_dir) if configured_dir else os.getcwd()
-    folders = (
-        (functions_folders or "").strip()
-        or read(env, "NAVAI_FUNCTIONS_FOLDERS")
-        or DEFAULT_FUNCTIONS_FOLDER
+    search = search_function_modules(
+        base_dir=base_dir,
+        functions_folders=functions_folders,
+        agents_folders=agents_folders,
+        env=env,
     )
-    agents = _csv_segments((agents_folders or "").strip() or read(env, "NAVAI_AGENTS_FOLDERS"))
-    modules = _scan(os.fspath(base_dir))
-    tokens = [token.strip() for token in folders.split(",") if token.strip()]
-    matchers = [_matcher(token, agents) for token in tokens or [DEFAULT_FUNCTIONS_FOLDER]]
-    matched = [module for module in modules if any(match(module[0]) for match in matchers)]
-    warnings: list[str] = []
-    if not matched and tokens:
-        warnings.append(
-            f'[navai] NAVAI_FUNCTIONS_FOLDERS did not match any module: "{folders}". '
-            f'Falling back to "{DEFAULT_FUNCTIONS_FOLDER}".'
-        )
-        fallback = _matcher(DEFAULT_FUNCTIONS_FOLDER, agents)
-        matched = [module for module in modules if fallback(module[0])]
-    matched.sort(key=lambda module: locale_sort_key(module[0]))
-    return matched, warnings
+    return list(search.modules), list(search.warnings)
 
 
 # -- importing a module by its path ---------------------------------------------------
@@ -270,14 +401,15 @@ def _method_names(cls: type) -> list[str]:
     ]
 
 
-def _signature(function: Any, *, drop_first: bool = False) -> inspect.Signature | None:
-    try:
-        signature = inspect.signature(function)
-    except (TypeError, ValueError):
-        return None
-    if drop_first:
-        parameters = list(signature.parameters.values())[1:]
-        signature = signature.replace(parameters=parameters)
+def _read(
+    function: Any, source: str, warnings: list[str], *, drop_first: bool = False
+) -> inspect.Signature | None:
+    signature, problem = read_signature(function, drop_first=drop_first)
+    if problem is not None:
+        warnings.append(
+            f"[navai] Type hints of {source} could not be resolved ({problem}); "
+            "its arguments are not checked against them."
+        )
     return signature
 
 
@@ -291,20 +423,24 @@ def _from_class(
         )
         return []
     found = []
+    constructor = None
     for method in methods:
         raw = f"{cls.__name__}_{method}"
         attribute = vars(cls)[method]
+        source = f"{origin}#{export}.{method}"
+        needs_instance = inspect.isfunction(attribute)
+        if needs_instance and constructor is None:
+            constructor = _read(cls, f"{origin}#{export}", warnings)
         found.append(
             NavaiFunction(
                 name=names.take(raw, warnings),
                 description=_summary(getattr(cls, method))
                 or f"Call class method {cls.__name__}.{method}().",
-                source=f"{origin}#{export}.{method}",
+                source=source,
                 target=cls,
                 method=method,
-                signature=_signature(
-                    getattr(cls, method), drop_first=inspect.isfunction(attribute)
-                ),
+                signature=_read(getattr(cls, method), source, warnings, drop_first=needs_instance),
+                constructor=constructor if needs_instance else None,
             )
         )
     return found
@@ -322,7 +458,7 @@ def _from_value(
                 description=_summary(value) or f"Call exported function {export}.",
                 source=f"{origin}#{export}",
                 target=value,
-                signature=_signature(value),
+                signature=_read(value, f"{origin}#{export}", warnings),
             )
         ]
     return []
@@ -387,13 +523,13 @@ def load_navai_functions(
             origin = getattr(item, "__module__", None) or "functions"
             ordered.extend(_from_value(origin, export, item, names, warnings))
         return FunctionRegistry(tuple(ordered), tuple(warnings))
-    modules, search_warnings = find_function_modules(
+    search = search_function_modules(
         base_dir=base_dir,
         functions_folders=functions_folders,
         agents_folders=agents_folders,
         env=env,
     )
-    for relative, absolute in modules:
+    for relative, absolute in search.modules:
         try:
             module = import_by_path(absolute)
         except (Exception, SystemExit) as exc:
@@ -401,7 +537,21 @@ def load_navai_functions(
             warnings.append(f"[navai] Failed to load {relative}: {_failure(exc)}")
             continue
         ordered.extend(_from_module(relative, module, names, warnings))
-    return FunctionRegistry(tuple(ordered), (*search_warnings, *warnings))
+    if search.modules:
+        logger.info(
+            "navai_mw: %d backend function%s loaded from %d module%s below %s (%s); searched %s",
+            len(ordered),
+            "" if len(ordered) == 1 else "s",
+            len(search.modules),
+            "" if len(search.modules) == 1 else "s",
+            search.base,
+            search.base_origin,
+            ", ".join(search.searched),
+        )
+    for warning in search.warnings:
+        # A miss is not silent: the server's log says where it looked.
+        logger.warning("navai_mw: %s", warning.removeprefix("[navai] "))
+    return FunctionRegistry(tuple(ordered), (*search.warnings, *warnings))
 
 
 # -- calling one ----------------------------------------------------------------------

@@ -58,6 +58,8 @@ class NavaiFunction:
         source: where it came from (``path#export`` or ``path#Class.method``).
         target: the function, or the class whose method this is.
         method: the method's name when ``target`` is a class, else None.
+        signature: its parameters, hints resolved (None when unknown).
+        constructor: the class's, for a method that needs an instance.
     """
 
     name: str
@@ -66,6 +68,7 @@ class NavaiFunction:
     target: Any = attrs.field(repr=False)
     method: str | None = None
     signature: inspect.Signature | None = attrs.field(default=None, repr=False, eq=False)
+    constructor: inspect.Signature | None = attrs.field(default=None, repr=False, eq=False)
 
     @property
     def is_async(self) -> bool:
@@ -99,6 +102,29 @@ class FunctionRegistry:
     @property
     def names(self) -> list[str]:
         return [item.name for item in self.ordered]
+
+
+def read_signature(
+    function: Any, *, drop_first: bool = False
+) -> tuple[inspect.Signature | None, str | None]:
+    """The parameters of ``function`` (without the first, for a method read
+    off its class), with their type hints resolved; and, when some hint could
+    not be resolved (a name imported only for type checkers), the kind of
+    error, the hints then left as written."""
+    problem = None
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return None, None  # a builtin without a signature: nothing to check
+    try:
+        signature = inspect.signature(function, eval_str=True)
+    except Exception as exc:
+        # Whatever evaluating the app's own hint text raised.
+        problem = type(exc).__name__
+    if drop_first:
+        parameters = list(signature.parameters.values())[1:]
+        signature = signature.replace(parameters=parameters)
+    return signature, problem
 
 
 def normalize_name(value: str) -> str:

@@ -8,7 +8,6 @@ import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Final
-from urllib.parse import urlsplit
 
 from ..backend_functions.registry import FunctionRegistry
 from ..config.env import AZURE_WINS_WARNING
@@ -18,6 +17,7 @@ from ..core.options import (
     DEFAULT_VOICE,
     NavaiVoiceBackendOptions,
 )
+from ..core.storage import shown_url
 from ..guard.guard import Guard
 from .site import HEALTH_PATH
 
@@ -127,8 +127,7 @@ def _limit_policy(guard: Guard) -> str:
     if not guard.limits:
         return "none"
     limits = "; ".join(f"{group} {policy.text}" for group, policy in guard.limits.items())
-    parts = urlsplit(guard.storage_uri or "")
-    storage = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"  # no password
+    storage = shown_url(guard.storage_uri)
     fail = "open" if guard.fail_open else "closed"
     return f"{limits} (storage {storage}, fails {fail})"
 

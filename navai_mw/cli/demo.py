@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from ..asgi import ASGIApp, Receive, Scope, Send
-from ..testing.openai import CLIENT_SECRETS_PATH, FakeOpenAIRealtime
+from ..testing.openai import FakeOpenAIRealtime
+from ..testing.upstreams import openai_app
 from ..testing.webrtc import FakeRealtimeWebRTC
 
 # The demo's fake upstream accepts this key and no other. It is not a secret
@@ -43,17 +43,5 @@ def _demo_fakes() -> tuple[FakeOpenAIRealtime, FakeRealtimeWebRTC | None]:
         return secrets, None
 
 
-def _demo_upstream(secrets: FakeOpenAIRealtime, webrtc: FakeRealtimeWebRTC | None) -> ASGIApp:
-    """The demo's fake OpenAI, one ASGI app: client secrets from ``secrets``,
-    the rest (WebRTC calls, GPT-Live sessions, hangups) from ``webrtc``. Serve
-    it on an asyncio loop (aiortc needs one), with its lifespan."""
-    if webrtc is None:
-        return secrets
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].rstrip("/") == CLIENT_SECRETS_PATH:
-            await secrets(scope, receive, send)
-        else:  # the lifespan too: at shutdown it closes every peer connection
-            await webrtc(scope, receive, send)
-
-    return app
+# One home for OpenAI's one host as one app: navai_mw.testing's.
+_demo_upstream = openai_app

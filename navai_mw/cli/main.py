@@ -115,7 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     summary = "list the backend functions serve would load here, and what failed to load"
     listing = commands.add_parser("functions", help=summary, description=summary)
     listing.add_argument(
-        "--base-dir", help="where to look (default: $NAVAI_FUNCTIONS_BASE_DIR, else here)"
+        "--base-dir",
+        help="where to look (default: $NAVAI_FUNCTIONS_BASE_DIR, else the working directory)",
     )
     listing.add_argument(
         "--folders",

@@ -29,6 +29,8 @@ from ..endpoint.endpoint import Endpoint
 from ..testing.elevenlabs import FakeElevenLabs
 from ..testing.openai import FakeOpenAIRealtime
 from ..testing.servers import serve_asgi
+from ..testing.upstreams import openai_app
+from ..testing.webrtc import LIVE_SESSIONS_PATH, REALTIME_CALLS_PATH, FakeRealtimeWebRTC
 from . import demo_functions
 from .banner import PROG, UNGUARDED_WARNING, _banner, _fail, _origin, _unguarded
 from .demo import (
@@ -222,13 +224,26 @@ def fake_upstream(args: argparse.Namespace) -> int:
         return _fail(f"cannot listen on {args.host}:{args.port}: {_reason(exc)}")
     openai = FakeOpenAIRealtime(api_key=args.api_key)
     elevenlabs = FakeElevenLabs()
+    try:
+        webrtc: FakeRealtimeWebRTC | None = FakeRealtimeWebRTC(api_key=args.api_key)
+    except ImportError:  # no aiortc (the webrtc extra): secrets and speech only
+        webrtc = None
     with ExitStack() as stack:
         # SIGTERM ends it as Ctrl-C does, from here on: also while starting.
         # The fakes serve from threads, so Ctrl-C is ours to catch: also
         # when it was started with SIGINT ignored.
         stack.enter_context(_sigterm_interrupts(signal.SIGINT))
         try:
-            openai_url = stack.enter_context(openai.serve(args.host, args.port))
+            # One host, as OpenAI's: secrets, and the WebRTC calls and Live
+            # sessions (aiortc needs asyncio; the lifespan closes its peers).
+            served = serve_asgi(
+                openai_app(openai, webrtc),
+                host=args.host,
+                port=args.port,
+                loop="asyncio",
+                lifespan="on",
+            )
+            openai_url = stack.enter_context(served) + "/v1"
         except (OSError, RuntimeError) as exc:
             return _fail(f"cannot listen on {args.host}:{args.port}: {_reason(exc)}")
         try:
@@ -240,11 +255,21 @@ def fake_upstream(args: argparse.Namespace) -> int:
             if args.api_key is not None
             else "any API key works (OPENAI_API_KEY=sk-anything)"
         )
+        root = _local_url(openai_url).removesuffix("/v1")
+        calls = (
+            f"# WebRTC: the fake OpenAI also answers POST {root}{REALTIME_CALLS_PATH} and "
+            f"POST {root}{LIVE_SESSIONS_PATH} with a real peer (aiortc); switch your app's "
+            "relays on (NAVAI_RELAY=true) to call through it."
+            if webrtc is not None
+            else "# WebRTC: no calls or Live sessions (aiortc is not installed: "
+            "pip install 'navai-mw[webrtc]')."
+        )
         print(
             f"export OPENAI_BASE_URL={shlex.quote(_local_url(openai_url))}\n"
             f"export ELEVENLABS_BASE_URL={shlex.quote(_local_url(elevenlabs_url))}\n"
             f"# {PROG} fake-upstream: a fake OpenAI and a fake ElevenLabs, offline; export "
-            f"the lines above where your app runs; {keys}. Ctrl-C stops them.",
+            f"the lines above where your app runs; {keys}. Ctrl-C stops them.\n"
+            f"{calls}",
             flush=True,
         )
         with suppress(KeyboardInterrupt):

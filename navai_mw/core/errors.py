@@ -83,15 +83,50 @@ class UpstreamError(NavaiError):
     status = 502
 
 
+# RFC 6750 §3.1: the error codes of a Bearer challenge.
+BEARER_ERRORS: Final = frozenset({"invalid_request", "invalid_token", "insufficient_scope"})
+# RFC 6750 §3: an error_description holds visible ASCII and space, without
+# '"' or '\\' (so it needs no escaping inside its quotes).
+_NOT_IN_DESCRIPTION: Final = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+
+
+def bearer_challenge(error: str | None, description: str) -> str:
+    """The ``WWW-Authenticate`` value: plain ``Bearer`` when no credentials
+    came (RFC 6750 §3.1: no error then), else with the error and its
+    description."""
+    if error is None:
+        return "Bearer"
+    shown = _NOT_IN_DESCRIPTION.sub("", description)
+    return f'Bearer error="{error}", error_description="{shown}"'
+
+
 class AuthError(NavaiError):
     """The caller may not use a navai route: 401 (no or bad credentials; the
     answer carries ``WWW-Authenticate: Bearer``) or 403 (a known caller who
-    is refused). Raise it from an ``authorize`` hook."""
+    is refused). Raise it from an ``authorize`` hook.
+
+    ``error`` is RFC 6750's code for credentials that came and were refused:
+    ``"invalid_token"`` (a token that is bad, expired or unknown),
+    ``"invalid_request"`` or ``"insufficient_scope"`` (with 403). With it,
+    the challenge names it, and the message is its ``error_description``:
+    ``Bearer error="invalid_token", error_description="Invalid token:
+    expired."``. Without it, a 401's challenge is plain ``Bearer``, as for a
+    request that brought no credentials."""
 
     status = 401
 
-    def __init__(self, message: str, *, status: int = 401) -> None:
+    def __init__(self, message: str, *, status: int = 401, error: str | None = None) -> None:
         if status not in (401, 403):
             raise ValueError(f"AuthError status must be 401 or 403. Received: {status!r}")
-        challenge = (("WWW-Authenticate", "Bearer"),) if status == 401 else ()
+        if error is not None and error not in BEARER_ERRORS:
+            raise ValueError(
+                f"AuthError error must be one of {', '.join(sorted(BEARER_ERRORS))}. "
+                f"Received: {error!r}"
+            )
+        self.error = error
+        challenge = (
+            (("WWW-Authenticate", bearer_challenge(error, message)),)
+            if status == 401 or error is not None
+            else ()
+        )
         super().__init__(message, status=status, headers=challenge)

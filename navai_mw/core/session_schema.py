@@ -17,11 +17,11 @@ from typing import Any, Literal
 
 import attrs
 import cattrs
-from cattrs.cols import is_sequence, list_structure_factory
 from cattrs.gen import make_dict_structure_fn
-from cattrs.v import format_exception
 
 from .errors import OptionsError
+from .strict_json import describe_problems as _problems
+from .strict_json import strict_lists, strict_scalars
 
 __all__: list[str] = []
 
@@ -274,19 +274,6 @@ class TranscriptionSession:
 # -- the converter ----------------------------------------------------------------------
 
 
-def _strict(kind: type, name: str) -> Any:
-    def structure(value: object, _: object) -> Any:
-        if isinstance(value, bool) and kind is not bool:
-            raise TypeError(f"expected {name}, got a boolean")
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        if not isinstance(value, kind):
-            raise TypeError(f"expected {name}, got {type(value).__name__}")
-        return value
-
-    return structure
-
-
 def _by_type(
     converter: cattrs.Converter, options: Mapping[str, type], words: tuple[str, ...] = ()
 ) -> Any:
@@ -360,30 +347,10 @@ def _or_none(hook: Any) -> Any:
     return structure
 
 
-def _strict_lists(converter: cattrs.Converter) -> None:
-    """Lists only from JSON arrays: cattrs would make ``["a", "b"]`` of the
-    string ``"ab"``, or a list of keys of an object."""
-
-    def factory(kind: Any) -> Any:
-        items = list_structure_factory(kind, converter)
-
-        def structure(value: object, target: Any) -> Any:
-            if not isinstance(value, list):
-                raise TypeError(f"expected a list, got {type(value).__name__}")
-            return items(value, target)
-
-        return structure
-
-    converter.register_structure_hook_factory(is_sequence, factory)
-
-
 def _make_converter(forbid_extra: bool) -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=forbid_extra)
-    _strict_lists(converter)
-    converter.register_structure_hook(str, _strict(str, "a string"))
-    converter.register_structure_hook(int, _strict(int, "an integer"))
-    converter.register_structure_hook(float, _strict(float, "a number"))
-    converter.register_structure_hook(bool, _strict(bool, "true or false"))
+    strict_lists(converter)
+    strict_scalars(converter)
     unions: list[tuple[Any, Any]] = [
         (
             ServerVad | SemanticVad,
@@ -429,22 +396,6 @@ def _make_converter(forbid_extra: bool) -> cattrs.Converter:
 def _converter(unknown_ok: bool) -> cattrs.Converter:
     """Made on first use: most deployments configure no session template."""
     return _make_converter(forbid_extra=not unknown_ok)
-
-
-def _describe(exc: BaseException, kind: type | None) -> str:
-    text = str(exc)
-    if " not in literal " in text:
-        value, _, allowed = text.partition(" not in literal ")
-        shown = value if value.lstrip("-").replace(".", "", 1).isdigit() else repr(value)
-        return f"{shown} is not one of {allowed.removeprefix('typing.Literal')}"
-    if isinstance(exc, (ValueError, TypeError)):
-        return text
-    return format_exception(exc, kind)
-
-
-def _problems(exc: BaseException, path: str) -> str:
-    messages = cattrs.transform_error(exc, path=path, format_exception=_describe)
-    return "; ".join(messages[:5])
 
 
 def _structure(data: Any, kind: type, *, unknown_ok: bool, path: str) -> None:

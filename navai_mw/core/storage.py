@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["REDIS_SCHEMES", "is_memory", "is_redis", "redis_client_url", "scheme"]
+__all__ = [
+    "REDIS_SCHEMES",
+    "is_memory",
+    "is_redis",
+    "redis_client_url",
+    "scheme",
+    "shown_url",
+]
 
 REDIS_SCHEMES: Final = frozenset({"redis", "rediss", "valkey", "valkeys"})
 # Valkey speaks Redis's protocol; redis-py's URLs spell it as Redis.
@@ -35,3 +42,20 @@ def redis_client_url(uri: str | None) -> str | None:
         return None
     kind, _, rest = uri.removeprefix("async+").partition("://")
     return f"{_CLIENT_SCHEMES.get(kind.lower(), kind.lower())}://{rest}"
+
+
+def shown_url(uri: str | None) -> str:
+    """``uri`` fit for a log line or a banner: its scheme, host, port and
+    path, never its credentials (``user:password@``) nor its query
+    (``?password=``)."""
+    if not uri:
+        return "none"
+    kind, separator, rest = uri.partition("://")
+    if not separator:
+        return "(not a URL)"  # it could be anything, a bare password too
+    # Up to the last "@": a password holding an unescaped "@", "/" or "?"
+    # still ends before it.
+    rest = rest.rpartition("@")[2]
+    for end in "?#":
+        rest = rest.partition(end)[0]
+    return f"{kind}://{rest}"

@@ -147,7 +147,7 @@ class BearerTokens:
             if hmac.compare_digest(digest, expected) and identity is None:
                 identity = name
         if identity is None:
-            raise AuthError("Invalid bearer token.")
+            raise AuthError("Invalid bearer token.", error="invalid_token")
         return identity
 
 

@@ -34,6 +34,7 @@ from ..core.effects import CallHook, HitLimit, HookResult, LimitResult
 from ..core.errors import AuthError, NavaiError, log_safe
 from ..core.http import RequestInfo
 from ..core.rate_limit_policy import RateLimitPolicy
+from ..core.storage import shown_url
 from .addresses import IPNetwork
 from .authorizers import Authorizer
 
@@ -150,7 +151,9 @@ class Guard:
         if result.unavailable:
             if self.fail_open:
                 logger.warning(
-                    "navai_mw: the rate-limit storage is unreachable; letting the request through"
+                    "navai_mw: the rate-limit storage %s is unreachable; "
+                    "letting the request through",
+                    shown_url(self.storage_uri),
                 )
                 return identity, ()
             raise NavaiError(

@@ -99,7 +99,7 @@ def _import_jwt() -> None:
 
 
 def _invalid(reason: str) -> AuthError:
-    return AuthError(f"Invalid token: {reason}.")
+    return AuthError(f"Invalid token: {reason}.", error="invalid_token")
 
 
 def _is_time(value: object) -> bool:

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from ..core.effects import CallOwned, ForgetCall, RememberCall
-from ..core.storage import redis_client_url
+from ..core.storage import redis_client_url, shown_url
 from .aio import on_asyncio
 
 __all__ = [
@@ -51,10 +51,12 @@ def _ended(key: str, exc: BaseException) -> None:
     logger.warning("navai_mw: ending call %s at its time cap failed: %s", key, type(exc).__name__)
 
 
-def _poll_failed(exc: Exception, failing: bool) -> bool:
+def _poll_failed(where: str, exc: Exception, failing: bool) -> bool:
     """Log a failure to read the deadlines once, not twice a second."""
     if not failing:
-        logger.warning("navai_mw: reading call deadlines failed: %s", type(exc).__name__)
+        logger.warning(
+            "navai_mw: reading call deadlines from %s failed: %s", where, type(exc).__name__
+        )
     return True
 
 
@@ -68,6 +70,8 @@ class SyncCalls:
         self._redis: Any = None
         self._stop = threading.Event()
         self._end: Callable[[str], None] | None = None
+        # Where the calls are kept, as a log line may name it.
+        self.where = shown_url(uri) if uri is not None else "memory://"
         shared = redis_client_url(uri)
         if shared is not None:
             import redis
@@ -157,7 +161,7 @@ class SyncCalls:
                         self._run(raw.decode())
                 failing = False
             except Exception as exc:
-                failing = _poll_failed(exc, failing)
+                failing = _poll_failed(self.where, exc, failing)
 
     def close(self) -> None:
         """Cancel this process's timers and stop polling (the deadlines in
@@ -192,6 +196,7 @@ class AsyncCalls:
     def __init__(self, uri: str | None) -> None:
         self._registry = CallRegistry()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.where = shown_url(uri) if uri is not None else "memory://"
         self._shared = redis_client_url(uri)
         self._redis: Any = None
         self._poller: asyncio.Task[None] | None = None
@@ -290,7 +295,7 @@ class AsyncCalls:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                failing = _poll_failed(exc, failing)
+                failing = _poll_failed(self.where, exc, failing)
 
     async def aclose(self) -> None:
         """Cancel this process's tasks and the poller (deadlines in Redis stay)."""

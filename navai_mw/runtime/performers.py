@@ -39,7 +39,7 @@ from ..core.effects import (
     RememberCall,
 )
 from ..core.errors import OptionsError
-from ..core.storage import is_memory, is_redis
+from ..core.storage import is_memory, is_redis, shown_url
 from .aio import _LoopThread, _wait, attempt_deadline, on_asyncio
 from .call_store import AsyncCalls, SyncCalls
 from .function_workers import DEFAULT_FUNCTION_WORKERS, FunctionWorkers, _finished, _outcome_of
@@ -94,6 +94,7 @@ class SyncEffects:
         self.workers = FunctionWorkers(function_workers)
         self._loop_thread = _LoopThread()
         self._counter: SyncCounter | None = None
+        self._where = shown_url(storage_uri)
         self.calls = SyncCalls(calls_uri)
         if storage_uri is not None:
             from limits.storage import storage_from_string
@@ -124,14 +125,14 @@ class SyncEffects:
             try:
                 return cast(SyncCounter, self._counter).hit(effect.policy, effect.key)
             except Exception as exc:
-                return _unavailable(exc)
+                return _unavailable(self._where, exc)
         if isinstance(effect, CallFunction):
             return self._call(effect)
         if isinstance(effect, (RememberCall, CallOwned, ForgetCall)):
             try:
                 return self.calls.perform(effect)
             except Exception as exc:
-                _store_failed(effect, exc)
+                _store_failed(self.calls.where, effect, exc)
                 return None
         if isinstance(effect, CloseLive):
             future = asyncio.run_coroutine_threadsafe(
@@ -181,6 +182,7 @@ class AsyncEffects:
         self.workers = FunctionWorkers(function_workers)
         self.calls = AsyncCalls(calls_uri)
         self._uri = storage_uri
+        self._where = shown_url(storage_uri)
         self._local = storage_uri is not None and is_memory(storage_uri)
         self._counter: AsyncCounter | None = None
         # memory:// needs no event loop of a kind: its counts are made now.
@@ -239,7 +241,7 @@ class AsyncEffects:
                 async with attempt_deadline(STORAGE_TIMEOUT_SECONDS * 2):
                     return await self.calls.perform(effect)
             except Exception as exc:
-                _store_failed(effect, exc)
+                _store_failed(self.calls.where, effect, exc)
                 return None
         if isinstance(effect, CloseLive):
             if not on_asyncio():
@@ -267,7 +269,7 @@ class AsyncEffects:
             async with attempt_deadline(STORAGE_TIMEOUT_SECONDS):
                 return await counter.hit(effect.policy, effect.key)
         except Exception as exc:
-            return _unavailable(exc)
+            return _unavailable(self._where, exc)
 
     async def _call(self, effect: CallFunction) -> FunctionOutcome:
         if effect.is_async:
@@ -289,12 +291,15 @@ class AsyncEffects:
         return _finished(future)
 
 
-def _store_failed(effect: object, exc: Exception) -> None:
+def _store_failed(where: str, effect: object, exc: Exception) -> None:
     """The calls' store failed: logged; the call goes on (a relayed call is
     answered even when it cannot be remembered), and an ownership question
     comes back unanswered (None: the core answers 503)."""
     logger.warning(
-        "navai_mw: the calls' store failed (%s): %s", type(effect).__name__, type(exc).__name__
+        "navai_mw: the calls' store %s failed (%s): %s",
+        where,
+        type(effect).__name__,
+        type(exc).__name__,
     )
     return None
 
@@ -327,6 +332,6 @@ _NEEDS_ASYNCIO: Final = (
 )
 
 
-def _unavailable(exc: Exception) -> LimitResult:
-    logger.warning("navai_mw: the rate-limit storage failed: %s", type(exc).__name__)
+def _unavailable(where: str, exc: Exception) -> LimitResult:
+    logger.warning("navai_mw: the rate-limit storage %s failed: %s", where, type(exc).__name__)
     return LimitResult(unavailable=True)

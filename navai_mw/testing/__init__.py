@@ -56,21 +56,31 @@ the ``webrtc`` extra): ``POST /v1/realtime/calls`` answers a browser's SDP
 offer, and ``session.created`` arrives on its data channel; GPT-Live's
 ``POST /v1/live/sessions`` and its sideband WebSocket too. ``serve()`` it
 (on exit, every peer connection is closed).
+
+:class:`FakeJWKS` is an identity provider's JWKS with one signing key, and
+signs the tokens a test needs (``FakeJWKS().token("alice")``; the ``jwt``
+extra). :class:`FakeUpstreams` puts every fake behind one transport, told
+apart by the request's host, since the middleware's one ``transport=``
+carries OpenAI's, ElevenLabs' and the JWKS's requests alike.
 """
 
 from __future__ import annotations
 
 from ..core.faces import publish
 from .elevenlabs import FakeElevenLabs
+from .jwks import FakeJWKS
 from .openai import FakeOpenAIRealtime
 from .scripted import RecordedRequest
 from .servers import serve_asgi
+from .upstreams import FakeUpstreams
 from .webrtc import FakeRealtimeWebRTC, RecordedCall, RecordedLiveSession
 
 __all__ = [
     "FakeElevenLabs",
+    "FakeJWKS",
     "FakeOpenAIRealtime",
     "FakeRealtimeWebRTC",
+    "FakeUpstreams",
     "RecordedCall",
     "RecordedLiveSession",
     "RecordedRequest",
