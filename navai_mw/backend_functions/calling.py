@@ -111,7 +111,7 @@ def _is_context(parameter: inspect.Parameter) -> bool:
     )
 
 
-def _injected(signature: inspect.Signature | None) -> frozenset[str]:
+def injected_parameters(signature: inspect.Signature | None) -> frozenset[str]:
     """The parameters navai_mw fills itself (the context), never the payload."""
     if signature is None:
         return frozenset()
@@ -251,7 +251,7 @@ def plan_arguments(
     it, wherever it stands. Raises a 400 when they do not fit the function's
     parameters or its type hints."""
     signature = function.signature
-    injected = _injected(signature)
+    injected = injected_parameters(signature)
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
     method_args = _list(payload.get("methodArgs")) if function.method else []

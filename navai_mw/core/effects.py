@@ -3,13 +3,14 @@ contract between the decisions and the I/O that performs them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, NamedTuple, Protocol
 
 import attrs
 
 from .http import HttpRequest, HttpResponse
 from .rate_limit_policy import RateLimitPolicy
+from .reports import CallReport, EndReason
 
 
 @attrs.frozen(kw_only=True)
@@ -152,3 +153,80 @@ class CloseLive:
 
     url: str
     headers: tuple[tuple[str, str], ...] = attrs.field(repr=False)
+
+
+# -- a relayed call's sideband ---------------------------------------------------------------
+
+
+class SidebandSession(Protocol):
+    """One call's sideband as the socket loop drives it (the sans-IO side:
+    ``navai_mw.endpoint.call_sideband.CallSideband``). Each method answers
+    with the actions to take, in order."""
+
+    call_id: str
+    ended: bool
+
+    def opened(self) -> list[SidebandAction]: ...
+
+    def receive(self, data: str | bytes) -> list[SidebandAction]: ...
+
+    def closed(self, code: int | None) -> Literal["reconnect", "ended"]: ...
+
+    def function_done(
+        self, action: RunFunction, outcome: FunctionOutcome, seconds: float
+    ) -> list[SidebandAction]: ...
+
+    def report(
+        self, *, started_at: float, ended_at: float, reason: EndReason, metered: bool
+    ) -> CallReport: ...
+
+
+@attrs.frozen
+class AttachSideband:
+    """Open a sideband to the relayed call ``key`` at ``url`` (with
+    ``headers``) and hold it, feeding ``session``, until the call ends;
+    required: hang the call up when it cannot attach. Send back None at once
+    (the sideband runs on its own)."""
+
+    key: str
+    url: str
+    headers: tuple[tuple[str, str], ...] = attrs.field(repr=False)
+    session: SidebandSession = attrs.field(repr=False)
+    required: bool = False
+
+
+@attrs.frozen
+class EndSideband:
+    """The call ``key`` is being ended, for ``reason``: close its sideband
+    (when it has one) and report the call so. Send back None."""
+
+    key: str
+    reason: EndReason
+
+
+@attrs.frozen
+class SendEvent:
+    """Send ``event`` (a client event) on the sideband."""
+
+    event: Mapping[str, Any]
+
+
+@attrs.frozen
+class RunFunction:
+    """Run ``run()`` (a backend function bound to the model's arguments),
+    awaited when ``is_async``, within ``timeout`` seconds; give the
+    :class:`FunctionOutcome` and the seconds it took back to the session."""
+
+    tool_call_id: str
+    name: str
+    run: Callable[[], Any] = attrs.field(repr=False)
+    is_async: bool
+    timeout: float
+
+
+@attrs.frozen
+class CallEnded:
+    """OpenAI says the call is over (GPT-Live's ``session.closed``)."""
+
+
+SidebandAction = SendEvent | RunFunction | CallEnded
