@@ -496,7 +496,7 @@ def test_only_a_relaying_middleware_watches_redis_for_deadlines(
     shared_redis: RedisServer,
 ) -> None:
     def pollers() -> int:
-        return sum(t.name == "navai-call-deadlines" and t.is_alive() for t in threading.enumerate())
+        return sum(t.name == "navai-calls" and t.is_alive() for t in threading.enumerate())
 
     before = pollers()
     opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY)
