@@ -200,10 +200,6 @@ class CallStore:
         self._polling = False  # whether this process should poll
         _STORES.add(self)
 
-    @property
-    def shared(self) -> bool:
-        return self._redis is not None
-
     # -- starting and stopping ----------------------------------------------------
 
     def _start(self, hangups: _Hangups) -> None:
@@ -276,6 +272,8 @@ class CallStore:
         with contextlib.suppress(Exception):  # a loop that stopped, or a slow close
             asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(_CLOSE_SECONDS)
         self._loop.stop(_CLOSE_SECONDS)
+        if self._redis is not None:  # a client of the stopped loop is of no more use
+            self._redis.forget_client()
 
     async def _stop(self) -> None:
         """:meth:`_stop_blocking`, awaited from an event loop."""
@@ -289,6 +287,8 @@ class CallStore:
         with contextlib.suppress(RuntimeError):
             await _wait(asyncio.run_coroutine_threadsafe(self._shutdown(), loop), _CLOSE_SECONDS)
         await anyio.to_thread.run_sync(self._loop.stop, _CLOSE_SECONDS)
+        if self._redis is not None:  # a client of the stopped loop is of no more use
+            self._redis.forget_client()
 
     def _after_fork(self) -> None:
         # The parent's loop, timers and threads do not exist here (and the
