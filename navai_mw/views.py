@@ -50,6 +50,7 @@ from .runtime.async_transports import AiohttpTransport
 from .runtime.drivers import drive_async, drive_sync
 from .runtime.function_workers import DEFAULT_FUNCTION_WORKERS
 from .runtime.performers import AsyncEffects, SyncEffects, is_async_hook
+from .runtime.sideband import SidebandConnector
 from .runtime.sync_transport import HttpxSyncTransport
 from .runtime.transports import AsyncTransport, SyncTransport
 
@@ -110,17 +111,20 @@ class NavaiHandler:
                     "synchronously. Pass a plain function."
                 )
         self.endpoint = configure_endpoint(opts, **keywords)
+        self.owns_transport = transport is None
+        self.transport: SyncTransport = transport or HttpxSyncTransport(
+            max_connections=upstream_connections_from(keywords.get("env"), max_upstream_connections)
+        )
         self.effects = SyncEffects(
             self.endpoint.guard.storage_uri,
             function_workers=function_workers,
             # A shared store for calls only when there are calls to share.
             calls_uri=self.endpoint.guard.store_uri if self.endpoint.relays else None,
+            hangup_seconds=self.endpoint.settings.opts.upstream_timeout_seconds,
+            sideband=SidebandConnector(self.transport),
         )
-        self.owns_transport = transport is None
-        self.transport: SyncTransport = transport or HttpxSyncTransport(
-            max_connections=upstream_connections_from(keywords.get("env"), max_upstream_connections)
-        )
-        # A call ends at its time cap by the endpoint's own steps, driven here.
+        # A call ends at its time cap by the endpoint's own steps, driven here
+        # (on the calls' store's hangup threads).
         endpoint, transport, effects = self.endpoint, self.transport, self.effects
         self.effects.calls.start(
             lambda key: drive_sync(endpoint.end_call(key), transport, perform=effects)
@@ -183,21 +187,25 @@ class AsyncNavaiHandler:
         **keywords: Unpack[RouteOptions],
     ) -> None:
         self.endpoint = configure_endpoint(opts, **keywords)
+        self.owns_transport = transport is None
+        self.transport: AsyncTransport = transport or AiohttpTransport(
+            max_connections=upstream_connections_from(keywords.get("env"), max_upstream_connections)
+        )
         self.effects = AsyncEffects(
             self.endpoint.guard.storage_uri,
             function_workers=function_workers,
             # A shared store for calls only when there are calls to share.
             calls_uri=self.endpoint.guard.store_uri if self.endpoint.relays else None,
+            hangup_seconds=self.endpoint.settings.opts.upstream_timeout_seconds,
+            sideband=SidebandConnector(self.transport),
         )
         self.effects.check()
-        self.owns_transport = transport is None
-        self.transport: AsyncTransport = transport or AiohttpTransport(
-            max_connections=upstream_connections_from(keywords.get("env"), max_upstream_connections)
-        )
         endpoint, transport, effects = self.endpoint, self.transport, self.effects
 
         async def end_call(key: str) -> None:
-            # A call ends at its time cap by the endpoint's own steps, driven here.
+            # A call ends at its time cap by the endpoint's own steps, driven
+            # here, on the calls' store's loop: the transport must work there
+            # (navai_mw's make a client per event loop).
             await drive_async(endpoint.end_call(key), transport, perform=effects)
 
         self.effects.calls.start(end_call)

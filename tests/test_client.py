@@ -336,3 +336,32 @@ def test_key_never_logged(caplog: pytest.LogCaptureFixture, fake: FakeOpenAIReal
     assert CANARY_KEY not in caught.value.message
     assert CANARY_KEY not in caplog.text
     assert caplog.records, "httpx logs each request at DEBUG; the capture must have seen them"
+
+
+EXIT_SCRIPT = """
+import sys
+from navai_mw import NavaiVoiceBackendOptions, create_realtime_client_secret_sync
+
+opts = NavaiVoiceBackendOptions(openai_api_key=sys.argv[1], openai_base_url=sys.argv[2])
+print(create_realtime_client_secret_sync(opts).value[:8])
+"""
+
+
+def test_a_script_that_minted_with_the_default_exits_with_its_sockets_closed(
+    fake: FakeOpenAIRealtime, served_fake: str
+) -> None:
+    """The process-wide default of create_realtime_client_secret_sync keeps
+    its connection alive between calls, and closes it at exit: no socket is
+    left for the interpreter's teardown to warn about."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", EXIT_SCRIPT, CANARY_KEY, served_fake],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.split() == ["ek_fake_"], result.stderr
+    assert "ResourceWarning" not in result.stderr, result.stderr
+    assert result.stderr == ""

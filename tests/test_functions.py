@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -983,3 +983,32 @@ def test_sync_and_async_functions_run_under_trio_too() -> None:
     assert doubled.json()["result"] == 10
     assert late.status_code == 504
     assert refused.json()["details"] == "Cannot do that: no"
+
+
+def test_a_worker_is_free_when_its_caller_hears_the_result() -> None:
+    """The caller is told (the future's callbacks, its waiter) only once the
+    worker counts as free: a call made the moment the last one answered
+    finds the worker, not a spurious 503."""
+    from navai_mw.runtime.function_workers import FunctionWorkers
+
+    workers = FunctionWorkers(1)
+    for run in (lambda: 2, lambda: 1 / 0):  # a result, and an exception
+        next_call: list[object] = []
+        first = workers.submit(run)
+        assert first is not None
+        # Runs as the caller hears: on the worker's thread, inside set_result.
+        first.add_done_callback(lambda _, heard=next_call: heard.append(workers.submit(lambda: 3)))
+        wait([first], timeout=10)
+        deadline = time.monotonic() + 10  # a bound, not a measurement
+        while not next_call and time.monotonic() < deadline:
+            time.sleep(0.01)
+        second = next_call[0]
+        assert second is not None  # the worker was free
+        assert second.result(timeout=10) == 3  # type: ignore[attr-defined]
+
+
+def test_back_to_back_calls_on_one_worker_are_never_refused() -> None:
+    with both_shells(function_workers=1) as shells:
+        for _, request in shells:
+            statuses = [execute(request, "add", {"args": [1, 1]}).status_code for _ in range(100)]
+            assert statuses == [200] * 100

@@ -533,22 +533,32 @@ def test_each_loops_client_is_closed_on_that_loop(
     assert not [r for r in caplog.records if "Unclosed" in r.getMessage()]
 
 
-def test_a_client_on_a_loop_still_running_is_closed_there(served_fake: str) -> None:
+def test_a_loop_still_running_keeps_its_client_until_aclose_closes_it_there(
+    served_fake: str,
+) -> None:
+    """The server's loop and the calls' store's loop each keep a client: a
+    third loop neither closes nor takes the other's, and ``aclose()`` closes
+    each one on its own loop."""
     transport = HttpxAsyncTransport()
     opts = options(served_fake)
     other = asyncio.new_event_loop()
     runner = threading.Thread(target=other.run_forever, daemon=True)
     runner.start()
+
+    async def mint_there() -> Any:
+        await create_realtime_client_secret(opts, transport=transport)
+        return transport._client
+
     try:
-        asyncio.run_coroutine_threadsafe(
-            create_realtime_client_secret(opts, transport=transport), other
-        ).result(timeout=10)
-        first = transport._client
+        first = asyncio.run_coroutine_threadsafe(mint_there(), other).result(timeout=10)
         assert first is not None
-        asyncio.run(create_realtime_client_secret(opts, transport=transport))
-        deadline = time.monotonic() + 5
-        while not first.is_closed and time.monotonic() < deadline:
-            time.sleep(0.01)
+        elsewhere = asyncio.run(mint_there())
+        assert elsewhere is not first
+        assert elsewhere.is_closed  # its loop ended: closed on it
+        assert not first.is_closed  # its loop runs on, and uses it again
+        again = asyncio.run_coroutine_threadsafe(mint_there(), other).result(timeout=10)
+        assert again is first
+        asyncio.run(transport.aclose())
         assert first.is_closed
     finally:
         other.call_soon_threadsafe(other.stop)

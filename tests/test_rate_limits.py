@@ -62,6 +62,7 @@ import json
 import signal
 import socket
 import sys
+import threading
 
 from navai_mw import NavaiASGIMiddleware, NavaiVoiceBackendOptions, NavaiWSGIMiddleware
 
@@ -130,14 +131,21 @@ else:
         app, host="127.0.0.1", port=0, threads=config["threads"], **config["waitress"]
     )
 
-    def stop(signum, frame):
-        # Closing every channel from inside the server's own loop ends it.
+    def stop_workers_then_sockets():
+        # The workers first: one finishing a response wakes the loop through
+        # the trigger's pipe, which closing every socket closes. Then every
+        # channel, closed from inside the server's own loop, which ends it.
+        server.task_dispatcher.shutdown()
         server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+
+    def stop(signum, frame):
+        # Not on this (the loop's) thread: the workers may need the loop to
+        # finish their responses.
+        threading.Thread(target=stop_workers_then_sockets).start()
 
     signal.signal(signal.SIGTERM, stop)
     announce(server.effective_port)
     server.run()
-    server.task_dispatcher.shutdown()
     app.close()
 """
 

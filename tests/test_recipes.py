@@ -124,7 +124,8 @@ def _serve_hypercorn(app: Any) -> Iterator[str]:
 @contextmanager
 def _serve_waitress(app: Any) -> Iterator[str]:
     import waitress
-    from waitress import wasyncore
+
+    from .test_servers import stop_waitress
 
     server: Any = waitress.create_server(app, host="127.0.0.1", port=0)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -132,10 +133,8 @@ def _serve_waitress(app: Any) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{server.effective_port}"
     finally:
-        # Closing every channel from inside the server's own loop ends it.
-        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+        stop_waitress(server, server._map)
         thread.join(STOP_TIMEOUT)
-        server.task_dispatcher.shutdown()
         # WSGI has no shutdown event: the upstream client is closed by hand.
         wsgi_app = getattr(app, "wsgi_app", app)
         if isinstance(wsgi_app, NavaiWSGIMiddleware):

@@ -314,22 +314,39 @@ def test_pending_hangups_are_cancelled_at_shutdown() -> None:
     assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer) and t.is_alive()]
 
 
-def test_the_relay_runs_under_trio_without_a_cap() -> None:
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_the_relay_and_its_cap_run_under_trio(store: str, request: pytest.FixtureRequest) -> None:
+    """The cap's timer, the Redis client and the hangup run on the calls'
+    store's own loop, so a trio server's calls are capped as well."""
     upstream = Upstream()
+    storage = {}
+    if store == "redis":
+        storage = {"rate_limit_storage": request.getfixturevalue("shared_redis").url}
 
-    async def main() -> httpx.Response:
+    async def main() -> str:
         app = NavaiASGIMiddleware(
             app_asgi,
             NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY),
             transport=AsyncUpstream(upstream),
             functions=[],
+            max_call_seconds=0.2,
+            **storage,
         )
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://api.test"
         ) as client:
-            return await client.post(CALLS, content=OFFER, headers=SDP)
+            made = await client.post(CALLS, content=OFFER, headers=SDP)
+            assert made.status_code == 201
+            call_id = made.headers["location"].rsplit("/", 1)[-1]
+            with anyio.fail_after(10):  # a bound, not a measurement
+                while call_id not in upstream.hangups():
+                    await anyio.sleep(0.02)
+            assert (await client.delete(made.headers["location"])).status_code == 404
+        await app.aclose()
+        return call_id
 
-    assert anyio.run(main, backend="trio").status_code == 201
+    call_id = anyio.run(main, backend="trio")
+    assert upstream.hangups() == [call_id]
 
 
 # -- the pieces --------------------------------------------------------------------------------
@@ -511,7 +528,7 @@ def test_only_a_relaying_middleware_watches_redis_for_deadlines(
     shared_redis: RedisServer,
 ) -> None:
     def pollers() -> int:
-        return sum(t.name == "navai-call-deadlines" and t.is_alive() for t in threading.enumerate())
+        return sum(t.name == "navai-calls" and t.is_alive() for t in threading.enumerate())
 
     before = pollers()
     opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 import wsgiref.simple_server
 from collections.abc import Callable, Iterator
@@ -67,11 +68,19 @@ def serve_waitress(app: Any) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{server.effective_port}"
     finally:
-        # Closing every socket from inside the server's own loop ends it.
-        server.trigger.pull_trigger(lambda: wasyncore.close_all(socket_map))
+        stop_waitress(server, socket_map)
         thread.join(timeout=10)
-        server.task_dispatcher.shutdown()
         assert not thread.is_alive()
+
+
+def stop_waitress(server: Any, socket_map: dict[int, Any]) -> None:
+    """Stop a waitress server whose loop runs on another thread: its worker
+    threads first, since one finishing a response wakes the loop through the
+    trigger's pipe (closed first, that write fails with EBADF, or lands in
+    whatever file reused the descriptor); then every socket, closed from
+    inside the server's own loop, which ends it."""
+    server.task_dispatcher.shutdown()
+    server.trigger.pull_trigger(lambda: wasyncore.close_all(socket_map))
 
 
 class _QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
@@ -281,3 +290,29 @@ def test_uvicorn_shutdown_closes_the_middleware_client(
         assert httpx.get(f"{url}/elsewhere").text == "inner /elsewhere"
         assert not anyio.run(is_closed, middleware.transport)
     assert anyio.run(is_closed, middleware.transport)
+
+
+def test_a_request_in_flight_when_waitress_stops_finishes_and_nothing_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The helper stops waitress's workers before closing its sockets, so a
+    worker finishing a response never wakes the loop through a closed
+    trigger (EBADF, in a window too narrow to open at will here)."""
+    entered, leave = threading.Event(), threading.Event()
+
+    def slow(environ: Any, start_response: Any) -> list[bytes]:
+        entered.set()
+        leave.wait(10)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    with caplog.at_level("DEBUG", logger="waitress"), ThreadPoolExecutor(1) as caller:
+        with serve_waitress(slow) as url:
+            in_flight = caller.submit(httpx.get, url, timeout=10)
+            assert entered.wait(10)
+            # The worker answers only once the stop has begun.
+            threading.Timer(0.2, leave.set).start()
+        with contextlib.suppress(httpx.HTTPError):
+            in_flight.result(timeout=10)
+    failures = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not failures, [r.getMessage() for r in failures]

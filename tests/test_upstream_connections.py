@@ -6,12 +6,16 @@ and every one is served."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socketserver
 import threading
+import wsgiref.simple_server
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 
 from navai_mw import HttpRequest, NavaiVoiceBackendOptions, NavaiWSGIMiddleware, OptionsError
@@ -147,3 +151,59 @@ def test_each_thread_has_a_client_of_its_own(counting: tuple[Counting, str]) -> 
     assert not transport._leases[0].client.is_closed
     transport.close()
     assert upstream.served == 13
+
+
+# -- a thread's client ends with the thread ---------------------------------------------------
+
+
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):
+    """A thread per request, as Django's runserver and Werkzeug's serve."""
+
+
+class _Quiet(wsgiref.simple_server.WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def established_to(port: int) -> int:
+    """Open TCP connections from this machine to ``port`` (client ends)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                if remote_port == port and fields[3] == "01":  # ESTABLISHED
+                    count += 1
+    return count
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="counts Linux's sockets")
+def test_a_thread_per_request_server_keeps_no_client_per_thread(served_fake: str) -> None:
+    """wsgiref with a thread per request, 100 mints: each request's thread
+    makes a client, and hands it back when it ends; none is left open."""
+    port = int(served_fake.rsplit(":", 1)[1].split("/")[0])
+    opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, openai_base_url=served_fake)
+    app = NavaiWSGIMiddleware(lambda e, s: [], opts, functions=[])
+    transport = app.transport
+    assert isinstance(transport, HttpxSyncTransport)
+    server = wsgiref.simple_server.make_server(
+        "127.0.0.1", 0, app, server_class=_ThreadingWSGIServer, handler_class=_Quiet
+    )
+    runner = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    runner.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.server_port}") as client:
+            for _ in range(100):
+                minted = client.post("/navai/realtime/client-secret", json={})
+                assert minted.status_code == 200, minted.text
+            most = transport.open_clients
+    finally:
+        server.shutdown()
+        runner.join(timeout=10)
+        server.server_close()  # joins the request threads
+    # While serving: the threads still running, not one client per thread run.
+    assert most <= 4
+    assert transport.open_clients == 0
+    assert established_to(port) == 0
+    app.close()

@@ -149,10 +149,12 @@ class ForgetCall:
 @attrs.frozen
 class CloseLive:
     """Open the Live session's sideband WebSocket (``url``, ``headers``),
-    send ``session.close`` and close; send back None, or the exception."""
+    send ``session.close`` and close, all within ``timeout`` seconds; send
+    back None, or the exception."""
 
     url: str
     headers: tuple[tuple[str, str], ...] = attrs.field(repr=False)
+    timeout: float = 10.0
 
 
 # -- a relayed call's sideband ---------------------------------------------------------------

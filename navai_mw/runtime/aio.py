@@ -65,22 +65,24 @@ C = TypeVar("C")
 class LoopBound(Generic[C]):
     """One ``C`` per event loop: a pooled client, or the connections of one.
 
-    Without a given one, it is made on first use (:meth:`_current`). It
-    belongs to the event loop that made it, and is closed on that loop when
-    the loop shuts down (``asyncio.run`` and trio finalize it with their
-    async generators), when another loop takes over while it still runs, or
-    by :meth:`aclose`; a fresh one is made on the next use (a server's second
-    lifespan, a test harness that runs each request on a loop of its own).
-    ``is_closed`` is True from :meth:`aclose` until the next use.
+    Without a given one, each event loop that uses it gets its own, made on
+    first use (:meth:`_current`): the server's loop, and the calls' store's
+    own loop that ends calls at their time cap, each keep theirs. One
+    belongs to the event loop that made it and is closed on that loop when
+    the loop shuts down (``asyncio.run``, trio and the store's loop finalize
+    it with their async generators), or by :meth:`aclose`, which closes every
+    loop's; a fresh one is made on the next use (a server's second lifespan,
+    a test harness that runs each request on a loop of its own). The one of
+    a loop that was closed without that is forgotten when another loop makes
+    its own. ``is_closed`` is True from :meth:`aclose` until the next use.
     """
 
     def __init__(self, given: C | None) -> None:
         self._given = given
-        self._client = given
-        self._loop: object = None
-        # An async generator whose ``finally`` closes the client; the loop
-        # that ran its first step finalizes it when it shuts down.
-        self._closer: AsyncGenerator[None, None] | None = None
+        # The loop (None under trio) -> its client and an async generator
+        # whose ``finally`` closes it; the loop that ran its first step
+        # finalizes it when it shuts down.
+        self._clients: dict[object, tuple[C, AsyncGenerator[None, None]]] = {}
         self.is_closed = False
 
     def _make(self) -> C:
@@ -89,52 +91,77 @@ class LoopBound(Generic[C]):
     async def _close(self, client: C) -> None:
         raise NotImplementedError
 
+    @property
+    def _client(self) -> C | None:
+        """The client of the running loop, if it has one."""
+        if self._given is not None:
+            return self._given
+        entry = self._clients.get(_running_loop())
+        return None if entry is None else entry[0]
+
     async def _current(self) -> C:
         if self._given is not None:
             return self._given
         loop = _running_loop()
-        client = self._client
-        if client is None or self._loop is not loop:
-            self._retire()
+        entry = self._clients.get(loop)
+        if entry is None:
+            self._forget_dead_loops()
             client = self._make()
-            self._client, self._loop = client, loop
-            self._closer = self._closes_with_its_loop(client)
-            await self._closer.__anext__()
+            closer = self._closes_with_its_loop(loop, client)
+            entry = self._clients[loop] = (client, closer)
+            await closer.__anext__()
         self.is_closed = False
-        return client
+        return entry[0]
 
-    async def _closes_with_its_loop(self, client: C) -> AsyncGenerator[None, None]:
+    async def _closes_with_its_loop(self, loop: object, client: C) -> AsyncGenerator[None, None]:
         try:
             yield
         finally:
-            if self._client is client:
-                self._client = None
+            entry = self._clients.get(loop)
+            if entry is not None and entry[0] is client:
+                del self._clients[loop]
             await self._close(client)
 
-    def _retire(self) -> None:
-        """Close the client of another loop on that loop, while it runs."""
-        closer, loop, self._closer = self._closer, self._loop, None
-        if closer is None:
-            return
-        if isinstance(loop, asyncio.AbstractEventLoop) and loop.is_running():
-            asyncio.run_coroutine_threadsafe(closer.aclose(), loop)
-        # A loop that ran to its end finalized the closer already; one that
-        # was stopped without that cannot run anything more.
+    def _forget_dead_loops(self) -> None:
+        """Drop the clients of loops that were closed without finalizing
+        them: nothing can run on those loops any more."""
+        for loop in list(self._clients):
+            if isinstance(loop, asyncio.AbstractEventLoop) and loop.is_closed():
+                self._clients.pop(loop, None)
 
     async def aclose(self) -> None:
-        closer, self._closer = self._closer, None
+        """Close every loop's client: this loop's here, another running
+        loop's on that loop (waited for, within a bound)."""
+        entries, self._clients = self._clients, {}
         self.is_closed = True
-        if closer is not None:
-            await closer.aclose()
-        elif self._given is not None:
+        here = _running_loop()
+        for loop, (_, closer) in entries.items():
+            if loop is here:
+                await closer.aclose()
+            elif isinstance(loop, asyncio.AbstractEventLoop) and loop.is_running():
+                with contextlib.suppress(RuntimeError):  # it stopped meanwhile
+                    done = asyncio.run_coroutine_threadsafe(closer.aclose(), loop)
+                    await _wait(done, _CLOSE_ELSEWHERE_SECONDS)
+            # A loop that ran to its end finalized the closer already; one that
+            # was stopped without that cannot run anything more.
+        if not entries and self._given is not None:
             await self._close(self._given)
 
 
-class _LoopThread:
-    """An event loop on a daemon thread, for async backend functions called
-    from WSGI; started on first use (again in a forked child)."""
+# How long closing another loop's client may hold aclose(): that loop may be
+# busy, or stopping.
+_CLOSE_ELSEWHERE_SECONDS = 5.0
 
-    def __init__(self) -> None:
+
+class _LoopThread:
+    """An event loop on a daemon thread, started on first use (again in a
+    forked child, and after :meth:`stop`): for async backend functions called
+    from WSGI, and the calls' store's timers, deadlines and hangups. When it
+    stops, its async generators are finalized (the clients made on it close
+    there) and the loop is closed."""
+
+    def __init__(self, name: str = "navai-function-loop") -> None:
+        self._name = name
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread()  # not started: none alive yet
@@ -146,11 +173,48 @@ class _LoopThread:
             if self._loop is None or self._pid != os.getpid() or not thread.is_alive():
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(
-                    target=loop.run_forever, name="navai-function-loop", daemon=True
+                    target=_run_until_stopped, args=(loop,), name=self._name, daemon=True
                 )
                 thread.start()
                 self._loop, self._thread, self._pid = loop, thread, os.getpid()
             return self._loop
+
+    def running(self) -> asyncio.AbstractEventLoop | None:
+        """The loop, if it runs in this process (without starting one)."""
+        with self._lock:
+            alive = self._pid == os.getpid() and self._thread.is_alive()
+            return self._loop if alive else None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loop and wait (within ``timeout``) for its thread to
+        finish it; the next :meth:`loop` starts a fresh one."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = None
+        if loop is None or self._pid != os.getpid():
+            return
+        with contextlib.suppress(RuntimeError):  # closed already
+            loop.call_soon_threadsafe(loop.stop)
+        if thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout)
+
+
+def _run_until_stopped(loop: asyncio.AbstractEventLoop) -> None:
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        try:
+            # What is still scheduled is cancelled, and the clients bound to
+            # this loop close on it (their closers are async generators).
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
 
 
 async def _wait(future: Future[Any], timeout: float) -> bool:

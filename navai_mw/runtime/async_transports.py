@@ -4,12 +4,13 @@ anyio on trio), one client per event loop, each attempt bounded as a whole."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 import sys
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from types import TracebackType
 from typing import Any, Final, cast
@@ -195,6 +196,64 @@ class AiohttpTransport(BoundedTransport[Any]):
             return await _send_httpx(client, request, timeout)
         return await _send_aiohttp(client, request, timeout, self._proxies.get(request.url))
 
+    @contextlib.asynccontextmanager
+    async def connect_websocket(
+        self, url: str, headers: Sequence[tuple[str, str]], *, timeout: float
+    ) -> AsyncIterator[AiohttpWebSocket]:
+        """A WebSocket to ``url`` (``ws://``/``wss://``) on this transport's
+        session, through the proxy its requests take and with the same
+        certificate trust; opening it is bounded by ``timeout``. asyncio only."""
+        client = await self._current()
+        if isinstance(client, httpx.AsyncClient):
+            raise ConnectionError("a WebSocket to OpenAI needs asyncio (aiohttp)")
+        import aiohttp
+
+        try:
+            async with attempt_deadline(timeout):
+                socket = await client.ws_connect(
+                    url,
+                    headers=list(headers),
+                    proxy=self._proxies.get(url),
+                )
+        except asyncio.TimeoutError as exc:
+            raise TimeoutError(str(exc) or "timed out") from None
+        except aiohttp.ClientError as exc:
+            raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
+        try:
+            yield AiohttpWebSocket(socket)
+        finally:
+            await socket.close()
+
+
+class AiohttpWebSocket:
+    """An aiohttp WebSocket as a sideband socket: text frames in and out."""
+
+    __slots__ = ("_socket",)
+
+    def __init__(self, socket: Any) -> None:
+        self._socket = socket
+
+    async def send_text(self, text: str) -> None:
+        await self._socket.send_str(text)
+
+    async def receive_text(self) -> str | None:
+        """The next text frame; None once the socket is closed."""
+        import aiohttp
+
+        while True:
+            message = await self._socket.receive()
+            if message.type == aiohttp.WSMsgType.TEXT:
+                return str(message.data)
+            if message.type == aiohttp.WSMsgType.BINARY:
+                return bytes(message.data).decode("utf-8", errors="replace")
+            if message.type in (
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSING,
+                aiohttp.WSMsgType.CLOSED,
+                aiohttp.WSMsgType.ERROR,
+            ):
+                return None
+
 
 # The most read from aiohttp's buffer at once (as httpx's chunks).
 _CHUNK: Final = 65536
@@ -228,13 +287,16 @@ class _Proxies:
             host = f"{host}:{parts.port}"
         if urllib.request.proxy_bypass_environment(host, self._proxies):  # type: ignore[attr-defined]
             return None
-        proxy = self._proxies.get(parts.scheme) or self._proxies.get("all")
+        # A WebSocket takes the proxy of the HTTP scheme it upgrades from.
+        scheme = _HTTP_SCHEME_OF.get(parts.scheme, parts.scheme)
+        proxy = self._proxies.get(scheme) or self._proxies.get("all")
         if proxy and "://" not in proxy:  # HTTP_PROXY=host:3128 means http://, as for httpx
             proxy = f"http://{proxy}"
         return proxy
 
 
 _UNKNOWN: Final = object()
+_HTTP_SCHEME_OF: Final = {"ws": "http", "wss": "https"}
 
 
 async def _send_aiohttp(

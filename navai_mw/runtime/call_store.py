@@ -1,15 +1,23 @@
 """Where the relayed calls live: who started each, and when each must end.
 
-In memory by default (one process: a timer or a task per capped call). With
-a shared Redis (``rate_limit_storage="redis://..."``, the guard's storage)
-they live there instead, so that any worker can hang a call up, and a
-restart forgets no deadline: every worker polls for the deadlines that have
-passed, and the one that claims a deadline (``ZREM`` answers 1 to one worker
-only) ends the call.
+One store per handler. It owns an asyncio event loop on a daemon thread of
+its own (``navai-calls``), which outlives requests: the time caps' timers,
+the Redis client and its deadline poller, and the hangups of the ASGI shell
+all run there, so that no request's event loop (an async view under a WSGI
+server runs each request on a loop that closes when it returns) ever holds
+the store's state.
 
-Keys: ``navai:call:{key}`` holds the owner (it expires when no call could
-still be running), ``navai:call-deadlines`` is a sorted set of keys by the
-Unix time they must end.
+In memory by default (one process): a timer per capped call on the store's
+loop. With a shared Redis (``rate_limit_storage="redis://..."``, the
+guard's storage) they live there instead (:mod:`.call_deadlines`), so that
+any worker can hang a call up and a restart forgets no deadline: every
+worker polls for the deadlines that have passed and claims them with a
+lease.
+
+Hangups run concurrently, at most :data:`HANGUPS_AT_ONCE` at a time per
+worker (the rest wait their turn): under WSGI ``end(key)`` blocks, and runs
+on a small pool of long-lived threads (so their upstream clients are
+reused); under ASGI it is a coroutine, run on the store's loop.
 """
 
 from __future__ import annotations
@@ -19,39 +27,49 @@ import contextlib
 import logging
 import os
 import threading
-import time
 import weakref
-from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from queue import SimpleQueue
+from typing import Any, Final, TypeVar
+
+import anyio.to_thread
 
 from ..core.effects import CallOwned, ForgetCall, RememberCall
 from ..core.storage import redis_client_url, shown_url
-from .aio import on_asyncio
+from .aio import _LoopThread, _running_loop, _wait, attempt_deadline
+from .call_deadlines import RedisCalls, owner_mark
 
 __all__ = [
+    "HANGUPS_AT_ONCE",
     "AsyncCalls",
     "SyncCalls",
 ]
 
 logger = logging.getLogger("navai_mw")
 
-_DEADLINES: Final = "navai:call-deadlines"
-# A Realtime session lasts an hour at most: past two, nothing is left to end.
-_OWNER_TTL_SECONDS: Final = 2 * 3600
 # How often each worker looks for deadlines that have passed.
 POLL_SECONDS: Final = 0.5
-_BATCH: Final = 20
+# Hangups at once per worker: one slow hangup must not hold the others.
+HANGUPS_AT_ONCE: Final = 16
+# A lease lasts the hangup's own bound and this: a worker that still has not
+# finished by then is taken for dead, and another ends the call.
+LEASE_MARGIN_SECONDS: Final = 5.0
+# How long a store operation may take, Redis's answer included.
+STORE_TIMEOUT_SECONDS: Final = 2.0
+# How long closing may wait for the store's loop to finish its work.
+_CLOSE_SECONDS: Final = 5.0
 
-
-def _owner_key(key: str) -> str:
-    return f"navai:call:{key}"
+Effect = RememberCall | CallOwned | ForgetCall
+R = TypeVar("R")
 
 
 def _ended(key: str, exc: BaseException) -> None:
     logger.warning("navai_mw: ending call %s at its time cap failed: %s", key, type(exc).__name__)
 
 
-def _poll_failed(where: str, exc: Exception, failing: bool) -> bool:
+def _poll_failed(where: str, exc: BaseException, failing: bool) -> bool:
     """Log a failure to read the deadlines once, not twice a second."""
     if not failing:
         logger.warning(
@@ -60,255 +78,342 @@ def _poll_failed(where: str, exc: Exception, failing: bool) -> bool:
     return True
 
 
-class SyncCalls:
-    """For the WSGI shell: timers in memory, or a polling thread on Redis."""
+class _Hangups:
+    """Where due calls are ended: at most ``size`` at once, the others in
+    turn. :meth:`start` is called on the store's loop."""
 
-    def __init__(self, uri: str | None) -> None:
-        self._registry = CallRegistry()
-        self._timers: dict[str, threading.Timer] = {}
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.waiting = 0  # started and not finished (running, or in turn)
+
+    def free(self) -> int:
+        return self.size - self.waiting
+
+    def start(self, key: str) -> None:
+        raise NotImplementedError
+
+    def cancel(self) -> None:
+        """Drop what has not started (the store is closing)."""
+
+
+class _ThreadHangups(_Hangups):
+    """``end(key)`` blocks (WSGI): run on up to ``size`` long-lived daemon
+    threads, made as needed and kept until the store closes, so their
+    upstream clients are kept too."""
+
+    def __init__(self, end: Callable[[str], None], size: int) -> None:
+        super().__init__(size)
+        self._end = end
+        self._reset()
+
+    def _reset(self) -> None:
         self._lock = threading.Lock()
-        self._redis: Any = None
-        self._stop = threading.Event()
-        self._end: Callable[[str], None] | None = None
-        # Where the calls are kept, as a log line may name it.
-        self.where = shown_url(uri) if uri is not None else "memory://"
-        shared = redis_client_url(uri)
-        if shared is not None:
-            import redis
+        self._jobs: SimpleQueue[tuple[int, str] | None] = SimpleQueue()
+        self._threads = 0
+        self._generation = 0
+        self.waiting = 0
 
-            self._redis = redis.Redis.from_url(shared, socket_timeout=2, socket_connect_timeout=2)
-
-    def start(self, end: Callable[[str], None]) -> None:
-        """``end(key)`` ends a call; with Redis, the poller starts now (and
-        again in a forked worker, which inherits no thread)."""
-        self._end = end
-        if self._redis is not None:
-            self._start_polling()
-            _POLLERS.add(self)
-
-    def _start_polling(self) -> None:
-        self._stop = threading.Event()
-        threading.Thread(target=self._poll, name="navai-call-deadlines", daemon=True).start()
-
-    def perform(self, effect: RememberCall | CallOwned | ForgetCall) -> bool | None:
-        """What the effect asks: remember, answer whether owned, or forget."""
-        if isinstance(effect, CallOwned):
-            return self.owned(effect)
-        if isinstance(effect, RememberCall):
-            self.remember(effect)
-        else:
-            self.forget(effect)
-        return None
-
-    def remember(self, effect: RememberCall) -> None:
-        if self._redis is None:
-            self._registry.remember(effect.key, effect.owner)
-            if effect.deadline is not None:
-                self._schedule(effect.key, effect.deadline)
-            return
-        pipe = self._redis.pipeline()
-        pipe.set(_owner_key(effect.key), owner_mark(effect.owner), ex=_OWNER_TTL_SECONDS)
-        if effect.deadline is not None:
-            pipe.zadd(_DEADLINES, {effect.key: time.time() + effect.deadline})
-        pipe.execute()
-
-    def owned(self, effect: CallOwned) -> bool:
-        if self._redis is None:
-            return self._registry.known(effect.key, effect.owner)
-        stored = self._redis.get(_owner_key(effect.key))
-        return stored is not None and stored.decode() == owner_mark(effect.owner)
-
-    def forget(self, effect: ForgetCall) -> None:
-        if self._redis is None:
-            self._registry.forget(effect.key)
-            with self._lock:
-                timer = self._timers.pop(effect.key, None)
-            if timer is not None:
-                timer.cancel()
-            return
-        pipe = self._redis.pipeline()
-        pipe.delete(_owner_key(effect.key))
-        pipe.zrem(_DEADLINES, effect.key)
-        pipe.execute()
-
-    def _schedule(self, key: str, delay: float) -> None:
-        def fire() -> None:
-            with self._lock:
-                self._timers.pop(key, None)
-            self._run(key)
-
-        timer = threading.Timer(delay, fire)
-        timer.daemon = True
+    def start(self, key: str) -> None:
         with self._lock:
-            self._timers[key] = timer
-        timer.start()
+            self.waiting += 1
+            if self._threads < min(self.waiting, self.size):
+                self._threads += 1
+                threading.Thread(target=self._work, name="navai-hangup", daemon=True).start()
+            self._jobs.put((self._generation, key))
 
-    def _run(self, key: str) -> None:
-        if self._end is None:
-            return
-        try:
-            self._end(key)
-        except Exception as exc:
-            _ended(key, exc)
-
-    def _poll(self) -> None:
-        failing = False
-        while not self._stop.wait(POLL_SECONDS):
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return  # the store closed: one thread fewer
+            generation, key = job
             try:
-                due = self._redis.zrangebyscore(_DEADLINES, "-inf", time.time(), 0, _BATCH)
-                for raw in due:
-                    if self._redis.zrem(_DEADLINES, raw) == 1:  # this worker claimed it
-                        self._run(raw.decode())
-                failing = False
+                if generation == self._generation:
+                    self._end(key)
             except Exception as exc:
-                failing = _poll_failed(self.where, exc, failing)
+                _ended(key, exc)
+            finally:
+                with self._lock:
+                    self.waiting -= 1
 
-    def close(self) -> None:
-        """Cancel this process's timers and stop polling (the deadlines in
-        Redis stay, for the other workers and the next start)."""
-        self._stop.set()
+    def cancel(self) -> None:
+        """Drop the hangups not yet started and let the threads end (from
+        any thread; a later call makes new ones)."""
         with self._lock:
-            timers, self._timers = list(self._timers.values()), {}
-        for timer in timers:
-            timer.cancel()
-        if self._redis is not None:
-            self._redis.close()
+            self._generation += 1
+            threads, self._threads = self._threads, 0
+            for _ in range(threads):
+                self._jobs.put(None)
 
 
-_POLLERS: weakref.WeakSet[SyncCalls] = weakref.WeakSet()
+class _LoopHangups(_Hangups):
+    """``end(key)`` is a coroutine (ASGI): a task on the store's loop each,
+    at most ``size`` running, each bounded by ``seconds``."""
 
-
-def _poll_in_child() -> None:
-    for calls in list(_POLLERS):
-        if not calls._stop.is_set():
-            calls._redis.connection_pool.reset()  # the parent's sockets are not ours
-            calls._start_polling()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_poll_in_child)
-
-
-class AsyncCalls:
-    """For the ASGI shell: tasks in memory, or a polling task on Redis
-    (asyncio only, as the Redis client)."""
-
-    def __init__(self, uri: str | None) -> None:
-        self._registry = CallRegistry()
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self.where = shown_url(uri) if uri is not None else "memory://"
-        self._shared = redis_client_url(uri)
-        self._redis: Any = None
-        self._poller: asyncio.Task[None] | None = None
-        self._end: Callable[[str], Awaitable[None]] | None = None
-
-    def start(self, end: Callable[[str], Awaitable[None]]) -> None:
+    def __init__(self, end: Callable[[str], Awaitable[None]], size: int, seconds: float) -> None:
+        super().__init__(size)
         self._end = end
+        self._seconds = seconds
+        self._turns: asyncio.Semaphore | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    def _client(self) -> Any:
-        if self._redis is None:
-            import redis.asyncio
-
-            assert self._shared is not None
-            self._redis = redis.asyncio.Redis.from_url(
-                self._shared, socket_timeout=2, socket_connect_timeout=2
-            )
-        if self._poller is None or self._poller.done():
-            self._poller = asyncio.get_running_loop().create_task(self._poll())
-        return self._redis
-
-    def ensure_polling(self) -> None:
-        """Start polling for deadlines on this loop (a worker that has only
-        just started must still end the calls its predecessor relayed)."""
-        if self._shared is not None and on_asyncio():
-            self._client()
-
-    async def perform(self, effect: RememberCall | CallOwned | ForgetCall) -> bool | None:
-        """What the effect asks: remember, answer whether owned, or forget."""
-        if isinstance(effect, CallOwned):
-            return await self.owned(effect)
-        if isinstance(effect, RememberCall):
-            await self.remember(effect)
-        else:
-            await self.forget(effect)
-        return None
-
-    async def remember(self, effect: RememberCall) -> None:
-        if self._shared is None:
-            self._registry.remember(effect.key, effect.owner)
-            if effect.deadline is not None and on_asyncio():
-                loop = asyncio.get_running_loop()
-                self._tasks[effect.key] = loop.create_task(self._later(effect.key, effect.deadline))
-            elif effect.deadline is not None:
-                logger.warning("navai_mw: the time cap needs asyncio; %s is not capped", effect.key)
-            return
-        client = self._client()
-        async with client.pipeline() as pipe:
-            pipe.set(_owner_key(effect.key), owner_mark(effect.owner), ex=_OWNER_TTL_SECONDS)
-            if effect.deadline is not None:
-                pipe.zadd(_DEADLINES, {effect.key: time.time() + effect.deadline})
-            await pipe.execute()
-
-    async def owned(self, effect: CallOwned) -> bool:
-        if self._shared is None:
-            return self._registry.known(effect.key, effect.owner)
-        stored = await self._client().get(_owner_key(effect.key))
-        return stored is not None and bool(stored.decode() == owner_mark(effect.owner))
-
-    async def forget(self, effect: ForgetCall) -> None:
-        if self._shared is None:
-            self._registry.forget(effect.key)
-            task = self._tasks.pop(effect.key, None)
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
-            return
-        async with self._client().pipeline() as pipe:
-            pipe.delete(_owner_key(effect.key))
-            pipe.zrem(_DEADLINES, effect.key)
-            await pipe.execute()
-
-    async def _later(self, key: str, delay: float) -> None:
-        await asyncio.sleep(delay)
-        self._tasks.pop(key, None)
-        await self._run(key)
+    def start(self, key: str) -> None:
+        self.waiting += 1
+        task = asyncio.get_running_loop().create_task(self._run(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _run(self, key: str) -> None:
-        if self._end is None:
-            return
         try:
-            await self._end(key)
+            if self._turns is None:  # made on the store's loop, which runs this
+                self._turns = asyncio.Semaphore(self.size)
+            async with self._turns, attempt_deadline(self._seconds):
+                await self._end(key)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             _ended(key, exc)
+        finally:
+            self.waiting -= 1
+
+    def cancel(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        self._turns = None  # the next loop makes its own
+
+
+class CallStore:
+    """The relayed calls of one handler (its shell's face below).
+
+    ``uri`` names a shared Redis, or nothing (memory). ``hangup_seconds``
+    bounds one hangup (the upstream timeout): a Redis lease lasts that and
+    :data:`LEASE_MARGIN_SECONDS`.
+    """
+
+    def __init__(self, uri: str | None, *, hangup_seconds: float = 30.0) -> None:
+        self._registry = CallRegistry()
+        # Where the calls are kept, as a log line may name it (no credentials).
+        self.where = shown_url(uri) if uri is not None else "memory://"
+        self._loop = _LoopThread("navai-calls")
+        self._timers: dict[str, asyncio.TimerHandle] = {}  # touched on the store's loop only
+        self._lease = hangup_seconds + LEASE_MARGIN_SECONDS
+        shared = redis_client_url(uri)
+        self._redis = None if shared is None else RedisCalls(shared, lease_seconds=self._lease)
+        self._hangups: _Hangups | None = None
+        self._poller: asyncio.Task[None] | None = None  # on the store's loop
+        self._polling = False  # whether this process should poll
+        _STORES.add(self)
+
+    # -- starting and stopping ----------------------------------------------------
+
+    def _start(self, hangups: _Hangups) -> None:
+        self._hangups = hangups
+        if self._redis is not None:
+            self.ensure_polling()
+
+    def ensure_polling(self) -> None:
+        """With Redis, poll for deadlines from now on (a worker that has only
+        just started must still end the calls its predecessor relayed); again
+        after a close, or in a forked child."""
+        if self._redis is None or self._hangups is None:
+            return
+        self._polling = True
+        poller = self._poller
+        if self._loop.running() is not None and poller is not None and not poller.done():
+            return
+        loop = self._loop.loop()
+        with contextlib.suppress(RuntimeError):  # stopped meanwhile: the next call starts it
+            loop.call_soon_threadsafe(self._begin_polling)
+
+    def _begin_polling(self) -> None:
+        if self._polling and (self._poller is None or self._poller.done()):
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
 
     async def _poll(self) -> None:
+        assert self._redis is not None
+        assert self._hangups is not None
         failing = False
         while True:
+            free = self._hangups.free()
+            if free > 0:
+                try:
+                    claimed = await self._redis.claim(free)
+                    failing = False
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    failing = _poll_failed(self.where, exc, failing)
+                    claimed = []
+                for key in claimed:
+                    self._hangups.start(key)
             await asyncio.sleep(POLL_SECONDS)
-            try:
-                due = await self._redis.zrangebyscore(_DEADLINES, "-inf", time.time(), 0, _BATCH)
-                for raw in due:
-                    if await self._redis.zrem(_DEADLINES, raw) == 1:
-                        await self._run(raw.decode())
-                failing = False
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failing = _poll_failed(self.where, exc, failing)
+
+    async def _shutdown(self) -> None:
+        """On the store's loop: stop polling, cancel the timers and the
+        hangups not yet done, close the Redis client."""
+        if self._poller is not None:
+            self._poller.cancel()
+            self._poller = None
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        if isinstance(self._hangups, _LoopHangups):
+            self._hangups.cancel()
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                await self._redis.aclose()
+
+    def _stop_blocking(self) -> None:
+        """Cancel this process's timers and stop polling (the deadlines in
+        Redis stay, for the other workers and the next start); the store's
+        loop stops, and the clients made on it close there."""
+        self._polling = False
+        if isinstance(self._hangups, _ThreadHangups):
+            self._hangups.cancel()
+        loop = self._loop.running()
+        if loop is None:
+            return
+        with contextlib.suppress(Exception):  # a loop that stopped, or a slow close
+            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(_CLOSE_SECONDS)
+        self._loop.stop(_CLOSE_SECONDS)
+        if self._redis is not None:  # a client of the stopped loop is of no more use
+            self._redis.forget_client()
+
+    async def _stop(self) -> None:
+        """:meth:`_stop_blocking`, awaited from an event loop."""
+        self._polling = False
+        loop = self._loop.running()
+        if loop is None:
+            return
+        if _running_loop() is loop:  # never from its own loop: it would wait on itself
+            await self._shutdown()
+            return
+        with contextlib.suppress(RuntimeError):
+            await _wait(asyncio.run_coroutine_threadsafe(self._shutdown(), loop), _CLOSE_SECONDS)
+        await anyio.to_thread.run_sync(self._loop.stop, _CLOSE_SECONDS)
+        if self._redis is not None:  # a client of the stopped loop is of no more use
+            self._redis.forget_client()
+
+    def _after_fork(self) -> None:
+        # The parent's loop, timers and threads do not exist here (and the
+        # parent's locks may have been held).
+        self._loop = _LoopThread("navai-calls")
+        self._timers = {}
+        self._poller = None
+        if isinstance(self._hangups, _ThreadHangups):
+            self._hangups._reset()
+        if self._redis is not None:
+            self._redis.forget_client()
+            if self._polling:
+                self.ensure_polling()
+
+    # -- the store's loop -----------------------------------------------------------
+
+    def submit(self, work: Coroutine[Any, Any, R]) -> Future[R]:
+        """Run ``work`` on the store's loop; its future."""
+        return asyncio.run_coroutine_threadsafe(work, self._loop.loop())
+
+    def on_store_loop(self) -> bool:
+        loop = self._loop.running()
+        return loop is not None and _running_loop() is loop
+
+    # -- the effects ------------------------------------------------------------------
+
+    def _in_memory(self, effect: Effect) -> bool | None:
+        if isinstance(effect, CallOwned):
+            return self._registry.known(effect.key, effect.owner)
+        if isinstance(effect, RememberCall):
+            self._registry.remember(effect.key, effect.owner)
+            if effect.deadline is not None:
+                loop = self._loop.loop()
+                # loop.time() is the monotonic clock: readable from any thread.
+                when = loop.time() + effect.deadline
+                loop.call_soon_threadsafe(self._arm, effect.key, when)
+            return None
+        self._registry.forget(effect.key)
+        running = self._loop.running()
+        if running is not None:
+            with contextlib.suppress(RuntimeError):  # stopping: its timers go with it
+                running.call_soon_threadsafe(self._disarm, effect.key)
+        return None
+
+    def _arm(self, key: str, when: float) -> None:
+        self._disarm(key)
+        self._timers[key] = asyncio.get_running_loop().call_at(when, self._due, key)
+
+    def _disarm(self, key: str) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _due(self, key: str) -> None:
+        self._timers.pop(key, None)
+        if self._hangups is not None:
+            self._hangups.start(key)
+
+
+class SyncCalls(CallStore):
+    """For the WSGI shell: store effects performed by blocking the request's
+    thread (memory: under a lock; Redis: on the store's loop, bounded)."""
+
+    def start(self, end: Callable[[str], None]) -> None:
+        """``end(key)`` ends a call; with Redis, the poller starts now (and
+        again in a forked worker, which inherits no thread)."""
+        self._start(_ThreadHangups(end, HANGUPS_AT_ONCE))
+
+    def perform(self, effect: Effect) -> bool | None:
+        """What the effect asks: remember, answer whether owned, or forget."""
+        if self._redis is None:
+            return self._in_memory(effect)
+        future = self.submit(self._redis.perform(effect))
+        try:
+            return future.result(STORE_TIMEOUT_SECONDS)
+        except FutureTimeout:  # TimeoutError itself from Python 3.11
+            future.cancel()
+            raise TimeoutError("the calls' store did not answer in time") from None
+
+    def close(self) -> None:
+        """Cancel this process's timers and stop polling (the deadlines in
+        Redis stay, for the other workers and the next start)."""
+        self._stop_blocking()
+
+
+class AsyncCalls(CallStore):
+    """For the ASGI shell (asyncio or trio): store effects awaited, the
+    work itself on the store's loop."""
+
+    def start(self, end: Callable[[str], Awaitable[None]]) -> None:
+        """``end(key)`` ends a call: a coroutine, run on the store's loop."""
+        self._start(_LoopHangups(end, HANGUPS_AT_ONCE, self._lease))
+
+    async def perform(self, effect: Effect) -> bool | None:
+        """What the effect asks: remember, answer whether owned, or forget."""
+        if self._redis is None:
+            return self._in_memory(effect)
+        if self.on_store_loop():  # a hangup's own ForgetCall
+            return await self._redis.perform(effect)
+        future = self.submit(self._redis.perform(effect))
+        if not await _wait(future, STORE_TIMEOUT_SECONDS):
+            future.cancel()
+            raise TimeoutError("the calls' store did not answer in time")
+        return future.result()
 
     async def aclose(self) -> None:
-        """Cancel this process's tasks and the poller (deadlines in Redis stay)."""
-        tasks = [*self._tasks.values(), *([self._poller] if self._poller else [])]
-        self._tasks, self._poller = {}, None
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self._redis is not None:
-            await self._redis.aclose()
-            self._redis = None
+        """Cancel this process's timers and hangups and stop polling
+        (deadlines in Redis stay)."""
+        await self._stop()
+
+
+_STORES: weakref.WeakSet[CallStore] = weakref.WeakSet()
+
+
+def _stores_in_child() -> None:
+    for store in list(_STORES):
+        store._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_stores_in_child)
 
 
 # How many relayed calls a process remembers (oldest forgotten first): a
@@ -338,8 +443,3 @@ class CallRegistry:
     def forget(self, key: str) -> bool:
         with self._lock:
             return self._owners.pop(key, None) is not None
-
-
-def owner_mark(owner: str | None) -> str:
-    """How an owner is stored: ``id:<identity>``, or ``-`` for nobody (no guard)."""
-    return "-" if owner is None else f"id:{owner}"

@@ -3,6 +3,7 @@ twins): one sans-IO exchange each, run by a driver over a transport."""
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -18,10 +19,12 @@ from .sync_transport import HttpxSyncTransport
 from .transports import AsyncTransport, SyncTransport
 
 # The sync function's default: one pooled client for the whole process, made
-# on first use (and made again in a forked child). The async function has no
-# shared default: an async client belongs to one event loop, and a caller's
-# loops come and go.
+# on first use (and made again in a forked child), and closed at exit (else
+# its sockets are left to the interpreter's teardown, which warns about each).
+# The async function has no shared default: an async client belongs to one
+# event loop, and a caller's loops come and go.
 _DEFAULT_SYNC: Final = HttpxSyncTransport()
+atexit.register(_DEFAULT_SYNC.close)
 
 Request = CreateClientSecretRequest | Mapping[str, Any] | None
 

@@ -54,14 +54,23 @@ class FunctionWorkers:
     def _work(self) -> None:
         while True:
             run, future = self._jobs.get()
-            future.set_running_or_notify_cancel()
+            if not future.set_running_or_notify_cancel():
+                self._free()
+                continue
             try:
-                future.set_result(run())
+                value = run()
             except BaseException as exc:  # handed to the caller, whatever it is
+                # Free before the caller hears: its answer may bring the next
+                # call at once, which must find this worker free.
+                self._free()
                 future.set_exception(exc)
-            finally:
-                with self._lock:
-                    self.busy -= 1
+            else:
+                self._free()
+                future.set_result(value)
+
+    def _free(self) -> None:
+        with self._lock:
+            self.busy -= 1
 
 
 def _reset_pools_in_child() -> None:

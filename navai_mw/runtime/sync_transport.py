@@ -3,12 +3,14 @@ socket operation of an attempt bounded by the attempt's deadline."""
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import ssl
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Final
@@ -122,6 +124,25 @@ class _Lease:
         self.closing = False
 
 
+class _ThreadsLease:
+    """What a thread's local data holds of its lease. It is dropped when the
+    thread ends (Python clears a finished thread's local data), and its
+    finalizer hands the lease back, so that a server making a thread per
+    request does not keep a client, and its sockets, per thread it ever ran."""
+
+    __slots__ = ("__weakref__", "lease")
+
+    def __init__(self, lease: _Lease) -> None:
+        self.lease = lease
+
+
+def _thread_ended(ended: deque[_Lease], lease: _Lease) -> None:
+    # Called from wherever the thread's data is dropped (its own last steps,
+    # or close() replacing the thread-local object): it takes no lock, and
+    # the next attempt, or close(), closes the client.
+    ended.append(lease)
+
+
 # Each thread's own client: a thread has one attempt at a time, to one of a
 # few origins (OpenAI, ElevenLabs, a JWKS), and keeps those connections.
 _THREAD_LIMITS: Final = httpx.Limits(max_connections=4, max_keepalive_connections=4)
@@ -166,10 +187,15 @@ class HttpxSyncTransport:
         self._slots = threading.BoundedSemaphore(self._max)
         self._local = threading.local()
         self._leases: list[_Lease] = []  # every client made: close() closes them all
+        # The leases of threads that have ended, their clients to close.
+        self._ended: deque[_Lease] = deque()
 
     def _acquire(self) -> _Lease:
-        lease: _Lease | None = getattr(self._local, "lease", None)
+        held: _ThreadsLease | None = getattr(self._local, "held", None)
+        lease = None if held is None else held.lease
         made = None
+        if self._ended:
+            self._close_ended()
         if (lease is None or lease.closing) and self._given is None:
             # Made outside the lock: a client takes milliseconds to make.
             made = _Lease(
@@ -182,9 +208,39 @@ class HttpxSyncTransport:
                 else:
                     lease = made or _Lease(self._given)  # type: ignore[arg-type]
                     self._leases.append(lease)
-                self._local.lease = lease
+                held = _ThreadsLease(lease)
+                if made is not None:
+                    # Not at exit: the process's sockets close with it anyway.
+                    weakref.finalize(held, _thread_ended, self._ended, lease).atexit = False
+                self._local.held = held
             lease.users += 1
             return lease
+
+    def _close_ended(self) -> None:
+        """Close the clients of threads that have ended (no attempt can use
+        them any more: a thread's attempts run on it)."""
+        done = []
+        with self._lock:
+            while self._ended:
+                lease = self._ended.popleft()
+                if lease.closing:
+                    continue  # close() has it
+                lease.closing = True
+                with contextlib.suppress(ValueError):
+                    self._leases.remove(lease)
+                if lease.users == 0:
+                    done.append(lease)
+        for lease in done:
+            lease.client.close()
+
+    @property
+    def open_clients(self) -> int:
+        """How many clients this transport holds open (one per thread that
+        sent an attempt and still runs, or the one given)."""
+        if self._ended:
+            self._close_ended()
+        with self._lock:
+            return len(self._leases)
 
     def _tls(self) -> ssl.SSLContext:
         """One TLS context for every thread's client (loading the CA bundle
@@ -245,13 +301,17 @@ class HttpxSyncTransport:
     def close(self) -> None:
         with self._lock:
             leases, self._leases = self._leases, []
-            # Every thread makes a fresh client on its next attempt.
-            self._local = threading.local()
+            # Every thread makes a fresh client on its next attempt. (The old
+            # thread-local object is dropped after the lock: dropping it
+            # runs the finalizers of every thread's lease.)
+            old_local, self._local = self._local, threading.local()
+            self._ended.clear()
             done = []
             for lease in leases:
                 lease.closing = True
                 if lease.users == 0:
                     done.append(lease)
+        del old_local
         for lease in done:
             lease.client.close()
         if not leases and self._given is not None:

@@ -126,7 +126,7 @@ def close_live(
 ) -> CloseLive:
     """The effect that ends a Live session: ``session.close`` on its sideband."""
     url = websocket_url(f"{opts.api_base_url}/live/sessions/{session_id}/attach")
-    return CloseLive(url, (credential.header,))
+    return CloseLive(url, (credential.header,), opts.upstream_timeout_seconds)
 
 
 def end_live(
