@@ -17,6 +17,7 @@ from .core.errors import AuthError, NavaiError, OptionsError, RequestError, Upst
 from .core.faces import publish
 from .core.http import HttpRequest, HttpResponse, RequestInfo
 from .core.options import NavaiVoiceBackendOptions, VoiceSettings
+from .core.reports import CallReport, CallUsage, FunctionCallRecord
 from .runtime.client_functions import (
     create_realtime_client_secret,
     create_realtime_client_secret_sync,
@@ -34,8 +35,11 @@ from .wsgi import NavaiWSGIMiddleware
 __all__ = [
     "AsyncNavaiHandler",
     "AuthError",
+    "CallReport",
+    "CallUsage",
     "CreateClientSecretRequest",
     "CreateTranscriptionSecretRequest",
+    "FunctionCallRecord",
     "FunctionContext",
     "FunctionRegistry",
     "HttpRequest",

@@ -41,7 +41,12 @@ from typing import Any
 import attrs
 from typing_extensions import Unpack
 
-from .config.configure import RouteOptions, configure_endpoint, upstream_connections_from
+from .config.configure import (
+    RouteOptions,
+    configure_endpoint,
+    runtime_options,
+    upstream_connections_from,
+)
 from .core.errors import OptionsError
 from .core.options import NavaiVoiceBackendOptions
 from .core.storage import is_redis
@@ -112,16 +117,18 @@ class NavaiHandler:
                 )
         self.endpoint = configure_endpoint(opts, **keywords)
         self.owns_transport = transport is None
-        self.transport: SyncTransport = transport or HttpxSyncTransport(
-            max_connections=upstream_connections_from(keywords.get("env"), max_upstream_connections)
-        )
+        connections = upstream_connections_from(keywords.get("env"), max_upstream_connections)
+        self.transport: SyncTransport = transport or HttpxSyncTransport(max_connections=connections)
+        on_call_end, max_sidebands = runtime_options(keywords)
         self.effects = SyncEffects(
             self.endpoint.guard.storage_uri,
             function_workers=function_workers,
             # A shared store for calls only when there are calls to share.
             calls_uri=self.endpoint.guard.store_uri if self.endpoint.relays else None,
             hangup_seconds=self.endpoint.settings.opts.upstream_timeout_seconds,
-            sideband=SidebandConnector(self.transport),
+            sideband=SidebandConnector(self.transport, max_connections=connections),
+            on_call_end=on_call_end,
+            max_sidebands=max_sidebands,
         )
         # A call ends at its time cap by the endpoint's own steps, driven here
         # (on the calls' store's hangup threads).
@@ -188,16 +195,18 @@ class AsyncNavaiHandler:
     ) -> None:
         self.endpoint = configure_endpoint(opts, **keywords)
         self.owns_transport = transport is None
-        self.transport: AsyncTransport = transport or AiohttpTransport(
-            max_connections=upstream_connections_from(keywords.get("env"), max_upstream_connections)
-        )
+        connections = upstream_connections_from(keywords.get("env"), max_upstream_connections)
+        self.transport: AsyncTransport = transport or AiohttpTransport(max_connections=connections)
+        on_call_end, max_sidebands = runtime_options(keywords)
         self.effects = AsyncEffects(
             self.endpoint.guard.storage_uri,
             function_workers=function_workers,
             # A shared store for calls only when there are calls to share.
             calls_uri=self.endpoint.guard.store_uri if self.endpoint.relays else None,
             hangup_seconds=self.endpoint.settings.opts.upstream_timeout_seconds,
-            sideband=SidebandConnector(self.transport),
+            sideband=SidebandConnector(self.transport, max_connections=connections),
+            on_call_end=on_call_end,
+            max_sidebands=max_sidebands,
         )
         self.effects.check()
         endpoint, transport, effects = self.endpoint, self.transport, self.effects
@@ -241,11 +250,13 @@ class AsyncNavaiHandler:
     @property
     def needs_lifespan(self) -> bool:
         """Whether something of the handler's must start or close with the
-        server: the upstream client it made, the calls' time caps, or the
-        shared calls' store whose deadlines every worker watches."""
+        server: the upstream client it made, the calls' time caps, the
+        shared calls' store whose deadlines every worker watches, or the
+        calls' sidebands (closed, and their calls reported, at shutdown)."""
         return (
             self.owns_transport
             or self.endpoint.max_call_seconds is not None
+            or self.endpoint.settings.sideband is not None
             or (self.endpoint.relays and is_redis(self.endpoint.guard.store_uri))
         )
 

@@ -753,7 +753,9 @@ def test_the_readme_installs_what_the_demo_needs() -> None:
     extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
-    assert extras["demo"] == ["navai-mw[server,webrtc]"]
+    # The demo runs calls with their sideband (server functions, a pinned
+    # session, the end-of-call report): its extra too.
+    assert extras["demo"] == ["navai-mw[server,webrtc,sideband]"]
     readme = (root / "README.md").read_text()
     first = next(line for line in readme.splitlines() if "navai-mw demo" in line)
     assert first.startswith("pip install -e '.[demo]' && navai-mw demo")

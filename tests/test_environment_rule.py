@@ -102,10 +102,34 @@ ROWS: dict[str, tuple[str, str, Callable[[Handler], object], object]] = {
         lambda h: getattr(h.transport, "max_connections", None),
         7,
     ),
+    "NAVAI_MAX_SIDEBANDS": (
+        "12",
+        "max_sidebands",
+        lambda h: h.effects.sidebands.limit,
+        12,
+    ),
 }
-# Read beside another: credentials need origins.
+# Read beside another: credentials need origins; a sideband, the relay.
 COMPANIONS = {"NAVAI_CORS_ALLOW_CREDENTIALS": {"NAVAI_CORS_ORIGIN": "http://front.test"}}
 ROWS["NAVAI_CORS_ALLOW_CREDENTIALS"] = ("true", "cors_allow_credentials", _credentials, True)
+
+
+def _sideband(field: str) -> Callable[[Handler], object]:
+    def shown(handler: Handler) -> object:
+        sideband = handler.endpoint.settings.sideband
+        return sideband is not None and (field == "" or getattr(sideband, field))
+
+    return shown
+
+
+for _variable, _keyword, _field in (
+    ("NAVAI_SIDEBAND", "sideband", ""),
+    ("NAVAI_SERVER_FUNCTIONS", "server_functions", "server_functions"),
+    ("NAVAI_PIN_SESSION", "pin_session", "pin_session"),
+    ("NAVAI_SIDEBAND_REQUIRED", "sideband_required", "required"),
+):
+    ROWS[_variable] = ("true", _keyword, _sideband(_field), True)
+    COMPANIONS[_variable] = {"NAVAI_RELAY": "true"}
 
 
 def _build(kind: str, opts: NavaiVoiceBackendOptions | None, **keywords: Any) -> Handler:
@@ -176,6 +200,11 @@ def _given(keyword: str) -> tuple[object, object]:
         ),
         "max_upstream_connections": (3, 3),
         "cors_allow_credentials": (False, False),
+        "max_sidebands": (5, 5),
+        "sideband": (False, False),
+        "server_functions": (False, False),
+        "pin_session": (False, False),
+        "sideband_required": (False, False),
     }
     return table[keyword]
 

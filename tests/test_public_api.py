@@ -17,8 +17,11 @@ PUBLIC: dict[str, list[str]] = {
     "navai_mw": [
         "AsyncNavaiHandler",
         "AuthError",
+        "CallReport",
+        "CallUsage",
         "CreateClientSecretRequest",
         "CreateTranscriptionSecretRequest",
+        "FunctionCallRecord",
         "FunctionContext",
         "FunctionRegistry",
         "HttpRequest",

@@ -491,12 +491,16 @@ def test_a_store_that_is_down_never_costs_the_call_nor_answers_500(
             ended = request("DELETE", made.headers["location"].removeprefix("/app"))
             assert ended.status_code == 503
             assert ended.headers["retry-after"] == "5"
-            failures = [r.getMessage() for r in caplog.records if "calls' store" in r.getMessage()]
+            lines = [r.getMessage() for r in caplog.records]
+            failures = [line for line in lines if line.startswith("navai_mw: the calls' store")]
             assert failures, shell
             assert all(
                 line.startswith("navai_mw: the calls' store redis://127.0.0.1:1/0 failed (")
                 for line in failures
             ), failures
+            # Said where it happens: the call runs on without its cap.
+            uncapped = f"navai_mw: call {made.headers['location'].rsplit('/', 1)[-1]} is not capped"
+            assert any(line.startswith(uncapped) for line in lines), lines
             assert "PASSWORD" not in caplog.text
     assert upstream.hangups() == []
 

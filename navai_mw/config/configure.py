@@ -18,9 +18,15 @@ from typing_extensions import TypedDict, Unpack
 
 from ..backend_functions.loading import FunctionSource, load_navai_functions
 from ..backend_functions.registry import FunctionRegistry
-from ..core.envvars import Env, read_bool, read_seconds
+from ..core.envvars import Env, read_bool, read_int, read_seconds
+from ..core.errors import OptionsError
 from ..core.http import RequestInfo
-from ..core.options import NavaiVoiceBackendOptions, max_upstream_connections
+from ..core.options import (
+    DEFAULT_MAX_SIDEBANDS,
+    NavaiVoiceBackendOptions,
+    max_upstream_connections,
+)
+from ..core.reports import CallReport
 from ..endpoint.endpoint import DEFAULT_FUNCTION_TIMEOUT_SECONDS, Endpoint
 from ..guard.authorizers import Authorizer
 from ..upstreams.mint import SessionHook
@@ -55,7 +61,9 @@ class RouteOptions(TypedDict, total=False):
     Behaviour: ``functions``, ``customize_session``. Browsers:
     ``cors_origins``, ``cors_allow_credentials``. The guard: ``authorize``,
     ``rate_limit``, ``rate_limit_storage``, ``rate_limit_fail_open``,
-    ``trusted_proxies``, ``safety_id_secret``. ``env``: a mapping read
+    ``trusted_proxies``, ``safety_id_secret``. Relayed calls' sideband
+    (docs/calls.md): ``sideband``, ``server_functions``, ``pin_session``,
+    ``sideband_required``, ``on_call_end``, ``max_sidebands``. ``env``: a mapping read
     instead of ``os.environ`` for every navai variable.
     """
 
@@ -85,6 +93,12 @@ class RouteOptions(TypedDict, total=False):
     rate_limit_fail_open: bool | None
     trusted_proxies: str | Iterable[str] | None
     safety_id_secret: str | None
+    sideband: bool | None
+    server_functions: bool | None
+    pin_session: bool | None
+    sideband_required: bool | None
+    on_call_end: Callable[[CallReport], Any] | None
+    max_sidebands: int | None
     env: Mapping[str, str | None] | None
 
 
@@ -98,6 +112,25 @@ def upstream_connections_from(env: Env | None, value: int | None) -> int:
     """The transports' connection bound: ``value`` when given, else
     ``NAVAI_MAX_UPSTREAM_CONNECTIONS`` from ``env``, else the default."""
     return max_upstream_connections(value, env=environment(env))
+
+
+def runtime_options(keywords: Mapping[str, Any]) -> tuple[Callable[[CallReport], Any] | None, int]:
+    """What the runtime takes from the keywords: ``on_call_end`` (checked
+    callable) and ``max_sidebands`` (else ``NAVAI_MAX_SIDEBANDS``, else
+    :data:`DEFAULT_MAX_SIDEBANDS`)."""
+    hook = keywords.get("on_call_end")
+    if hook is not None and not callable(hook):
+        raise OptionsError("on_call_end must be a function taking a CallReport (or None).")
+    limit = keywords.get("max_sidebands")
+    source = "max_sidebands"
+    if limit is None:
+        source = "NAVAI_MAX_SIDEBANDS"
+        limit = read_int(environment(keywords.get("env")), source, option="max_sidebands")
+    if limit is None:
+        return hook, DEFAULT_MAX_SIDEBANDS
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise OptionsError(f"{source} must be a positive integer. Received: {limit!r}")
+    return hook, limit
 
 
 def configure_endpoint(
@@ -121,6 +154,10 @@ def configure_endpoint(
         ("relay", "NAVAI_RELAY"),
         ("transcription", "NAVAI_TRANSCRIPTION"),
         ("cors_allow_credentials", "NAVAI_CORS_ALLOW_CREDENTIALS"),
+        ("sideband", "NAVAI_SIDEBAND"),
+        ("server_functions", "NAVAI_SERVER_FUNCTIONS"),
+        ("pin_session", "NAVAI_PIN_SESSION"),
+        ("sideband_required", "NAVAI_SIDEBAND_REQUIRED"),
     ):
         if given.get(keyword) is None:
             given[keyword] = read_bool(env, variable, False)
@@ -130,12 +167,16 @@ def configure_endpoint(
         given["function_timeout_seconds"] = read_seconds(
             env, "NAVAI_FUNCTION_TIMEOUT_SECONDS", DEFAULT_FUNCTION_TIMEOUT_SECONDS
         )
+    # The runtime's, not the routes': the views read them.
+    given.pop("on_call_end", None)
+    given.pop("max_sidebands", None)
     functions = given.pop("functions", None)
     registry = None
-    if given.get("include_functions_routes", True) and (
+    browser_routes = given.get("include_functions_routes", True) and (
         given.get("functions_list_path", "") is not None
         or given.get("functions_execute_path", "") is not None
-    ):
+    )
+    if browser_routes or given["server_functions"]:
         registry = (
             functions
             if isinstance(functions, FunctionRegistry)

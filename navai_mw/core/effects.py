@@ -165,8 +165,11 @@ class SidebandSession(Protocol):
     ``navai_mw.endpoint.call_sideband.CallSideband``). Each method answers
     with the actions to take, in order."""
 
-    call_id: str
-    ended: bool
+    @property
+    def call_id(self) -> str: ...
+
+    @property
+    def ended(self) -> bool: ...
 
     def opened(self) -> list[SidebandAction]: ...
 
@@ -181,6 +184,11 @@ class SidebandSession(Protocol):
     def report(
         self, *, started_at: float, ended_at: float, reason: EndReason, metered: bool
     ) -> CallReport: ...
+
+
+@attrs.frozen
+class SidebandRoom:
+    """Whether this process may hold one more sideband; send back a bool."""
 
 
 @attrs.frozen

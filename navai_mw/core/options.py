@@ -377,6 +377,11 @@ DEFAULT_MAX_CONNECTIONS: Final = 1000
 MAX_CONNECTIONS_ENV: Final = "NAVAI_MAX_UPSTREAM_CONNECTIONS"
 
 
+# Sidebands one process holds at once unless told otherwise
+# (``max_sidebands``): an idle one costs a few tens of KiB (docs/calls.md).
+DEFAULT_MAX_SIDEBANDS: Final = 10_000
+
+
 def max_upstream_connections(value: int | None, *, env: Env) -> int:
     """How many upstream connections a transport may hold: ``value``, else
     ``NAVAI_MAX_UPSTREAM_CONNECTIONS`` from ``env``, else 1000; a bad value

@@ -12,18 +12,179 @@ and hands the outcome back.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+import logging
+from collections.abc import Generator, Iterable, Mapping
+from typing import Any, Final, Literal
 
 from ..backend_functions.calling import bind_call, function_reply
 from ..backend_functions.registry import FunctionContext, FunctionRegistry
-from ..core.effects import FunctionOutcome, RunFunction, SidebandAction
-from ..core.errors import NavaiError
-from ..core.http import RequestInfo
+from ..backend_functions.schema import function_tools
+from ..core.effects import (
+    AttachSideband,
+    FunctionOutcome,
+    RunFunction,
+    SidebandAction,
+    SidebandRoom,
+)
+from ..core.errors import NavaiError, OptionsError
+from ..core.http import Credential, RequestInfo
 from ..core.reports import CallReport, EndReason
-from ..upstreams.sideband import FunctionCalled, Sideband
+from ..core.values import flag
+from ..upstreams.sideband import FunctionCalled, Sideband, sideband_target
+from .route import Call, Settings, SidebandSettings
 
-__all__ = ["CallSideband"]
+__all__ = [
+    "LIVE_CLIENT_EVENTS",
+    "CallSideband",
+    "attach_sideband",
+    "sideband_room",
+    "sideband_settings",
+    "with_server_side",
+]
+
+logger = logging.getLogger("navai_mw")
+
+# What a pinned GPT-Live session's browser may still send on its data
+# channel: mute and unmute its microphone, and end the session. Nothing that
+# changes the session, injects text, or answers the model for the server.
+LIVE_CLIENT_EVENTS: Final = (
+    "session.input_audio.mute",
+    "session.input_audio.unmute",
+    "session.close",
+)
+Kind = Literal["realtime", "live"]
+
+
+def sideband_settings(
+    *,
+    sideband: object,
+    server_functions: object,
+    pin_session: object,
+    required: object,
+    relay: bool,
+    functions: FunctionRegistry,
+) -> SidebandSettings | None:
+    """The relayed calls' sideband settings, from the keywords (None: no
+    sideband). ``server_functions``, ``pin_session`` and ``required`` each
+    imply the sideband; all of them need the relay (the calls they attach
+    to)."""
+    serve = flag(server_functions, "server_functions")
+    pin = flag(pin_session, "pin_session")
+    need = flag(required, "sideband_required")
+    if not (flag(sideband, "sideband") or serve or pin or need):
+        return None
+    if not relay:
+        raise OptionsError(
+            "sideband (and server_functions, pin_session, sideband_required) attaches to the "
+            "calls navai_mw relays: switch the relay on (relay=True, NAVAI_RELAY=true)."
+        )
+    if serve and not functions.by_name:
+        logger.warning("navai_mw: server_functions is on, but no backend function is loaded")
+    tools = tuple(function_tools(functions.by_name.values())) if serve else ()
+    return SidebandSettings(server_functions=serve, tools=tools, pin_session=pin, required=need)
+
+
+def with_server_side(settings: Settings, session: dict[str, Any], kind: Kind) -> dict[str, Any]:
+    """The session as the server sends it with its sideband settings: the
+    backend functions among its tools (Realtime: the session's ``tools``;
+    GPT-Live: its Responses delegation's, the only tools Live has, so a
+    ``live_session`` without ``delegation`` of type ``responses`` gets
+    none), and a pinned Live session's data channel limited to
+    :data:`LIVE_CLIENT_EVENTS`."""
+    sideband = settings.sideband
+    if sideband is None:
+        return session
+    if sideband.tools:
+        if kind == "realtime":
+            session = {**session, "tools": _merged(session.get("tools"), sideband.tools)}
+        else:
+            session = _with_delegated_tools(session, sideband.tools)
+    if kind == "live" and sideband.pin_session:
+        client = _mapping(session.get("client"))
+        channel = {
+            **_mapping(client.get("data_channel")),
+            "allowed_client_events": list(LIVE_CLIENT_EVENTS),
+        }
+        session = {**session, "client": {**client, "data_channel": channel}}
+    return session
+
+
+def _merged(theirs: object, ours: tuple[dict[str, Any], ...]) -> list[Any]:
+    """A template's own tools, then the server's functions (a template's
+    tool of the same name gives way: the server runs that name)."""
+    names = {tool["name"] for tool in ours}
+    kept = [
+        tool
+        for tool in (theirs if isinstance(theirs, list) else [])
+        if not (isinstance(tool, Mapping) and tool.get("name") in names)
+    ]
+    return [*kept, *ours]
+
+
+def _with_delegated_tools(
+    session: dict[str, Any], tools: tuple[dict[str, Any], ...]
+) -> dict[str, Any]:
+    delegation = _mapping(session.get("delegation"))
+    responses = delegation.get("responses")
+    if delegation.get("type") != "responses" or not isinstance(responses, Mapping):
+        return session
+    responses = {**responses, "tools": _merged(responses.get("tools"), tools)}
+    return {**session, "delegation": {**delegation, "responses": responses}}
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def sideband_room(settings: Settings) -> Generator[Any, Any, bool]:
+    """Whether the call about to be relayed gets a sideband: with the
+    sideband on and room for one more in this process. No room: a required
+    sideband refuses the call (503), else it is relayed unmetered."""
+    sideband = settings.sideband
+    if sideband is None:
+        return False
+    room = yield SidebandRoom()
+    if room:
+        return True
+    if sideband.required:
+        raise NavaiError(
+            "This server holds as many calls as it may; try again shortly.",
+            status=503,
+            headers=(("Retry-After", "30"),),
+        )
+    logger.warning("navai_mw: a call is relayed without its sideband: this process holds its most")
+    return False
+
+
+def attach_sideband(
+    settings: Settings,
+    call: Call,
+    *,
+    kind: Kind,
+    key: str,
+    call_id: str,
+    session: Mapping[str, Any],
+    credential: Credential,
+) -> Generator[Any, Any, None]:
+    """Hold a sideband to the relayed call ``call_id`` (``key`` in the
+    calls' store) for as long as it lasts."""
+    sideband = settings.sideband
+    if sideband is None:
+        return
+    target = sideband_target(settings.opts, kind, call_id, credential=credential)
+    model = session.get("model")
+    state = CallSideband(
+        kind=kind,
+        call_id=call_id,
+        identity=call.identity,
+        model=model if isinstance(model, str) else "",
+        session=session,
+        request=call.info,
+        pin=sideband.pin_session,
+        functions=settings.functions if sideband.server_functions else None,
+        function_timeout=settings.function_timeout,
+    )
+    yield AttachSideband(key, target.url, target.headers, state, required=sideband.required)
 
 
 class CallSideband:

@@ -40,6 +40,7 @@ from ..guard.guard import Guard
 from ..upstreams.mint import SessionHook
 from .answers import Answer, error_answer, json_answer, raw_answer, too_large, unsupported
 from .body import declared_length, json_type_ok, parse_body, sdp_type_ok
+from .call_sideband import sideband_settings
 from .cors import Cors
 from .route import Call, Route, Settings
 from .route_table import RouteMap
@@ -105,8 +106,10 @@ class Endpoint:
     ``prefix``, ``include_functions_routes``, ``relay`` and ``transcription``
     (the routes beyond the reference's, off by default), ``max_body_size``,
     ``max_offer_size``, ``max_call_seconds``, ``function_timeout_seconds``,
-    ``customize_session``, ``cors_origins``, ``cors_allow_credentials``;
-    :mod:`navai_mw.config` reads their environment variables first.
+    ``customize_session``, ``cors_origins``, ``cors_allow_credentials``,
+    ``sideband``, ``server_functions``, ``pin_session``,
+    ``sideband_required`` (docs/calls.md); :mod:`navai_mw.config` reads
+    their environment variables first.
     """
 
     def __init__(
@@ -126,16 +129,21 @@ class Endpoint:
         customize_session: SessionHook | None = None,
         cors_origins: Iterable[str] | str | None = None,
         cors_allow_credentials: bool = False,
+        sideband: bool = False,
+        server_functions: bool = False,
+        pin_session: bool = False,
+        sideband_required: bool = False,
         **paths: str | None,
     ) -> None:
         if customize_session is not None and not callable(customize_session):
             raise OptionsError("customize_session must be a function (or None).")
         self.opts = opts
         self.guard = guard or Guard()
+        functions = functions if functions is not None else FunctionRegistry()
         self.settings = Settings(
             opts=opts,
             guard=self.guard,
-            functions=functions if functions is not None else FunctionRegistry(),
+            functions=functions,
             customize_session=customize_session,
             function_timeout=seconds(
                 function_timeout_seconds,
@@ -146,6 +154,14 @@ class Endpoint:
             if max_call_seconds is None
             else seconds(
                 max_call_seconds, "max_call_seconds", most=MAX_CALL_SECONDS, most_text="a day"
+            ),
+            sideband=sideband_settings(
+                sideband=sideband,
+                server_functions=server_functions,
+                pin_session=pin_session,
+                required=sideband_required,
+                relay=flag(relay, "relay"),
+                functions=functions,
             ),
         )
         self.max_body_size = _size(max_body_size, "max_body_size", least=0)
@@ -182,7 +198,7 @@ class Endpoint:
     def end_call(self, key: str) -> Generator[Any, Any, None]:
         """The steps that end a relayed call or Live session (for the time
         cap: the composition root drives them when a deadline passes)."""
-        return end_relayed(self.settings, key)
+        return end_relayed(self.settings, key, "time_cap")
 
     # -- the request ---------------------------------------------------------
 

@@ -28,6 +28,7 @@ __all__ = [
     "Reply",
     "Route",
     "Settings",
+    "SidebandSettings",
     "mint_for",
 ]
 
@@ -38,12 +39,30 @@ BodyKind = Literal["json", "sdp", "none"]
 
 
 @attrs.frozen(kw_only=True)
+class SidebandSettings:
+    """How relayed calls get their sideband (docs/calls.md).
+
+    Fields: server_functions (the backend functions offered to the model
+    and run on the server), tools (those functions as the session's
+    tools), pin_session (what the server set cannot be changed from the
+    browser), required (a call without its sideband is refused, or hung
+    up).
+    """
+
+    server_functions: bool = False
+    tools: tuple[dict[str, Any], ...] = ()
+    pin_session: bool = False
+    required: bool = False
+
+
+@attrs.frozen(kw_only=True)
 class Settings:
     """What every route's handler may read: the configuration, made once.
 
     Fields: opts, guard, functions (the registry), customize_session (the
     hook, or None), function_timeout (seconds), max_call_seconds (the time
-    cap of a relayed call, or None).
+    cap of a relayed call, or None), sideband (how relayed calls get
+    their sideband; None: they get none).
     """
 
     opts: NavaiVoiceBackendOptions
@@ -52,6 +71,7 @@ class Settings:
     customize_session: SessionHook | None = None
     function_timeout: float
     max_call_seconds: float | None = None
+    sideband: SidebandSettings | None = None
 
 
 @attrs.frozen

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import threading
 from collections.abc import AsyncGenerator, Callable
@@ -15,6 +16,14 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, TypeVar
 
 import anyio
+
+
+def is_async_hook(hook: object) -> bool:
+    """Whether ``hook`` must be awaited (a coroutine function, or an object
+    whose ``__call__`` is one)."""
+    return inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(
+        getattr(hook, "__call__", None)  # noqa: B004 - a callable object's own method
+    )
 
 
 def _running_loop() -> object:

@@ -20,6 +20,7 @@ import sniffio
 from typing_extensions import Self
 
 from ..core.http import HttpRequest, HttpResponse
+from ..upstreams.sideband import MAX_EVENT_BYTES
 from .aio import C, LoopBound, attempt_deadline
 from .transports import DEFAULT_LIMITS, _answer, _build, _full, _limits, upstream_connections
 
@@ -214,15 +215,31 @@ class AiohttpTransport(BoundedTransport[Any]):
                     url,
                     headers=list(headers),
                     proxy=self._proxies.get(url),
+                    # A larger frame is refused (closed with 1009), never buffered.
+                    max_msg_size=MAX_EVENT_BYTES,
+                    # A socket that died quietly is found within a minute.
+                    heartbeat=WEBSOCKET_HEARTBEAT_SECONDS,
                 )
         except asyncio.TimeoutError as exc:
             raise TimeoutError(str(exc) or "timed out") from None
+        except aiohttp.WSServerHandshakeError as exc:
+            raise WebSocketRefused(exc.status) from None
         except aiohttp.ClientError as exc:
             raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
         try:
             yield AiohttpWebSocket(socket)
         finally:
             await socket.close()
+
+
+class WebSocketRefused(ConnectionError):
+    """The server answered a WebSocket's opening with an HTTP status
+    (``status``) instead of switching protocols; a transport's
+    ``connect_websocket`` raises it (404: what it names does not exist)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"the WebSocket was refused with HTTP {status}")
+        self.status = status
 
 
 class AiohttpWebSocket:
@@ -232,6 +249,12 @@ class AiohttpWebSocket:
 
     def __init__(self, socket: Any) -> None:
         self._socket = socket
+
+    @property
+    def close_code(self) -> int | None:
+        """The code the socket closed with (None: no close frame came)."""
+        code = self._socket.close_code
+        return code if isinstance(code, int) else None
 
     async def send_text(self, text: str) -> None:
         await self._socket.send_str(text)
@@ -254,6 +277,9 @@ class AiohttpWebSocket:
             ):
                 return None
 
+
+# Pings on an open WebSocket, so that one whose peer vanished is closed.
+WEBSOCKET_HEARTBEAT_SECONDS: Final = 30.0
 
 # The most read from aiohttp's buffer at once (as httpx's chunks).
 _CHUNK: Final = 65536

@@ -317,6 +317,15 @@ class CallStore:
         loop = self._loop.running()
         return loop is not None and _running_loop() is loop
 
+    def running_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The store's loop, if it runs (without starting it)."""
+        return self._loop.running()
+
+    def end_now(self, key: str) -> None:
+        """End ``key`` now, as its time cap would (on the store's loop)."""
+        if self._hangups is not None:
+            self._hangups.start(key)
+
     # -- the effects ------------------------------------------------------------------
 
     def _in_memory(self, effect: Effect) -> bool | None:

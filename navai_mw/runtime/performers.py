@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, wait
 from typing import Any, Final, cast
 
@@ -28,24 +28,30 @@ import anyio.to_thread
 import sniffio
 
 from ..core.effects import (
+    AttachSideband,
     CallFunction,
     CallHook,
     CallOwned,
     CloseLive,
+    EndSideband,
     ForgetCall,
     FunctionOutcome,
     HitLimit,
     HookResult,
     LimitResult,
     RememberCall,
+    SidebandRoom,
 )
 from ..core.errors import OptionsError
+from ..core.options import DEFAULT_MAX_SIDEBANDS
+from ..core.reports import CallReport
 from ..core.storage import is_memory, is_redis, shown_url
-from .aio import _LoopThread, _wait, attempt_deadline, on_asyncio
+from .aio import _LoopThread, _wait, attempt_deadline, is_async_hook, on_asyncio
 from .call_store import AsyncCalls, SyncCalls
 from .function_workers import DEFAULT_FUNCTION_WORKERS, FunctionWorkers, _finished, _outcome_of
 from .rate_counters import AsyncCounter, SyncCounter
 from .sideband import SidebandConnector, close_live_session
+from .sidebands import Sidebands
 
 __all__ = [
     "AsyncEffects",
@@ -59,14 +65,6 @@ logger = logging.getLogger("navai_mw")
 # answers 503 (or lets the request through, when it fails open) instead of
 # holding the request.
 STORAGE_TIMEOUT_SECONDS: Final = 1.0
-
-
-def is_async_hook(hook: object) -> bool:
-    """Whether ``hook`` must be awaited (a coroutine function, or an object
-    whose ``__call__`` is one)."""
-    return inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(
-        getattr(hook, "__call__", None)  # noqa: B004 - a callable object's own method
-    )
 
 
 # How long the WSGI shell waits for an async hook (an Azure token provider)
@@ -94,6 +92,8 @@ class SyncEffects:
         calls_uri: str | None = None,
         hangup_seconds: float = 30.0,
         sideband: SidebandConnector | None = None,
+        on_call_end: Callable[[CallReport], Any] | None = None,
+        max_sidebands: int = DEFAULT_MAX_SIDEBANDS,
     ) -> None:
         self.workers = FunctionWorkers(function_workers)
         self._loop_thread = _LoopThread()
@@ -101,6 +101,16 @@ class SyncEffects:
         self._where = shown_url(storage_uri)
         self.calls = SyncCalls(calls_uri, hangup_seconds=hangup_seconds)
         self.sideband = sideband or SidebandConnector(None)
+        # Async backend functions and hooks run on the performer's loop
+        # thread, for a call's sideband as for the execute route.
+        self.sidebands = Sidebands(
+            self.calls,
+            self.sideband,
+            self.workers,
+            user_loop=self._loop_thread.loop,
+            on_call_end=on_call_end,
+            limit=max_sidebands,
+        )
         if storage_uri is not None:
             from limits.storage import storage_from_string
 
@@ -139,6 +149,8 @@ class SyncEffects:
             except Exception as exc:
                 _store_failed(self.calls.where, effect, exc)
                 return None
+        if isinstance(effect, _SIDEBAND_EFFECTS):
+            return _sideband_effect(self.sidebands, effect)
         if isinstance(effect, CloseLive):
             future = asyncio.run_coroutine_threadsafe(
                 close_live_session(self.sideband, effect), self._loop_thread.loop()
@@ -152,7 +164,9 @@ class SyncEffects:
 
     def close(self) -> None:
         """Stop ending calls from this process (the process is stopping), and
-        stop the performer's loop thread (the clients made on it close)."""
+        stop the performer's loop thread (the clients made on it close).
+        The sidebands close first, and report the calls they held."""
+        self.sidebands.close()
         self.calls.close()
         loop = self._loop_thread.running()
         if loop is not None:
@@ -197,10 +211,24 @@ class AsyncEffects:
         calls_uri: str | None = None,
         hangup_seconds: float = 30.0,
         sideband: SidebandConnector | None = None,
+        on_call_end: Callable[[CallReport], Any] | None = None,
+        max_sidebands: int = DEFAULT_MAX_SIDEBANDS,
     ) -> None:
         self.workers = FunctionWorkers(function_workers)
         self.calls = AsyncCalls(calls_uri, hangup_seconds=hangup_seconds)
         self.sideband = sideband or SidebandConnector(None)
+        # The server's asyncio loop, once a call is relayed on it: a call's
+        # async backend functions and an async on_call_end run there, as the
+        # execute route's do (None under trio: the calls' store's loop).
+        self._server_loop: asyncio.AbstractEventLoop | None = None
+        self.sidebands = Sidebands(
+            self.calls,
+            self.sideband,
+            self.workers,
+            user_loop=lambda: self._server_loop,
+            on_call_end=on_call_end,
+            limit=max_sidebands,
+        )
         self._uri = storage_uri
         self._where = shown_url(storage_uri)
         self._local = storage_uri is not None and is_memory(storage_uri)
@@ -263,6 +291,10 @@ class AsyncEffects:
             except Exception as exc:
                 _store_failed(self.calls.where, effect, exc)
                 return None
+        if isinstance(effect, _SIDEBAND_EFFECTS):
+            if isinstance(effect, AttachSideband) and on_asyncio():
+                self._server_loop = asyncio.get_running_loop()
+            return _sideband_effect(self.sidebands, effect)
         if isinstance(effect, CloseLive):
             if on_asyncio():
                 return await close_live_session(self.sideband, effect)
@@ -277,7 +309,8 @@ class AsyncEffects:
     async def aclose(self) -> None:
         """Stop ending calls from this process and close the rate limit's
         connections and the sideband's own client (the server is shutting
-        down)."""
+        down). The sidebands close first, and report the calls they held."""
+        await self.sidebands.aclose()
         await self.calls.aclose()
         await self.sideband.aclose()
         if self._counter is not None:
@@ -316,6 +349,22 @@ class AsyncEffects:
         if not await _wait(future, effect.timeout):
             return FunctionOutcome(timed_out=True)
         return _finished(future)
+
+
+_SIDEBAND_EFFECTS: Final = (SidebandRoom, AttachSideband, EndSideband)
+
+
+def _sideband_effect(
+    sidebands: Sidebands, effect: SidebandRoom | AttachSideband | EndSideband
+) -> bool | None:
+    """The sideband effects, alike on both shells: none waits for a socket."""
+    if isinstance(effect, SidebandRoom):
+        return sidebands.room()
+    if isinstance(effect, AttachSideband):
+        sidebands.attach(effect)
+    else:
+        sidebands.end(effect.key, effect.reason)
+    return None
 
 
 def _store_failed(where: str, effect: object, exc: Exception) -> None:

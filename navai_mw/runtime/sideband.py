@@ -57,14 +57,15 @@ class WebSocketTransport(Protocol):
 class SidebandConnector:
     """Opens sideband WebSockets for one handler: through ``transport``
     when it offers ``connect_websocket``, else through a transport of the
-    connector's own (closed by :meth:`aclose`)."""
+    connector's own (closed by :meth:`aclose`), of at most
+    ``max_connections`` (else the handler's transports' default)."""
 
-    def __init__(self, transport: object) -> None:
+    def __init__(self, transport: object, *, max_connections: int | None = None) -> None:
         self._own: AiohttpTransport | None = None
         if isinstance(transport, WebSocketTransport):
             self._via: WebSocketTransport = transport
         else:
-            self._via = self._own = AiohttpTransport()
+            self._via = self._own = AiohttpTransport(max_connections=max_connections)
 
     def connect(
         self, url: str, headers: Sequence[tuple[str, str]], *, timeout: float

@@ -13,5 +13,5 @@ from .relay_steps import end_relayed, owned
 def handle(settings: Settings, call: Call) -> Generator[Any, Any, Reply]:
     call_id = call.info.path.rsplit("/", 1)[-1]
     yield from owned(call_id, call.identity, "call")
-    yield from end_relayed(settings, call_id)
+    yield from end_relayed(settings, call_id, "hangup")
     return Reply(204, None, raw=b"", content_type=None)

@@ -10,6 +10,7 @@ from typing import Any
 from ...upstreams.mint import credential_for, customized
 from ...upstreams.openai_secrets import build_session
 from ...upstreams.realtime_calls import relay_call
+from ..call_sideband import attach_sideband, sideband_room, with_server_side
 from ..route import Call, Reply, Settings
 from .relay_steps import check_offer, relay_request, relayed_reply
 
@@ -26,7 +27,9 @@ def handle(settings: Settings, call: Call) -> Generator[Any, Any, Reply]:
         identity=call.identity,
         request=call.info,
     )
+    session = with_server_side(settings, session, "realtime")
     credential = yield from credential_for(opts, opts.openai_api_key)
+    metered = yield from sideband_room(settings)
     relayed = yield from relay_call(
         opts,
         offer,
@@ -34,4 +37,15 @@ def handle(settings: Settings, call: Call) -> Generator[Any, Any, Reply]:
         credential=credential,
         safety_identifier=settings.guard.safety_identifier(call.identity),
     )
-    return (yield from relayed_reply(settings, call, relayed.call_id, relayed))
+    reply = yield from relayed_reply(settings, call, relayed.call_id, relayed)
+    if metered:
+        yield from attach_sideband(
+            settings,
+            call,
+            kind="realtime",
+            key=relayed.call_id,
+            call_id=relayed.call_id,
+            session=session,
+            credential=credential,
+        )
+    return reply

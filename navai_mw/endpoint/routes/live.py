@@ -9,6 +9,7 @@ from typing import Any
 
 from ...upstreams.live import build_live_session, relay_live
 from ...upstreams.mint import credential_for
+from ..call_sideband import attach_sideband, sideband_room, with_server_side
 from ..route import Call, Reply, Settings
 from .relay_steps import LIVE_PREFIX, check_offer, relay_request, relayed_reply
 
@@ -20,6 +21,20 @@ def handle(settings: Settings, call: Call) -> Generator[Any, Any, Reply]:
     session = build_live_session(
         opts, req, safety_identifier=settings.guard.safety_identifier(call.identity)
     )
+    session = with_server_side(settings, session, "live")
     credential = yield from credential_for(opts, opts.openai_api_key)
+    metered = yield from sideband_room(settings)
     relayed = yield from relay_live(opts, offer, session, credential=credential)
-    return (yield from relayed_reply(settings, call, f"{LIVE_PREFIX}{relayed.call_id}", relayed))
+    key = f"{LIVE_PREFIX}{relayed.call_id}"
+    reply = yield from relayed_reply(settings, call, key, relayed)
+    if metered:
+        yield from attach_sideband(
+            settings,
+            call,
+            kind="live",
+            key=key,
+            call_id=relayed.call_id,
+            session=session,
+            credential=credential,
+        )
+    return reply

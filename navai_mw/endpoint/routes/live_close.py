@@ -13,5 +13,5 @@ from .relay_steps import LIVE_PREFIX, end_relayed, owned
 def handle(settings: Settings, call: Call) -> Generator[Any, Any, Reply]:
     key = LIVE_PREFIX + call.info.path.rsplit("/", 1)[-1]
     yield from owned(key, call.identity, "session")
-    yield from end_relayed(settings, key)
+    yield from end_relayed(settings, key, "hangup")
     return Reply(204, None, raw=b"", content_type=None)

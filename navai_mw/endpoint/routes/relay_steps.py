@@ -9,8 +9,9 @@ from typing import Any, Final
 from urllib.parse import parse_qsl
 
 from ...core.client_requests import WIRE_NAMES, CreateClientSecretRequest, structure_request
-from ...core.effects import CallOwned, ForgetCall, RememberCall
+from ...core.effects import CallOwned, EndSideband, ForgetCall, RememberCall
 from ...core.errors import NavaiError, RequestError
+from ...core.reports import EndReason
 from ...upstreams.live import end_live
 from ...upstreams.mint import credential_for
 from ...upstreams.openai_secrets import check_policy
@@ -112,10 +113,13 @@ def owned(key: str, identity: str | None, what: str) -> Generator[Any, Any, None
         raise RequestError(f"Unknown {what}.", status=404)
 
 
-def end_relayed(settings: Settings, key: str) -> Generator[Any, Any, None]:
+def end_relayed(settings: Settings, key: str, reason: EndReason) -> Generator[Any, Any, None]:
     """End a relayed call (hang it up) or Live session (``live:{id}``:
-    ``session.close`` on its sideband), and forget it."""
+    ``session.close`` on its sideband), for ``reason`` (its owner's
+    ``"hangup"``, or its ``"time_cap"``), and forget it."""
     opts = settings.opts
+    if settings.sideband is not None:
+        yield EndSideband(key, reason)
     credential = yield from credential_for(opts, opts.openai_api_key)
     if key.startswith(LIVE_PREFIX):
         yield from end_live(opts, key.removeprefix(LIVE_PREFIX), credential=credential)
