@@ -598,7 +598,12 @@ def test_gpt_live_under_uvicorn(upstream: Upstream, tmp_path: Path) -> None:
     assert upstream.webrtc.closes == [live.session_id]  # ended upstream
     event = call.first_event
     assert event["type"] == "session.started"
-    assert event["session"] == {**live.session, "id": live.session_id}
+    assert event["session"] == {  # resolved, as OpenAI's: when it expires, its status
+        **live.session,
+        "id": live.session_id,
+        "expires_at": event["session"]["expires_at"],
+        "status": "active",
+    }
     assert "cedar" in json.dumps(live.session)  # the page's override reached the session
     assert_relayed(log, origin, LIVE_PATH)
     assert_only_same_origin(log, origin)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import aiohttp
 import httpx
 import pytest
 
@@ -47,6 +48,11 @@ class FakeUpstream(Cli):
                 pytest.fail("exited before serving: " + self.output)
             if not line.startswith("export "):
                 assert line.startswith("# navai-mw fake-upstream: "), line
+                # The line on WebRTC comes last: read it too, so that
+                # ``output`` holds it.
+                webrtc = self._lines.get(timeout=START_TIMEOUT)
+                assert webrtc is not None, self.output
+                assert webrtc.startswith("# WebRTC: "), webrtc
                 return exports
             match = _EXPORT.fullmatch(line.rstrip("\n"))
             assert match is not None, line  # shell-ready: nothing else on the line
@@ -107,12 +113,16 @@ def test_it_answers_webrtc_calls_and_says_so(upstreams: list[FakeUpstream]) -> N
     upstreams.append(cli)
     base_url = cli.exports()["OPENAI_BASE_URL"]
     root = base_url.removesuffix("/v1")
+    ws_root = root.replace("http", "ws", 1)
     assert (
         f"# WebRTC: the fake OpenAI also answers POST {root}/v1/realtime/calls and "
-        f"POST {root}/v1/live/sessions with a real peer (aiortc)"
+        f"POST {root}/v1/live/sessions with a real peer (aiortc), and their sidebands "
+        f"(WebSocket {ws_root}/v1/realtime?call_id=... and "
+        f"{ws_root}/v1/live/sessions/{{id}}/attach)"
     ) in cli.output
+    auth = {"Authorization": "Bearer sk-webrtc-0123456789"}
 
-    async def call() -> tuple[int, int, int]:
+    async def call() -> tuple[int, int, str, int, int]:
         browser = Browser()
         try:
             async with httpx.AsyncClient(timeout=START_TIMEOUT) as client:
@@ -122,15 +132,28 @@ def test_it_answers_webrtc_calls_and_says_so(upstreams: list[FakeUpstream]) -> N
                 await browser.answer(made.text)
                 event = await browser.next_event()
                 assert event["type"] == "session.created"
-                hangup = await client.post(
-                    f"{root}{made.headers['location']}/hangup",
-                    headers={"Authorization": "Bearer sk-webrtc-0123456789"},
-                )
-            return wrong.status_code, made.status_code, hangup.status_code
+                call_id = made.headers["location"].rpartition("/")[2]
+                # The call's sideband, at the URL the line gives.
+                async with (
+                    aiohttp.ClientSession() as http,
+                    http.ws_connect(f"{ws_root}/v1/realtime?call_id={call_id}", headers=auth) as ws,
+                ):
+                    greeting = await ws.receive_json(timeout=START_TIMEOUT)
+                    hangup = await client.post(
+                        f"{root}{made.headers['location']}/hangup", headers=auth
+                    )
+                    closed = await ws.receive(timeout=START_TIMEOUT)
+            return (
+                wrong.status_code,
+                made.status_code,
+                greeting["type"],
+                hangup.status_code,
+                closed.data,
+            )
         finally:
             await browser.close()
 
-    assert asyncio.run(call()) == (401, 201, 200)
+    assert asyncio.run(call()) == (401, 201, "session.created", 200, 1000)
     assert cli.stop(signal.SIGTERM) == 0
 
 

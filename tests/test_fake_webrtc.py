@@ -26,6 +26,8 @@ import pytest
 
 from navai_mw.testing import FakeRealtimeWebRTC, serve_asgi
 
+from .openai_events import channel_event, sideband_event
+
 aiortc = pytest.importorskip("aiortc")
 
 KEY = "sk-test-webrtc-0123456789"
@@ -107,6 +109,7 @@ async def test_call_connects_greets_and_hangs_up(fake: FakeRealtimeWebRTC, base_
             await browser.answer(response.text)
 
             event = await browser.next_event()
+            channel_event("realtime", event)
             assert event["type"] == "session.created"
             assert event["event_id"]
             assert event["session"] == {**SESSION, "id": call_id}
@@ -127,6 +130,7 @@ async def test_call_connects_greets_and_hangs_up(fake: FakeRealtimeWebRTC, base_
                 json.dumps({"type": "session.update", "session": {"instructions": "Hi."}})
             )
             updated = await browser.next_event()
+            channel_event("realtime", updated)
             assert updated["type"] == "session.updated"
             assert updated["session"] == {**SESSION, "instructions": "Hi.", "id": call_id}
             assert call.events == [{"type": "session.update", "session": {"instructions": "Hi."}}]
@@ -155,8 +159,9 @@ async def test_bare_sdp_offer_as_an_ephemeral_key_sends(base_url: str) -> None:
             await browser.answer(response.text)
             event = await browser.next_event()
             call_id = response.headers["location"].rpartition("/")[2]
+            channel_event("realtime", event)
             assert event["type"] == "session.created"
-            assert event["session"] == {"id": call_id}
+            assert event["session"] == {"type": "realtime", "id": call_id}
     finally:
         await browser.close()
 
@@ -179,12 +184,22 @@ async def test_live_session_starts_and_the_sideband_closes_it(
         body = response.json()
         session_id = body["session"]["id"]
         assert session_id.startswith("live_")
-        assert body["session"] == {**session, "id": session_id}
+        # Resolved, as OpenAI's SessionResource: the id, when it expires, its status.
+        resolved = body["session"]
+        assert resolved == {
+            **session,
+            "id": session_id,
+            "expires_at": resolved["expires_at"],
+            "status": "active",
+        }
+        assert isinstance(resolved["expires_at"], int)
         assert body["transport"]["type"] == "webrtc"
         await browser.answer(body["transport"]["sdp"])
 
         event = await browser.next_event()
-        assert event == {"type": "session.started", "session": {**session, "id": session_id}}
+        channel_event("live", event)
+        assert event["type"] == "session.started"
+        assert event["session"] == resolved
         assert browser.pc.connectionState == "connected"
         [live] = fake.live_sessions
         assert (live.session_id, live.session, live.offer) == (session_id, session, offer)
@@ -192,29 +207,42 @@ async def test_live_session_starts_and_the_sideband_closes_it(
 
         ws_url = f"{base_url.replace('http', 'ws', 1)}/live/sessions/{session_id}/attach"
         async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, headers=AUTH) as ws:
-            await ws.send_json({"type": "session.update", "session": {}})  # ignored
+            await ws.send_json({"type": "session.update", "session": {}})  # recorded only
             await ws.send_json({"type": "session.close"})
             with anyio.fail_after(DEADLINE):
+                closed = await ws.receive_json()
                 message = await ws.receive()
+            sideband_event("live", closed)
+            assert closed["type"] == "session.closed"
+            assert closed["reason"] == "close_requested"
             assert message.type == aiohttp.WSMsgType.CLOSE
             assert message.data == 1000
         assert fake.closes == [session_id]
         assert live.state == "closed"
+        assert [e["type"] for e in fake.sideband_events[session_id]] == [
+            "session.update",
+            "session.close",
+        ]
     finally:
         await browser.close()
 
 
 @pytest.mark.anyio
 async def test_sideband_refuses_unknown_sessions_and_wrong_keys(base_url: str) -> None:
+    """As OpenAI does: a wrong key is a 401, a session it does not know a 404."""
     ws_base = base_url.replace("http", "ws", 1)
     async with aiohttp.ClientSession() as http:
-        for url, headers in [
-            (f"{ws_base}/live/sessions/live_nope/attach", AUTH),
-            (f"{ws_base}/live/sessions/live_nope/attach", {"Authorization": "Bearer sk-wrong"}),
+        for url, headers, status in [
+            (f"{ws_base}/live/sessions/live_nope/attach", AUTH, 404),
+            (
+                f"{ws_base}/live/sessions/live_nope/attach",
+                {"Authorization": "Bearer sk-wrong"},
+                401,
+            ),
         ]:
             with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
                 await http.ws_connect(url, headers=headers)
-            assert caught.value.status == 403
+            assert caught.value.status == status
 
 
 @pytest.mark.anyio
@@ -458,14 +486,14 @@ async def attach(url):
         try:
             async with session.ws_connect(
                 url.replace("http", "ws", 1) + "/live/sessions/live_x/attach",
-                headers={"Authorization": "Bearer sk-any"},
+                headers={"Authorization": "Bearer sk-wrong"},
             ) as socket:
                 message = await socket.receive()
                 print("upgraded", message.type.name)
         except aiohttp.WSServerHandshakeError as exc:
             print("refused", exc.status)
 
-with FakeRealtimeWebRTC().serve() as url:
+with FakeRealtimeWebRTC(api_key="sk-right").serve() as url:
     asyncio.run(attach(url))
 """
 
@@ -473,8 +501,8 @@ with FakeRealtimeWebRTC().serve() as url:
 @pytest.mark.parametrize(
     ("missing", "outcome"),
     [
-        # The fake's own answer, no such session: it read the upgrade.
-        pytest.param(["websockets"], "refused 403", id="wsproto-alone-is-enough"),
+        # The fake's own answer, the wrong key: it read the upgrade.
+        pytest.param(["websockets"], "refused 401", id="wsproto-alone-is-enough"),
         # uvicorn's: it could not read the upgrade at all.
         pytest.param(["websockets", "wsproto"], "refused 404", id="no-websocket-library"),
     ],

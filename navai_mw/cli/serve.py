@@ -29,6 +29,7 @@ from ..endpoint.endpoint import Endpoint
 from ..testing.elevenlabs import FakeElevenLabs
 from ..testing.openai import FakeOpenAIRealtime
 from ..testing.servers import serve_asgi
+from ..testing.sidebands import REALTIME_SIDEBAND_PATH
 from ..testing.upstreams import openai_app
 from ..testing.webrtc import LIVE_SESSIONS_PATH, REALTIME_CALLS_PATH, FakeRealtimeWebRTC
 from . import demo_functions
@@ -256,9 +257,12 @@ def fake_upstream(args: argparse.Namespace) -> int:
             else "any API key works (OPENAI_API_KEY=sk-anything)"
         )
         root = _local_url(openai_url).removesuffix("/v1")
+        ws_root = "ws" + root.removeprefix("http")
         calls = (
             f"# WebRTC: the fake OpenAI also answers POST {root}{REALTIME_CALLS_PATH} and "
-            f"POST {root}{LIVE_SESSIONS_PATH} with a real peer (aiortc); switch your app's "
+            f"POST {root}{LIVE_SESSIONS_PATH} with a real peer (aiortc), and their sidebands "
+            f"(WebSocket {ws_root}{REALTIME_SIDEBAND_PATH}?call_id=... and "
+            f"{ws_root}{LIVE_SESSIONS_PATH}/{{id}}/attach); switch your app's "
             "relays on (NAVAI_RELAY=true) to call through it."
             if webrtc is not None
             else "# WebRTC: no calls or Live sessions (aiortc is not installed: "

@@ -54,8 +54,10 @@ uvicorn, the ``server`` extra).
 :class:`FakeRealtimeWebRTC` is OpenAI's WebRTC side, over real WebRTC (aiortc,
 the ``webrtc`` extra): ``POST /v1/realtime/calls`` answers a browser's SDP
 offer, and ``session.created`` arrives on its data channel; GPT-Live's
-``POST /v1/live/sessions`` and its sideband WebSocket too. ``serve()`` it
-(on exit, every peer connection is closed).
+``POST /v1/live/sessions`` too, and the calls' sideband WebSockets, on
+which a test plays OpenAI's part (``fake.call_function(call_id, ...)``,
+``fake.end_call(call_id)``...). ``serve()`` it (on exit, every peer
+connection and sideband is closed).
 
 :class:`FakeJWKS` is an identity provider's JWKS with one signing key, and
 signs the tokens a test needs (``FakeJWKS().token("alice")``; the ``jwt``

@@ -1,5 +1,5 @@
 """A fake OpenAI WebRTC side over real WebRTC (aiortc): Realtime calls,
-GPT-Live sessions and their sideband."""
+GPT-Live sessions, and (from ``sidebands.py``) their sidebands."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, unquote
 import attrs
 
 from ..runtime.sync_transport import HttpxSyncTransport
+from . import sideband_events as events
 from .scripted import (
     RecordedRequest,
     _Behaviour,
@@ -29,14 +30,13 @@ from .scripted import (
     _send_reply,
     _unauthorized,
 )
+from .sideband_controls import _SidebandControls
 
 REALTIME_CALLS_PATH = "/v1/realtime/calls"
 
 LIVE_SESSIONS_PATH = "/v1/live/sessions"
 
 _HANGUP_PATH = re.compile(r"/v1/realtime/calls/(?P<id>[^/]+)/hangup/?")
-
-_ATTACH_PATH = re.compile(r"/v1/live/sessions/(?P<id>[^/]+)/attach/?")
 
 _WEBRTC_MISSING = "FakeRealtimeWebRTC needs aiortc, which is not installed: " + (
     "pip install 'navai-mw[webrtc]'"
@@ -117,11 +117,7 @@ def _preflight_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
     ]
 
 
-def _event_id() -> str:
-    return f"event_{secrets.token_hex(10)}"
-
-
-class FakeRealtimeWebRTC(_ScriptedUpstream):
+class FakeRealtimeWebRTC(_SidebandControls, _ScriptedUpstream):
     """A fake OpenAI upstream for WebRTC: an ASGI app that answers a
     browser's SDP offer with a real peer connection (aiortc), so a voice
     front end runs offline, media and data channel included. It needs the
@@ -138,34 +134,82 @@ class FakeRealtimeWebRTC(_ScriptedUpstream):
     * ``POST /v1/realtime/calls``, OpenAI's unified interface: a
       ``multipart/form-data`` body with the fields ``sdp`` (the offer) and
       ``session`` (JSON), or a bare ``application/sdp`` offer (what a
-      browser holding an ephemeral key sends; its session is then ``{}``).
-      ``201`` with the answer SDP and ``Location: /v1/realtime/calls/rtc_...``.
-      When the browser's data channel opens (``oai-events``; any name
-      will do) the fake sends ``session.created`` with the session and
-      the call id, and answers each ``session.update`` with
-      ``session.updated``; it sends silence on the audio track.
-    * ``POST /v1/realtime/calls/{call_id}/hangup``: closes that peer
-      connection; ``200 {}``.
+      browser holding an ephemeral key sends; its session is then
+      ``{"type": "realtime"}``). ``201`` with the answer SDP and
+      ``Location: /v1/realtime/calls/rtc_...``. When the browser's data
+      channel opens (``oai-events``; any name will do) the fake sends
+      ``session.created`` with the call's session (its ``id`` is the call
+      id); it sends silence on the audio track.
+    * ``POST /v1/realtime/calls/{call_id}/hangup``: ends the call (its
+      sidebands are closed with 1000, then the peer connection); ``200 {}``.
     * ``POST /v1/live/sessions`` (GPT-Live), JSON ``{"session": {...},
       "transport": {"type": "webrtc", "sdp": offer}}``: ``200`` with the
-      session (its ``id`` is ``live_...``) and ``{"type": "webrtc", "sdp":
+      session resolved (its ``id`` is ``live_...``; ``expires_at``,
+      ``status`` and a ``model`` filled in) and ``{"type": "webrtc", "sdp":
       answer}``; the data channel gets ``session.started``.
-    * ``GET /v1/live/sessions/{id}/attach``, a WebSocket (the server's
-      sideband): ``{"type": "session.close"}`` closes the session's peer
-      connection, then the socket.
+    * The sidebands, WebSockets a server opens with its key to a call it
+      started: Realtime's ``GET /v1/realtime?call_id=rtc_...`` and Live's
+      ``GET /v1/live/sessions/{id}/attach`` (``?graceful_close=true`` or
+      not). A wrong or missing key gets OpenAI's 401, a call the fake does
+      not know (never made, hung up, ended) 404, with OpenAI's JSON error
+      body when the server can answer a handshake with one (uvicorn can),
+      else a close before the handshake (403). On a Realtime sideband the
+      fake first sends ``session.created``; a ``session.update`` from it
+      or from the data channel is merged into the call's one session
+      (objects field by field, anything else replaced: see
+      :func:`~navai_mw.testing.sideband_events.merge_session`) and the
+      whole session goes out in ``session.updated`` to the data channel
+      and every sideband of the call; ``conversation.item.create`` is
+      answered with ``conversation.item.added``. On a Live sideband,
+      ``session.close`` ends the session: ``session.closed`` (reason
+      ``close_requested``, with the usage), every sideband closed with
+      1000, the peer connection closed. A frame that is not a JSON event
+      gets an ``error`` event.
 
     It records :attr:`calls` (:class:`RecordedCall`), :attr:`live_sessions`
     (:class:`RecordedLiveSession`), :attr:`hangups` (call ids),
-    :attr:`closes` (live session ids) and every HTTP request in
-    ``requests``. ``api_key``, when given, is the only bearer key accepted
-    (others, and none, get OpenAI's 401); without it any key is accepted,
-    but not none. ``fail``, ``rate_limit`` and ``stall`` script the next
-    answers, as with :class:`FakeOpenAIRealtime`.
+    :attr:`closes` (Live session ids closed by ``session.close``), every
+    HTTP request in ``requests``, and of the sidebands:
+    ``sideband_events[call_id]`` (every client event a sideband of the
+    call received, in order, as dicts), ``sideband_attaches[call_id]``
+    (handshakes accepted), ``sideband_refusals`` (``(call_id, status)``)
+    and :meth:`open_sidebands` (``call_id`` -> how many are open now).
+    ``api_key``, when given, is the only bearer key accepted (others, and
+    none, get OpenAI's 401); without it any key is accepted, but not none.
+    ``fail``, ``rate_limit`` and ``stall`` script the next HTTP answers,
+    as with :class:`FakeOpenAIRealtime`.
 
-    Every peer connection is closed when :meth:`serve` exits; mounted some
-    other way (under another asyncio server, or reached in-process with
-    ``async_transport()``), close them with :meth:`aclose` on the loop that
-    answered. Responses allow any origin (CORS), as OpenAI's do.
+    A test plays OpenAI's part with these (each sends to the call's data
+    channel, once open, and every open sideband; a call the fake does not
+    know raises :class:`LookupError`):
+
+    * :meth:`call_function` ``(call_id, name, arguments, *, tool_call_id=None)``:
+      the model calls a function (Realtime: ``response.done`` with a
+      ``function_call`` item; Live: a ``response.event`` around a Responses
+      ``response.output_item.done``); returns the tool call's id;
+    * :meth:`finish_response` ``(call_id, usage)`` and :meth:`transcribed`
+      ``(call_id, usage)`` (Realtime), :meth:`report_usage`
+      ``(session_id, seconds)`` (Live, cumulative);
+    * :meth:`change_session` ``(call_id, fields)``: the browser's
+      ``session.update`` (Realtime);
+    * :meth:`drop_sidebands` ``(call_id, code=1012)``: the sockets drop,
+      the call goes on; :meth:`refuse_sidebands` ``(call_id, status=503,
+      *, times=1)``: the next attaches are refused;
+    * :meth:`end_call` ``(call_id)``: the far end hangs up;
+    * :meth:`wait_until` ``(predicate)`` and :meth:`wait_for_event`
+      ``(call_id, type, *, where=None)``: wait for what the fake records,
+      never sleep on a guess.
+
+    From a test's own thread they run on the fake's loop and wait for it;
+    each has an ``a``-prefixed coroutine twin (``await
+    fake.acall_function(...)``, ``await fake.await_for_event(...)``) for a
+    test on an event loop: the fake's own (in-process), or another one.
+
+    Every peer connection and sideband is closed when :meth:`serve` exits;
+    mounted some other way (under another asyncio server, or reached
+    in-process with ``async_transport()``), close them with :meth:`aclose`
+    on the loop that answered. Responses allow any origin (CORS), as
+    OpenAI's do.
     """
 
     def __init__(
@@ -182,6 +226,7 @@ class FakeRealtimeWebRTC(_ScriptedUpstream):
         self.hangups: list[str] = []
         self.closes: list[str] = []
         self._peers: dict[str, Any] = {}  # call or session id -> RTCPeerConnection
+        self._init_sidebands()
 
     # -- telling it what to do ------------------------------------------------
 
@@ -200,9 +245,10 @@ class FakeRealtimeWebRTC(_ScriptedUpstream):
         self._set(_Behaviour("rate_limit", retry_after=retry_after), times)
 
     def reset(self) -> None:
-        """Forget scripted behaviour and everything recorded (open peer
-        connections stay open)."""
+        """Forget scripted behaviour (refused sidebands too) and everything
+        recorded (open peer connections and sidebands stay open)."""
         super().reset()
+        self._reset_sidebands()
         self.calls.clear()
         self.live_sessions.clear()
         self.hangups.clear()
@@ -211,10 +257,11 @@ class FakeRealtimeWebRTC(_ScriptedUpstream):
     # -- answering --------------------------------------------------------------
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        self._note_loop()
         if scope["type"] == "lifespan":
             await _lifespan(receive, send, on_shutdown=self.aclose)
         elif scope["type"] == "websocket":
-            await self._attach(scope, receive, send)
+            await self._websocket(scope, receive, send)
         elif scope["type"] == "http":
             raw_path, query, headers = _scope_parts(scope)
             body = await _read_body(receive)
@@ -280,13 +327,9 @@ class FakeRealtimeWebRTC(_ScriptedUpstream):
         record = RecordedCall(
             call_id=call_id, session=session, headers=request.headers, offer=offer
         )
-        greeting = {
-            "type": "session.created",
-            "event_id": _event_id(),
-            "session": {**session, "id": call_id},
-        }
-        if not await self._connect(call_id, record, greeting, acknowledge_updates=True):
+        if not await self._connect(call_id, record):
             return _error_reply(400, "Invalid SDP offer.", "invalid_request_error")
+        self._add_call("realtime", call_id, events.realtime_session(session, call_id))
         self.calls.append(record)
         headers = [
             ("content-type", "application/sdp"),
@@ -302,7 +345,7 @@ class FakeRealtimeWebRTC(_ScriptedUpstream):
                 404, f"Call with id '{call_id}' not found.", "invalid_request_error"
             )
         self.hangups.append(call_id)
-        await self._close_peer(call_id)
+        await self._end(call_id)
         return _json_reply(200, {})
 
     async def _create_live_session(self, request: RecordedRequest) -> _Reply:
@@ -321,39 +364,13 @@ class FakeRealtimeWebRTC(_ScriptedUpstream):
         record = RecordedLiveSession(
             session_id=session_id, session=session, headers=request.headers, offer=offer
         )
-        started = {**session, "id": session_id}
-        greeting = {"type": "session.started", "session": started}
-        if not await self._connect(session_id, record, greeting, acknowledge_updates=False):
+        if not await self._connect(session_id, record):
             return _error_reply(400, "Invalid SDP offer.", "invalid_request_error")
+        resolved = events.live_session(session, session_id)
+        self._add_call("live", session_id, resolved)
         self.live_sessions.append(record)
         transport_out = {"type": "webrtc", "sdp": record.answer}
-        return _json_reply(200, {"session": started, "transport": transport_out})
-
-    async def _attach(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        """The sideband WebSocket, ``/v1/live/sessions/{id}/attach``."""
-        if (await receive())["type"] != "websocket.connect":
-            return
-        raw_path, _, headers = _scope_parts(scope)
-        match = _ATTACH_PATH.fullmatch(unquote(raw_path))
-        session_id = match["id"] if match else ""
-        known = session_id.startswith("live_") and session_id in self._peers
-        if not known or _unauthorized(headers, self.api_key) is not None:
-            await send({"type": "websocket.close", "code": 1008})
-            return
-        await send({"type": "websocket.accept"})
-        while True:
-            message = await receive()
-            if message["type"] != "websocket.receive":
-                return  # websocket.disconnect
-            try:
-                event = json.loads(message.get("text") or message.get("bytes") or b"")
-            except ValueError:
-                continue
-            if isinstance(event, dict) and event.get("type") == "session.close":
-                self.closes.append(session_id)
-                await self._close_peer(session_id)
-                await send({"type": "websocket.close", "code": 1000})
-                return
+        return _json_reply(200, {"session": resolved, "transport": transport_out})
 
     # -- the peer connections ---------------------------------------------------
 
@@ -361,19 +378,16 @@ class FakeRealtimeWebRTC(_ScriptedUpstream):
         self,
         peer_id: str,
         record: _RecordedPeer,
-        greeting: dict[str, Any],
-        *,
-        acknowledge_updates: bool,
     ) -> bool:
         """Answer ``record.offer`` with a new peer connection (the answer
         goes to ``record.answer``); False if the offer will not do."""
         aiortc = _aiortc()
         # No ICE servers: aiortc's default STUN server is unreachable offline.
         pc = aiortc.RTCPeerConnection(aiortc.RTCConfiguration(iceServers=[]))
-        session = dict(greeting["session"])
 
         def _on_state() -> None:
             record.states.append(pc.connectionState)
+            self._notify()  # a test may wait on it; the call goes on until it is hung up
 
         def _on_channel(channel: Any) -> None:
             def _on_message(message: str | bytes) -> None:
@@ -382,16 +396,10 @@ class FakeRealtimeWebRTC(_ScriptedUpstream):
                 except ValueError:
                     return
                 record.events.append(event)
-                if not acknowledge_updates or not isinstance(event, dict):
-                    return
-                update = event.get("session")
-                if event.get("type") == "session.update" and isinstance(update, dict):
-                    session.update(update)
-                    reply = {"type": "session.updated", "event_id": _event_id()}
-                    channel.send(json.dumps({**reply, "session": session}))
+                self._channel_event(peer_id, event)
 
             channel.on("message", _on_message)
-            channel.send(json.dumps(greeting))
+            self._channel_open(peer_id, channel)
 
         pc.on("connectionstatechange", _on_state)
         pc.on("datachannel", _on_channel)
@@ -418,7 +426,9 @@ class FakeRealtimeWebRTC(_ScriptedUpstream):
             await pc.close()
 
     async def aclose(self) -> None:
-        """Close every peer connection still open (on the loop that opened them)."""
+        """Close every sideband (with 1001, as a server going away does) and
+        every peer connection still open (on the loop that opened them)."""
+        await self._end_all()
         while self._peers:
             await self._close_peer(next(iter(self._peers)))
 
@@ -432,6 +442,6 @@ class FakeRealtimeWebRTC(_ScriptedUpstream):
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
         """Serve the fake with uvicorn (on asyncio, with a lifespan) on
         ``host``; yields its base URL (``http://127.0.0.1:PORT/v1``). Every
-        peer connection is closed before it returns."""
+        peer connection and sideband is closed before it returns."""
         with self._serving(host, port, "/v1", loop="asyncio", lifespan="on") as url:
             yield url
