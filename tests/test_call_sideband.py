@@ -151,6 +151,11 @@ async def call(url: str, path: str = "/navai/realtime/calls") -> AsyncIterator[t
             )
         assert made.status_code == 201, made.text
         await browser.answer(made.text)
+        # Connected before anything ends it (aiortc fails a peer closed
+        # while it is still connecting, in a task of its own).
+        with anyio.fail_after(BOUND):
+            while browser.pc.connectionState != "connected":
+                await anyio.sleep(0.01)
         location = made.headers["location"]
         yield location.rsplit("/", 1)[-1], location
     finally:
