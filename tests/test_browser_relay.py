@@ -498,6 +498,11 @@ def test_the_demo_command_serves_the_page_and_relays_a_call(
     origin = f"http://127.0.0.1:{port}"
     assert f"voice page      {origin}/ " in banner
     assert "aiortc is missing" not in banner
+    # The demo's calls have the server in them.
+    assert (
+        "sideband        on: every call is reported when it ends; "
+        "the model's function calls run here; the session is pinned"
+    ) in banner
 
     call, log = in_chromium(tmp_path, f"{origin}/?{OVERRIDES}", talk())
 

@@ -18,6 +18,7 @@ from ..core.options import (
     NavaiVoiceBackendOptions,
 )
 from ..core.storage import shown_url
+from ..endpoint.route import SidebandSettings
 from ..guard.guard import Guard
 from .site import HEALTH_PATH
 
@@ -153,6 +154,7 @@ def _banner(
     page: bool = False,
     webrtc: bool = True,
     routes: Mapping[str, str] | None = None,
+    sideband: SidebandSettings | None = None,
 ) -> str:
     base = _origin(host, port, local=True)
     routes = routes or {}
@@ -169,6 +171,7 @@ def _banner(
             else "off (NAVAI_RELAY=true, or serve --page)",
         ),
         ("GPT-Live", f"POST {base}{live} (over WebRTC; DELETE its Location)" if live else None),
+        ("sideband", _sideband_policy(sideband) if calls or live else None),
         (
             "transcription",
             f"POST {base}{transcription}" if transcription else "off (NAVAI_TRANSCRIPTION=true)",
@@ -218,6 +221,19 @@ def _banner(
         lines.append("  (put your OpenAI API key in place of YOUR_OPENAI_API_KEY)")
     lines += ["", "Press Ctrl-C to stop."]
     return "\n".join(lines)
+
+
+def _sideband_policy(sideband: SidebandSettings | None) -> str:
+    if sideband is None:
+        return "off: the server does not see its calls (NAVAI_SIDEBAND=true)"
+    parts = ["on: every call is reported when it ends"]
+    if sideband.server_functions:
+        parts.append("the model's function calls run here")
+    if sideband.pin_session:
+        parts.append("the session is pinned")
+    if sideband.required:
+        parts.append("required")
+    return "; ".join(parts)
 
 
 PROG: Final = "navai-mw"

@@ -3,7 +3,9 @@ environment it ignores."""
 
 from __future__ import annotations
 
-from typing import Final
+import re
+from collections.abc import Sequence
+from typing import Any, Final
 
 from ..testing.openai import FakeOpenAIRealtime
 from ..testing.upstreams import openai_app
@@ -33,12 +35,27 @@ _DEMO_DROPPED: Final = frozenset(
 )
 
 
+def demo_model(text: str, tools: Sequence[str]) -> tuple[str, dict[str, Any]] | str | None:
+    """The demo's model, typed to from the voice page: it calls the
+    server's functions when asked ("what time is it", "spell navai", "add 2
+    and 3"), and otherwise says what it heard."""
+    words = re.findall(r"[\w.-]+", text.lower())
+    numbers = re.findall(r"-?\d+(?:\.\d+)?", text)
+    if "time" in words and "get_server_time" in tools:
+        return "get_server_time", {}
+    if "spell" in words and words[-1] != "spell" and "spell_word" in tools:
+        return "spell_word", {"word": text.split()[-1]}
+    if len(numbers) >= 2 and "add_numbers" in tools:
+        return "add_numbers", {"a": float(numbers[0]), "b": float(numbers[1])}
+    return f"(a fake model) I heard: {text}" if text else None
+
+
 def _demo_fakes() -> tuple[FakeOpenAIRealtime, FakeRealtimeWebRTC | None]:
     """The demo's fakes; no WebRTC one without aiortc (the ``webrtc`` extra)."""
     secrets = FakeOpenAIRealtime(api_key=DEMO_API_KEY)
     try:
         # Any key: the relay sends the demo's, a browser never reaches it.
-        return secrets, FakeRealtimeWebRTC()
+        return secrets, FakeRealtimeWebRTC(model=demo_model)
     except ImportError:
         return secrets, None
 

@@ -4,6 +4,7 @@ first, one worker or several, and the signals that end them."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -113,6 +114,10 @@ def run_server(args: argparse.Namespace) -> int:
                 # The page calls through the relay: on with the page,
                 # else as NAVAI_RELAY says.
                 relay=True if page else None,
+                # The demo's calls have the server in them (its functions
+                # run here, its session is pinned); else as NAVAI_SIDEBAND... say.
+                server_functions=True if demo and webrtc and _has_pydantic() else None,
+                pin_session=True if demo and webrtc else None,
             )
         except (NavaiError, ValueError) as exc:
             return _fail(str(exc))
@@ -131,6 +136,7 @@ def run_server(args: argparse.Namespace) -> int:
                 page=page,
                 webrtc=webrtc,
                 routes={route.name: route.path for route in endpoint.routes},
+                sideband=endpoint.settings.sideband,
             ),
             flush=True,
         )
@@ -280,6 +286,12 @@ def fake_upstream(args: argparse.Namespace) -> int:
             while True:  # uvicorn serves from threads; here only the signals matter
                 time.sleep(3600)
     return 0
+
+
+def _has_pydantic() -> bool:
+    """Whether the functions can be described to the model (the ``sideband``
+    extra, which the ``demo`` extra brings)."""
+    return importlib.util.find_spec("pydantic") is not None
 
 
 def _reason(exc: BaseException) -> str:

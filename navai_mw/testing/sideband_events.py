@@ -119,6 +119,20 @@ def response_done(
     return _event("response.done", response=response)
 
 
+def assistant_text(text: str, *, usage: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Realtime's ``response.done`` of a completed response that says
+    ``text`` (as a transcript of the model's audio would read)."""
+    item = {
+        "type": "message",
+        "id": new_id("item"),
+        "object": "realtime.item",
+        "role": "assistant",
+        "status": "completed",
+        "content": [{"type": "output_text", "text": text}],
+    }
+    return response_done(output=[item], usage=usage)
+
+
 def function_call_item(
     name: str, arguments: Mapping[str, Any], tool_call_id: str
 ) -> dict[str, Any]:

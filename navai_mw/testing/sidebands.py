@@ -19,7 +19,7 @@ import json
 import re
 import threading
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping, MutableMapping
+from collections.abc import Callable, Coroutine, Mapping, MutableMapping, Sequence
 from contextlib import suppress
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote
@@ -82,6 +82,27 @@ class _Call:
     sockets: list[_Socket] = attrs.field(factory=list)
     seconds: float = 0.0
     sequence: int = 0
+    # For a scripted model: what the browser last typed, and a function's
+    # output the next response reports.
+    heard: str = ""
+    answered: str | None = None
+
+
+# A scripted model: given what the browser typed and the session's function
+# tools, a function to call (its name and arguments), words to say, or None.
+ScriptedModel = Callable[[str, Sequence[str]], "tuple[str, dict[str, Any]] | str | None"]
+
+
+def _typed(item: Mapping[str, Any]) -> str:
+    """The text of a user's typed message item ('' for any other item)."""
+    if item.get("type") != "message" or item.get("role") != "user":
+        return ""
+    parts = item.get("content")
+    return " ".join(
+        str(part.get("text", ""))
+        for part in (parts if isinstance(parts, list) else [])
+        if isinstance(part, dict) and part.get("type") == "input_text"
+    ).strip()
 
 
 class _EventFinder:
@@ -157,6 +178,7 @@ class _SidebandSide:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._changed = threading.Condition()
         self._pokes: set[Callable[[], None]] = set()
+        self.model: ScriptedModel | None = None
 
     async def _close_peer(self, peer_id: str) -> None:
         raise NotImplementedError
@@ -283,16 +305,38 @@ class _SidebandSide:
     def _channel_event(self, call_id: str, event: object) -> None:
         """A client event from the browser's data channel (already recorded)."""
         call = self._calls.get(call_id)
-        update = event.get("session") if isinstance(event, dict) else None
-        if (
-            call is not None
-            and call.kind == "realtime"
-            and isinstance(event, dict)
-            and event.get("type") == "session.update"
-            and isinstance(update, dict)
-        ):
-            self._spawn(self._broadcast(call, self._merge(call, update)))
+        if call is not None and call.kind == "realtime" and isinstance(event, dict):
+            kind, update, item = event.get("type"), event.get("session"), event.get("item")
+            if kind == "session.update" and isinstance(update, dict):
+                self._spawn(self._broadcast(call, self._merge(call, update)))
+            elif kind == "conversation.item.create" and isinstance(item, dict):
+                call.heard = _typed(item) or call.heard
+                self._spawn(self._broadcast(call, events.item_added(item)))
+            elif kind == "response.create":
+                self._spawn(self._respond(call))
         self._notify()
+
+    async def _respond(self, call: _Call) -> None:
+        """A response, as the scripted model gives it: the output of the
+        function it called, else what it makes of what it heard."""
+        if self.model is None:
+            return
+        if call.answered is not None:
+            answered, call.answered = call.answered, None
+            await self._broadcast(call, events.assistant_text(f"The server says: {answered}"))
+            return
+        tools = [
+            tool["name"]
+            for tool in call.session.get("tools") or ()
+            if isinstance(tool, dict) and tool.get("type") == "function" and "name" in tool
+        ]
+        decision = self.model(call.heard, tools)
+        if isinstance(decision, tuple):
+            name, arguments = decision
+            event = events.realtime_function_call(name, arguments, events.new_id("call"))
+            await self._broadcast(call, event)
+        elif isinstance(decision, str):
+            await self._broadcast(call, events.assistant_text(decision))
 
     def _merge(self, call: _Call, update: Mapping[str, Any]) -> dict[str, Any]:
         """Merge a ``session.update`` into the call's session (now, so that
@@ -436,7 +480,11 @@ class _SidebandSide:
         elif call.kind == "realtime" and kind == "conversation.item.create":
             item = event.get("item")
             if isinstance(item, dict):
+                if item.get("type") == "function_call_output":
+                    call.answered = str(item.get("output", ""))
                 await self._broadcast(call, events.item_added(item))
+        elif call.kind == "realtime" and kind == "response.create":
+            await self._respond(call)
         elif call.kind == "live" and kind == "session.close":
             self.closes.append(call.call_id)
             await self._end(call.call_id, live_reason="close_requested")

@@ -31,6 +31,7 @@ from .scripted import (
     _unauthorized,
 )
 from .sideband_controls import _SidebandControls
+from .sidebands import ScriptedModel
 
 REALTIME_CALLS_PATH = "/v1/realtime/calls"
 
@@ -205,6 +206,14 @@ class FakeRealtimeWebRTC(_SidebandControls, _ScriptedUpstream):
     fake.acall_function(...)``, ``await fake.await_for_event(...)``) for a
     test on an event loop: the fake's own (in-process), or another one.
 
+    ``model``, when given, plays the model of Realtime calls: when the
+    browser types a message (``conversation.item.create`` of a user
+    ``input_text``) and asks for a response (``response.create``),
+    ``model(text, tools)`` (``tools``: the names of the session's function
+    tools) answers with a ``(name, arguments)`` to call that function, a
+    ``str`` to say, or None; once a function's output comes back, the
+    response says it. Without one, the fake answers no ``response.create``.
+
     Every peer connection and sideband is closed when :meth:`serve` exits;
     mounted some other way (under another asyncio server, or reached
     in-process with ``async_transport()``), close them with :meth:`aclose`
@@ -217,6 +226,7 @@ class FakeRealtimeWebRTC(_SidebandControls, _ScriptedUpstream):
         *,
         api_key: str | None = None,
         base_url: str = "http://fake-openai.invalid/v1",
+        model: ScriptedModel | None = None,
     ) -> None:
         _aiortc()
         super().__init__(base_url)
@@ -227,6 +237,7 @@ class FakeRealtimeWebRTC(_SidebandControls, _ScriptedUpstream):
         self.closes: list[str] = []
         self._peers: dict[str, Any] = {}  # call or session id -> RTCPeerConnection
         self._init_sidebands()
+        self.model = model
 
     # -- telling it what to do ------------------------------------------------
 
