@@ -514,3 +514,94 @@ async def test_a_live_session_runs_functions_on_the_server_and_reports_its_secon
     assert report.usage.seconds == 31  # cumulative: the last count
     assert [(f.name, f.ok) for f in report.function_calls] == [("lookup_order", True)]
     sent_by_navai(upstream, session_id, "live")
+
+
+# -- many calls at once -------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_fifty_calls_at_once_on_one_worker_each_with_its_own_sideband_and_report(
+    fake: tuple[FakeRealtimeWebRTC, str],
+) -> None:
+    """One uvicorn worker relays 50 calls at once; each call's function
+    runs with its own arguments, each report has its own usage and
+    function call, none mixed with another's."""
+    upstream, base_url = fake
+    orders, reports = Orders(), Reports()
+    count = 50
+    browser = Browser()  # one offer, answered by a new peer for each call
+    try:
+        offer = await browser.offer()
+    finally:
+        await browser.close()
+    with navai(
+        "uvicorn",
+        base_url,
+        functions=[orders.lookup_order],
+        server_functions=True,
+        on_call_end=reports,
+    ) as url:
+        async with httpx.AsyncClient(timeout=BOUND) as client:
+
+            async def relay() -> str:
+                made = await client.post(
+                    f"{url}/navai/realtime/calls", content=offer, headers={**SDP, **AUTH}
+                )
+                assert made.status_code == 201, made.text
+                return str(made.headers["location"])
+
+            locations: list[str] = [""] * count
+
+            async def relay_into(index: int) -> None:
+                locations[index] = await relay()
+
+            async with anyio.create_task_group() as group:
+                for index in range(count):
+                    group.start_soon(relay_into, index)
+            ids = [location.rsplit("/", 1)[-1] for location in locations]
+            assert len(set(ids)) == count
+            for call_id in ids:
+                await attached(upstream, call_id)
+
+            async def play(index: int, call_id: str) -> None:
+                tool_call = await upstream.acall_function(
+                    call_id, "lookup_order", {"order_id": f"order-{index}"}
+                )
+                output = await upstream.await_for_event(
+                    call_id,
+                    "conversation.item.create",
+                    where=lambda event: event["item"].get("call_id") == tool_call,
+                    timeout=BOUND,
+                )
+                assert json.loads(output["item"]["output"])["result"]["order"] == f"order-{index}"
+                await upstream.afinish_response(
+                    call_id, {"input_tokens": 1000 + index, "output_tokens": index}
+                )
+
+            async with anyio.create_task_group() as group:
+                for index, call_id in enumerate(ids):
+                    group.start_soon(play, index, call_id)
+
+            async def end(location: str) -> None:
+                ended = await client.delete(f"{url}{location}", headers=AUTH)
+                assert ended.status_code == 204, ended.text
+
+            async with anyio.create_task_group() as group:
+                for location in locations:
+                    group.start_soon(end, location)
+            with anyio.fail_after(BOUND):
+                while len(reports.received) < count:
+                    await anyio.sleep(0.05)
+
+    by_call = {report.call_id: report for report in reports.received}
+    assert sorted(by_call) == sorted(ids)
+    for index, call_id in enumerate(ids):
+        report = by_call[call_id]
+        assert report.end_reason == "hangup"
+        assert report.metered is True
+        assert report.usage.input_tokens == 1000 + index
+        assert report.usage.output_tokens == index
+        assert [(f.name, f.ok) for f in report.function_calls] == [("lookup_order", True)]
+    assert sorted(orders.looked_up) == sorted((f"order-{i}", "alice") for i in range(count))
+    for call_id in ids:
+        sent_by_navai(upstream, call_id)
