@@ -27,6 +27,7 @@ from . import (
     bench_memory,
     bench_minting,
     bench_passthrough,
+    bench_sideband,
     bench_transports,
     bench_wsgi,
 )
@@ -45,6 +46,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "latency": bench_latency.run,
     "latency-wsgi": bench_latency.run_wsgi,
     "workers": bench_latency.run_workers,
+    "sideband": bench_sideband.run,
 }
 RESULTS = REPO / "benchmarks" / "results"
 

@@ -111,12 +111,16 @@ def navai_asgi(
     jwks_url: str | None = None,
     rate_limit: str | None = None,
     rate_limit_storage: str | None = None,
+    relay: bool = False,
+    sideband: bool = False,
 ) -> NavaiASGIMiddleware:
     """navai_mw's middleware over a 404 app; ``transport=None`` is its default.
 
     The guard, for the guard benchmark: ``jwks_url`` turns on ``jwt_bearer``
     (tokens for :data:`JWT_AUDIENCE` from :data:`JWT_ISSUER`), ``rate_limit``
-    a limit counted in ``rate_limit_storage``.
+    a limit counted in ``rate_limit_storage``. ``relay`` switches the
+    WebRTC relays on, ``sideband`` their sideband too (the sideband
+    benchmark).
     """
     chosen = None if transport is None else async_transport(transport)
     authorize = None
@@ -131,6 +135,8 @@ def navai_asgi(
         rate_limit=rate_limit,
         rate_limit_storage=rate_limit_storage,
         transport=chosen,
+        relay=relay,
+        sideband=sideband,
     )
 
 

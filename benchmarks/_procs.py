@@ -240,8 +240,10 @@ def run_wrk(
     body: bytes,
     headers: Sequence[str] = (),
     timeout: float = 10.0,
+    script: Path = LUA_SCRIPT,
 ) -> WrkResult:
-    """One wrk run: one thread (the servers need the cores more), POSTing ``body``."""
+    """One wrk run: one thread (the servers need the cores more), POSTing
+    ``body`` (JSON; another ``script`` for another kind)."""
     command = [
         "wrk",
         "-t1",
@@ -250,7 +252,7 @@ def run_wrk(
         "--timeout",
         f"{timeout:g}s",
         "-s",
-        str(LUA_SCRIPT),
+        str(script),
         url,
         "--",
         body.decode(),

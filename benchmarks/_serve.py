@@ -14,8 +14,11 @@ with the asyncio loop and h11 (the pure-Python stack every arm shares);
 ``wsgi`` (NavaiWSGIMiddleware under waitress; ``--keepalive`` gives its
 httpx.Client a keep-alive pool of that size instead of the default) and
 ``gunicorn`` (the same under gunicorn's gthread worker, ``--threads`` each).
-The parent made the socket, so there is no race for a free port and it knows
-the URL before we start.
+``sideband-upstream`` is the sideband benchmark's fake OpenAI, on aiohttp's
+server (``--rate`` events a second on each sideband, each closed after
+``--hold`` seconds; ``navai --relay --sideband`` relays to it). The parent
+made the socket, so there is no race for a free port and it knows the URL
+before we start.
 """
 
 from __future__ import annotations
@@ -104,7 +107,10 @@ def _gunicorn(upstream: str, sock: socket.socket, threads: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks._serve")
-    parser.add_argument("role", choices=["upstream", "navai", "peer", "relay", "wsgi", "gunicorn"])
+    parser.add_argument(
+        "role",
+        choices=["upstream", "navai", "peer", "relay", "wsgi", "gunicorn", "sideband-upstream"],
+    )
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--upstream", default="")
     parser.add_argument("--transport", default=None)
@@ -114,6 +120,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate-limit", default=None)
     parser.add_argument("--rate-limit-storage", default=None)
     parser.add_argument("--stall", type=float, default=0.0)
+    parser.add_argument("--relay", action="store_true")
+    parser.add_argument("--sideband", action="store_true")
+    parser.add_argument("--rate", type=float, default=0.0)
+    parser.add_argument("--hold", type=float, default=0.0)
     args = parser.parse_args(argv)
     sock = socket.socket(fileno=args.fd)
 
@@ -128,8 +138,14 @@ def main(argv: list[str] | None = None) -> None:
             jwks_url=args.jwks,
             rate_limit=args.rate_limit,
             rate_limit_storage=args.rate_limit_storage,
+            relay=args.relay or args.sideband,
+            sideband=args.sideband,
         )
         _uvicorn(navai, sock)
+    elif args.role == "sideband-upstream":
+        from ._sideband_upstream import serve
+
+        serve(sock, rate=args.rate, hold=args.hold)
     elif args.role == "peer":
         from ._peer import make_peer
 

@@ -153,6 +153,8 @@ class NavaiASGIMiddleware:
         ours (pending hangups; the upstream client, when we made it)."""
         received: list[str] = []
         sent = False
+        # The server's loop lives as long as the server: calls' sidebands run here.
+        self._effects.serve_here()
 
         async def tracking_receive() -> Message:
             message = await receive()

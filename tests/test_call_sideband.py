@@ -605,3 +605,18 @@ async def test_fifty_calls_at_once_on_one_worker_each_with_its_own_sideband_and_
     assert sorted(orders.looked_up) == sorted((f"order-{i}", "alice") for i in range(count))
     for call_id in ids:
         sent_by_navai(upstream, call_id)
+
+
+@pytest.mark.anyio
+async def test_held_sidebands_take_nothing_from_the_requests_connections(
+    fake: tuple[FakeRealtimeWebRTC, str],
+) -> None:
+    """A sideband holds its connection for the whole call: on a pool of one
+    upstream connection, the next relay still gets through."""
+    upstream, base_url = fake
+    with navai("uvicorn", base_url, sideband=True, max_upstream_connections=1) as url:
+        async with call(url) as (first, _):
+            await attached(upstream, first)
+            async with call(url) as (second, _):
+                await attached(upstream, second)
+                assert upstream.open_sidebands(first) == 1

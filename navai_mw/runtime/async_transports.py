@@ -164,6 +164,12 @@ class AiohttpTransport(BoundedTransport[Any]):
         # The environment is read when this transport makes its session; a
         # session given is used as it is, with no proxy of ours.
         self._proxies = _Proxies(use_environment=False)
+        self._ssl: ssl.SSLContext | None = None
+        # WebSockets (the calls' sidebands) on a session of their own: a
+        # WebSocket holds its connection for the call's life, so it must
+        # neither count against the requests' pool nor take its kept-alive
+        # connections. Their number is bounded by max_sidebands instead.
+        self._websockets = _WebSocketSessions(self)
 
     def _make(self) -> Any:
         if sniffio.current_async_library() != "asyncio":
@@ -176,10 +182,8 @@ class AiohttpTransport(BoundedTransport[Any]):
         capath = os.environ.get("SSL_CERT_DIR") or None
         if cafile is None and capath is None:
             cafile = certifi.where()
-        connector = aiohttp.TCPConnector(
-            limit=self._max_connections,
-            ssl=ssl.create_default_context(cafile=cafile, capath=capath),
-        )
+        self._ssl = ssl.create_default_context(cafile=cafile, capath=capath)
+        connector = aiohttp.TCPConnector(limit=self._max_connections, ssl=self._ssl)
         # trust_env=False: aiohttp would read the proxy variables and ~/.netrc
         # (from a worker thread) on every request. They are read once, here.
         self._proxies = _Proxies()
@@ -190,6 +194,11 @@ class AiohttpTransport(BoundedTransport[Any]):
             await client.aclose()
         else:
             await client.close()
+
+    async def aclose(self) -> None:
+        """Close every loop's clients, the WebSockets' included."""
+        await self._websockets.aclose()
+        await super().aclose()
 
     async def send(self, request: HttpRequest, *, timeout: float) -> HttpResponse:
         client = await self._current()
@@ -204,11 +213,13 @@ class AiohttpTransport(BoundedTransport[Any]):
         """A WebSocket to ``url`` (``ws://``/``wss://``) on this transport's
         session, through the proxy its requests take and with the same
         certificate trust; opening it is bounded by ``timeout``. asyncio only."""
-        client = await self._current()
+        client = await self._current()  # made first: the proxies and the trust
         if isinstance(client, httpx.AsyncClient):
             raise ConnectionError("a WebSocket to OpenAI needs asyncio (aiohttp)")
         import aiohttp
 
+        if self._given is None:
+            client = await self._websockets._current()
         try:
             async with attempt_deadline(timeout):
                 socket = await client.ws_connect(
@@ -230,6 +241,25 @@ class AiohttpTransport(BoundedTransport[Any]):
             yield AiohttpWebSocket(socket)
         finally:
             await socket.close()
+
+
+class _WebSocketSessions(LoopBound[Any]):
+    """An :class:`AiohttpTransport`'s sessions for WebSockets, one per event
+    loop: no connection limit, no kept-alive connection shared with requests,
+    the transport's certificate trust."""
+
+    def __init__(self, transport: AiohttpTransport) -> None:
+        super().__init__(None)
+        self._transport = transport
+
+    def _make(self) -> Any:
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(limit=0, ssl=self._transport._ssl or True)
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+    async def _close(self, client: Any) -> None:
+        await client.close()
 
 
 class WebSocketRefused(ConnectionError):

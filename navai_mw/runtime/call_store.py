@@ -317,14 +317,20 @@ class CallStore:
         loop = self._loop.running()
         return loop is not None and _running_loop() is loop
 
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The store's loop (started if it was not)."""
+        return self._loop.loop()
+
     def running_loop(self) -> asyncio.AbstractEventLoop | None:
         """The store's loop, if it runs (without starting it)."""
         return self._loop.running()
 
     def end_now(self, key: str) -> None:
-        """End ``key`` now, as its time cap would (on the store's loop)."""
-        if self._hangups is not None:
-            self._hangups.start(key)
+        """End ``key`` now, as its time cap would (from any thread)."""
+        hangups = self._hangups
+        if hangups is not None:
+            with contextlib.suppress(RuntimeError):  # stopping: nothing ends any more
+                self._loop.loop().call_soon_threadsafe(hangups.start, key)
 
     # -- the effects ------------------------------------------------------------------
 

@@ -258,6 +258,13 @@ class AsyncEffects:
         except sniffio.AsyncLibraryNotFoundError:
             return False  # not in a loop yet: asked again on each hit
 
+    def serve_here(self) -> None:
+        """The ASGI server's lifespan runs on this loop: on asyncio, the
+        sidebands are held on it (the server's own loop, for its life)."""
+        if on_asyncio():
+            self._server_loop = asyncio.get_running_loop()
+            self.sidebands.run_on(self._server_loop)
+
     def check(self) -> None:
         """Build the storage now, so that a bad URI fails at start-up."""
         if self._uri is None or self._local:

@@ -39,7 +39,7 @@ from ..core.effects import AttachSideband, FunctionOutcome, RunFunction, SendEve
 from ..core.errors import log_safe
 from ..core.options import DEFAULT_MAX_SIDEBANDS
 from ..core.reports import CallReport, EndReason
-from .aio import _wait, is_async_hook
+from .aio import _running_loop, _wait, is_async_hook
 from .async_transports import WebSocketRefused
 from .call_store import CallStore
 from .function_workers import FunctionWorkers, _finished, _outcome_of
@@ -133,8 +133,9 @@ class _Life:
 class Sidebands:
     """The sidebands of one handler (see the module docstring).
 
-    ``store`` is the calls' store: its loop runs the sidebands, and a call
-    whose required sideband is lost is hung up through it. ``workers`` run
+    ``store`` is the calls' store: its loop runs the sidebands (unless
+    :meth:`run_on` gives the server's), and a call whose required sideband
+    is lost is hung up through it. ``workers`` run
     sync backend functions; ``user_loop()`` gives the loop async functions
     and an async ``on_call_end`` run on (None: the store's own).
     """
@@ -157,7 +158,9 @@ class Sidebands:
         self.limit = limit
         self._lock = threading.Lock()
         self._count = 0  # sidebands held, or about to open
-        self._held: dict[str, _Held] = {}  # on the store's loop only
+        self._held: dict[str, _Held] = {}  # on their loop only
+        self._home: asyncio.AbstractEventLoop | None = None
+        self._starting: set[asyncio.Task[None]] = set()
 
     # -- from any thread ------------------------------------------------------------
 
@@ -171,44 +174,67 @@ class Sidebands:
         relayed at the same moment may pass the limit by as many)."""
         return self._count < self.limit
 
+    def run_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hold the sidebands on ``loop`` from now on: the ASGI server's own
+        (asyncio, for the server's life), so that they share the requests'
+        thread instead of contending with it for the interpreter."""
+        self._home = loop
+
+    def _loop(self, *, start: bool = True) -> asyncio.AbstractEventLoop | None:
+        """Where the sidebands run: the server's loop when given one (and it
+        still runs), else the calls' store's (started when ``start``)."""
+        home = self._home
+        if home is not None and not home.is_closed():
+            return home
+        return self._store.loop() if start else self._store.running_loop()
+
     def attach(self, effect: AttachSideband) -> None:
-        """Open and hold the sideband of ``effect.key``, on the store's
-        loop; returns at once."""
+        """Open and hold the sideband of ``effect.key``; returns at once."""
         with self._lock:
             self._count += 1
-        self._store.submit(self._start(effect))
+        loop = self._loop()
+        assert loop is not None
+        if _running_loop() is loop:
+            task = loop.create_task(self._start(effect))
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
+        else:
+            asyncio.run_coroutine_threadsafe(self._start(effect), loop)
 
     def end(self, key: str, reason: EndReason) -> None:
         """The server is ending ``key`` for ``reason``: its sideband reports
         it so, and closes once OpenAI has (or after the grace)."""
-        if self._store.on_store_loop():
+        loop = self._loop(start=False)
+        if loop is None:
+            return  # no sideband runs in this process
+        if _running_loop() is loop:
             self._end(key, reason)
             return
-        loop = self._store.running_loop()
-        if loop is not None:  # none: no sideband runs in this process
-            with contextlib.suppress(RuntimeError):  # stopping meanwhile
-                loop.call_soon_threadsafe(self._end, key, reason)
+        with contextlib.suppress(RuntimeError):  # stopping meanwhile
+            loop.call_soon_threadsafe(self._end, key, reason)
 
     def close(self) -> None:
         """End every sideband (``shutdown``) and wait, within
-        :data:`STOP_SECONDS`, for their reports; blocking."""
-        if self._store.running_loop() is None:
+        :data:`STOP_SECONDS`, for their reports; blocking (not on their loop)."""
+        loop = self._loop(start=False)
+        if loop is None:
             return
         with contextlib.suppress(Exception):
-            self._store.submit(self._stop_all()).result(STOP_SECONDS)
+            asyncio.run_coroutine_threadsafe(self._stop_all(), loop).result(STOP_SECONDS)
 
     async def aclose(self) -> None:
-        """:meth:`close`, awaited."""
-        if self._store.running_loop() is None:
+        """:meth:`close`, awaited (on their loop, or any other)."""
+        loop = self._loop(start=False)
+        if loop is None:
             return
-        if self._store.on_store_loop():
+        if _running_loop() is loop:
             await self._stop_all()
             return
-        future = self._store.submit(self._stop_all())
+        future = asyncio.run_coroutine_threadsafe(self._stop_all(), loop)
         if not await _wait(future, STOP_SECONDS):
             future.cancel()
 
-    # -- on the store's loop --------------------------------------------------------
+    # -- on their loop -----------------------------------------------------------------
 
     async def _start(self, effect: AttachSideband) -> None:
         held = _Held(effect, time.time())
