@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.role == "sideband-upstream":
         from ._sideband_upstream import serve
 
-        serve(sock, rate=args.rate, hold=args.hold)
+        serve(sock, rate=args.rate, hold=args.hold, stall=args.stall)
     elif args.role == "peer":
         from ._peer import make_peer
 

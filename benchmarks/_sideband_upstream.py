@@ -2,7 +2,7 @@
 holds thousands of WebSockets cheaply): Realtime calls made and hung up,
 and their sidebands.
 
-* ``POST /v1/realtime/calls``: 201, a canned SDP answer, and
+* ``POST /v1/realtime/calls``: 201 (after ``stall`` seconds), a canned SDP answer, and
   ``Location: /v1/realtime/calls/rtc_N`` (no WebRTC: the relay's work is
   what is measured);
 * ``POST /v1/realtime/calls/{id}/hangup``: 200, and the call's sideband is
@@ -60,9 +60,10 @@ MIX = (*([_DELTA] * 9), _DONE)
 
 
 class SidebandUpstream:
-    def __init__(self, *, rate: float, hold: float) -> None:
+    def __init__(self, *, rate: float, hold: float, stall: float = 0.0) -> None:
         self.rate = rate
         self.hold = hold
+        self.stall = stall
         self.sockets: dict[str, web.WebSocketResponse] = {}
         self.opened = 0
         self.sent = 0
@@ -70,6 +71,8 @@ class SidebandUpstream:
 
     async def create(self, request: web.Request) -> web.Response:
         await request.read()
+        if self.stall:
+            await asyncio.sleep(self.stall)  # OpenAI takes its time to set a call up
         call_id = f"rtc_{next(self._ids):016x}"
         return web.Response(
             status=201,
@@ -134,8 +137,8 @@ async def _close_after(ws: web.WebSocketResponse, seconds: float) -> None:
     await ws.close(code=1000)
 
 
-def serve(sock: socket.socket, *, rate: float, hold: float) -> None:
-    upstream = SidebandUpstream(rate=rate, hold=hold)
+def serve(sock: socket.socket, *, rate: float, hold: float, stall: float = 0.0) -> None:
+    upstream = SidebandUpstream(rate=rate, hold=hold, stall=stall)
     app = web.Application()
     app.router.add_post("/v1/realtime/calls", upstream.create)
     app.router.add_post("/v1/realtime/calls/{id}/hangup", upstream.hangup)

@@ -237,3 +237,18 @@ def test_reference_arm_mints_through_the_loopback_fake(
     sent = fake.requests[-1]
     assert sent.headers["authorization"] == f"Bearer {BENCH_KEY}"
     assert sent.json["session"]["instructions"].endswith("Use a friendly tone while speaking.")
+
+
+def test_the_sideband_benchmark_holds_sidebands_and_counts_their_events(tmp_path: Path) -> None:
+    """Its fake OpenAI serves sidebands at a rate, and the held arm opens
+    them all through navai_mw's runtime and reads their events."""
+    from benchmarks import bench_sideband
+
+    with Servers() as servers:
+        upstream = servers.start("sideband-upstream", "--rate", "10", logdir=tmp_path)
+        servers.wait_ready()
+        held = bench_sideband._held(upstream.url, 20, 0.5)
+    assert held["count"] == 20
+    assert held["opened"] >= 20 + 20  # the warm-up's and the arm's
+    assert held["events_per_second"] > 0
+    assert held["cpu_share"] > 0
