@@ -207,7 +207,7 @@ def run(ctx: Context) -> Section:
                 f"{rate:g}",
                 f"{data['kib_each']:.1f}",
                 f"{share:.3f}",
-                f"{per_core:,.0f}",
+                f"{per_core:,.0f}" if share >= 0.001 else "(the heartbeat only)",
             ]
         )
     section.targets.append(
