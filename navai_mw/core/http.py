@@ -1,11 +1,12 @@
 """The HTTP values both sides speak: a request to make, a response received,
-the request view hooks see, compact JSON, and what a header may hold."""
+the request view hooks see, compact JSON, what a header may hold, and one
+value per header name from the lines a client sent."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -22,6 +23,27 @@ _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
 
 def is_header_safe(value: str) -> bool:
     return _HEADER_SAFE.fullmatch(value) is not None
+
+
+# Cookie crumbs are joined with "; " (RFC 9113 8.2.3): a comma inside a
+# cookie line is not a separator to any cookie parser.
+_JOINERS: Final = {"cookie": "; "}
+
+
+def joined_headers(lines: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """One value per lower-case name from the header lines as sent: lines
+    of the same name joined with ``", "`` in their order (RFC 9110 5.3), as
+    WSGI servers join them, so that two proxies' ``X-Forwarded-For`` lines
+    read as one list, never as the last line alone."""
+    headers: dict[str, str] = {}
+    for name, value in lines:
+        name = name.lower()
+        earlier = headers.get(name)
+        if earlier is None:
+            headers[name] = value
+        else:
+            headers[name] = f"{earlier}{_JOINERS.get(name, ', ')}{value}"
+    return headers
 
 
 @attrs.frozen(kw_only=True)

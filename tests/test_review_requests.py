@@ -1,0 +1,107 @@
+"""Regression tests for the second adversarial review, on what a client or
+the app's own hooks send: each ran on both shells under real servers
+(uvicorn and waitress) and failed before its fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from starlette.datastructures import Headers
+
+from navai_mw import NavaiVoiceBackendOptions
+from navai_mw.core.http import joined_headers
+from navai_mw.testing import FakeOpenAIRealtime
+from navai_mw.views import AsyncNavaiHandler
+
+from .conftest import CANARY_KEY
+from .shells import SHELLS, serve_shell
+
+pytestmark = pytest.mark.anyio
+
+PATH = "/navai/realtime/client-secret"
+
+
+def options(base_url: str, **fields: Any) -> NavaiVoiceBackendOptions:
+    return NavaiVoiceBackendOptions(
+        openai_api_key=CANARY_KEY,
+        openai_base_url=base_url,
+        upstream_timeout_seconds=5,
+        **fields,
+    )
+
+
+# -- 5: repeated header lines -------------------------------------------------------------
+
+
+def test_repeated_lines_are_joined_in_order() -> None:
+    lines = [
+        ("X-Forwarded-For", "203.0.113.7"),
+        ("Accept", "application/json"),
+        ("x-forwarded-for", "10.0.0.2"),
+        ("Cookie", "a=1"),
+        ("cookie", "b=2"),
+    ]
+    assert joined_headers(lines) == {
+        "x-forwarded-for": "203.0.113.7, 10.0.0.2",
+        "accept": "application/json",
+        "cookie": "a=1; b=2",
+    }
+
+
+# Two proxies, each adding one line: the client's, then the first proxy's.
+TWO_LINES = [
+    pytest.param("x-forwarded-for", "{client}", "10.0.0.2", id="x-forwarded-for"),
+    pytest.param("forwarded", "for={client}", 'for="10.0.0.2"', id="forwarded"),
+]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize(("name", "first", "second"), TWO_LINES)
+def test_two_forwarding_lines_name_the_client_on_both_shells(
+    shell: str, name: str, first: str, second: str, served_fake: str
+) -> None:
+    opts = options(served_fake)
+    with (
+        serve_shell(
+            shell, opts, rate_limit="1/minute", trusted_proxies=["127.0.0.1", "10.0.0.0/8"]
+        ) as base,
+        httpx.Client(base_url=base) as client,
+    ):
+        statuses = [
+            client.post(
+                PATH,
+                json={},
+                headers=[(name, first.format(client=user)), (name, second)],
+            ).status_code
+            for user in ("203.0.113.7", "198.51.100.9", "203.0.113.7")
+        ]
+    # Two users, a budget each; the first user's second request is refused.
+    assert statuses == [200, 200, 429]
+
+
+async def test_a_view_passes_a_multi_dict_and_its_lines_are_joined(
+    fake: FakeOpenAIRealtime,
+) -> None:
+    statuses = []
+    async with fake.async_transport() as upstream:
+        handler = AsyncNavaiHandler(
+            options(fake.base_url),
+            transport=upstream,
+            rate_limit="1/minute",
+            rate_limit_storage="memory://",
+            trusted_proxies=["127.0.0.1", "10.0.0.0/8"],
+        )
+        for user in ("203.0.113.7", "198.51.100.9"):
+            headers = Headers(
+                raw=[
+                    (b"content-type", b"application/json"),
+                    (b"x-forwarded-for", user.encode()),
+                    (b"x-forwarded-for", b"10.0.0.2"),
+                ]
+            )
+            answer = await handler.handle("POST", PATH, headers, b"{}", client="127.0.0.1")
+            statuses.append(answer.status)
+        await handler.aclose()
+    assert statuses == [200, 200]
