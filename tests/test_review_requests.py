@@ -4,23 +4,26 @@ the app's own hooks send: each ran on both shells under real servers
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
 import httpx
 import pytest
 from starlette.datastructures import Headers
 
-from navai_mw import NavaiVoiceBackendOptions
+from navai_mw import NavaiVoiceBackendOptions, NavaiWSGIMiddleware
 from navai_mw.core.http import joined_headers
-from navai_mw.testing import FakeOpenAIRealtime
+from navai_mw.testing import FakeOpenAIRealtime, serve_asgi
 from navai_mw.views import AsyncNavaiHandler
 
 from .conftest import CANARY_KEY
-from .shells import SHELLS, serve_shell
+from .shells import SHELLS, inner_wsgi, serve_shell
 
 pytestmark = pytest.mark.anyio
 
 PATH = "/navai/realtime/client-secret"
+LIVE = "/navai/live/sessions"
 
 
 def options(base_url: str, **fields: Any) -> NavaiVoiceBackendOptions:
@@ -142,7 +145,7 @@ def test_fields_that_add_a_line_cannot_carry_instructions(
         answers = [
             client.post(PATH, json={wire: value}),
             client.post(f"/navai/realtime/calls?{query}", content=OFFER, headers=SDP),
-            client.post(f"/navai/live/sessions?{query}", content=OFFER, headers=SDP),
+            client.post(f"{LIVE}?{query}", content=OFFER, headers=SDP),
         ]
     for answer in answers:
         assert answer.status_code == 403, answer.text
@@ -178,3 +181,94 @@ def test_with_client_instructions_allowed_the_fields_are_free_text(
     with serve_shell("uvicorn", options(served_fake)) as base:
         assert httpx.post(f"{base}{PATH}", json={"language": OVERRIDE}).status_code == 200
     assert OVERRIDE in fake.requests[0].json["session"]["instructions"]
+
+
+# -- 7: the GPT-Live relay within allowed_models -----------------------------------------
+
+
+class LiveFake:
+    """OpenAI's ``POST /v1/live/sessions``, recorded: an ASGI app to serve
+    on loopback."""
+
+    def __init__(self) -> None:
+        self.sessions: list[dict[str, Any]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.sessions.append(json.loads(body)["session"])
+        answer = {
+            "session": {"id": f"live_{len(self.sessions):04d}"},
+            "transport": {"type": "webrtc", "sdp": "v=0\r\ns=answer\r\n"},
+        }
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": json.dumps(answer).encode()})
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_live_relay_starts_no_model_outside_allowed_models(shell: str) -> None:
+    live = LiveFake()
+    with serve_asgi(live) as upstream:
+        opts = options(
+            f"{upstream}/v1",
+            allowed_models=["gpt-realtime-mini"],
+            default_model="gpt-realtime-mini",
+        )
+        with serve_shell(shell, opts, relay=True) as base, httpx.Client(base_url=base) as client:
+            unnamed = client.post(LIVE, content=OFFER, headers=SDP)
+            named = client.post(f"{LIVE}?model=gpt-live-1", content=OFFER, headers=SDP)
+            allowed = client.post(f"{LIVE}?model=gpt-realtime-mini", content=OFFER, headers=SDP)
+    assert (unnamed.status_code, unnamed.json()) == (
+        403,
+        {"error": "Model 'gpt-live-1' is not allowed for GPT-Live. Allowed: gpt-realtime-mini."},
+    )
+    assert (named.status_code, named.json()) == (
+        403,
+        {"error": "Request field model is not allowed: 'gpt-live-1'. Allowed: gpt-realtime-mini."},
+    )
+    assert allowed.status_code == 201, allowed.text
+    assert [session["model"] for session in live.sessions] == ["gpt-realtime-mini"]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_listed_live_model_is_the_live_relays_default(shell: str) -> None:
+    live = LiveFake()
+    with serve_asgi(live) as upstream:
+        opts = options(
+            f"{upstream}/v1",
+            allowed_models=["gpt-realtime", "gpt-live-1"],
+            live_model="gpt-live-1",
+        )
+        with serve_shell(shell, opts, relay=True) as base:
+            answer = httpx.post(f"{base}{LIVE}", content=OFFER, headers=SDP)
+    assert answer.status_code == 201, answer.text
+    assert [session["model"] for session in live.sessions] == ["gpt-live-1"]
+
+
+@pytest.mark.parametrize("relay", [True, False])
+def test_a_live_model_outside_the_list_is_a_warning_at_start_up(
+    relay: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="navai_mw")
+    opts = NavaiVoiceBackendOptions(
+        openai_api_key=CANARY_KEY,
+        allowed_models=["gpt-realtime-mini"],
+        default_model="gpt-realtime-mini",
+    )
+    NavaiWSGIMiddleware(inner_wsgi, opts, relay=relay, functions=[]).close()
+    warnings = [record.getMessage() for record in caplog.records if record.name == "navai_mw"]
+    assert warnings == (
+        [
+            "navai_mw: live_model 'gpt-live-1' is not in allowed_models (gpt-realtime-mini): "
+            "the GPT-Live relay will answer 403 unless a request names an allowed model "
+            "with ?model="
+        ]
+        if relay
+        else []
+    )
