@@ -12,9 +12,10 @@ import httpx
 import pytest
 from starlette.datastructures import Headers
 
-from navai_mw import NavaiVoiceBackendOptions, NavaiWSGIMiddleware
+from navai_mw import NavaiVoiceBackendOptions, NavaiWSGIMiddleware, OptionsError
 from navai_mw.core.http import joined_headers
-from navai_mw.testing import FakeOpenAIRealtime, serve_asgi
+from navai_mw.core.sessions import check_session
+from navai_mw.testing import FakeElevenLabs, FakeOpenAIRealtime, serve_asgi
 from navai_mw.views import AsyncNavaiHandler
 
 from .conftest import CANARY_KEY
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.anyio
 
 PATH = "/navai/realtime/client-secret"
 LIVE = "/navai/live/sessions"
+JSON = "application/json"
 
 
 def options(base_url: str, **fields: Any) -> NavaiVoiceBackendOptions:
@@ -271,4 +273,92 @@ def test_a_live_model_outside_the_list_is_a_warning_at_start_up(
         ]
         if relay
         else []
+    )
+
+
+# -- 8: a number too large for a float ---------------------------------------------------
+
+HUGE = 10**400  # json.dumps writes all 401 digits; json.loads reads them back as an int
+XI_KEY = "xi-canary-0123456789abcdefXI"
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({"optimizeStreamingLatency": HUGE}, id="latency"),
+        pytest.param({"voiceSettings": {"stability": HUGE, "style": -HUGE}}, id="voice-settings"),
+    ],
+)
+def test_a_400_digit_number_in_the_speech_body_is_not_a_number(
+    shell: str, fields: dict[str, Any]
+) -> None:
+    voice = FakeElevenLabs(api_key=XI_KEY)
+    with voice.serve() as xi:
+        opts = options(
+            "http://127.0.0.1:9/v1",
+            tts_provider="elevenlabs",
+            elevenlabs_api_key=XI_KEY,
+            elevenlabs_voice_id="voice-1",
+            elevenlabs_base_url=xi,
+        )
+        with serve_shell(shell, opts) as base:
+            body = json.dumps({"text": "Hello", **fields})
+            answer = httpx.post(
+                f"{base}/navai/speech/synthesize", content=body, headers={"content-type": JSON}
+            )
+    assert answer.status_code == 200, answer.text
+    # Not a number: left out, as the reference leaves out what is not one.
+    assert voice.requests[0].query == {"output_format": "mp3_44100_128"}
+    assert voice.requests[0].json == {"text": "Hello"}
+
+
+def area(side: float) -> float:
+    return side * side
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize(
+    ("body", "got"),
+    [
+        pytest.param(
+            json.dumps({"function_name": "area", "payload": {"side": HUGE}}),
+            "an integer too large for a number",
+            id="400-digits",
+        ),
+        pytest.param(
+            '{"function_name": "area", "payload": {"side": 1e400}}',
+            "a number that is not finite",
+            id="overflowing-exponent",
+        ),
+    ],
+)
+def test_a_float_argument_is_a_finite_number(shell: str, body: str, got: str) -> None:
+    opts = options("http://127.0.0.1:9/v1")
+    with serve_shell(shell, opts, functions=[area]) as base:
+        answer = httpx.post(
+            f"{base}/navai/functions/execute", content=body, headers={"content-type": JSON}
+        )
+    assert (answer.status_code, answer.json()) == (
+        400,
+        {
+            "error": "The payload does not fit area: side must be float "
+            f"(expected a number, got {got} @ side)."
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        pytest.param(HUGE, "an integer too large for a number", id="huge-int"),
+        pytest.param(float("nan"), "a number that is not finite", id="nan"),
+    ],
+)
+def test_a_session_number_must_be_a_finite_float(value: object, kind: str) -> None:
+    with pytest.raises(OptionsError) as caught:
+        check_session({"audio": {"output": {"speed": value}}})
+    assert caught.value.message == (
+        f"session is not a valid session: expected a number, got {kind} "
+        "@ session.audio.output.speed"
     )
