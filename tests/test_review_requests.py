@@ -4,6 +4,7 @@ the app's own hooks send: each ran on both shells under real servers
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from starlette.datastructures import Headers
 
 from navai_mw import NavaiVoiceBackendOptions, NavaiWSGIMiddleware, OptionsError
-from navai_mw.core.http import joined_headers
+from navai_mw.core.http import compact_json, joined_headers
 from navai_mw.core.sessions import check_session
 from navai_mw.testing import FakeElevenLabs, FakeOpenAIRealtime, serve_asgi
 from navai_mw.views import AsyncNavaiHandler
@@ -349,16 +350,118 @@ def test_a_float_argument_is_a_finite_number(shell: str, body: str, got: str) ->
 
 
 @pytest.mark.parametrize(
-    ("value", "kind"),
+    ("value", "message"),
     [
-        pytest.param(HUGE, "an integer too large for a number", id="huge-int"),
-        pytest.param(float("nan"), "a number that is not finite", id="nan"),
+        pytest.param(
+            HUGE,
+            "session is not a valid session: expected a number, got an integer too large "
+            "for a number @ session.audio.output.speed",
+            id="huge-int",
+        ),
+        pytest.param(
+            float("nan"),
+            "session cannot be sent as JSON: session.audio.output.speed is nan.",
+            id="nan",
+        ),
     ],
 )
-def test_a_session_number_must_be_a_finite_float(value: object, kind: str) -> None:
+def test_a_session_number_must_be_a_finite_float(value: object, message: str) -> None:
     with pytest.raises(OptionsError) as caught:
         check_session({"audio": {"output": {"speed": value}}})
+    assert caught.value.message == message
+
+
+# -- 9: sessions JSON cannot carry ---------------------------------------------------------
+
+NOT_PREPARED = {"error": "The session could not be prepared; try again shortly."}
+TOOL = {"type": "function", "name": "lookup", "parameters": {"type": "object"}}
+
+
+def _with_set(session: dict[str, Any]) -> dict[str, Any]:
+    session["tools"] = [{**TOOL, "parameters": {"type": "object", "enum": {"a", "b"}}}]
+    return session
+
+
+def _with_date(session: dict[str, Any]) -> dict[str, Any]:
+    session["tracing"] = {"workflow_name": "w", "metadata": {"day": datetime.date(2026, 1, 2)}}
+    return session
+
+
+def _with_nan(session: dict[str, Any]) -> dict[str, Any]:
+    session["tools"] = [{**TOOL, "parameters": {"type": "object", "minimum": float("nan")}}]
+    return session
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize(
+    ("change", "logged"),
+    [
+        pytest.param(_with_set, "session.tools[0].parameters.enum is a set", id="set"),
+        pytest.param(_with_date, "session.tracing.metadata.day is a date", id="date"),
+        pytest.param(_with_nan, "session.tools[0].parameters.minimum is nan", id="nan"),
+    ],
+)
+def test_a_hooks_session_json_cannot_carry_is_the_documented_503(
+    shell: str,
+    change: Any,
+    logged: str,
+    fake: FakeOpenAIRealtime,
+    served_fake: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="navai_mw")
+
+    def customize(context: Any) -> dict[str, Any]:
+        return change(context.session)  # type: ignore[no-any-return]
+
+    opts = options(served_fake)
+    with serve_shell(shell, opts, customize_session=customize) as base:
+        answer = httpx.post(f"{base}{PATH}", json={})
+    assert (answer.status_code, answer.json()) == (503, NOT_PREPARED)
+    assert fake.requests == []
+    assert [r.getMessage() for r in caplog.records if r.name == "navai_mw"] == [
+        "navai_mw: the customize_session hook's session is refused: "
+        f"session cannot be sent as JSON: {logged}."
+    ]
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        pytest.param(
+            {"tools": [{**TOOL, "parameters": {"enum": {"a"}}}]},
+            "session cannot be sent as JSON: session.tools[0].parameters.enum is a set.",
+            id="set",
+        ),
+        pytest.param(
+            {"tracing": {"workflow_name": "w", "metadata": {"day": datetime.date(2026, 1, 2)}}},
+            "session cannot be sent as JSON: session.tracing.metadata.day is a date.",
+            id="date",
+        ),
+        pytest.param(
+            '{"tools": [{"type": "function", "name": "f", "parameters": {"minimum": NaN}}]}',
+            "session cannot be sent as JSON: session.tools[0].parameters.minimum is nan.",
+            id="nan-in-json-text",
+        ),
+    ],
+)
+def test_a_template_json_cannot_carry_fails_at_start_up(template: Any, message: str) -> None:
+    with pytest.raises(OptionsError) as caught:
+        options("http://127.0.0.1:9/v1", session=template)
+    assert caught.value.message == message
+
+
+def test_a_live_template_json_cannot_carry_fails_at_start_up() -> None:
+    with pytest.raises(OptionsError) as caught:
+        options(
+            "http://127.0.0.1:9/v1", live_session={"client": {"day": datetime.date(2026, 1, 2)}}
+        )
     assert caught.value.message == (
-        f"session is not a valid session: expected a number, got {kind} "
-        "@ session.audio.output.speed"
+        "live_session cannot be sent as JSON: live_session.client.day is a date."
     )
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_compact_json_refuses_what_no_json_parser_reads(value: float) -> None:
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        compact_json({"x": [value]})

@@ -112,13 +112,16 @@ class HttpResponse:
 
 
 # One encoder for the package: json.dumps builds a new one per call when
-# given any option.
-_ENCODER: Final = json.JSONEncoder(separators=(",", ":"))
+# given any option. NaN and the infinities are refused: json.dumps would
+# write them, and no JSON parser (OpenAI's, a browser's) reads them.
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def compact_json(value: object) -> bytes:
     """``value`` as compact JSON bytes; ASCII escapes keep lone surrogates
-    from a client encodable."""
+    from a client encodable. Raises TypeError for what JSON cannot carry (a
+    set, a date), ValueError for NaN, the infinities or a circular
+    reference: check what the app gave before it gets here."""
     return _ENCODER.encode(value).encode("ascii")
 
 

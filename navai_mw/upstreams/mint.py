@@ -22,7 +22,14 @@ from ..core.client_requests import (
     structure_transcription_request,
 )
 from ..core.effects import CallHook, HookResult
-from ..core.errors import AuthError, NavaiError, OptionsError, RequestError, UpstreamError
+from ..core.errors import (
+    AuthError,
+    NavaiError,
+    OptionsError,
+    RequestError,
+    UpstreamError,
+    log_safe,
+)
 from ..core.http import Credential, RequestInfo, is_header_safe
 from ..core.options import NavaiVoiceBackendOptions
 from ..core.sessions import check_final_session
@@ -211,7 +218,9 @@ def _customized(opts: NavaiVoiceBackendOptions, kind: str, result: HookResult) -
         check_final_session(session, unknown_ok=opts.allow_unknown_session_fields)
         _check_policy(opts, session)
     except OptionsError as exc:
-        logger.error("navai_mw: the customize_session hook's session is refused: %s", exc.message)
+        logger.error(
+            "navai_mw: the customize_session hook's session is refused: %s", log_safe(exc.message)
+        )
         raise NavaiError(_NOT_PREPARED, status=503) from None
     return session
 
