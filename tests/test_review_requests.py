@@ -7,13 +7,23 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import httpx
 import pytest
 from starlette.datastructures import Headers
 
-from navai_mw import NavaiVoiceBackendOptions, NavaiWSGIMiddleware, OptionsError
+from navai_mw import (
+    AuthError,
+    NavaiError,
+    NavaiVoiceBackendOptions,
+    NavaiWSGIMiddleware,
+    OptionsError,
+    RequestError,
+    UpstreamError,
+)
 from navai_mw.core.http import compact_json, joined_headers
 from navai_mw.core.sessions import check_session
 from navai_mw.testing import FakeElevenLabs, FakeOpenAIRealtime, serve_asgi
@@ -465,3 +475,91 @@ def test_a_live_template_json_cannot_carry_fails_at_start_up() -> None:
 def test_compact_json_refuses_what_no_json_parser_reads(value: float) -> None:
     with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
         compact_json({"x": [value]})
+
+
+# -- 10: what a hook raises ----------------------------------------------------------------
+
+LEAKY = "connection to postgres://app:hunter2@db.internal:5432/users refused"
+UNAVAILABLE = {"error": "Authorization is unavailable; try again shortly."}
+
+
+def _raising(error: Callable[[], Exception]) -> Any:
+    """A hook that raises a fresh ``error()`` each call: an exception shared
+    by two tests would keep the first one's frames (and its server's
+    sockets) alive into the second."""
+
+    def hook(_: object) -> str:
+        raise error()
+
+    return hook
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize(
+    ("error", "status", "body"),
+    [
+        pytest.param(
+            partial(RequestError, "Taken.", status=409), 409, {"error": "Taken."}, id="409"
+        ),
+        pytest.param(
+            partial(RequestError, "Upgrade your plan.", status=402),
+            402,
+            {"error": "Upgrade your plan."},
+            id="402",
+        ),
+        pytest.param(
+            partial(AuthError, "Not yours.", status=403), 403, {"error": "Not yours."}, id="auth"
+        ),
+        pytest.param(
+            partial(RequestError, "Moved.", status=302), 503, NOT_PREPARED, id="302-is-no-refusal"
+        ),
+        pytest.param(
+            partial(RequestError, "Oops.", status=500), 503, NOT_PREPARED, id="500-is-no-refusal"
+        ),
+        pytest.param(
+            partial(RequestError, "Bad.", status=400, headers=(("X-Why", "a\r\nSet-Cookie: x=1"),)),
+            503,
+            NOT_PREPARED,
+            id="header-with-a-line-break",
+        ),
+        pytest.param(partial(UpstreamError, LEAKY), 503, NOT_PREPARED, id="upstream-error"),
+    ],
+)
+def test_a_session_hooks_refusal_is_answered_alike_on_both_shells(
+    shell: str,
+    error: Callable[[], Exception],
+    status: int,
+    body: dict[str, str],
+    fake: FakeOpenAIRealtime,
+    served_fake: str,
+) -> None:
+    opts = options(served_fake)
+    with serve_shell(shell, opts, customize_session=_raising(error)) as base:
+        answer = httpx.post(f"{base}{PATH}", json={})
+    assert (answer.status_code, answer.json()) == (status, body)
+    assert "x-why" not in answer.headers
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(partial(UpstreamError, LEAKY), id="upstream-error"),
+        pytest.param(partial(RequestError, LEAKY, status=409), id="request-error"),
+        pytest.param(partial(NavaiError, LEAKY, status=502), id="navai-error"),
+    ],
+)
+def test_only_an_auth_error_passes_through_authorize(
+    shell: str, error: Callable[[], Exception], fake: FakeOpenAIRealtime, served_fake: str
+) -> None:
+    opts = options(served_fake)
+    with serve_shell(shell, opts, authorize=_raising(error)) as base:
+        answer = httpx.post(f"{base}{PATH}", json={})
+        with serve_shell(shell, opts, authorize=_raising(partial(AuthError, "Who?"))) as other:
+            refused = httpx.post(f"{other}{PATH}", json={})
+    assert (answer.status_code, answer.json()) == (503, UNAVAILABLE)
+    assert "hunter2" not in answer.text
+    assert (refused.status_code, refused.json()) == (401, {"error": "Who?"})
+    assert refused.headers["www-authenticate"] == "Bearer"
+    assert fake.requests == []

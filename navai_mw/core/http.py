@@ -25,6 +25,24 @@ def is_header_safe(value: str) -> bool:
     return _HEADER_SAFE.fullmatch(value) is not None
 
 
+# What a server sends as an answer's header: a token for the name, and a
+# value without a line break or another control character (in latin-1, as
+# ASGI and WSGI encode it).
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE: Final = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+
+def is_answer_header(name: object, value: object) -> bool:
+    """Whether a server can send ``name: value`` as it is (what an app's
+    hook puts in an error's headers is asked this before it is answered)."""
+    return (
+        isinstance(name, str)
+        and isinstance(value, str)
+        and _HEADER_NAME.fullmatch(name) is not None
+        and _HEADER_VALUE.fullmatch(value) is not None
+    )
+
+
 # Cookie crumbs are joined with "; " (RFC 9113 8.2.3): a comma inside a
 # cookie line is not a separator to any cookie parser.
 _JOINERS: Final = {"cookie": "; "}

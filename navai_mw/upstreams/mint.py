@@ -29,6 +29,7 @@ from ..core.errors import (
     RequestError,
     UpstreamError,
     log_safe,
+    refusal,
 )
 from ..core.http import Credential, RequestInfo, is_header_safe
 from ..core.options import NavaiVoiceBackendOptions
@@ -200,8 +201,9 @@ def _customized(opts: NavaiVoiceBackendOptions, kind: str, result: HookResult) -
     """The hook's session, held to the schema and the request policy; the
     server's own code failed (503, logged) when it is not fit to send."""
     if result.error is not None:
-        if isinstance(result.error, (RequestError, AuthError)):
-            raise result.error  # the hook refuses this caller, on purpose
+        refused = refusal(result.error, (RequestError, AuthError))
+        if refused is not None:
+            raise refused  # the hook refuses this caller, on purpose
         logger.error(
             "navai_mw: the customize_session hook raised %s",
             type(result.error).__name__,
