@@ -5,12 +5,19 @@ before its fix."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from typing import Any
+
 import httpx
 import pytest
 
-from navai_mw import NavaiVoiceBackendOptions
+from navai_mw import NavaiVoiceBackendOptions, UpstreamError
+from navai_mw.core.effects import Attempt, CallHook, CallOwned, HookResult
 from navai_mw.core.exchange import redact
+from navai_mw.endpoint.endpoint import Endpoint
 from navai_mw.testing import FakeElevenLabs, FakeOpenAIRealtime
+from navai_mw.upstreams.mint import mint_client_secret
 
 from .conftest import CANARY_KEY
 from .shells import SHELLS, serve_shell
@@ -128,3 +135,102 @@ def test_a_key_that_looks_encoded_is_redacted_as_it_is() -> None:
 def test_text_without_the_key_keeps_its_escapes() -> None:
     text = 'a%20b &amp; \\u0041 \\" \\/'
     assert redact(text, CANARY_KEY) == text
+
+
+# -- 12: the Azure token provider within the upstream budget --------------------------------
+
+AZURE = "http://127.0.0.1:9"  # never reached: the provider answers first, or the time is up
+
+
+def azure(provider: Any, timeout: float = 2.0) -> NavaiVoiceBackendOptions:
+    return NavaiVoiceBackendOptions(
+        azure_endpoint=AZURE, azure_ad_token_provider=provider, upstream_timeout_seconds=timeout
+    )
+
+
+def test_the_provider_gets_the_budget_and_the_exchange_what_it_left() -> None:
+    steps = mint_client_secret(azure(lambda: "tok"), {})
+    asked = next(steps)
+    assert isinstance(asked, CallHook)
+    assert asked.timeout == 2.0
+    attempt = steps.send(HookResult("tok", elapsed=1.5))
+    assert isinstance(attempt, Attempt)
+    assert attempt.timeout == 0.5
+    assert dict(attempt.request.headers)["Authorization"] == "Bearer tok"
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        pytest.param(HookResult(timed_out=True, elapsed=2.0), id="timed-out"),
+        # A driver of its own that waited past the budget without a bound.
+        pytest.param(HookResult("tok", elapsed=2.0), id="answered-too-late"),
+    ],
+)
+def test_a_provider_past_the_budget_is_a_504(result: HookResult) -> None:
+    steps = mint_client_secret(azure(lambda: "tok"), {})
+    next(steps)
+    with pytest.raises(UpstreamError) as caught:
+        steps.send(result)
+    assert (caught.value.status, caught.value.message) == (
+        504,
+        "Azure OpenAI token provider timed out.",
+    )
+
+
+OFFER = b"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
+
+
+def test_the_relay_and_its_hangup_get_what_the_provider_left() -> None:
+    endpoint = Endpoint(azure(lambda: "tok"), relay=True)
+    sdp = {"content-type": "application/sdp"}
+    relay = endpoint.handle("POST", "/navai/realtime/calls", sdp, OFFER)
+    assert next(relay).timeout == 2.0
+    attempt = relay.send(HookResult("tok", elapsed=1.25))
+    assert isinstance(attempt, Attempt)
+    assert attempt.timeout == 0.75
+    hangup = endpoint.handle("DELETE", "/navai/realtime/calls/rtc_123", {}, b"")
+    assert isinstance(next(hangup), CallOwned)
+    assert hangup.send(True).timeout == 2.0
+    attempt = hangup.send(HookResult("tok", elapsed=0.5))
+    assert isinstance(attempt, Attempt)
+    assert attempt.timeout == 1.5
+
+
+class HangingProviders:
+    """Token providers that do not answer: a plain one blocks its thread
+    until released (at the test's end), an async one awaits forever."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.calls = 0
+
+    def plain(self) -> str:
+        self.calls += 1
+        self.released.wait(60)
+        return "tok"
+
+    async def awaiting(self) -> str:
+        self.calls += 1
+        await asyncio.sleep(3600)
+        return "tok"
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("kind", ["plain", "awaiting"])
+def test_a_hanging_provider_is_a_504_within_the_budget(shell: str, kind: str) -> None:
+    providers = HangingProviders()
+    try:
+        opts = azure(getattr(providers, kind), timeout=0.5)
+        with serve_shell(shell, opts) as base:
+            # The client's timeout only stops a hang; the test is the answer.
+            answer = httpx.post(f"{base}{PATH}", json={}, timeout=20)
+            still_hanging = not providers.released.is_set()
+    finally:
+        providers.released.set()
+    assert (answer.status_code, answer.json()) == (
+        504,
+        {"error": "Azure OpenAI token provider timed out."},
+    )
+    assert providers.calls == 1
+    assert still_hanging  # answered while the provider had not returned

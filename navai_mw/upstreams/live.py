@@ -129,12 +129,17 @@ def relay_live(
     session: Mapping[str, Any],
     *,
     credential: Credential,
+    budget: float | None = None,
 ) -> Generator[Attempt, Outcome, RelayedCall]:
-    """Start a Live session upstream: never retried (a second POST could
-    start a second session)."""
+    """Start a Live session upstream, within ``budget`` seconds (as
+    ``relay_call``'s): never retried (a second POST could start a second
+    session)."""
     request = live_request(opts, offer, session, credential=credential)
     response = yield from attempts(
-        request, budget=opts.upstream_timeout_seconds, max_retries=0, what=LIVE
+        request,
+        budget=opts.upstream_timeout_seconds if budget is None else budget,
+        max_retries=0,
+        what=LIVE,
     )
     return parse_live_response(response, secret=request.secret)
 
