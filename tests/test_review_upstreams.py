@@ -6,20 +6,26 @@ before its fix."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import threading
+import tracemalloc
+import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from navai_mw import NavaiVoiceBackendOptions, UpstreamError
+from navai_mw import HttpRequest, NavaiVoiceBackendOptions, UpstreamError
 from navai_mw.core.effects import Attempt, CallHook, CallOwned, HookResult
 from navai_mw.core.exchange import redact
 from navai_mw.endpoint.endpoint import Endpoint
 from navai_mw.testing import FakeElevenLabs, FakeOpenAIRealtime
+from navai_mw.transports import AiohttpTransport, HttpxAsyncTransport, HttpxSyncTransport
 from navai_mw.upstreams.mint import mint_client_secret
 
-from .conftest import CANARY_KEY
+from .conftest import CANARY_KEY, raw_server
 from .shells import SHELLS, serve_shell
 
 pytestmark = pytest.mark.anyio
@@ -234,3 +240,157 @@ def test_a_hanging_provider_is_a_504_within_the_budget(shell: str, kind: str) ->
     )
     assert providers.calls == 1
     assert still_hanging  # answered while the provider had not returned
+
+
+# -- suspected: a gzip bomb unpacked whole before the 1 MiB cap -----------------------------
+
+LIMIT = 1024 * 1024
+
+
+def _gzip(data: bytes) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+BOMB = _gzip(b"\0" * (256 * 1024 * 1024))  # 256 MiB unpacked, about 250 KiB sent
+
+
+@pytest.fixture(scope="module")
+def bomb_server() -> Iterator[str]:
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        head = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
+        with contextlib.suppress(OSError):
+            conn.sendall(head % len(BOMB) + BOMB)
+
+    with raw_server(answer) as url:
+        yield url
+
+
+def _bomb(url: str) -> HttpRequest:
+    return HttpRequest(method="POST", url=url, headers=(), body=b"", max_response_bytes=LIMIT)
+
+
+# Stopping early leaves httpx's and httpcore's inner async generators to the
+# garbage collector, which trio reports (as in test_hardening.py); the
+# connection itself is closed by the transport.
+_HTTPX_INNER_GENERATORS = pytest.mark.filterwarnings(
+    "ignore:Async generator 'http(x|core)[.]:ResourceWarning"
+)
+
+# What one answer may cost on top of the limit: the packed bytes in flight,
+# a few buffers. Before the fix it was 50 MB (httpx async) to 200 MB (sync).
+MOST_BYTES = 8 * 1024 * 1024
+
+
+def test_the_sync_transport_unpacks_a_gzip_bomb_only_to_the_limit(bomb_server: str) -> None:
+    with HttpxSyncTransport() as transport:
+        transport.send(_bomb(bomb_server), timeout=30)  # the client and its pool made
+        tracemalloc.start()
+        try:
+            response = transport.send(_bomb(bomb_server), timeout=30)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert len(response.body) == LIMIT + 1  # one byte past: the core refuses it
+    assert peak < MOST_BYTES
+
+
+@_HTTPX_INNER_GENERATORS
+@pytest.mark.parametrize("make", [AiohttpTransport, HttpxAsyncTransport])
+async def test_the_async_transports_unpack_a_gzip_bomb_only_to_the_limit(
+    bomb_server: str, make: type[AiohttpTransport | HttpxAsyncTransport]
+) -> None:
+    async with make() as transport:
+        await transport.send(_bomb(bomb_server), timeout=30)
+        tracemalloc.start()
+        try:
+            response = await transport.send(_bomb(bomb_server), timeout=30)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert len(response.body) == LIMIT + 1
+    assert peak < MOST_BYTES
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_gzip_bomb_is_the_oversized_502_on_both_shells(shell: str, bomb_server: str) -> None:
+    opts = NavaiVoiceBackendOptions(
+        openai_api_key=CANARY_KEY, openai_base_url=bomb_server, upstream_timeout_seconds=10
+    )
+    with serve_shell(shell, opts) as base:
+        answer = httpx.post(f"{base}{PATH}", json={})
+    assert (answer.status_code, answer.json()) == (
+        502,
+        {"error": f"OpenAI client_secrets answered with more than {LIMIT} bytes."},
+    )
+
+
+def _packed(coding: str, data: bytes) -> bytes:
+    if coding == "gzip":
+        return _gzip(data)
+    if coding == "deflate":
+        return zlib.compress(data)
+    packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)  # raw deflate, as some send
+    return packer.compress(data) + packer.flush()
+
+
+SECRET = b'{"value": "ek_packed", "expires_at": 1730000600}'
+
+
+@contextlib.contextmanager
+def packed_server(coding: str, header: str) -> Iterator[str]:
+    body = _packed(coding, SECRET)
+
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        head = b"HTTP/1.1 200 OK\r\nContent-Encoding: %s\r\nContent-Length: %d\r\n\r\n"
+        with contextlib.suppress(OSError):
+            conn.sendall(head % (header.encode(), len(body)) + body)
+
+    with raw_server(answer) as url:
+        yield url
+
+
+PACKINGS = [
+    pytest.param("gzip", "gzip", id="gzip"),
+    pytest.param("deflate", "deflate", id="deflate-zlib"),
+    pytest.param("raw", "deflate", id="deflate-raw"),
+]
+
+
+@pytest.mark.parametrize(("coding", "header"), PACKINGS)
+def test_a_packed_answer_is_read_sync(coding: str, header: str) -> None:
+    with packed_server(coding, header) as url, HttpxSyncTransport() as transport:
+        response = transport.send(_bomb(url), timeout=10)
+    assert response.body == SECRET
+
+
+@pytest.mark.parametrize(("coding", "header"), PACKINGS)
+@pytest.mark.parametrize("make", [AiohttpTransport, HttpxAsyncTransport])
+async def test_a_packed_answer_is_read_async(
+    coding: str, header: str, make: type[AiohttpTransport | HttpxAsyncTransport]
+) -> None:
+    with packed_server(coding, header) as url:
+        async with make() as transport:
+            response = await transport.send(_bomb(url), timeout=10)
+    assert response.body == SECRET
+
+
+def test_a_coding_not_asked_for_is_no_answer() -> None:
+    with (
+        packed_server("gzip", "br") as url,
+        HttpxSyncTransport() as transport,
+        pytest.raises(ConnectionError, match="a coding not asked for: 'br'"),
+    ):
+        transport.send(_bomb(url), timeout=10)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_only_the_codings_undone_are_asked_for(
+    shell: str, fake: FakeOpenAIRealtime, served_fake: str
+) -> None:
+    opts = NavaiVoiceBackendOptions(
+        openai_api_key=CANARY_KEY, openai_base_url=served_fake, upstream_timeout_seconds=5
+    )
+    with serve_shell(shell, opts) as base:
+        assert httpx.post(f"{base}{PATH}", json={}).status_code == 200
+    assert fake.requests[0].headers["accept-encoding"] == "gzip, deflate"
