@@ -28,6 +28,7 @@ from typing_extensions import Unpack
 
 from .config.configure import RouteOptions
 from .core.errors import OptionsError
+from .core.http import joined_headers
 from .core.options import NavaiVoiceBackendOptions
 from .endpoint.answers import Answer
 from .endpoint.endpoint import route_path
@@ -208,10 +209,9 @@ class NavaiASGIMiddleware:
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         # With a shared Redis, every worker watches the calls' deadlines.
         self._effects.calls.ensure_polling()
-        headers = {
-            name.decode("latin-1").lower(): value.decode("latin-1")
-            for name, value in scope["headers"]
-        }
+        headers = joined_headers(
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
+        )
         client = scope.get("client")
         wanted = self.endpoint.begin(
             scope["method"],

@@ -30,7 +30,10 @@ The effects:
   a random number in [0, 1) for the retry jitter;
 * :class:`CallHook` -- only with a ``customize_session`` hook or an Azure
   token provider: call ``hook(*args)`` (awaiting it when it is async) and
-  send back a :class:`HookResult` with its value or the exception it raised.
+  send back a :class:`HookResult` with its value or the exception it raised,
+  and the seconds it took; with a ``timeout`` (a token provider's: the
+  upstream budget), stop waiting past it and send back
+  ``HookResult(timed_out=True)``.
 
 The exchanges: :func:`mint_client_secret` (a Realtime client secret),
 :func:`mint_transcription_secret` and :func:`synthesize` (ElevenLabs

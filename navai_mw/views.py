@@ -35,7 +35,7 @@ closes when the handler made it.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -141,7 +141,7 @@ class NavaiHandler:
         self,
         method: str,
         path: str,
-        headers: Mapping[str, str],
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
         body: bytes,
         *,
         client: str | None = None,
@@ -151,7 +151,9 @@ class NavaiHandler:
         mount: str = "",
     ) -> NavaiResponse:
         """Answer one request whose body has been read. ``path`` is the
-        route's (below the mount point); ``client`` is the peer's address;
+        route's (below the mount point); ``headers`` a mapping (a framework's
+        multi-dict keeps every line: repeated lines are joined with ``", "``)
+        or name/value pairs; ``client`` is the peer's address;
         ``environ`` is handed to ``authorize`` as ``RequestInfo.environ``.
         ``identity``, when the view has authenticated the caller (a logged-in
         user's id), is used instead of asking ``authorize``: rate limits
@@ -223,7 +225,7 @@ class AsyncNavaiHandler:
         self,
         method: str,
         path: str,
-        headers: Mapping[str, str],
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
         body: bytes,
         *,
         client: str | None = None,

@@ -153,11 +153,12 @@ OVERSIZED = (
 )
 
 
-# Stopping early leaves httpx's inner async generators to the garbage
-# collector, which trio (unlike asyncio) reports; the connection itself is
-# closed by the transport (see the sync twin's pool check).
+# Stopping early leaves httpx's and httpcore's inner async generators (the
+# raw stream's) to the garbage collector, which trio (unlike asyncio)
+# reports; the connection itself is closed by the transport (see the sync
+# twin's pool check).
 _HTTPX_INNER_GENERATORS = pytest.mark.filterwarnings(
-    "ignore:Async generator 'httpx.*:ResourceWarning"
+    "ignore:Async generator 'http(x|core)[.]:ResourceWarning"
 )
 
 

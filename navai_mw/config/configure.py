@@ -27,8 +27,10 @@ from ..core.options import (
     max_upstream_connections,
 )
 from ..core.reports import CallReport
+from ..core.values import outside
 from ..endpoint.endpoint import DEFAULT_FUNCTION_TIMEOUT_SECONDS, Endpoint
 from ..guard.authorizers import Authorizer
+from ..upstreams.live import DEFAULT_LIVE_MODEL
 from ..upstreams.mint import SessionHook
 from .env import get_cors_origins_from_env, get_navai_voice_backend_options_from_env, guard_from_env
 
@@ -189,4 +191,22 @@ def configure_endpoint(
         )
     # The safety identifier's secret derives from the server's key.
     guard = guard_from_env(env, api_key=opts.openai_api_key or opts.azure_api_key, **guard_keywords)
-    return Endpoint(opts, guard=guard, functions=registry, **given)
+    endpoint = Endpoint(opts, guard=guard, functions=registry, **given)
+    _warn_of_a_refused_live_model(opts, endpoint)
+    return endpoint
+
+
+def _warn_of_a_refused_live_model(opts: NavaiVoiceBackendOptions, endpoint: Endpoint) -> None:
+    """A GPT-Live relay whose own model is outside ``allowed_models`` starts
+    (a deployment may never use Live), but refuses every request that names
+    no allowed model: said once, now."""
+    if not any(route.name == "live" for route in endpoint.routes):
+        return
+    model = opts.live_model or DEFAULT_LIVE_MODEL
+    if outside(model, opts.allowed_models):
+        logger.warning(
+            "navai_mw: live_model %r is not in allowed_models (%s): the GPT-Live relay will "
+            "answer 403 unless a request names an allowed model with ?model=",
+            model,
+            ", ".join(opts.allowed_models or ()),
+        )

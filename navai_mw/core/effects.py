@@ -59,18 +59,28 @@ class CallHook:
     """Call ``hook(*args)`` (awaited when it is async); send back a
     :class:`HookResult`. The ``authorize`` hook gets the request view; a
     ``customize_session`` hook the session context; an Azure token provider
-    nothing."""
+    nothing.
+
+    ``timeout``, when set, is how many seconds the caller waits for the hook
+    at most (an Azure token provider gets what is left of the upstream
+    budget): past it, send back ``HookResult(timed_out=True)`` without
+    waiting for the hook any longer."""
 
     hook: Callable[..., Any]
     args: tuple[Any, ...] = ()
+    timeout: float | None = None
 
 
 @attrs.frozen
 class HookResult:
-    """What a hook call gave: its return value, or the exception it raised."""
+    """What a hook call gave: its return value, or the exception it raised;
+    ``timed_out`` when it was still running at the :class:`CallHook`'s
+    ``timeout``; ``elapsed``, the seconds it took (or was waited for)."""
 
     value: object = None
     error: BaseException | None = None
+    timed_out: bool = False
+    elapsed: float = 0.0
 
 
 class HitLimit(NamedTuple):

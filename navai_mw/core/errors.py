@@ -8,15 +8,20 @@ they never hold an API key (upstream text is redacted before it gets here).
 from __future__ import annotations
 
 import re
+from http import HTTPStatus
 from typing import Final
 
+from .http import is_answer_header
+
 __all__ = [
+    "REFUSAL_STATUSES",
     "AuthError",
     "NavaiError",
     "OptionsError",
     "RequestError",
     "UpstreamError",
     "log_safe",
+    "refusal",
 ]
 
 # Characters that end or rewrite a log line on a terminal or in a file: C0
@@ -130,3 +135,23 @@ class AuthError(NavaiError):
             else ()
         )
         super().__init__(message, status=status, headers=challenge)
+
+
+# The statuses a hook may refuse a caller with, on purpose: HTTP's client
+# errors (each has the phrase the WSGI shell spells it with). An error of a
+# hook's that names another status is the hook failing, not a refusal.
+REFUSAL_STATUSES: Final = frozenset(
+    status.value for status in HTTPStatus if 400 <= status.value < 500
+)
+
+
+def refusal(error: BaseException, kinds: tuple[type[NavaiError], ...]) -> NavaiError | None:
+    """``error`` when a hook raised it to refuse the caller on purpose: one
+    of ``kinds``, with a status of :data:`REFUSAL_STATUSES` and headers a
+    server can send; None when the hook failed instead (the caller then gets
+    a 503 without its text, which may hold anything)."""
+    if not isinstance(error, kinds) or error.status not in REFUSAL_STATUSES:
+        return None
+    if not all(is_answer_header(name, value) for name, value in error.headers):
+        return None
+    return error

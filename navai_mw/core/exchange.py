@@ -40,29 +40,59 @@ _RETRY_AFTER: Final = re.compile(
     r"[0-9]{2}:[0-9]{2}:[0-9]{2} GMT"
 )
 
-_UNICODE_ESCAPE: Final = re.compile(r"\\u([0-9a-fA-F]{4})")
+# JSON's escapes, undone in one pass from the left: an escaped backslash
+# followed by "u0041" stays a backslash and "u0041", as a JSON parser reads it.
+_JSON_ESCAPE: Final = re.compile(r'\\(["\\/bfnrt]|u[0-9a-fA-F]{4})')
+_JSON_ESCAPED: Final = {
+    '"': '"',
+    "\\": "\\",
+    "/": "/",
+    "b": "\b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+}
+
+# How many encodings deep an echo of the key is looked for: an upstream
+# that escapes, then percent-encodes, then escapes again is three.
+_DECODING_ROUNDS: Final = 4
+
+
+def _json_unescaped(match: re.Match[str]) -> str:
+    escape = match[1]
+    return chr(int(escape[1:], 16)) if escape[0] == "u" else _JSON_ESCAPED[escape]
 
 
 def _decoded(text: str) -> str:
-    """``text`` with the encodings an echo of the key may arrive in undone:
-    JSON's ``\\uXXXX`` escapes, percent-encoding and HTML entities."""
-    text = _UNICODE_ESCAPE.sub(lambda match: chr(int(match[1], 16)), text)
+    """``text`` with the encodings an echo of the key may arrive in undone
+    once: JSON's escapes (``\\uXXXX``, ``\\/``, ``\\"``...), percent-encoding
+    and HTML entities."""
+    text = _JSON_ESCAPE.sub(_json_unescaped, text)
     return html.unescape(unquote(text))
 
 
 def redact(text: str, secret: str | None) -> str:
-    """``text`` without ``secret``, however the upstream encoded it.
+    """``text`` without ``secret``, in any of the spellings an upstream may
+    echo it in, each copy however it was encoded.
 
-    When only an encoded copy is found, the decoded text is quoted instead:
-    a redacted message that reads a little differently beats a leaked key.
+    The raw copies are replaced first; then the text is decoded, a layer of
+    encodings at a time, and when a decoded layer still holds the key, that
+    layer is quoted instead, with every copy in it replaced: a redacted
+    message that reads a little differently beats a leaked key.
     """
     if not secret:
         return text
-    if secret not in text:
-        decoded = _decoded(text)
-        if secret in decoded:
-            text = decoded
-    return text.replace(secret, _REDACTED)
+    redacted = current = text.replace(secret, _REDACTED)
+    for _ in range(_DECODING_ROUNDS):
+        decoded = _decoded(current)
+        if decoded == current:
+            break
+        current = decoded
+        if secret in current:
+            current = current.replace(secret, _REDACTED)
+            redacted = current
+    return redacted
 
 
 def upstream_message(body: bytes) -> str:

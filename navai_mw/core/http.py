@@ -1,11 +1,12 @@
 """The HTTP values both sides speak: a request to make, a response received,
-the request view hooks see, compact JSON, and what a header may hold."""
+the request view hooks see, compact JSON, what a header may hold, and one
+value per header name from the lines a client sent."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -22,6 +23,45 @@ _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
 
 def is_header_safe(value: str) -> bool:
     return _HEADER_SAFE.fullmatch(value) is not None
+
+
+# What a server sends as an answer's header: a token for the name, and a
+# value without a line break or another control character (in latin-1, as
+# ASGI and WSGI encode it).
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE: Final = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+
+def is_answer_header(name: object, value: object) -> bool:
+    """Whether a server can send ``name: value`` as it is (what an app's
+    hook puts in an error's headers is asked this before it is answered)."""
+    return (
+        isinstance(name, str)
+        and isinstance(value, str)
+        and _HEADER_NAME.fullmatch(name) is not None
+        and _HEADER_VALUE.fullmatch(value) is not None
+    )
+
+
+# Cookie crumbs are joined with "; " (RFC 9113 8.2.3): a comma inside a
+# cookie line is not a separator to any cookie parser.
+_JOINERS: Final = {"cookie": "; "}
+
+
+def joined_headers(lines: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """One value per lower-case name from the header lines as sent: lines
+    of the same name joined with ``", "`` in their order (RFC 9110 5.3), as
+    WSGI servers join them, so that two proxies' ``X-Forwarded-For`` lines
+    read as one list, never as the last line alone."""
+    headers: dict[str, str] = {}
+    for name, value in lines:
+        name = name.lower()
+        earlier = headers.get(name)
+        if earlier is None:
+            headers[name] = value
+        else:
+            headers[name] = f"{earlier}{_JOINERS.get(name, ', ')}{value}"
+    return headers
 
 
 @attrs.frozen(kw_only=True)
@@ -90,13 +130,16 @@ class HttpResponse:
 
 
 # One encoder for the package: json.dumps builds a new one per call when
-# given any option.
-_ENCODER: Final = json.JSONEncoder(separators=(",", ":"))
+# given any option. NaN and the infinities are refused: json.dumps would
+# write them, and no JSON parser (OpenAI's, a browser's) reads them.
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def compact_json(value: object) -> bytes:
     """``value`` as compact JSON bytes; ASCII escapes keep lone surrogates
-    from a client encodable."""
+    from a client encodable. Raises TypeError for what JSON cannot carry (a
+    set, a date), ValueError for NaN, the infinities or a circular
+    reference: check what the app gave before it gets here."""
     return _ENCODER.encode(value).encode("ascii")
 
 

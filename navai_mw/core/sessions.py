@@ -1,16 +1,59 @@
 """Session templates checked and merged: the Realtime ``session=`` (against
 the schema in :mod:`~navai_mw.core.session_schema`) and GPT-Live's
-``live_session=``."""
+``live_session=``. Every session checked here can be sent: JSON carries all
+of it, without NaN or the infinities."""
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, Final, Literal
 
 from .errors import OptionsError
+from .http import compact_json
 from .session_schema import RealtimeSession, TranscriptionSession, _structure
+
+# Past this depth a session is not one anybody wrote (or it holds itself).
+_MAX_DEPTH: Final = 64
+
+
+def check_json(data: object, path: str) -> None:
+    """Raise :class:`OptionsError` naming where ``data`` (a session called
+    ``path``) holds what cannot be sent as JSON: a set, a date, an object,
+    NaN or an infinity, a circular reference."""
+    try:
+        compact_json(data)
+    except (TypeError, ValueError, RecursionError) as exc:
+        where = _unencodable(data, path, 0) or f"{path} {type(exc).__name__}"
+        raise OptionsError(f"{path} cannot be sent as JSON: {where}.") from None
+
+
+def _unencodable(value: object, path: str, depth: int) -> str | None:
+    """Where ``value`` holds what JSON cannot carry, and what it is."""
+    if value is None or isinstance(value, (str, int)):  # bool is an int
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path} is {value!r}"
+    if depth >= _MAX_DEPTH:
+        return f"{path[:80]}... nests deeper than {_MAX_DEPTH} levels (or holds itself)"
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = _unencodable(item, f"{path}[{index}]", depth + 1)
+            if found:
+                return found
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key is not None and not isinstance(key, (str, int, float)):
+                return f"{path} has a key that is a {type(key).__name__}"
+            found = _unencodable(item, f"{path}.{key}", depth + 1)
+            if found:
+                return found
+        return None
+    return f"{path} is a {type(value).__name__}"
+
 
 # What a live_session template may set: everything but navai's own fields.
 LIVE_TEMPLATE_FIELDS: Final = frozenset(
@@ -34,6 +77,7 @@ def check_live_session(template: object) -> dict[str, Any] | None:
         return None
     if not isinstance(template, Mapping):
         raise OptionsError("live_session must be a JSON object of Live session fields.")
+    check_json(dict(template), "live_session")
     for name in template:
         if name in LIVE_NAVAI_FIELDS:
             raise OptionsError(
@@ -117,6 +161,7 @@ def check_session(
             raise OptionsError(f"{option} is not valid JSON: {exc}") from None
     if not isinstance(template, Mapping):
         raise OptionsError(f"{option} must be a JSON object of session fields.")
+    check_json(dict(template), option)
     data = copy.deepcopy(dict(template))
     owned = {**NAVAI_FIELDS, **(ELEVENLABS_FIELDS if elevenlabs else {})}
     for path, instead in owned.items():
@@ -134,7 +179,9 @@ def check_session(
 
 
 def check_final_session(session: Mapping[str, Any], *, unknown_ok: bool) -> None:
-    """A whole session (after a ``customize_session`` hook): the schema only."""
+    """A whole session (after a ``customize_session`` hook): JSON can carry
+    it, and it fits the schema."""
+    check_json(dict(session), "session")
     kind = TranscriptionSession if session.get("type") == "transcription" else RealtimeSession
     _structure(dict(session), kind, unknown_ok=unknown_ok, path="session")
 

@@ -24,6 +24,8 @@ from cattrs.cols import (
 from cattrs.strategies import configure_union_passthrough
 from cattrs.v import format_exception
 
+from .values import finite
+
 __all__ = [
     "argument_converter",
     "describe_problems",
@@ -37,13 +39,26 @@ def _strict(kind: type, name: str) -> Any:
     def structure(value: object, _: object) -> Any:
         if isinstance(value, bool) and kind is not bool:
             raise TypeError(f"expected {name}, got a boolean")
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
+        if kind is float:
+            # An integer too large for a float, NaN and the infinities are
+            # no number anyone meant (core/values.finite says which are).
+            number = finite(value)
+            if number is None:
+                raise TypeError(f"expected {name}, got {_kind_of(value)}")
+            return number
         if not isinstance(value, kind):
             raise TypeError(f"expected {name}, got {type(value).__name__}")
         return value
 
     return structure
+
+
+def _kind_of(value: object) -> str:
+    if isinstance(value, int):
+        return "an integer too large for a number"
+    if isinstance(value, float):
+        return "a number that is not finite"
+    return type(value).__name__
 
 
 def strict_scalars(converter: cattrs.Converter) -> None:

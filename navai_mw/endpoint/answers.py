@@ -9,7 +9,7 @@ from typing import Final
 
 import attrs
 
-from ..core.errors import NavaiError, RequestError
+from ..core.errors import REFUSAL_STATUSES, NavaiError, RequestError
 from ..core.http import compact_json
 
 __all__ = [
@@ -22,10 +22,12 @@ __all__ = [
     "unsupported",
 ]
 
-# Every status a navai route answers with (docs/http.md): nothing else
-# leaves the endpoint, so the WSGI shell can spell each one.
-ANSWERED_STATUSES: Final = frozenset(
-    {200, 201, 204, 400, 401, 403, 404, 405, 413, 415, 429, 500, 502, 503, 504}
+# Every status a navai route answers with (docs/http.md), and the client
+# errors a hook may refuse a caller with: nothing else leaves the endpoint,
+# so the WSGI shell can spell each one.
+ANSWERED_STATUSES: Final = (
+    frozenset({200, 201, 204, 400, 401, 403, 404, 405, 413, 415, 429, 500, 502, 503, 504})
+    | REFUSAL_STATUSES
 )
 _REASONS: Final = {
     status: f"{status} {http.HTTPStatus(status).phrase}" for status in ANSWERED_STATUSES

@@ -32,7 +32,7 @@ import attrs
 
 from ..backend_functions.registry import FunctionRegistry
 from ..core.errors import NavaiError, OptionsError, RequestError, log_safe
-from ..core.http import RequestInfo
+from ..core.http import RequestInfo, joined_headers
 from ..core.options import MAX_UPSTREAM_TIMEOUT_SECONDS, NavaiVoiceBackendOptions
 from ..core.values import flag, seconds
 from ..guard.addresses import client_address
@@ -304,7 +304,7 @@ class Endpoint:
         self,
         method: str,
         path: str,
-        headers: Mapping[str, str],
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
         body: bytes,
         *,
         peer: str | None = None,
@@ -317,9 +317,11 @@ class Endpoint:
         """A whole request at once, for a framework's view that has read the
         body already: :meth:`begin` and :meth:`finish` in one generator.
         ``headers`` may have names in any case; the body's length is its
-        own. A path that is not a navai route is a 404. ``identity``, when
-        the view authenticated the caller, stands for ``authorize``'s."""
-        lowered = {name.lower(): value for name, value in headers.items()}
+        own; lines of one name (a framework's multi-dict, or name/value
+        pairs) are joined as the ASGI shell joins them. A path that is not a
+        navai route is a 404. ``identity``, when the view authenticated the
+        caller, stands for ``authorize``'s."""
+        lowered = joined_headers(headers.items() if isinstance(headers, Mapping) else headers)
         lowered.pop("transfer-encoding", None)
         lowered["content-length"] = str(len(body))
         if not self.owns(path):

@@ -14,9 +14,11 @@ It runs before every navai route, after the answers that need no guard
    and every header are decided here.
 
 Promises: nothing here reads a clock or touches a socket or a store; a
-refusal is a :class:`NavaiError` with its status and headers; a hook that
-fails unexpectedly is logged with its traceback and answered 503 without
-its text; no credential reaches a log line or a rate-limit key.
+refusal is a :class:`NavaiError` with its status and headers; an
+``authorize`` hook refuses only with an :class:`AuthError`, and anything
+else it raises (another :class:`NavaiError` too) is logged with its
+traceback and answered 503 without its text; no credential reaches a log
+line or a rate-limit key.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any, cast
 import attrs
 
 from ..core.effects import CallHook, HitLimit, HookResult, LimitResult
-from ..core.errors import AuthError, NavaiError, log_safe
+from ..core.errors import AuthError, NavaiError, log_safe, refusal
 from ..core.http import RequestInfo
 from ..core.rate_limit_policy import RateLimitPolicy
 from ..core.storage import shown_url
@@ -180,8 +182,11 @@ class Guard:
         else:
             result: HookResult = yield CallHook(cast(Hook, authorize), (info,))
             if result.error is not None:
-                if isinstance(result.error, NavaiError):
-                    raise result.error
+                # Only an AuthError is a refusal: any other error's text (a
+                # database URL with its password) must not reach the client.
+                refused = refusal(result.error, (AuthError,))
+                if refused is not None:
+                    raise refused
                 logger.error(
                     "navai_mw: the authorize hook raised %s on %s %s",
                     type(result.error).__name__,

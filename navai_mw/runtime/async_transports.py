@@ -22,7 +22,16 @@ from typing_extensions import Self
 from ..core.http import HttpRequest, HttpResponse
 from ..upstreams.sideband import MAX_EVENT_BYTES
 from .aio import C, LoopBound, attempt_deadline
-from .transports import DEFAULT_LIMITS, _answer, _build, _full, _limits, upstream_connections
+from .transports import (
+    ACCEPT_ENCODING,
+    DEFAULT_LIMITS,
+    BoundedBody,
+    _answer,
+    _build,
+    _limits,
+    _read_already,
+    upstream_connections,
+)
 
 
 def _default_async_client(limits: httpx.Limits = DEFAULT_LIMITS) -> httpx.AsyncClient:
@@ -95,13 +104,16 @@ async def _send_httpx_unbounded(
     try:
         response = await client.send(_build(client, request, timeout), stream=True)
         try:
-            body = bytearray()
-            # Closed at once when left early (an async generator in fact).
-            chunks_left = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
-            async with aclosing(chunks_left) as chunks:
-                async for chunk in chunks:
-                    if _full(body, chunk, request):
-                        break
+            body = _read_already(response, request)
+            if body is None:
+                body = BoundedBody(request, response.headers.get("content-encoding"))
+                # Closed at once when left early (an async generator in
+                # fact); raw, since the body unpacks within its limit.
+                chunks_left = cast("AsyncGenerator[bytes, None]", response.aiter_raw())
+                async with aclosing(chunks_left) as chunks:
+                    async for chunk in chunks:
+                        if body.full(chunk):
+                            break
         finally:
             await response.aclose()
         return _answer(response, body)
@@ -364,21 +376,22 @@ async def _send_aiohttp(
         async with session.request(
             request.method,
             request.url,
-            headers=request.headers,
+            headers=(ACCEPT_ENCODING, *request.headers),
             data=request.body,
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=timeout),
             proxy=proxy,
+            auto_decompress=False,  # unpacked by the body, within its limit
         ) as response:
-            body = bytearray()
+            body = BoundedBody(request, response.headers.get("content-encoding"))
             content = response.content
             while chunk := await content.read(_CHUNK):
-                if _full(body, chunk, request):
+                if body.full(chunk):
                     break  # leaving unread: the connection is closed, not reused
             return HttpResponse(
                 status=response.status,
                 headers=tuple((name.lower(), value) for name, value in response.headers.items()),
-                body=bytes(body),
+                body=bytes(body.data),
             )
     except asyncio.TimeoutError as exc:  # aiohttp's timeouts (asyncio's before 3.11)
         raise TimeoutError(str(exc) or "timed out") from None

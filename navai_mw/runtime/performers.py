@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -127,15 +128,7 @@ class SyncEffects:
 
     def __call__(self, effect: object) -> object:
         if isinstance(effect, CallHook):
-            try:
-                if is_async_hook(effect.hook):  # an async Azure token provider
-                    loop = self._loop_thread.loop()
-                    future = asyncio.run_coroutine_threadsafe(effect.hook(*effect.args), loop)
-                    # A provider that never answers must not hold a thread forever.
-                    return HookResult(future.result(timeout=ASYNC_HOOK_TIMEOUT_SECONDS))
-                return HookResult(effect.hook(*effect.args))
-            except Exception as exc:
-                return HookResult(error=exc)
+            return _hook_sync(effect, self._loop_thread)
         if isinstance(effect, HitLimit):
             try:
                 return cast(SyncCounter, self._counter).hit(effect.policy, effect.key)
@@ -282,13 +275,7 @@ class AsyncEffects:
                 return self._memory.hit(effect.policy, effect.key, time.time())
             return await self._count(effect)
         if isinstance(effect, CallHook):
-            try:
-                if is_async_hook(effect.hook):
-                    return HookResult(await effect.hook(*effect.args))
-                # It may touch a database: not on the event loop.
-                return HookResult(await anyio.to_thread.run_sync(effect.hook, *effect.args))
-            except Exception as exc:
-                return HookResult(error=exc)
+            return await _hook_async(effect)
         if isinstance(effect, CallFunction):
             return await self._call(effect)
         if isinstance(effect, (RememberCall, CallOwned, ForgetCall)):
@@ -372,6 +359,68 @@ def _sideband_effect(
     else:
         sidebands.end(effect.key, effect.reason)
     return None
+
+
+# A hook with a time bound (an Azure token provider) that is a plain function
+# runs on one of these threads, so that the caller can stop waiting for it;
+# one that hangs keeps its thread (Python cannot stop one), and once every
+# thread holds a hung hook, the next call is out of time at once.
+TIMED_HOOK_WORKERS: Final = 32
+_TIMED_HOOKS: Final = FunctionWorkers(TIMED_HOOK_WORKERS)
+
+
+def _hook_sync(effect: CallHook, loop_thread: _LoopThread) -> HookResult:
+    """``effect``'s hook called for the WSGI shell: inline, but an async one
+    on the performer's loop thread and, with a ``timeout``, a plain one on
+    a thread of its own, waited for that long at most."""
+    started = time.monotonic()
+    try:
+        if is_async_hook(effect.hook):  # an async Azure token provider
+            future = asyncio.run_coroutine_threadsafe(effect.hook(*effect.args), loop_thread.loop())
+        elif effect.timeout is None:
+            return HookResult(effect.hook(*effect.args), elapsed=time.monotonic() - started)
+        else:
+            pooled = _TIMED_HOOKS.submit(functools.partial(effect.hook, *effect.args))
+            if pooled is None:
+                return HookResult(timed_out=True)
+            future = pooled
+        # A hook that never answers must not hold the server's thread forever.
+        timeout = ASYNC_HOOK_TIMEOUT_SECONDS if effect.timeout is None else effect.timeout
+        done, _ = wait([future], timeout=timeout)
+        elapsed = time.monotonic() - started
+        if not done:
+            future.cancel()  # an async hook stops at its next await
+            if effect.timeout is None:
+                return HookResult(error=TimeoutError("the hook did not answer"), elapsed=elapsed)
+            return HookResult(timed_out=True, elapsed=elapsed)
+        return HookResult(future.result(), elapsed=elapsed)
+    except Exception as exc:
+        return HookResult(error=exc, elapsed=time.monotonic() - started)
+
+
+async def _hook_async(effect: CallHook) -> HookResult:
+    """``effect``'s hook called for the ASGI shell: an async one awaited, a
+    plain one on a worker thread (it may touch a database); with a
+    ``timeout``, waited for that long at most."""
+    started = time.monotonic()
+    try:
+        if effect.timeout is None:
+            if is_async_hook(effect.hook):
+                value = await effect.hook(*effect.args)
+            else:
+                value = await anyio.to_thread.run_sync(effect.hook, *effect.args)
+            return HookResult(value, elapsed=time.monotonic() - started)
+        if is_async_hook(effect.hook):
+            with anyio.move_on_after(effect.timeout):
+                value = await effect.hook(*effect.args)
+                return HookResult(value, elapsed=time.monotonic() - started)
+            return HookResult(timed_out=True, elapsed=time.monotonic() - started)
+        future = _TIMED_HOOKS.submit(functools.partial(effect.hook, *effect.args))
+        if future is None or not await _wait(future, effect.timeout):
+            return HookResult(timed_out=True, elapsed=time.monotonic() - started)
+        return HookResult(future.result(), elapsed=time.monotonic() - started)
+    except Exception as exc:
+        return HookResult(error=exc, elapsed=time.monotonic() - started)
 
 
 def _store_failed(where: str, effect: object, exc: Exception) -> None:

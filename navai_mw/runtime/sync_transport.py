@@ -19,7 +19,7 @@ import httpcore
 import httpx
 
 from ..core.http import HttpRequest, HttpResponse
-from .transports import _answer, _build, _full, upstream_connections
+from .transports import BoundedBody, _answer, _build, _read_already, upstream_connections
 
 # When the attempt running in this thread must be over (time.monotonic()).
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
@@ -280,10 +280,12 @@ class HttpxSyncTransport:
         try:
             response = client.send(_build(client, request, timeout), stream=True)
             try:
-                body = bytearray()
-                for chunk in response.iter_bytes():
-                    if _full(body, chunk, request):
-                        break
+                body = _read_already(response, request)
+                if body is None:
+                    body = BoundedBody(request, response.headers.get("content-encoding"))
+                    for chunk in response.iter_raw():  # unpacked by the body, within its limit
+                        if body.full(chunk):
+                            break
             finally:
                 response.close()
             return _answer(response, body)

@@ -17,11 +17,12 @@ from typing import Any, Final
 
 from ..core.client_requests import CreateClientSecretRequest
 from ..core.effects import Attempt, CloseLive, Outcome
-from ..core.errors import UpstreamError
+from ..core.errors import RequestError, UpstreamError
 from ..core.exchange import attempts, upstream_failure, upstream_message
 from ..core.http import Credential, HttpRequest, HttpResponse, compact_json
 from ..core.options import DEFAULT_VOICE, NavaiVoiceBackendOptions
 from ..core.urls import websocket_url
+from ..core.values import outside
 from .openai_secrets import MAX_CLIENT_SECRET_RESPONSE_BYTES, session_instructions
 from .realtime_calls import RelayedCall, is_call_id
 
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_LIVE_MODEL",
     "LIVE",
     "build_live_session",
+    "check_live_model",
     "close_live",
     "end_live",
     "live_model",
@@ -47,6 +49,19 @@ def live_model(opts: NavaiVoiceBackendOptions, req: CreateClientSecretRequest) -
     return req.model or opts.live_model or DEFAULT_LIVE_MODEL
 
 
+def check_live_model(opts: NavaiVoiceBackendOptions, model: str) -> None:
+    """Refuse (403) a Live session's model outside ``allowed_models``: the
+    request's (refused already by the request policy) or the server's own
+    (``live_model``, else the built-in one), which the options do not hold
+    to the list, since a deployment that never relays to Live must start."""
+    if outside(model, opts.allowed_models):
+        raise RequestError(
+            f"Model {model[:64]!r} is not allowed for GPT-Live. "
+            f"Allowed: {', '.join(opts.allowed_models or ())}.",
+            status=403,
+        )
+
+
 def build_live_session(
     opts: NavaiVoiceBackendOptions,
     req: CreateClientSecretRequest,
@@ -54,11 +69,14 @@ def build_live_session(
     safety_identifier: str | None = None,
 ) -> dict[str, Any]:
     """The Live session for ``req``: the ``live_session`` template, with the
-    model, instructions and voice as for Realtime; the safety identifier,
-    when there is one, in the body (where Live takes it)."""
+    model (within ``allowed_models``: a 403 otherwise), instructions and
+    voice as for Realtime; the safety identifier, when there is one, in the
+    body (where Live takes it)."""
+    model = live_model(opts, req)
+    check_live_model(opts, model)
     session: dict[str, Any] = {
         **(opts.live_session or {}),
-        "model": live_model(opts, req),
+        "model": model,
         "instructions": session_instructions(opts, req),
         "audio": {"output": {"voice": req.voice or opts.default_voice or DEFAULT_VOICE}},
     }
@@ -111,12 +129,17 @@ def relay_live(
     session: Mapping[str, Any],
     *,
     credential: Credential,
+    budget: float | None = None,
 ) -> Generator[Attempt, Outcome, RelayedCall]:
-    """Start a Live session upstream: never retried (a second POST could
-    start a second session)."""
+    """Start a Live session upstream, within ``budget`` seconds (as
+    ``relay_call``'s): never retried (a second POST could start a second
+    session)."""
     request = live_request(opts, offer, session, credential=credential)
     response = yield from attempts(
-        request, budget=opts.upstream_timeout_seconds, max_retries=0, what=LIVE
+        request,
+        budget=opts.upstream_timeout_seconds if budget is None else budget,
+        max_retries=0,
+        what=LIVE,
     )
     return parse_live_response(response, secret=request.secret)
 

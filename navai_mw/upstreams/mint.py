@@ -22,7 +22,15 @@ from ..core.client_requests import (
     structure_transcription_request,
 )
 from ..core.effects import CallHook, HookResult
-from ..core.errors import AuthError, NavaiError, OptionsError, RequestError, UpstreamError
+from ..core.errors import (
+    AuthError,
+    NavaiError,
+    OptionsError,
+    RequestError,
+    UpstreamError,
+    log_safe,
+    refusal,
+)
 from ..core.http import Credential, RequestInfo, is_header_safe
 from ..core.options import NavaiVoiceBackendOptions
 from ..core.sessions import check_final_session
@@ -145,14 +153,14 @@ def _mint(
     session = yield from customized(
         opts, session, kind=kind, customize=customize, identity=identity, request=request
     )
-    credential = yield from credential_for(opts, api_key)
+    credential, budget = yield from credential_for(opts, api_key)
     upstream = upstream_request(
         opts, session, credential=credential, safety_identifier=safety_identifier
     )
     return (
         yield from exchange(
             upstream,
-            budget=opts.upstream_timeout_seconds,
+            budget=budget,
             provider=opts.tts_provider,
             what=client_secrets_name(opts),
         )
@@ -180,21 +188,26 @@ def customized(
 
 def credential_for(
     opts: NavaiVoiceBackendOptions, api_key: str | None
-) -> Generator[Any, Any, Credential]:
-    """What authenticates an upstream call (asking an Azure token provider
-    when there is one)."""
+) -> Generator[Any, Any, tuple[Credential, float]]:
+    """What authenticates an upstream call, and the seconds left of
+    ``upstream_timeout_seconds`` for its exchange: all of them, unless an
+    Azure token provider was asked (it has the whole budget at most, and
+    the exchange what it left)."""
+    budget = opts.upstream_timeout_seconds
     credential = request_credential(opts, api_key)
     if credential is None:
-        credential = Credential.bearer((yield from _azure_token(opts)))
-    return credential
+        token, budget = yield from _azure_token(opts, budget)
+        credential = Credential.bearer(token)
+    return credential, budget
 
 
 def _customized(opts: NavaiVoiceBackendOptions, kind: str, result: HookResult) -> dict[str, Any]:
     """The hook's session, held to the schema and the request policy; the
     server's own code failed (503, logged) when it is not fit to send."""
     if result.error is not None:
-        if isinstance(result.error, (RequestError, AuthError)):
-            raise result.error  # the hook refuses this caller, on purpose
+        refused = refusal(result.error, (RequestError, AuthError))
+        if refused is not None:
+            raise refused  # the hook refuses this caller, on purpose
         logger.error(
             "navai_mw: the customize_session hook raised %s",
             type(result.error).__name__,
@@ -211,7 +224,9 @@ def _customized(opts: NavaiVoiceBackendOptions, kind: str, result: HookResult) -
         check_final_session(session, unknown_ok=opts.allow_unknown_session_fields)
         _check_policy(opts, session)
     except OptionsError as exc:
-        logger.error("navai_mw: the customize_session hook's session is refused: %s", exc.message)
+        logger.error(
+            "navai_mw: the customize_session hook's session is refused: %s", log_safe(exc.message)
+        )
         raise NavaiError(_NOT_PREPARED, status=503) from None
     return session
 
@@ -229,12 +244,18 @@ def _check_policy(opts: NavaiVoiceBackendOptions, session: Mapping[str, Any]) ->
             raise OptionsError(f"{name} {value!r} is not in allowed_{name}s")
 
 
-def _azure_token(opts: NavaiVoiceBackendOptions) -> Generator[Any, Any, str]:
+def _azure_token(
+    opts: NavaiVoiceBackendOptions, budget: float
+) -> Generator[Any, Any, tuple[str, float]]:
     """A Microsoft Entra ID token from the provider (asked every time: its
-    refresh is its own business); a failure is a 502 naming Azure."""
+    refresh is its own business), within ``budget`` seconds, and the seconds
+    it left; a failure is a 502 naming Azure, running out of time a 504."""
     provider = opts.azure_ad_token_provider
     assert provider is not None
-    result: HookResult = yield CallHook(provider, ())
+    result: HookResult = yield CallHook(provider, (), timeout=budget)
+    if result.timed_out or result.elapsed >= budget:
+        logger.error("navai_mw: the Azure token provider did not answer within %g seconds", budget)
+        raise UpstreamError("Azure OpenAI token provider timed out.", status=504)
     if result.error is not None:
         logger.error(
             "navai_mw: the Azure token provider raised %s",
@@ -249,4 +270,4 @@ def _azure_token(opts: NavaiVoiceBackendOptions) -> Generator[Any, Any, str]:
             "an empty string" if token == "" else type(token).__name__,
         )
         raise UpstreamError("Azure OpenAI token provider returned no usable token.")
-    return token.strip()
+    return token.strip(), budget - result.elapsed

@@ -22,6 +22,7 @@ Promises:
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Generator, Mapping
 from typing import Any, Final
 
@@ -96,11 +97,36 @@ class OpenAIRealtimeClientSecretResponse:
 # How much of a refused value a 403 quotes back.
 _QUOTED_VALUE_CHARS: Final = 64
 
+# When the server sets the instructions, the fields that add a line to them
+# may only name a language, an accent or a tone: a short phrase on one line,
+# which can end no sentence and open no other (no "." or ":", no quotes, no
+# brackets, no line break or other control character).
+MAX_PHRASE_CHARS: Final = 40
+_PHRASE_PUNCTUATION: Final = frozenset(" -',()/")
+_PHRASE_FIELDS: Final = (
+    ("language", "language"),
+    ("voiceAccent", "voice_accent"),
+    ("voiceTone", "voice_tone"),
+)
+
+
+def is_phrase(value: str) -> bool:
+    """Whether ``value`` (trimmed) is a short phrase: at most
+    :data:`MAX_PHRASE_CHARS` letters (of any script, with their marks),
+    digits, spaces and ``- ' , ( ) /``."""
+    value = value.strip()
+    return len(value) <= MAX_PHRASE_CHARS and all(
+        char in _PHRASE_PUNCTUATION or unicodedata.category(char)[0] in "LMN" for char in value
+    )
+
 
 def check_policy(opts: NavaiVoiceBackendOptions, req: CreateClientSecretRequest) -> None:
     """Refuse (403) what the options do not let a client ask for; what the
     client leaves out falls back to the server's defaults, which passed the
-    same policy when the options were built."""
+    same policy when the options were built. With
+    ``allow_client_instructions=False`` the client sends no instructions,
+    and ``language``, ``voiceAccent`` and ``voiceTone``, whose text goes
+    into them, must each be a short phrase (:func:`is_phrase`)."""
     for field, value, allowed in (
         ("model", req.model, opts.allowed_models),
         ("voice", req.voice, opts.allowed_voices),
@@ -111,11 +137,22 @@ def check_policy(opts: NavaiVoiceBackendOptions, req: CreateClientSecretRequest)
                 f"Allowed: {', '.join(allowed or ())}.",
                 status=403,
             )
-    if req.instructions is not None and not opts.allow_client_instructions:
+    if opts.allow_client_instructions:
+        return
+    if req.instructions is not None:
         raise RequestError(
             "Request field instructions is not allowed: this server sets the instructions.",
             status=403,
         )
+    for wire, name in _PHRASE_FIELDS:
+        value = getattr(req, name)
+        if value is not None and not is_phrase(value):
+            raise RequestError(
+                f"Request field {wire} is not allowed: this server sets the instructions, so "
+                f"{wire} may only be a name of at most {MAX_PHRASE_CHARS} letters, digits, "
+                "spaces and - ' , ( ) /.",
+                status=403,
+            )
 
 
 def resolve_api_key(

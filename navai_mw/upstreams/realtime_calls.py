@@ -129,14 +129,19 @@ def relay_call(
     *,
     credential: Credential,
     safety_identifier: str | None = None,
+    budget: float | None = None,
 ) -> Generator[Attempt, Outcome, RelayedCall]:
     """Start a call upstream with the browser's offer: never retried, since a
-    second POST could start a second call."""
+    second POST could start a second call. ``budget`` is the seconds it may
+    take (``upstream_timeout_seconds``, less what a token provider took)."""
     request = calls_request(
         opts, offer, session, credential=credential, safety_identifier=safety_identifier
     )
     response = yield from attempts(
-        request, budget=opts.upstream_timeout_seconds, max_retries=0, what=CALLS
+        request,
+        budget=opts.upstream_timeout_seconds if budget is None else budget,
+        max_retries=0,
+        what=CALLS,
     )
     return parse_calls_response(response, secret=request.secret)
 
@@ -156,10 +161,17 @@ def hangup_request(
 
 
 def hang_up(
-    opts: NavaiVoiceBackendOptions, call_id: str, *, credential: Credential
+    opts: NavaiVoiceBackendOptions,
+    call_id: str,
+    *,
+    credential: Credential,
+    budget: float | None = None,
 ) -> Generator[Attempt, Outcome, None]:
-    """Hang a call up upstream; one that is already over (404) is fine."""
+    """Hang a call up upstream, within ``budget`` seconds (as
+    :func:`relay_call`'s); one that is already over (404) is fine."""
     request = hangup_request(opts, call_id, credential=credential)
-    response = yield from attempts(request, budget=opts.upstream_timeout_seconds, what=CALLS)
+    response = yield from attempts(
+        request, budget=opts.upstream_timeout_seconds if budget is None else budget, what=CALLS
+    )
     if response.status != 404 and not 200 <= response.status < 300:
         raise upstream_failure(CALLS, response, upstream_message(response.body), request.secret)

@@ -28,7 +28,7 @@ def handle(settings: Settings, call: Call) -> Generator[Any, Any, Reply]:
         request=call.info,
     )
     session = with_server_side(settings, session, "realtime")
-    credential = yield from credential_for(opts, opts.openai_api_key)
+    credential, budget = yield from credential_for(opts, opts.openai_api_key)
     metered = yield from sideband_room(settings)
     relayed = yield from relay_call(
         opts,
@@ -36,6 +36,7 @@ def handle(settings: Settings, call: Call) -> Generator[Any, Any, Reply]:
         session,
         credential=credential,
         safety_identifier=settings.guard.safety_identifier(call.identity),
+        budget=budget,
     )
     reply = yield from relayed_reply(settings, call, relayed.call_id, relayed)
     if metered:

@@ -22,9 +22,9 @@ def handle(settings: Settings, call: Call) -> Generator[Any, Any, Reply]:
         opts, req, safety_identifier=settings.guard.safety_identifier(call.identity)
     )
     session = with_server_side(settings, session, "live")
-    credential = yield from credential_for(opts, opts.openai_api_key)
+    credential, budget = yield from credential_for(opts, opts.openai_api_key)
     metered = yield from sideband_room(settings)
-    relayed = yield from relay_live(opts, offer, session, credential=credential)
+    relayed = yield from relay_live(opts, offer, session, credential=credential, budget=budget)
     key = f"{LIVE_PREFIX}{relayed.call_id}"
     reply = yield from relayed_reply(settings, call, key, relayed)
     if metered:

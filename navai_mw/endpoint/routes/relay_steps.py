@@ -120,9 +120,10 @@ def end_relayed(settings: Settings, key: str, reason: EndReason) -> Generator[An
     opts = settings.opts
     if settings.sideband is not None:
         yield EndSideband(key, reason)
-    credential = yield from credential_for(opts, opts.openai_api_key)
+    credential, budget = yield from credential_for(opts, opts.openai_api_key)
     if key.startswith(LIVE_PREFIX):
+        # The close has its own bound, in its performer.
         yield from end_live(opts, key.removeprefix(LIVE_PREFIX), credential=credential)
     else:
-        yield from hang_up(opts, key, credential=credential)
+        yield from hang_up(opts, key, credential=credential, budget=budget)
     yield ForgetCall(key)
