@@ -240,6 +240,7 @@ async def test_a_call_runs_functions_on_the_server_keeps_its_session_and_is_repo
     assert report.call_id == call_id
     assert report.kind == "realtime"
     assert report.identity == "alice"
+    assert report.identity_key == "token:alice"  # proved by a bearer token
     assert report.end_reason == "hangup"
     assert report.metered is True
     assert report.usage.input_tokens == 240

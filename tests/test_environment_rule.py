@@ -41,7 +41,7 @@ def _credentials(handler: Handler) -> bool:
     return ("Access-Control-Allow-Credentials", "true") in cors
 
 
-ALICE = hmac.new(b"a-safety-secret", b"alice", hashlib.sha256).hexdigest()
+ALICE = hmac.new(b"a-safety-secret", b"app:alice", hashlib.sha256).hexdigest()
 
 # variable -> (its value, the keyword that stands for it, what the handler shows with it)
 ROWS: dict[str, tuple[str, str, Callable[[Handler], object], object]] = {
@@ -196,7 +196,7 @@ def _given(keyword: str) -> tuple[object, object]:
         "trusted_proxies": (["192.0.2.0/24"], ["192.0.2.0/24"]),
         "safety_id_secret": (
             "in-code",
-            hmac.new(b"in-code", b"alice", hashlib.sha256).hexdigest(),
+            hmac.new(b"in-code", b"app:alice", hashlib.sha256).hexdigest(),
         ),
         "max_upstream_connections": (3, 3),
         "cors_allow_credentials": (False, False),

@@ -479,14 +479,15 @@ def test_the_safety_identifier_is_a_keyed_hash_of_the_identity(fake: FakeOpenAIR
         for _, post in shells:
             assert post(json={}, headers={"x-user": "alice"}).status_code == 200
     key = hashlib.sha256(b"navai_mw safety identifier\0" + CANARY_KEY.encode()).digest()
-    expected = hmac.new(key, b"alice", hashlib.sha256).hexdigest()
+    # The identity's key: the scheme that proved it (an app's hook), then its name.
+    expected = hmac.new(key, b"app:alice", hashlib.sha256).hexdigest()
     sent = [r.headers.get("openai-safety-identifier") for r in fake.requests]
     assert sent == [expected, expected]  # the same on both shells: every worker agrees
     fake.reset()
     with both_shells(fake, authorize=user_header, safety_id_secret="s3cret") as shells:
         shells[0][1](json={}, headers={"x-user": "alice"})
     assert fake.requests[0].headers["openai-safety-identifier"] == (
-        hmac.new(b"s3cret", b"alice", hashlib.sha256).hexdigest()
+        hmac.new(b"s3cret", b"app:alice", hashlib.sha256).hexdigest()
     )
     fake.reset()
     with both_shells(fake) as shells:  # no identity, no identifier

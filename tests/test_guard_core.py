@@ -115,7 +115,7 @@ def test_the_key_is_the_identity_else_the_address() -> None:
     assert isinstance(effects[0], CallHook)
     assert effects[0].args == (INFO,)
     assert isinstance(effects[1], HitLimit)
-    assert effects[1].key == "navai:mint:id:alice"
+    assert effects[1].key == "navai:mint:id:app:alice"
     effects, _ = run_check(limited("1/minute"), [LimitResult(windows=((0, NOW),), now=NOW)])
     assert effects[0].key == "navai:mint:ip:1.2.3.4"
     nobody = RequestInfo(method="POST", route="r", path="/", headers={}, client=None)

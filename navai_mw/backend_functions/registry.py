@@ -13,6 +13,7 @@ from typing import Any, Final
 import attrs
 
 from ..core.http import RequestInfo
+from ..core.identity import identity_key
 
 
 class NavaiFunctionError(Exception):
@@ -34,11 +35,16 @@ class FunctionContext:
 
     Fields:
         function: the function's name (as listed).
-        identity: who the guard's ``authorize`` said the caller is, or None.
+        identity: who the guard's ``authorize`` said the caller is (the
+            name it proved: a bearer token's name, a JWT's ``sub``, what a
+            hook returned), or None.
         client: the client's address, or None.
         headers: the request's headers, lower-case names, read-only.
         request: the whole request view (with the ASGI ``scope`` or the
             WSGI ``environ``).
+
+    Two authorities may prove the same name (a token named ``ops``, a JWT
+    whose ``sub`` is ``ops``): :attr:`identity_key` tells them apart.
     """
 
     function: str
@@ -46,6 +52,13 @@ class FunctionContext:
     client: str | None
     headers: Mapping[str, str]
     request: RequestInfo = attrs.field(repr=False)
+
+    @property
+    def identity_key(self) -> str | None:
+        """The identity with the scheme that proved it: ``token:ops``,
+        ``jwt:{issuer}:alice``, ``app:bob`` (navai_mw's rate limits and
+        calls' owners go by this)."""
+        return identity_key(self.identity)
 
 
 @attrs.frozen(kw_only=True)

@@ -8,6 +8,8 @@ from typing import Literal
 
 import attrs
 
+from .identity import identity_key
+
 __all__ = ["CallReport", "CallUsage", "EndReason", "FunctionCallRecord"]
 
 EndReason = Literal["hangup", "time_cap", "remote", "sideband_lost", "shutdown", "budget"]
@@ -85,6 +87,13 @@ class CallReport:
     usage: CallUsage
     cost_usd: float | None = None
     function_calls: tuple[FunctionCallRecord, ...] = ()
+
+    @property
+    def identity_key(self) -> str | None:
+        """The identity with the scheme that proved it (``token:ops``,
+        ``jwt:{issuer}:alice``, ``app:bob``): two authorities may prove the
+        same name, this tells their callers apart."""
+        return identity_key(self.identity)
 
     @property
     def seconds(self) -> float:

@@ -12,6 +12,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 from ..core.effects import Attempt, Outcome
 from ..core.errors import AuthError, NavaiError, OptionsError, log_safe
 from ..core.http import RequestInfo
+from ..core.identity import Identity
 
 # What a built-in authorizer's steps yield: the Attempts of a fetch, and a
 # Pause while another request's fetch is in flight.
@@ -46,6 +47,8 @@ def _no_attempts() -> Generator[Attempt, Outcome, None]:
 
 
 _TOKEN_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# The scheme of the identities bearer tokens prove (core/identity.py).
+_BEARER_SCHEME: Final = "token"
 
 # Visible ASCII: a token travels in a header.
 _VISIBLE_ASCII: Final = re.compile(r"[\x21-\x7e]+")
@@ -148,7 +151,7 @@ class BearerTokens:
                 identity = name
         if identity is None:
             raise AuthError("Invalid bearer token.", error="invalid_token")
-        return identity
+        return Identity(identity, _BEARER_SCHEME)
 
 
 def bearer_tokens(tokens: Mapping[str, str] | Iterable[str] | str) -> BearerTokens:

@@ -35,6 +35,7 @@ import attrs
 from ..core.effects import CallHook, HitLimit, HookResult, LimitResult
 from ..core.errors import AuthError, NavaiError, log_safe, refusal
 from ..core.http import RequestInfo
+from ..core.identity import APP_SCHEME, Identity, identity_key
 from ..core.rate_limit_policy import RateLimitPolicy
 from ..core.storage import shown_url
 from .addresses import IPNetwork
@@ -128,11 +129,13 @@ class Guard:
         return self.authorize is not None or bool(self.limits)
 
     def safety_identifier(self, identity: str | None) -> str | None:
-        """OpenAI-Safety-Identifier for ``identity``: a keyed hash, stable
-        across workers and machines, that never reveals the identity."""
-        if identity is None or self.safety_secret is None:
+        """OpenAI-Safety-Identifier for ``identity``: a keyed hash of its key
+        (scheme and name), stable across workers and machines, that never
+        reveals the identity."""
+        key = identity_key(identity)
+        if key is None or self.safety_secret is None:
             return None
-        digest = hmac.new(self.safety_secret, identity.encode(), hashlib.sha256)
+        digest = hmac.new(self.safety_secret, key.encode(), hashlib.sha256)
         return digest.hexdigest()
 
     def check(
@@ -145,10 +148,16 @@ class Guard:
         asking ``authorize``. Raises :class:`NavaiError`."""
         if identity is None and self.authorize is not None:
             identity = yield from self._authorize(info)
+        elif identity is not None and not isinstance(identity, Identity):
+            identity = Identity(identity, APP_SCHEME)  # a view's own user
         policy = self.limits.get(group)
         if policy is None:
             return identity, ()
-        subject = f"id:{identity}" if identity is not None else f"ip:{info.client or 'unknown'}"
+        subject = (
+            f"id:{identity_key(identity)}"
+            if identity is not None
+            else f"ip:{info.client or 'unknown'}"
+        )
         result: LimitResult = yield HitLimit(policy, f"navai:{group}:{subject}")
         if result.unavailable:
             if self.fail_open:
@@ -196,6 +205,8 @@ class Guard:
                 )
                 raise NavaiError("Authorization is unavailable; try again shortly.", status=503)
             identity = _identity(result.value)
+            if identity is not None:
+                identity = Identity(identity, APP_SCHEME)
         if identity is None:
             raise AuthError("Authentication required.")
         return identity

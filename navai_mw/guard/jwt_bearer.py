@@ -19,6 +19,7 @@ from ..core.effects import Attempt, Outcome, Pause
 from ..core.errors import AuthError, NavaiError, OptionsError, UpstreamError, log_safe
 from ..core.exchange import attempts
 from ..core.http import HttpRequest, RequestInfo, is_header_safe
+from ..core.identity import Identity
 from ..core.options import MAX_UPSTREAM_TIMEOUT_SECONDS
 from ..core.values import finite, seconds
 from .authorizers import AuthSteps, _bearer
@@ -441,7 +442,10 @@ class JWTBearer:
         if not isinstance(subject, str) or not subject.strip():
             raise _invalid("no subject")
         valid_from = max((claims[name] for name in ("nbf", "iat") if name in claims), default=0.0)
-        return subject, float(valid_from), float(claims["exp"])
+        # The subject as its issuer names it: another issuer's "ops" is
+        # another caller.
+        proved = Identity(subject, f"jwt:{claims['iss']}")
+        return proved, float(valid_from), float(claims["exp"])
 
     def _check_times(self, claims: Mapping[str, Any]) -> None:
         if "exp" not in claims:

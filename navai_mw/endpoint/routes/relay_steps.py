@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl
 from ...core.client_requests import WIRE_NAMES, CreateClientSecretRequest, structure_request
 from ...core.effects import CallOwned, EndSideband, ForgetCall, RememberCall
 from ...core.errors import NavaiError, RequestError
+from ...core.identity import identity_key
 from ...core.reports import EndReason
 from ...upstreams.live import end_live
 from ...upstreams.mint import credential_for
@@ -87,7 +88,7 @@ def relayed_reply(
 ) -> Generator[Any, Any, Reply]:
     """Remember who started the call, cap it, and answer the browser with
     the SDP answer and where to end the call."""
-    yield RememberCall(key, call.identity, settings.max_call_seconds)
+    yield RememberCall(key, identity_key(call.identity), settings.max_call_seconds)
     location = f"{call.mount}{call.info.path.rstrip('/')}/{relayed.call_id}"
     return Reply(
         201,
@@ -102,7 +103,7 @@ def owned(key: str, identity: str | None, what: str) -> Generator[Any, Any, None
     """Go on only when ``identity`` started ``key``: a 404 otherwise (another
     identity's call does not exist, as far as this caller can tell), a 503
     when the calls' store cannot be asked."""
-    answer = yield CallOwned(key, identity)
+    answer = yield CallOwned(key, identity_key(identity))
     if answer is None:
         raise NavaiError(
             "Calls cannot be looked up right now; try again shortly.",
