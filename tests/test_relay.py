@@ -552,3 +552,33 @@ def test_only_a_relaying_middleware_watches_redis_for_deadlines(
     relaying.close()
     quiet.close()
     assert _until(lambda: pollers() == before)
+
+
+class QuotingHangups(Upstream):
+    """OpenAI answers a hangup with an error that quotes the key it got."""
+
+    def reply(self, request: HttpRequest) -> HttpResponse:
+        if request.url.endswith("/hangup"):
+            with self.lock:
+                self.requests.append(request)
+            sent = dict(request.headers)["Authorization"].removeprefix("Bearer ")
+            message = f"Incorrect API key provided: {sent}. Bearer {sent}"
+            body = json.dumps({"error": {"message": message}}).encode()
+            return HttpResponse(status=401, body=body)
+        return super().reply(request)
+
+
+def test_a_failed_hangup_never_shows_the_key(caplog: pytest.LogCaptureFixture) -> None:
+    """OpenAI's 401 on a hangup quotes the key: the caller's 502 and the log
+    line quote OpenAI's message with the key redacted, on both shells."""
+    upstream = QuotingHangups()
+    with caplog.at_level(logging.WARNING, logger="navai_mw"), both_shells(upstream) as shells:
+        for _, request, _ in shells:
+            made = request("POST", CALLS, content=OFFER, headers=SDP)
+            ended = request("DELETE", made.headers["location"].removeprefix("/app"))
+            assert ended.status_code == 502
+            assert "Incorrect API key provided: [redacted]" in ended.json()["error"]
+            assert CANARY_KEY not in ended.text
+    assert len(upstream.hangups()) == 2
+    assert "[redacted]" in caplog.text
+    assert CANARY_KEY not in caplog.text
