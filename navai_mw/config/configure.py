@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -18,7 +19,7 @@ from typing_extensions import TypedDict, Unpack
 
 from ..backend_functions.loading import FunctionSource, load_navai_functions
 from ..backend_functions.registry import FunctionRegistry
-from ..core.envvars import Env, read_bool, read_int, read_seconds
+from ..core.envvars import Env, read, read_bool, read_int, read_seconds
 from ..core.errors import OptionsError
 from ..core.http import RequestInfo
 from ..core.options import (
@@ -65,7 +66,10 @@ class RouteOptions(TypedDict, total=False):
     ``rate_limit``, ``rate_limit_storage``, ``rate_limit_fail_open``,
     ``trusted_proxies``, ``safety_id_secret``. Relayed calls' sideband
     (docs/calls.md): ``sideband``, ``server_functions``, ``pin_session``,
-    ``sideband_required``, ``on_call_end``, ``max_sidebands``. ``env``: a mapping read
+    ``sideband_required``, ``on_call_end``, ``max_sidebands``. Budgets
+    (docs/budgets.md): ``budget``, ``budget_fail_open``,
+    ``budget_secret_seconds``, ``usage_path``, ``budget_clock`` (UNIX
+    seconds, for tests). ``env``: a mapping read
     instead of ``os.environ`` for every navai variable.
     """
 
@@ -101,6 +105,11 @@ class RouteOptions(TypedDict, total=False):
     sideband_required: bool | None
     on_call_end: Callable[[CallReport], Any] | None
     max_sidebands: int | None
+    budget: str | Mapping[str, str | None] | Callable[[str | None, RequestInfo], str | None] | None
+    budget_fail_open: bool | None
+    budget_secret_seconds: float | None
+    budget_clock: Callable[[], float] | None
+    usage_path: str | None
     env: Mapping[str, str | None] | None
 
 
@@ -160,9 +169,17 @@ def configure_endpoint(
         ("server_functions", "NAVAI_SERVER_FUNCTIONS"),
         ("pin_session", "NAVAI_PIN_SESSION"),
         ("sideband_required", "NAVAI_SIDEBAND_REQUIRED"),
+        ("budget_fail_open", "NAVAI_BUDGET_FAIL_OPEN"),
     ):
         if given.get(keyword) is None:
             given[keyword] = read_bool(env, variable, False)
+    if given.get("budget") is None:
+        given["budget"] = read(env, "NAVAI_BUDGET")
+    if given.get("budget_secret_seconds") is None:
+        secret_seconds = read_seconds(env, "NAVAI_BUDGET_SECRET_SECONDS", 0.0)
+        given["budget_secret_seconds"] = secret_seconds or None
+    if given.get("budget") is not None:
+        given["budget_clock"] = given.get("budget_clock") or time.time
     if given.get("max_call_seconds") is None:
         given["max_call_seconds"] = read_seconds(env, "NAVAI_MAX_CALL_SECONDS", 0.0) or None
     if given.get("function_timeout_seconds") is None:
@@ -191,6 +208,11 @@ def configure_endpoint(
         )
     # The safety identifier's secret derives from the server's key.
     guard = guard_from_env(env, api_key=opts.openai_api_key or opts.azure_api_key, **guard_keywords)
+    if given.get("budget") is not None and guard.authorize is None:
+        logger.warning(
+            "navai_mw: budgets are on without authorization: they count per client address, "
+            "so callers behind one proxy or NAT share one budget"
+        )
     endpoint = Endpoint(opts, guard=guard, functions=registry, **given)
     _warn_of_a_refused_live_model(opts, endpoint)
     return endpoint

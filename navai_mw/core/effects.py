@@ -8,6 +8,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 import attrs
 
+from .budgets import BudgetLimit
 from .http import HttpRequest, HttpResponse
 from .rate_limit_policy import RateLimitPolicy
 from .reports import CallReport, EndReason
@@ -195,6 +196,16 @@ class SidebandSession(Protocol):
         self, *, started_at: float, ended_at: float, reason: EndReason, metered: bool
     ) -> CallReport: ...
 
+    @property
+    def reservation(self) -> Reservation | None:
+        """The caller's budget reservation the call holds, if any."""
+        ...
+
+    def charged(self, counts: tuple[BudgetCount, ...] | None) -> list[SidebandAction]:
+        """A :class:`ChargeCall` was performed: the counts after it (None:
+        the store was down)."""
+        ...
+
 
 @attrs.frozen
 class SidebandRoom:
@@ -249,4 +260,112 @@ class CallEnded:
     """OpenAI says the call is over (GPT-Live's ``session.closed``)."""
 
 
-SidebandAction = SendEvent | RunFunction | CallEnded
+@attrs.frozen
+class EndCall:
+    """The server ends the call, for ``reason`` (its caller's budget is
+    spent): hang it up, and report it so."""
+
+    reason: EndReason
+
+
+# -- budgets ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class BudgetCount:
+    """One of a caller's budget counts, as the store saw it (store units:
+    seconds for minutes).
+
+    Fields:
+        limit: the limit counted.
+        used: what settled calls used in the period.
+        elapsed: what calls in progress have used so far (minutes only).
+        reserved: the rest of their reservations (minutes only).
+        resets_at: the period's end (UNIX seconds).
+        frees_at: the earliest end of a reservation, or None.
+    """
+
+    limit: BudgetLimit
+    used: float = 0.0
+    elapsed: float = 0.0
+    reserved: float = 0.0
+    resets_at: float = 0.0
+    frees_at: float | None = None
+
+    @property
+    def remaining(self) -> float:
+        return self.limit.quantity - self.used - self.elapsed - self.reserved
+
+
+@attrs.frozen
+class Reservation:
+    """A call's hold on its caller's budgets: ``granted`` seconds (None: no
+    minutes limit and no cap) reserved from ``started_at``, in the periods
+    starting at ``starts`` (one per limit)."""
+
+    id: str
+    subject: str
+    limits: tuple[BudgetLimit, ...]
+    starts: tuple[float, ...]
+    granted: float | None
+    started_at: float
+
+
+@attrs.frozen
+class AdmitCall:
+    """Check ``subject``'s ``limits`` and, when none is spent, reserve at
+    most ``cap`` seconds (None: what is left) against each minutes limit,
+    all in one atomic step; the time is ``clock()``. Send back an
+    :class:`Admission`."""
+
+    subject: str
+    limits: tuple[BudgetLimit, ...]
+    cap: float | None
+    clock: Callable[[], float] = attrs.field(repr=False)
+
+
+@attrs.frozen
+class Admission:
+    """What the store decided: ``reservation`` when the call may start,
+    else the limit that refused it; ``counts`` as they stood at ``now``."""
+
+    reservation: Reservation | None = None
+    refused_by: BudgetLimit | None = None
+    counts: tuple[BudgetCount, ...] = ()
+    unavailable: bool = False
+    now: float = 0.0
+
+
+@attrs.frozen
+class SettleCall:
+    """The call holding ``reservation`` ended after ``seconds``: charge its
+    minutes (at most what was granted) and drop the reservation. Send back
+    None (True when the store could not be reached)."""
+
+    reservation: Reservation
+    seconds: float
+
+
+@attrs.frozen
+class ChargeCall:
+    """Charge ``tokens`` and ``usd`` more to the tokens and USD limits of
+    ``reservation``'s caller. Send back the counts after it (None when the
+    store could not be reached)."""
+
+    reservation: Reservation
+    tokens: float = 0.0
+    usd: float = 0.0
+
+
+@attrs.frozen
+class ReadBudget:
+    """``subject``'s counts of ``limits`` now (``clock()``). Send back the
+    counts, or None when the store could not be reached."""
+
+    subject: str
+    limits: tuple[BudgetLimit, ...]
+    clock: Callable[[], float] = attrs.field(repr=False)
+
+
+# What a call's sideband may ask of the socket loop (a list, in order).
+SidebandAction = SendEvent | RunFunction | CallEnded | EndCall | ChargeCall

@@ -40,7 +40,9 @@ class NavaiError(Exception):
     """Base class. ``status`` is the HTTP status the middleware answers with.
 
     ``headers`` are extra response headers that belong with the error
-    (``Retry-After`` on a 429, ``Allow`` on a 405).
+    (``Retry-After`` on a 429, ``Allow`` on a 405). ``code``, when set, is
+    answered beside the message, for a client to tell one refusal from
+    another (``"budget_exhausted"``).
     """
 
     status: int = 500
@@ -51,12 +53,14 @@ class NavaiError(Exception):
         *,
         status: int | None = None,
         headers: tuple[tuple[str, str], ...] = (),
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         if status is not None:
             self.status = status
         self.headers = headers
+        self.code = code
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, status={self.status})"

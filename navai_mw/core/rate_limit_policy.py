@@ -10,7 +10,7 @@ import attrs
 from .errors import OptionsError
 
 # Route groups, each with its own count (CONTRACT.md §6).
-GROUPS: Final = ("mint", "functions", "speech")
+GROUPS: Final = ("mint", "functions", "speech", "usage")
 
 
 @attrs.frozen

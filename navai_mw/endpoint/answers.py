@@ -64,8 +64,12 @@ def json_answer(status: int, payload: object, headers: Iterable[tuple[str, str]]
 
 
 def error_answer(exc: NavaiError, headers: Iterable[tuple[str, str]] = ()) -> Answer:
-    """``{"error": message}`` with the error's status and headers."""
-    return json_answer(exc.status, {"error": exc.message}, [*exc.headers, *headers])
+    """``{"error": message}`` (and its ``code``, when it has one) with the
+    error's status and headers."""
+    payload = (
+        {"error": exc.message} if exc.code is None else {"error": exc.message, "code": exc.code}
+    )
+    return json_answer(exc.status, payload, [*exc.headers, *headers])
 
 
 def too_large(limit: int, headers: Iterable[tuple[str, str]]) -> Answer:

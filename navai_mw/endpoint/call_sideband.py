@@ -21,14 +21,18 @@ from ..backend_functions.registry import FunctionContext, FunctionRegistry
 from ..backend_functions.schema import function_tools
 from ..core.effects import (
     AttachSideband,
+    BudgetCount,
+    ChargeCall,
+    EndCall,
     FunctionOutcome,
+    Reservation,
     RunFunction,
     SidebandAction,
     SidebandRoom,
 )
 from ..core.errors import NavaiError, OptionsError
 from ..core.http import Credential, RequestInfo
-from ..core.reports import CallReport, EndReason
+from ..core.reports import CallReport, CallUsage, EndReason
 from ..core.values import flag
 from ..upstreams.sideband import FunctionCalled, Sideband, sideband_target
 from .route import Call, Settings, SidebandSettings
@@ -165,9 +169,11 @@ def attach_sideband(
     call_id: str,
     session: Mapping[str, Any],
     credential: Credential,
+    reservation: Reservation | None = None,
 ) -> Generator[Any, Any, None]:
     """Hold a sideband to the relayed call ``call_id`` (``key`` in the
-    calls' store) for as long as it lasts."""
+    calls' store) for as long as it lasts; with the caller's budget
+    ``reservation``, charge the call's usage to it."""
     sideband = settings.sideband
     if sideband is None:
         return
@@ -183,6 +189,7 @@ def attach_sideband(
         pin=sideband.pin_session,
         functions=settings.functions if sideband.server_functions else None,
         function_timeout=settings.function_timeout,
+        reservation=reservation,
     )
     yield AttachSideband(key, target.url, target.headers, state, required=sideband.required)
 
@@ -202,10 +209,17 @@ class CallSideband:
         pin: bool,
         functions: FunctionRegistry | None,
         function_timeout: float,
+        reservation: Reservation | None = None,
     ) -> None:
         self._functions = functions
         self._timeout = function_timeout
         self._request = request
+        self._reservation = reservation
+        # The caller's tokens and USD limits, charged as the usage comes.
+        units = {limit.unit for limit in reservation.limits} if reservation is not None else set()
+        self._meters = units & {"tokens", "USD"}
+        self._charged_for: CallUsage | None = None
+        self._charged = (0.0, 0.0)  # tokens, USD
         self.protocol = Sideband(
             kind=kind,
             call_id=call_id,
@@ -227,8 +241,45 @@ class CallSideband:
     def opened(self) -> list[SidebandAction]:
         return self._bound(self.protocol.opened())
 
+    @property
+    def reservation(self) -> Reservation | None:
+        return self._reservation
+
     def receive(self, data: str | bytes) -> list[SidebandAction]:
-        return self._bound(self.protocol.receive(data))
+        actions = self._bound(self.protocol.receive(data))
+        return actions + self._charge() if self._meters else actions
+
+    def _charge(self) -> list[SidebandAction]:
+        """What the call used since the last charge, to charge to the
+        caller's tokens and USD limits (nothing when it did not change)."""
+        usage = self.protocol.usage
+        if usage == self._charged_for or self._reservation is None:
+            return []
+        self._charged_for = usage
+        tokens = float(
+            usage.input_tokens
+            + usage.output_tokens
+            + usage.transcription_input_tokens
+            + usage.transcription_output_tokens
+        )
+        usd = 0.0
+        if "USD" in self._meters:
+            # A model without a price is charged nothing: logged once, when
+            # the call is reported (its cost_usd is None).
+            usd = self.protocol.cost() or self._charged[1]
+        more_tokens, more_usd = tokens - self._charged[0], usd - self._charged[1]
+        if more_tokens <= 0 and more_usd <= 0:
+            return []
+        self._charged = (tokens, usd)
+        return [ChargeCall(self._reservation, tokens=max(0.0, more_tokens), usd=max(0.0, more_usd))]
+
+    def charged(self, counts: tuple[BudgetCount, ...] | None) -> list[SidebandAction]:
+        """A charge was counted: a tokens or USD limit with nothing left ends
+        the call (a store that could not be reached ends nothing)."""
+        for count in counts or ():
+            if count.limit.unit in self._meters and count.remaining <= 0:
+                return [EndCall("budget")]
+        return []
 
     def closed(self, code: int | None) -> Literal["reconnect", "ended"]:
         return self.protocol.closed(code)

@@ -25,7 +25,7 @@ but a 204 and a relay's SDP answer; no answer carries the server's API key.
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any, Final
 
 import attrs
@@ -40,6 +40,7 @@ from ..guard.guard import Guard
 from ..upstreams.mint import SessionHook
 from .answers import Answer, error_answer, json_answer, raw_answer, too_large, unsupported
 from .body import declared_length, json_type_ok, parse_body, sdp_type_ok
+from .budget_steps import budget_settings
 from .call_sideband import sideband_settings
 from .cors import Cors
 from .route import Call, Route, Settings
@@ -108,7 +109,9 @@ class Endpoint:
     ``max_offer_size``, ``max_call_seconds``, ``function_timeout_seconds``,
     ``customize_session``, ``cors_origins``, ``cors_allow_credentials``,
     ``sideband``, ``server_functions``, ``pin_session``,
-    ``sideband_required`` (docs/calls.md); :mod:`navai_mw.config` reads
+    ``sideband_required`` (docs/calls.md), ``budget``,
+    ``budget_fail_open``, ``budget_secret_seconds``, ``budget_clock``
+    (docs/budgets.md); :mod:`navai_mw.config` reads
     their environment variables first.
     """
 
@@ -133,6 +136,10 @@ class Endpoint:
         server_functions: bool = False,
         pin_session: bool = False,
         sideband_required: bool = False,
+        budget: object = None,
+        budget_fail_open: bool = False,
+        budget_secret_seconds: float | None = None,
+        budget_clock: Callable[[], float] | None = None,
         **paths: str | None,
     ) -> None:
         if customize_session is not None and not callable(customize_session):
@@ -159,9 +166,17 @@ class Endpoint:
                 sideband=sideband,
                 server_functions=server_functions,
                 pin_session=pin_session,
-                required=sideband_required,
+                # A budget meters every call: no call without its sideband.
+                required=True if budget is not None else sideband_required,
                 relay=flag(relay, "relay"),
                 functions=functions,
+            ),
+            budgets=budget_settings(
+                budget,
+                fail_open=budget_fail_open,
+                secret_seconds=budget_secret_seconds,
+                clock=budget_clock,
+                relay=flag(relay, "relay"),
             ),
         )
         self.max_body_size = _size(max_body_size, "max_body_size", least=0)
@@ -173,6 +188,7 @@ class Endpoint:
             functions=flag(include_functions_routes, "include_functions_routes"),
             relay=flag(relay, "relay"),
             transcription=flag(transcription, "transcription"),
+            budget=self.settings.budgets is not None,
         )
         self.routes, self.path, self.paths = self.map.routes, self.map.path, self.map.paths
         self.dynamic_prefixes = self.map.dynamic_prefixes

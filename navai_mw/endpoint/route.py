@@ -72,6 +72,7 @@ class Settings:
     function_timeout: float
     max_call_seconds: float | None = None
     sideband: SidebandSettings | None = None
+    budgets: Any = None  # a BudgetSettings (endpoint/budget_steps.py), or None
 
 
 @attrs.frozen

@@ -34,6 +34,7 @@ from .routes import (
     live_close,
     speech,
     transcription_secret,
+    usage,
 )
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "DEFAULT_PATH",
     "DEFAULT_SPEECH_SYNTHESIZE_PATH",
     "DEFAULT_TRANSCRIPTION_PATH",
+    "DEFAULT_USAGE_PATH",
     "PATH_OPTIONS",
     "ROUTES",
     "RouteMap",
@@ -57,12 +59,14 @@ DEFAULT_FUNCTIONS_LIST_PATH: Final = "/navai/functions"
 DEFAULT_FUNCTIONS_EXECUTE_PATH: Final = "/navai/functions/execute"
 DEFAULT_CALLS_PATH: Final = "/navai/realtime/calls"
 DEFAULT_LIVE_PATH: Final = "/navai/live/sessions"
+DEFAULT_USAGE_PATH: Final = "/navai/usage"
 
 # What switches a route on: "reference" routes are the reference's four (on
 # unless their path is None; the functions' two also follow
 # include_functions_routes); "transcription" and "relay" routes spend money
-# the reference never spent, so they are off until switched on.
-Feature = Literal["reference", "functions", "transcription", "relay"]
+# the reference never spent, so they are off until switched on; "budget"
+# routes are on with a budget.
+Feature = Literal["reference", "functions", "transcription", "relay", "budget"]
 
 
 @attrs.frozen
@@ -134,6 +138,10 @@ ROUTES: Final = (
         "live_close", "live_path", DEFAULT_LIVE_PATH, "DELETE", "end",
         live_close.handle, "closing a Live session", body="none", dynamic=True, feature="relay",
     ),
+    Row(
+        "usage", "usage_path", DEFAULT_USAGE_PATH, "GET", "usage",
+        usage.handle, "reading a caller's budgets", body="none", feature="budget",
+    ),
 )  # fmt: skip
 
 # The path keywords, each once (two rows, a route and its children's, may share one).
@@ -181,6 +189,7 @@ class RouteMap:
         functions: bool,
         relay: bool,
         transcription: bool,
+        budget: bool = False,
     ) -> None:
         paths = _with_alias(given)
         unknown = sorted(set(paths) - set(PATH_OPTIONS))
@@ -191,6 +200,7 @@ class RouteMap:
             "functions": functions,
             "transcription": transcription,
             "relay": relay,
+            "budget": budget,
         }
         self.prefix = _prefix(prefix)
         wanted = (

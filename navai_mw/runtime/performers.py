@@ -29,10 +29,12 @@ import anyio.to_thread
 import sniffio
 
 from ..core.effects import (
+    AdmitCall,
     AttachSideband,
     CallFunction,
     CallHook,
     CallOwned,
+    ChargeCall,
     CloseLive,
     EndSideband,
     ForgetCall,
@@ -40,7 +42,9 @@ from ..core.effects import (
     HitLimit,
     HookResult,
     LimitResult,
+    ReadBudget,
     RememberCall,
+    SettleCall,
     SidebandRoom,
 )
 from ..core.errors import OptionsError
@@ -48,6 +52,7 @@ from ..core.options import DEFAULT_MAX_SIDEBANDS
 from ..core.reports import CallReport
 from ..core.storage import is_memory, is_redis, shown_url
 from .aio import _LoopThread, _wait, attempt_deadline, is_async_hook, on_asyncio
+from .budget_store import BudgetKeeper
 from .call_store import AsyncCalls, SyncCalls
 from .function_workers import DEFAULT_FUNCTION_WORKERS, FunctionWorkers, _finished, _outcome_of
 from .rate_counters import AsyncCounter, SyncCounter
@@ -102,6 +107,8 @@ class SyncEffects:
         self._where = shown_url(storage_uri)
         self.calls = SyncCalls(calls_uri, hangup_seconds=hangup_seconds)
         self.sideband = sideband or SidebandConnector(None)
+        # Budgets count where the calls live (the guard's storage).
+        self.budgets = BudgetKeeper(calls_uri, self.calls)
         # Async backend functions and hooks run on the performer's loop
         # thread, for a call's sideband as for the execute route.
         self.sidebands = Sidebands(
@@ -111,6 +118,7 @@ class SyncEffects:
             user_loop=self._loop_thread.loop,
             on_call_end=on_call_end,
             limit=max_sidebands,
+            budgets=self.budgets.perform,
         )
         if storage_uri is not None:
             from limits.storage import storage_from_string
@@ -144,6 +152,8 @@ class SyncEffects:
                 return None
         if isinstance(effect, _SIDEBAND_EFFECTS):
             return _sideband_effect(self.sidebands, effect)
+        if isinstance(effect, _BUDGET_EFFECTS):
+            return self.budgets.perform_sync(effect)
         if isinstance(effect, CloseLive):
             future = asyncio.run_coroutine_threadsafe(
                 close_live_session(self.sideband, effect), self._loop_thread.loop()
@@ -160,6 +170,7 @@ class SyncEffects:
         stop the performer's loop thread (the clients made on it close).
         The sidebands close first, and report the calls they held."""
         self.sidebands.close()
+        self.budgets.close()
         self.calls.close()
         loop = self._loop_thread.running()
         if loop is not None:
@@ -210,6 +221,8 @@ class AsyncEffects:
         self.workers = FunctionWorkers(function_workers)
         self.calls = AsyncCalls(calls_uri, hangup_seconds=hangup_seconds)
         self.sideband = sideband or SidebandConnector(None)
+        # Budgets count where the calls live (the guard's storage).
+        self.budgets = BudgetKeeper(calls_uri, self.calls)
         # The server's asyncio loop, once a call is relayed on it: a call's
         # async backend functions and an async on_call_end run there, as the
         # execute route's do (None under trio: the calls' store's loop).
@@ -221,6 +234,7 @@ class AsyncEffects:
             user_loop=lambda: self._server_loop,
             on_call_end=on_call_end,
             limit=max_sidebands,
+            budgets=self.budgets.perform,
         )
         self._uri = storage_uri
         self._where = shown_url(storage_uri)
@@ -289,6 +303,8 @@ class AsyncEffects:
             if isinstance(effect, AttachSideband) and on_asyncio():
                 self._server_loop = asyncio.get_running_loop()
             return _sideband_effect(self.sidebands, effect)
+        if isinstance(effect, _BUDGET_EFFECTS):
+            return await self.budgets.perform(effect)
         if isinstance(effect, CloseLive):
             if on_asyncio():
                 return await close_live_session(self.sideband, effect)
@@ -305,6 +321,7 @@ class AsyncEffects:
         connections and the sideband's own client (the server is shutting
         down). The sidebands close first, and report the calls they held."""
         await self.sidebands.aclose()
+        await self.budgets.aclose()
         await self.calls.aclose()
         await self.sideband.aclose()
         if self._counter is not None:
@@ -346,6 +363,7 @@ class AsyncEffects:
 
 
 _SIDEBAND_EFFECTS: Final = (SidebandRoom, AttachSideband, EndSideband)
+_BUDGET_EFFECTS: Final = (AdmitCall, SettleCall, ChargeCall, ReadBudget)
 
 
 def _sideband_effect(

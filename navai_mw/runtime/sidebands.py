@@ -31,11 +31,21 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Future
 from typing import Any, Final
 
-from ..core.effects import AttachSideband, FunctionOutcome, RunFunction, SendEvent, SidebandAction
+from ..core.effects import (
+    AttachSideband,
+    BudgetCount,
+    ChargeCall,
+    EndCall,
+    FunctionOutcome,
+    RunFunction,
+    SendEvent,
+    SettleCall,
+    SidebandAction,
+)
 from ..core.errors import log_safe
 from ..core.options import DEFAULT_MAX_SIDEBANDS
 from ..core.reports import CallReport, EndReason
@@ -149,6 +159,7 @@ class Sidebands:
         user_loop: Callable[[], asyncio.AbstractEventLoop | None] = lambda: None,
         on_call_end: Callable[[CallReport], Any] | None = None,
         limit: int = DEFAULT_MAX_SIDEBANDS,
+        budgets: Callable[[Any], Awaitable[object]] | None = None,
     ) -> None:
         self._store = store
         self._connector = connector
@@ -156,6 +167,8 @@ class Sidebands:
         self._user_loop = user_loop
         self.on_call_end = on_call_end
         self.limit = limit
+        # Performs the calls' budget effects (a charge, the settling).
+        self._budgets = budgets
         self._lock = threading.Lock()
         self._count = 0  # sidebands held, or about to open
         self._held: dict[str, _Held] = {}  # on their loop only
@@ -335,7 +348,26 @@ class Sidebands:
                 task = asyncio.get_running_loop().create_task(self._run_function(held, action))
                 held.functions.add(task)
                 task.add_done_callback(held.functions.discard)
+            elif isinstance(action, ChargeCall):
+                counts = await self._budgets(action) if self._budgets is not None else None
+                await self._perform(held, held.effect.session.charged(_counts_or_none(counts)))
+            elif isinstance(action, EndCall):
+                self._end_call(held, action.reason)
             # CallEnded: the session now says it is over; the socket loop stops.
+
+    def _end_call(self, held: _Held, reason: EndReason) -> None:
+        """The server ends the call (its caller's budget is spent): hung up
+        as its time cap would, and reported with ``reason``."""
+        if held.reason is not None:
+            return
+        logger.warning(
+            "navai_mw: call %s is hung up: %s", held.effect.session.call_id, _SAID[reason]
+        )
+        held.reason = reason
+        self._store.end_now(held.effect.key)
+        if held.task is not None:
+            loop = asyncio.get_running_loop()
+            held.grace = loop.call_later(END_GRACE_SECONDS, held.task.cancel)
 
     async def _send(self, held: _Held, event: object) -> None:
         text = json.dumps(event, separators=(",", ":"))
@@ -402,6 +434,9 @@ class Sidebands:
                 effect.session.call_id,
             )
             self._store.end_now(effect.key)
+        reservation = effect.session.reservation
+        if reservation is not None and self._budgets is not None:
+            await self._budgets(SettleCall(reservation, report.seconds))
         _log_report(report)
         await self._deliver(report)
 
@@ -427,6 +462,20 @@ class Sidebands:
             logger.error(
                 "navai_mw: on_call_end failed for call %s: %s", report.call_id, type(exc).__name__
             )
+
+
+_SAID: Final = {
+    "budget": "its caller's budget is spent",
+    "time_cap": "its time is up",
+    "hangup": "its owner hung up",
+    "remote": "it ended",
+    "sideband_lost": "its sideband was lost",
+    "shutdown": "the server stops",
+}
+
+
+def _counts_or_none(value: object) -> tuple[BudgetCount, ...] | None:
+    return value if isinstance(value, tuple) else None
 
 
 def _log_report(report: CallReport) -> None:

@@ -330,6 +330,12 @@ class Sideband:
                 values[name] = float(values[name])
         return CallUsage(**values)
 
+    def cost(self) -> float | None:
+        """What the call's usage so far costs (None: a price not known)."""
+        return call_cost(
+            self.kind, self.model, self.usage, transcription_model=self._transcription_model
+        )
+
     def report(
         self, *, started_at: float, ended_at: float, reason: EndReason, metered: bool
     ) -> CallReport:

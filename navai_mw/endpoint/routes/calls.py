@@ -10,9 +10,9 @@ from typing import Any
 from ...upstreams.mint import credential_for, customized
 from ...upstreams.openai_secrets import build_session
 from ...upstreams.realtime_calls import relay_call
-from ..call_sideband import attach_sideband, sideband_room, with_server_side
+from ..call_sideband import with_server_side
 from ..route import Call, Reply, Settings
-from .relay_steps import check_offer, relay_request, relayed_reply
+from .relay_steps import check_offer, relay_and_answer, relay_request
 
 
 def handle(settings: Settings, call: Call) -> Generator[Any, Any, Reply]:
@@ -29,8 +29,7 @@ def handle(settings: Settings, call: Call) -> Generator[Any, Any, Reply]:
     )
     session = with_server_side(settings, session, "realtime")
     credential, budget = yield from credential_for(opts, opts.openai_api_key)
-    metered = yield from sideband_room(settings)
-    relayed = yield from relay_call(
+    relay = relay_call(
         opts,
         offer,
         session,
@@ -38,15 +37,8 @@ def handle(settings: Settings, call: Call) -> Generator[Any, Any, Reply]:
         safety_identifier=settings.guard.safety_identifier(call.identity),
         budget=budget,
     )
-    reply = yield from relayed_reply(settings, call, relayed.call_id, relayed)
-    if metered:
-        yield from attach_sideband(
-            settings,
-            call,
-            kind="realtime",
-            key=relayed.call_id,
-            call_id=relayed.call_id,
-            session=session,
-            credential=credential,
+    return (
+        yield from relay_and_answer(
+            settings, call, relay, kind="realtime", session=session, credential=credential
         )
-    return reply
+    )

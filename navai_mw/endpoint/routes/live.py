@@ -9,9 +9,9 @@ from typing import Any
 
 from ...upstreams.live import build_live_session, relay_live
 from ...upstreams.mint import credential_for
-from ..call_sideband import attach_sideband, sideband_room, with_server_side
+from ..call_sideband import with_server_side
 from ..route import Call, Reply, Settings
-from .relay_steps import LIVE_PREFIX, check_offer, relay_request, relayed_reply
+from .relay_steps import check_offer, relay_and_answer, relay_request
 
 
 def handle(settings: Settings, call: Call) -> Generator[Any, Any, Reply]:
@@ -23,18 +23,9 @@ def handle(settings: Settings, call: Call) -> Generator[Any, Any, Reply]:
     )
     session = with_server_side(settings, session, "live")
     credential, budget = yield from credential_for(opts, opts.openai_api_key)
-    metered = yield from sideband_room(settings)
-    relayed = yield from relay_live(opts, offer, session, credential=credential, budget=budget)
-    key = f"{LIVE_PREFIX}{relayed.call_id}"
-    reply = yield from relayed_reply(settings, call, key, relayed)
-    if metered:
-        yield from attach_sideband(
-            settings,
-            call,
-            kind="live",
-            key=key,
-            call_id=relayed.call_id,
-            session=session,
-            credential=credential,
+    relay = relay_live(opts, offer, session, credential=credential, budget=budget)
+    return (
+        yield from relay_and_answer(
+            settings, call, relay, kind="live", session=session, credential=credential
         )
-    return reply
+    )

@@ -4,19 +4,22 @@ ending one (a hangup, or a Live session's close)."""
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import Any, Final
+from collections.abc import Generator, Mapping
+from typing import Any, Final, Literal
 from urllib.parse import parse_qsl
 
 from ...core.client_requests import WIRE_NAMES, CreateClientSecretRequest, structure_request
 from ...core.effects import CallOwned, EndSideband, ForgetCall, RememberCall
 from ...core.errors import NavaiError, RequestError
+from ...core.http import Credential
 from ...core.identity import identity_key
 from ...core.reports import EndReason
 from ...upstreams.live import end_live
 from ...upstreams.mint import credential_for
 from ...upstreams.openai_secrets import check_policy
 from ...upstreams.realtime_calls import RelayedCall, hang_up
+from ..budget_steps import admit_call, release
+from ..call_sideband import attach_sideband, sideband_room
 from ..route import Call, Reply, Settings
 
 __all__ = [
@@ -26,6 +29,7 @@ __all__ = [
     "end_relayed",
     "overrides_from_query",
     "owned",
+    "relay_and_answer",
     "relay_request",
     "relayed_reply",
 ]
@@ -83,12 +87,51 @@ def relay_request(settings: Settings, call: Call) -> CreateClientSecretRequest:
     return req
 
 
-def relayed_reply(
-    settings: Settings, call: Call, key: str, relayed: RelayedCall
+def relay_and_answer(
+    settings: Settings,
+    call: Call,
+    relay: Generator[Any, Any, RelayedCall],
+    *,
+    kind: Literal["realtime", "live"],
+    session: Mapping[str, Any],
+    credential: Credential,
 ) -> Generator[Any, Any, Reply]:
-    """Remember who started the call, cap it, and answer the browser with
-    the SDP answer and where to end the call."""
-    yield RememberCall(key, identity_key(call.identity), settings.max_call_seconds)
+    """Relay the call (``relay``: the upstream steps) and answer the browser,
+    with what the server holds around it: room for its sideband, the
+    caller's budget (its reservation, given back when the relay fails), its
+    time cap (the reservation's seconds, when shorter), and its sideband."""
+    metered = yield from sideband_room(settings)
+    reservation = yield from admit_call(settings.budgets, call, cap=settings.max_call_seconds)
+    try:
+        relayed = yield from relay
+    except Exception:
+        yield from release(reservation)
+        raise
+    key = relayed.call_id if kind == "realtime" else f"{LIVE_PREFIX}{relayed.call_id}"
+    deadline = settings.max_call_seconds
+    if reservation is not None and reservation.granted is not None:
+        deadline = reservation.granted
+    reply = yield from relayed_reply(settings, call, key, relayed, deadline=deadline)
+    if metered:
+        yield from attach_sideband(
+            settings,
+            call,
+            kind=kind,
+            key=key,
+            call_id=relayed.call_id,
+            session=session,
+            credential=credential,
+            reservation=reservation,
+        )
+    return reply
+
+
+def relayed_reply(
+    settings: Settings, call: Call, key: str, relayed: RelayedCall, *, deadline: float | None
+) -> Generator[Any, Any, Reply]:
+    """Remember who started the call, cap it at ``deadline`` seconds, and
+    answer the browser with the SDP answer and where to end the call."""
+    yield RememberCall(key, identity_key(call.identity), deadline)
     location = f"{call.mount}{call.info.path.rstrip('/')}/{relayed.call_id}"
     return Reply(
         201,

@@ -1,0 +1,298 @@
+"""Budgets: the policy's text, UTC periods, and the store's decisions,
+alike in memory and in a real redis-server (the same scenarios run on
+both): a reservation is the smaller of the cap and what is left, settling
+charges what was used, a lost reservation comes back after its margin,
+concurrent admissions never reserve more than the budget, tokens and
+dollars are charged as they come, and a new period starts whole."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from navai_mw import OptionsError
+from navai_mw.core.budgets import BudgetLimit, BudgetPolicy, parse_budget, period_bounds
+from navai_mw.core.effects import (
+    Admission,
+    AdmitCall,
+    BudgetCount,
+    ChargeCall,
+    ReadBudget,
+    SettleCall,
+)
+from navai_mw.core.identity import Identity
+from navai_mw.runtime.budget_store import (
+    RESERVATION_MARGIN_SECONDS,
+    MemoryBudgets,
+    RedisBudgets,
+)
+
+from .redis_server import RedisServer, redis_fixture
+
+shared_redis = redis_fixture(scope="module")
+
+# 2026-12-06 12:00:00 UTC
+NOON = datetime.datetime(2026, 12, 6, 12, tzinfo=datetime.timezone.utc).timestamp()
+
+
+# -- the policy ---------------------------------------------------------------------------------
+
+
+def test_a_policy_names_its_limits() -> None:
+    limits = parse_budget("10 minutes/day; 200000 tokens/day ;5 USD/month")
+    assert [limit.text for limit in limits] == [
+        "10 minutes/day",
+        "200000 tokens/day",
+        "5 USD/month",
+    ]
+    assert limits[0].quantity == 600  # seconds
+    assert parse_budget("1.5 min/DAY")[0] == BudgetLimit(1.5, "minutes", "day")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "ten minutes/day", "10 hours/day", "10 minutes/week", "0 USD/day", "1.5 tokens/day",
+     "10 minutes/day; 20 minutes/day", ";", "x" * 300],
+)  # fmt: skip
+def test_what_is_not_a_policy_is_named_at_start(text: str) -> None:
+    with pytest.raises(OptionsError, match="budget"):
+        parse_budget(text)
+
+
+def test_a_mapping_picks_by_key_then_name_then_star() -> None:
+    policy = BudgetPolicy.from_source(
+        {"token:ops": None, "alice": "1 minutes/day", "*": "5 minutes/day"}
+    )
+    assert policy.limits_for(Identity("ops", "token")) is None  # no budget for the service
+    assert policy.limits_for(Identity("alice", "jwt:idp")) == parse_budget("1 minutes/day")
+    assert policy.limits_for(Identity("ops", "jwt:idp")) == parse_budget("5 minutes/day")
+    assert policy.limits_for(None) == parse_budget("5 minutes/day")
+
+
+def test_a_hook_policy_is_parsed_once_and_checked() -> None:
+    policy = BudgetPolicy.from_source(lambda identity, info: "1 minutes/day")
+    assert policy.hook is not None
+    assert policy.hooked("1 minutes/day") == parse_budget("1 minutes/day")
+    assert policy.hooked(None) is None
+    with pytest.raises(TypeError):
+        policy.hooked(3)
+
+
+@pytest.mark.parametrize(
+    ("moment", "period", "start", "end"),
+    [
+        ("2026-12-06T23:59:59", "day", "2026-12-06T00:00:00", "2026-12-07T00:00:00"),
+        ("2026-12-07T00:00:00", "day", "2026-12-07T00:00:00", "2026-12-08T00:00:00"),
+        ("2026-12-31T23:00:00", "month", "2026-12-01T00:00:00", "2027-01-01T00:00:00"),
+        ("2028-02-29T10:00:00", "month", "2028-02-01T00:00:00", "2028-03-01T00:00:00"),
+    ],
+)
+def test_periods_are_utc_calendar_days_and_months(
+    moment: str, period: Any, start: str, end: str
+) -> None:
+    def utc(text: str) -> float:
+        return (
+            datetime.datetime.fromisoformat(text).replace(tzinfo=datetime.timezone.utc).timestamp()
+        )
+
+    assert period_bounds(period, utc(moment)) == (utc(start), utc(end))
+
+
+# -- the store, in memory and in Redis ----------------------------------------------------------
+
+
+class Clock:
+    def __init__(self, now: float = NOON) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Store:
+    """One interface over both stores, blocking, for the scenarios."""
+
+    def __init__(self, kind: str, url: str | None) -> None:
+        self.kind = kind
+        self.url = url
+        self.memory = MemoryBudgets() if kind == "memory" else None
+        self.loop = asyncio.new_event_loop()
+        self.redis = RedisBudgets(url) if url is not None else None
+
+    def __call__(self, effect: Any) -> Any:
+        if self.memory is not None:
+            method = {
+                AdmitCall: self.memory.admit,
+                SettleCall: self.memory.settle,
+                ChargeCall: self.memory.charge,
+                ReadBudget: self.memory.read,
+            }[type(effect)]
+            return method(effect)
+        assert self.redis is not None
+        method_async = {
+            AdmitCall: self.redis.admit,
+            SettleCall: self.redis.settle,
+            ChargeCall: self.redis.charge,
+            ReadBudget: self.redis.read,
+        }[type(effect)]
+        return self.loop.run_until_complete(method_async(effect))
+
+    def close(self) -> None:
+        if self.redis is not None:
+            self.loop.run_until_complete(self.redis.aclose())
+        self.loop.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    if request.param == "memory":
+        made = Store("memory", None)
+    else:
+        server: RedisServer = request.getfixturevalue("shared_redis")
+        server.flush()
+        made = Store("redis", server.url)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+MINUTES = parse_budget("2 minutes/day")  # 120 s
+
+
+def admit(store: Store, clock: Clock, cap: float | None = None, who: str = "app:ana") -> Admission:
+    result: Admission = store(AdmitCall(who, MINUTES, cap, clock))
+    return result
+
+
+def read(store: Store, clock: Clock, limits: Any = MINUTES, who: str = "app:ana") -> BudgetCount:
+    counts = store(ReadBudget(who, limits, clock))
+    return counts[0]  # type: ignore[no-any-return]
+
+
+def test_a_reservation_is_the_cap_or_what_is_left(store: Store) -> None:
+    clock = Clock()
+    first = admit(store, clock, cap=90)
+    assert first.reservation is not None
+    assert first.reservation.granted == 90
+    second = admit(store, clock, cap=90)
+    assert second.reservation is not None
+    assert second.reservation.granted == 30  # what the first left
+    refused = admit(store, clock, cap=90)
+    assert refused.reservation is None
+    assert refused.refused_by == MINUTES[0]
+    [count] = refused.counts
+    assert count.reserved == 120
+    assert count.frees_at == NOON + 30  # the second call's end: the earliest
+    assert count.resets_at == period_bounds("day", NOON)[1]
+
+
+def test_settling_charges_what_was_used_and_frees_the_rest(store: Store) -> None:
+    clock = Clock()
+    reservation = admit(store, clock, cap=100).reservation
+    assert reservation is not None
+    clock.now += 40
+    count = read(store, clock)
+    assert (count.used, count.elapsed, count.reserved) == (0, 40, 60)
+    store(SettleCall(reservation, 40))
+    count = read(store, clock)
+    assert (count.used, count.elapsed, count.reserved) == (40, 0, 0)
+    assert admit(store, clock).reservation.granted == 80  # type: ignore[union-attr]
+    store(SettleCall(reservation, 40))  # settled twice: charged once
+    assert read(store, clock).used == 40
+
+
+def test_a_call_is_charged_at_most_what_it_was_granted(store: Store) -> None:
+    clock = Clock()
+    reservation = admit(store, clock, cap=30).reservation
+    assert reservation is not None
+    store(SettleCall(reservation, 500))
+    assert read(store, clock).used == 30
+
+
+def test_a_lost_reservation_comes_back_after_its_margin(store: Store) -> None:
+    clock = Clock()
+    assert admit(store, clock).reservation.granted == 120  # type: ignore[union-attr]
+    assert admit(store, clock).reservation is None  # all reserved
+    clock.now += 120 + RESERVATION_MARGIN_SECONDS - 1
+    assert admit(store, clock).reservation is None  # still held
+    clock.now += 1  # its worker never settled it: it is dropped
+    back = admit(store, clock).reservation
+    assert back is not None
+    assert back.granted == 120
+
+
+def test_callers_and_periods_count_apart(store: Store) -> None:
+    clock = Clock()
+    assert admit(store, clock).reservation is not None
+    assert admit(store, clock, who="token:ana").reservation is not None  # another caller
+    midnight = period_bounds("day", NOON)[1]
+    clock.now = midnight + 5
+    fresh = admit(store, clock)
+    assert fresh.reservation is not None
+    assert fresh.reservation.granted == 120  # a new day, whole again
+
+
+def test_tokens_and_dollars_are_charged_as_they_come(store: Store) -> None:
+    clock = Clock()
+    limits = parse_budget("1000 tokens/day; 0.5 USD/day")
+    admission: Admission = store(AdmitCall("app:ana", limits, 60, clock))
+    reservation = admission.reservation
+    assert reservation is not None
+    assert reservation.granted == 60  # no minutes limit: the cap
+    counts = store(ChargeCall(reservation, tokens=600, usd=0.2))
+    assert [count.remaining for count in counts] == [400, pytest.approx(0.3)]
+    counts = store(ChargeCall(reservation, tokens=500, usd=0.0))
+    assert counts[0].remaining == -100
+    refused: Admission = store(AdmitCall("app:ana", limits, 60, clock))
+    assert refused.refused_by == limits[0]
+
+
+def test_concurrent_admissions_never_reserve_more_than_the_budget(
+    store: Store, request: pytest.FixtureRequest
+) -> None:
+    """20 admissions at once, each its own client (as many processes would
+    be): the granted seconds add up to the budget, never more."""
+    clock = Clock()
+    granted: list[float] = []
+    lock = threading.Lock()
+
+    def one(index: int) -> None:
+        other = store if store.memory is not None else Store("redis", store.url)
+        try:
+            admission = admit(other, clock, cap=25)
+        finally:
+            if other is not store:
+                other.close()
+        if admission.reservation is not None:
+            with lock:
+                granted.append(admission.reservation.granted or 0.0)
+
+    threads = [threading.Thread(target=one, args=(index,)) for index in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sum(granted) == pytest.approx(120)
+    assert len(granted) == 5  # 25, 25, 25, 25, 20
+    assert read(store, clock).reserved == pytest.approx(120)
+
+
+def test_a_flushed_script_cache_is_refilled(shared_redis: RedisServer) -> None:
+    from .redis_server import command
+
+    shared_redis.flush()
+    made = Store("redis", shared_redis.url)
+    try:
+        clock = Clock()
+        assert admit(made, clock, cap=10).reservation is not None
+        assert command(shared_redis.port or 0, "SCRIPT", "FLUSH") == b"+OK"
+        assert admit(made, clock, cap=10).reservation is not None
+        assert read(made, clock).reserved == 20
+    finally:
+        made.close()
