@@ -582,7 +582,7 @@ def test_rate_limit_mapping_names_known_groups_only() -> None:
     with pytest.raises(OptionsError) as caught:
         NavaiWSGIMiddleware(hello_wsgi, opts, rate_limit={"mint": "1/minute", "mnt": "2/day"})
     assert caught.value.message == (
-        "rate_limit names unknown route groups: mnt. Groups: mint, functions, speech."
+        "rate_limit names unknown route groups: mnt. Groups: mint, functions, speech, usage."
     )
 
 

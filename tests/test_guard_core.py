@@ -227,7 +227,7 @@ def test_guard_from_env_reads_every_variable() -> None:
     }
     guard = guard_from_env(env, api_key="sk-x")
     assert type(guard.authorize).__name__ == "BearerTokens"
-    assert sorted(guard.limits) == ["functions", "mint", "speech"]
+    assert sorted(guard.limits) == ["functions", "mint", "speech", "usage"]
     assert guard.limits["mint"].text == "3/minute"
     assert guard.storage_uri == "redis://127.0.0.1:1/0"
     assert guard.fail_open is True
@@ -276,7 +276,7 @@ def test_unknown_groups_are_all_named() -> None:
     with pytest.raises(OptionsError) as caught:
         parse_rate_limits({"mnt": "1/day", "speach": "1/day"})
     assert caught.value.message == (
-        "rate_limit names unknown route groups: mnt, speach. Groups: mint, functions, speech."
+        "rate_limit names unknown route groups: mnt, speach. Groups: mint, functions, speech, usage."
     )
 
 
