@@ -296,3 +296,67 @@ def test_a_flushed_script_cache_is_refilled(shared_redis: RedisServer) -> None:
         assert read(made, clock).reserved == 20
     finally:
         made.close()
+
+
+# -- the Python API -----------------------------------------------------------------------------
+
+
+def test_an_app_reads_and_resets_a_callers_budget() -> None:
+    """What a secret cost shows in usage(); reset_usage() gives it back; the
+    async twins agree, on a view handler of either kind."""
+    import anyio
+
+    from navai_mw import AsyncNavaiHandler, NavaiHandler, NavaiVoiceBackendOptions
+    from navai_mw.budgets import areset_usage, ausage, reset_usage, usage
+    from navai_mw.testing import FakeOpenAIRealtime
+
+    fake = FakeOpenAIRealtime(api_key="sk-test-budget-api")
+    opts = NavaiVoiceBackendOptions(
+        openai_api_key="sk-test-budget-api", openai_base_url=fake.base_url
+    )
+    keywords: dict[str, Any] = {
+        "functions": [],
+        "relay": True,
+        "budget": {"ana": "1 minutes/day", "*": None},
+        "budget_secret_seconds": 30,
+        "authorize": lambda info: info.headers.get("x-user"),
+    }
+    with fake.sync_transport() as transport:
+        handler = NavaiHandler(opts, transport=transport, **keywords)
+        try:
+            assert usage(handler, "ana")[0]["remaining"] == 1
+            assert usage(handler, "ben") == []  # no budget for anyone else
+            minted = handler.handle(
+                "POST",
+                "/navai/realtime/client-secret",
+                {"x-user": "ana", "content-type": "application/json"},
+                b"{}",
+            )
+            assert minted.status == 200, minted.body
+            [row] = usage(handler, "ana")
+            assert (row["used"], row["remaining"]) == (0.5, 0.5)
+            assert usage(handler, "ana", scheme="token")[0]["used"] == 0  # another caller
+            reset_usage(handler, "ana")
+            assert usage(handler, "ana")[0]["used"] == 0
+        finally:
+            handler.close()
+
+    async def twins() -> None:
+        handler = AsyncNavaiHandler(opts, transport=fake.async_transport(), **keywords)
+        try:
+            minted = await handler.handle(
+                "POST",
+                "/navai/realtime/client-secret",
+                {"x-user": "ana", "content-type": "application/json"},
+                b"{}",
+            )
+            assert minted.status == 200
+            assert (await ausage(handler, "ana"))[0]["used"] == 0.5
+            await areset_usage(handler, "ana")
+            assert (await ausage(handler, "ana"))[0]["used"] == 0
+        finally:
+            await handler.aclose()
+
+    anyio.run(twins)
+    with pytest.raises(OptionsError, match="with a budget"):
+        usage(object(), "ana")

@@ -276,7 +276,8 @@ def test_unknown_groups_are_all_named() -> None:
     with pytest.raises(OptionsError) as caught:
         parse_rate_limits({"mnt": "1/day", "speach": "1/day"})
     assert caught.value.message == (
-        "rate_limit names unknown route groups: mnt, speach. Groups: mint, functions, speech, usage."
+        "rate_limit names unknown route groups: mnt, speach. "
+        "Groups: mint, functions, speech, usage."
     )
 
 

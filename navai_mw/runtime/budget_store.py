@@ -217,6 +217,13 @@ class MemoryBudgets:
                 ends.append(end)
         return _counts(reservation.limits, rows, ends)
 
+    def reset(self, subject: str) -> None:
+        """Forget everything ``subject`` used and reserved."""
+        prefix = f"navai:budget:{subject}:"
+        with self._lock:
+            for key in [key for key in self._counts if key.startswith(prefix)]:
+                del self._counts[key]
+
     def read(self, effect: ReadBudget) -> tuple[BudgetCount, ...]:
         now = effect.clock()
         starts, ends = _periods(effect.limits, now)
@@ -422,6 +429,14 @@ class RedisBudgets:
         )
         return _counts(effect.limits, rows, ends)
 
+    async def reset(self, subject: str) -> None:
+        """Forget everything ``subject`` used and reserved."""
+        client = self._redis()
+        pattern = f"navai:budget:{_glob_escaped(subject)}:*"
+        keys = [key async for key in client.scan_iter(match=pattern, count=200)]
+        if keys:
+            await client.delete(*keys)
+
     async def aclose(self) -> None:
         client, self._client = self._client, None
         if client is not None:
@@ -430,6 +445,11 @@ class RedisBudgets:
     def forget_client(self) -> None:
         self._client = None
         self._scripts = {}
+
+
+def _glob_escaped(text: str) -> str:
+    """``text`` matched literally by a Redis glob pattern."""
+    return "".join(f"\\{char}" if char in "*?[]\\" else char for char in text)
 
 
 # -- for the performers ---------------------------------------------------------------------
@@ -517,6 +537,29 @@ class BudgetKeeper:
             type(exc).__name__,
         )
         return _unavailable(effect)
+
+    def reset_sync(self, subject: str) -> None:
+        """Forget ``subject``'s counts (blocking)."""
+        if self._memory is not None:
+            self._memory.reset(subject)
+            return
+        assert self._redis is not None
+        self._store.submit(self._redis.reset(subject)).result(BUDGET_TIMEOUT_SECONDS)
+
+    async def reset(self, subject: str) -> None:
+        """Forget ``subject``'s counts."""
+        if self._memory is not None:
+            self._memory.reset(subject)
+            return
+        assert self._redis is not None
+        if self._store.on_store_loop():
+            await self._redis.reset(subject)
+            return
+        future = self._store.submit(self._redis.reset(subject))
+        if not await _wait(future, BUDGET_TIMEOUT_SECONDS):
+            future.cancel()
+            raise TimeoutError("the budget store did not answer in time")
+        future.result()
 
     def close(self) -> None:
         """Close the Redis client, on the calls' store's loop (blocking)."""
