@@ -177,3 +177,43 @@ def test_the_page_sees_the_server_run_a_function_and_keep_its_session(
     assert_only_same_origin(log, origin)
     assert_clean(log)
     assert_no_secrets(log, CANARY_KEY)
+
+
+BUDGET_SHOWN = 'document.getElementById("budget").textContent'
+
+
+async def spend_then_refused(tools: DevTools) -> dict[str, Any]:
+    """A call the budget cuts short, then one it refuses; what the page showed."""
+    await tools.wait(f'{BUDGET_SHOWN}.includes("left today")')
+    before = await tools.evaluate(BUDGET_SHOWN)
+    await tools.click("start")
+    await tools.wait(STARTED)
+    await tools.wait(STOPPED)  # the server ends it: its reservation is up
+    await tools.wait(f'{BUDGET_SHOWN}.startsWith("0 of")')
+    after = await tools.evaluate(BUDGET_SHOWN)
+    await tools.click("start")
+    refused = await tools.wait(STARTED)
+    return {"before": before, "after": after, "refused": refused["status"]}
+
+
+@pytest.mark.parametrize("shell", ["uvicorn", "waitress"])
+def test_the_page_shows_the_budget_and_why_a_call_is_refused(
+    shell: str,
+    webrtc: tuple[FakeRealtimeWebRTC, NavaiVoiceBackendOptions],
+    tmp_path: Path,
+) -> None:
+    _, opts = webrtc
+    server = Server()
+    keywords = {**server.keywords(), "budget": "0.05 minutes/day"}
+    server.keywords = lambda: keywords  # type: ignore[method-assign]
+    with served(shell, opts, server) as origin:
+        seen, log = in_chromium(tmp_path, f"{origin}/", spend_then_refused)
+    assert seen["before"] == "0.05 of 0.05 minutes left today"
+    assert seen["after"] == "0 of 0.05 minutes left today"
+    assert seen["refused"].startswith("could not start: 429 Your budget of 0.05 minutes/day")
+    [report] = server.reports
+    assert report.end_reason in ("time_cap", "remote")
+    usage = [x for x in log.exchanges if x.url.endswith("/navai/usage")]
+    assert usage
+    assert all(x.status == 200 for x in usage)
+    assert_no_secrets(log, CANARY_KEY)

@@ -27,10 +27,14 @@ from navai_mw.guard.guard import Guard
 
 OPTS = NavaiVoiceBackendOptions(openai_api_key="sk-switches")
 REFERENCE = ["client_secret", "speech_synthesize", "functions_list", "functions_execute"]
-RELAY = ["calls", "call_hangup", "live", "live_close"]
+RELAY = ["calls", "call_hangup", "live", "live_close", "usage"]
 # (method, path): a request only the route itself would answer with a 405.
 PROBES = {
-    "relay": [("GET", "/navai/realtime/calls"), ("GET", "/navai/live/sessions")],
+    "relay": [
+        ("GET", "/navai/realtime/calls"),
+        ("GET", "/navai/live/sessions"),
+        ("POST", "/navai/usage"),
+    ],
     "transcription": [("GET", "/navai/realtime/transcription-secret")],
 }
 
@@ -121,7 +125,7 @@ def test_a_switch_that_is_not_yes_or_no_fails_at_start_up(
         NavaiHandler(OPTS, functions=[])
 
 
-def test_relay_brings_all_four_relay_routes() -> None:
+def test_relay_brings_its_routes() -> None:
     names = [route.name for route in Endpoint(OPTS, relay=True).routes]
     assert names == [*REFERENCE, *RELAY]
     assert Endpoint(OPTS, relay=True).relays

@@ -188,7 +188,6 @@ class Endpoint:
             functions=flag(include_functions_routes, "include_functions_routes"),
             relay=flag(relay, "relay"),
             transcription=flag(transcription, "transcription"),
-            budget=self.settings.budgets is not None,
         )
         self.routes, self.path, self.paths = self.map.routes, self.map.path, self.map.paths
         self.dynamic_prefixes = self.map.dynamic_prefixes

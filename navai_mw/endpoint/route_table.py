@@ -64,9 +64,9 @@ DEFAULT_USAGE_PATH: Final = "/navai/usage"
 # What switches a route on: "reference" routes are the reference's four (on
 # unless their path is None; the functions' two also follow
 # include_functions_routes); "transcription" and "relay" routes spend money
-# the reference never spent, so they are off until switched on; "budget"
-# routes are on with a budget.
-Feature = Literal["reference", "functions", "transcription", "relay", "budget"]
+# the reference never spent, so they are off until switched on (the relay's
+# include the caller's budgets, which meter its calls).
+Feature = Literal["reference", "functions", "transcription", "relay"]
 
 
 @attrs.frozen
@@ -140,7 +140,7 @@ ROUTES: Final = (
     ),
     Row(
         "usage", "usage_path", DEFAULT_USAGE_PATH, "GET", "usage",
-        usage.handle, "reading a caller's budgets", body="none", feature="budget",
+        usage.handle, "reading a caller's budgets", body="none", feature="relay",
     ),
 )  # fmt: skip
 
@@ -189,7 +189,6 @@ class RouteMap:
         functions: bool,
         relay: bool,
         transcription: bool,
-        budget: bool = False,
     ) -> None:
         paths = _with_alias(given)
         unknown = sorted(set(paths) - set(PATH_OPTIONS))
@@ -200,7 +199,6 @@ class RouteMap:
             "functions": functions,
             "transcription": transcription,
             "relay": relay,
-            "budget": budget,
         }
         self.prefix = _prefix(prefix)
         wanted = (

@@ -7,6 +7,8 @@
 (() => {
   // Where each API's relay listens, relative to this page.
   const ROUTES = { realtime: "navai/realtime/calls", live: "navai/live/sessions" };
+  // The caller's budgets, when the server keeps them (404 otherwise).
+  const USAGE = "navai/usage";
   // The session overrides the relay takes as query parameters (wire names).
   const OVERRIDES = ["model", "voice", "instructions", "language", "voiceAccent", "voiceTone"];
   const MAX_EVENTS = 300;
@@ -137,6 +139,7 @@
     if (current === call) {
       current = null;
       setBusy(false);
+      showBudget();
     }
   }
 
@@ -246,9 +249,33 @@
     teardown(call);
     if (location) await hangUp(location);
     else say("stopped");
+    showBudget();
+  }
+
+  // "3 of 10 minutes left today": the server's budgets for this caller, read
+  // at load and after each call (nothing shown when the server has none).
+  async function showBudget() {
+    try {
+      const response = await fetch(USAGE, { headers: headers(), credentials: "same-origin" });
+      if (response.status !== 200) {
+        await response.text();
+        return;
+      }
+      const rows = (await response.json()).budgets || [];
+      const per = { day: "today", month: "this month" };
+      $("budget").textContent = rows
+        .map((row) => {
+          const period = row.limit.split("/")[1];
+          return `${row.remaining} of ${row.limit.split("/")[0]} left ${per[period] || ""}`.trim();
+        })
+        .join("; ");
+    } catch (err) {
+      // no budget to show
+    }
   }
 
   $("auth").addEventListener("submit", (event) => event.preventDefault());
+  showBudget();
   $("start").addEventListener("click", start);
   $("stop").addEventListener("click", stop);
   $("say").addEventListener("submit", typed);

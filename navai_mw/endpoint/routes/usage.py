@@ -1,5 +1,6 @@
 """``GET /navai/usage``: the caller's own budgets in the current period
-(used, reserved by calls in progress, remaining, when each is whole again)."""
+(used, reserved by calls in progress, remaining, when each is whole again);
+none without a budget. It comes with the relay, whose calls budgets meter."""
 
 from __future__ import annotations
 
@@ -11,5 +12,7 @@ from ..route import Call, Reply, Settings
 
 
 def handle(settings: Settings, call: Call) -> Generator[Any, Any, Reply]:
+    if settings.budgets is None:
+        return Reply(200, {"budgets": []})
     counts = yield from read_counts(settings.budgets, call)
     return Reply(200, counts_payload(counts))
