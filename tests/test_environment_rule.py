@@ -132,6 +132,32 @@ for _variable, _keyword, _field in (
     COMPANIONS[_variable] = {"NAVAI_RELAY": "true"}
 
 
+def _budget(handler: Handler) -> object:
+    budgets = handler.endpoint.settings.budgets
+    return None if budgets is None else budgets.policy.default[0].text
+
+
+def _budget_field(field: str) -> Callable[[Handler], object]:
+    def shown(handler: Handler) -> object:
+        return getattr(handler.endpoint.settings.budgets, field, None)
+
+    return shown
+
+
+ROWS["NAVAI_BUDGET"] = ("3 minutes/day", "budget", _budget, "3 minutes/day")
+ROWS["NAVAI_BUDGET_FAIL_OPEN"] = ("true", "budget_fail_open", _budget_field("fail_open"), True)
+ROWS["NAVAI_BUDGET_SECRET_SECONDS"] = (
+    "20",
+    "budget_secret_seconds",
+    _budget_field("secret_seconds"),
+    20,
+)
+for _variable in ("NAVAI_BUDGET", "NAVAI_BUDGET_FAIL_OPEN", "NAVAI_BUDGET_SECRET_SECONDS"):
+    COMPANIONS[_variable] = {"NAVAI_RELAY": "true"}
+for _variable in ("NAVAI_BUDGET_FAIL_OPEN", "NAVAI_BUDGET_SECRET_SECONDS"):
+    COMPANIONS[_variable]["NAVAI_BUDGET"] = "3 minutes/day"
+
+
 def _build(kind: str, opts: NavaiVoiceBackendOptions | None, **keywords: Any) -> Handler:
     if kind == "wsgi":
         return NavaiHandler(opts, functions=[], **keywords)
@@ -205,6 +231,9 @@ def _given(keyword: str) -> tuple[object, object]:
         "server_functions": (False, False),
         "pin_session": (False, False),
         "sideband_required": (False, False),
+        "budget": ("9 minutes/day", "9 minutes/day"),
+        "budget_fail_open": (False, False),
+        "budget_secret_seconds": (5, 5),
     }
     return table[keyword]
 
