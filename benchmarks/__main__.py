@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import (
+    bench_budgets,
     bench_connections,
     bench_core,
     bench_guard,
@@ -47,6 +48,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "latency-wsgi": bench_latency.run_wsgi,
     "workers": bench_latency.run_workers,
     "sideband": bench_sideband.run,
+    "budgets": bench_budgets.run,
 }
 RESULTS = REPO / "benchmarks" / "results"
 

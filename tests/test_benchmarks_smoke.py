@@ -252,3 +252,11 @@ def test_the_sideband_benchmark_holds_sidebands_and_counts_their_events(tmp_path
     assert held["opened"] >= 20 + 20  # the warm-up's and the arm's
     assert held["events_per_second"] > 0
     assert held["cpu_share"] > 0
+
+
+def test_the_budget_benchmark_admits_and_settles(tmp_path: Path) -> None:
+    from benchmarks import bench_budgets
+
+    measured = bench_budgets._memory(20)
+    assert measured["cpu_ms"] > 0
+    assert measured["wall_ms"] > 0
