@@ -360,3 +360,13 @@ def test_an_app_reads_and_resets_a_callers_budget() -> None:
     anyio.run(twins)
     with pytest.raises(OptionsError, match="with a budget"):
         usage(object(), "ana")
+
+
+def test_a_sliver_of_minutes_starts_no_call(store: Store) -> None:
+    """Less than a second left: refused, rather than started and cut."""
+    clock = Clock()
+    reservation = admit(store, clock, cap=119.5).reservation
+    assert reservation is not None
+    assert admit(store, clock).reservation is None  # half a second left
+    store(SettleCall(reservation, 119.5))
+    assert admit(store, clock).reservation is None

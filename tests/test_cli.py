@@ -466,7 +466,7 @@ def test_serve_states_its_guard_and_ignores_forwarding_headers(
     started.append(cli)
     banner = cli.banner()
     assert (
-        "  rate limit      mint 1/minute; functions 1/minute; speech 1/minute "
+        "  rate limit      mint 1/minute; functions 1/minute; speech 1/minute; usage 1/minute "
         "(storage memory://, fails closed)\n"
     ) in banner
     assert "  trusted proxies none\n" in banner

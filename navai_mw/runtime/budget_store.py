@@ -54,6 +54,9 @@ logger = logging.getLogger("navai_mw")
 # A reservation outlives its call's time this long before it is taken for
 # lost (its worker died) and dropped.
 RESERVATION_MARGIN_SECONDS: Final = 60.0
+# A call needs at least this much of a minutes budget to start: a sliver
+# left (a fraction of a second) would start a call only to cut it at once.
+MIN_GRANT_SECONDS: Final = 1.0
 # A count is kept this long past its period's end (for reading).
 KEPT_AFTER_PERIOD_SECONDS: Final = 86_400.0
 MAX_CONNECTIONS: Final = 16
@@ -182,10 +185,12 @@ class MemoryBudgets:
                 rows.append(row)
                 used, elapsed, reserved, _ = row
                 left = limit.quantity - used
+                floor = 0.0
                 if limit.unit == "minutes":
                     left -= elapsed + reserved
                     grant = min(grant, left)
-                if left <= 0 and not refused:
+                    floor = MIN_GRANT_SECONDS
+                if left <= floor and not refused:
                     refused = index + 1
             if not refused:
                 for limit, key in zip(effect.limits, keys, strict=True):
@@ -253,8 +258,9 @@ def _charged(limit: BudgetLimit, effect: ChargeCall) -> float:
 # -- in a shared Redis --------------------------------------------------------------------
 
 # KEYS: one count per limit. ARGV: now, cap (-1: none), the reservation's id
-# ('' to read only), the margin, then for each limit: its quantity, 1 for
-# minutes, and the count's expiry (UNIX seconds). Returns the refusing
+# ('' to read only), the margin, the least a minutes limit must have left,
+# then for each limit: its quantity, 1 for minutes, and the count's expiry
+# (UNIX seconds). Returns the refusing
 # limit's index (0: admitted), the seconds granted, then for each limit
 # used, elapsed, reserved and the earliest end of a reservation (-1: none).
 ADMIT: Final = """
@@ -263,11 +269,12 @@ local grant = tonumber(ARGV[2])
 if grant < 0 then grant = math.huge end
 local id = ARGV[3]
 local margin = tonumber(ARGV[4])
+local least = tonumber(ARGV[5])
 local refused = 0
 local out = {}
 local minutes = {}
 for i, key in ipairs(KEYS) do
-  local base = 4 + (i - 1) * 3
+  local base = 5 + (i - 1) * 3
   local quantity = tonumber(ARGV[base + 1])
   local is_minutes = ARGV[base + 2] == '1'
   minutes[i] = is_minutes
@@ -293,11 +300,13 @@ for i, key in ipairs(KEYS) do
     end
   end
   local left = quantity - used
+  local floor = 0
   if is_minutes then
     left = left - elapsed - reserved
     if left < grant then grant = left end
+    floor = least
   end
-  if left <= 0 and refused == 0 then refused = i end
+  if left <= floor and refused == 0 then refused = i end
   out[#out + 1] = tostring(used)
   out[#out + 1] = tostring(elapsed)
   out[#out + 1] = tostring(reserved)
@@ -308,7 +317,7 @@ if refused == 0 and id ~= '' then
     if minutes[i] then
       redis.call('HSET', key, 'r:' .. id, tostring(grant) .. ':' .. tostring(now))
     end
-    redis.call('EXPIREAT', key, math.ceil(tonumber(ARGV[4 + (i - 1) * 3 + 3])))
+    redis.call('EXPIREAT', key, math.ceil(tonumber(ARGV[5 + (i - 1) * 3 + 3])))
   end
 end
 table.insert(out, 1, tostring(grant))
@@ -374,7 +383,7 @@ class RedisBudgets:
         starts, ends = _periods(limits, now)
         keys = _keys(subject, limits, starts)
         args: list[Any] = [repr(now), repr(-1.0 if cap is None else cap), rid]
-        args.append(repr(RESERVATION_MARGIN_SECONDS))
+        args += [repr(RESERVATION_MARGIN_SECONDS), repr(MIN_GRANT_SECONDS)]
         for limit, end in zip(limits, ends, strict=True):
             expiry = end + KEPT_AFTER_PERIOD_SECONDS
             args += [repr(limit.quantity), "1" if limit.unit == "minutes" else "0", repr(expiry)]
