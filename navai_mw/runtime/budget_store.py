@@ -185,12 +185,12 @@ class MemoryBudgets:
                 rows.append(row)
                 used, elapsed, reserved, _ = row
                 left = limit.quantity - used
-                floor = 0.0
+                spent = left <= 0
                 if limit.unit == "minutes":
                     left -= elapsed + reserved
                     grant = min(grant, left)
-                    floor = MIN_GRANT_SECONDS
-                if left <= floor and not refused:
+                    spent = left < MIN_GRANT_SECONDS
+                if spent and not refused:
                     refused = index + 1
             if not refused:
                 for limit, key in zip(effect.limits, keys, strict=True):
@@ -300,13 +300,13 @@ for i, key in ipairs(KEYS) do
     end
   end
   local left = quantity - used
-  local floor = 0
+  local spent = left <= 0
   if is_minutes then
     left = left - elapsed - reserved
     if left < grant then grant = left end
-    floor = least
+    spent = left < least
   end
-  if left <= floor and refused == 0 then refused = i end
+  if spent and refused == 0 then refused = i end
   out[#out + 1] = tostring(used)
   out[#out + 1] = tostring(elapsed)
   out[#out + 1] = tostring(reserved)
