@@ -213,29 +213,37 @@ class NavaiASGIMiddleware:
             (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
         )
         client = scope.get("client")
-        wanted = self.endpoint.begin(
-            scope["method"],
-            headers,
-            path=route_path(scope["path"], scope.get("root_path", "")),
-            peer=client[0] if client else None,
-            scope=scope,
-            query=scope.get("query_string", b"").decode("latin-1"),
-            mount=scope.get("root_path", ""),
-        )
-        if isinstance(wanted, Answer):
-            await _send(send, wanted)
-            return
-        body = bytearray()
-        while len(body) <= wanted.limit:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # the client left: nobody to mint a secret for
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
-        answer = await drive_async(
-            self.endpoint.finish(wanted, bytes(body)), self.transport, perform=self._effects
-        )
+        observer = self._effects.observer
+        with observer.request(scope["method"], headers) as seen:
+            wanted = self.endpoint.begin(
+                scope["method"],
+                headers,
+                request_id=seen.request_id,
+                path=route_path(scope["path"], scope.get("root_path", "")),
+                peer=client[0] if client else None,
+                scope=scope,
+                query=scope.get("query_string", b"").decode("latin-1"),
+                mount=scope.get("root_path", ""),
+            )
+            if isinstance(wanted, Answer):
+                observer.answered(seen, wanted)
+                await _send(send, wanted)
+                return
+            body = bytearray()
+            while len(body) <= wanted.limit:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return  # the client left: nobody to mint a secret for
+                body += message.get("body", b"")
+                if not message.get("more_body", False):
+                    break
+            answer = await drive_async(
+                self.endpoint.finish(wanted, bytes(body)),
+                self.transport,
+                perform=self._effects,
+                observer=observer,
+            )
+            observer.answered(seen, answer)
         await _send(send, answer)
 
 

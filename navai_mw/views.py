@@ -44,6 +44,7 @@ from typing_extensions import Unpack
 from .config.configure import (
     RouteOptions,
     configure_endpoint,
+    metrics_from,
     runtime_options,
     upstream_connections_from,
 )
@@ -54,6 +55,7 @@ from .endpoint.answers import Answer
 from .runtime.async_transports import AiohttpTransport
 from .runtime.drivers import drive_async, drive_sync
 from .runtime.function_workers import DEFAULT_FUNCTION_WORKERS
+from .runtime.observe import Observer
 from .runtime.performers import AsyncEffects, SyncEffects, is_async_hook
 from .runtime.sideband import SidebandConnector
 from .runtime.sync_transport import HttpxSyncTransport
@@ -120,6 +122,7 @@ class NavaiHandler:
         connections = upstream_connections_from(keywords.get("env"), max_upstream_connections)
         self.transport: SyncTransport = transport or HttpxSyncTransport(max_connections=connections)
         on_call_end, max_sidebands = runtime_options(keywords)
+        self.observer = Observer(metrics=metrics_from(keywords))
         self.effects = SyncEffects(
             self.endpoint.guard.storage_uri,
             function_workers=function_workers,
@@ -129,12 +132,16 @@ class NavaiHandler:
             sideband=SidebandConnector(self.transport, max_connections=connections),
             on_call_end=on_call_end,
             max_sidebands=max_sidebands,
+            observer=self.observer,
         )
         # A call ends at its time cap by the endpoint's own steps, driven here
         # (on the calls' store's hangup threads).
         endpoint, transport, effects = self.endpoint, self.transport, self.effects
+        observer = self.observer
         self.effects.calls.start(
-            lambda key: drive_sync(endpoint.end_call(key), transport, perform=effects)
+            lambda key: drive_sync(
+                endpoint.end_call(key), transport, perform=effects, observer=observer
+            )
         )
 
     def handle(
@@ -158,18 +165,22 @@ class NavaiHandler:
         ``identity``, when the view has authenticated the caller (a logged-in
         user's id), is used instead of asking ``authorize``: rate limits
         count per identity, and OpenAI gets its safety identifier."""
-        steps = self.endpoint.handle(
-            method,
-            path,
-            headers,
-            body,
-            peer=client,
-            environ=environ,
-            identity=identity,
-            query=query,
-            mount=mount,
-        )
-        return _response(drive_sync(steps, self.transport, perform=self.effects))
+        with self.observer.request(method, headers) as seen:
+            steps = self.endpoint.handle(
+                method,
+                path,
+                headers,
+                body,
+                peer=client,
+                environ=environ,
+                identity=identity,
+                query=query,
+                mount=mount,
+                request_id=seen.request_id,
+            )
+            answer = drive_sync(steps, self.transport, perform=self.effects, observer=self.observer)
+            self.observer.answered(seen, answer)
+        return _response(answer)
 
     def close(self) -> None:
         """Cancel the calls' pending hangups; close the upstream client, when
@@ -200,6 +211,7 @@ class AsyncNavaiHandler:
         connections = upstream_connections_from(keywords.get("env"), max_upstream_connections)
         self.transport: AsyncTransport = transport or AiohttpTransport(max_connections=connections)
         on_call_end, max_sidebands = runtime_options(keywords)
+        self.observer = Observer(metrics=metrics_from(keywords))
         self.effects = AsyncEffects(
             self.endpoint.guard.storage_uri,
             function_workers=function_workers,
@@ -209,6 +221,7 @@ class AsyncNavaiHandler:
             sideband=SidebandConnector(self.transport, max_connections=connections),
             on_call_end=on_call_end,
             max_sidebands=max_sidebands,
+            observer=self.observer,
         )
         self.effects.check()
         endpoint, transport, effects = self.endpoint, self.transport, self.effects
@@ -217,7 +230,9 @@ class AsyncNavaiHandler:
             # A call ends at its time cap by the endpoint's own steps, driven
             # here, on the calls' store's loop: the transport must work there
             # (navai_mw's make a client per event loop).
-            await drive_async(endpoint.end_call(key), transport, perform=effects)
+            await drive_async(
+                endpoint.end_call(key), transport, perform=effects, observer=effects.observer
+            )
 
         self.effects.calls.start(end_call)
 
@@ -236,18 +251,24 @@ class AsyncNavaiHandler:
     ) -> NavaiResponse:
         """Answer one request whose body has been read (as
         :meth:`NavaiHandler.handle`; ``scope`` reaches ``authorize``)."""
-        steps = self.endpoint.handle(
-            method,
-            path,
-            headers,
-            body,
-            peer=client,
-            scope=scope,
-            identity=identity,
-            query=query,
-            mount=mount,
-        )
-        return _response(await drive_async(steps, self.transport, perform=self.effects))
+        with self.observer.request(method, headers) as seen:
+            steps = self.endpoint.handle(
+                method,
+                path,
+                headers,
+                body,
+                peer=client,
+                scope=scope,
+                identity=identity,
+                query=query,
+                mount=mount,
+                request_id=seen.request_id,
+            )
+            answer = await drive_async(
+                steps, self.transport, perform=self.effects, observer=self.observer
+            )
+            self.observer.answered(seen, answer)
+        return _response(answer)
 
     @property
     def needs_lifespan(self) -> bool:

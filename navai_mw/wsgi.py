@@ -82,22 +82,30 @@ class NavaiWSGIMiddleware:
             for key, value in environ.items()
             if key in _UNPREFIXED or key.startswith("HTTP_")
         }
-        wanted = self.endpoint.begin(
-            environ["REQUEST_METHOD"],
-            headers,
-            path=environ.get("PATH_INFO") or "/",
-            peer=environ.get("REMOTE_ADDR") or None,
-            environ=environ,
-            query=environ.get("QUERY_STRING", ""),
-            mount=environ.get("SCRIPT_NAME", ""),
-        )
-        if isinstance(wanted, Answer):
-            return _respond(start_response, wanted)
-        answer = drive_sync(
-            self.endpoint.finish(wanted, _read_body(environ, wanted.limit, wanted.declared)),
-            self.transport,
-            perform=self._effects,
-        )
+        observer = self._effects.observer
+        with observer.request(environ["REQUEST_METHOD"], headers) as seen:
+            wanted = self.endpoint.begin(
+                environ["REQUEST_METHOD"],
+                headers,
+                request_id=seen.request_id,
+                path=environ.get("PATH_INFO") or "/",
+                peer=environ.get("REMOTE_ADDR") or None,
+                environ=environ,
+                query=environ.get("QUERY_STRING", ""),
+                mount=environ.get("SCRIPT_NAME", ""),
+            )
+            if isinstance(wanted, Answer):
+                answer = wanted
+            else:
+                answer = drive_sync(
+                    self.endpoint.finish(
+                        wanted, _read_body(environ, wanted.limit, wanted.declared)
+                    ),
+                    self.transport,
+                    perform=self._effects,
+                    observer=observer,
+                )
+            observer.answered(seen, answer)
         return _respond(start_response, answer)
 
 

@@ -86,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
                 help="uvicorn worker processes (default: %(default)s); with more than one, "
                 "rate limits, call owners and time caps need a shared Redis",
             )
+            command.add_argument(
+                "--metrics-port",
+                type=_port,
+                default=None,
+                help="serve Prometheus metrics at /metrics on this port (on --host; every "
+                "worker's summed): needs the metrics extra",
+            )
         if name == "demo":
             command.add_argument(
                 "--speech",

@@ -10,8 +10,10 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -143,6 +145,13 @@ def run_server(args: argparse.Namespace) -> int:
         if _unguarded(opts, app.endpoint.guard, demo=demo):
             logger.warning("navai-mw: %s", UNGUARDED_WARNING)
         workers = getattr(args, "workers", 1)
+        metrics_port = getattr(args, "metrics_port", None)
+        if metrics_port is not None:
+            try:
+                metrics_url = stack.enter_context(_metrics_server(args.host, metrics_port, workers))
+            except (NavaiError, OSError) as exc:
+                return _fail(f"cannot serve metrics: {exc}")
+            print(f"  metrics         {metrics_url} (Prometheus)", flush=True)
         if workers > 1:
             for warning in per_process_state(endpoint):
                 logger.warning("navai-mw: %s workers: %s", workers, warning)
@@ -208,6 +217,37 @@ def _run_workers(
     # worker gracefully, then returns.
     Multiprocess(config, sockets=[listener]).run()
     return 0
+
+
+@contextmanager
+def _metrics_server(host: str, port: int, workers: int) -> Iterator[str]:
+    """Prometheus's /metrics on ``host``:``port``, in a thread of this
+    process; with several workers, in multiprocess mode (a directory of
+    its own, unless PROMETHEUS_MULTIPROC_DIR names one), removed at the end."""
+    made = None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        made = tempfile.mkdtemp(prefix="navai-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = made  # the workers inherit it
+    try:
+        from prometheus_client import start_http_server
+
+        from ..metrics import registry
+
+        server, thread = start_http_server(port, addr=host, registry=registry())
+        try:
+            yield _local_url(f"http://{host}:{server.server_port}/metrics")
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
+    except ImportError:
+        raise NavaiError(
+            "prometheus-client is not installed: pip install 'navai-mw[metrics]'"
+        ) from None
+    finally:
+        if made is not None:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+            shutil.rmtree(made, ignore_errors=True)
 
 
 def worker_app() -> NavaiASGIMiddleware:

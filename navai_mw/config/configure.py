@@ -28,7 +28,7 @@ from ..core.options import (
     max_upstream_connections,
 )
 from ..core.reports import CallReport
-from ..core.values import outside
+from ..core.values import flag, outside
 from ..endpoint.endpoint import DEFAULT_FUNCTION_TIMEOUT_SECONDS, Endpoint
 from ..guard.authorizers import Authorizer
 from ..upstreams.live import DEFAULT_LIVE_MODEL
@@ -110,6 +110,7 @@ class RouteOptions(TypedDict, total=False):
     budget_secret_seconds: float | None
     budget_clock: Callable[[], float] | None
     usage_path: str | None
+    metrics: bool | None
     env: Mapping[str, str | None] | None
 
 
@@ -123,6 +124,15 @@ def upstream_connections_from(env: Env | None, value: int | None) -> int:
     """The transports' connection bound: ``value`` when given, else
     ``NAVAI_MAX_UPSTREAM_CONNECTIONS`` from ``env``, else the default."""
     return max_upstream_connections(value, env=environment(env))
+
+
+def metrics_from(keywords: Mapping[str, Any]) -> bool:
+    """Whether to keep Prometheus metrics: ``metrics``, else
+    ``NAVAI_METRICS``, else yes (when prometheus-client is installed)."""
+    given = keywords.get("metrics")
+    if given is not None:
+        return flag(given, "metrics")
+    return read_bool(environment(keywords.get("env")), "NAVAI_METRICS", True)
 
 
 def runtime_options(keywords: Mapping[str, Any]) -> tuple[Callable[[CallReport], Any] | None, int]:
@@ -189,6 +199,7 @@ def configure_endpoint(
     # The runtime's, not the routes': the views read them.
     given.pop("on_call_end", None)
     given.pop("max_sidebands", None)
+    given.pop("metrics", None)
     functions = given.pop("functions", None)
     registry = None
     browser_routes = given.get("include_functions_routes", True) and (

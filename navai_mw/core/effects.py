@@ -114,11 +114,13 @@ class LimitResult(NamedTuple):
 @attrs.frozen
 class CallFunction:
     """Run ``run()`` (await it when ``is_async``), for at most ``timeout``
-    seconds; send back a :class:`FunctionOutcome`."""
+    seconds; send back a :class:`FunctionOutcome`. ``name`` is the
+    function's, for the operator's metrics."""
 
     run: Callable[[], Any] = attrs.field(repr=False)
     is_async: bool
     timeout: float
+    name: str = ""
 
 
 @attrs.frozen
@@ -130,6 +132,15 @@ class FunctionOutcome:
     error: BaseException | None = None
     timed_out: bool = False
     busy: bool = False
+
+    @property
+    def kind(self) -> str:
+        """How it went, in a word: ``ok``, ``error``, ``timeout``, ``busy``."""
+        if self.busy:
+            return "busy"
+        if self.timed_out:
+            return "timeout"
+        return "error" if self.error is not None else "ok"
 
 
 @attrs.frozen
@@ -199,6 +210,11 @@ class SidebandSession(Protocol):
     @property
     def reservation(self) -> Reservation | None:
         """The caller's budget reservation the call holds, if any."""
+        ...
+
+    @property
+    def reverts(self) -> int:
+        """Changes to the pinned session reverted so far."""
         ...
 
     def charged(self, counts: tuple[BudgetCount, ...] | None) -> list[SidebandAction]:

@@ -82,6 +82,21 @@ class HttpRequest:
     body: bytes
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     secret: str | None = attrs.field(default=None, repr=False)
+    # Which upstream it goes to, for metrics and traces: "openai", "azure",
+    # "elevenlabs", "jwks".
+    upstream: str = "openai"
+
+
+# A request id a client may send: 1 to 128 visible ASCII characters.
+_REQUEST_ID: Final = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def checked_request_id(value: str | None) -> str | None:
+    """An incoming ``X-Request-ID``, when it is one a log line and a header
+    can carry as it is (else None: navai_mw makes its own)."""
+    if value is None or _REQUEST_ID.fullmatch(value) is None:
+        return None
+    return value
 
 
 @attrs.frozen

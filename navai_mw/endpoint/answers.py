@@ -42,11 +42,16 @@ _JSON_HEADERS: Final = (
 
 @attrs.frozen
 class Answer:
-    """What to send back: status, headers (str pairs) and body bytes."""
+    """What to send back: status, headers (str pairs) and body bytes; and,
+    for the operator's metrics and traces (never sent), the route that
+    answered, its rate-limit group, and what the guard decided."""
 
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+    route: str = ""
+    group: str = ""
+    guard: str = ""
 
     @property
     def status_line(self) -> str:

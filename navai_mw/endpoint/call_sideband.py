@@ -245,6 +245,11 @@ class CallSideband:
     def reservation(self) -> Reservation | None:
         return self._reservation
 
+    @property
+    def reverts(self) -> int:
+        """Changes to the pinned session reverted so far."""
+        return self.protocol.reverts
+
     def receive(self, data: str | bytes) -> list[SidebandAction]:
         actions = self._bound(self.protocol.receive(data))
         return actions + self._charge() if self._meters else actions

@@ -21,7 +21,7 @@ PREFLIGHT_MAX_AGE: Final = "600"
 # Headers a page may read from a cross-origin answer.
 _EXPOSED: Final = (
     "Access-Control-Expose-Headers",
-    "Retry-After, RateLimit, RateLimit-Policy, Location",
+    "Retry-After, RateLimit, RateLimit-Policy, Location, X-Request-ID",
 )
 
 Headers = tuple[tuple[str, str], ...]

@@ -32,7 +32,7 @@ import attrs
 
 from ..backend_functions.registry import FunctionRegistry
 from ..core.errors import NavaiError, OptionsError, RequestError, log_safe
-from ..core.http import RequestInfo, joined_headers
+from ..core.http import RequestInfo, checked_request_id, joined_headers
 from ..core.options import MAX_UPSTREAM_TIMEOUT_SECONDS, NavaiVoiceBackendOptions
 from ..core.values import flag, seconds
 from ..guard.addresses import client_address
@@ -82,6 +82,24 @@ class BodyWanted:
     route: Route = attrs.field(repr=False)
     query: str = ""
     mount: str = ""
+    request_id: str = ""
+
+
+def _annotated(answer: Answer, route: Route, request_id: str) -> Answer:
+    """An answer with its request id, and the route that gave it."""
+    headers = [*answer.headers, ("X-Request-ID", request_id)] if request_id else answer.headers
+    return attrs.evolve(answer, headers=headers, route=route.name, group=route.group)
+
+
+def _refused_as(exc: NavaiError) -> str:
+    """What the guard decided, for the operator, from its refusal."""
+    if exc.status == 401:
+        return "unauthenticated"
+    if exc.status == 403:
+        return exc.code or "forbidden"
+    if exc.status == 429:
+        return "rate_limited"
+    return "storage_down" if exc.status == 503 else "refused"
 
 
 def route_path(path: str, root_path: str) -> str:
@@ -222,6 +240,7 @@ class Endpoint:
         method: str,
         headers: Mapping[str, str],
         *,
+        request_id: str = "",
         path: str | None = None,
         peer: str | None = None,
         scope: Mapping[str, Any] | None = None,
@@ -231,12 +250,36 @@ class Endpoint:
     ) -> Answer | BodyWanted:
         """Decide what to do before any of the body is read.
 
-        ``headers`` maps lower-case names to values; ``path`` is below the
-        mount point (None: the client-secret route's); ``peer`` is the
-        socket peer's address; ``scope`` or ``environ`` is handed to an
-        ``authorize`` hook as it is.
+        ``headers`` maps lower-case names to values; ``request_id`` is the
+        one navai_mw made for this request, used when the client sent no
+        ``X-Request-ID`` it can keep; ``path`` is below the mount point
+        (None: the client-secret route's); ``peer`` is the socket peer's
+        address; ``scope`` or ``environ`` is handed to an ``authorize`` hook
+        as it is. Every answer carries the request id.
         """
+        rid = checked_request_id(headers.get("x-request-id")) or request_id
         route = self.route_for(path if path is not None else self.path or "")
+        begun = self._begin(
+            route, method, headers, path=path, peer=peer, scope=scope, environ=environ,
+            query=query, mount=mount,
+        )  # fmt: skip
+        if isinstance(begun, Answer):
+            return _annotated(begun, route, rid)
+        return attrs.evolve(begun, request_id=rid)
+
+    def _begin(
+        self,
+        route: Route,
+        method: str,
+        headers: Mapping[str, str],
+        *,
+        path: str | None = None,
+        peer: str | None = None,
+        scope: Mapping[str, Any] | None = None,
+        environ: Mapping[str, Any] | None = None,
+        query: str = "",
+        mount: str = "",
+    ) -> Answer | BodyWanted:
         cors = self.cors.headers(headers)
         if cors is None:
             forbidden = RequestError("Origin not allowed.", status=403)
@@ -275,6 +318,15 @@ class Endpoint:
         self, wanted: BodyWanted, body: bytes | None, *, identity: str | None = None
     ) -> Generator[Any, Any, Answer]:
         """Given the body read, serve the route: a generator for the shell's
+        driver, which performs what it yields. Its answer carries the
+        request id (and, for the operator, what was decided)."""
+        answer = yield from self._finish(wanted, body, identity=identity)
+        return _annotated(answer, wanted.route, wanted.request_id)
+
+    def _finish(
+        self, wanted: BodyWanted, body: bytes | None, *, identity: str | None = None
+    ) -> Generator[Any, Any, Answer]:
+        """Given the body read, serve the route: a generator for the shell's
         driver, which performs what it yields.
 
         ``body`` is None when the client sent one the server cannot frame
@@ -298,22 +350,25 @@ class Endpoint:
                 wanted.info, route.group, identity=identity
             )
         except NavaiError as exc:
-            return error_answer(exc, cors)
+            return attrs.evolve(error_answer(exc, cors), guard=_refused_as(exc))
         answer_headers = (*cors, *limit_headers)
         try:
             parsed = parse_body(body) if route.body == "json" else {}
             call = Call(parsed, wanted.info, identity, body, wanted.query, wanted.mount)
             reply = yield from route.handle(self.settings, call)
         except RequestError as exc:
-            return error_answer(exc, answer_headers)
+            guard = "budget_exhausted" if exc.code == "budget_exhausted" else "allowed"
+            return attrs.evolve(error_answer(exc, answer_headers), guard=guard)
         except NavaiError as exc:
             logger.warning("navai_mw: %s failed: %s", route.doing, log_safe(exc.message))
-            return error_answer(exc, answer_headers)
+            return attrs.evolve(error_answer(exc, answer_headers), guard="allowed")
         if reply.raw is None:
-            return json_answer(reply.status, reply.payload, [*reply.headers, *answer_headers])
-        return raw_answer(
-            reply.status, reply.raw, reply.content_type, [*reply.headers, *answer_headers]
-        )
+            answer = json_answer(reply.status, reply.payload, [*reply.headers, *answer_headers])
+        else:
+            answer = raw_answer(
+                reply.status, reply.raw, reply.content_type, [*reply.headers, *answer_headers]
+            )
+        return attrs.evolve(answer, guard="allowed")
 
     def handle(
         self,
@@ -328,6 +383,7 @@ class Endpoint:
         identity: str | None = None,
         query: str = "",
         mount: str = "",
+        request_id: str = "",
     ) -> Generator[Any, Any, Answer]:
         """A whole request at once, for a framework's view that has read the
         body already: :meth:`begin` and :meth:`finish` in one generator.
@@ -344,6 +400,7 @@ class Endpoint:
         wanted = self.begin(
             method,
             lowered,
+            request_id=request_id,
             path=path,
             peer=peer,
             scope=scope,

@@ -8,10 +8,11 @@ retry policy in no real time.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import anyio
 
@@ -19,6 +20,7 @@ from ..core.effects import Attempt, Outcome, Pause
 from ..core.http import HttpResponse
 from .aio import attempt_deadline
 from .async_transports import BoundedTransport
+from .observe import Observer, _Attempt
 from .transports import AsyncTransport, SyncTransport
 
 __all__ = [
@@ -39,13 +41,14 @@ def drive_sync(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     jitter: Callable[[], float] = random.random,
+    observer: Observer | None = None,
 ) -> T:
     """Run ``steps`` to completion; return its result.
 
     Upstream attempts go to ``transport``; a :class:`Pause` is slept here
     (time is the driver's, as a retry's delay is); every other effect (a
     user's hook, a rate-limit hit) goes to ``perform``, whose return value is
-    sent back.
+    sent back. ``observer``, when given, sees every attempt.
     """
     start = clock()
     try:
@@ -64,12 +67,15 @@ def drive_sync(
                 sleep(effect.delay)
             response: HttpResponse | None = None
             timed_out = False
-            try:
-                response = transport.send(effect.request, timeout=effect.timeout)
-            except TimeoutError:
-                timed_out = True
-            except OSError:
-                pass  # no answer: the core decides whether to try again
+            with _watched(observer, effect) as seen:
+                try:
+                    response = seen.response = transport.send(
+                        effect.request, timeout=effect.timeout
+                    )
+                except TimeoutError:
+                    timed_out = seen.timed_out = True
+                except OSError:
+                    pass  # no answer: the core decides whether to try again
             elapsed = clock() - start
             effect = steps.send(Outcome(response, timed_out, elapsed, jitter()))
     except StopIteration as done:
@@ -85,6 +91,7 @@ async def drive_async(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[Any]] = anyio.sleep,
     jitter: Callable[[], float] = random.random,
+    observer: Observer | None = None,
 ) -> T:
     """Run ``steps`` to completion; return its result (as :func:`drive_sync`)."""
     start = clock()
@@ -104,23 +111,35 @@ async def drive_async(
                 await sleep(effect.delay)
             response: HttpResponse | None = None
             timed_out = False
-            try:
-                if isinstance(transport, BoundedTransport):
-                    response = await transport.send(effect.request, timeout=effect.timeout)
-                else:
-                    # A transport's own timeouts may be per read; this bounds
-                    # the whole attempt, so a trickling upstream cannot stretch it.
-                    async with attempt_deadline(effect.timeout):
+            with _watched(observer, effect) as seen:
+                try:
+                    if isinstance(transport, BoundedTransport):
                         response = await transport.send(effect.request, timeout=effect.timeout)
-            except TimeoutError:
-                timed_out = True
-            except OSError:
-                pass  # no answer: the core decides whether to try again
+                    else:
+                        # A transport's own timeouts may be per read; this bounds
+                        # the whole attempt, so a trickling upstream cannot stretch it.
+                        async with attempt_deadline(effect.timeout):
+                            response = await transport.send(effect.request, timeout=effect.timeout)
+                    seen.response = response
+                except TimeoutError:
+                    timed_out = seen.timed_out = True
+                except OSError:
+                    pass  # no answer: the core decides whether to try again
             elapsed = clock() - start
             effect = steps.send(Outcome(response, timed_out, elapsed, jitter()))
     except StopIteration as done:
         result: T = done.value
         return result
+
+
+# An attempt nobody watches (no observer): a context reused as it is.
+_UNWATCHED: Final = contextlib.nullcontext(_Attempt())
+
+
+def _watched(
+    observer: Observer | None, effect: Attempt
+) -> contextlib.AbstractContextManager[_Attempt]:
+    return _UNWATCHED if observer is None else observer.attempt(effect.request)
 
 
 def _performed(perform: Callable[[Any], R] | None, effect: object) -> R:

@@ -55,6 +55,7 @@ from .aio import _LoopThread, _wait, attempt_deadline, is_async_hook, on_asyncio
 from .budget_store import BudgetKeeper
 from .call_store import AsyncCalls, SyncCalls
 from .function_workers import DEFAULT_FUNCTION_WORKERS, FunctionWorkers, _finished, _outcome_of
+from .observe import Observer
 from .rate_counters import AsyncCounter, SyncCounter
 from .sideband import SidebandConnector, close_live_session
 from .sidebands import Sidebands
@@ -100,7 +101,9 @@ class SyncEffects:
         sideband: SidebandConnector | None = None,
         on_call_end: Callable[[CallReport], Any] | None = None,
         max_sidebands: int = DEFAULT_MAX_SIDEBANDS,
+        observer: Observer | None = None,
     ) -> None:
+        self.observer = observer or Observer(metrics=False)
         self.workers = FunctionWorkers(function_workers)
         self._loop_thread = _LoopThread()
         self._counter: SyncCounter | None = None
@@ -119,6 +122,7 @@ class SyncEffects:
             on_call_end=on_call_end,
             limit=max_sidebands,
             budgets=self.budgets.perform,
+            observer=self.observer,
         )
         if storage_uri is not None:
             from limits.storage import storage_from_string
@@ -143,7 +147,10 @@ class SyncEffects:
             except Exception as exc:
                 return _unavailable(self._where, exc)
         if isinstance(effect, CallFunction):
-            return self._call(effect)
+            began = time.perf_counter()
+            outcome = self._call(effect)
+            self.observer.function(effect.name, outcome.kind, time.perf_counter() - began)
+            return outcome
         if isinstance(effect, (RememberCall, CallOwned, ForgetCall)):
             try:
                 return self.calls.perform(effect)
@@ -172,6 +179,7 @@ class SyncEffects:
         self.sidebands.close()
         self.budgets.close()
         self.calls.close()
+        self.observer.close()
         loop = self._loop_thread.running()
         if loop is not None:
             with contextlib.suppress(Exception):
@@ -217,7 +225,9 @@ class AsyncEffects:
         sideband: SidebandConnector | None = None,
         on_call_end: Callable[[CallReport], Any] | None = None,
         max_sidebands: int = DEFAULT_MAX_SIDEBANDS,
+        observer: Observer | None = None,
     ) -> None:
+        self.observer = observer or Observer(metrics=False)
         self.workers = FunctionWorkers(function_workers)
         self.calls = AsyncCalls(calls_uri, hangup_seconds=hangup_seconds)
         self.sideband = sideband or SidebandConnector(None)
@@ -235,6 +245,7 @@ class AsyncEffects:
             on_call_end=on_call_end,
             limit=max_sidebands,
             budgets=self.budgets.perform,
+            observer=self.observer,
         )
         self._uri = storage_uri
         self._where = shown_url(storage_uri)
@@ -291,7 +302,10 @@ class AsyncEffects:
         if isinstance(effect, CallHook):
             return await _hook_async(effect)
         if isinstance(effect, CallFunction):
-            return await self._call(effect)
+            began = time.perf_counter()
+            outcome = await self._call(effect)
+            self.observer.function(effect.name, outcome.kind, time.perf_counter() - began)
+            return outcome
         if isinstance(effect, (RememberCall, CallOwned, ForgetCall)):
             try:
                 async with attempt_deadline(STORAGE_TIMEOUT_SECONDS * 2):
@@ -323,6 +337,7 @@ class AsyncEffects:
         await self.sidebands.aclose()
         await self.budgets.aclose()
         await self.calls.aclose()
+        self.observer.close()
         await self.sideband.aclose()
         if self._counter is not None:
             await self._counter.aclose()

@@ -53,6 +53,7 @@ from .aio import _running_loop, _wait, is_async_hook
 from .async_transports import WebSocketRefused
 from .call_store import CallStore
 from .function_workers import FunctionWorkers, _finished, _outcome_of
+from .observe import Observer
 from .sideband import SidebandConnector, SidebandSocket
 
 __all__ = ["Sidebands"]
@@ -160,6 +161,7 @@ class Sidebands:
         on_call_end: Callable[[CallReport], Any] | None = None,
         limit: int = DEFAULT_MAX_SIDEBANDS,
         budgets: Callable[[Any], Awaitable[object]] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self._store = store
         self._connector = connector
@@ -169,6 +171,7 @@ class Sidebands:
         self.limit = limit
         # Performs the calls' budget effects (a charge, the settling).
         self._budgets = budgets
+        self._observer = observer or Observer(metrics=False)
         self._lock = threading.Lock()
         self._count = 0  # sidebands held, or about to open
         self._held: dict[str, _Held] = {}  # on their loop only
@@ -253,6 +256,7 @@ class Sidebands:
         held = _Held(effect, time.time())
         held.task = asyncio.current_task()
         self._held[effect.key] = held
+        self._observer.call_held(1)
         await self._hold(held)
 
     def _end(self, key: str, reason: EndReason) -> None:
@@ -316,6 +320,7 @@ class Sidebands:
                 effect.url, effect.headers, timeout=CONNECT_SECONDS
             ) as socket:
                 held.socket, life.opened = socket, True
+                self._observer.sideband(1)
                 await self._perform(held, session.opened())
                 while held.pending:
                     await socket.send_text(held.pending.popleft())
@@ -325,6 +330,7 @@ class Sidebands:
                         life.code = getattr(socket, "close_code", None)
                         break
                     life.heard = True
+                    self._observer.sideband_event(data)
                     await self._perform(held, session.receive(data))
         except WebSocketRefused as exc:
             life.code = _GONE if exc.status == 404 else None
@@ -337,6 +343,8 @@ class Sidebands:
                 )
             life.code = None  # no close frame: a broken socket
         finally:
+            if life.opened:
+                self._observer.sideband(-1)
             held.socket = None
         return life
 
@@ -385,6 +393,7 @@ class Sidebands:
         started = loop.time()
         outcome = await self._outcome(action)
         seconds = loop.time() - started
+        self._observer.function(action.name, outcome.kind, seconds)
         await self._perform(held, held.effect.session.function_done(action, outcome, seconds))
 
     async def _outcome(self, action: RunFunction) -> FunctionOutcome:
@@ -438,6 +447,9 @@ class Sidebands:
         if reservation is not None and self._budgets is not None:
             await self._budgets(SettleCall(reservation, report.seconds))
         _log_report(report)
+        self._observer.call_held(-1)
+        self._observer.call_reported(report)
+        self._observer.reverts(effect.session.reverts)
         await self._deliver(report)
 
     async def _deliver(self, report: CallReport) -> None:

@@ -36,6 +36,6 @@ def handle(settings: Settings, call: Call) -> Generator[Any, Any, Reply]:
     )
     run = bind_call(function, payload if isinstance(payload, dict) else {}, context)
     outcome: FunctionOutcome = yield CallFunction(
-        run, is_async=function.is_async, timeout=settings.function_timeout
+        run, is_async=function.is_async, timeout=settings.function_timeout, name=function.name
     )
     return Reply(*function_reply(function, outcome, settings.function_timeout))

@@ -1,0 +1,288 @@
+"""Metrics, request ids and traces.
+
+* Prometheus: a real ``prometheus`` server (Debian's), started here on a
+  loopback port, scrapes ``navai-mw serve --workers 2 --metrics-port``
+  while the test mints and relays through it: the scraped counters equal
+  the requests made, summed over both workers, and the live-calls gauge is
+  back to 0 once the calls end.
+* In-process, on both shells: the series a request, a refusal, a function
+  call move; the request id answered and in the log lines.
+* OpenTelemetry with the SDK's in-memory exporter, on both shells: a span
+  per request, a child span per upstream attempt, attributes without any
+  secret; the caller's trace context continued.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+
+from navai_mw import NavaiASGIMiddleware, NavaiVoiceBackendOptions, NavaiWSGIMiddleware
+from navai_mw.testing import FakeOpenAIRealtime, serve_asgi
+
+from .conftest import CANARY_KEY
+from .redis_server import RedisServer, redis_fixture
+from .test_cli import Cli, _env, _free_port
+from .test_cli import started as started  # a fixture
+
+shared_redis = redis_fixture(scope="module")
+BOUND = 60.0
+MINT = "/navai/realtime/client-secret"
+
+
+def sample(name: str, **labels: str) -> float:
+    value = REGISTRY.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+def boom() -> None:
+    """Always fails."""
+    raise RuntimeError("the app's own bug")
+
+
+async def hello_asgi(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"app"})
+
+
+def hello_wsgi(environ: Any, start_response: Any) -> list[bytes]:
+    start_response("200 OK", [])
+    return [b"app"]
+
+
+@contextlib.contextmanager
+def both_shells(**keywords: Any) -> Iterator[list[tuple[str, Any]]]:
+    fake = FakeOpenAIRealtime(api_key=CANARY_KEY)
+    opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, openai_base_url=fake.base_url)
+    keywords.setdefault("functions", [add, boom])
+    with anyio.from_thread.start_blocking_portal() as portal:
+        upstream = fake.async_transport()
+        asgi = NavaiASGIMiddleware(hello_asgi, opts, transport=upstream, **keywords)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://t")
+
+        def asgi_post(path: str, **kw: Any) -> httpx.Response:
+            return portal.call(lambda: client.post(path, **kw))
+
+        with fake.sync_transport() as sync_upstream:
+            wsgi = NavaiWSGIMiddleware(hello_wsgi, opts, transport=sync_upstream, **keywords)
+            with httpx.Client(transport=httpx.WSGITransport(app=wsgi), base_url="http://t") as sync:
+                yield [("asgi", asgi_post), ("wsgi", sync.post)]
+            wsgi.close()
+        portal.call(client.aclose)
+        portal.call(upstream.aclose)
+
+
+# -- in-process ---------------------------------------------------------------------------------
+
+
+def test_requests_refusals_and_functions_are_counted_on_both_shells() -> None:
+    with both_shells(rate_limit={"mint": "1/minute"}) as shells:
+        for _, post in shells:
+            minted = ("navai_requests_total", {"route": "client_secret", "status": "200"})
+            limited = ("navai_guard_decisions_total", {"group": "mint", "outcome": "rate_limited"})
+            ran = ("navai_function_calls_total", {"function": "add", "outcome": "ok"})
+            before = [sample(name, **labels) for name, labels in (minted, limited, ran)]
+            mints = sample("navai_mints_total", kind="realtime")
+            attempts = sample("navai_upstream_requests_total", upstream="openai", outcome="200")
+            assert post(MINT, json={}).status_code == 200
+            assert post(MINT, json={}).status_code == 429
+            executed = post(
+                "/navai/functions/execute",
+                json={"function_name": "add", "payload": {"a": 2, "b": 3}},
+            )
+            assert executed.json()["result"] == 5
+            after = [sample(name, **labels) for name, labels in (minted, limited, ran)]
+            assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]
+            assert sample("navai_mints_total", kind="realtime") == mints + 1
+            assert (
+                sample("navai_upstream_requests_total", upstream="openai", outcome="200")
+                == attempts + 1
+            )
+    assert sample("navai_request_duration_seconds_count", route="client_secret") >= 4
+
+
+def test_metrics_can_be_switched_off() -> None:
+    before = sample("navai_requests_total", route="client_secret", status="200")
+    with both_shells(metrics=False) as shells:
+        for _, post in shells:
+            assert post(MINT, json={}).status_code == 200
+    assert sample("navai_requests_total", route="client_secret", status="200") == before
+
+
+def test_every_answer_carries_a_request_id_and_every_log_line_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="navai_mw"), both_shells() as shells:
+        for _, post in shells:
+            made = post(MINT, json={})
+            assert len(made.headers["x-request-id"]) == 32
+            kept = post(MINT, json={}, headers={"x-request-id": "client-chosen.id-1"})
+            assert kept.headers["x-request-id"] == "client-chosen.id-1"
+            unkept = post(MINT, json={}, headers={"x-request-id": "a b\tc"})
+            assert unkept.headers["x-request-id"] != "a b\tc"
+            refused = post(
+                MINT,
+                content=b"{",
+                headers={"x-request-id": "bad-body-7", "content-type": "application/json"},
+            )
+            assert refused.status_code == 400
+            assert refused.headers["x-request-id"] == "bad-body-7"
+            failed = post(
+                "/navai/functions/execute",
+                json={"function_name": "boom", "payload": {}},
+                headers={"x-request-id": "fn-9"},
+            )
+            assert failed.status_code == 500
+            assert failed.headers["x-request-id"] == "fn-9"
+    logged = [record.getMessage() for record in caplog.records if "boom" in record.getMessage()]
+    assert len(logged) == 2
+    assert all(line.endswith("[request fn-9]") for line in logged), logged
+
+
+# -- OpenTelemetry --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def spans() -> Any:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return exporter
+
+
+def test_a_request_and_its_upstream_attempt_are_spans_without_secrets(spans: Any) -> None:
+    parent_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traceparent = f"00-{parent_trace}-00f067aa0ba902b7-01"
+    with both_shells() as shells:
+        for shell, post in shells:
+            spans.clear()
+            made = post(MINT, json={}, headers={"traceparent": traceparent})
+            assert made.status_code == 200
+            finished = spans.get_finished_spans()
+            server = next(s for s in finished if s.name == "navai client_secret")
+            client = next(s for s in finished if s.name == "POST")
+            assert format(server.context.trace_id, "032x") == parent_trace, shell
+            assert client.parent.span_id == server.context.span_id
+            assert server.attributes["http.response.status_code"] == 200
+            assert server.attributes["navai.request_id"] == made.headers["x-request-id"]
+            assert client.attributes["http.response.status_code"] == 200
+            assert client.attributes["url.full"].endswith("/realtime/client_secrets")
+            dumped = json.dumps([dict(s.attributes) for s in finished])
+            assert CANARY_KEY not in dumped
+            assert "ek_" not in dumped
+
+
+# -- a real Prometheus, two workers -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def prometheus(target_port: int, tmp_path: Path) -> Iterator[str]:
+    binary = shutil.which("prometheus")
+    assert binary is not None, "prometheus is installed by scripts/test"
+    port = _free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n"
+        "scrape_configs:\n  - job_name: navai\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+    )
+    log = (tmp_path / "prometheus.log").open("wb")
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + BOUND
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
+                    break
+            assert process.poll() is None, (tmp_path / "prometheus.log").read_text()
+            assert time.monotonic() < deadline, "prometheus did not start"
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)
+        log.close()
+
+
+def query(url: str, promql: str) -> float | None:
+    answer = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=5).json()
+    result = answer["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
+def until_scraped(url: str, promql: str, expected: float) -> float | None:
+    deadline = time.monotonic() + BOUND
+    value = None
+    while time.monotonic() < deadline:
+        value = query(url, promql)
+        if value == expected:
+            return value
+        time.sleep(0.5)
+    return value
+
+
+def test_prometheus_scrapes_the_sum_of_two_workers(
+    started: list[Cli], tmp_path: Path, shared_redis: RedisServer
+) -> None:
+    fake = FakeOpenAIRealtime(api_key=CANARY_KEY)
+    with serve_asgi(fake) as fake_url:
+        port, metrics_port = _free_port(), _free_port()
+        cli = Cli(
+            "serve", "--port", str(port), "--workers", "2", "--metrics-port", str(metrics_port),
+            env=_env(OPENAI_API_KEY=CANARY_KEY, OPENAI_BASE_URL=f"{fake_url}/v1",
+                     NAVAI_RATE_LIMIT_STORAGE=shared_redis.url),
+        )  # fmt: skip
+        started.append(cli)
+        cli.banner()
+        base = f"http://127.0.0.1:{port}"
+        with prometheus(metrics_port, tmp_path) as prom:
+            count = 40
+            with httpx.Client(base_url=base, timeout=10) as client:
+                for _ in range(count):
+                    # A new connection each time: both workers take some.
+                    assert (
+                        client.post(MINT, json={}, headers={"connection": "close"}).status_code
+                        == 200
+                    )
+            minted = 'sum(navai_requests_total{route="client_secret",status="200"})'
+            assert until_scraped(prom, minted, count) == count
+            assert until_scraped(prom, "sum(navai_mints_total)", count) == count
+            # Both workers answered (their processes' series are summed).
+            assert len(list(Path(fake.base_url).parts)) > 0
+            assert until_scraped(prom, "navai_calls_active", 0) == 0
+        assert cli.stop(signal.SIGINT) == 0
+    assert len([r for r in fake.requests if r.path.endswith("/client_secrets")]) == count
