@@ -286,3 +286,55 @@ def test_prometheus_scrapes_the_sum_of_two_workers(
             assert until_scraped(prom, "navai_calls_active", 0) == 0
         assert cli.stop(signal.SIGINT) == 0
     assert len([r for r in fake.requests if r.path.endswith("/client_secrets")]) == count
+
+
+def test_spans_reach_an_otlp_http_receiver(spans: Any) -> None:
+    """Through the OTLP/HTTP exporter, to a receiver on loopback: the
+    request's span arrives as OTLP protobuf, with no secret in it."""
+    import http.server
+    import threading
+
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    received: list[bytes] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers["content-length"])
+            assert self.headers["content-type"] == "application/x-protobuf"
+            received.append(self.rfile.read(length))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
+        provider: Any = trace.get_tracer_provider()
+        provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        with both_shells() as shells:
+            assert shells[0][1](MINT, json={}).status_code == 200
+        provider.force_flush()
+    finally:
+        server.shutdown()
+        server.server_close()
+    names = set()
+    for body in received:
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        assert CANARY_KEY.encode() not in body
+        for resource in request.resource_spans:
+            for scope in resource.scope_spans:
+                names |= {span.name for span in scope.spans}
+    assert "navai client_secret" in names
+    assert "POST" in names

@@ -293,6 +293,16 @@ class Observer:
 
     # -- functions, calls, sidebands ---------------------------------------------------
 
+    def span(self, name: str, **attributes: Any) -> contextlib.AbstractContextManager[Any]:
+        """A span around some work of navai_mw's (None without a tracer)."""
+        if self.tracer is None:
+            return contextlib.nullcontext()
+        return self.tracer.start_as_current_span(name, attributes=attributes)  # type: ignore[no-any-return]
+
+    def function_span(self, name: str) -> contextlib.AbstractContextManager[Any]:
+        """The span of one backend function call."""
+        return self.span(f"navai function {name}", **{"navai.function": name})
+
     def function(self, name: str, outcome: str, seconds: float) -> None:
         if self.metrics is not None:
             self.metrics.functions.labels(name, outcome).inc()
@@ -327,8 +337,14 @@ class Observer:
         if self.metrics is not None and count:
             self.metrics.reverts.inc(count)
 
-    def call_reported(self, report: CallReport) -> None:
-        """A call is over: its end, length, tokens and cost."""
+    def call_reported(self, report: CallReport, span: Any = None) -> None:
+        """A call is over: its end, length, tokens and cost (on its span too,
+        in GenAI's conventions)."""
+        if span is not None:
+            span.set_attribute("gen_ai.usage.input_tokens", report.usage.input_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", report.usage.output_tokens)
+            span.set_attribute("navai.end_reason", report.end_reason)
+            span.set_attribute("navai.metered", report.metered)
         if self.metrics is None:
             return
         metrics = self.metrics

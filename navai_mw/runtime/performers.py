@@ -148,7 +148,8 @@ class SyncEffects:
                 return _unavailable(self._where, exc)
         if isinstance(effect, CallFunction):
             began = time.perf_counter()
-            outcome = self._call(effect)
+            with self.observer.function_span(effect.name):
+                outcome = self._call(effect)
             self.observer.function(effect.name, outcome.kind, time.perf_counter() - began)
             return outcome
         if isinstance(effect, (RememberCall, CallOwned, ForgetCall)):
@@ -303,7 +304,8 @@ class AsyncEffects:
             return await _hook_async(effect)
         if isinstance(effect, CallFunction):
             began = time.perf_counter()
-            outcome = await self._call(effect)
+            with self.observer.function_span(effect.name):
+                outcome = await self._call(effect)
             self.observer.function(effect.name, outcome.kind, time.perf_counter() - began)
             return outcome
         if isinstance(effect, (RememberCall, CallOwned, ForgetCall)):

@@ -112,6 +112,7 @@ class _Held:
         "pending",
         "reason",
         "socket",
+        "span",
         "started_at",
         "task",
     )
@@ -126,6 +127,7 @@ class _Held:
         self.pending: deque[str] = deque(maxlen=MAX_PENDING_EVENTS)
         self.functions: set[asyncio.Task[None]] = set()
         self.task: asyncio.Task[None] | None = None
+        self.span: Any = None
 
 
 class _Life:
@@ -257,7 +259,17 @@ class Sidebands:
         held.task = asyncio.current_task()
         self._held[effect.key] = held
         self._observer.call_held(1)
-        await self._hold(held)
+        session = effect.session
+        with self._observer.span(
+            "navai sideband",
+            **{
+                "gen_ai.operation.name": "realtime",
+                "gen_ai.system": "openai",
+                "navai.call_id": session.call_id,
+            },
+        ) as span:
+            held.span = span
+            await self._hold(held)
 
     def _end(self, key: str, reason: EndReason) -> None:
         held = self._held.get(key)
@@ -391,7 +403,8 @@ class Sidebands:
     async def _run_function(self, held: _Held, action: RunFunction) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        outcome = await self._outcome(action)
+        with self._observer.function_span(action.name):
+            outcome = await self._outcome(action)
         seconds = loop.time() - started
         self._observer.function(action.name, outcome.kind, seconds)
         await self._perform(held, held.effect.session.function_done(action, outcome, seconds))
@@ -448,7 +461,7 @@ class Sidebands:
             await self._budgets(SettleCall(reservation, report.seconds))
         _log_report(report)
         self._observer.call_held(-1)
-        self._observer.call_reported(report)
+        self._observer.call_reported(report, held.span)
         self._observer.reverts(effect.session.reverts)
         await self._deliver(report)
 
