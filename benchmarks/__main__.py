@@ -27,6 +27,7 @@ from . import (
     bench_latency,
     bench_memory,
     bench_minting,
+    bench_observe,
     bench_passthrough,
     bench_sideband,
     bench_transports,
@@ -49,6 +50,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "workers": bench_latency.run_workers,
     "sideband": bench_sideband.run,
     "budgets": bench_budgets.run,
+    "observe": bench_observe.run,
 }
 RESULTS = REPO / "benchmarks" / "results"
 

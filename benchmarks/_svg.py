@@ -128,3 +128,86 @@ def grouped_bars(
         out.append(f'<text x="{lx + 18:.1f}" y="{ly:.1f}">{escape(label)}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+def lines(
+    *,
+    title: str,
+    subtitle: str = "",
+    y_label: str,
+    x_label: str = "seconds into the run",
+    series: Sequence[tuple[str, Sequence[tuple[float, float]]]],
+) -> str:
+    """A line chart of time series, as a standalone SVG string: ``series``
+    is (label, (x, y) points in order)."""
+    points = [point for _, values in series for point in values]
+    x_max = max([x for x, _ in points] + [1.0])
+    top = max([y for _, y in points] + [0.0])
+    step = _nice_step(top) if top > 0 else 1.0
+    y_max = step * max(1, math.ceil(top / step))
+    plot_w = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
+    plot_h = PLOT_HEIGHT
+    height = MARGIN_TOP + plot_h + AXIS_SPACE + LEGEND_ROW * len(series) + 10
+
+    def px(x: float) -> float:
+        return MARGIN_LEFT + plot_w * x / x_max
+
+    def py(y: float) -> float:
+        return MARGIN_TOP + plot_h * (1 - y / y_max)
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+        f'viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">',
+        f"<title>{escape(title)}</title>",
+        f'<rect width="{WIDTH}" height="{height}" fill="#ffffff"/>',
+        f'<text x="{WIDTH / 2}" y="24" text-anchor="middle" font-size="15" '
+        f'font-weight="bold">{escape(title)}</text>',
+        f'<text x="{WIDTH / 2}" y="44" text-anchor="middle" fill="#5f6368">'
+        f"{escape(subtitle)}</text>",
+    ]
+    tick = 0.0
+    while tick <= y_max + step / 2:
+        out.append(
+            f'<line x1="{MARGIN_LEFT}" y1="{py(tick):.1f}" x2="{WIDTH - MARGIN_RIGHT}" '
+            f'y2="{py(tick):.1f}" stroke="#e0e0e0"/>'
+        )
+        label = f"{tick:.3g}" if y_max < 10 else _fmt(tick)
+        out.append(
+            f'<text x="{MARGIN_LEFT - 6}" y="{py(tick) + 4:.1f}" text-anchor="end">{label}</text>'
+        )
+        tick += step
+    x_step = _nice_step(x_max)
+    tick = 0.0
+    while tick <= x_max + x_step / 2:
+        out.append(
+            f'<text x="{px(tick):.1f}" y="{py(0) + 16:.1f}" text-anchor="middle">'
+            f"{_fmt(tick)}</text>"
+        )
+        tick += x_step
+    out.append(
+        f'<text x="{MARGIN_LEFT + plot_w / 2}" y="{py(0) + 32:.1f}" text-anchor="middle" '
+        f'fill="#5f6368">{escape(x_label)}</text>'
+    )
+    out.append(
+        f'<text transform="translate(16 {MARGIN_TOP + plot_h / 2}) rotate(-90)" '
+        f'text-anchor="middle">{escape(y_label)}</text>'
+    )
+    out.append(
+        f'<line x1="{MARGIN_LEFT}" y1="{py(0):.1f}" x2="{WIDTH - MARGIN_RIGHT}" '
+        f'y2="{py(0):.1f}" stroke="#5f6368"/>'
+    )
+    for index, (label, values) in enumerate(series):
+        colour = PALETTE[(index + 1) % len(PALETTE)]
+        if values:
+            path = " ".join(
+                f"{'M' if i == 0 else 'L'}{px(x):.1f} {py(y):.1f}"
+                for i, (x, y) in enumerate(values)
+            )
+            out.append(f'<path d="{path}" stroke="{colour}" stroke-width="2" fill="none"/>')
+        legend_y = MARGIN_TOP + plot_h + AXIS_SPACE + LEGEND_ROW * index + 4
+        out.append(
+            f'<rect x="{MARGIN_LEFT}" y="{legend_y - 9}" width="14" height="3" fill="{colour}"/>'
+        )
+        out.append(f'<text x="{MARGIN_LEFT + 20}" y="{legend_y}">{escape(label)}</text>')
+    out.append("</svg>")
+    return "\n".join(out)

@@ -258,83 +258,62 @@ def until_scraped(url: str, promql: str, expected: float) -> float | None:
 def test_prometheus_scrapes_the_sum_of_two_workers(
     started: list[Cli], tmp_path: Path, shared_redis: RedisServer
 ) -> None:
-    fake = FakeOpenAIRealtime(api_key=CANARY_KEY)
-    with serve_asgi(fake) as fake_url:
+    """Mints and relayed calls through ``navai-mw serve --workers 2``: the
+    scraped counters are the requests made, whichever worker took them;
+    the live-calls gauge counts the calls, and is back to 0 once they end."""
+    pytest.importorskip("aiortc")
+    from navai_mw.testing import FakeRealtimeWebRTC
+    from navai_mw.testing.upstreams import openai_app
+
+    from .test_fake_webrtc import Browser
+
+    secrets, webrtc = FakeOpenAIRealtime(api_key=CANARY_KEY), FakeRealtimeWebRTC(api_key=CANARY_KEY)
+
+    async def offer() -> str:
+        browser = Browser()
+        try:
+            return await browser.offer()
+        finally:
+            await browser.close()
+
+    sdp = anyio.run(offer)
+    with serve_asgi(openai_app(secrets, webrtc), loop="asyncio", lifespan="on") as fake_url:
         port, metrics_port = _free_port(), _free_port()
         cli = Cli(
             "serve", "--port", str(port), "--workers", "2", "--metrics-port", str(metrics_port),
             env=_env(OPENAI_API_KEY=CANARY_KEY, OPENAI_BASE_URL=f"{fake_url}/v1",
-                     NAVAI_RATE_LIMIT_STORAGE=shared_redis.url),
+                     NAVAI_RATE_LIMIT_STORAGE=shared_redis.url, NAVAI_RELAY="true",
+                     NAVAI_SIDEBAND="true"),
         )  # fmt: skip
         started.append(cli)
         cli.banner()
         base = f"http://127.0.0.1:{port}"
-        with prometheus(metrics_port, tmp_path) as prom:
+        with (
+            prometheus(metrics_port, tmp_path) as prom,
+            httpx.Client(base_url=base, timeout=10) as client,
+        ):
             count = 40
-            with httpx.Client(base_url=base, timeout=10) as client:
-                for _ in range(count):
-                    # A new connection each time: both workers take some.
-                    assert (
-                        client.post(MINT, json={}, headers={"connection": "close"}).status_code
-                        == 200
-                    )
+            for _ in range(count):
+                # A new connection each time: both workers take some.
+                made = client.post(MINT, json={}, headers={"connection": "close"})
+                assert made.status_code == 200
             minted = 'sum(navai_requests_total{route="client_secret",status="200"})'
             assert until_scraped(prom, minted, count) == count
             assert until_scraped(prom, "sum(navai_mints_total)", count) == count
-            # Both workers answered (their processes' series are summed).
-            assert len(list(Path(fake.base_url).parts)) > 0
-            assert until_scraped(prom, "navai_calls_active", 0) == 0
+            locations = []
+            for _ in range(3):
+                relayed = client.post(
+                    "/navai/realtime/calls",
+                    content=sdp,
+                    headers={"content-type": "application/sdp", "connection": "close"},
+                )
+                assert relayed.status_code == 201, relayed.text
+                locations.append(relayed.headers["location"])
+            assert until_scraped(prom, "sum(navai_calls_active)", 3) == 3
+            for location in locations:
+                assert client.delete(location, headers={"connection": "close"}).status_code == 204
+            assert until_scraped(prom, "sum(navai_calls_active)", 0) == 0
+            assert until_scraped(prom, "sum(navai_calls_ended_total)", 3) == 3
         assert cli.stop(signal.SIGINT) == 0
-    assert len([r for r in fake.requests if r.path.endswith("/client_secrets")]) == count
-
-
-def test_spans_reach_an_otlp_http_receiver(spans: Any) -> None:
-    """Through the OTLP/HTTP exporter, to a receiver on loopback: the
-    request's span arrives as OTLP protobuf, with no secret in it."""
-    import http.server
-    import threading
-
-    from opentelemetry import trace
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-        ExportTraceServiceRequest,
-    )
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-
-    received: list[bytes] = []
-
-    class Receiver(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers["content-length"])
-            assert self.headers["content-type"] == "application/x-protobuf"
-            received.append(self.rfile.read(length))
-            self.send_response(200)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        endpoint = f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
-        provider: Any = trace.get_tracer_provider()
-        provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
-        with both_shells() as shells:
-            assert shells[0][1](MINT, json={}).status_code == 200
-        provider.force_flush()
-    finally:
-        server.shutdown()
-        server.server_close()
-    names = set()
-    for body in received:
-        request = ExportTraceServiceRequest()
-        request.ParseFromString(body)
-        assert CANARY_KEY.encode() not in body
-        for resource in request.resource_spans:
-            for scope in resource.scope_spans:
-                names |= {span.name for span in scope.spans}
-    assert "navai client_secret" in names
-    assert "POST" in names
+    assert len([r for r in secrets.requests if r.path.endswith("/client_secrets")]) == count
+    assert len(webrtc.hangups) == 3
