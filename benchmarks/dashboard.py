@@ -106,8 +106,8 @@ def _prometheus(target: int, workdir: Path) -> Iterator[str]:
 @contextlib.contextmanager
 def _navai(upstream: str, workdir: Path) -> Iterator[tuple[str, int]]:
     port, metrics_port = _free_port(), _free_port()
-    folder = workdir / "functions"
-    folder.mkdir()
+    folder = workdir / "src" / "functions"
+    folder.mkdir(parents=True)
     (folder / "orders.py").write_text(FUNCTIONS)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "NAVAI_"))},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -106,3 +108,17 @@ def trickling_head_server() -> Iterator[str]:
 
     with raw_server(answer) as url:
         yield url
+
+
+_REQUEST_SUFFIX = re.compile(r" \[request [\x21-\x7e]{1,128}\]$")
+
+
+def log_message(record: logging.LogRecord) -> str:
+    """A log record's message without the request id navai_mw adds to the
+    lines about a request (``[request ...]``)."""
+    return _REQUEST_SUFFIX.sub("", record.getMessage())
+
+
+def without_request_id(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Headers without ``X-Request-ID`` (each request has its own)."""
+    return [(name, value) for name, value in headers if name.lower() != "x-request-id"]

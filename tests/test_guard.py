@@ -31,7 +31,7 @@ from navai_mw.auth import any_of, bearer_tokens, jwt_bearer
 from navai_mw.guard.addresses import client_address, parse_trusted_proxies
 from navai_mw.testing import FakeOpenAIRealtime
 
-from .conftest import CANARY_KEY, closed_port
+from .conftest import CANARY_KEY, closed_port, log_message
 
 pytestmark = pytest.mark.anyio
 
@@ -104,7 +104,7 @@ def test_a_storage_failure_is_logged_naming_the_storage_without_its_password(
             caplog.clear()
             refused = post(json={})
             assert refused.status_code == 503, shell
-            assert [r.getMessage() for r in caplog.records] == [
+            assert [log_message(r) for r in caplog.records] == [
                 f"navai_mw: the rate-limit storage redis://127.0.0.1:{port}/3 failed: "
                 "ConnectionError"
             ], shell
@@ -228,7 +228,7 @@ def test_a_hook_that_fails_is_503_logged_with_its_traceback(
     assert len(records) == 2
     for record in records:
         assert (
-            record.getMessage()
+            log_message(record)
             == f"navai_mw: the authorize hook raised RuntimeError on POST {PATH}"
         )
         assert record.exc_info is not None
@@ -511,7 +511,7 @@ def test_credentialed_cors_echoes_the_origin_and_exposes_the_pacing_headers(
             assert answer.headers["access-control-allow-origin"] == "https://app.test"
             assert answer.headers["access-control-allow-credentials"] == "true"
             assert answer.headers["access-control-expose-headers"] == (
-                "Retry-After, RateLimit, RateLimit-Policy, Location"
+                "Retry-After, RateLimit, RateLimit-Policy, Location, X-Request-ID"
             )
     with both_shells(fake, cors_origins=["*"]) as shells:
         answer = shells[0][1](json={}, headers=origin)
@@ -681,7 +681,7 @@ def test_redis_limits_are_refused_clearly_under_trio(
             return (await client.post(PATH, json={})).status_code
 
     assert trio.run(main) == 503
-    assert f"navai_mw: {message}" in [r.getMessage() for r in caplog.records]
+    assert f"navai_mw: {message}" in [log_message(r) for r in caplog.records]
 
 
 # -- a storage that cannot be reached, or used -------------------------------------------------
@@ -708,7 +708,7 @@ def test_an_unreachable_storage_fails_closed_or_open(
             passed = post(json={})
             assert passed.status_code == 200
             assert "ratelimit" not in passed.headers
-    messages = [r.getMessage() for r in caplog.records if r.name == "navai_mw"]
+    messages = [log_message(r) for r in caplog.records if r.name == "navai_mw"]
     assert (
         messages.count(
             f"navai_mw: the rate-limit storage {storage} is unreachable; "

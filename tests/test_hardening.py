@@ -43,7 +43,7 @@ from navai_mw.upstreams.openai_secrets import (
     parse_upstream_response,
 )
 
-from .conftest import CANARY_KEY, raw_server
+from .conftest import CANARY_KEY, log_message, raw_server
 
 pytestmark = pytest.mark.anyio
 
@@ -410,7 +410,7 @@ async def test_a_client_cannot_forge_log_lines(caplog: pytest.LogCaptureFixture)
     records = [r for r in caplog.records if r.name == "navai_mw"]
     assert len(records) == 2
     for record in records:
-        line = record.getMessage()
+        line = log_message(record)
         assert record.levelno == logging.WARNING
         assert line == (
             "navai_mw: minting a client secret failed: OpenAI client_secrets failed (400): "
@@ -531,7 +531,7 @@ def test_each_loops_client_is_closed_on_that_loop(
     time.sleep(0.2)  # let the fake's side see the hang-ups
     assert _established_to(port) == 0
     gc.collect()
-    assert not [r for r in caplog.records if "Unclosed" in r.getMessage()]
+    assert not [r for r in caplog.records if "Unclosed" in log_message(r)]
 
 
 def test_a_loop_still_running_keeps_its_client_until_aclose_closes_it_there(

@@ -29,7 +29,7 @@ from navai_mw.core.sessions import check_session
 from navai_mw.testing import FakeElevenLabs, FakeOpenAIRealtime, serve_asgi
 from navai_mw.views import AsyncNavaiHandler
 
-from .conftest import CANARY_KEY
+from .conftest import CANARY_KEY, log_message
 from .shells import SHELLS, inner_wsgi, serve_shell
 
 pytestmark = pytest.mark.anyio
@@ -275,7 +275,7 @@ def test_a_live_model_outside_the_list_is_a_warning_at_start_up(
         default_model="gpt-realtime-mini",
     )
     NavaiWSGIMiddleware(inner_wsgi, opts, relay=relay, functions=[]).close()
-    warnings = [record.getMessage() for record in caplog.records if record.name == "navai_mw"]
+    warnings = [log_message(record) for record in caplog.records if record.name == "navai_mw"]
     assert warnings == (
         [
             "navai_mw: live_model 'gpt-live-1' is not in allowed_models (gpt-realtime-mini): "
@@ -429,7 +429,7 @@ def test_a_hooks_session_json_cannot_carry_is_the_documented_503(
         answer = httpx.post(f"{base}{PATH}", json={})
     assert (answer.status_code, answer.json()) == (503, NOT_PREPARED)
     assert fake.requests == []
-    assert [r.getMessage() for r in caplog.records if r.name == "navai_mw"] == [
+    assert [log_message(r) for r in caplog.records if r.name == "navai_mw"] == [
         "navai_mw: the customize_session hook's session is refused: "
         f"session cannot be sent as JSON: {logged}."
     ]
