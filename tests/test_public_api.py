@@ -73,6 +73,7 @@ PUBLIC: dict[str, list[str]] = {
         "load_navai_functions",
     ],
     "navai_mw.testing": [
+        "Delivery",
         "FakeElevenLabs",
         "FakeJWKS",
         "FakeOpenAIRealtime",
@@ -81,7 +82,11 @@ PUBLIC: dict[str, list[str]] = {
         "RecordedCall",
         "RecordedLiveSession",
         "RecordedRequest",
+        "RingingCall",
+        "SipAnswer",
+        "WebhookSender",
         "serve_asgi",
+        "webhook_events",
     ],
     "navai_mw.transports": [
         "DEFAULT_MAX_CONNECTIONS",

@@ -61,23 +61,30 @@ connection and sideband is closed).
 
 :class:`FakeJWKS` is an identity provider's JWKS with one signing key, and
 signs the tokens a test needs (``FakeJWKS().token("alice")``; the ``jwt``
-extra). :class:`FakeUpstreams` puts every fake behind one transport, told
-apart by the request's host, since the middleware's one ``transport=``
+extra). :class:`WebhookSender` delivers OpenAI's webhooks, signed as OpenAI
+signs them (the events in :mod:`~navai_mw.testing.webhook_events`; a phone
+call rings with ``FakeRealtimeWebRTC().ring()``, and its answers are in
+``sip_answers``). :class:`FakeUpstreams` puts every fake behind one
+transport, told apart by the request's host, since the middleware's one ``transport=``
 carries OpenAI's, ElevenLabs' and the JWKS's requests alike.
 """
 
 from __future__ import annotations
 
 from ..core.faces import publish
+from . import webhook_events
 from .elevenlabs import FakeElevenLabs
 from .jwks import FakeJWKS
 from .openai import FakeOpenAIRealtime
 from .scripted import RecordedRequest
 from .servers import serve_asgi
+from .sip_calls import RingingCall, SipAnswer
 from .upstreams import FakeUpstreams
+from .webhooks import Delivery, WebhookSender
 from .webrtc import FakeRealtimeWebRTC, RecordedCall, RecordedLiveSession
 
 __all__ = [
+    "Delivery",
     "FakeElevenLabs",
     "FakeJWKS",
     "FakeOpenAIRealtime",
@@ -86,7 +93,11 @@ __all__ = [
     "RecordedCall",
     "RecordedLiveSession",
     "RecordedRequest",
+    "RingingCall",
+    "SipAnswer",
+    "WebhookSender",
     "serve_asgi",
+    "webhook_events",
 ]
 
 publish(__name__, globals(), __all__)

@@ -32,6 +32,7 @@ from .scripted import (
 )
 from .sideband_controls import _SidebandControls
 from .sidebands import ScriptedModel
+from .sip_calls import SIP_ANSWER_PATH, _SipCalls
 
 REALTIME_CALLS_PATH = "/v1/realtime/calls"
 
@@ -118,7 +119,7 @@ def _preflight_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
     ]
 
 
-class FakeRealtimeWebRTC(_SidebandControls, _ScriptedUpstream):
+class FakeRealtimeWebRTC(_SipCalls, _SidebandControls, _ScriptedUpstream):
     """A fake OpenAI upstream for WebRTC: an ASGI app that answers a
     browser's SDP offer with a real peer connection (aiortc), so a voice
     front end runs offline, media and data channel included. It needs the
@@ -143,6 +144,15 @@ class FakeRealtimeWebRTC(_SidebandControls, _ScriptedUpstream):
       id); it sends silence on the audio track.
     * ``POST /v1/realtime/calls/{call_id}/hangup``: ends the call (its
       sidebands are closed with 1000, then the peer connection); ``200 {}``.
+    * Phone calls (``sip_calls.py``): :meth:`ring` announces one (a
+      :class:`~navai_mw.testing.sip_calls.RingingCall` under an ``rtc_``
+      and a ``live_`` id, whose webhook events a
+      :class:`~navai_mw.testing.WebhookSender` delivers), and
+      ``POST /v1/realtime/calls/{call_id}/accept|reject|refer`` and
+      ``POST /v1/live/sessions/{session_id}/accept|reject|refer`` answer
+      it: recorded in :attr:`sip_answers`; the first answer decides the
+      call (another gets 409); an accepted call's sideband attaches as a
+      relayed call's does.
     * ``POST /v1/live/sessions`` (GPT-Live), JSON ``{"session": {...},
       "transport": {"type": "webrtc", "sdp": offer}}``: ``200`` with the
       session resolved (its ``id`` is ``live_...``; ``expires_at``,
@@ -237,6 +247,7 @@ class FakeRealtimeWebRTC(_SidebandControls, _ScriptedUpstream):
         self.closes: list[str] = []
         self._peers: dict[str, Any] = {}  # call or session id -> RTCPeerConnection
         self._init_sidebands()
+        self._init_sip()
         self.model = model
 
     # -- telling it what to do ------------------------------------------------
@@ -260,6 +271,7 @@ class FakeRealtimeWebRTC(_SidebandControls, _ScriptedUpstream):
         recorded (open peer connections and sidebands stay open)."""
         super().reset()
         self._reset_sidebands()
+        self._reset_sip()
         self.calls.clear()
         self.live_sessions.clear()
         self.hangups.clear()
@@ -304,6 +316,8 @@ class FakeRealtimeWebRTC(_SidebandControls, _ScriptedUpstream):
             handler = self._create_live_session
         elif method == "POST" and _HANGUP_PATH.fullmatch(path):
             handler = self._hangup
+        elif method == "POST" and SIP_ANSWER_PATH.fullmatch(path):
+            handler = self._sip_answer
         if handler is None:
             return _error_reply(404, f"Invalid URL ({method} {path})", "invalid_request_error")
         behaviour = self._next()
@@ -351,7 +365,10 @@ class FakeRealtimeWebRTC(_SidebandControls, _ScriptedUpstream):
     async def _hangup(self, request: RecordedRequest) -> _Reply:
         match = _HANGUP_PATH.fullmatch(request.path)
         call_id = match["id"] if match else ""
-        if not call_id.startswith("rtc_") or call_id not in self._peers:
+        # A relayed call has a peer connection; an accepted phone call only
+        # its place among the calls.
+        known = call_id in self._peers or call_id in self._calls
+        if not call_id.startswith("rtc_") or not known:
             return _error_reply(
                 404, f"Call with id '{call_id}' not found.", "invalid_request_error"
             )

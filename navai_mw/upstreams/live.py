@@ -24,11 +24,13 @@ from ..core.options import DEFAULT_VOICE, NavaiVoiceBackendOptions
 from ..core.urls import websocket_url
 from ..core.values import outside
 from .openai_secrets import MAX_CLIENT_SECRET_RESPONSE_BYTES, session_instructions
-from .realtime_calls import RelayedCall, is_call_id
+from .realtime_calls import AcceptedCall, RelayedCall, answer_phone_call, is_call_id
 
 __all__ = [
     "DEFAULT_LIVE_MODEL",
     "LIVE",
+    "accept_live",
+    "accept_session",
     "build_live_session",
     "check_live_model",
     "close_live",
@@ -36,11 +38,28 @@ __all__ = [
     "live_model",
     "live_request",
     "parse_live_response",
+    "refer_live",
+    "reject_live",
     "relay_live",
 ]
 
 DEFAULT_LIVE_MODEL: Final = "gpt-live-1"
 LIVE: Final = "OpenAI live sessions"
+# What a phone call's Live session takes (``SessionAcceptParams``): no data
+# channel, no wake policy, no idle timeout; those are a browser's.
+_ACCEPT_FIELDS: Final = frozenset(
+    {
+        "model",
+        "type",
+        "audio",
+        "delegation",
+        "input",
+        "instructions",
+        "safety_identifier",
+        "store",
+        "triggers",
+    }
+)
 
 
 def live_model(opts: NavaiVoiceBackendOptions, req: CreateClientSecretRequest) -> str:
@@ -159,3 +178,76 @@ def end_live(
     failure = yield close_live(opts, session_id, credential=credential)
     if failure is not None:
         raise UpstreamError(f"{LIVE} could not be closed: {type(failure).__name__}.")
+
+
+# -- a phone call's answer (docs/phone.md) -------------------------------------------------
+
+
+def accept_session(session: Mapping[str, Any]) -> dict[str, Any]:
+    """A Live session as a phone call's accept takes it: of type ``live``,
+    without what only a browser's session has (its data channel, its wake
+    policy and idle timeout)."""
+    kept = {name: value for name, value in session.items() if name in _ACCEPT_FIELDS}
+    return {**kept, "type": "live"}
+
+
+def accept_live(
+    opts: NavaiVoiceBackendOptions,
+    session_id: str,
+    session: Mapping[str, Any],
+    *,
+    credential: Credential,
+    budget: float | None = None,
+) -> Generator[Attempt, Outcome, AcceptedCall]:
+    """Accept the phone call ``session_id`` on GPT-Live with ``session``
+    (its safety identifier inside, where Live takes it): never retried."""
+    yield from answer_phone_call(
+        opts,
+        f"/live/sessions/{session_id}/accept",
+        {"session": accept_session(session)},
+        credential=credential,
+        what=LIVE,
+        retried=False,
+        budget=budget,
+    )
+    return AcceptedCall(session_id)
+
+
+def reject_live(
+    opts: NavaiVoiceBackendOptions,
+    session_id: str,
+    status_code: int,
+    *,
+    credential: Credential,
+    budget: float | None = None,
+) -> Generator[Attempt, Outcome, None]:
+    """Refuse the phone call ``session_id`` with the SIP ``status_code``."""
+    yield from answer_phone_call(
+        opts,
+        f"/live/sessions/{session_id}/reject",
+        {"status_code": status_code},
+        credential=credential,
+        what=LIVE,
+        retried=True,
+        budget=budget,
+    )
+
+
+def refer_live(
+    opts: NavaiVoiceBackendOptions,
+    session_id: str,
+    target: str,
+    *,
+    credential: Credential,
+    budget: float | None = None,
+) -> Generator[Attempt, Outcome, None]:
+    """Transfer the phone call ``session_id`` to ``target``: never retried."""
+    yield from answer_phone_call(
+        opts,
+        f"/live/sessions/{session_id}/refer",
+        {"target_uri": target},
+        credential=credential,
+        what=LIVE,
+        retried=False,
+        budget=budget,
+    )

@@ -22,27 +22,34 @@ import attrs
 
 from ..core.effects import Attempt, Outcome
 from ..core.errors import UpstreamError
-from ..core.exchange import attempts, upstream_failure, upstream_message
+from ..core.exchange import MAX_RETRIES, attempts, upstream_failure, upstream_message
 from ..core.http import Credential, HttpRequest, HttpResponse, compact_json
 from ..core.options import NavaiVoiceBackendOptions
 from .openai_secrets import MAX_CLIENT_SECRET_RESPONSE_BYTES
 
 __all__ = [
     "CALLS",
+    "AcceptedCall",
     "RelayedCall",
+    "accept_call",
+    "answer_phone_call",
     "calls_request",
     "hang_up",
     "hangup_request",
     "is_call_id",
     "multipart",
     "parse_calls_response",
+    "refer_call",
+    "reject_call",
     "relay_call",
+    "sip_request",
 ]
 
 CALLS: Final = "OpenAI realtime calls"
 # OpenAI's call ids, as they come back in the Location header.
 _CALL_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
-# A hangup's answer is empty or a small JSON error.
+# A hangup's answer (and an accept's, a reject's, a refer's) is empty or a
+# small JSON error.
 _MAX_HANGUP_RESPONSE_BYTES: Final = 64 * 1024
 
 
@@ -175,3 +182,132 @@ def hang_up(
     )
     if response.status != 404 and not 200 <= response.status < 300:
         raise upstream_failure(CALLS, response, upstream_message(response.body), request.secret)
+
+
+# -- a phone call's answer (docs/phone.md) -------------------------------------------------
+
+
+@attrs.frozen
+class AcceptedCall:
+    """A phone call OpenAI accepted on the server's word: its id."""
+
+    call_id: str
+
+
+def sip_request(
+    opts: NavaiVoiceBackendOptions,
+    path: str,
+    body: Mapping[str, Any],
+    *,
+    credential: Credential,
+    safety_identifier: str | None = None,
+) -> HttpRequest:
+    """``POST {api base}{path}`` with a JSON ``body``: a ringing call's
+    accept, reject or refer (Realtime's or GPT-Live's)."""
+    return HttpRequest(
+        method="POST",
+        url=f"{opts.api_base_url}{path}",
+        headers=(
+            credential.header,
+            ("Content-Type", "application/json"),
+            ("Accept", "*/*"),
+            *((("OpenAI-Safety-Identifier", safety_identifier),) if safety_identifier else ()),
+        ),
+        body=compact_json(dict(body)),
+        max_response_bytes=_MAX_HANGUP_RESPONSE_BYTES,
+        secret=credential.secret,
+    )
+
+
+def answer_phone_call(
+    opts: NavaiVoiceBackendOptions,
+    path: str,
+    body: Mapping[str, Any],
+    *,
+    credential: Credential,
+    what: str,
+    retried: bool,
+    budget: float | None = None,
+    safety_identifier: str | None = None,
+) -> Generator[Attempt, Outcome, None]:
+    """Answer a ringing call (``path``: its accept, reject or refer) within
+    ``budget`` seconds; retried on a failure only when ``retried`` (a
+    refusal said twice refuses once, but an accept that OpenAI took before
+    failing to say so must not be sent again). A 502 or 429 naming ``what``
+    when OpenAI refuses."""
+    request = sip_request(
+        opts, path, body, credential=credential, safety_identifier=safety_identifier
+    )
+    response = yield from attempts(
+        request,
+        budget=opts.upstream_timeout_seconds if budget is None else budget,
+        max_retries=MAX_RETRIES if retried else 0,
+        what=what,
+    )
+    if not 200 <= response.status < 300:
+        raise upstream_failure(what, response, upstream_message(response.body), request.secret)
+
+
+def accept_call(
+    opts: NavaiVoiceBackendOptions,
+    call_id: str,
+    session: Mapping[str, Any],
+    *,
+    credential: Credential,
+    safety_identifier: str | None = None,
+    budget: float | None = None,
+) -> Generator[Attempt, Outcome, AcceptedCall]:
+    """Accept the phone call ``call_id`` with ``session`` (a Realtime
+    session: the accept's body): never retried."""
+    yield from answer_phone_call(
+        opts,
+        f"/realtime/calls/{call_id}/accept",
+        session,
+        credential=credential,
+        what=CALLS,
+        retried=False,
+        budget=budget,
+        safety_identifier=safety_identifier,
+    )
+    return AcceptedCall(call_id)
+
+
+def reject_call(
+    opts: NavaiVoiceBackendOptions,
+    call_id: str,
+    status_code: int,
+    *,
+    credential: Credential,
+    budget: float | None = None,
+) -> Generator[Attempt, Outcome, None]:
+    """Refuse the phone call ``call_id`` with the SIP ``status_code``."""
+    yield from answer_phone_call(
+        opts,
+        f"/realtime/calls/{call_id}/reject",
+        {"status_code": status_code},
+        credential=credential,
+        what=CALLS,
+        retried=True,
+        budget=budget,
+    )
+
+
+def refer_call(
+    opts: NavaiVoiceBackendOptions,
+    call_id: str,
+    target: str,
+    *,
+    credential: Credential,
+    budget: float | None = None,
+) -> Generator[Attempt, Outcome, None]:
+    """Transfer the phone call ``call_id`` to ``target`` (``tel:``/``sip:``):
+    never retried (a transfer must not happen twice)."""
+    yield from answer_phone_call(
+        opts,
+        f"/realtime/calls/{call_id}/refer",
+        {"target_uri": target},
+        credential=credential,
+        what=CALLS,
+        retried=False,
+        budget=budget,
+    )
