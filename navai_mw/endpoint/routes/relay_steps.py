@@ -1,15 +1,19 @@
-"""What the WebRTC relays share: the SDP offer and its query overrides,
-remembering a relayed call (and its time cap), asking who owns one, and
-ending one (a hangup, or a Live session's close)."""
+"""What the WebRTC relays (and a phone call the webhook route accepts)
+share: the SDP offer and its query overrides, a call's admission (room for
+its sideband, its caller's budget), what the server holds around a call
+OpenAI started (its owner, its time cap, its sideband), asking who owns
+one, and ending one (a hangup, or a Live session's close)."""
 
 from __future__ import annotations
 
 from collections.abc import Generator, Mapping
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 from urllib.parse import parse_qsl
 
+import attrs
+
 from ...core.client_requests import WIRE_NAMES, CreateClientSecretRequest, structure_request
-from ...core.effects import CallOwned, EndSideband, ForgetCall, RememberCall
+from ...core.effects import CallOwned, EndSideband, ForgetCall, RememberCall, Reservation
 from ...core.errors import NavaiError, RequestError
 from ...core.http import Credential
 from ...core.identity import identity_key
@@ -25,13 +29,17 @@ from ..route import Call, Reply, Settings
 __all__ = [
     "DEFAULT_MAX_OFFER_SIZE",
     "LIVE_PREFIX",
+    "Admitted",
+    "admit",
     "check_offer",
     "end_relayed",
+    "hold_call",
     "overrides_from_query",
     "owned",
     "relay_and_answer",
     "relay_request",
     "relayed_reply",
+    "started",
 ]
 
 # A browser's offer is a few KiB; 32 KiB leaves room for many candidates.
@@ -39,6 +47,7 @@ DEFAULT_MAX_OFFER_SIZE: Final = 32 * 1024
 _QUERY_FIELDS: Final = frozenset(WIRE_NAMES.values()) - {"apiKey"}
 # How a Live session is told apart from a Realtime call in the calls' store.
 LIVE_PREFIX: Final = "live:"
+T = TypeVar("T")
 
 
 def check_offer(body: bytes) -> str:
@@ -87,6 +96,72 @@ def relay_request(settings: Settings, call: Call) -> CreateClientSecretRequest:
     return req
 
 
+@attrs.frozen
+class Admitted:
+    """What a call about to start holds: whether it gets a sideband (room
+    for one in this process), and the caller's budget reservation."""
+
+    metered: bool
+    reservation: Reservation | None
+
+
+def admit(settings: Settings, call: Call) -> Generator[Any, Any, Admitted]:
+    """Room for the call's sideband and the caller's budget, before anything
+    is asked of OpenAI: a 503 (no room for a required sideband, a store
+    down) or a 429 (a budget spent) refuses it."""
+    metered = yield from sideband_room(settings)
+    reservation = yield from admit_call(settings.budgets, call, cap=settings.max_call_seconds)
+    return Admitted(metered, reservation)
+
+
+def started(
+    settings: Settings, call: Call, start: Generator[Any, Any, T]
+) -> Generator[Any, Any, tuple[Admitted, T]]:
+    """Admit the call, then ``start`` it upstream (a relay, an accept): what
+    it holds, and what OpenAI answered. A start that fails gives the
+    reservation back."""
+    admitted = yield from admit(settings, call)
+    try:
+        upstream = yield from start
+    except Exception:
+        yield from release(admitted.reservation)
+        raise
+    return admitted, upstream
+
+
+def hold_call(
+    settings: Settings,
+    call: Call,
+    admitted: Admitted,
+    *,
+    kind: Literal["realtime", "live"],
+    call_id: str,
+    session: Mapping[str, Any],
+    credential: Credential,
+) -> Generator[Any, Any, str]:
+    """What the server holds around a call OpenAI started (relayed, or a
+    phone call accepted): its owner, its time cap (the reservation's
+    seconds, when shorter), and its sideband. Its key in the calls' store."""
+    key = call_id if kind == "realtime" else f"{LIVE_PREFIX}{call_id}"
+    deadline = settings.max_call_seconds
+    reservation = admitted.reservation
+    if reservation is not None and reservation.granted is not None:
+        deadline = reservation.granted
+    yield RememberCall(key, identity_key(call.identity), deadline)
+    if admitted.metered:
+        yield from attach_sideband(
+            settings,
+            call,
+            kind=kind,
+            key=key,
+            call_id=call_id,
+            session=session,
+            credential=credential,
+            reservation=reservation,
+        )
+    return key
+
+
 def relay_and_answer(
     settings: Settings,
     call: Call,
@@ -97,41 +172,22 @@ def relay_and_answer(
     credential: Credential,
 ) -> Generator[Any, Any, Reply]:
     """Relay the call (``relay``: the upstream steps) and answer the browser,
-    with what the server holds around it: room for its sideband, the
-    caller's budget (its reservation, given back when the relay fails), its
-    time cap (the reservation's seconds, when shorter), and its sideband."""
-    metered = yield from sideband_room(settings)
-    reservation = yield from admit_call(settings.budgets, call, cap=settings.max_call_seconds)
-    try:
-        relayed = yield from relay
-    except Exception:
-        yield from release(reservation)
-        raise
-    key = relayed.call_id if kind == "realtime" else f"{LIVE_PREFIX}{relayed.call_id}"
-    deadline = settings.max_call_seconds
-    if reservation is not None and reservation.granted is not None:
-        deadline = reservation.granted
-    reply = yield from relayed_reply(settings, call, key, relayed, deadline=deadline)
-    if metered:
-        yield from attach_sideband(
-            settings,
-            call,
-            kind=kind,
-            key=key,
-            call_id=relayed.call_id,
-            session=session,
-            credential=credential,
-            reservation=reservation,
-        )
-    return reply
+    with what the server holds around it (:func:`admit`, :func:`hold_call`)."""
+    admitted, relayed = yield from started(settings, call, relay)
+    yield from hold_call(
+        settings,
+        call,
+        admitted,
+        kind=kind,
+        call_id=relayed.call_id,
+        session=session,
+        credential=credential,
+    )
+    return relayed_reply(call, relayed)
 
 
-def relayed_reply(
-    settings: Settings, call: Call, key: str, relayed: RelayedCall, *, deadline: float | None
-) -> Generator[Any, Any, Reply]:
-    """Remember who started the call, cap it at ``deadline`` seconds, and
-    answer the browser with the SDP answer and where to end the call."""
-    yield RememberCall(key, identity_key(call.identity), deadline)
+def relayed_reply(call: Call, relayed: RelayedCall) -> Reply:
+    """The browser's answer: the SDP answer, and where to end the call."""
     location = f"{call.mount}{call.info.path.rstrip('/')}/{relayed.call_id}"
     return Reply(
         201,
