@@ -35,7 +35,7 @@ closes when the handler made it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -52,6 +52,7 @@ from .core.errors import OptionsError
 from .core.options import NavaiVoiceBackendOptions
 from .core.storage import is_redis
 from .endpoint.answers import Answer
+from .endpoint.endpoint import Endpoint
 from .runtime.async_transports import AiohttpTransport
 from .runtime.drivers import drive_async, drive_sync
 from .runtime.function_workers import DEFAULT_FUNCTION_WORKERS
@@ -66,6 +67,8 @@ __all__ = [
     "NavaiHandler",
     "NavaiResponse",
 ]
+
+Steps = Generator[Any, Any, None]
 
 
 @attrs.frozen
@@ -89,6 +92,12 @@ class NavaiResponse:
 
 def _response(answer: Answer) -> NavaiResponse:
     return NavaiResponse(answer.status, list(answer.headers), answer.body)
+
+
+def _webhooks_uri(endpoint: Endpoint) -> str | None:
+    """Where the webhooks' deliveries and blocked identifiers live: the
+    guard's storage, when the webhooks are on."""
+    return endpoint.guard.store_uri if endpoint.settings.webhooks is not None else None
 
 
 class NavaiHandler:
@@ -133,15 +142,20 @@ class NavaiHandler:
             on_call_end=on_call_end,
             max_sidebands=max_sidebands,
             observer=self.observer,
+            webhooks_uri=_webhooks_uri(self.endpoint),
         )
         # A call ends at its time cap by the endpoint's own steps, driven here
-        # (on the calls' store's hangup threads).
+        # (on the calls' store's hangup threads); a webhook's work after its
+        # answer too (on threads of its own).
         endpoint, transport, effects = self.endpoint, self.transport, self.effects
         observer = self.observer
         self.effects.calls.start(
             lambda key: drive_sync(
                 endpoint.end_call(key), transport, perform=effects, observer=observer
             )
+        )
+        self.effects.later.start(
+            lambda steps: drive_sync(steps, transport, perform=effects, observer=observer)
         )
 
     def handle(
@@ -222,6 +236,7 @@ class AsyncNavaiHandler:
             on_call_end=on_call_end,
             max_sidebands=max_sidebands,
             observer=self.observer,
+            webhooks_uri=_webhooks_uri(self.endpoint),
         )
         self.effects.check()
         endpoint, transport, effects = self.endpoint, self.transport, self.effects
@@ -234,7 +249,13 @@ class AsyncNavaiHandler:
                 endpoint.end_call(key), transport, perform=effects, observer=effects.observer
             )
 
+        async def after_answer(steps: Steps) -> None:
+            # A webhook's work after its answer: on the server's loop, or
+            # the calls' store's.
+            await drive_async(steps, transport, perform=effects, observer=effects.observer)
+
         self.effects.calls.start(end_call)
+        self.effects.later.start(after_answer)
 
     async def handle(
         self,
@@ -274,12 +295,14 @@ class AsyncNavaiHandler:
     def needs_lifespan(self) -> bool:
         """Whether something of the handler's must start or close with the
         server: the upstream client it made, the calls' time caps, the
-        shared calls' store whose deadlines every worker watches, or the
-        calls' sidebands (closed, and their calls reported, at shutdown)."""
+        shared calls' store whose deadlines every worker watches, the
+        calls' sidebands (closed, and their calls reported, at shutdown), or
+        the webhooks' work after their answers (on the server's loop)."""
         return (
             self.owns_transport
             or self.endpoint.max_call_seconds is not None
             or self.endpoint.settings.sideband is not None
+            or self.endpoint.settings.webhooks is not None
             or (self.endpoint.relays and is_redis(self.endpoint.guard.store_uri))
         )
 

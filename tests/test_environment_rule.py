@@ -158,6 +158,32 @@ for _variable in ("NAVAI_BUDGET_FAIL_OPEN", "NAVAI_BUDGET_SECRET_SECONDS"):
     COMPANIONS[_variable]["NAVAI_BUDGET"] = "3 minutes/day"
 
 
+def _webhooks(field: str) -> Callable[[Handler], object]:
+    def shown(handler: Handler) -> object:
+        webhooks = handler.endpoint.settings.webhooks
+        return None if webhooks is None else getattr(webhooks, field)
+
+    return shown
+
+
+WEBHOOK_SECRET = "whsec_c2lnbmluZyBrZXk="
+ROWS["OPENAI_WEBHOOK_SECRET"] = (
+    WEBHOOK_SECRET,
+    "openai_webhook_secret",
+    _webhooks("key"),
+    b"signing key",
+)
+ROWS["NAVAI_WEBHOOK_DEDUP_SECONDS"] = (
+    "3600",
+    "webhook_dedup_seconds",
+    _webhooks("dedup_seconds"),
+    3600,
+)
+ROWS["NAVAI_BLOCK_SECONDS"] = ("86400", "block_seconds", _webhooks("block_seconds"), 86400)
+for _variable in ("NAVAI_WEBHOOK_DEDUP_SECONDS", "NAVAI_BLOCK_SECONDS"):
+    COMPANIONS[_variable] = {"OPENAI_WEBHOOK_SECRET": WEBHOOK_SECRET}
+
+
 def _build(kind: str, opts: NavaiVoiceBackendOptions | None, **keywords: Any) -> Handler:
     if kind == "wsgi":
         return NavaiHandler(opts, functions=[], **keywords)
@@ -231,6 +257,9 @@ def _given(keyword: str) -> tuple[object, object]:
         "server_functions": (False, False),
         "pin_session": (False, False),
         "sideband_required": (False, False),
+        "openai_webhook_secret": ("whsec_aW4gY29kZQ==", b"in code"),
+        "webhook_dedup_seconds": (60, 60),
+        "block_seconds": (60, 60),
         "budget": ("9 minutes/day", "9 minutes/day"),
         "budget_fail_open": (False, False),
         "budget_secret_seconds": (5, 5),

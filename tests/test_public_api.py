@@ -15,6 +15,16 @@ import navai_mw
 # What each public module exports (its ``__all__``), as users import it.
 PUBLIC: dict[str, list[str]] = {
     "navai_mw.budgets": ["areset_usage", "ausage", "reset_usage", "usage"],
+    "navai_mw.safety": [
+        "BlockedIdentifier",
+        "ablock",
+        "ablocked",
+        "aunblock",
+        "block",
+        "blocked",
+        "identifier_of",
+        "unblock",
+    ],
     "navai_mw": [
         "AsyncNavaiHandler",
         "AuthError",

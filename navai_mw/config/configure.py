@@ -69,6 +69,9 @@ class RouteOptions(TypedDict, total=False):
     ``sideband_required``, ``on_call_end``, ``max_sidebands``. Budgets
     (docs/budgets.md): ``budget``, ``budget_fail_open``,
     ``budget_secret_seconds``, ``usage_path``, ``budget_clock`` (UNIX
+    seconds, for tests). OpenAI's webhooks (docs/phone.md):
+    ``openai_webhook_secret``, ``webhook_path``, ``webhook_dedup_seconds``,
+    ``block_seconds``, ``on_openai_event``, ``webhook_clock`` (UNIX
     seconds, for tests). ``env``: a mapping read
     instead of ``os.environ`` for every navai variable.
     """
@@ -111,6 +114,12 @@ class RouteOptions(TypedDict, total=False):
     budget_clock: Callable[[], float] | None
     usage_path: str | None
     metrics: bool | None
+    openai_webhook_secret: str | None
+    webhook_path: str | None
+    webhook_dedup_seconds: float | None
+    block_seconds: float | None
+    on_openai_event: Callable[[dict[str, Any]], Any] | None
+    webhook_clock: Callable[[], float] | None
     env: Mapping[str, str | None] | None
 
 
@@ -190,6 +199,7 @@ def configure_endpoint(
         given["budget_secret_seconds"] = secret_seconds or None
     if given.get("budget") is not None:
         given["budget_clock"] = given.get("budget_clock") or time.time
+    _webhooks_from_env(given, env)
     if given.get("max_call_seconds") is None:
         given["max_call_seconds"] = read_seconds(env, "NAVAI_MAX_CALL_SECONDS", 0.0) or None
     if given.get("function_timeout_seconds") is None:
@@ -227,6 +237,23 @@ def configure_endpoint(
     endpoint = Endpoint(opts, guard=guard, functions=registry, **given)
     _warn_of_a_refused_live_model(opts, endpoint)
     return endpoint
+
+
+def _webhooks_from_env(given: dict[str, Any], env: Env) -> None:
+    """OpenAI's webhooks' keywords, each from its variable when not given:
+    the signing secret from ``OPENAI_WEBHOOK_SECRET`` (the variable
+    openai-python reads), ``NAVAI_WEBHOOK_DEDUP_SECONDS``,
+    ``NAVAI_BLOCK_SECONDS``."""
+    if given.get("openai_webhook_secret") is None:
+        given["openai_webhook_secret"] = read(env, "OPENAI_WEBHOOK_SECRET")
+    for keyword, variable in (
+        ("webhook_dedup_seconds", "NAVAI_WEBHOOK_DEDUP_SECONDS"),
+        ("block_seconds", "NAVAI_BLOCK_SECONDS"),
+    ):
+        if given.get(keyword) is None:
+            given[keyword] = read_seconds(env, variable, 0.0) or None
+    if given.get("openai_webhook_secret") is not None:
+        given["webhook_clock"] = given.get("webhook_clock") or time.time
 
 
 def _warn_of_a_refused_live_model(opts: NavaiVoiceBackendOptions, endpoint: Endpoint) -> None:

@@ -3,7 +3,7 @@ contract between the decisions and the I/O that performs them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any, Literal, NamedTuple, Protocol
 
 import attrs
@@ -385,3 +385,64 @@ class ReadBudget:
 
 # What a call's sideband may ask of the socket loop (a list, in order).
 SidebandAction = SendEvent | RunFunction | CallEnded | EndCall | ChargeCall
+
+
+# -- webhooks, and the safety identifiers OpenAI blocks ---------------------------------------
+
+
+@attrs.frozen
+class ReadClock:
+    """Read ``clock()`` (UNIX seconds) and send it back: for a decision that
+    holds a time a caller sent against now (a webhook's timestamp)."""
+
+    clock: Callable[[], float] = attrs.field(repr=False)
+
+
+@attrs.frozen
+class FirstDelivery:
+    """Remember the webhook delivery ``key`` for ``seconds``, in one atomic
+    step; send back True when it was not known yet, False for a
+    redelivery, None when the store could not be reached."""
+
+    key: str
+    seconds: float
+
+
+@attrs.frozen
+class ForgetDelivery:
+    """Forget the webhook delivery ``key`` (its work could not be taken:
+    OpenAI's redelivery must find it new). Send back None."""
+
+    key: str
+
+
+@attrs.frozen
+class BlockIdentifier:
+    """Add ``identifier`` (a safety identifier OpenAI blocked, for
+    ``category``) to the blocked set at ``at`` (UNIX seconds), for
+    ``seconds`` (None: until unblocked). Send back True, or None when the
+    store could not be reached."""
+
+    identifier: str
+    category: str
+    at: float
+    seconds: float | None = None
+
+
+@attrs.frozen
+class IsBlocked:
+    """Whether ``identifier`` is in the blocked set; send back a bool, or
+    None when the store could not be reached."""
+
+    identifier: str
+
+
+@attrs.frozen
+class AfterAnswer:
+    """Drive ``steps`` (effects, as a request's) once the answer has gone
+    out, on their own: ``what`` says what they do, for a log line when they
+    fail. Send back True when taken, False when this process already holds
+    as much such work as it may (then nothing of it runs)."""
+
+    steps: Generator[Any, Any, None] = attrs.field(repr=False)
+    what: str

@@ -38,6 +38,7 @@ from ..core.values import flag, seconds
 from ..guard.addresses import client_address
 from ..guard.guard import Guard
 from ..upstreams.mint import SessionHook
+from ..upstreams.openai_webhooks import MAX_WEBHOOK_BYTES
 from .answers import Answer, error_answer, json_answer, raw_answer, too_large, unsupported
 from .body import declared_length, json_type_ok, parse_body, sdp_type_ok
 from .budget_steps import budget_settings
@@ -46,6 +47,7 @@ from .cors import Cors
 from .route import Call, Route, Settings
 from .route_table import RouteMap
 from .routes.relay_steps import DEFAULT_MAX_OFFER_SIZE, end_relayed
+from .webhook_steps import webhook_settings
 
 __all__ = [
     "DEFAULT_FUNCTION_TIMEOUT_SECONDS",
@@ -64,6 +66,17 @@ DEFAULT_MAX_BODY_SIZE: Final = 64 * 1024
 DEFAULT_FUNCTION_TIMEOUT_SECONDS: Final = 30.0
 # A Realtime session lasts an hour at most; a day bounds every timer.
 MAX_CALL_SECONDS: Final = 24 * 3600.0
+
+
+# A body kind with a fixed limit of its own: a webhook's, which the sender
+# chooses (a keyword could only be too small for OpenAI's events).
+_LIMITS: Final = {"raw": MAX_WEBHOOK_BYTES}
+
+
+def _too_large(route: Route, limit: int, cors: Iterable[tuple[str, str]]) -> Answer:
+    if route.signed:  # a server sends it: worth a line in the log
+        logger.warning("navai_mw: an OpenAI webhook is refused (413): over %d bytes", limit)
+    return too_large(limit, cors)
 
 
 @attrs.frozen
@@ -129,7 +142,9 @@ class Endpoint:
     ``sideband``, ``server_functions``, ``pin_session``,
     ``sideband_required`` (docs/calls.md), ``budget``,
     ``budget_fail_open``, ``budget_secret_seconds``, ``budget_clock``
-    (docs/budgets.md); :mod:`navai_mw.config` reads
+    (docs/budgets.md), ``openai_webhook_secret``, ``webhook_dedup_seconds``,
+    ``block_seconds``, ``on_openai_event``, ``webhook_clock``
+    (docs/phone.md); :mod:`navai_mw.config` reads
     their environment variables first.
     """
 
@@ -158,12 +173,27 @@ class Endpoint:
         budget_fail_open: bool = False,
         budget_secret_seconds: float | None = None,
         budget_clock: Callable[[], float] | None = None,
+        openai_webhook_secret: str | None = None,
+        webhook_dedup_seconds: float | None = None,
+        block_seconds: float | None = None,
+        on_openai_event: Callable[..., Any] | None = None,
+        webhook_clock: Callable[[], float] | None = None,
         **paths: str | None,
     ) -> None:
         if customize_session is not None and not callable(customize_session):
             raise OptionsError("customize_session must be a function (or None).")
         self.opts = opts
-        self.guard = guard or Guard()
+        webhooks = webhook_settings(
+            openai_webhook_secret,
+            dedup_seconds=webhook_dedup_seconds,
+            block_seconds=block_seconds,
+            on_openai_event=on_openai_event,
+            clock=webhook_clock,
+        )
+        guard = guard or Guard()
+        # OpenAI's webhooks say whom it blocked: from then on, the guard asks.
+        self.guard = attrs.evolve(guard, blocklist=True) if webhooks is not None else guard
+        holds_calls = flag(relay, "relay")
         functions = functions if functions is not None else FunctionRegistry()
         self.settings = Settings(
             opts=opts,
@@ -186,7 +216,7 @@ class Endpoint:
                 pin_session=pin_session,
                 # A budget meters every call: no call without its sideband.
                 required=True if budget is not None else sideband_required,
-                relay=flag(relay, "relay"),
+                relay=holds_calls,
                 functions=functions,
             ),
             budgets=budget_settings(
@@ -194,8 +224,9 @@ class Endpoint:
                 fail_open=budget_fail_open,
                 secret_seconds=budget_secret_seconds,
                 clock=budget_clock,
-                relay=flag(relay, "relay"),
+                relay=holds_calls,
             ),
+            webhooks=webhooks,
         )
         self.max_body_size = _size(max_body_size, "max_body_size", least=0)
         self.max_offer_size = _size(max_offer_size, "max_offer_size", least=1)
@@ -206,6 +237,7 @@ class Endpoint:
             functions=flag(include_functions_routes, "include_functions_routes"),
             relay=flag(relay, "relay"),
             transcription=flag(transcription, "transcription"),
+            webhooks=webhooks is not None,
         )
         self.routes, self.path, self.paths = self.map.routes, self.map.path, self.map.paths
         self.dynamic_prefixes = self.map.dynamic_prefixes
@@ -280,26 +312,34 @@ class Endpoint:
         query: str = "",
         mount: str = "",
     ) -> Answer | BodyWanted:
-        cors = self.cors.headers(headers)
+        # A signed route's caller is a server, never a browser: no CORS.
+        cors = () if route.signed else self.cors.headers(headers)
         if cors is None:
             forbidden = RequestError("Origin not allowed.", status=403)
             return error_answer(forbidden, [("Vary", "Origin")])
-        if method == "OPTIONS" and self.cors.on:
+        cors_on = self.cors.on and not route.signed
+        if method == "OPTIONS" and cors_on:
             return self.cors.preflight(route.method, headers, cors)
         if method != route.method:
-            allow = route.allow_cors if self.cors.on else route.allow
+            allow = route.allow_cors if cors_on else route.allow
             message = f"Method not allowed. Use {route.method}."
             return error_answer(RequestError(message, status=405), [allow, *cors])
-        limit = self.max_offer_size if route.body == "sdp" else self.max_body_size
+        limit = _LIMITS.get(route.body) or (
+            self.max_offer_size if route.body == "sdp" else self.max_body_size
+        )
         try:
             declared = declared_length(headers.get("content-length"))
         except RequestError as exc:
             return error_answer(exc, cors)
         if declared is not None and declared > limit:
-            return too_large(limit, cors)
+            return _too_large(route, limit, cors)
         content_type = headers.get("content-type")
         content_type_ok = (
-            sdp_type_ok(content_type) if route.body == "sdp" else json_type_ok(content_type)
+            True
+            if route.body == "raw"  # its handler reads it
+            else sdp_type_ok(content_type)
+            if route.body == "sdp"
+            else json_type_ok(content_type)
         )
         if declared and not content_type_ok:
             return unsupported(route.body, cors)
@@ -336,7 +376,7 @@ class Endpoint:
         if body is None:
             return error_answer(RequestError("Send the request body with a Content-Length."), cors)
         if len(body) > wanted.limit:
-            return too_large(wanted.limit, cors)
+            return _too_large(wanted.route, wanted.limit, cors)
         if wanted.declared is not None and len(body) != wanted.declared:
             shape = (
                 "incomplete" if len(body) < wanted.declared else "longer than its Content-Length"
@@ -346,8 +386,11 @@ class Endpoint:
         if body and not wanted.content_type_ok:
             return unsupported(route.body, cors)
         try:
-            identity, limit_headers = yield from self.guard.check(
-                wanted.info, route.group, identity=identity
+            # A signed route's handler checks its caller's signature itself.
+            identity, limit_headers = (
+                (None, ())
+                if route.signed
+                else (yield from self.guard.check(wanted.info, route.group, identity=identity))
             )
         except NavaiError as exc:
             return attrs.evolve(error_answer(exc, cors), guard=_refused_as(exc))

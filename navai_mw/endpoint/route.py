@@ -32,10 +32,14 @@ __all__ = [
     "mint_for",
 ]
 
-# A route's rate-limit group: one of the guard's, or "end" (ending a call
-# spends nothing, so no limit may stand in its way).
-ROUTE_GROUPS: Final = (*GROUPS, "end")
-BodyKind = Literal["json", "sdp", "none"]
+# A route's rate-limit group: one of the guard's, "end" (ending a call
+# spends nothing, so no limit may stand in its way), or "webhook" (OpenAI
+# calls it: neither authorize nor a limit stands in its way).
+ROUTE_GROUPS: Final = (*GROUPS, "end", "webhook")
+# What a route's body is: JSON, an SDP offer, nothing, or bytes its handler
+# reads itself (a webhook, checked against its signature before anything
+# parses it).
+BodyKind = Literal["json", "sdp", "none", "raw"]
 
 
 @attrs.frozen(kw_only=True)
@@ -73,6 +77,7 @@ class Settings:
     max_call_seconds: float | None = None
     sideband: SidebandSettings | None = None
     budgets: Any = None  # a BudgetSettings (endpoint/budget_steps.py), or None
+    webhooks: Any = None  # a WebhookSettings (endpoint/webhook_steps.py), or None
 
 
 @attrs.frozen
@@ -114,7 +119,10 @@ class Route:
     """One navai route as served: its name (what ``authorize`` sees as
     ``RequestInfo.route``), path, method, rate-limit group, handler, the kind
     of body it takes, whether it serves its path's children
-    (``{path}/{id}``), and what it does (for a log line when it fails)."""
+    (``{path}/{id}``), what it does (for a log line when it fails), and
+    whether it is ``signed``: its caller is a server that signs each
+    request (OpenAI's webhooks), so neither CORS nor the guard stand
+    before it, and its handler checks the signature."""
 
     name: str
     path: str
@@ -124,6 +132,7 @@ class Route:
     body: BodyKind = "json"
     dynamic: bool = False
     doing: str = attrs.field(default="", repr=False)
+    signed: bool = False
     allow: tuple[str, str] = attrs.field(init=False, repr=False)
     allow_cors: tuple[str, str] = attrs.field(init=False, repr=False)
 

@@ -32,6 +32,7 @@ from .routes import (
     functions_list,
     live,
     live_close,
+    openai_webhook,
     speech,
     transcription_secret,
     usage,
@@ -46,6 +47,7 @@ __all__ = [
     "DEFAULT_SPEECH_SYNTHESIZE_PATH",
     "DEFAULT_TRANSCRIPTION_PATH",
     "DEFAULT_USAGE_PATH",
+    "DEFAULT_WEBHOOK_PATH",
     "PATH_OPTIONS",
     "ROUTES",
     "RouteMap",
@@ -60,13 +62,15 @@ DEFAULT_FUNCTIONS_EXECUTE_PATH: Final = "/navai/functions/execute"
 DEFAULT_CALLS_PATH: Final = "/navai/realtime/calls"
 DEFAULT_LIVE_PATH: Final = "/navai/live/sessions"
 DEFAULT_USAGE_PATH: Final = "/navai/usage"
+DEFAULT_WEBHOOK_PATH: Final = "/navai/webhooks/openai"
 
 # What switches a route on: "reference" routes are the reference's four (on
 # unless their path is None; the functions' two also follow
 # include_functions_routes); "transcription" and "relay" routes spend money
 # the reference never spent, so they are off until switched on (the relay's
-# include the caller's budgets, which meter its calls).
-Feature = Literal["reference", "functions", "transcription", "relay"]
+# include the caller's budgets, which meter its calls); "webhooks" is on with
+# OpenAI's webhook signing secret, which is its authentication.
+Feature = Literal["reference", "functions", "transcription", "relay", "webhooks"]
 
 
 @attrs.frozen
@@ -83,6 +87,7 @@ class Row:
     body: BodyKind = "json"
     dynamic: bool = False
     feature: Feature = "reference"
+    signed: bool = False
 
     def route(self, path: str) -> Route:
         """The row served at ``path``."""
@@ -95,6 +100,7 @@ class Row:
             body=self.body,
             dynamic=self.dynamic,
             doing=self.doing,
+            signed=self.signed,
         )
 
 
@@ -141,6 +147,11 @@ ROUTES: Final = (
     Row(
         "usage", "usage_path", DEFAULT_USAGE_PATH, "GET", "usage",
         usage.handle, "reading a caller's budgets", body="none", feature="relay",
+    ),
+    Row(
+        "openai_webhook", "webhook_path", DEFAULT_WEBHOOK_PATH, "POST", "webhook",
+        openai_webhook.handle, "receiving an OpenAI webhook", body="raw", feature="webhooks",
+        signed=True,
     ),
 )  # fmt: skip
 
@@ -189,6 +200,7 @@ class RouteMap:
         functions: bool,
         relay: bool,
         transcription: bool,
+        webhooks: bool = False,
     ) -> None:
         paths = _with_alias(given)
         unknown = sorted(set(paths) - set(PATH_OPTIONS))
@@ -199,6 +211,7 @@ class RouteMap:
             "functions": functions,
             "transcription": transcription,
             "relay": relay,
+            "webhooks": webhooks,
         }
         self.prefix = _prefix(prefix)
         wanted = (

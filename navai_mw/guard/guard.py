@@ -9,7 +9,12 @@ It runs before every navai route, after the answers that need no guard
    :class:`CallHook` (the shell's driver calls it, in a worker thread under
    ASGI when it is sync); a built-in :class:`Authorizer` runs its own steps
    here, yielding only the HTTP attempts it needs (a JWKS fetch);
-3. the rate limit: yielded as :class:`HitLimit` for the shell's driver to
+3. on a route that spends money (the ``mint`` and ``speech`` groups), with
+   OpenAI's webhooks on: a caller whose safety identifier OpenAI blocked
+   is refused (403, ``code: "suspended"``), asked as :class:`IsBlocked` of
+   the identifier recomputed for this request (the blocked set holds
+   identifiers, never identities);
+4. the rate limit: yielded as :class:`HitLimit` for the shell's driver to
    count in its storage; the answer to what comes back (pass, 429, 503)
    and every header are decided here.
 
@@ -28,12 +33,12 @@ import hmac
 import logging
 import math
 from collections.abc import Callable, Generator, Mapping
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import attrs
 
-from ..core.effects import CallHook, HitLimit, HookResult, LimitResult
-from ..core.errors import AuthError, NavaiError, log_safe, refusal
+from ..core.effects import CallHook, HitLimit, HookResult, IsBlocked, LimitResult
+from ..core.errors import AuthError, NavaiError, RequestError, log_safe, refusal
 from ..core.http import RequestInfo
 from ..core.identity import APP_SCHEME, Identity, identity_key
 from ..core.rate_limit_policy import RateLimitPolicy
@@ -42,10 +47,20 @@ from .addresses import IPNetwork
 from .authorizers import Authorizer
 
 __all__ = [
+    "SPENDING_GROUPS",
+    "SUSPENDED",
     "Guard",
 ]
 
 logger = logging.getLogger("navai_mw")
+
+# The route groups whose every request may cost money: a suspended caller
+# gets none of them. Ending a call, reading one's budget and running a
+# backend function (the app's own code) stay open.
+SPENDING_GROUPS: Final = frozenset({"mint", "speech"})
+SUSPENDED: Final = (
+    "Your access to voice features is suspended. Contact the service's support to learn more."
+)
 
 
 # -- effects: what the core asks the shells' drivers to do ---------------------------
@@ -117,6 +132,9 @@ class Guard:
     store_uri: str | None = None
     trusted_proxies: tuple[IPNetwork, ...] = ()
     safety_secret: bytes | None = attrs.field(default=None, repr=False)
+    # Whether the identifiers OpenAI blocks are refused (OpenAI's webhooks
+    # are on: they say which).
+    blocklist: bool = False
     # Told apart once: a runtime protocol check costs microseconds a request.
     _builtin: bool = attrs.field(init=False, repr=False, eq=False)
 
@@ -138,6 +156,31 @@ class Guard:
         digest = hmac.new(self.safety_secret, key.encode(), hashlib.sha256)
         return digest.hexdigest()
 
+    def suspended(self, identifier: str | None) -> Generator[Any, Any, NavaiError | None]:
+        """Why the caller behind the safety ``identifier`` may spend nothing
+        now: a 403 (``code: "suspended"``) when OpenAI blocked them, a 503
+        when the blocked set cannot be read (a pass, logged, when the
+        guard fails open); None when they may."""
+        if identifier is None or not self.blocklist:
+            return None
+        blocked = yield IsBlocked(identifier)
+        if blocked is None:
+            if self.fail_open:
+                logger.warning(
+                    "navai_mw: the blocked identifiers in %s cannot be read; "
+                    "letting the request through",
+                    shown_url(self.store_uri),
+                )
+                return None
+            return NavaiError(
+                "Access cannot be checked right now; try again shortly.",
+                status=503,
+                headers=(("Retry-After", "5"),),
+            )
+        if blocked:
+            return RequestError(SUSPENDED, status=403, code="suspended")
+        return None
+
     def check(
         self, info: RequestInfo, group: str, *, identity: str | None = None
     ) -> Generator[Any, Any, tuple[str | None, tuple[tuple[str, str], ...]]]:
@@ -150,6 +193,10 @@ class Guard:
             identity = yield from self._authorize(info)
         elif identity is not None and not isinstance(identity, Identity):
             identity = Identity(identity, APP_SCHEME)  # a view's own user
+        if self.blocklist and group in SPENDING_GROUPS:
+            refused = yield from self.suspended(self.safety_identifier(identity))
+            if refused is not None:
+                raise refused
         policy = self.limits.get(group)
         if policy is None:
             return identity, ()

@@ -30,19 +30,25 @@ import sniffio
 
 from ..core.effects import (
     AdmitCall,
+    AfterAnswer,
     AttachSideband,
+    BlockIdentifier,
     CallFunction,
     CallHook,
     CallOwned,
     ChargeCall,
     CloseLive,
     EndSideband,
+    FirstDelivery,
     ForgetCall,
+    ForgetDelivery,
     FunctionOutcome,
     HitLimit,
     HookResult,
+    IsBlocked,
     LimitResult,
     ReadBudget,
+    ReadClock,
     RememberCall,
     SettleCall,
     SidebandRoom,
@@ -51,6 +57,7 @@ from ..core.errors import OptionsError
 from ..core.options import DEFAULT_MAX_SIDEBANDS
 from ..core.reports import CallReport
 from ..core.storage import is_memory, is_redis, shown_url
+from .after_answers import AsyncAfterAnswers, SyncAfterAnswers
 from .aio import _LoopThread, _wait, attempt_deadline, is_async_hook, on_asyncio
 from .budget_store import BudgetKeeper
 from .call_store import AsyncCalls, SyncCalls
@@ -59,6 +66,7 @@ from .observe import Observer
 from .rate_counters import AsyncCounter, SyncCounter
 from .sideband import SidebandConnector, close_live_session
 from .sidebands import Sidebands
+from .webhook_store import WebhookKeeper
 
 __all__ = [
     "AsyncEffects",
@@ -102,6 +110,7 @@ class SyncEffects:
         on_call_end: Callable[[CallReport], Any] | None = None,
         max_sidebands: int = DEFAULT_MAX_SIDEBANDS,
         observer: Observer | None = None,
+        webhooks_uri: str | None = None,
     ) -> None:
         self.observer = observer or Observer(metrics=False)
         self.workers = FunctionWorkers(function_workers)
@@ -124,6 +133,10 @@ class SyncEffects:
             budgets=self.budgets.perform,
             observer=self.observer,
         )
+        # Webhooks' deliveries and the blocked identifiers live in the
+        # guard's storage; their work runs after the answer, on threads.
+        self.webhooks = WebhookKeeper(webhooks_uri, self.calls)
+        self.later = SyncAfterAnswers()
         if storage_uri is not None:
             from limits.storage import storage_from_string
 
@@ -162,6 +175,12 @@ class SyncEffects:
             return _sideband_effect(self.sidebands, effect)
         if isinstance(effect, _BUDGET_EFFECTS):
             return self.budgets.perform_sync(effect)
+        if isinstance(effect, _WEBHOOK_EFFECTS):
+            return self.webhooks.perform_sync(effect)
+        if isinstance(effect, ReadClock):
+            return effect.clock()
+        if isinstance(effect, AfterAnswer):
+            return self.later.take(effect)
         if isinstance(effect, CloseLive):
             future = asyncio.run_coroutine_threadsafe(
                 close_live_session(self.sideband, effect), self._loop_thread.loop()
@@ -179,6 +198,7 @@ class SyncEffects:
         The sidebands close first, and report the calls they held."""
         self.sidebands.close()
         self.budgets.close()
+        self.webhooks.close()
         self.calls.close()
         self.observer.close()
         loop = self._loop_thread.running()
@@ -227,6 +247,7 @@ class AsyncEffects:
         on_call_end: Callable[[CallReport], Any] | None = None,
         max_sidebands: int = DEFAULT_MAX_SIDEBANDS,
         observer: Observer | None = None,
+        webhooks_uri: str | None = None,
     ) -> None:
         self.observer = observer or Observer(metrics=False)
         self.workers = FunctionWorkers(function_workers)
@@ -248,6 +269,10 @@ class AsyncEffects:
             budgets=self.budgets.perform,
             observer=self.observer,
         )
+        # Webhooks' deliveries and the blocked identifiers live in the
+        # guard's storage; their work runs after the answer, as tasks.
+        self.webhooks = WebhookKeeper(webhooks_uri, self.calls)
+        self.later = AsyncAfterAnswers(self.calls)
         self._uri = storage_uri
         self._where = shown_url(storage_uri)
         self._local = storage_uri is not None and is_memory(storage_uri)
@@ -283,6 +308,7 @@ class AsyncEffects:
         if on_asyncio():
             self._server_loop = asyncio.get_running_loop()
             self.sidebands.run_on(self._server_loop)
+            self.later.run_on(self._server_loop)
 
     def check(self) -> None:
         """Build the storage now, so that a bad URI fails at start-up."""
@@ -321,6 +347,12 @@ class AsyncEffects:
             return _sideband_effect(self.sidebands, effect)
         if isinstance(effect, _BUDGET_EFFECTS):
             return await self.budgets.perform(effect)
+        if isinstance(effect, _WEBHOOK_EFFECTS):
+            return await self.webhooks.perform(effect)
+        if isinstance(effect, ReadClock):
+            return effect.clock()
+        if isinstance(effect, AfterAnswer):
+            return self.later.take(effect)
         if isinstance(effect, CloseLive):
             if on_asyncio():
                 return await close_live_session(self.sideband, effect)
@@ -336,8 +368,10 @@ class AsyncEffects:
         """Stop ending calls from this process and close the rate limit's
         connections and the sideband's own client (the server is shutting
         down). The sidebands close first, and report the calls they held."""
+        await self.later.aclose()
         await self.sidebands.aclose()
         await self.budgets.aclose()
+        await self.webhooks.aclose()
         await self.calls.aclose()
         self.observer.close()
         await self.sideband.aclose()
@@ -381,6 +415,7 @@ class AsyncEffects:
 
 _SIDEBAND_EFFECTS: Final = (SidebandRoom, AttachSideband, EndSideband)
 _BUDGET_EFFECTS: Final = (AdmitCall, SettleCall, ChargeCall, ReadBudget)
+_WEBHOOK_EFFECTS: Final = (FirstDelivery, ForgetDelivery, BlockIdentifier, IsBlocked)
 
 
 def _sideband_effect(

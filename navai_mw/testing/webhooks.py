@@ -76,6 +76,7 @@ class WebhookSender:
         self,
         event: Mapping[str, Any] | None = None,
         *,
+        raw: bytes | None = None,
         body: bytes | None = None,
         webhook_id: str | None = None,
         timestamp: str | int | None = None,
@@ -84,11 +85,11 @@ class WebhookSender:
         drop: Iterable[str] = (),
     ) -> tuple[bytes, dict[str, str]]:
         """The body and headers of a delivery of ``event``, without sending
-        it. The signature is made over ``event``'s JSON; ``body``, when
-        given, is sent instead (a tampered delivery). ``signature`` replaces
-        the right one; ``extra_signatures`` go before it; ``drop`` leaves
-        headers out."""
-        signed = json.dumps(dict(event or {})).encode()
+        it. The signature is made over ``event``'s JSON (or over ``raw``,
+        bytes sent as they are); ``body``, when given, is sent instead (a
+        tampered delivery). ``signature`` replaces the right one;
+        ``extra_signatures`` go before it; ``drop`` leaves headers out."""
+        signed = raw if raw is not None else json.dumps(dict(event or {})).encode()
         webhook_id = webhook_id if webhook_id is not None else f"wh_{secrets.token_hex(12)}"
         stamp = str(int(self.clock()) if timestamp is None else timestamp)
         good = sign(self.secret, webhook_id, stamp, signed)
@@ -138,7 +139,7 @@ class WebhookSender:
         if self._last is None:
             raise LookupError("WebhookSender has sent nothing to redeliver")
         body, webhook_id = self._last
-        return self.prepare(json.loads(body), webhook_id=webhook_id)
+        return self.prepare(raw=body, webhook_id=webhook_id)
 
     def redeliver(self) -> httpx.Response:
         """Send :meth:`redelivery` (blocking)."""

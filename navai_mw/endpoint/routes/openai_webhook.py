@@ -1,0 +1,129 @@
+"""``POST /navai/webhooks/openai``: OpenAI calls the server back
+(docs/phone.md). The delivery's signature is checked on the raw body before
+anything reads it (``upstreams/openai_webhooks.py``, as openai-python's
+``webhooks.unwrap``); then:
+
+* ``safety_identifier.blocked``: the identifier joins the blocked set
+  (before the answer: a 200 means it is stored), and its caller is refused
+  from then on by the guard;
+* every event (a blocked identifier's too) goes to the app's
+  ``on_openai_event`` hook, after the 200.
+
+A delivery is done once: its ``webhook-id`` is remembered (72 hours by
+default, in the guard's storage: shared by every worker with Redis), and a
+redelivery is answered 200 and nothing more. What runs after the answer is
+bounded; past the bound, or with the storage down, the answer is 503,
+and OpenAI delivers again later.
+
+Promises: 200, 400, 401, 413 or 503, each with a JSON body; a refusal is
+logged in one line without the body; nothing is done for a delivery whose
+signature does not hold.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator, Mapping
+from typing import Any, Final
+
+from ...core.effects import (
+    AfterAnswer,
+    BlockIdentifier,
+    CallHook,
+    FirstDelivery,
+    ForgetDelivery,
+    HookResult,
+    ReadClock,
+)
+from ...core.errors import NavaiError, RequestError, log_safe
+from ...upstreams.openai_webhooks import blocked_identifier, verify_delivery
+from ..body import parse_body
+from ..route import Call, Reply, Settings
+from ..webhook_steps import WebhookSettings
+
+__all__ = ["EVENT_HOOK_SECONDS", "handle"]
+
+logger = logging.getLogger("navai_mw")
+
+# The app's hook for an event is waited for this long at most (it runs
+# after the answer: OpenAI is not kept waiting, but a worker is).
+EVENT_HOOK_SECONDS: Final = 30.0
+_RETRY_LATER: Final = (("Retry-After", "30"),)
+
+
+def handle(settings: Settings, call: Call) -> Generator[Any, Any, Reply]:
+    hooks: WebhookSettings = settings.webhooks
+    now = yield ReadClock(hooks.clock)
+    try:
+        webhook_id = verify_delivery(call.raw, call.info.headers, key=hooks.key, now=now)
+        event = parse_body(call.raw)
+    except RequestError as exc:
+        logger.warning(
+            "navai_mw: an OpenAI webhook is refused (%d): %s", exc.status, log_safe(exc.message)
+        )
+        raise
+    kind = event.get("type")
+    blocked = blocked_identifier(event)
+    if blocked is not None:
+        # Stored before the 200, and again on a redelivery (the same block):
+        # OpenAI's word is never lost to a worker that dies after answering.
+        stored = yield BlockIdentifier(
+            blocked.identifier, blocked.category, now, hooks.block_seconds
+        )
+        if not stored:
+            raise _unavailable("the blocked identifiers cannot be stored")
+        logger.warning(
+            "navai_mw: OpenAI blocked a safety identifier (%s): its caller is refused from now on",
+            log_safe(blocked.category),
+        )
+    work = _work(settings, event)
+    if work is None:
+        return Reply(200, {"received": True})
+    first = yield FirstDelivery(webhook_id, hooks.dedup_seconds)
+    if first is None:
+        work.close()
+        raise _unavailable("deliveries cannot be remembered")
+    if not first:
+        work.close()
+        logger.info("navai_mw: an OpenAI webhook was delivered again (%s)", log_safe(str(kind)))
+        return Reply(200, {"received": True, "duplicate": True})
+    taken = yield AfterAnswer(work, f"the OpenAI webhook {log_safe(str(kind))[:64]!r}")
+    if not taken:
+        yield ForgetDelivery(webhook_id)  # OpenAI's next try must find it new
+        raise _unavailable("this server is busy with earlier webhooks")
+    return Reply(200, {"received": True})
+
+
+def _unavailable(why: str) -> NavaiError:
+    logger.warning("navai_mw: an OpenAI webhook is answered 503: %s", why)
+    return NavaiError(
+        "The webhook cannot be handled right now; deliver it again later.",
+        status=503,
+        headers=_RETRY_LATER,
+    )
+
+
+def _work(settings: Settings, event: Mapping[str, Any]) -> Generator[Any, Any, None] | None:
+    """What the delivery asks for after its answer (None: nothing)."""
+    hook = settings.webhooks.on_event
+    if hook is None:
+        return None
+    return _tell_the_app(hook, dict(event))
+
+
+def _tell_the_app(hook: Any, event: dict[str, Any]) -> Generator[Any, Any, None]:
+    result: HookResult = yield CallHook(hook, (event,), timeout=EVENT_HOOK_SECONDS)
+    kind = log_safe(str(event.get("type")))[:64]
+    if result.timed_out:
+        logger.error(
+            "navai_mw: on_openai_event did not finish %r within %g seconds",
+            kind,
+            EVENT_HOOK_SECONDS,
+        )
+    elif result.error is not None:
+        logger.error(
+            "navai_mw: on_openai_event raised %s on %r",
+            type(result.error).__name__,
+            kind,
+            exc_info=result.error,
+        )
