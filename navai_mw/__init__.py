@@ -18,6 +18,7 @@ from .core.faces import publish
 from .core.http import HttpRequest, HttpResponse, RequestInfo
 from .core.options import NavaiVoiceBackendOptions, VoiceSettings
 from .core.reports import CallReport, CallUsage, FunctionCallRecord
+from .core.sip import Accept, IncomingCall, Refer, Reject
 from .runtime.client_functions import (
     create_realtime_client_secret,
     create_realtime_client_secret_sync,
@@ -33,6 +34,7 @@ from .views import AsyncNavaiHandler, NavaiHandler, NavaiResponse
 from .wsgi import NavaiWSGIMiddleware
 
 __all__ = [
+    "Accept",
     "AsyncNavaiHandler",
     "AuthError",
     "CallReport",
@@ -44,6 +46,7 @@ __all__ = [
     "FunctionRegistry",
     "HttpRequest",
     "HttpResponse",
+    "IncomingCall",
     "NavaiASGIMiddleware",
     "NavaiError",
     "NavaiFunctionError",
@@ -53,6 +56,8 @@ __all__ = [
     "NavaiWSGIMiddleware",
     "OpenAIRealtimeClientSecretResponse",
     "OptionsError",
+    "Refer",
+    "Reject",
     "RequestError",
     "RequestInfo",
     "SessionContext",

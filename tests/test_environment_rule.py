@@ -173,6 +173,7 @@ ROWS["OPENAI_WEBHOOK_SECRET"] = (
     _webhooks("key"),
     b"signing key",
 )
+ROWS["NAVAI_SIP_ACCEPT"] = ("live", "sip_accept", _webhooks("sip_accept"), "live")
 ROWS["NAVAI_WEBHOOK_DEDUP_SECONDS"] = (
     "3600",
     "webhook_dedup_seconds",
@@ -180,7 +181,7 @@ ROWS["NAVAI_WEBHOOK_DEDUP_SECONDS"] = (
     3600,
 )
 ROWS["NAVAI_BLOCK_SECONDS"] = ("86400", "block_seconds", _webhooks("block_seconds"), 86400)
-for _variable in ("NAVAI_WEBHOOK_DEDUP_SECONDS", "NAVAI_BLOCK_SECONDS"):
+for _variable in ("NAVAI_SIP_ACCEPT", "NAVAI_WEBHOOK_DEDUP_SECONDS", "NAVAI_BLOCK_SECONDS"):
     COMPANIONS[_variable] = {"OPENAI_WEBHOOK_SECRET": WEBHOOK_SECRET}
 
 
@@ -258,6 +259,7 @@ def _given(keyword: str) -> tuple[object, object]:
         "pin_session": (False, False),
         "sideband_required": (False, False),
         "openai_webhook_secret": ("whsec_aW4gY29kZQ==", b"in code"),
+        "sip_accept": ("realtime", "realtime"),
         "webhook_dedup_seconds": (60, 60),
         "block_seconds": (60, 60),
         "budget": ("9 minutes/day", "9 minutes/day"),

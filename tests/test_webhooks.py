@@ -289,11 +289,14 @@ def anyio_backend() -> str:
     ("keywords", "named"),
     [
         ({"openai_webhook_secret": None, "on_openai_event": print}, "openai_webhook_secret"),
+        ({"openai_webhook_secret": None, "sip_accept": "realtime"}, "openai_webhook_secret"),
+        ({"sip_accept": "sip"}, "sip_accept"),
         ({"openai_webhook_secret": "whsec_not base64!"}, "openai_webhook_secret"),
         ({"openai_webhook_secret": "whsec_"}, "openai_webhook_secret"),
         ({"webhook_dedup_seconds": 0}, "webhook_dedup_seconds"),
         ({"block_seconds": -1}, "block_seconds"),
         ({"on_openai_event": "print"}, "on_openai_event"),
+        ({"accept_call": 603}, "accept_call"),
     ],
 )
 def test_a_webhook_setting_that_cannot_work_fails_at_start_up(
@@ -304,3 +307,14 @@ def test_a_webhook_setting_that_cannot_work_fails_at_start_up(
     keywords = {"openai_webhook_secret": SECRET, **keywords}
     with pytest.raises(OptionsError, match=named):
         NavaiHandler(OPTS, functions=[], env={}, **keywords)
+
+
+def test_answering_calls_needs_the_servers_key() -> None:
+    from navai_mw import NavaiHandler, OptionsError
+
+    no_key = NavaiVoiceBackendOptions(allow_api_key_from_request=True)
+    with pytest.raises(OptionsError, match="openai_api_key"):
+        NavaiHandler(no_key, functions=[], env={}, openai_webhook_secret=SECRET, sip_accept="live")
+    # Blocked identifiers and other events need no key of the server's.
+    handler = NavaiHandler(no_key, functions=[], env={}, openai_webhook_secret=SECRET)
+    handler.close()

@@ -28,6 +28,7 @@ from ..core.options import (
     max_upstream_connections,
 )
 from ..core.reports import CallReport
+from ..core.sip import IncomingCall
 from ..core.values import flag, outside
 from ..endpoint.endpoint import DEFAULT_FUNCTION_TIMEOUT_SECONDS, Endpoint
 from ..guard.authorizers import Authorizer
@@ -71,8 +72,8 @@ class RouteOptions(TypedDict, total=False):
     ``budget_secret_seconds``, ``usage_path``, ``budget_clock`` (UNIX
     seconds, for tests). OpenAI's webhooks (docs/phone.md):
     ``openai_webhook_secret``, ``webhook_path``, ``webhook_dedup_seconds``,
-    ``block_seconds``, ``on_openai_event``, ``webhook_clock`` (UNIX
-    seconds, for tests). ``env``: a mapping read
+    ``block_seconds``, ``accept_call``, ``sip_accept``, ``on_openai_event``,
+    ``webhook_clock`` (UNIX seconds, for tests). ``env``: a mapping read
     instead of ``os.environ`` for every navai variable.
     """
 
@@ -118,6 +119,8 @@ class RouteOptions(TypedDict, total=False):
     webhook_path: str | None
     webhook_dedup_seconds: float | None
     block_seconds: float | None
+    accept_call: Callable[[IncomingCall], Any] | None
+    sip_accept: str | None
     on_openai_event: Callable[[dict[str, Any]], Any] | None
     webhook_clock: Callable[[], float] | None
     env: Mapping[str, str | None] | None
@@ -242,10 +245,13 @@ def configure_endpoint(
 def _webhooks_from_env(given: dict[str, Any], env: Env) -> None:
     """OpenAI's webhooks' keywords, each from its variable when not given:
     the signing secret from ``OPENAI_WEBHOOK_SECRET`` (the variable
-    openai-python reads), ``NAVAI_WEBHOOK_DEDUP_SECONDS``,
+    openai-python reads), ``NAVAI_SIP_ACCEPT``, ``NAVAI_WEBHOOK_DEDUP_SECONDS``,
     ``NAVAI_BLOCK_SECONDS``."""
     if given.get("openai_webhook_secret") is None:
         given["openai_webhook_secret"] = read(env, "OPENAI_WEBHOOK_SECRET")
+    if given.get("sip_accept") is None:
+        surface = read(env, "NAVAI_SIP_ACCEPT")
+        given["sip_accept"] = surface.lower() if surface is not None else None
     for keyword, variable in (
         ("webhook_dedup_seconds", "NAVAI_WEBHOOK_DEDUP_SECONDS"),
         ("block_seconds", "NAVAI_BLOCK_SECONDS"),

@@ -446,3 +446,11 @@ class AfterAnswer:
 
     steps: Generator[Any, Any, None] = attrs.field(repr=False)
     what: str
+
+
+@attrs.frozen
+class ReportCall:
+    """A call that never started (a phone call whose accept failed) is
+    reported: logged, and given to ``on_call_end``. Send back None."""
+
+    report: CallReport

@@ -12,7 +12,9 @@ from .identity import identity_key
 
 __all__ = ["CallReport", "CallUsage", "EndReason", "FunctionCallRecord"]
 
-EndReason = Literal["hangup", "time_cap", "remote", "sideband_lost", "shutdown", "budget"]
+EndReason = Literal[
+    "hangup", "time_cap", "remote", "sideband_lost", "shutdown", "budget", "accept_failed"
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -67,7 +69,9 @@ class CallReport:
         end_reason: ``"hangup"`` (its owner's DELETE), ``"time_cap"``,
             ``"remote"`` (the browser or OpenAI ended it), ``"sideband_lost"``
             (the sideband dropped and could not reconnect), ``"shutdown"``
-            (this server stopped while it ran), ``"budget"``.
+            (this server stopped while it ran), ``"budget"``,
+            ``"accept_failed"`` (a phone call OpenAI did not accept on the
+            server's word: it never started).
         metered: whether the sideband saw the call through (False when it
             never attached, or was lost: then ``usage`` is partial).
         usage: :class:`CallUsage`.

@@ -143,8 +143,8 @@ class Endpoint:
     ``sideband_required`` (docs/calls.md), ``budget``,
     ``budget_fail_open``, ``budget_secret_seconds``, ``budget_clock``
     (docs/budgets.md), ``openai_webhook_secret``, ``webhook_dedup_seconds``,
-    ``block_seconds``, ``on_openai_event``, ``webhook_clock``
-    (docs/phone.md); :mod:`navai_mw.config` reads
+    ``block_seconds``, ``accept_call``, ``sip_accept``, ``on_openai_event``,
+    ``webhook_clock`` (docs/phone.md); :mod:`navai_mw.config` reads
     their environment variables first.
     """
 
@@ -176,6 +176,8 @@ class Endpoint:
         openai_webhook_secret: str | None = None,
         webhook_dedup_seconds: float | None = None,
         block_seconds: float | None = None,
+        accept_call: Callable[..., Any] | None = None,
+        sip_accept: str | None = None,
         on_openai_event: Callable[..., Any] | None = None,
         webhook_clock: Callable[[], float] | None = None,
         **paths: str | None,
@@ -187,13 +189,22 @@ class Endpoint:
             openai_webhook_secret,
             dedup_seconds=webhook_dedup_seconds,
             block_seconds=block_seconds,
+            accept_call=accept_call,
+            sip_accept=sip_accept,
             on_openai_event=on_openai_event,
             clock=webhook_clock,
         )
         guard = guard or Guard()
         # OpenAI's webhooks say whom it blocked: from then on, the guard asks.
         self.guard = attrs.evolve(guard, blocklist=True) if webhooks is not None else guard
-        holds_calls = flag(relay, "relay")
+        # Calls the server holds: relayed ones, and phone calls it may accept.
+        answers_calls = webhooks is not None and webhooks.answers_calls
+        holds_calls = flag(relay, "relay") or answers_calls
+        if answers_calls and opts.openai_api_key is None and not opts.uses_azure:
+            raise OptionsError(
+                "Answering phone calls (accept_call, sip_accept) needs the server's key: "
+                "configure openai_api_key."
+            )
         functions = functions if functions is not None else FunctionRegistry()
         self.settings = Settings(
             opts=opts,
@@ -241,8 +252,9 @@ class Endpoint:
         )
         self.routes, self.path, self.paths = self.map.routes, self.map.path, self.map.paths
         self.dynamic_prefixes = self.map.dynamic_prefixes
-        # Whether it relays calls (and so has calls to own, cap and end).
-        self.relays = bool(self.dynamic_prefixes)
+        # Whether it holds calls (relayed, or phone calls it accepts), and so
+        # has calls to own, cap and end.
+        self.relays = bool(self.dynamic_prefixes) or answers_calls
 
     @property
     def functions(self) -> FunctionRegistry:

@@ -50,6 +50,7 @@ from ..core.effects import (
     ReadBudget,
     ReadClock,
     RememberCall,
+    ReportCall,
     SettleCall,
     SidebandRoom,
 )
@@ -181,6 +182,9 @@ class SyncEffects:
             return effect.clock()
         if isinstance(effect, AfterAnswer):
             return self.later.take(effect)
+        if isinstance(effect, ReportCall):
+            self.sidebands.report(effect.report)
+            return None
         if isinstance(effect, CloseLive):
             future = asyncio.run_coroutine_threadsafe(
                 close_live_session(self.sideband, effect), self._loop_thread.loop()
@@ -353,6 +357,9 @@ class AsyncEffects:
             return effect.clock()
         if isinstance(effect, AfterAnswer):
             return self.later.take(effect)
+        if isinstance(effect, ReportCall):
+            self.sidebands.report(effect.report)
+            return None
         if isinstance(effect, CloseLive):
             if on_asyncio():
                 return await close_live_session(self.sideband, effect)

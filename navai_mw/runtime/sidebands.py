@@ -231,6 +231,22 @@ class Sidebands:
         with contextlib.suppress(RuntimeError):  # stopping meanwhile
             loop.call_soon_threadsafe(self._end, key, reason)
 
+    def report(self, report: CallReport) -> None:
+        """Report a call that never had a sideband (a phone call whose
+        accept failed): logged now, and given to ``on_call_end`` on the
+        sidebands' loop; returns at once."""
+        _log_report(report)
+        if self.on_call_end is None:
+            return
+        loop = self._loop()
+        assert loop is not None
+        if _running_loop() is loop:
+            task = loop.create_task(self._deliver(report))
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
+        else:
+            asyncio.run_coroutine_threadsafe(self._deliver(report), loop)
+
     def close(self) -> None:
         """End every sideband (``shutdown``) and wait, within
         :data:`STOP_SECONDS`, for their reports; blocking (not on their loop)."""
@@ -490,6 +506,7 @@ class Sidebands:
 
 
 _SAID: Final = {
+    "accept_failed": "OpenAI did not accept it",
     "budget": "its caller's budget is spent",
     "time_cap": "its time is up",
     "hangup": "its owner hung up",

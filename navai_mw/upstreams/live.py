@@ -17,10 +17,11 @@ from typing import Any, Final
 
 from ..core.client_requests import CreateClientSecretRequest
 from ..core.effects import Attempt, CloseLive, Outcome
-from ..core.errors import RequestError, UpstreamError
+from ..core.errors import OptionsError, RequestError, UpstreamError
 from ..core.exchange import attempts, upstream_failure, upstream_message
 from ..core.http import Credential, HttpRequest, HttpResponse, compact_json
 from ..core.options import DEFAULT_VOICE, NavaiVoiceBackendOptions
+from ..core.sessions import check_live_session, merge_session
 from ..core.urls import websocket_url
 from ..core.values import outside
 from .openai_secrets import MAX_CLIENT_SECRET_RESPONSE_BYTES, session_instructions
@@ -41,10 +42,13 @@ __all__ = [
     "refer_live",
     "reject_live",
     "relay_live",
+    "with_fields",
 ]
 
 DEFAULT_LIVE_MODEL: Final = "gpt-live-1"
 LIVE: Final = "OpenAI live sessions"
+# What an app may set for one call beside a template's fields.
+_APP_FIELDS: Final = frozenset({"model", "instructions", "audio"})
 # What a phone call's Live session takes (``SessionAcceptParams``): no data
 # channel, no wake policy, no idle timeout; those are a browser's.
 _ACCEPT_FIELDS: Final = frozenset(
@@ -181,6 +185,29 @@ def end_live(
 
 
 # -- a phone call's answer (docs/phone.md) -------------------------------------------------
+
+
+def with_fields(
+    opts: NavaiVoiceBackendOptions, session: Mapping[str, Any], fields: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``fields`` (an app's, for one call) laid over the Live ``session``
+    navai_mw built, and checked: each a field a Live session takes, of its
+    JSON kind (as ``live_session=``'s), the model within ``allowed_models``
+    and the voice within ``allowed_voices``. An :class:`OptionsError`
+    saying what is wrong."""
+    check_live_session({k: v for k, v in fields.items() if k not in _APP_FIELDS})
+    merged = merge_session(session, dict(fields))
+    model = merged.get("model")
+    audio = merged.get("audio")
+    output = audio.get("output") if isinstance(audio, Mapping) else None
+    voice = output.get("voice") if isinstance(output, Mapping) else None
+    if not isinstance(model, str) or outside(model, opts.allowed_models):
+        raise OptionsError(f"model {model!r} is not in allowed_models")
+    if not isinstance(merged.get("instructions"), str):
+        raise OptionsError("instructions must be a string")
+    if not isinstance(voice, str) or outside(voice, opts.allowed_voices):
+        raise OptionsError(f"voice {voice!r} is not in allowed_voices")
+    return merged
 
 
 def accept_session(session: Mapping[str, Any]) -> dict[str, Any]:

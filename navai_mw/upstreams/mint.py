@@ -50,6 +50,7 @@ from .openai_secrets import (
 __all__ = [
     "Mint",
     "SessionContext",
+    "checked_session",
     "credential_for",
     "customized",
     "mint_client_secret",
@@ -214,20 +215,26 @@ def _customized(opts: NavaiVoiceBackendOptions, kind: str, result: HookResult) -
             exc_info=result.error,
         )
         raise NavaiError(_NOT_PREPARED, status=503)
-    session = result.value
     try:
-        if not isinstance(session, Mapping):
-            raise OptionsError(f"it returned {type(session).__name__}, not a session object")
-        session = dict(session)
-        if session.get("type") != kind:
-            raise OptionsError(f"it changed the session's type to {session.get('type')!r}")
-        check_final_session(session, unknown_ok=opts.allow_unknown_session_fields)
-        _check_policy(opts, session)
+        return checked_session(opts, kind, result.value)
     except OptionsError as exc:
         logger.error(
             "navai_mw: the customize_session hook's session is refused: %s", log_safe(exc.message)
         )
         raise NavaiError(_NOT_PREPARED, status=503) from None
+
+
+def checked_session(opts: NavaiVoiceBackendOptions, kind: str, session: object) -> dict[str, Any]:
+    """A whole session from the app's code (a hook's), held to OpenAI's
+    schema and the request policy: an :class:`OptionsError` saying what
+    is wrong with it."""
+    if not isinstance(session, Mapping):
+        raise OptionsError(f"it returned {type(session).__name__}, not a session object")
+    session = dict(session)
+    if session.get("type") != kind:
+        raise OptionsError(f"it changed the session's type to {session.get('type')!r}")
+    check_final_session(session, unknown_ok=opts.allow_unknown_session_fields)
+    _check_policy(opts, session)
     return session
 
 

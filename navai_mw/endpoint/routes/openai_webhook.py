@@ -6,7 +6,10 @@ anything reads it (``upstreams/openai_webhooks.py``, as openai-python's
 * ``safety_identifier.blocked``: the identifier joins the blocked set
   (before the answer: a 200 means it is stored), and its caller is refused
   from then on by the guard;
-* every event (a blocked identifier's too) goes to the app's
+* ``realtime.call.incoming`` / ``live.transport.incoming``: a phone call
+  rings; the one on the surface the server answers on is answered after
+  the 200 (``phone_steps.py``), the other one's acknowledged and left;
+* every other event (and a blocked identifier's) goes to the app's
   ``on_openai_event`` hook, after the 200.
 
 A delivery is done once: its ``webhook-id`` is remembered (72 hours by
@@ -36,10 +39,11 @@ from ...core.effects import (
     ReadClock,
 )
 from ...core.errors import NavaiError, RequestError, log_safe
-from ...upstreams.openai_webhooks import blocked_identifier, verify_delivery
+from ...upstreams.openai_webhooks import blocked_identifier, incoming_call, verify_delivery
 from ..body import parse_body
 from ..route import Call, Reply, Settings
 from ..webhook_steps import WebhookSettings
+from .phone_steps import answer_phone_call
 
 __all__ = ["EVENT_HOOK_SECONDS", "handle"]
 
@@ -76,7 +80,10 @@ def handle(settings: Settings, call: Call) -> Generator[Any, Any, Reply]:
             "navai_mw: OpenAI blocked a safety identifier (%s): its caller is refused from now on",
             log_safe(blocked.category),
         )
-    work = _work(settings, event)
+    incoming = incoming_call(event)
+    if incoming is not None and incoming.kind != hooks.surface:
+        return Reply(200, {"received": True})  # the call is answered on the other surface
+    work = _work(settings, event, incoming, call)
     if work is None:
         return Reply(200, {"received": True})
     first = yield FirstDelivery(webhook_id, hooks.dedup_seconds)
@@ -103,8 +110,12 @@ def _unavailable(why: str) -> NavaiError:
     )
 
 
-def _work(settings: Settings, event: Mapping[str, Any]) -> Generator[Any, Any, None] | None:
+def _work(
+    settings: Settings, event: Mapping[str, Any], incoming: Any, call: Call
+) -> Generator[Any, Any, None] | None:
     """What the delivery asks for after its answer (None: nothing)."""
+    if incoming is not None:
+        return answer_phone_call(settings, incoming, call.info)
     hook = settings.webhooks.on_event
     if hook is None:
         return None

@@ -1,0 +1,312 @@
+"""Phone calls, end to end on real servers: the middleware under uvicorn
+(ASGI) and waitress (WSGI) gets the fake OpenAI's signed webhooks for a
+ringing call (FakeRealtimeWebRTC under uvicorn, which answers the accept,
+reject and refer and holds the accepted call's sideband):
+
+* accepted with the session template (``sip_accept``), its function run on
+  the server over the sideband, its report delivered; the same call's
+  other event acknowledged and left alone;
+* accepted by the app's hook with its identity and its own instructions;
+  on GPT-Live too;
+* refused (the hook's SIP status; 603 with nobody to answer; 500 when the
+  hook fails) and transferred;
+* an accept OpenAI fails is never sent again, and is reported;
+* a caller OpenAI blocked is refused (403), and only they are.
+
+Every answer navai_mw sends is checked against openai-python's params.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+
+from navai_mw import Accept, CallReport, IncomingCall, Refer, Reject
+from navai_mw.testing import FakeRealtimeWebRTC, RingingCall, WebhookSender, webhook_events
+
+from .openai_events import sip_answer
+from .test_call_sideband import BOUND, INSTRUCTIONS, KEY, Orders, Reports, navai, sent_by_navai
+
+pytest.importorskip("aiortc")
+
+SECRET = "whsec_dGhlIHBob25lIHRlc3RzJyBzaWduaW5nIGtleQ=="
+PATH = "/navai/webhooks/openai"
+CALLER = "+14155550123"
+SIP_HEADERS = (
+    ("From", f"<sip:{CALLER}@carrier.example>;tag=9fxced76sl"),
+    ("To", "<sip:proj_123@sip.api.openai.com>"),
+    ("X-Account", "ac_42"),
+)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # aiortc runs on asyncio only
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[FakeRealtimeWebRTC, str]]:
+    upstream = FakeRealtimeWebRTC(api_key=KEY)
+    with upstream.serve() as base_url:
+        yield upstream, base_url
+
+
+@contextlib.contextmanager
+def phone(shell: str, base_url: str, **keywords: Any) -> Iterator[WebhookSender]:
+    """The middleware answering the fake's phone calls; its webhook sender."""
+    keywords.setdefault("openai_webhook_secret", SECRET)
+    with navai(shell, base_url, **keywords) as url:
+        yield WebhookSender(SECRET, f"{url}{PATH}")
+
+
+async def answered(upstream: FakeRealtimeWebRTC, ringing: RingingCall) -> Any:
+    """The one answer the server gave the ringing call, checked against
+    openai-python's params."""
+    await upstream.await_until(lambda: ringing.answered is not None, timeout=BOUND)
+    [answer] = [
+        a for a in upstream.sip_answers if a.call_id in (ringing.call_id, ringing.session_id)
+    ]
+    sip_answer(answer.kind, answer.action, answer.body)
+    return answer
+
+
+# -- accepted -----------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("shell", ["uvicorn", "waitress"])
+async def test_a_call_accepted_with_the_template_runs_functions_and_is_reported(
+    shell: str, fake: tuple[FakeRealtimeWebRTC, str]
+) -> None:
+    upstream, base_url = fake
+    orders, reports = Orders(), Reports()
+    with phone(
+        shell,
+        base_url,
+        sip_accept="realtime",
+        functions=[orders.lookup_order],
+        server_functions=True,
+        pin_session=True,
+        on_call_end=reports,
+        include_functions_routes=False,
+    ) as sender:
+        ringing = upstream.ring(SIP_HEADERS)
+        announced = await sender.asend(ringing.realtime_event())
+        other_surface = await sender.asend(ringing.live_event())
+        assert announced.json() == other_surface.json() == {"received": True}
+        answer = await answered(upstream, ringing)
+        call_id = ringing.call_id
+        assert (answer.kind, answer.action) == ("realtime", "accept")
+        assert answer.body["instructions"] == INSTRUCTIONS
+        assert [tool["name"] for tool in answer.body["tools"]] == ["lookup_order"]
+        assert answer.headers["authorization"] == f"Bearer {KEY}"
+        await upstream.await_until(lambda: upstream.open_sidebands(call_id) == 1, timeout=BOUND)
+
+        tool_call = await upstream.acall_function(call_id, "lookup_order", {"order_id": "A7"})
+        output = await upstream.await_for_event(
+            call_id,
+            "conversation.item.create",
+            where=lambda event: event["item"].get("call_id") == tool_call,
+            timeout=BOUND,
+        )
+        assert json.loads(output["item"]["output"])["result"] == {
+            "order": "A7",
+            "status": "shipped",
+        }
+        assert orders.looked_up == [("A7", None)]  # an anonymous caller
+        await upstream.aend_call(call_id)
+        report: CallReport = await reports.one()
+    assert [a.kind for a in upstream.sip_answers] == ["realtime"]  # the Live event was left
+    assert report.call_id == call_id
+    assert report.kind == "realtime"
+    assert report.identity is None
+    assert report.end_reason == "remote"
+    assert report.metered is True
+    assert [(f.name, f.ok) for f in report.function_calls] == [("lookup_order", True)]
+    sent_by_navai(upstream, call_id)
+
+
+class Receptionist:
+    """``accept_call``: the caller's number as their identity, and a word
+    for them in the instructions; what it was given, kept."""
+
+    def __init__(self) -> None:
+        self.heard: list[IncomingCall] = []
+
+    def __call__(self, incoming: IncomingCall) -> Accept:
+        self.heard.append(incoming)
+        number = (incoming.header("from") or "").partition("sip:")[2].partition("@")[0]
+        return Accept(identity=number, session={"instructions": f"Greet {number}."})
+
+
+class AsyncReceptionist(Receptionist):
+    async def __call__(self, incoming: IncomingCall) -> Accept:  # type: ignore[override]
+        await anyio.sleep(0)
+        return super().__call__(incoming)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("shell", ["uvicorn", "waitress"])
+@pytest.mark.parametrize("hook", [Receptionist, AsyncReceptionist], ids=["plain", "async"])
+async def test_the_hook_accepts_with_its_identity_and_session(
+    shell: str, hook: type[Receptionist], fake: tuple[FakeRealtimeWebRTC, str]
+) -> None:
+    upstream, base_url = fake
+    receptionist, reports = hook(), Reports()
+    with phone(shell, base_url, accept_call=receptionist, sideband=True, on_call_end=reports) as (
+        sender
+    ):
+        ringing = upstream.ring(SIP_HEADERS)
+        await sender.asend(ringing.realtime_event())
+        answer = await answered(upstream, ringing)
+        assert answer.body["instructions"] == f"Greet {CALLER}."
+        assert len(answer.headers["openai-safety-identifier"]) == 64  # the caller's, hashed
+        await upstream.await_until(
+            lambda: upstream.open_sidebands(ringing.call_id) == 1, timeout=BOUND
+        )
+        await upstream.aend_call(ringing.call_id)
+        report = await reports.one()
+    [incoming] = receptionist.heard
+    assert incoming.call_id == ringing.call_id
+    assert incoming.kind == "realtime"
+    assert incoming.sip_headers == SIP_HEADERS
+    assert incoming.media_security == "srtp"
+    assert report.identity == CALLER
+    assert report.identity_key == f"app:{CALLER}"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("shell", ["uvicorn", "waitress"])
+async def test_a_call_accepted_on_gpt_live(
+    shell: str, fake: tuple[FakeRealtimeWebRTC, str]
+) -> None:
+    upstream, base_url = fake
+    reports = Reports()
+    with phone(
+        shell,
+        base_url,
+        sip_accept="live",
+        pin_session=True,
+        on_call_end=reports,
+        live_session={"client": {"data_channel": {"allowed_server_events": "all"}}},
+    ) as sender:
+        ringing = upstream.ring(SIP_HEADERS)
+        await sender.asend(ringing.realtime_event())  # the Realtime surface's: left alone
+        await sender.asend(ringing.live_event())
+        answer = await answered(upstream, ringing)
+        assert (answer.kind, answer.action, answer.call_id) == (
+            "live",
+            "accept",
+            ringing.session_id,
+        )
+        session = answer.body["session"]
+        assert session["type"] == "live"
+        assert session["instructions"] == INSTRUCTIONS
+        assert "client" not in session  # a phone call has no data channel
+        await upstream.await_until(
+            lambda: upstream.open_sidebands(ringing.session_id) == 1, timeout=BOUND
+        )
+        await upstream.areport_usage(ringing.session_id, 42)
+        await upstream.aend_call(ringing.session_id)
+        report = await reports.one()
+    assert report.kind == "live"
+    assert report.call_id == ringing.session_id
+    assert report.end_reason == "remote"
+    assert report.usage.seconds == 42
+
+
+# -- refused, transferred, failed -----------------------------------------------------------
+
+
+def _raises(incoming: IncomingCall) -> Accept:
+    raise LookupError("the CRM is down")
+
+
+def _says_hello(incoming: IncomingCall) -> str:
+    return "hello"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("shell", ["uvicorn", "waitress"])
+@pytest.mark.parametrize(
+    ("keywords", "action", "body"),
+    [
+        ({"accept_call": lambda call: Reject(486)}, "reject", {"status_code": 486}),
+        ({}, "reject", {"status_code": 603}),  # nobody answers phone calls
+        ({"accept_call": _raises, "sip_accept": "realtime"}, "reject", {"status_code": 500}),
+        ({"accept_call": _says_hello}, "reject", {"status_code": 500}),
+        (
+            {"accept_call": lambda call: Refer("tel:+14155550199")},
+            "refer",
+            {"target_uri": "tel:+14155550199"},
+        ),
+    ],
+    ids=["hook rejects", "nobody answers", "hook raises", "hook returns junk", "hook refers"],
+)
+async def test_a_call_refused_or_transferred(
+    shell: str,
+    keywords: dict[str, Any],
+    action: str,
+    body: dict[str, Any],
+    fake: tuple[FakeRealtimeWebRTC, str],
+) -> None:
+    upstream, base_url = fake
+    with phone(shell, base_url, **keywords) as sender:
+        ringing = upstream.ring(SIP_HEADERS)
+        await sender.asend(ringing.realtime_event())
+        answer = await answered(upstream, ringing)
+    assert (answer.kind, answer.action, answer.body) == ("realtime", action, body)
+    assert upstream.open_sidebands(ringing.call_id) == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("shell", ["uvicorn", "waitress"])
+async def test_a_failed_accept_is_reported_and_never_sent_again(
+    shell: str, fake: tuple[FakeRealtimeWebRTC, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream, base_url = fake
+    reports = Reports()
+    with phone(shell, base_url, sip_accept="realtime", sideband=True, on_call_end=reports) as (
+        sender
+    ):
+        ringing = upstream.ring(SIP_HEADERS)
+        upstream.fail(500, f"The server had an error ({KEY}).", times=1)
+        await sender.asend(ringing.realtime_event())
+        report = await reports.one()
+    accepts = [r for r in upstream.requests if r.path.endswith(f"{ringing.call_id}/accept")]
+    assert len(accepts) == 1
+    assert ringing.answered is None
+    assert report.end_reason == "accept_failed"
+    assert report.metered is False
+    assert report.call_id == ringing.call_id
+    assert KEY not in caplog.text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("shell", ["uvicorn", "waitress"])
+async def test_a_caller_openai_blocked_is_refused(
+    shell: str, fake: tuple[FakeRealtimeWebRTC, str]
+) -> None:
+    upstream, base_url = fake
+    secret = "the phone tests' safety secret"
+    identifier = hmac.new(secret.encode(), f"app:{CALLER}".encode(), hashlib.sha256).hexdigest()
+    with phone(
+        shell, base_url, accept_call=Receptionist(), safety_id_secret=secret, sideband=True
+    ) as sender:
+        blocked = await sender.asend(webhook_events.safety_identifier_blocked(identifier))
+        assert blocked.status_code == 200
+        ringing = upstream.ring(SIP_HEADERS)
+        await sender.asend(ringing.realtime_event())
+        answer = await answered(upstream, ringing)
+        other = upstream.ring((("From", "<sip:+14155550100@carrier.example>"),))
+        await sender.asend(other.realtime_event())
+        other_answer = await answered(upstream, other)
+    assert (answer.action, answer.body) == ("reject", {"status_code": 403})
+    assert other_answer.action == "accept"  # only the blocked caller
