@@ -11,7 +11,8 @@ reject and refer and holds the accepted call's sideband):
 * refused (the hook's SIP status; 603 with nobody to answer; 500 when the
   hook fails) and transferred;
 * an accept OpenAI fails is never sent again, and is reported;
-* a caller OpenAI blocked is refused (403), and only they are.
+* a caller OpenAI blocked is refused (403), and only they are;
+* an accepted call is hung up at its time cap.
 
 Every answer navai_mw sends is checked against openai-python's params.
 """
@@ -310,3 +311,26 @@ async def test_a_caller_openai_blocked_is_refused(
         other_answer = await answered(upstream, other)
     assert (answer.action, answer.body) == ("reject", {"status_code": 403})
     assert other_answer.action == "accept"  # only the blocked caller
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("shell", ["uvicorn", "waitress"])
+async def test_an_accepted_call_ends_at_its_time_cap(
+    shell: str, fake: tuple[FakeRealtimeWebRTC, str]
+) -> None:
+    upstream, base_url = fake
+    reports = Reports()
+    with phone(
+        shell,
+        base_url,
+        sip_accept="realtime",
+        sideband=True,
+        on_call_end=reports,
+        max_call_seconds=1,
+    ) as sender:
+        ringing = upstream.ring(SIP_HEADERS)
+        await sender.asend(ringing.realtime_event())
+        await answered(upstream, ringing)
+        report = await reports.one()
+    assert upstream.hangups == [ringing.call_id]  # hung up as a relayed call is
+    assert report.end_reason == "time_cap"
