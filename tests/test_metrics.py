@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -31,7 +32,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from navai_mw import NavaiASGIMiddleware, NavaiVoiceBackendOptions, NavaiWSGIMiddleware
-from navai_mw.testing import FakeOpenAIRealtime, serve_asgi
+from navai_mw.testing import FakeOpenAIRealtime, WebhookSender, serve_asgi, webhook_events
 
 from .conftest import CANARY_KEY
 from .redis_server import RedisServer, redis_fixture
@@ -41,6 +42,7 @@ from .test_cli import started as started  # a fixture
 shared_redis = redis_fixture(scope="module")
 BOUND = 60.0
 MINT = "/navai/realtime/client-secret"
+WEBHOOK = "/navai/webhooks/openai"
 
 
 def sample(name: str, **labels: str) -> float:
@@ -117,6 +119,38 @@ def test_requests_refusals_and_functions_are_counted_on_both_shells() -> None:
                 == attempts + 1
             )
     assert sample("navai_request_duration_seconds_count", route="client_secret") >= 4
+
+
+def test_webhooks_are_counted_by_type_and_outcome_on_both_shells() -> None:
+    secret = "whsec_" + base64.b64encode(b"metrics' webhook signing key").decode()
+    heard: list[str] = []
+    with both_shells(
+        openai_webhook_secret=secret, on_openai_event=lambda e: heard.append(e["type"])
+    ) as shells:
+        for name, post in shells:
+            sender = WebhookSender(secret, "http://t/navai/webhooks/openai")
+            warning = webhook_events.safety_warning_issued(f"case_{name}")
+            series = {
+                "handled": {"type": "safety.warning_issued", "outcome": "handled"},
+                "duplicate": {"type": "safety.warning_issued", "outcome": "duplicate"},
+                "unsigned": {"type": "unknown", "outcome": "unsigned"},
+                "malformed": {"type": "unknown", "outcome": "malformed"},
+            }
+            before = {k: sample("navai_webhooks_total", **v) for k, v in series.items()}
+            body, headers = sender.prepare(warning)
+            undated = sender.prepare(warning, drop=("webhook-timestamp",))[1]
+            statuses = [
+                post(WEBHOOK, content=body, headers=headers).status_code,
+                post(WEBHOOK, content=body, headers=headers).status_code,
+                post(
+                    WEBHOOK, content=body.replace(b"case_", b"CASE_"), headers=headers
+                ).status_code,
+                post(WEBHOOK, content=body, headers=undated).status_code,
+            ]
+            assert statuses == [200, 200, 401, 400]
+            after = {k: sample("navai_webhooks_total", **v) for k, v in series.items()}
+            assert {k: after[k] - before[k] for k in series} == dict.fromkeys(series, 1.0)
+    assert heard.count("safety.warning_issued") >= 1
 
 
 def test_metrics_can_be_switched_off() -> None:

@@ -44,7 +44,8 @@ _JSON_HEADERS: Final = (
 class Answer:
     """What to send back: status, headers (str pairs) and body bytes; and,
     for the operator's metrics and traces (never sent), the route that
-    answered, its rate-limit group, and what the guard decided."""
+    answered, its rate-limit group, what the guard decided and, for an
+    OpenAI webhook, its event type and what became of it."""
 
     status: int
     headers: list[tuple[str, str]]
@@ -52,6 +53,7 @@ class Answer:
     route: str = ""
     group: str = ""
     guard: str = ""
+    webhook: tuple[str, str] | None = None
 
     @property
     def status_line(self) -> str:

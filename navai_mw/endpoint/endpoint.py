@@ -423,7 +423,7 @@ class Endpoint:
             answer = raw_answer(
                 reply.status, reply.raw, reply.content_type, [*reply.headers, *answer_headers]
             )
-        return attrs.evolve(answer, guard="allowed")
+        return attrs.evolve(answer, guard="allowed", webhook=reply.webhook)
 
     def handle(
         self,

@@ -96,13 +96,15 @@ class Call:
 class Reply:
     """What a route's handler answers: a status and a JSON payload, or
     ``raw`` bytes of ``content_type`` (an SDP answer; None for a 204's
-    empty body); ``headers`` extra."""
+    empty body); ``headers`` extra; ``webhook``, for the operator's
+    metrics only, a webhook's event type and what became of it."""
 
     status: int
     payload: object
     raw: bytes | None = None
     content_type: str | None = "application/json"
     headers: tuple[tuple[str, str], ...] = ()
+    webhook: tuple[str, str] | None = None
 
 
 Handler = Callable[[Settings, Call], Generator[Any, Any, Reply]]

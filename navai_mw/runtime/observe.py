@@ -142,6 +142,11 @@ class _Metrics:
             ["function"],
             buckets=_LATENCY_BUCKETS,
         )
+        self.webhooks = Counter(
+            "navai_webhooks",
+            "OpenAI webhooks received, by event type and what became of them",
+            ["type", "outcome"],
+        )
 
     @classmethod
     def get(cls) -> _Metrics | None:
@@ -160,6 +165,10 @@ def _tracer() -> Any:
     except ImportError:
         return None
     return trace.get_tracer("navai_mw")
+
+
+# A webhook refused before its signature held: why, by status.
+_REFUSED: Final = {400: "malformed", 401: "unsigned", 413: "too_large"}
 
 
 class Observer:
@@ -234,6 +243,9 @@ class Observer:
             metrics.mints.labels("realtime" if route == "client_secret" else "transcription").inc()
         if answer.status == 201 and route in ("calls", "live"):
             metrics.calls_started.labels("realtime" if route == "calls" else "live").inc()
+        if route == "openai_webhook":
+            kind, outcome = answer.webhook or ("unknown", _REFUSED.get(answer.status, "refused"))
+            metrics.webhooks.labels(kind, outcome).inc()
 
     # -- an upstream attempt ------------------------------------------------------------
 

@@ -26,6 +26,7 @@ signature does not hold.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Generator, Mapping
 from typing import Any, Final
 
@@ -38,14 +39,14 @@ from ...core.effects import (
     HookResult,
     ReadClock,
 )
-from ...core.errors import NavaiError, RequestError, log_safe
+from ...core.errors import RequestError, log_safe
 from ...upstreams.openai_webhooks import blocked_identifier, incoming_call, verify_delivery
 from ..body import parse_body
 from ..route import Call, Reply, Settings
 from ..webhook_steps import WebhookSettings
 from .phone_steps import answer_phone_call
 
-__all__ = ["EVENT_HOOK_SECONDS", "handle"]
+__all__ = ["EVENT_HOOK_SECONDS", "event_label", "handle"]
 
 logger = logging.getLogger("navai_mw")
 
@@ -53,6 +54,7 @@ logger = logging.getLogger("navai_mw")
 # after the answer: OpenAI is not kept waiting, but a worker is).
 EVENT_HOOK_SECONDS: Final = 30.0
 _RETRY_LATER: Final = (("Retry-After", "30"),)
+_EVENT_TYPE: Final = re.compile(r"[a-z_]+(?:\.[a-z_]+){1,3}")
 
 
 def handle(settings: Settings, call: Call) -> Generator[Any, Any, Reply]:
@@ -67,6 +69,7 @@ def handle(settings: Settings, call: Call) -> Generator[Any, Any, Reply]:
         )
         raise
     kind = event.get("type")
+    label = event_label(kind)
     blocked = blocked_identifier(event)
     if blocked is not None:
         # Stored before the 200, and again on a redelivery (the same block):
@@ -75,38 +78,49 @@ def handle(settings: Settings, call: Call) -> Generator[Any, Any, Reply]:
             blocked.identifier, blocked.category, now, hooks.block_seconds
         )
         if not stored:
-            raise _unavailable("the blocked identifiers cannot be stored")
+            return _unavailable(label, "the blocked identifiers cannot be stored")
         logger.warning(
             "navai_mw: OpenAI blocked a safety identifier (%s): its caller is refused from now on",
             log_safe(blocked.category),
         )
     incoming = incoming_call(event)
     if incoming is not None and incoming.kind != hooks.surface:
-        return Reply(200, {"received": True})  # the call is answered on the other surface
+        # The call is answered on the other surface.
+        return Reply(200, {"received": True}, webhook=(label, "ignored"))
     work = _work(settings, event, incoming, call)
     if work is None:
-        return Reply(200, {"received": True})
+        outcome = "ignored" if blocked is None else "handled"
+        return Reply(200, {"received": True}, webhook=(label, outcome))
     first = yield FirstDelivery(webhook_id, hooks.dedup_seconds)
     if first is None:
         work.close()
-        raise _unavailable("deliveries cannot be remembered")
+        return _unavailable(label, "deliveries cannot be remembered")
     if not first:
         work.close()
         logger.info("navai_mw: an OpenAI webhook was delivered again (%s)", log_safe(str(kind)))
-        return Reply(200, {"received": True, "duplicate": True})
+        return Reply(200, {"received": True, "duplicate": True}, webhook=(label, "duplicate"))
     taken = yield AfterAnswer(work, f"the OpenAI webhook {log_safe(str(kind))[:64]!r}")
     if not taken:
         yield ForgetDelivery(webhook_id)  # OpenAI's next try must find it new
-        raise _unavailable("this server is busy with earlier webhooks")
-    return Reply(200, {"received": True})
+        return _unavailable(label, "this server is busy with earlier webhooks")
+    return Reply(200, {"received": True}, webhook=(label, "handled"))
 
 
-def _unavailable(why: str) -> NavaiError:
+def event_label(kind: object) -> str:
+    """An event's type as a metrics label: OpenAI's own spelling (only
+    OpenAI can sign one), anything else ``other``."""
+    if isinstance(kind, str) and len(kind) <= 64 and _EVENT_TYPE.fullmatch(kind):
+        return kind
+    return "other"
+
+
+def _unavailable(label: str, why: str) -> Reply:
     logger.warning("navai_mw: an OpenAI webhook is answered 503: %s", why)
-    return NavaiError(
-        "The webhook cannot be handled right now; deliver it again later.",
-        status=503,
+    return Reply(
+        503,
+        {"error": "The webhook cannot be handled right now; deliver it again later."},
         headers=_RETRY_LATER,
+        webhook=(label, "unavailable"),
     )
 
 
