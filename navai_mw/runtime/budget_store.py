@@ -19,6 +19,7 @@ store makes the same decisions under one lock.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -466,6 +467,13 @@ def _glob_escaped(text: str) -> str:
 BudgetEffect = AdmitCall | SettleCall | ChargeCall | ReadBudget
 # A budget operation, Redis's answer included, ends within this.
 BUDGET_TIMEOUT_SECONDS: Final = 2.0
+# A call's end the store missed (it was down) is settled again this often
+# until the store takes it: else its reservation would hold the caller's
+# budget until its margin ran out. Settling is done at most once (the
+# reservation is dropped by the first), so trying again is safe.
+SETTLE_RETRY_SECONDS: Final = 2.0
+# At most this many ends are kept to settle again (the oldest go first).
+MAX_UNSETTLED: Final = 10_000
 
 
 def _unavailable(effect: BudgetEffect) -> object:
@@ -486,6 +494,9 @@ class BudgetKeeper:
         self.where = shown_url(uri) if uri is not None else "memory://"
         self._memory = MemoryBudgets() if shared is None else None
         self._redis = None if shared is None else RedisBudgets(shared)
+        # Ends to settle again, by reservation id (on the store's loop only).
+        self._unsettled: dict[str, SettleCall] = {}
+        self._retrying: asyncio.Task[None] | None = None
 
     def _in_memory(self, effect: BudgetEffect) -> object:
         memory = self._memory
@@ -505,11 +516,41 @@ class BudgetKeeper:
         if isinstance(effect, AdmitCall):
             return await redis.admit(effect)
         if isinstance(effect, SettleCall):
-            await redis.settle(effect)
+            try:
+                await redis.settle(effect)
+            except BaseException:  # a failure, or this attempt's deadline
+                self._settle_later(effect)
+                raise
             return None
         if isinstance(effect, ChargeCall):
             return await redis.charge(effect)
         return await redis.read(effect)
+
+    def _settle_later(self, effect: SettleCall) -> None:
+        """Keep ``effect`` to settle again (on the store's loop)."""
+        unsettled = self._unsettled
+        unsettled[effect.reservation.id] = effect
+        while len(unsettled) > MAX_UNSETTLED:
+            del unsettled[next(iter(unsettled))]
+        if self._retrying is None or self._retrying.done():
+            self._retrying = asyncio.get_running_loop().create_task(self._settle_again())
+
+    async def _settle_again(self) -> None:
+        """Settle the kept ends once the store answers again."""
+        redis = self._redis
+        assert redis is not None
+        while self._unsettled:
+            await asyncio.sleep(SETTLE_RETRY_SECONDS)
+            for rid, effect in list(self._unsettled.items()):
+                try:
+                    async with attempt_deadline(BUDGET_TIMEOUT_SECONDS):
+                        await redis.settle(effect)
+                except Exception:
+                    break  # still away: all of them wait for the next round
+                self._unsettled.pop(rid, None)
+                logger.info(
+                    "navai_mw: the budget store %s took a call's end it had missed", self.where
+                )
 
     def perform_sync(self, effect: BudgetEffect) -> object:
         """The effect performed, blocking (the WSGI shell)."""
@@ -575,14 +616,30 @@ class BudgetKeeper:
         if self._redis is None or self._store.running_loop() is None:
             return
         with contextlib.suppress(Exception):
-            self._store.submit(self._redis.aclose()).result(BUDGET_TIMEOUT_SECONDS)
+            self._store.submit(self._aclose_redis()).result(BUDGET_TIMEOUT_SECONDS)
 
     async def aclose(self) -> None:
         """:meth:`close`, awaited."""
         if self._redis is None or self._store.running_loop() is None:
             return
         if self._store.on_store_loop():
-            await self._redis.aclose()
+            await self._aclose_redis()
             return
         with contextlib.suppress(Exception):
-            await _wait(self._store.submit(self._redis.aclose()), BUDGET_TIMEOUT_SECONDS)
+            await _wait(self._store.submit(self._aclose_redis()), BUDGET_TIMEOUT_SECONDS)
+
+    async def _aclose_redis(self) -> None:
+        """Stop settling again, and close the client (on the store's loop)."""
+        retrying, self._retrying = self._retrying, None
+        if retrying is not None:
+            retrying.cancel()
+        if self._unsettled:
+            logger.warning(
+                "navai_mw: %d calls' ends never reached the budget store %s: their "
+                "reservations run out on their own",
+                len(self._unsettled),
+                self.where,
+            )
+            self._unsettled.clear()
+        assert self._redis is not None
+        await self._redis.aclose()
