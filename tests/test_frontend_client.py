@@ -108,3 +108,35 @@ def test_published_client_reports_our_error(base_url: str, fake: FakeOpenAIRealt
         "error": "Invalid request field voiceAccent: expected a string."
     }
     assert fake.requests == []
+
+
+@pytest.mark.parametrize("shell", ["uvicorn-asgi", "waitress-wsgi"])
+def test_published_client_shows_a_spent_budget(shell: str, served_fake: str) -> None:
+    """Under a budget each secret is charged; once it is spent, the
+    published client throws with our refusal, which says so and when the
+    budget is whole again."""
+    opts = NavaiVoiceBackendOptions(
+        openai_api_key=CANARY_KEY, openai_base_url=served_fake, upstream_timeout_seconds=5
+    )
+    keywords: dict[str, Any] = {
+        "relay": True, "budget": "1 minutes/day", "budget_secret_seconds": 40,
+    }  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        if shell == "uvicorn-asgi":
+            url = stack.enter_context(
+                serve_asgi(NavaiASGIMiddleware(inner_asgi, opts, **keywords), lifespan="on")
+            )
+        else:
+            wsgi_app = NavaiWSGIMiddleware(inner_wsgi, opts, **keywords)
+            stack.callback(wsgi_app.close)
+            url = stack.enter_context(serve_waitress(wsgi_app))
+        for _ in range(2):  # 40 seconds charged, then the 20 left
+            minted = run_client(url, {})
+            assert minted.returncode == 0, minted.stdout + minted.stderr
+            assert json.loads(minted.stdout)["value"].startswith("ek_fake_")
+        spent = run_client(url, {})
+    assert spent.returncode == 1, spent.stdout + spent.stderr
+    assert json.loads(spent.stdout) == {
+        "error": "Your budget of 1 minutes/day is spent; it is whole again at the next period.",
+        "code": "budget_exhausted",
+    }
