@@ -52,9 +52,8 @@ def serve_waitress(app: Any) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{server.effective_port}"
     finally:
-        server.trigger.pull_trigger(lambda: wasyncore.close_all(socket_map))
+        stop_waitress(server, socket_map)
         thread.join(timeout=10)
-        server.task_dispatcher.shutdown()
 
 
 @contextlib.contextmanager
@@ -74,3 +73,19 @@ def serve_shell(kind: str, opts: NavaiVoiceBackendOptions, **keywords: Any) -> I
             yield url
     finally:
         wsgi_app.close()
+
+
+def stop_waitress(server: Any, socket_map: dict[int, Any]) -> None:
+    """Stop a waitress server whose loop runs on another thread: its worker
+    threads first, since one finishing a response wakes the loop through the
+    trigger's pipe (closed first, that write fails with EBADF, or lands in
+    whatever file reused the descriptor); then every socket, closed from
+    inside the server's own loop, which ends it. The trigger's lock is held
+    from adding that work until the pipe is written: a wake-up still on its
+    way from a worker could otherwise run it in between, and close the pipe
+    under the write."""
+    server.task_dispatcher.shutdown()
+    trigger = server.trigger
+    with trigger.lock:
+        trigger.thunks.append(lambda: wasyncore.close_all(socket_map))
+        trigger._physical_pull()

@@ -237,16 +237,19 @@ async def test_an_unknown_call_is_a_404_with_openais_error_body(
                 sideband_url(base_url, "realtime", "rtc_never"),
                 sideband_url(base_url, "live", "live_never"),
             ):
-                answer = await client.get(url.replace("ws", "http", 1), headers=upgrade)
+                # A new connection each time: a refused upgrade closes its own.
+                async with httpx.AsyncClient(timeout=DEADLINE) as once:
+                    answer = await once.get(url.replace("ws", "http", 1), headers=upgrade)
                 assert answer.status_code == 404
                 assert answer.headers["content-type"] == "application/json"
                 error = answer.json()["error"]
                 assert set(error) == {"message", "type", "param", "code"}
                 assert error["type"] == "invalid_request_error"
                 assert "not found" in error["message"]
-            no_call = await client.get(
-                f"{base_url}/realtime".replace("ws", "http", 1), headers=upgrade
-            )
+            async with httpx.AsyncClient(timeout=DEADLINE) as once:
+                no_call = await once.get(
+                    f"{base_url}/realtime".replace("ws", "http", 1), headers=upgrade
+                )
             assert no_call.status_code == 400
             assert "call_id" in no_call.json()["error"]["message"]
     assert [status for _, status in fake.sideband_refusals] == [404, 404, 404, 404, 404, 400]

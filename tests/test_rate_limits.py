@@ -135,8 +135,12 @@ else:
         # The workers first: one finishing a response wakes the loop through
         # the trigger's pipe, which closing every socket closes. Then every
         # channel, closed from inside the server's own loop, which ends it.
+        # The trigger's lock held until the pipe is written: a wake-up on its
+        # way could otherwise run that work in between, and close the pipe.
         server.task_dispatcher.shutdown()
-        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+        with server.trigger.lock:
+            server.trigger.thunks.append(lambda: wasyncore.close_all(server._map))
+            server.trigger._physical_pull()
 
     def stop(signum, frame):
         # Not on this (the loop's) thread: the workers may need the loop to

@@ -22,12 +22,12 @@ import anyio
 import httpx
 import pytest
 import waitress
-from waitress import wasyncore
 
 from navai_mw import NavaiASGIMiddleware, NavaiVoiceBackendOptions, NavaiWSGIMiddleware
 from navai_mw.testing import FakeOpenAIRealtime, serve_asgi
 
 from .conftest import CANARY_KEY, is_closed
+from .shells import stop_waitress
 
 TOKEN = "/navai/realtime/client-secret"
 LIMIT = 64
@@ -71,16 +71,6 @@ def serve_waitress(app: Any) -> Iterator[str]:
         stop_waitress(server, socket_map)
         thread.join(timeout=10)
         assert not thread.is_alive()
-
-
-def stop_waitress(server: Any, socket_map: dict[int, Any]) -> None:
-    """Stop a waitress server whose loop runs on another thread: its worker
-    threads first, since one finishing a response wakes the loop through the
-    trigger's pipe (closed first, that write fails with EBADF, or lands in
-    whatever file reused the descriptor); then every socket, closed from
-    inside the server's own loop, which ends it."""
-    server.task_dispatcher.shutdown()
-    server.trigger.pull_trigger(lambda: wasyncore.close_all(socket_map))
 
 
 class _QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
