@@ -101,7 +101,10 @@ class BodyWanted:
 def _annotated(answer: Answer, route: Route, request_id: str) -> Answer:
     """An answer with its request id, and the route that gave it."""
     headers = [*answer.headers, ("X-Request-ID", request_id)] if request_id else answer.headers
-    return attrs.evolve(answer, headers=headers, route=route.name, group=route.group)
+    # Built, not evolved: attrs.evolve reads the class's fields on every call.
+    return Answer(
+        answer.status, headers, answer.body, route.name, route.group, answer.guard, answer.webhook
+    )
 
 
 def _refused_as(exc: NavaiError) -> str:
@@ -305,11 +308,11 @@ class Endpoint:
         route = self.route_for(path if path is not None else self.path or "")
         begun = self._begin(
             route, method, headers, path=path, peer=peer, scope=scope, environ=environ,
-            query=query, mount=mount,
+            query=query, mount=mount, request_id=rid,
         )  # fmt: skip
         if isinstance(begun, Answer):
             return _annotated(begun, route, rid)
-        return attrs.evolve(begun, request_id=rid)
+        return begun
 
     def _begin(
         self,
@@ -323,6 +326,7 @@ class Endpoint:
         environ: Mapping[str, Any] | None = None,
         query: str = "",
         mount: str = "",
+        request_id: str = "",
     ) -> Answer | BodyWanted:
         # A signed route's caller is a server, never a browser: no CORS.
         cors = () if route.signed else self.cors.headers(headers)
@@ -364,7 +368,9 @@ class Endpoint:
             scope=scope,
             environ=environ,
         )
-        return BodyWanted(limit, declared, cors, content_type_ok, info, route, query, mount)
+        return BodyWanted(
+            limit, declared, cors, content_type_ok, info, route, query, mount, request_id
+        )
 
     def finish(
         self, wanted: BodyWanted, body: bytes | None, *, identity: str | None = None
@@ -423,7 +429,9 @@ class Endpoint:
             answer = raw_answer(
                 reply.status, reply.raw, reply.content_type, [*reply.headers, *answer_headers]
             )
-        return attrs.evolve(answer, guard="allowed", webhook=reply.webhook)
+        return Answer(
+            answer.status, answer.headers, answer.body, guard="allowed", webhook=reply.webhook
+        )
 
     def handle(
         self,

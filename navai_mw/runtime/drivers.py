@@ -8,11 +8,10 @@ retry policy in no real time.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
@@ -132,14 +131,9 @@ async def drive_async(
         return result
 
 
-# An attempt nobody watches (no observer): a context reused as it is.
-_UNWATCHED: Final = contextlib.nullcontext(_Attempt())
-
-
-def _watched(
-    observer: Observer | None, effect: Attempt
-) -> contextlib.AbstractContextManager[_Attempt]:
-    return _UNWATCHED if observer is None else observer.attempt(effect.request)
+def _watched(observer: Observer | None, effect: Attempt) -> _Attempt:
+    # An attempt nobody watches (no observer) records nothing.
+    return _Attempt() if observer is None else observer.attempt(effect.request)
 
 
 def _performed(perform: Callable[[Any], R] | None, effect: object) -> R:

@@ -23,7 +23,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 from ..core.http import HttpRequest, HttpResponse, checked_request_id
@@ -70,6 +70,7 @@ class _Metrics:
     _made: _Metrics | None = None
 
     def __init__(self) -> None:
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         from prometheus_client import Counter, Gauge, Histogram
 
         self.requests = Counter(
@@ -148,6 +149,15 @@ class _Metrics:
             ["type", "outcome"],
         )
 
+    def of(self, metric: Any, *labels: str) -> Any:
+        """``metric``'s child for ``labels``, looked up once (prometheus-client
+        checks and locks on every ``labels()``; every label here has few values)."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     @classmethod
     def get(cls) -> _Metrics | None:
         """The process's series, made once (None without prometheus-client)."""
@@ -167,6 +177,36 @@ def _tracer() -> Any:
     return trace.get_tracer("navai_mw")
 
 
+def _tracing_on() -> bool:
+    """Whether the app installed a tracer provider (an SDK): with the API
+    alone every span is a no-op, and not starting one saves its cost.
+    Once installed, a provider stays (OpenTelemetry sets it once)."""
+    global _TRACING
+    if _TRACING:
+        return True
+    if _otel_trace is None:
+        return False
+    # The API's own global, read without get_tracer_provider()'s look into
+    # the environment on every request; that look only when it is needed.
+    if getattr(_otel_trace, "_TRACER_PROVIDER", None) is None and not _PROVIDER_FROM_ENV:
+        return False
+    _TRACING = not isinstance(_otel_trace.get_tracer_provider(), _NO_PROVIDERS)
+    return _TRACING
+
+
+_TRACING = False
+try:
+    from opentelemetry import trace as _otel_trace
+    from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider
+
+    _NO_PROVIDERS: tuple[type, ...] = (NoOpTracerProvider, ProxyTracerProvider)
+except ImportError:
+    _otel_trace = None  # type: ignore[assignment]
+    _NO_PROVIDERS = ()
+# A provider named by the environment is made on first use.
+_PROVIDER_FROM_ENV: Final = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+
+
 # A webhook refused before its signature held: why, by status.
 _REFUSED: Final = {400: "malformed", 401: "unsigned", 413: "too_large"}
 
@@ -180,25 +220,18 @@ class Observer:
 
     # -- a navai request --------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def request(self, method: str, headers: object) -> Iterator[_Seen]:
-        """Around one navai request: its id (the client's ``X-Request-ID``
-        when it is one to keep, else a new one) in the log lines, its span
-        (a child of the caller's trace, when one came), its time."""
+    def request(self, method: str, headers: object) -> _Seen:
+        """Around one navai request (a context manager): its id (the
+        client's ``X-Request-ID`` when it is one to keep, else a new one)
+        in the log lines, its span (a child of the caller's trace, when one
+        came), its time."""
         incoming = None
         if isinstance(headers, Mapping):
             incoming = headers.get("x-request-id") or headers.get("X-Request-ID")
-        seen = _Seen(checked_request_id(incoming) or new_request_id())
-        token = _REQUEST_ID.set(seen.request_id)
-        span_scope: Any = contextlib.nullcontext()
-        if self.tracer is not None:
+        span_scope = None
+        if self.tracer is not None and _tracing_on():
             span_scope = self._request_span(method, headers)
-        try:
-            with span_scope as span:
-                seen.span = span
-                yield seen
-        finally:
-            _REQUEST_ID.reset(token)
+        return _Seen(checked_request_id(incoming) or new_request_id(), span_scope)
 
     def _request_span(self, method: str, headers: object) -> Any:
         from opentelemetry import context, propagate, trace
@@ -235,27 +268,28 @@ class Observer:
         metrics = self.metrics
         if metrics is None:
             return
-        metrics.requests.labels(route, status).inc()
-        metrics.request_seconds.labels(route).observe(seconds)
+        metrics.of(metrics.requests, route, status).inc()
+        metrics.of(metrics.request_seconds, route).observe(seconds)
         if answer.guard:
-            metrics.guard.labels(answer.group, answer.guard).inc()
+            metrics.of(metrics.guard, answer.group, answer.guard).inc()
         if answer.status == 200 and route in ("client_secret", "transcription_secret"):
-            metrics.mints.labels("realtime" if route == "client_secret" else "transcription").inc()
+            metrics.of(
+                metrics.mints, "realtime" if route == "client_secret" else "transcription"
+            ).inc()
         if answer.status == 201 and route in ("calls", "live"):
-            metrics.calls_started.labels("realtime" if route == "calls" else "live").inc()
+            metrics.of(metrics.calls_started, "realtime" if route == "calls" else "live").inc()
         if route == "openai_webhook":
             kind, outcome = answer.webhook or ("unknown", _REFUSED.get(answer.status, "refused"))
-            metrics.webhooks.labels(kind, outcome).inc()
+            metrics.of(metrics.webhooks, kind, outcome).inc()
 
     # -- an upstream attempt ------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def attempt(self, request: HttpRequest) -> Iterator[_Attempt]:
-        """Around one upstream attempt: its span (HTTP client conventions:
-        the method, the URL without its query, the status) and its time."""
-        attempt = _Attempt()
-        span_scope: Any = contextlib.nullcontext()
-        if self.tracer is not None:
+    def attempt(self, request: HttpRequest) -> _Attempt:
+        """Around one upstream attempt (a context manager): its span (HTTP
+        client conventions: the method, the URL without its query, the
+        status) and its time."""
+        span_scope = None
+        if self.tracer is not None and _tracing_on():
             from opentelemetry import trace
 
             span_scope = self.tracer.start_as_current_span(
@@ -267,12 +301,7 @@ class Observer:
                     "navai.upstream": request.upstream,
                 },
             )
-        started = time.perf_counter()
-        with span_scope as span:
-            try:
-                yield attempt
-            finally:
-                self._attempted(request, attempt, time.perf_counter() - started, span)
+        return _Attempt(self, request, span_scope)
 
     def _attempted(
         self, request: HttpRequest, attempt: _Attempt, seconds: float, span: Any
@@ -300,14 +329,16 @@ class Observer:
                 f" (its request id {upstream_id})" if upstream_id else "",
             )
         if self.metrics is not None:
-            self.metrics.upstream.labels(request.upstream, outcome).inc()
-            self.metrics.upstream_seconds.labels(request.upstream, outcome).observe(seconds)
+            self.metrics.of(self.metrics.upstream, request.upstream, outcome).inc()
+            self.metrics.of(self.metrics.upstream_seconds, request.upstream, outcome).observe(
+                seconds
+            )
 
     # -- functions, calls, sidebands ---------------------------------------------------
 
     def span(self, name: str, **attributes: Any) -> contextlib.AbstractContextManager[Any]:
         """A span around some work of navai_mw's (None without a tracer)."""
-        if self.tracer is None:
+        if self.tracer is None or not _tracing_on():
             return contextlib.nullcontext()
         return self.tracer.start_as_current_span(name, attributes=attributes)  # type: ignore[no-any-return]
 
@@ -317,8 +348,8 @@ class Observer:
 
     def function(self, name: str, outcome: str, seconds: float) -> None:
         if self.metrics is not None:
-            self.metrics.functions.labels(name, outcome).inc()
-            self.metrics.function_seconds.labels(name).observe(seconds)
+            self.metrics.of(self.metrics.functions, name, outcome).inc()
+            self.metrics.of(self.metrics.function_seconds, name).observe(seconds)
 
     def sideband(self, change: int) -> None:
         """A sideband opened (+1) or closed (-1)."""
@@ -343,7 +374,7 @@ class Observer:
                 family = text[start + 1 : end].split(".", 1)[0][:32] or "other"
         if family not in _FAMILIES:
             family = "other"
-        self.metrics.sideband_events.labels(family).inc()
+        self.metrics.of(self.metrics.sideband_events, family).inc()
 
     def reverts(self, count: int) -> None:
         if self.metrics is not None and count:
@@ -360,7 +391,7 @@ class Observer:
         if self.metrics is None:
             return
         metrics = self.metrics
-        metrics.calls_ended.labels(report.end_reason).inc()
+        metrics.of(metrics.calls_ended, report.end_reason).inc()
         metrics.call_seconds.observe(report.seconds)
         usage = report.usage
         for direction, modality, value in (
@@ -372,7 +403,7 @@ class Observer:
             ("output", "transcription", usage.transcription_output_tokens),
         ):
             if value:
-                metrics.tokens.labels(direction, modality).inc(value)
+                metrics.of(metrics.tokens, direction, modality).inc(value)
         if report.cost_usd:
             metrics.cost.inc(report.cost_usd)
 
@@ -395,20 +426,71 @@ _FAMILIES: Final = frozenset(
 
 
 class _Seen:
-    __slots__ = ("request_id", "span", "started")
+    """One request as the observer sees it: a context manager (a class, not
+    a generator: it runs on every request)."""
 
-    def __init__(self, request_id: str) -> None:
+    __slots__ = ("_scope", "_token", "request_id", "span", "started")
+
+    def __init__(self, request_id: str, span_scope: Any = None) -> None:
         self.request_id = request_id
         self.started = time.perf_counter()
         self.span: Any = None
+        self._scope = span_scope
+        self._token: Any = None
+
+    def __enter__(self) -> _Seen:
+        self._token = _REQUEST_ID.set(self.request_id)
+        if self._scope is not None:
+            try:
+                self.span = self._scope.__enter__()
+            except BaseException:
+                _REQUEST_ID.reset(self._token)
+                raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            if self._scope is not None:
+                self._scope.__exit__(*exc)
+        finally:
+            _REQUEST_ID.reset(self._token)
 
 
 class _Attempt:
-    __slots__ = ("response", "timed_out")
+    """One upstream attempt as the observer sees it (a context manager;
+    with no observer, one that records nothing)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_observer", "_request", "_scope", "_span", "_started", "response", "timed_out")
+
+    def __init__(
+        self,
+        observer: Observer | None = None,
+        request: HttpRequest | None = None,
+        span_scope: Any = None,
+    ) -> None:
         self.response: HttpResponse | None = None
         self.timed_out = False
+        self._observer = observer
+        self._request = request
+        self._scope = span_scope
+        self._span: Any = None
+        self._started = 0.0
+
+    def __enter__(self) -> _Attempt:
+        if self._scope is not None:
+            self._span = self._scope.__enter__()
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        observer, request = self._observer, self._request
+        try:
+            if observer is not None and request is not None:
+                seconds = time.perf_counter() - self._started
+                observer._attempted(request, self, seconds, self._span)
+        finally:
+            if self._scope is not None:
+                self._scope.__exit__(*exc)
 
 
 def _upstream_request_id(response: HttpResponse | None) -> str | None:

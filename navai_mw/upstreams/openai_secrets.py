@@ -308,10 +308,14 @@ def build_upstream_request(
 
 
 def parse_upstream_response(
-    response: HttpResponse, *, secret: str | None = None, what: str = CLIENT_SECRETS
+    response: HttpResponse,
+    *,
+    secret: str | None = None,
+    what: str = CLIENT_SECRETS,
+    speech: str = "openai",
 ) -> OpenAIRealtimeClientSecretResponse:
     """Read OpenAI's answer; ``secret`` (the key sent) is redacted from errors;
-    ``what`` names the upstream in them."""
+    ``what`` names the upstream in them; ``speech`` is who voices the session."""
     if not 200 <= response.status < 300:
         raise upstream_failure(what, response, upstream_message(response.body), secret)
     try:
@@ -331,6 +335,7 @@ def parse_upstream_response(
         value=value,
         expires_at=expires_at,
         session=session if isinstance(session, dict) else None,
+        speech={"provider": speech},
     )
 
 
@@ -349,5 +354,4 @@ def exchange(
     ``provider`` (who voices the session) goes into its ``speech``, and
     ``what`` names the upstream in messages."""
     response = yield from attempts(request, budget=budget, what=what)
-    secret = parse_upstream_response(response, secret=request.secret, what=what)
-    return attrs.evolve(secret, speech={"provider": provider})
+    return parse_upstream_response(response, secret=request.secret, what=what, speech=provider)
