@@ -31,6 +31,7 @@ from . import (
     bench_passthrough,
     bench_sideband,
     bench_transports,
+    bench_webhooks,
     bench_wsgi,
 )
 from ._harness import FULL, QUICK, REPO, Context, Section, timed
@@ -50,6 +51,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "workers": bench_latency.run_workers,
     "sideband": bench_sideband.run,
     "budgets": bench_budgets.run,
+    "webhooks": bench_webhooks.run,
     "observe": bench_observe.run,
 }
 RESULTS = REPO / "benchmarks" / "results"
