@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -370,3 +373,40 @@ def test_a_sliver_of_minutes_starts_no_call(store: Store) -> None:
     assert admit(store, clock).reservation is None  # half a second left
     store(SettleCall(reservation, 119.5))
     assert admit(store, clock).reservation is None
+
+
+def test_a_forked_child_counts_budgets_on_connections_of_its_own(
+    shared_redis: RedisServer,
+) -> None:
+    """gunicorn's pre-fork model: the parent used the budget store, then
+    forks; the child's admissions go to Redis on a client of its own (the
+    parent's belongs to a loop the child does not have)."""
+    script = textwrap.dedent(
+        f"""
+        import os, time
+        from navai_mw.core.budgets import parse_budget
+        from navai_mw.core.effects import AdmitCall
+        from navai_mw.runtime.budget_store import BudgetKeeper
+        from navai_mw.runtime.call_store import CallStore
+
+        url = {shared_redis.url!r}
+        keeper = BudgetKeeper(url, CallStore(url))
+        limits = parse_budget("10 minutes/day")
+
+        def admitted(who):
+            return keeper.perform_sync(AdmitCall(who, limits, 60.0, time.time)).reservation
+
+        assert admitted("app:parent") is not None
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if admitted("app:child") is not None else 3)
+        _, status = os.waitpid(pid, 0)
+        assert admitted("app:parent") is not None  # the parent's client still works
+        print(os.waitstatus_to_exitcode(status))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "0\n", done.stderr

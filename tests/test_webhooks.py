@@ -18,6 +18,9 @@ import asyncio
 import base64
 import contextlib
 import logging
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -318,3 +321,36 @@ def test_answering_calls_needs_the_servers_key() -> None:
     # Blocked identifiers and other events need no key of the server's.
     handler = NavaiHandler(no_key, functions=[], env={}, openai_webhook_secret=SECRET)
     handler.close()
+
+
+def test_a_forked_child_remembers_deliveries_on_connections_of_its_own(
+    shared_redis: RedisServer,
+) -> None:
+    """gunicorn's pre-fork model: the parent used the webhook store, then
+    forks; the child's deliveries are remembered in Redis on a client of
+    its own (the parent's belongs to a loop the child does not have)."""
+    script = textwrap.dedent(
+        f"""
+        import os
+        from navai_mw.core.effects import FirstDelivery
+        from navai_mw.runtime.call_store import CallStore
+        from navai_mw.runtime.webhook_store import WebhookKeeper
+
+        url = {shared_redis.url!r}
+        keeper = WebhookKeeper(url, CallStore(url))
+        assert keeper.perform_sync(FirstDelivery("wh_parent", 60.0)) is True
+        pid = os.fork()
+        if pid == 0:
+            first = keeper.perform_sync(FirstDelivery("wh_child", 60.0))
+            again = keeper.perform_sync(FirstDelivery("wh_parent", 60.0))
+            os._exit(0 if (first, again) == (True, False) else 3)
+        _, status = os.waitpid(pid, 0)
+        assert keeper.perform_sync(FirstDelivery("wh_child", 60.0)) is False
+        print(os.waitstatus_to_exitcode(status))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "0\n", done.stderr

@@ -497,6 +497,15 @@ class BudgetKeeper:
         # Ends to settle again, by reservation id (on the store's loop only).
         self._unsettled: dict[str, SettleCall] = {}
         self._retrying: asyncio.Task[None] | None = None
+        store.after_fork(self._after_fork)
+
+    def _after_fork(self) -> None:
+        # The parent's Redis client belongs to a loop this process does not
+        # have (the calls' store makes a new one): the child makes its own.
+        if self._redis is not None:
+            self._redis.forget_client()
+        self._unsettled = {}
+        self._retrying = None
 
     def _in_memory(self, effect: BudgetEffect) -> object:
         memory = self._memory

@@ -196,6 +196,7 @@ class CallStore:
         self.where = shown_url(uri) if uri is not None else "memory://"
         self._loop = _LoopThread("navai-calls")
         self._timers: dict[str, asyncio.TimerHandle] = {}  # touched on the store's loop only
+        self._fork_hooks: list[Callable[[], None]] = []
         self._lease = hangup_seconds + LEASE_MARGIN_SECONDS
         shared = redis_client_url(uri)
         self._redis = None if shared is None else RedisCalls(shared, lease_seconds=self._lease)
@@ -294,6 +295,12 @@ class CallStore:
         if self._redis is not None:  # a client of the stopped loop is of no more use
             self._redis.forget_client()
 
+    def after_fork(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` in a forked child, once the store is made anew
+        there: what keeps a client of the store's loop forgets it (the
+        parent's loop does not exist in the child)."""
+        self._fork_hooks.append(hook)
+
     def _after_fork(self) -> None:
         # The parent's loop, timers and threads do not exist here (and the
         # parent's locks may have been held).
@@ -304,8 +311,10 @@ class CallStore:
             self._hangups._reset()
         if self._redis is not None:
             self._redis.forget_client()
-            if self._polling:
-                self.ensure_polling()
+        for hook in self._fork_hooks:
+            hook()
+        if self._redis is not None and self._polling:
+            self.ensure_polling()
 
     # -- the store's loop -----------------------------------------------------------
 

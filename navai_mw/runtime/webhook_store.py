@@ -170,6 +170,9 @@ class RedisWebhooks:
             self._client = redis.asyncio.Redis.from_pool(pool)
         return self._client
 
+    def forget_client(self) -> None:
+        self._client = None
+
     async def perform(self, effect: WebhookEffect) -> bool | None:
         client = self._redis()
         if isinstance(effect, IsBlocked):
@@ -219,6 +222,9 @@ class WebhookKeeper:
         self.where = shown_url(uri) if uri is not None else "memory://"
         self._memory = MemoryWebhooks() if shared is None else None
         self._redis = None if shared is None else RedisWebhooks(shared)
+        if self._redis is not None:
+            # The parent's client belongs to a loop a forked child does not have.
+            store.after_fork(self._redis.forget_client)
 
     def _in_memory(self, effect: WebhookEffect) -> bool | None:
         memory = self._memory
