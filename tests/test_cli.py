@@ -7,6 +7,7 @@ configuration errors, which never start a server, run ``main()`` in-process.
 
 from __future__ import annotations
 
+import base64
 import os
 import queue
 import re
@@ -494,3 +495,45 @@ def test_the_banner_never_shows_the_storage_password(started: list[Cli], served_
     assert httpx.get(_listening_url(banner) + "/health", timeout=10).status_code == 200
     assert cli.stop(signal.SIGINT) == 0
     assert CANARY_KEY not in cli.output
+
+
+def test_the_banner_names_the_budget_the_usage_and_the_webhook_routes(
+    started: list[Cli], served_fake: str
+) -> None:
+    secret = "whsec_" + base64.b64encode(b"the banner's webhook signing key").decode()
+    env = _env(
+        OPENAI_API_KEY="sk-x",
+        OPENAI_BASE_URL=served_fake,
+        NAVAI_RELAY="true",
+        NAVAI_BUDGET="10 minutes/day; 5 USD/month",
+        OPENAI_WEBHOOK_SECRET=secret,
+    )
+    cli = Cli("serve", "--port", "0", env=env)
+    started.append(cli)
+    banner = cli.banner()
+    base = _listening_url(banner)
+    lines = {
+        line.split(maxsplit=1)[0]: line
+        for line in banner.splitlines()
+        if line.startswith("  ") and line.strip()
+    }
+    assert (
+        "10 minutes/day; 5 USD/month per caller (the storage down: refuses calls)"
+        in lines["budget"]
+    )
+    assert "/navai/usage" in lines["usage"]
+    assert "/navai/webhooks/openai" in lines["webhooks"]
+    assert httpx.get(f"{base}/navai/usage", timeout=10).json()["budgets"][0]["limit"] == (
+        "10 minutes/day"
+    )
+    assert cli.stop(signal.SIGINT) == 0
+    assert secret not in cli.output
+
+
+def test_the_banner_says_how_to_turn_webhooks_on(started: list[Cli], served_fake: str) -> None:
+    cli = Cli("serve", "--port", "0", env=_env(OPENAI_API_KEY="sk-x", OPENAI_BASE_URL=served_fake))
+    started.append(cli)
+    banner = cli.banner()
+    assert "webhooks        off (OPENAI_WEBHOOK_SECRET)" in banner
+    assert "budget" not in banner  # no relay: no calls to budget
+    assert cli.stop(signal.SIGINT) == 0

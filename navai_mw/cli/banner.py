@@ -7,7 +7,7 @@ import os
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import Any, Final
 
 from ..backend_functions.registry import FunctionRegistry
 from ..config.env import AZURE_WINS_WARNING
@@ -133,6 +133,21 @@ def _limit_policy(guard: Guard) -> str:
     return f"{limits} (storage {storage}, fails {fail})"
 
 
+def _budget_policy(budgets: Any) -> str:
+    """The calls' budget, as the banner says it."""
+    if budgets is None:
+        return "none (NAVAI_BUDGET, e.g. 10 minutes/day)"
+    policy = budgets.policy
+    if policy.hook is not None:
+        said = "the app's hook decides per caller"
+    elif policy.default is not None:
+        said = "; ".join(limit.text for limit in policy.default) + " per caller"
+    else:
+        said = "per caller, as listed"
+    store = "lets calls start" if budgets.fail_open else "refuses calls"
+    return f"{said} (the storage down: {store})"
+
+
 def _curl_command(url: str, *, needs_api_key: bool) -> str:
     """A shell line that mints a token at ``url``."""
     body = '{"apiKey": "YOUR_OPENAI_API_KEY"}' if needs_api_key else "{}"
@@ -155,12 +170,14 @@ def _banner(
     webrtc: bool = True,
     routes: Mapping[str, str] | None = None,
     sideband: SidebandSettings | None = None,
+    budgets: Any = None,
 ) -> str:
     base = _origin(host, port, local=True)
     routes = routes or {}
     # The relays, when the middleware has them: an SDP offer in, an answer out.
     calls, live = routes.get("calls"), routes.get("live")
     transcription = routes.get("transcription_secret")
+    usage, webhook = routes.get("usage"), routes.get("openai_webhook")
     settings = [
         ("voice page", f"{base}/ (open it in a browser, press Start)" if page else None),
         ("token endpoint", f"POST {base}{token_path}"),
@@ -175,6 +192,14 @@ def _banner(
         (
             "transcription",
             f"POST {base}{transcription}" if transcription else "off (NAVAI_TRANSCRIPTION=true)",
+        ),
+        ("budget", _budget_policy(budgets) if calls or live else None),
+        ("usage", f"GET {base}{usage} (the caller's own budget)" if usage else None),
+        (
+            "webhooks",
+            f"POST {base}{webhook} (OpenAI's, signed: phone calls, blocked users)"
+            if webhook
+            else "off (OPENAI_WEBHOOK_SECRET)",
         ),
         ("health", f"GET {base}{HEALTH_PATH}"),
         # Never credentials: the options refuse them in either URL.

@@ -139,6 +139,7 @@ def run_server(args: argparse.Namespace) -> int:
                 webrtc=webrtc,
                 routes={route.name: route.path for route in endpoint.routes},
                 sideband=endpoint.settings.sideband,
+                budgets=endpoint.settings.budgets,
             ),
             flush=True,
         )
