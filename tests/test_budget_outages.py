@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -28,7 +27,9 @@ from navai_mw.runtime.budget_store import RESERVATION_MARGIN_SECONDS
 from navai_mw.testing import FakeRealtimeWebRTC
 
 from .redis_server import RedisServer, redis_fixture
+from .test_budget_calls import anyio_backend as anyio_backend  # a fixture
 from .test_budget_calls import offer, relay, usage
+from .test_budget_calls import webrtc as webrtc  # a fixture
 from .test_call_sideband import AUTH, BOUND, KEY, Reports, attached, call, hang_up, navai
 from .test_cli import Cli, _env, _free_port
 from .test_cli import started as started  # a fixture
@@ -36,18 +37,6 @@ from .test_cli import started as started  # a fixture
 pytest.importorskip("aiortc")
 
 redis = redis_fixture(scope="function")
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def webrtc() -> Iterator[tuple[FakeRealtimeWebRTC, str]]:
-    upstream = FakeRealtimeWebRTC(api_key=KEY)
-    with upstream.serve() as base_url:
-        yield upstream, base_url
 
 
 class Clock:

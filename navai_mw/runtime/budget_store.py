@@ -40,6 +40,7 @@ from ..core.effects import (
 )
 from ..core.storage import redis_client_url, shown_url
 from .aio import _wait, attempt_deadline
+from .call_deadlines import redis_client
 from .call_store import CallStore
 
 __all__ = [
@@ -61,7 +62,6 @@ MIN_GRANT_SECONDS: Final = 1.0
 # A count is kept this long past its period's end (for reading).
 KEPT_AFTER_PERIOD_SECONDS: Final = 86_400.0
 MAX_CONNECTIONS: Final = 16
-SOCKET_SECONDS: Final = 2.0
 # One count as the store reads it: used, elapsed, reserved, and the
 # earliest end of a reservation (-1: none).
 Row = tuple[float, float, float, float]
@@ -358,17 +358,7 @@ class RedisBudgets:
 
     def _redis(self) -> Any:
         if self._client is None:
-            import redis.asyncio
-
-            pool = redis.asyncio.BlockingConnectionPool.from_url(
-                self.url,
-                max_connections=MAX_CONNECTIONS,
-                timeout=SOCKET_SECONDS,
-                socket_timeout=SOCKET_SECONDS,
-                socket_connect_timeout=SOCKET_SECONDS,
-                client_name="navai-budgets",
-            )
-            self._client = redis.asyncio.Redis.from_pool(pool)
+            self._client = redis_client(self.url, "navai-budgets", MAX_CONNECTIONS)
             # register_script runs EVALSHA, and loads the script again when
             # Redis's script cache was flushed.
             self._scripts = {

@@ -42,6 +42,25 @@ MAX_CONNECTIONS: Final = 32
 # A connection to Redis answers within this, or the operation fails.
 SOCKET_SECONDS: Final = 2.0
 
+
+def redis_client(url: str, name: str, max_connections: int) -> Any:
+    """A Redis client of the running loop, as navai_mw's stores keep one:
+    a bounded pool (a caller waits for a connection rather than opening
+    more), every wait, read and connect bounded by :data:`SOCKET_SECONDS`,
+    and ``name`` shown by ``CLIENT LIST``."""
+    import redis.asyncio
+
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=SOCKET_SECONDS,
+        socket_timeout=SOCKET_SECONDS,
+        socket_connect_timeout=SOCKET_SECONDS,
+        client_name=name,
+    )
+    return redis.asyncio.Redis.from_pool(pool)
+
+
 # Claims at most ARGV[3] keys due by ARGV[1] (now): each one whose owner is
 # still known gets a lease until ARGV[2]; one whose owner expired is dropped.
 _CLAIM: Final = """
@@ -83,17 +102,7 @@ class RedisCalls:
 
     def _redis(self) -> Any:
         if self._client is None:
-            import redis.asyncio
-
-            pool = redis.asyncio.BlockingConnectionPool.from_url(
-                self.url,
-                max_connections=MAX_CONNECTIONS,
-                timeout=SOCKET_SECONDS,
-                socket_timeout=SOCKET_SECONDS,
-                socket_connect_timeout=SOCKET_SECONDS,
-                client_name="navai-calls",
-            )
-            self._client = redis.asyncio.Redis.from_pool(pool)
+            self._client = redis_client(self.url, "navai-calls", MAX_CONNECTIONS)
             self._claim = self._client.register_script(_CLAIM)
         return self._client
 

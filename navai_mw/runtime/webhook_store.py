@@ -25,6 +25,7 @@ import attrs
 from ..core.effects import BlockIdentifier, FirstDelivery, ForgetDelivery, IsBlocked
 from ..core.storage import redis_client_url, shown_url
 from .aio import _wait, attempt_deadline
+from .call_deadlines import redis_client
 from .call_store import CallStore
 
 __all__ = [
@@ -42,7 +43,6 @@ _BLOCKED_PREFIX: Final = "navai:blocked:"
 # above what OpenAI sends one project in a dedup window.
 MAX_REMEMBERED_DELIVERIES: Final = 100_000
 MAX_CONNECTIONS: Final = 8
-SOCKET_SECONDS: Final = 2.0
 # A store operation, Redis's answer included, ends within this.
 STORE_TIMEOUT_SECONDS: Final = 2.0
 
@@ -157,17 +157,7 @@ class RedisWebhooks:
 
     def _redis(self) -> Any:
         if self._client is None:
-            import redis.asyncio
-
-            pool = redis.asyncio.BlockingConnectionPool.from_url(
-                self.url,
-                max_connections=MAX_CONNECTIONS,
-                timeout=SOCKET_SECONDS,
-                socket_timeout=SOCKET_SECONDS,
-                socket_connect_timeout=SOCKET_SECONDS,
-                client_name="navai-webhooks",
-            )
-            self._client = redis.asyncio.Redis.from_pool(pool)
+            self._client = redis_client(self.url, "navai-webhooks", MAX_CONNECTIONS)
         return self._client
 
     def forget_client(self) -> None:
