@@ -26,7 +26,7 @@ from .core.errors import OptionsError
 from .core.identity import APP_SCHEME, Identity, identity_key
 from .endpoint.budget_steps import BudgetSettings, counts_payload
 from .endpoint.endpoint import Endpoint
-from .runtime.budget_store import BudgetKeeper
+from .runtime.budget_keeper import BudgetKeeper
 
 __all__ = ["areset_usage", "ausage", "reset_usage", "usage"]
 

@@ -386,7 +386,7 @@ def test_a_forked_child_counts_budgets_on_connections_of_its_own(
         import os, time
         from navai_mw.core.budgets import parse_budget
         from navai_mw.core.effects import AdmitCall
-        from navai_mw.runtime.budget_store import BudgetKeeper
+        from navai_mw.runtime.budget_keeper import BudgetKeeper
         from navai_mw.runtime.call_store import CallStore
 
         url = {shared_redis.url!r}

@@ -60,7 +60,7 @@ from ..core.reports import CallReport
 from ..core.storage import is_memory, is_redis, shown_url
 from .after_answers import AsyncAfterAnswers, SyncAfterAnswers
 from .aio import _LoopThread, _wait, attempt_deadline, is_async_hook, on_asyncio
-from .budget_store import BudgetKeeper
+from .budget_keeper import BudgetKeeper
 from .call_store import AsyncCalls, SyncCalls
 from .function_workers import DEFAULT_FUNCTION_WORKERS, FunctionWorkers, _finished, _outcome_of
 from .observe import Observer
