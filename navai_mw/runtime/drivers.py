@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import anyio
 
@@ -32,6 +32,11 @@ R = TypeVar("R")
 Steps = Generator[Any, Any, T]
 
 
+# Retries' jitter, from a generator of its own: the random module's shared
+# state is the app's (and its tests').
+_JITTER: Final = random.Random()  # noqa: S311 - a jitter, not a secret
+
+
 def drive_sync(
     steps: Steps[T],
     transport: SyncTransport,
@@ -39,7 +44,7 @@ def drive_sync(
     perform: Callable[[Any], Any] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
-    jitter: Callable[[], float] = random.random,
+    jitter: Callable[[], float] = _JITTER.random,
     observer: Observer | None = None,
 ) -> T:
     """Run ``steps`` to completion; return its result.
@@ -89,7 +94,7 @@ async def drive_async(
     perform: Callable[[Any], Awaitable[Any]] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[Any]] = anyio.sleep,
-    jitter: Callable[[], float] = random.random,
+    jitter: Callable[[], float] = _JITTER.random,
     observer: Observer | None = None,
 ) -> T:
     """Run ``steps`` to completion; return its result (as :func:`drive_sync`)."""

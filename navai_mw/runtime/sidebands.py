@@ -59,6 +59,9 @@ from .sideband import SidebandConnector, SidebandSocket
 __all__ = ["Sidebands"]
 
 logger = logging.getLogger("navai_mw")
+# Reconnections' jitter, from a generator of its own: the random module's
+# shared state is the app's (and its tests').
+_JITTER: Final = random.Random()  # noqa: S311 - a jitter, not a secret
 
 # Opening a sideband (TCP, TLS, the upgrade) within this.
 CONNECT_SECONDS: Final = 10.0
@@ -98,7 +101,7 @@ def backoff(failures: int) -> float:
     :data:`MAX_BACKOFF_SECONDS`, with a quarter of jitter (so the sidebands a
     network blip dropped do not all come back at once)."""
     delay = min(FIRST_BACKOFF_SECONDS * 2.0 ** (failures - 1), MAX_BACKOFF_SECONDS)
-    return float(delay * (0.75 + random.random() / 4))  # noqa: S311 - a jitter, not a secret
+    return float(delay * (0.75 + _JITTER.random() / 4))
 
 
 class _Held:
