@@ -8,6 +8,7 @@ The browser over real WebRTC is in test_browser_relay.py."""
 
 from __future__ import annotations
 
+import contextlib
 import email.parser
 import email.policy
 import itertools
@@ -15,8 +16,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, contextmanager
 from typing import Any
 
 import anyio
@@ -26,6 +27,8 @@ import pytest
 from openai.types.realtime import RealtimeSessionCreateRequest
 
 from navai_mw import (
+    CallReport,
+    FunctionContext,
     HttpRequest,
     HttpResponse,
     NavaiASGIMiddleware,
@@ -34,6 +37,7 @@ from navai_mw import (
 )
 from navai_mw.core.errors import RequestError
 from navai_mw.endpoint.routes.relay_steps import check_offer, overrides_from_query
+from navai_mw.runtime import sidebands
 from navai_mw.upstreams.realtime_calls import multipart
 
 from .conftest import CANARY_KEY
@@ -62,23 +66,32 @@ class Upstream:
     def __init__(self) -> None:
         self.requests: list[HttpRequest] = []
         self.answer_status = 201
+        self.location = "/v1/realtime/calls/{call_id}"
+        self.answer = ANSWER.encode()
+        self.hangup_status = 200
+        self.hangup_body = b"{}"
+        self.unreachable = False
         self.ids = (f"rtc_{n:04d}" for n in itertools.count())
         self.lock = threading.Lock()
 
     def reply(self, request: HttpRequest) -> HttpResponse:
         with self.lock:
             self.requests.append(request)
+        if self.unreachable:
+            raise ConnectionRefusedError("nobody home")
+        failure = json.dumps({"error": {"message": f"sorry {CANARY_KEY}"}}).encode()
         if request.url.endswith("/hangup"):
-            return HttpResponse(status=200, body=b"{}")
-        if self.answer_status != 201:
-            body = json.dumps({"error": {"message": f"sorry {CANARY_KEY}"}}).encode()
+            if self.hangup_status >= 300:
+                return HttpResponse(status=self.hangup_status, body=failure)
+            return HttpResponse(status=self.hangup_status, body=self.hangup_body)
+        if self.answer_status >= 300:
             headers = (("retry-after", "9"),) if self.answer_status == 429 else ()
-            return HttpResponse(status=self.answer_status, headers=headers, body=body)
+            return HttpResponse(status=self.answer_status, headers=headers, body=failure)
         call_id = next(self.ids)
         return HttpResponse(
-            status=201,
-            headers=(("location", f"/v1/realtime/calls/{call_id}"),),
-            body=ANSWER.encode(),
+            status=self.answer_status,
+            headers=(("location", self.location.format(call_id=call_id)),),
+            body=self.answer,
         )
 
     def offers(self) -> list[HttpRequest]:
@@ -86,6 +99,62 @@ class Upstream:
 
     def hangups(self) -> list[str]:
         return [r.url.rsplit("/", 2)[-2] for r in self.requests if r.url.endswith("/hangup")]
+
+
+class Sockets:
+    """OpenAI's sideband WebSockets, recorded: the URL and headers each was
+    opened with, and the events sent on it. Each hears ``events`` (JSON
+    objects), waits until it was sent ``until_sent`` events and ``release``
+    is set, and then closes with ``close_code``; with ``refuse``, none
+    opens."""
+
+    def __init__(
+        self,
+        *events: dict[str, Any],
+        close_code: int | None = 1000,
+        until_sent: int = 0,
+        refuse: bool = False,
+    ) -> None:
+        self.events = events
+        self.close_code = close_code
+        self.until_sent = until_sent
+        self.refuse = refuse
+        self.release = threading.Event()
+        self.release.set()
+        self.opened: list[tuple[str, dict[str, str]]] = []
+        self.timeouts: list[float] = []
+        self.sent: list[dict[str, Any]] = []
+
+    @contextlib.asynccontextmanager
+    async def connect_websocket(
+        self, url: str, headers: Sequence[tuple[str, str]], *, timeout: float
+    ) -> AsyncIterator[Any]:
+        if self.refuse:
+            raise ConnectionRefusedError("no sideband here")
+        self.opened.append((url, dict(headers)))
+        self.timeouts.append(timeout)
+        yield _Socket(self)
+
+
+class _Socket:
+    def __init__(self, sockets: Sockets) -> None:
+        self.sockets = sockets
+        self.unheard = [json.dumps(event) for event in sockets.events]
+        self.sent = 0
+        self.close_code: int | None = None
+
+    async def send_text(self, text: str) -> None:
+        self.sent += 1
+        self.sockets.sent.append(json.loads(text))
+
+    async def receive_text(self) -> str | None:
+        if self.unheard:
+            return self.unheard.pop(0)
+        with anyio.fail_after(20):  # a bound against hangs, not a measurement
+            while self.sent < self.sockets.until_sent or not self.sockets.release.is_set():
+                await anyio.sleep(0.01)
+        self.close_code = self.sockets.close_code
+        return None
 
 
 class SyncUpstream:
@@ -107,6 +176,31 @@ class AsyncUpstream:
         return None
 
 
+class SyncUpstreamAndSockets(SyncUpstream):
+    """The upstream, and its sideband WebSockets opened the way a transport
+    of one's own opens them."""
+
+    def __init__(self, upstream: Upstream, sockets: Sockets) -> None:
+        super().__init__(upstream)
+        self.sockets = sockets
+
+    def connect_websocket(
+        self, url: str, headers: Sequence[tuple[str, str]], *, timeout: float
+    ) -> AbstractAsyncContextManager[Any]:
+        return self.sockets.connect_websocket(url, headers, timeout=timeout)
+
+
+class AsyncUpstreamAndSockets(AsyncUpstream):
+    def __init__(self, upstream: Upstream, sockets: Sockets) -> None:
+        super().__init__(upstream)
+        self.sockets = sockets
+
+    def connect_websocket(
+        self, url: str, headers: Sequence[tuple[str, str]], *, timeout: float
+    ) -> AbstractAsyncContextManager[Any]:
+        return self.sockets.connect_websocket(url, headers, timeout=timeout)
+
+
 async def app_asgi(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         return
@@ -124,12 +218,22 @@ Request = Callable[..., httpx.Response]
 
 @contextmanager
 def both_shells(
-    upstream: Upstream, opts: NavaiVoiceBackendOptions | None = None, **keywords: Any
+    upstream: Upstream,
+    opts: NavaiVoiceBackendOptions | None = None,
+    *,
+    sockets: Sockets | None = None,
+    **keywords: Any,
 ) -> Iterator[list[tuple[str, Request, Any]]]:
     opts = opts or NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY)
     keywords.setdefault("functions", [])
+    if sockets is None:
+        async_transport: AsyncUpstream = AsyncUpstream(upstream)
+        sync_transport: SyncUpstream = SyncUpstream(upstream)
+    else:
+        async_transport = AsyncUpstreamAndSockets(upstream, sockets)
+        sync_transport = SyncUpstreamAndSockets(upstream, sockets)
     with anyio.from_thread.start_blocking_portal() as portal:
-        asgi = NavaiASGIMiddleware(app_asgi, opts, transport=AsyncUpstream(upstream), **keywords)
+        asgi = NavaiASGIMiddleware(app_asgi, opts, transport=async_transport, **keywords)
         client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=asgi, root_path="/app"), base_url="http://api.test"
         )
@@ -137,7 +241,7 @@ def both_shells(
         def asgi_request(method: str, path: str, **kw: Any) -> httpx.Response:
             return portal.call(lambda: client.request(method, "/app" + path, **kw))
 
-        wsgi = NavaiWSGIMiddleware(app_wsgi, opts, transport=SyncUpstream(upstream), **keywords)
+        wsgi = NavaiWSGIMiddleware(app_wsgi, opts, transport=sync_transport, **keywords)
         with httpx.Client(
             transport=httpx.WSGITransport(app=wsgi, script_name="/app"),
             base_url="http://api.test",
@@ -182,12 +286,14 @@ def test_an_offer_is_relayed_with_the_session_navai_builds() -> None:
             assert response.status_code == 201, (shell, response.text)
             assert response.headers["content-type"] == "application/sdp"
             assert response.headers["cache-control"] == "no-store"
+            assert response.headers["x-content-type-options"] == "nosniff"
+            assert response.headers["content-length"] == str(len(ANSWER))
             assert response.text == ANSWER
             call_id = upstream.offers()[-1] and response.headers["location"].rsplit("/", 1)[-1]
             # As the browser must call it: below the mount point.
             assert response.headers["location"] == f"/app{CALLS}/{call_id}"
             sent = upstream.offers()[-1]
-            assert sent.url == "https://api.openai.com/v1/realtime/calls"
+            assert (sent.method, sent.url) == ("POST", "https://api.openai.com/v1/realtime/calls")
             headers = dict(sent.headers)
             assert headers["Authorization"] == f"Bearer {CANARY_KEY}"
             assert headers["Accept"] == "application/sdp"
@@ -202,6 +308,16 @@ def test_an_offer_is_relayed_with_the_session_navai_builds() -> None:
             assert session["instructions"].endswith("Always reply in Spanish.")
             assert session["audio"]["input"]["turn_detection"] == {"type": "semantic_vad"}
             assert CANARY_KEY not in response.text
+
+
+def test_a_trailing_slash_is_the_same_route_and_the_same_location() -> None:
+    upstream = Upstream()
+    with both_shells(upstream) as shells:
+        for shell, request, _ in shells:
+            response = request("POST", CALLS + "/", content=OFFER, headers=SDP)
+            assert response.status_code == 201, (shell, response.text)
+            assert response.headers["location"].startswith(f"/app{CALLS}/rtc_")
+            assert "//" not in response.headers["location"]
 
 
 REFUSED = [
@@ -276,7 +392,8 @@ def test_a_call_is_hung_up_by_its_owner_only() -> None:
             location = made.headers["location"].removeprefix("/app")
             call_id = location.rsplit("/", 1)[-1]
             # Someone else's call does not exist, as far as they can tell.
-            assert request("DELETE", location, headers={"x-user": "ben"}).status_code == 404
+            refused = request("DELETE", location, headers={"x-user": "ben"})
+            assert (refused.status_code, refused.json()) == (404, {"error": "Unknown call."})
             assert (
                 request("DELETE", f"{CALLS}/rtc_nope", headers={"x-user": "ana"}).status_code == 404
             )
@@ -284,6 +401,16 @@ def test_a_call_is_hung_up_by_its_owner_only() -> None:
             assert ended.status_code == 204
             assert ended.content == b""
             assert upstream.hangups()[-1] == call_id
+            hangup = upstream.requests[-1]
+            assert (hangup.method, hangup.url, hangup.body) == (
+                "POST",
+                f"https://api.openai.com/v1/realtime/calls/{call_id}/hangup",
+                b"{}",
+            )
+            assert dict(hangup.headers) == {
+                "Authorization": f"Bearer {CANARY_KEY}",
+                "Content-Type": "application/json",
+            }
             assert request("DELETE", location, headers={"x-user": "ana"}).status_code == 404
             assert request("POST", location, headers={"x-user": "ana"}).status_code == 405
             # A path that is not a call id is not ours.
@@ -347,6 +474,330 @@ def test_the_relay_and_its_cap_run_under_trio(store: str, request: pytest.Fixtur
 
     call_id = anyio.run(main, backend="trio")
     assert upstream.hangups() == [call_id]
+
+
+def test_each_caller_s_offer_carries_their_safety_identifier() -> None:
+    upstream = Upstream()
+
+    def user(info: Any) -> str | None:
+        return info.headers.get("x-user")
+
+    with both_shells(upstream, authorize=user) as shells:
+        for _, request, _ in shells:
+            for name in ("ana", "ben", "ana"):
+                made = request("POST", CALLS, content=OFFER, headers={**SDP, "x-user": name})
+                assert made.status_code == 201
+    ids = [dict(sent.headers)["OpenAI-Safety-Identifier"] for sent in upstream.offers()]
+    assert len(set(ids)) == 2
+    assert ids[0] == ids[2] == ids[3] == ids[5] != ids[1] == ids[4]
+    assert all(len(value) == 64 for value in ids)
+    anonymous = Upstream()
+    with both_shells(anonymous) as shells:
+        for _, request, _ in shells:
+            assert request("POST", CALLS, content=OFFER, headers=SDP).status_code == 201
+    assert ["OpenAI-Safety-Identifier" in dict(sent.headers) for sent in anonymous.offers()] == [
+        False,
+        False,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "message"),
+    [
+        pytest.param({"answer_status": 200}, 201, "", id="200-is-fine"),
+        pytest.param({"location": "/v1/realtime/calls/{call_id}/"}, 201, "", id="trailing-slash"),
+        pytest.param({"answer_status": 300}, 502, "failed (300): sorry [redacted]", id="300"),
+        pytest.param({"location": ""}, 502, "answered without a call id.", id="no-location"),
+        pytest.param(
+            {"answer": b"v=0\xff"}, 502, "answered with an SDP that is not text.", id="bytes"
+        ),
+        pytest.param({"answer": b"<html>"}, 502, "answered with no SDP answer.", id="not-sdp"),
+        pytest.param({"unreachable": True}, 502, "could not be reached.", id="unreachable"),
+    ],
+)
+def test_what_openai_answers_an_offer_with(
+    change: dict[str, Any], status: int, message: str
+) -> None:
+    upstream = Upstream()
+    for name, value in change.items():
+        setattr(upstream, name, value)
+    with both_shells(upstream) as shells:
+        for shell, request, _ in shells:
+            response = request("POST", CALLS, content=OFFER, headers=SDP)
+            assert response.status_code == status, (shell, response.text)
+            if status == 201:
+                call_id = response.headers["location"].rsplit("/", 1)[-1]
+                assert call_id.startswith("rtc_")
+                assert request("DELETE", f"{CALLS}/{call_id}").status_code == 204
+                assert upstream.hangups()[-1] == call_id
+                continue
+            assert response.json()["error"] == f"OpenAI realtime calls {message}"
+            assert CANARY_KEY not in response.text
+    if status == 502:
+        assert len(upstream.offers()) == 2  # never retried
+
+
+@pytest.mark.parametrize(
+    ("status", "answered"),
+    [(200, 204), (204, 204), (404, 204), (300, 502), (400, 502), (405, 502)],
+)
+def test_a_hangup_openai_refuses_is_a_502_and_the_call_stays(status: int, answered: int) -> None:
+    upstream = Upstream()
+    with both_shells(upstream) as shells:
+        for shell, request, _ in shells:
+            made = request("POST", CALLS, content=OFFER, headers=SDP)
+            location = made.headers["location"].removeprefix("/app")
+            upstream.hangup_status = status
+            ended = request("DELETE", location)
+            assert ended.status_code == answered, (shell, ended.text)
+            if answered == 204:
+                assert request("DELETE", location).status_code == 404  # over, and forgotten
+                continue
+            error = ended.json()["error"]
+            assert error == f"OpenAI realtime calls failed ({status}): sorry [redacted]"
+            upstream.hangup_status = 200  # still its owner's to end
+            assert request("DELETE", location).status_code == 204
+
+
+def test_a_hangups_answer_is_bounded() -> None:
+    upstream = Upstream()
+    upstream.hangup_body = b"{" + b" " * (64 * 1024) + b"}"
+    with both_shells(upstream) as shells:
+        for shell, request, _ in shells:
+            made = request("POST", CALLS, content=OFFER, headers=SDP)
+            ended = request("DELETE", made.headers["location"].removeprefix("/app"))
+            assert ended.status_code == 502, (shell, ended.text)
+            assert ended.json()["error"] == (
+                "OpenAI realtime calls answered with more than 65536 bytes."
+            )
+
+
+def test_a_hangup_that_cannot_reach_openai_names_it() -> None:
+    upstream = Upstream()
+    opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, upstream_timeout_seconds=0.4)
+    with both_shells(upstream, opts) as shells:
+        for shell, request, _ in shells:
+            upstream.unreachable = False
+            made = request("POST", CALLS, content=OFFER, headers=SDP)
+            upstream.unreachable = True
+            ended = request("DELETE", made.headers["location"].removeprefix("/app"))
+            assert ended.status_code == 502, (shell, ended.text)
+            assert ended.json()["error"] == "OpenAI realtime calls could not be reached."
+
+
+# -- the call's sideband, in process ------------------------------------------------------
+
+
+def until(check: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 20  # a bound against hangs, not a measurement
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert check()
+
+
+def report_of(reports: list[CallReport], call_id: str) -> CallReport:
+    """The report of ``call_id``, once it is given to ``on_call_end``."""
+    until(lambda: any(report.call_id == call_id for report in reports))
+    return next(report for report in reports if report.call_id == call_id)
+
+
+def hung_up(upstream: Upstream, call_id: str) -> None:
+    until(lambda: call_id in upstream.hangups())
+
+
+def until_opened(sockets: Sockets, url: str) -> None:
+    until(lambda: url in [opened for opened, _ in sockets.opened])
+
+
+KEY_HEADER = {"Authorization": f"Bearer {CANARY_KEY}"}
+
+
+def response_done(*items: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's ``response.done`` of a completed response with ``items``."""
+    response = {"id": "resp_1", "object": "realtime.response", "status": "completed"}
+    return {"type": "response.done", "response": {**response, "output": list(items)}}
+
+
+def function_call(call_id: str, arguments: str) -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "call_id": call_id,
+        "name": "lookup_order",
+        "arguments": arguments,
+        "status": "completed",
+    }
+
+
+def test_a_relayed_calls_sideband_opens_with_the_servers_key_and_its_end_is_reported() -> None:
+    upstream = Upstream()
+    sockets = Sockets()  # OpenAI closes it normally: the call is over
+    reports: list[CallReport] = []
+    with both_shells(
+        upstream,
+        sockets=sockets,
+        pin_session=True,
+        on_call_end=reports.append,
+        authorize=lambda info: "ana",
+    ) as shells:
+        for shell, request, _ in shells:
+            made = request("POST", CALLS, content=OFFER, headers=SDP)
+            assert made.status_code == 201, (shell, made.text)
+            call_id = made.headers["location"].rsplit("/", 1)[-1]
+            report = report_of(reports, call_id)
+            assert sockets.opened[-1] == (
+                f"wss://api.openai.com/v1/realtime?call_id={call_id}",
+                KEY_HEADER,
+            )
+            # Pinned: on attach, the server's fields are set once more
+            # (model and voice aside: OpenAI takes neither once a call runs).
+            session = json.loads(parts(upstream.offers()[-1])["session"][1])
+            pinned = {k: v for k, v in session.items() if k not in ("type", "model", "audio")}
+            assert pinned
+            assert sockets.sent[-1] == {
+                "type": "session.update",
+                "session": {"type": "realtime", **pinned},
+            }
+            assert (report.kind, report.model) == ("realtime", session["model"])
+            assert (report.identity, report.end_reason, report.metered) == ("ana", "remote", True)
+    # A normal close ends the call: no socket is opened again.
+    assert len(sockets.opened) == 2
+
+
+def test_the_models_function_calls_run_on_the_server_with_the_calls_context() -> None:
+    seen: list[tuple[str, str | None, str | None, str]] = []
+
+    def lookup_order(order_id: str, context: FunctionContext) -> dict[str, str]:
+        """Find an order by its id."""
+        seen.append((order_id, context.identity, context.headers.get("x-shop"), context.function))
+        return {"order": order_id}
+
+    upstream = Upstream()
+    calls = response_done(function_call("call_1", '{"order_id": "A7"}'))
+    unfit = response_done(function_call("call_2", '{"order": "A7"}'))
+    # Answering each call is two events; the socket closes once all are sent.
+    sockets = Sockets(calls, unfit, until_sent=4)
+    reports: list[CallReport] = []
+    with both_shells(
+        upstream,
+        sockets=sockets,
+        functions=[lookup_order],
+        server_functions=True,
+        include_functions_routes=False,
+        on_call_end=reports.append,
+        authorize=lambda info: "ana",
+    ) as shells:
+        for shell, request, _ in shells:
+            sent_before = len(sockets.sent)
+            made = request("POST", CALLS, content=OFFER, headers={**SDP, "x-shop": "north"})
+            assert made.status_code == 201, (shell, made.text)
+            call_id = made.headers["location"].rsplit("/", 1)[-1]
+            tools = json.loads(parts(upstream.offers()[-1])["session"][1])["tools"]
+            assert [tool["name"] for tool in tools] == ["lookup_order"]
+            report = report_of(reports, call_id)
+            assert seen[-1] == ("A7", "ana", "north", "lookup_order")
+            outputs = {
+                event["item"]["call_id"]: json.loads(event["item"]["output"])
+                for event in sockets.sent[sent_before:]
+                if event["type"] == "conversation.item.create"
+            }
+            assert outputs["call_1"]["ok"] is True
+            assert outputs["call_1"]["result"] == {"order": "A7"}
+            assert outputs["call_2"]["ok"] is False  # its arguments do not fit: no run
+            assert "order_id" in outputs["call_2"]["error"]
+            assert [event["type"] for event in sockets.sent[sent_before:]].count(
+                "response.create"
+            ) == 2
+            records = {(record.name, record.ok) for record in report.function_calls}
+            assert records == {("lookup_order", True), ("lookup_order", False)}
+    assert len(seen) == 2  # once per shell: the unfit call never ran
+
+
+def test_a_calls_report_says_who_ended_it() -> None:
+    upstream = Upstream()
+    sockets = Sockets()
+    sockets.release.clear()  # OpenAI closes each sideband only once the call is over
+    reports: list[CallReport] = []
+    with both_shells(
+        upstream, sockets=sockets, sideband=True, on_call_end=reports.append, max_call_seconds=1
+    ) as shells:
+        for shell, request, _ in shells:
+            hung_up_by_owner = request("POST", CALLS, content=OFFER, headers=SDP)
+            capped = request("POST", CALLS, content=OFFER, headers=SDP)
+            assert (hung_up_by_owner.status_code, capped.status_code) == (201, 201), shell
+            first = hung_up_by_owner.headers["location"].rsplit("/", 1)[-1]
+            second = capped.headers["location"].rsplit("/", 1)[-1]
+            until_opened(sockets, f"wss://api.openai.com/v1/realtime?call_id={first}")
+            ended = request("DELETE", f"{CALLS}/{first}")
+            assert ended.status_code == 204
+            assert "content-type" not in ended.headers
+            hung_up(upstream, second)  # by its time cap
+            sockets.release.set()
+            assert report_of(reports, first).end_reason == "hangup"
+            assert report_of(reports, second).end_reason == "time_cap"
+            sockets.release.clear()
+        sockets.release.set()
+
+
+@pytest.fixture
+def quick_reconnects(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sidebands, "FIRST_BACKOFF_SECONDS", 0.001)
+    monkeypatch.setattr(sidebands, "MAX_BACKOFF_SECONDS", 0.001)
+
+
+@pytest.mark.usefixtures("quick_reconnects")
+@pytest.mark.parametrize("required", [True, False])
+def test_a_required_sideband_that_cannot_open_hangs_its_call_up(required: bool) -> None:
+    upstream = Upstream()
+    sockets = Sockets(refuse=True)
+    reports: list[CallReport] = []
+    with both_shells(
+        upstream,
+        sockets=sockets,
+        sideband=True,
+        sideband_required=required,
+        on_call_end=reports.append,
+    ) as shells:
+        for shell, request, _ in shells:
+            made = request("POST", CALLS, content=OFFER, headers=SDP)
+            assert made.status_code == 201, (shell, made.text)
+            call_id = made.headers["location"].rsplit("/", 1)[-1]
+            report = report_of(reports, call_id)
+            assert (report.end_reason, report.metered) == ("sideband_lost", False)
+            if required:
+                hung_up(upstream, call_id)
+    if not required:
+        assert upstream.hangups() == []  # relayed unmetered, left to the browser
+
+
+@pytest.mark.parametrize("required", [True, False])
+def test_past_max_sidebands_a_call_is_refused_or_relayed_without_one(
+    required: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream = Upstream()
+    sockets = Sockets()
+    sockets.release.clear()  # the first call's sideband stays open
+    with both_shells(
+        upstream, sockets=sockets, sideband_required=required, sideband=True, max_sidebands=1
+    ) as shells:
+        for shell, request, _ in shells:
+            made = request("POST", CALLS, content=OFFER, headers=SDP)
+            assert made.status_code == 201, (shell, made.text)
+            call_id = made.headers["location"].rsplit("/", 1)[-1]
+            until_opened(sockets, f"wss://api.openai.com/v1/realtime?call_id={call_id}")
+            offers = len(upstream.offers())
+            second = request("POST", CALLS, content=OFFER, headers=SDP)
+            if required:
+                assert second.status_code == 503, (shell, second.text)
+                assert second.headers["retry-after"] == "30"
+                assert second.json() == {
+                    "error": "This server holds as many calls as it may; try again shortly."
+                }
+                assert len(upstream.offers()) == offers  # never relayed
+            else:
+                assert second.status_code == 201, (shell, second.text)
+                assert "relayed without its sideband" in caplog.text
+        sockets.release.set()
+    assert len(sockets.opened) == 2  # one per shell: none for the second calls
 
 
 # -- the pieces --------------------------------------------------------------------------------
@@ -491,6 +942,9 @@ def test_a_store_that_is_down_never_costs_the_call_nor_answers_500(
             ended = request("DELETE", made.headers["location"].removeprefix("/app"))
             assert ended.status_code == 503
             assert ended.headers["retry-after"] == "5"
+            assert ended.json() == {
+                "error": "Calls cannot be looked up right now; try again shortly."
+            }
             lines = [r.getMessage() for r in caplog.records]
             failures = [line for line in lines if line.startswith("navai_mw: the calls' store")]
             assert failures, shell

@@ -9,15 +9,19 @@ that the protocol speaks OpenAI's shapes, not this file's idea of them.
 from __future__ import annotations
 
 import json
+import sys
+import threading
 from typing import Any
 
 import pytest
 
-from navai_mw import FunctionContext, NavaiFunctionError, load_navai_functions
+from navai_mw import FunctionContext, NavaiFunctionError, OptionsError, load_navai_functions
 from navai_mw.backend_functions.schema import function_tools
 from navai_mw.core.effects import CallEnded, FunctionOutcome, RunFunction, SendEvent
 from navai_mw.core.http import RequestInfo
+from navai_mw.core.reports import CallUsage
 from navai_mw.endpoint.call_sideband import CallSideband
+from navai_mw.upstreams.pricing import call_cost
 from navai_mw.upstreams.sideband import MAX_EVENT_BYTES, MAX_REVERTS_IN_A_ROW, Sideband
 
 from .openai_events import client_event, server_event
@@ -441,3 +445,379 @@ def test_functions_are_offered_as_tools_with_their_parameters_schema() -> None:
         "required": ["city"],
     }  # the context the server injects is not the model's to give
     assert refuse["parameters"]["required"] == ["reason"]
+
+
+# -- what a call costs ---------------------------------------------------------------------
+
+
+def test_the_input_audios_transcription_is_priced_at_the_sessions_transcription_model() -> None:
+    sideband = realtime(session=SESSION)  # transcribed by gpt-4o-transcribe
+    transcribed = {
+        "type": "conversation.item.input_audio_transcription.completed",
+        "event_id": "event_2",
+        "item_id": "item_2",
+        "content_index": 0,
+        "transcript": "hello",
+        "usage": {"type": "tokens", "input_tokens": 50, "output_tokens": 9, "total_tokens": 59},
+    }
+    feed(sideband, transcribed)
+    report = sideband.report(started_at=0.0, ended_at=1.0, reason="remote", metered=True)
+    # gpt-4o-transcribe's list prices: $6 per million audio tokens in, $10 out.
+    assert report.cost_usd == pytest.approx(50 * 6e-6 + 9 * 10e-6)
+    untranscribed = realtime(session={**SESSION, "audio": {"output": {"voice": "marin"}}})
+    feed(untranscribed, transcribed)
+    report = untranscribed.report(started_at=0.0, ended_at=1.0, reason="remote", metered=True)
+    assert report.cost_usd is None  # a transcription model that is not known: never a guess
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        # whisper-1 is billed by the minute: $0.006; its tokens cost nothing.
+        pytest.param(CallUsage(transcription_seconds=60.0), 0.006, id="seconds"),
+        pytest.param(
+            CallUsage(
+                transcription_seconds=60.0,
+                transcription_input_tokens=50,
+                transcription_output_tokens=9,
+            ),
+            0.006,
+            id="seconds-and-tokens",
+        ),
+        pytest.param(CallUsage(transcription_input_tokens=50), 0.0, id="tokens"),
+    ],
+)
+def test_a_transcription_billed_by_the_minute_is_priced_so(
+    usage: CallUsage, expected: float
+) -> None:
+    assert call_cost("realtime", "gpt-realtime", usage, transcription_model="whisper-1") == (
+        pytest.approx(expected)
+    )
+
+
+def test_a_transcription_without_its_model_cannot_be_priced() -> None:
+    for usage in (CallUsage(transcription_seconds=3.0), CallUsage(transcription_output_tokens=3)):
+        assert call_cost("realtime", "gpt-realtime", usage) is None
+    assert call_cost("realtime", "gpt-realtime", CallUsage()) == 0.0  # none to price
+
+
+@pytest.mark.parametrize("kind", ["realtime", "live"])
+def test_nothing_used_costs_nothing_whatever_the_model(kind: str) -> None:
+    assert call_cost(kind, "gpt-unheard-of", CallUsage()) == 0.0
+
+
+def test_only_openais_models_are_priced() -> None:
+    """A model name another provider sells (genai-prices knows its price)
+    is not a price for a call to OpenAI."""
+    usage = CallUsage(input_tokens=1000, output_tokens=1000)
+    assert call_cost("realtime", "gemini-2.0-flash", usage) is None
+
+
+def test_the_report_names_the_call_its_model_and_whether_it_was_metered() -> None:
+    sideband = Sideband(kind="live", call_id="live_7", identity="ana", model="gpt-live-1")
+    report = sideband.report(started_at=5.0, ended_at=9.0, reason="time_cap", metered=False)
+    assert (report.call_id, report.kind, report.model, report.identity) == (
+        "live_7",
+        "live",
+        "gpt-live-1",
+        "ana",
+    )
+    assert (report.end_reason, report.metered, report.seconds) == ("time_cap", False, 4.0)
+
+
+# -- usage it does not count ---------------------------------------------------------------
+
+
+def test_only_counts_that_are_whole_and_not_negative_are_added() -> None:
+    sideband = realtime()
+    usage = {
+        "input_tokens": 10.5,  # not a whole number of tokens
+        "output_tokens": -3,
+        "input_token_details": {"text_tokens": "7", "audio_tokens": True},
+        "output_token_details": {"text_tokens": 4, "audio_tokens": 0},
+    }
+    # Straight to the protocol: openai-python would not read these.
+    sideband.receive(json.dumps(response_done(usage=usage)))
+    assert sideband.skipped == 0
+    assert (sideband.usage.input_tokens, sideband.usage.output_tokens) == (0, 0)
+    assert (sideband.usage.input_text_tokens, sideband.usage.input_audio_tokens) == (0, 0)
+    assert sideband.usage.output_text_tokens == 4
+
+
+def test_a_part_of_a_second_of_transcription_counts() -> None:
+    sideband = realtime()
+    event = {
+        "type": "conversation.item.input_audio_transcription.completed",
+        "usage": {"type": "duration", "seconds": 0.5},
+    }
+    sideband.receive(json.dumps(event))
+    sideband.receive(json.dumps(event))
+    assert sideband.usage.transcription_seconds == 1.0
+
+
+@pytest.mark.parametrize(
+    ("updates", "expected"),
+    [
+        pytest.param([0.5], 0.5, id="part-of-a-second"),
+        pytest.param([5.0, 0.0], 0.0, id="the-last-even-if-zero"),
+        pytest.param([5.0, -1.0], 5.0, id="negative-ignored"),
+        pytest.param([5.0, "6"], 5.0, id="text-ignored"),
+        pytest.param([5.0, True], 5.0, id="boolean-ignored"),
+    ],
+)
+def test_live_seconds_are_the_last_count_that_is_a_number(
+    updates: list[Any], expected: float
+) -> None:
+    sideband = Sideband(kind="live", call_id="live_1", identity=None, model="gpt-live-1")
+    for seconds in updates:
+        sideband.receive(
+            json.dumps({"type": "session.usage.updated", "usage": {"seconds": seconds}})
+        )
+    assert sideband.usage.seconds == expected
+    assert sideband.skipped == 0
+
+
+# -- events it cannot read, counted ----------------------------------------------------------
+
+
+def test_every_event_skipped_is_counted() -> None:
+    sideband = realtime()
+    for data in (
+        "not json",
+        '{"type": "response.done", "response": 7}',
+        '{"type": "response.done", "response": {"status": "completed", "output": 5}}',
+        "x" * (MAX_EVENT_BYTES + 1),
+    ):
+        assert sideband.receive(data) == []
+    assert sideband.skipped == 4
+
+
+def test_an_event_of_the_largest_size_is_read() -> None:
+    sideband = Sideband(kind="live", call_id="live_1", identity=None, model="gpt-live-1")
+    event = '{"type": "session.usage.updated", "usage": {"seconds": 3}}'
+    sideband.receive(event + " " * (MAX_EVENT_BYTES - len(event)))
+    assert sideband.usage.seconds == 3.0
+
+
+def test_after_a_normal_close_the_call_stays_over() -> None:
+    sideband = realtime()
+    assert sideband.closed(1000) == "ended"
+    assert sideband.ended is True
+    assert sideband.closed(1006) == "ended"
+
+
+# -- the pinned session, field by field ------------------------------------------------------
+
+
+def pinned(**fields: Any) -> Sideband:
+    return realtime(session={"type": "realtime", "model": "gpt-realtime", **fields}, pin=True)
+
+
+def seen(sideband: Sideband, **session: Any) -> list[Any]:
+    """A ``session.updated`` holding ``session``, straight to the protocol."""
+    return sideband.receive(json.dumps({"type": "session.updated", "session": session}))
+
+
+TOOL = {"type": "function", "name": "lookup", "description": "Find it.", "parameters": {}}
+
+
+@pytest.mark.parametrize(
+    ("theirs", "reverted"),
+    [
+        pytest.param([TOOL], False, id="the-same"),
+        pytest.param([{**TOOL, "strict": False}], False, id="with-defaults-filled-in"),
+        pytest.param([{**TOOL, "name": "other"}], True, id="another-tool"),
+        pytest.param([TOOL, TOOL], True, id="one-more"),
+        pytest.param([], True, id="none"),
+        pytest.param({"0": TOOL}, True, id="not-a-list"),
+        pytest.param(["lookup"], True, id="not-an-object"),
+    ],
+)
+def test_a_pinned_list_holds_item_by_item(theirs: Any, reverted: bool) -> None:
+    sideband = pinned(tools=[TOOL])
+    actions = seen(sideband, type="realtime", model="gpt-realtime", tools=theirs)
+    assert actions == (
+        [SendEvent({"type": "session.update", "session": {"type": "realtime", "tools": [TOOL]}})]
+        if reverted
+        else []
+    )
+    assert sideband.skipped == 0
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "reverted"),
+    [
+        pytest.param(100, 100.0, False, id="an-int-as-a-float"),
+        pytest.param(100, 101, True, id="another-number"),
+        pytest.param(1, True, True, id="a-boolean-is-not-a-number"),
+        pytest.param(100, "100", True, id="text-is-not-a-number"),
+        pytest.param("auto", {"workflow_name": "x"}, True, id="an-object-for-a-word"),
+        pytest.param({"workflow_name": "x"}, "auto", True, id="a-word-for-an-object"),
+    ],
+)
+def test_a_pinned_value_holds_only_as_itself(ours: Any, theirs: Any, reverted: bool) -> None:
+    sideband = pinned(field=ours)
+    actions = seen(sideband, type="realtime", model="gpt-realtime", field=theirs)
+    expected = {"type": "session.update", "session": {"type": "realtime", "field": ours}}
+    assert actions == ([SendEvent(expected)] if reverted else [])
+    assert sideband.skipped == 0
+
+
+def test_the_sessions_type_is_not_a_pinned_field() -> None:
+    sideband = pinned(instructions="Be brief.")
+    assert seen(sideband, model="gpt-realtime", instructions="Be brief.") == []
+
+
+def test_reverts_in_a_row_start_over_once_the_session_holds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sideband = realtime(session=SESSION, pin=True)
+    stuck = session_event(instructions="changed")
+    assert [len(feed(sideband, stuck)) for _ in range(MAX_REVERTS_IN_A_ROW - 1)] == [1, 1]
+    assert feed(sideband, session_event()) == []  # it held: the count starts over
+    reverts = [len(feed(sideband, stuck)) for _ in range(MAX_REVERTS_IN_A_ROW + 1)]
+    assert reverts == [1] * MAX_REVERTS_IN_A_ROW + [0]
+    assert sideband.reverts == 2 * MAX_REVERTS_IN_A_ROW - 1
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == sideband.reverts
+    assert "call rtc_1 of alice changed its pinned session (instructions)" in warnings[0].message
+    [given_up] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert given_up.message.startswith("navai_mw: call rtc_1: OpenAI keeps a session unlike")
+    assert f"after {MAX_REVERTS_IN_A_ROW} reverts" in given_up.message
+
+
+def test_a_revert_of_an_anonymous_call_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    sideband = Sideband(
+        kind="realtime",
+        call_id="rtc_2",
+        identity=None,
+        model="gpt-realtime",
+        session=SESSION,
+        pin=True,
+    )
+    feed(sideband, session_event(instructions="changed", tool_choice="none"))
+    assert "call rtc_2 of anonymous changed its pinned session (instructions)" in caplog.text
+
+
+# -- function calls it does not run ------------------------------------------------------------
+
+
+def test_every_function_call_of_a_response_runs() -> None:
+    sideband = realtime(functions=frozenset({"get_weather"}))
+    event = response_done(
+        function_call("get_weather", '{"city": "Porto"}', "call_1"),
+        function_call("get_weather", '{"city": "Braga"}', "call_2"),
+    )
+    event["response"]["output"].insert(0, "not an item")
+    actions = sideband.receive(json.dumps(event))
+    assert [action.tool_call_id for action in actions] == ["call_1", "call_2"]
+    assert sideband.skipped == 0
+
+
+@pytest.mark.parametrize(
+    ("item", "arguments"),
+    [
+        pytest.param({"arguments": ""}, {}, id="no-arguments"),
+        pytest.param({"arguments": "[1, 2]"}, None, id="not-an-object"),
+        pytest.param({"arguments": "{"}, None, id="not-json"),
+    ],
+)
+def test_a_function_calls_arguments_are_an_object_or_none(
+    item: dict[str, Any], arguments: dict[str, Any] | None
+) -> None:
+    sideband = realtime(functions=frozenset({"get_weather"}))
+    [called] = sideband.receive(
+        json.dumps(response_done({**function_call("get_weather", "{}"), **item}))
+    )
+    assert called.arguments == arguments
+
+
+@pytest.mark.parametrize(
+    ("functions", "item"),
+    [
+        pytest.param(frozenset({"get_weather"}), {"call_id": None}, id="no-call-id"),
+        pytest.param(frozenset({"get_weather"}), {"name": None}, id="no-name"),
+        pytest.param(frozenset({"get_weather"}), {"name": "not_ours"}, id="not-ours"),
+        pytest.param(None, {}, id="no-server-functions"),
+    ],
+)
+def test_a_function_call_the_server_cannot_run_is_left_alone(
+    functions: frozenset[str] | None, item: dict[str, Any]
+) -> None:
+    sideband = realtime(functions=functions)
+    event = response_done({**function_call("get_weather", "{}"), **item})
+    assert sideband.receive(json.dumps(event)) == []
+    assert sideband.skipped == 0
+
+
+def test_a_live_function_call_runs_once_it_is_done() -> None:
+    sideband = Sideband(
+        kind="live",
+        call_id="live_1",
+        identity=None,
+        model="gpt-live-1",
+        functions=frozenset({"get_weather"}),
+    )
+    item = function_call("get_weather", "{}")
+    for kind in ("response.output_item.added", "response.output_item.done"):
+        event = {"type": "response.event", "event": {"type": kind, "item": item}}
+        actions = sideband.receive(json.dumps(event))
+        assert len(actions) == (kind == "response.output_item.done")
+
+
+def test_a_call_id_is_held_only_while_its_function_runs() -> None:
+    sideband = realtime(functions=frozenset({"get_weather"}))
+    event = json.dumps(response_done(function_call("get_weather", "{}")))
+    [called] = sideband.receive(event)
+    sideband.answer(called.tool_call_id, "get_weather", {"ok": True}, ok=True, seconds=0.1)
+    assert len(sideband.receive(event)) == 1
+
+
+def test_the_models_answer_is_compact_json() -> None:
+    sideband = realtime(functions=frozenset({"get_weather"}))
+    output, _ = sideband.answer(
+        "call_1", "get_weather", {"ok": True, "n": [1, 2]}, ok=True, seconds=0
+    )
+    assert output.event["item"]["output"] == '{"ok":true,"n":[1,2]}'
+
+
+def untyped_lookup(order_id, context):  # type: ignore[no-untyped-def]
+    """Find an order."""
+    return order_id
+
+
+def holds_a_lock(lock: threading.Lock) -> None:
+    """Not for the model."""
+
+
+def test_a_tool_without_hints_or_a_signature_takes_any_json() -> None:
+    tools = function_tools(load_navai_functions([untyped_lookup, max]).ordered)
+    assert [tool["type"] for tool in tools] == ["function", "function"]
+    untyped, builtin = tools
+    assert untyped["parameters"] == {
+        "type": "object",
+        "properties": {"order_id": {}},
+        "required": ["order_id"],
+    }
+    assert builtin["parameters"] == {"type": "object", "properties": {}}
+
+
+def test_a_hint_json_schema_cannot_describe_is_named_at_start() -> None:
+    with pytest.raises(OptionsError) as caught:
+        function_tools(load_navai_functions([holds_a_lock]).ordered)
+    assert caught.value.message == (
+        "backend function holds_a_lock has a parameter whose type hint JSON Schema cannot "
+        "describe (PydanticSchemaGenerationError); give it a JSON type or no hint."
+    )
+
+
+def test_server_functions_without_pydantic_name_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "pydantic", None)
+    with pytest.raises(OptionsError) as caught:
+        function_tools(load_navai_functions([get_weather]).ordered)
+    assert caught.value.message == (
+        "server_functions needs pydantic to describe the functions to the model: "
+        "pip install 'navai-mw[sideband]'"
+    )
