@@ -25,6 +25,7 @@ from openai.types.live.media_session_config_param import MediaSessionConfigParam
 from pydantic import TypeAdapter
 
 from navai_mw import (
+    CallReport,
     HttpRequest,
     HttpResponse,
     NavaiASGIMiddleware,
@@ -36,7 +37,16 @@ from navai_mw.transports import HttpxAsyncTransport
 
 from .conftest import CANARY_KEY
 from .test_fake_webrtc import Browser
-from .test_relay import OFFER, SDP, app_asgi, both_shells
+from .test_relay import (
+    KEY_HEADER,
+    OFFER,
+    SDP,
+    Sockets,
+    app_asgi,
+    both_shells,
+    report_of,
+    until_opened,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -52,19 +62,24 @@ DEADLINE = 20.0  # a bound, never a measurement
 
 
 class LiveUpstream:
-    """OpenAI's Live sessions API, recorded."""
+    """OpenAI's Live sessions API, recorded; ``answer`` (status, body)
+    replaces its answer when set."""
 
     def __init__(self) -> None:
         self.requests: list[HttpRequest] = []
+        self.answer: tuple[int, bytes] | None = None
 
     def reply(self, request: HttpRequest) -> HttpResponse:
         self.requests.append(request)
         body = json.loads(request.body)
+        assert body["transport"]["type"] == "webrtc"
+        if self.answer is not None:
+            status, raw = self.answer
+            return HttpResponse(status=status, body=raw)
         answer = {
             "session": {"id": f"live_{len(self.requests):04d}"},
             "transport": {"type": "webrtc", "sdp": "v=0\r\ns=answer\r\n"},
         }
-        assert body["transport"]["type"] == "webrtc"
         return HttpResponse(status=200, body=json.dumps(answer).encode())
 
     def offers(self) -> list[HttpRequest]:
@@ -135,6 +150,173 @@ def test_live_model_comes_from_the_environment() -> None:
         {"OPENAI_API_KEY": CANARY_KEY, "OPENAI_LIVE_MODEL": "gpt-live-1.1"}
     )
     assert opts.live_model == "gpt-live-1.1"
+
+
+def test_the_servers_default_voice_speaks_a_live_session() -> None:
+    upstream = LiveUpstream()
+    opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, default_voice="cedar")
+    with both_shells(upstream, opts) as shells:  # type: ignore[arg-type]
+        for shell, request, _ in shells:
+            assert request("POST", LIVE, content=OFFER, headers=SDP).status_code == 201, shell
+            session = json.loads(upstream.requests[-1].body)["session"]
+            assert session["audio"] == {"output": {"voice": "cedar"}}
+
+
+def test_a_live_model_outside_allowed_models_is_named_and_the_list_given() -> None:
+    upstream = LiveUpstream()
+    opts = NavaiVoiceBackendOptions(
+        openai_api_key=CANARY_KEY,
+        live_model="m" * 70,
+        allowed_models=["gpt-realtime", "gpt-realtime-mini"],
+    )
+    with both_shells(upstream, opts) as shells:  # type: ignore[arg-type]
+        for shell, request, _ in shells:
+            refused = request("POST", LIVE, content=OFFER, headers=SDP)
+            assert refused.status_code == 403, (shell, refused.text)
+            assert refused.json()["error"] == (
+                f"Model {'m' * 64!r} is not allowed for GPT-Live. "
+                "Allowed: gpt-realtime, gpt-realtime-mini."
+            )
+    assert upstream.requests == []
+
+
+def _live_answer(session: Any = None, transport: Any = None) -> bytes:
+    return json.dumps(
+        {
+            "session": {"id": "live_0001"} if session is None else session,
+            "transport": {"type": "webrtc", "sdp": "v=0\r\n"} if transport is None else transport,
+        }
+    ).encode()
+
+
+FAILED = json.dumps({"error": {"message": f"sorry {CANARY_KEY}"}}).encode()
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "error"),
+    [
+        pytest.param((201, _live_answer()), 201, "", id="201-is-fine"),
+        pytest.param((300, FAILED), 502, "failed (300): sorry [redacted]", id="300"),
+        pytest.param((500, FAILED), 502, "failed (500): sorry [redacted]", id="500"),
+        pytest.param((429, FAILED), 429, "failed (429): sorry [redacted]", id="429"),
+        pytest.param((200, b"<html>"), 502, "answered without a session id.", id="not-json"),
+        pytest.param((200, b"[]"), 502, "answered without a session id.", id="a-list"),
+        pytest.param(
+            (200, _live_answer(session=["live_0001"])),
+            502,
+            "answered without a session id.",
+            id="session-not-an-object",
+        ),
+        pytest.param(
+            (200, _live_answer(session={"id": 7})),
+            502,
+            "answered without a session id.",
+            id="id-not-text",
+        ),
+        pytest.param(
+            (200, _live_answer(session={"id": "a/b"})),
+            502,
+            "answered without a session id.",
+            id="id-not-an-id",
+        ),
+        pytest.param(
+            (200, _live_answer(transport=["v=0"])),
+            502,
+            "answered with no SDP answer.",
+            id="transport-not-an-object",
+        ),
+        pytest.param(
+            (200, _live_answer(transport={"sdp": 0})),
+            502,
+            "answered with no SDP answer.",
+            id="sdp-not-text",
+        ),
+        pytest.param(
+            (200, _live_answer(transport={"sdp": "hello"})),
+            502,
+            "answered with no SDP answer.",
+            id="not-sdp",
+        ),
+    ],
+)
+def test_what_openai_answers_a_live_session_with(
+    answer: tuple[int, bytes], status: int, error: str
+) -> None:
+    upstream = LiveUpstream()
+    upstream.answer = answer
+    with both_shells(upstream) as shells:  # type: ignore[arg-type]
+        for shell, request, _ in shells:
+            response = request("POST", LIVE, content=OFFER, headers=SDP)
+            assert response.status_code == status, (shell, response.text)
+            if status == 201:
+                assert response.headers["location"] == f"/app{LIVE}/live_0001"
+                assert response.text == "v=0\r\n"
+                continue
+            assert response.json()["error"] == f"OpenAI live sessions {error}"
+    assert len(upstream.requests) == 2  # one per shell: a session is never started twice
+    sent = upstream.requests[-1]
+    assert sent.method == "POST"
+    assert dict(sent.headers)["Content-Type"] == "application/json"
+
+
+# -- ending a session, in process ------------------------------------------------------------
+
+
+def test_a_live_session_is_ended_by_its_owner_with_session_close_on_its_sideband() -> None:
+    upstream = LiveUpstream()
+    sockets = Sockets()
+    reports: list[CallReport] = []
+    opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, upstream_timeout_seconds=7)
+
+    def user(info: Any) -> str | None:
+        return info.headers.get("x-user")
+
+    with both_shells(
+        upstream,  # type: ignore[arg-type]
+        opts,
+        sockets=sockets,
+        sideband=True,
+        authorize=user,
+        on_call_end=reports.append,
+    ) as shells:
+        for shell, request, _ in shells:
+            sockets.release.clear()  # the session's sideband stays open
+            made = request("POST", LIVE, content=OFFER, headers={**SDP, "x-user": "ana"})
+            assert made.status_code == 201, (shell, made.text)
+            location = made.headers["location"].removeprefix("/app")
+            session_id = location.rsplit("/", 1)[-1]
+            attach = f"wss://api.openai.com/v1/live/sessions/{session_id}/attach"
+            until_opened(sockets, f"{attach}?graceful_close=true")
+            # Someone else's session does not exist, as far as they can tell.
+            other = request("DELETE", location, headers={"x-user": "ben"})
+            assert other.status_code == 404
+            assert other.json() == {"error": "Unknown session."}
+            ended = request("DELETE", location, headers={"x-user": "ana"})
+            assert ended.status_code == 204, (shell, ended.text)
+            assert ended.content == b""
+            assert sockets.opened[-1] == (attach, KEY_HEADER)
+            assert sockets.timeouts[-1] == 7
+            assert sockets.sent[-1] == {"type": "session.close"}
+            sockets.release.set()  # OpenAI closes the sideband after the session
+            report = report_of(reports, session_id)
+            assert (report.kind, report.end_reason) == ("live", "hangup")
+            assert request("DELETE", location, headers={"x-user": "ana"}).status_code == 404
+
+
+def test_a_live_session_that_cannot_be_closed_is_a_502_and_stays_its_owners() -> None:
+    upstream = LiveUpstream()
+    sockets = Sockets(refuse=True)
+    with both_shells(upstream, sockets=sockets) as shells:  # type: ignore[arg-type]
+        for shell, request, _ in shells:
+            made = request("POST", LIVE, content=OFFER, headers=SDP)
+            assert made.status_code == 201, (shell, made.text)
+            location = made.headers["location"].removeprefix("/app")
+            for _ in range(2):  # not forgotten: its owner may try again
+                failed = request("DELETE", location)
+                assert failed.status_code == 502, (shell, failed.text)
+                assert failed.json()["error"] == (
+                    "OpenAI live sessions could not be closed: ConnectionRefusedError."
+                )
 
 
 # -- over real WebRTC --------------------------------------------------------------------
