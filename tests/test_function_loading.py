@@ -268,6 +268,26 @@ def test_locale_order_puts_case_and_accents_last() -> None:
     assert os.sep not in "".join(words)
 
 
+def test_locale_order_weighs_accents_letter_by_letter() -> None:
+    """As ICU's root collation: the first accented letter decides, then its
+    accents in order; a letter outside ASCII sorts by its code point."""
+    expected = [
+        "cote",
+        "coté",
+        "côte",
+        "côté",
+        "e",
+        "é",
+        "strasse",
+        "straße",
+        "Straße",
+        "u\u0304\u0308",  # u, macron, diaeresis
+        "u\u0308\u0301",  # u, diaeresis, acute
+    ]
+    assert sorted(expected, key=locale_sort_key) == expected
+    assert sorted(reversed(expected), key=locale_sort_key) == expected
+
+
 # -- where the folders are resolved, and what the log says ------------------------------
 
 _SERVE = """

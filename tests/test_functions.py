@@ -36,7 +36,7 @@ from navai_mw import (
 )
 from navai_mw.testing import FakeOpenAIRealtime
 
-from .conftest import CANARY_KEY
+from .conftest import CANARY_KEY, log_message
 
 LIST = "/navai/functions"
 EXECUTE = "/navai/functions/execute"
@@ -69,6 +69,7 @@ def whoami(context: FunctionContext) -> dict[str, Any]:
         "identity": context.identity,
         "client": context.client,
         "header": context.headers.get("x-trace"),
+        "route": context.request.route,
     }
 
 
@@ -455,6 +456,7 @@ def test_the_context_reaches_a_function_that_asks_for_it() -> None:
                 "identity": "user-42",
                 "client": "203.0.113.7",
                 "header": "t-1",
+                "route": "functions_execute",
             }
 
 
@@ -1012,3 +1014,155 @@ def test_back_to_back_calls_on_one_worker_are_never_refused() -> None:
         for _, request in shells:
             statuses = [execute(request, "add", {"args": [1, 1]}).status_code for _ in range(100)]
             assert statuses == [200] * 100
+
+
+# -- keyword-only parameters, hints left as text, builtins --------------------------------
+
+
+class Scale:
+    def __init__(self, factor: int = 2) -> None:
+        self.factor = factor
+
+    def apply(self, amount: int, *, offset: int = 0) -> int:
+        return amount * self.factor + offset
+
+    @staticmethod
+    def clamp(amount: int, *, high: int = 10) -> int:
+        return min(amount, high)
+
+
+def total(*amounts: int) -> int:
+    return sum(amounts)
+
+
+def where_from(city: str, ctx: typing_only.navai.FunctionContext) -> list[str]:  # noqa: F821
+    """The context's hint is a name only a type checker resolves."""
+    return [city, ctx.function]
+
+
+def plain_context(city, context):  # type: ignore[no-untyped-def]
+    return [city, context.function]
+
+
+def pick(n: Literal[1, 2, -3, 1.5]) -> float:
+    return n
+
+
+def ratio_of(r: float) -> float:
+    return r
+
+
+MORE = [Scale, total, where_from, plain_context, max, echo, pick, ratio_of]
+
+MORE_CALLS = [
+    pytest.param(
+        "scale_apply",
+        {"constructorArgs": [3], "amount": 2, "offset": 1},
+        7,
+        id="method-keyword-only",
+    ),
+    pytest.param("scale_clamp", {"amount": 30, "high": 5}, 5, id="staticmethod-keyword-only"),
+    pytest.param("total", {"args": [1, 2, 3]}, 6, id="var-positional-with-a-hint"),
+    pytest.param("where_from", {"args": ["Porto"]}, ["Porto", "where_from"], id="hint-as-text"),
+    pytest.param("plain_context", {"args": ["Porto"]}, ["Porto", "plain_context"], id="named"),
+    pytest.param("max", {"args": [1, 5]}, 5, id="builtin-args"),
+    pytest.param("max", {"ab": 1}, "ab", id="builtin-the-payload-as-one-argument"),
+    pytest.param(
+        "echo", {"methodArgs": [1]}, {"methodArgs": [1]}, id="methodArgs-of-a-function-are-data"
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "payload", "result"), MORE_CALLS)
+def test_more_ways_a_payload_reaches_a_function(name: str, payload: Any, result: Any) -> None:
+    with both_shells(functions=MORE) as shells:
+        for shell, request in shells:
+            response = execute(request, name, payload)
+            assert response.status_code == 200, (shell, response.text)
+            assert response.json()["result"] == result
+
+
+PICK = "The payload does not fit pick: n must be Literal[1, 2, -3, 1.5]"
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "error"),
+    [
+        pytest.param("pick", {"n": 7}, f"{PICK} (7 is not one of [1, 2, -3, 1.5] @ n).", id="7"),
+        pytest.param("pick", {"n": -4}, f"{PICK} (-4 is not one of [1, 2, -3, 1.5] @ n).", id="-4"),
+        pytest.param(
+            "pick", {"n": 2.5}, f"{PICK} (2.5 is not one of [1, 2, -3, 1.5] @ n).", id="2.5"
+        ),
+        pytest.param(
+            "pick", {"n": "abc"}, f"{PICK} ('abc' is not one of [1, 2, -3, 1.5] @ n).", id="text"
+        ),
+        pytest.param(
+            "ratio_of",
+            {"r": "x"},
+            "The payload does not fit ratio_of: r must be float (expected a number, got str @ r).",
+            id="text-for-a-number",
+        ),
+    ],
+)
+def test_a_value_outside_its_hint_is_shown_as_sent(name: str, payload: Any, error: str) -> None:
+    with both_shells(functions=MORE) as shells:
+        for shell, request in shells:
+            response = execute(request, name, payload)
+            assert response.status_code == 400, (shell, response.text)
+            assert response.json()["error"] == error
+
+
+def test_each_of_var_positional_values_is_held_to_its_hint() -> None:
+    with both_shells(functions=MORE) as shells:
+        for shell, request in shells:
+            response = execute(request, "total", {"args": [1, "2"]})
+            assert response.status_code == 400, (shell, response.text)
+            assert response.json()["error"].startswith(
+                "The payload does not fit total: amounts must be int"
+            )
+
+
+def test_names_are_spelled_as_the_reference_spells_them() -> None:
+    def named(name: str) -> Callable[[], int]:
+        def function() -> int:
+            return 1
+
+        function.__name__ = function.__qualname__ = name
+        return function
+
+    registry = load_navai_functions(
+        [
+            named("get-weather.v2"),
+            named("__private__"),
+            named("_"),
+            named("getWeather"),
+            named("GetWeather"),
+            named("get_weather"),
+        ]
+    )
+    assert registry.names == [
+        "get_weather_v2",
+        "private",
+        "fn",
+        "get_weather",
+        "get_weather_2",
+        "get_weather_3",
+    ]
+
+
+def test_a_refusal_reads_as_its_message() -> None:
+    assert str(NavaiFunctionError("Cannot do that.")) == "Cannot do that."
+
+
+def test_what_a_function_did_wrong_is_logged_by_name_and_kind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with both_shells() as shells:
+        for _, request in shells:
+            assert execute(request, "explode").status_code == 500
+            assert execute(request, "unencodable").status_code == 500
+    messages = [log_message(record) for record in caplog.records]
+    assert "navai_mw: backend function explode raised RuntimeError" in messages
+    assert (
+        "navai_mw: backend function unencodable returned a set, which JSON cannot carry" in messages
+    )
