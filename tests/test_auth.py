@@ -459,6 +459,7 @@ REFUSALS: list[tuple[str, Callable[[Keys], str], str]] = [
     ("exp a string", lambda k: sign(k.rsa, "rsa-1", exp=str(NOW + 300)), "malformed"),
     ("exp a boolean", lambda k: sign(k.rsa, "rsa-1", exp=True), "malformed"),
     ("nbf a string", lambda k: sign(k.rsa, "rsa-1", nbf="0"), "malformed"),
+    ("iat a string", lambda k: sign(k.rsa, "rsa-1", iat="0"), "malformed"),
     ("wrong aud", lambda k: sign(k.rsa, "rsa-1", aud="https://other.test"), "wrong audience"),
     ("aud list without ours", lambda k: sign(k.rsa, "rsa-1", aud=["a", "b"]), "wrong audience"),
     ("no aud", lambda k: sign(k.rsa, "rsa-1", aud=None), "wrong audience"),
@@ -1103,27 +1104,55 @@ def test_env_both(server: JWKSServer, transport: HttpxSyncTransport) -> None:
     assert server.hits == 0  # the fixed token went first, and needed no fetch
 
 
+NEEDS_BOTH = "JWT bearer auth needs both NAVAI_AUTH_AUDIENCE and NAVAI_AUTH_ISSUER."
+NEEDS_URL = "JWT bearer auth needs the provider's JWKS URL."
+
+
 @pytest.mark.parametrize(
-    ("env", "named"),
+    ("env", "message"),
     [
-        ({"NAVAI_AUTH_JWKS_URL": "https://a.test/jwks", "NAVAI_AUTH_ISSUER": ISS}, "AUDIENCE"),
+        (
+            {"NAVAI_AUTH_JWKS_URL": "https://a.test/jwks", "NAVAI_AUTH_ISSUER": ISS},
+            f"NAVAI_AUTH_JWKS_URL is set but NAVAI_AUTH_AUDIENCE is not: {NEEDS_BOTH}",
+        ),
         (
             {
                 "NAVAI_AUTH_JWKS_URL": "https://a.test/jwks",
                 "NAVAI_AUTH_AUDIENCE": " ",
                 "NAVAI_AUTH_ISSUER": ISS,
             },
-            "AUDIENCE",
+            f"NAVAI_AUTH_JWKS_URL is set but NAVAI_AUTH_AUDIENCE is not: {NEEDS_BOTH}",
         ),
-        ({"NAVAI_AUTH_JWKS_URL": "https://a.test/jwks", "NAVAI_AUTH_AUDIENCE": AUD}, "ISSUER"),
-        ({"NAVAI_AUTH_AUDIENCE": AUD}, "JWKS_URL"),
-        ({"NAVAI_AUTH_ISSUER": ISS, "NAVAI_AUTH_TOKENS": f"a:{TOKEN_A}"}, "JWKS_URL"),
+        (
+            {"NAVAI_AUTH_JWKS_URL": "https://a.test/jwks", "NAVAI_AUTH_AUDIENCE": AUD},
+            f"NAVAI_AUTH_JWKS_URL is set but NAVAI_AUTH_ISSUER is not: {NEEDS_BOTH}",
+        ),
+        (
+            {"NAVAI_AUTH_AUDIENCE": AUD},
+            f"NAVAI_AUTH_AUDIENCE is set but NAVAI_AUTH_JWKS_URL is not: {NEEDS_URL}",
+        ),
+        (
+            {"NAVAI_AUTH_ISSUER": ISS, "NAVAI_AUTH_TOKENS": f"a:{TOKEN_A}"},
+            f"NAVAI_AUTH_ISSUER is set but NAVAI_AUTH_JWKS_URL is not: {NEEDS_URL}",
+        ),
     ],
 )
-def test_env_half_configured_jwt_is_an_error(env: dict[str, str], named: str) -> None:
+def test_env_half_configured_jwt_is_an_error(env: dict[str, str], message: str) -> None:
     with pytest.raises(OptionsError) as caught:
         authorizer_from_env(env)
-    assert f"NAVAI_AUTH_{named} is" in caught.value.message
+    assert caught.value.message == message
+
+
+def test_env_lists_of_audiences_and_issuers_are_comma_separated() -> None:
+    authorizer = authorizer_from_env(
+        {
+            "NAVAI_AUTH_JWKS_URL": "https://a.test/jwks",
+            "NAVAI_AUTH_AUDIENCE": f" {AUD} , other aud,, ",
+            "NAVAI_AUTH_ISSUER": ISS,
+        }
+    )
+    assert isinstance(authorizer, JWTBearer)
+    assert f"audience=({AUD!r}, 'other aud')" in repr(authorizer)
 
 
 def test_env_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -192,6 +192,8 @@ def test_upstream_request_shape() -> None:
     )
     assert json.loads(request.body)["expires_after"]["seconds"] == 120
     assert KEY not in repr(request)
+    identified = build_upstream_request(opts, safety_identifier="a" * 64)
+    assert identified.headers[-1] == ("OpenAI-Safety-Identifier", "a" * 64)
 
 
 def test_body_is_ascii_json_even_with_lone_surrogates() -> None:
@@ -519,3 +521,8 @@ def test_redaction_uses_the_key_that_was_sent() -> None:
     _attempts, result = run(30, [Outcome(echo)])
     assert KEY not in result.message
     assert result.message.endswith("bad key [redacted]")
+
+
+def test_an_error_shows_its_kind_message_and_status() -> None:
+    assert repr(RequestError("No.", status=404)) == "RequestError('No.', status=404)"
+    assert repr(UpstreamError("Down.")) == "UpstreamError('Down.', status=502)"

@@ -443,6 +443,12 @@ TRUSTED = parse_trusted_proxies("10.0.0.0/8, 2001:db8::/32")
             "::ffff:10.0.0.1", {"x-forwarded-for": "1.2.3.4"}, "1.2.3.4", id="mapped-peer"
         ),
         pytest.param(None, {"x-forwarded-for": "1.2.3.4"}, None, id="no-peer"),
+        pytest.param(
+            "10.0.0.1",
+            {"forwarded": 'for=1.2.3.4, for="a=b"'},
+            "10.0.0.1",
+            id="forwarded-garbled-hop-with-an-equals-sign",
+        ),
     ],
 )
 def test_client_address(peer: str | None, headers: dict[str, str], client: str | None) -> None:

@@ -6,6 +6,8 @@ and gets another safety identifier; both shells."""
 
 from __future__ import annotations
 
+import copy
+import pickle
 from typing import Any
 
 import pytest
@@ -103,3 +105,18 @@ def test_the_built_in_authorizers_say_which_scheme_proved_the_name() -> None:
     identity = proved(bearer_tokens({"ops": OPS_TOKEN}), OPS_TOKEN)
     assert identity == "ops"
     assert identity_key(identity) == "token:ops"
+
+
+def test_an_identity_keeps_its_scheme_when_copied_or_pickled() -> None:
+    """A report or a function's context may be copied or sent to another
+    process (a task queue, a multiprocessing pool): the identity still
+    names the authority that proved it."""
+    identity = Identity("ops", "jwt:https://issuer.example")
+    for copied in (
+        copy.copy(identity),
+        copy.deepcopy(identity),
+        pickle.loads(pickle.dumps(identity)),  # noqa: S301 - our own bytes
+    ):
+        assert type(copied) is Identity
+        assert copied == "ops"
+        assert identity_key(copied) == "jwt:https://issuer.example:ops"
