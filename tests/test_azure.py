@@ -397,7 +397,10 @@ def test_build_upstream_request_names_azure_url_and_api_key() -> None:
     # A token provider is asked on every mint; there is nothing to build before.
     with pytest.raises(OptionsError) as caught:
         build_upstream_request(azure(azure_ad_token_provider=Tokens()), {})
-    assert "azure_ad_token_provider" in caught.value.message
+    assert caught.value.message == (
+        "azure_ad_token_provider is asked for a token on every request: mint with "
+        "create_realtime_client_secret or the middleware."
+    )
 
 
 # -- the environment -----------------------------------------------------------------------------

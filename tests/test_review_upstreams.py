@@ -173,7 +173,9 @@ def test_the_provider_gets_the_budget_and_the_exchange_what_it_left() -> None:
         pytest.param(HookResult("tok", elapsed=2.0), id="answered-too-late"),
     ],
 )
-def test_a_provider_past_the_budget_is_a_504(result: HookResult) -> None:
+def test_a_provider_past_the_budget_is_a_504(
+    result: HookResult, caplog: pytest.LogCaptureFixture
+) -> None:
     steps = mint_client_secret(azure(lambda: "tok"), {})
     next(steps)
     with pytest.raises(UpstreamError) as caught:
@@ -182,6 +184,9 @@ def test_a_provider_past_the_budget_is_a_504(result: HookResult) -> None:
         504,
         "Azure OpenAI token provider timed out.",
     )
+    assert [record.getMessage() for record in caplog.records] == [
+        "navai_mw: the Azure token provider did not answer within 2 seconds"
+    ]
 
 
 OFFER = b"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"

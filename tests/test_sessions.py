@@ -50,6 +50,7 @@ from navai_mw import (
     create_transcription_client_secret_sync,
     get_navai_voice_backend_options_from_env,
 )
+from navai_mw.core.sessions import check_json
 from navai_mw.testing import FakeOpenAIRealtime
 from navai_mw.transports import HttpxAsyncTransport, HttpxSyncTransport
 
@@ -1102,6 +1103,10 @@ def test_a_hook_that_raises_or_breaks_the_schema_or_policy_is_logged_and_503(
             assert CANARY_KEY not in response.text
             messages = [record.getMessage() for record in caplog.records]
             assert any(logged in message for message in messages), messages
+            if change is _raises:  # the app's own traceback, for its developer
+                [raised] = [r for r in caplog.records if "hook raised" in r.getMessage()]
+                assert raised.exc_info is not None
+                assert isinstance(raised.exc_info[1], KeyError)
     with every_way(opts, fake, customize=hook) as ways:
         for name, mint in ways[-2:]:
             assert mint({}) == 503, name
@@ -1183,3 +1188,44 @@ async def test_async_handler_runs_the_hook() -> None:
     assert answer.status == 200
     assert hook.seen[-1].identity == "u7"
     assert sent(fake)["tool_choice"] == "none"
+
+
+# -- what a session cannot carry, named -------------------------------------------------------
+
+
+def _nested(value: Any, levels: int) -> Any:
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def _holding_itself() -> list[Any]:
+    loop: list[Any] = []
+    loop.append(loop)
+    return loop
+
+
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        pytest.param({"a": 1.5, "b": {1}}, "s.b is a set", id="a-set"),
+        pytest.param({"a": float("-inf")}, "s.a is -inf", id="an-infinity"),
+        pytest.param({None: float("nan")}, "s.None is nan", id="nan-under-a-null-key"),
+        pytest.param({(1, 2): 1}, "s has a key that is a tuple", id="a-tuple-key"),
+        pytest.param(_nested({1}, 63), "s" + "[0]" * 63 + " is a set", id="63-levels-down"),
+        pytest.param(
+            _nested({1}, 64),
+            ("s" + "[0]" * 64)[:80] + "... nests deeper than 64 levels (or holds itself)",
+            id="64-levels-down",
+        ),
+        pytest.param(
+            _holding_itself(),
+            ("s" + "[0]" * 64)[:80] + "... nests deeper than 64 levels (or holds itself)",
+            id="holds-itself",
+        ),
+    ],
+)
+def test_what_json_cannot_carry_is_named_where_it_is(data: Any, where: str) -> None:
+    with pytest.raises(OptionsError) as caught:
+        check_json(data, "s")
+    assert caught.value.message == f"s cannot be sent as JSON: {where}."

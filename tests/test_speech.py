@@ -127,6 +127,8 @@ def test_the_request_takes_every_field_and_prefers_the_requests() -> None:
         "stability": 0.1,
         "use_speaker_boost": False,
     }
+    styled = build_speech_request(opts, {"text": "hi", "voiceSettings": {"style": 0.25}})
+    assert json.loads(styled.body)["voice_settings"] == {"style": 0.25}
 
 
 @pytest.mark.parametrize(

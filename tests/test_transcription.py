@@ -483,6 +483,10 @@ def test_the_hook_gets_the_transcription_route_and_identity() -> None:
             assert context.request is not None
             assert context.request.route == "transcription_secret"
             assert context.session == DEFAULT_SESSION
+            # OpenAI may single out bob, and only bob, by a hash of his name.
+            identifier = fake.requests[-1].headers["openai-safety-identifier"]
+            assert len(identifier) == 64
+            assert "bob" not in identifier
 
 
 BROKEN = {

@@ -27,6 +27,7 @@ from navai_mw import (
     NavaiWSGIMiddleware,
     RequestError,
     create_realtime_client_secret_sync,
+    create_transcription_client_secret_sync,
     synthesize_speech_sync,
 )
 from navai_mw.testing import FakeOpenAIRealtime
@@ -165,7 +166,9 @@ def test_the_public_functions_refuse_what_is_not_an_object(body: Any) -> None:
         create_realtime_client_secret_sync(opts, body)
     with pytest.raises(RequestError) as spoken:
         synthesize_speech_sync(opts, body)
-    for caught in (minted, spoken):
+    with pytest.raises(RequestError) as transcribed:
+        create_transcription_client_secret_sync(opts, body)
+    for caught in (minted, spoken, transcribed):
         assert (caught.value.status, caught.value.message) == (
             400,
             "Request body must be a JSON object.",
