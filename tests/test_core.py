@@ -21,7 +21,7 @@ from navai_mw import (
     UpstreamError,
 )
 from navai_mw.core.effects import Attempt, Outcome
-from navai_mw.core.exchange import MAX_QUOTED_UPSTREAM_CHARS, retry_delay
+from navai_mw.core.exchange import MAX_QUOTED_UPSTREAM_CHARS, redact, retry_delay
 from navai_mw.upstreams.openai_secrets import (
     build_upstream_request,
     exchange,
@@ -521,6 +521,12 @@ def test_redaction_uses_the_key_that_was_sent() -> None:
     _attempts, result = run(30, [Outcome(echo)])
     assert KEY not in result.message
     assert result.message.endswith("bad key [redacted]")
+
+
+def test_a_redacted_layer_reads_every_json_escape_as_json_does() -> None:
+    # The key escaped as JSON, beside a character whose escape starts with no 0.
+    escaped = "".join(f"\\u{ord(char):04x}" for char in KEY)
+    assert redact(f"\\u4e2d\\u00e9 {escaped}", KEY) == "\u4e2d\u00e9 [redacted]"
 
 
 def test_an_error_shows_its_kind_message_and_status() -> None:

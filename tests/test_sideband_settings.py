@@ -139,6 +139,32 @@ def test_live_gets_the_functions_only_under_responses_delegation() -> None:
     assert "tools" not in delegated["delegation"]["responses"]
 
 
+def test_a_delegated_responses_keeps_its_own_tools_before_the_servers() -> None:
+    ours = settings(server_functions=True)
+    weather = {"type": "function", "name": "weather", "parameters": {"type": "object"}}
+    stale = {"type": "function", "name": "lookup_order", "description": "A stale copy."}
+    delegated = {
+        "model": "gpt-live-1",
+        "delegation": {
+            "type": "responses",
+            "responses": {"model": "gpt-5.2", "tools": [weather, stale]},
+        },
+    }
+    tools = with_server_side(ours, delegated, "live")["delegation"]["responses"]["tools"]
+    assert [tool["name"] for tool in tools] == ["weather", "lookup_order"]
+    assert tools[0] == weather
+    assert tools[1]["description"] == "Find an order by its id."  # the server's, not the stale one
+
+
+def test_only_a_responses_delegation_gets_the_functions() -> None:
+    ours = settings(server_functions=True)
+    client = {
+        "model": "gpt-live-1",
+        "delegation": {"type": "client", "responses": {"model": "gpt-5.2"}},
+    }
+    assert with_server_side(ours, client, "live") == client
+
+
 def test_a_pinned_live_session_lets_the_browser_mute_unmute_and_close_only() -> None:
     ours = settings(pin_session=True)
     template = {
