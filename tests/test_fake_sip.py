@@ -243,3 +243,44 @@ def test_only_a_reject_is_retried(kind: str, action: str) -> None:
     with pytest.raises(UpstreamError, match="busy") as failure:
         steps.send(failed)
     assert failure.value.status == 502
+
+
+BUDGETED = {
+    ("realtime", "accept"): lambda budget: accept_call(
+        OPTS, "rtc_1", REALTIME_SESSION, credential=CREDENTIAL, budget=budget
+    ),
+    ("realtime", "reject"): lambda budget: reject_call(
+        OPTS, "rtc_1", 603, credential=CREDENTIAL, budget=budget
+    ),
+    ("realtime", "refer"): lambda budget: refer_call(
+        OPTS, "rtc_1", "tel:+1415", credential=CREDENTIAL, budget=budget
+    ),
+    ("live", "accept"): lambda budget: accept_live(
+        OPTS, "live_1", LIVE_SESSION, credential=CREDENTIAL, budget=budget
+    ),
+    ("live", "reject"): lambda budget: reject_live(
+        OPTS, "live_1", 486, credential=CREDENTIAL, budget=budget
+    ),
+    ("live", "refer"): lambda budget: refer_live(
+        OPTS, "live_1", "sip:a@b.example", credential=CREDENTIAL, budget=budget
+    ),
+}
+
+
+@pytest.mark.parametrize(("kind", "action"), sorted(BUDGETED))
+def test_an_answer_waits_what_is_left_of_the_webhooks_budget(kind: str, action: str) -> None:
+    # What a slow token provider left of the budget, not the whole of it again.
+    assert _first(BUDGETED[(kind, action)](1.5)).timeout == 1.5
+    assert _first(STEPS[(kind, action)]()).timeout == 5
+
+
+@pytest.mark.parametrize(("kind", "action"), sorted(STEPS))
+def test_a_refused_answer_names_the_api_that_refused_it(kind: str, action: str) -> None:
+    steps = STEPS[(kind, action)]()
+    _first(steps)
+    refused = Outcome(HttpResponse(status=400, body=b'{"error": {"message": "no such call"}}'))
+    with pytest.raises(UpstreamError) as failure:
+        steps.send(refused)
+    api = "OpenAI realtime calls" if kind == "realtime" else "OpenAI live sessions"
+    assert failure.value.message == f"{api} failed (400): no such call"
+    assert failure.value.status == 502
