@@ -82,8 +82,12 @@ def test_a_hook_policy_is_parsed_once_and_checked() -> None:
     assert policy.hook is not None
     assert policy.hooked("1 minutes/day") == parse_budget("1 minutes/day")
     assert policy.hooked(None) is None
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError) as returned:
         policy.hooked(3)
+    assert str(returned.value) == "a budget hook returned int, not a policy string"
+    with pytest.raises(OptionsError) as wrong:
+        policy.hooked("lots of money")
+    assert wrong.value.message.startswith("the budget hook's policy: 'lots of money' is not a")
 
 
 @pytest.mark.parametrize(
