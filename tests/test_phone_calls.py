@@ -269,6 +269,33 @@ async def test_a_call_refused_or_transferred(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("shell", ["uvicorn", "waitress"])
+@pytest.mark.parametrize(
+    ("answer_with", "action", "body"),
+    [
+        (Reject(486), "reject", {"status_code": 486}),
+        (Refer("tel:+14155550199"), "refer", {"target_uri": "tel:+14155550199"}),
+    ],
+    ids=["rejects", "refers"],
+)
+async def test_a_live_call_is_refused_or_transferred_on_live(
+    shell: str,
+    answer_with: Reject | Refer,
+    action: str,
+    body: dict[str, Any],
+    fake: tuple[FakeRealtimeWebRTC, str],
+) -> None:
+    upstream, base_url = fake
+    with phone(shell, base_url, sip_accept="live", accept_call=lambda call: answer_with) as sender:
+        ringing = upstream.ring(SIP_HEADERS)
+        await sender.asend(ringing.live_event())
+        answer = await answered(upstream, ringing)
+    assert (answer.kind, answer.action, answer.call_id) == ("live", action, ringing.session_id)
+    assert answer.body == body
+    assert upstream.open_sidebands(ringing.session_id) == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("shell", ["uvicorn", "waitress"])
 async def test_a_failed_accept_is_reported_and_never_sent_again(
     shell: str, fake: tuple[FakeRealtimeWebRTC, str], caplog: pytest.LogCaptureFixture
 ) -> None:
