@@ -34,6 +34,7 @@ from navai_mw import (
 )
 from navai_mw.testing import FakeRealtimeWebRTC
 from navai_mw.transports import HttpxAsyncTransport
+from navai_mw.upstreams.live import with_fields
 
 from .conftest import CANARY_KEY
 from .test_fake_webrtc import Browser
@@ -413,3 +414,53 @@ def test_azure_relays_to_its_own_paths() -> None:
         for _, request, _ in shells:
             assert request("POST", LIVE, content=OFFER, headers=SDP).status_code == 201
     assert live.requests[-1].url == "https://res.openai.azure.com/openai/v1/live/sessions"
+
+
+# -- a phone call's fields, laid over the Live session ------------------------------------------
+
+PHONE_OPTS = NavaiVoiceBackendOptions(
+    openai_api_key=CANARY_KEY,
+    allowed_models=("gpt-realtime", "gpt-live-1"),
+    allowed_voices=("marin", "cedar"),
+)
+PHONE_SESSION = {
+    "model": "gpt-live-1",
+    "instructions": "Be brief.",
+    "audio": {"output": {"voice": "marin"}},
+}
+
+
+def test_a_hooks_fields_are_laid_over_the_live_session() -> None:
+    fields = {"instructions": "Greet.", "audio": {"output": {"voice": "cedar"}}, "store": False}
+    assert with_fields(PHONE_OPTS, PHONE_SESSION, fields) == {
+        "model": "gpt-live-1",
+        "instructions": "Greet.",
+        "audio": {"output": {"voice": "cedar"}},
+        "store": False,
+    }
+    assert PHONE_SESSION["instructions"] == "Be brief."  # the template is untouched
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"model": "gpt-x"}, "model 'gpt-x' is not in allowed_models"),
+        ({"model": None}, "model None is not in allowed_models"),
+        ({"instructions": 3}, "instructions must be a string"),
+        ({"audio": {"output": {"voice": "alloy"}}}, "voice 'alloy' is not in allowed_voices"),
+        ({"audio": {"output": {"voice": None}}}, "voice None is not in allowed_voices"),
+        ({"audio": {"output": "x"}}, "voice None is not in allowed_voices"),
+        (
+            {"colour": "red"},
+            "live_session has an unknown field 'colour'. Known: client, delegation, "
+            "idle_timeout_s, input, store, triggers, wake_policy.",
+        ),
+    ],
+    ids=["model", "no-model", "instructions", "voice", "no-voice", "output-not-an-object", "field"],
+)
+def test_a_hooks_fields_a_live_session_cannot_take_are_named(
+    fields: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(OptionsError) as caught:
+        with_fields(PHONE_OPTS, PHONE_SESSION, fields)
+    assert caught.value.message == message
