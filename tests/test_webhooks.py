@@ -34,6 +34,7 @@ from navai_mw import NavaiVoiceBackendOptions
 from navai_mw.auth import BearerTokens
 from navai_mw.testing import WebhookSender, webhook_events
 
+from .conftest import log_message
 from .redis_server import RedisServer, redis_fixture
 from .shells import SHELLS, serve_shell
 from .webhook_oracle import unwrap_status
@@ -278,6 +279,26 @@ def test_deliveries_kept_with_redis_down_are_503_and_done_on_the_next_try(
     assert refused.headers["retry-after"] == "30"
     assert again.json() == {"received": True}
     assert len(heard.events) == 1
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_delivery_no_store_can_remember_is_503_and_not_handled(
+    shell: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    heard = Heard()
+    down = "redis://127.0.0.1:1/0"  # nothing listens there
+    with served(shell, on_openai_event=heard, rate_limit_storage=down) as sender:
+        refused = sender.send(webhook_events.safety_warning_issued("case_1"))
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "30"
+    assert refused.json() == {
+        "error": "The webhook cannot be handled right now; deliver it again later."
+    }
+    assert heard.events == []
+    assert any(
+        log_message(record).startswith("navai_mw: an OpenAI webhook is answered 503: ")
+        for record in caplog.records
+    )
 
 
 @pytest.fixture
