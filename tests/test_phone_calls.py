@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,6 +33,7 @@ import pytest
 from navai_mw import Accept, CallReport, IncomingCall, Refer, Reject
 from navai_mw.testing import FakeRealtimeWebRTC, RingingCall, WebhookSender, webhook_events
 
+from .conftest import log_message
 from .openai_events import sip_answer
 from .test_call_sideband import BOUND, INSTRUCTIONS, KEY, Orders, Reports, navai, sent_by_navai
 
@@ -292,6 +294,34 @@ async def test_a_live_call_is_refused_or_transferred_on_live(
     assert (answer.kind, answer.action, answer.call_id) == ("live", action, ringing.session_id)
     assert answer.body == body
     assert upstream.open_sidebands(ringing.session_id) == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("shell", ["uvicorn", "waitress"])
+@pytest.mark.parametrize("fails", [False, True], ids=["transferred", "refused"])
+async def test_a_transfer_is_logged_by_the_call_and_its_failure_without_the_key(
+    shell: str, fails: bool, fake: tuple[FakeRealtimeWebRTC, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="navai_mw")
+    upstream, base_url = fake
+    refer = Refer("tel:+14155550199")
+    with phone(shell, base_url, accept_call=lambda call: refer) as sender:
+        ringing = upstream.ring(SIP_HEADERS)
+        if fails:
+            upstream.fail(500, f"The server had an error ({KEY}).", times=1)
+        await sender.asend(ringing.realtime_event())
+        line = (
+            f"navai_mw: transferring call {ringing.call_id} failed: OpenAI realtime calls "
+            "failed (500): The server had an error ([redacted])."
+            if fails
+            else f"navai_mw: call {ringing.call_id} is transferred"
+        )
+        with anyio.fail_after(BOUND):  # a bound against hangs, not a measurement
+            while line not in [log_message(record) for record in caplog.records]:
+                await anyio.sleep(0.01)
+    refers = [r for r in upstream.requests if r.path.endswith(f"{ringing.call_id}/refer")]
+    assert len(refers) == 1  # a failed transfer is not sent again
+    assert KEY not in caplog.text
 
 
 @pytest.mark.anyio
