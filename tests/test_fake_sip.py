@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from navai_mw import NavaiVoiceBackendOptions, UpstreamError
+from navai_mw import NavaiVoiceBackendOptions, Refer, UpstreamError
 from navai_mw.core.effects import Attempt, Outcome
 from navai_mw.core.http import Credential, HttpResponse
 from navai_mw.testing import FakeRealtimeWebRTC, WebhookSender, webhook_events
@@ -284,3 +284,17 @@ def test_a_refused_answer_names_the_api_that_refused_it(kind: str, action: str) 
     api = "OpenAI realtime calls" if kind == "realtime" else "OpenAI live sessions"
     assert failure.value.message == f"{api} failed (400): no such call"
     assert failure.value.status == 502
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["tel:+1 415", "mailto:a@b.example", 14155550123, "sip:" + "agent " * 20],
+    ids=["a-space", "not-tel-or-sip", "not-text", "long"],
+)
+def test_a_transfer_is_to_a_tel_or_sip_uri_and_says_what_it_got(target: object) -> None:
+    with pytest.raises(ValueError, match=r"^Refer\(target\) must be") as caught:
+        Refer(target)  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        "Refer(target) must be a tel: or sip: URI without spaces "
+        f"(tel:+14155550123, sip:agent@example.com). Received: {str(target)[:64]!r}"
+    )

@@ -344,6 +344,9 @@ async def test_a_failed_accept_is_reported_and_never_sent_again(
     assert report.end_reason == "accept_failed"
     assert report.metered is False
     assert report.call_id == ringing.call_id
+    # No hook named the caller: the report names nobody.
+    assert (report.kind, report.identity, report.model) == ("realtime", None, "gpt-realtime")
+    assert report.started_at == report.ended_at
     assert KEY not in caplog.text
 
 
