@@ -22,12 +22,13 @@ from navai_mw import (
     NavaiWSGIMiddleware,
     OptionsError,
     RequestError,
+    RequestInfo,
     UpstreamError,
 )
 from navai_mw.core.http import compact_json, joined_headers
 from navai_mw.core.sessions import check_session
 from navai_mw.testing import FakeElevenLabs, FakeOpenAIRealtime, serve_asgi
-from navai_mw.views import AsyncNavaiHandler
+from navai_mw.views import AsyncNavaiHandler, NavaiHandler
 
 from .conftest import CANARY_KEY, log_message
 from .shells import SHELLS, inner_wsgi, serve_shell
@@ -121,6 +122,47 @@ async def test_a_view_passes_a_multi_dict_and_its_lines_are_joined(
             statuses.append(answer.status)
         await handler.aclose()
     assert statuses == [200, 200]
+
+
+def test_a_views_body_is_framed_by_its_own_length_and_environ_reaches_authorize(
+    fake: FakeOpenAIRealtime,
+) -> None:
+    seen: list[RequestInfo] = []
+
+    def authorize(request: RequestInfo) -> str:
+        seen.append(request)
+        return "alice"
+
+    environ = {"REMOTE_USER": "alice"}
+    handler = NavaiHandler(
+        options(fake.base_url), transport=fake.sync_transport(), authorize=authorize
+    )
+    # What a server said of the framing is the server's: the view hands the whole body.
+    framed = {"Content-Type": JSON, "Transfer-Encoding": "chunked", "Content-Length": "999"}
+    answer = handler.handle("POST", PATH, framed, b"{}", environ=environ, client="127.0.0.1")
+    handler.close()
+    assert answer.status == 200, answer.body
+    [request] = seen
+    assert request.environ == environ
+    assert request.scope is None
+
+
+async def test_an_async_views_scope_reaches_authorize(fake: FakeOpenAIRealtime) -> None:
+    seen: list[RequestInfo] = []
+
+    def authorize(request: RequestInfo) -> str:
+        seen.append(request)
+        return "alice"
+
+    scope = {"type": "http", "user": "alice"}
+    async with fake.async_transport() as upstream:
+        handler = AsyncNavaiHandler(options(fake.base_url), transport=upstream, authorize=authorize)
+        answer = await handler.handle("POST", PATH, {"content-type": JSON}, b"{}", scope=scope)
+        await handler.aclose()
+    assert answer.status == 200, answer.body
+    [request] = seen
+    assert request.scope == scope
+    assert request.environ is None
 
 
 # -- 6: no instructions through language, voiceAccent or voiceTone -------------------------
