@@ -14,7 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from navai_mw import OptionsError, RequestError
-from navai_mw.upstreams.openai_webhooks import signing_key, verify_delivery
+from navai_mw.upstreams.openai_webhooks import (
+    Blocked,
+    blocked_identifier,
+    signing_key,
+    verify_delivery,
+)
 
 from .webhook_oracle import event_body, sign, unwrap_status
 
@@ -156,3 +161,48 @@ def test_drawn_deliveries_pass_exactly_when_unwrap_takes_them(
             json.loads(body)
         return
     assert verdict == oracle
+
+
+def _blocked(data: object, kind: str = "safety_identifier.blocked") -> Blocked | None:
+    return blocked_identifier({"type": kind, "data": data})
+
+
+@pytest.mark.parametrize(
+    ("data", "blocked"),
+    [
+        ({"safety_identifier": "ab" * 32, "safety_category": "csam"}, Blocked("ab" * 32, "csam")),
+        ({"safety_identifier": "a", "safety_category": "x"}, Blocked("a", "x")),
+        ({"safety_identifier": "a" * 256}, Blocked("a" * 256, "unknown")),
+        ({"safety_identifier": "a", "safety_category": "c" * 64}, Blocked("a", "c" * 64)),
+        ({"safety_identifier": "a", "safety_category": "c" * 65}, Blocked("a", "unknown")),
+        ({"safety_identifier": "a", "safety_category": ""}, Blocked("a", "unknown")),
+        ({"safety_identifier": "a", "safety_category": 7}, Blocked("a", "unknown")),
+        ({"safety_identifier": "a" * 257}, None),
+        ({"safety_identifier": ""}, None),
+        ({"safety_identifier": 42}, None),
+        ({}, None),
+        ("ab" * 32, None),
+    ],
+    ids=[
+        "named",
+        "one-character",
+        "longest-identifier",
+        "longest-category",
+        "category-too-long",
+        "empty-category",
+        "category-not-text",
+        "identifier-too-long",
+        "empty-identifier",
+        "identifier-not-text",
+        "no-identifier",
+        "data-not-an-object",
+    ],
+)
+def test_a_blocked_identifier_is_read_within_its_bounds(
+    data: object, blocked: Blocked | None
+) -> None:
+    assert _blocked(data) == blocked
+
+
+def test_only_a_blocked_event_names_a_blocked_identifier() -> None:
+    assert _blocked({"safety_identifier": "a"}, kind="safety_identifier.warning") is None
