@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import subprocess
 import sys
 import textwrap
@@ -414,3 +415,26 @@ def test_a_forked_child_counts_budgets_on_connections_of_its_own(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "0\n", done.stderr
+
+
+def test_counts_no_store_can_read_are_a_503_to_try_again() -> None:
+    from navai_mw import NavaiHandler, NavaiVoiceBackendOptions
+
+    opts = NavaiVoiceBackendOptions(openai_api_key="sk-test-budget-api")
+    handler = NavaiHandler(
+        opts,
+        functions=[],
+        relay=True,
+        budget="1 minutes/day",
+        rate_limit_storage="redis://127.0.0.1:1/0",  # nothing listens there
+        authorize=lambda info: "ana",
+    )
+    try:
+        answer = handler.handle("GET", "/navai/usage", {}, b"")
+    finally:
+        handler.close()
+    assert answer.status == 503, answer.body
+    assert ("Retry-After", "5") in answer.headers
+    assert json.loads(answer.body) == {
+        "error": "Budgets cannot be checked right now; try again shortly."
+    }
