@@ -438,3 +438,29 @@ def test_counts_no_store_can_read_are_a_503_to_try_again() -> None:
     assert json.loads(answer.body) == {
         "error": "Budgets cannot be checked right now; try again shortly."
     }
+
+
+def test_a_call_that_did_not_start_gives_its_reservation_back_whole() -> None:
+    from navai_mw import NavaiHandler, NavaiVoiceBackendOptions
+    from navai_mw.budgets import usage
+
+    opts = NavaiVoiceBackendOptions(
+        openai_api_key="sk-test-budget-api",
+        openai_base_url="http://127.0.0.1:1",  # nothing listens there
+        upstream_timeout_seconds=1,
+    )
+    handler = NavaiHandler(
+        opts, functions=[], relay=True, budget="1 minutes/day", authorize=lambda info: "ana"
+    )
+    offer = (
+        b"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
+    )
+    try:
+        relayed = handler.handle(
+            "POST", "/navai/realtime/calls", {"content-type": "application/sdp"}, offer
+        )
+        [row] = usage(handler, "ana")
+    finally:
+        handler.close()
+    assert relayed.status == 502, relayed.body
+    assert (row["used"], row["reserved"], row["remaining"]) == (0, 0, 1)
