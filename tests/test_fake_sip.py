@@ -25,7 +25,7 @@ from navai_mw.core.effects import Attempt, Outcome
 from navai_mw.core.http import Credential, HttpResponse
 from navai_mw.testing import FakeRealtimeWebRTC, WebhookSender, webhook_events
 from navai_mw.upstreams.live import accept_live, refer_live, reject_live
-from navai_mw.upstreams.realtime_calls import accept_call, refer_call, reject_call
+from navai_mw.upstreams.realtime_calls import AcceptedCall, accept_call, refer_call, reject_call
 
 from .openai_events import sip_answer, webhook_event
 from .webhook_oracle import unwrap_status
@@ -298,3 +298,12 @@ def test_a_transfer_is_to_a_tel_or_sip_uri_and_says_what_it_got(target: object) 
         "Refer(target) must be a tel: or sip: URI without spaces "
         f"(tel:+14155550123, sip:agent@example.com). Received: {str(target)[:64]!r}"
     )
+
+
+@pytest.mark.parametrize(("kind", "call_id"), [("realtime", "rtc_1"), ("live", "live_1")])
+def test_an_accepted_call_is_named_by_its_id(kind: str, call_id: str) -> None:
+    steps = STEPS[(kind, "accept")]()
+    _first(steps)
+    with pytest.raises(StopIteration) as done:
+        steps.send(Outcome(HttpResponse(status=200, body=b"{}")))
+    assert done.value.value == AcceptedCall(call_id)
