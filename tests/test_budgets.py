@@ -464,3 +464,102 @@ def test_a_call_that_did_not_start_gives_its_reservation_back_whole() -> None:
         handler.close()
     assert relayed.status == 502, relayed.body
     assert (row["used"], row["reserved"], row["remaining"]) == (0, 0, 1)
+
+
+def test_a_spent_budget_is_a_429_that_says_when_it_is_whole_again() -> None:
+    from navai_mw import NavaiHandler, NavaiVoiceBackendOptions
+    from navai_mw.testing import FakeOpenAIRealtime
+
+    noon = datetime.datetime(2026, 12, 6, 12, tzinfo=datetime.timezone.utc).timestamp()
+    midnight = noon + 12 * 3600
+    fake = FakeOpenAIRealtime(api_key="sk-test-budget-api")
+    opts = NavaiVoiceBackendOptions(
+        openai_api_key="sk-test-budget-api", openai_base_url=fake.base_url
+    )
+    mint = ("POST", "/navai/realtime/client-secret", {"content-type": "application/json"}, b"{}")
+    rows = []
+    with fake.sync_transport() as transport:
+        handler = NavaiHandler(
+            opts,
+            transport=transport,
+            functions=[],
+            relay=True,
+            budget="1.5 minutes/day",
+            budget_secret_seconds=40,
+            budget_clock=lambda: noon,
+            authorize=lambda info: "ana",
+        )
+        try:
+            statuses = []
+            for _ in range(3):  # 40 seconds, 40 more, then the 10 that are left
+                statuses.append(handler.handle(*mint).status)
+                usage = handler.handle("GET", "/navai/usage", {}, b"")
+                assert usage.status == 200
+                [row] = json.loads(usage.body)["budgets"]
+                rows.append((row["used"], row["reserved"], row["remaining"]))
+            refused = handler.handle(*mint)
+        finally:
+            handler.close()
+    assert statuses == [200, 200, 200]
+    assert row == {
+        "limit": "1.5 minutes/day",
+        "unit": "minutes",
+        "used": 1.5,
+        "reserved": 0.0,
+        "remaining": 0.0,
+        "resets_at": midnight,
+    }
+    assert rows == [(0.6667, 0.0, 0.8333), (1.3333, 0.0, 0.1667), (1.5, 0.0, 0.0)]
+    assert refused.status == 429
+    assert json.loads(refused.body) == {
+        "error": "Your budget of 1.5 minutes/day is spent; it is whole again at the next period.",
+        "code": "budget_exhausted",
+    }
+    headers = dict(refused.headers)
+    assert headers["Retry-After"] == "43200"  # UTC midnight
+    assert headers["RateLimit-Policy"] == '"budget";q=90;w=43200'
+    assert headers["RateLimit"] == '"budget";r=0;t=43200'
+
+
+def test_a_second_before_the_period_ends_a_spent_budget_waits_one() -> None:
+    from navai_mw import NavaiHandler, NavaiVoiceBackendOptions
+    from navai_mw.testing import FakeOpenAIRealtime
+
+    midnight = datetime.datetime(2026, 12, 7, tzinfo=datetime.timezone.utc).timestamp()
+    fake = FakeOpenAIRealtime(api_key="sk-test-budget-api")
+    opts = NavaiVoiceBackendOptions(
+        openai_api_key="sk-test-budget-api", openai_base_url=fake.base_url
+    )
+    mint = ("POST", "/navai/realtime/client-secret", {"content-type": "application/json"}, b"{}")
+    with fake.sync_transport() as transport:
+        handler = NavaiHandler(
+            opts,
+            transport=transport,
+            functions=[],
+            relay=True,
+            budget="1 minutes/day",
+            budget_secret_seconds=60,
+            budget_clock=lambda: midnight - 0.5,
+            authorize=lambda info: "ana",
+        )
+        try:
+            assert handler.handle(*mint).status == 200
+            refused = handler.handle(*mint)
+        finally:
+            handler.close()
+    assert refused.status == 429
+    headers = dict(refused.headers)
+    assert (headers["Retry-After"], headers["RateLimit"]) == ("1", '"budget";r=0;t=1')
+    assert headers["RateLimit-Policy"] == '"budget";q=60;w=1'
+
+
+def test_without_a_budget_usage_lists_none() -> None:
+    from navai_mw import NavaiHandler, NavaiVoiceBackendOptions
+
+    opts = NavaiVoiceBackendOptions(openai_api_key="sk-test-budget-api")
+    handler = NavaiHandler(opts, functions=[], relay=True, authorize=lambda info: "ana")
+    try:
+        answer = handler.handle("GET", "/navai/usage", {}, b"")
+    finally:
+        handler.close()
+    assert (answer.status, json.loads(answer.body)) == (200, {"budgets": []})
