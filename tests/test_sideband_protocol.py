@@ -17,7 +17,17 @@ import pytest
 
 from navai_mw import FunctionContext, NavaiFunctionError, OptionsError, load_navai_functions
 from navai_mw.backend_functions.schema import function_tools
-from navai_mw.core.effects import CallEnded, FunctionOutcome, RunFunction, SendEvent
+from navai_mw.core.budgets import parse_budget
+from navai_mw.core.effects import (
+    BudgetCount,
+    CallEnded,
+    ChargeCall,
+    EndCall,
+    FunctionOutcome,
+    Reservation,
+    RunFunction,
+    SendEvent,
+)
 from navai_mw.core.http import RequestInfo
 from navai_mw.core.reports import CallUsage
 from navai_mw.endpoint.call_sideband import CallSideband
@@ -821,3 +831,93 @@ def test_server_functions_without_pydantic_name_the_extra(
         "server_functions needs pydantic to describe the functions to the model: "
         "pip install 'navai-mw[sideband]'"
     )
+
+
+# -- a call's tokens and dollars, charged as they come --------------------------------------------
+
+
+def metered(policy: str) -> CallSideband:
+    limits = parse_budget(policy)
+    reservation = Reservation(
+        id="res_1",
+        subject="token:alice",
+        limits=limits,
+        starts=(0.0,) * len(limits),
+        granted=None,
+        started_at=0.0,
+    )
+    return CallSideband(
+        kind="realtime",
+        call_id="rtc_1",
+        identity="alice",
+        model="gpt-realtime",
+        session=SESSION,
+        request=INFO,
+        pin=False,
+        functions=None,
+        function_timeout=5.0,
+        reservation=reservation,
+    )
+
+
+def charges(actions: list[Any]) -> list[tuple[float, float]]:
+    return [(a.tokens, a.usd) for a in actions if isinstance(a, ChargeCall)]
+
+
+DURATION = {"type": "duration", "seconds": 2.5}
+TRANSCRIBED = {
+    "type": "conversation.item.input_audio_transcription.completed",
+    "event_id": "event_2",
+    "item_id": "item_2",
+    "content_index": 0,
+    "transcript": "hello",
+    "usage": {"type": "tokens", "input_tokens": 50, "output_tokens": 9, "total_tokens": 59},
+}
+
+
+def test_a_calls_tokens_are_charged_as_they_come_and_only_what_is_new() -> None:
+    sideband = metered("100000 tokens/day")
+    assert charges(feed(sideband, response_done(usage=USAGE))) == [(1500.0, 0.0)]
+    assert charges(feed(sideband, response_done(usage=USAGE))) == [(1500.0, 0.0)]
+    assert charges(feed(sideband, TRANSCRIBED)) == [(59.0, 0.0)]
+    assert charges(feed(sideband, response_done())) == []  # nothing used: nothing charged
+    # Seconds of transcription are no tokens: nothing to charge to a tokens limit.
+    assert charges(feed(sideband, {**TRANSCRIBED, "usage": DURATION})) == []
+    one = {"type": "tokens", "input_tokens": 1, "output_tokens": 0, "total_tokens": 1}
+    assert charges(feed(sideband, {**TRANSCRIBED, "usage": one})) == [(1.0, 0.0)]
+    [charge] = [a for a in feed(sideband, TRANSCRIBED) if isinstance(a, ChargeCall)]
+    assert charge.reservation is sideband.reservation
+
+
+def test_a_calls_dollars_are_charged_at_its_price_as_they_come() -> None:
+    sideband = metered("1 USD/day")
+    [(tokens, usd)] = charges(feed(sideband, response_done(usage=USAGE)))
+    assert tokens == 1500.0
+    assert usd == pytest.approx(0.04096)  # gpt-realtime's list prices
+    [(tokens, usd)] = charges(feed(sideband, response_done(usage=USAGE)))
+    assert (tokens, usd) == (1500.0, pytest.approx(0.04096))
+    assert charges(feed(sideband, {**TRANSCRIBED, "usage": DURATION})) == []
+
+
+def test_a_call_without_a_tokens_or_dollars_limit_is_charged_by_the_minute_only() -> None:
+    assert charges(feed(metered("10 minutes/day"), response_done(usage=USAGE))) == []
+
+
+@pytest.mark.parametrize(
+    ("policy", "used", "ends"),
+    [
+        ("1000 tokens/day", 1000.0, True),
+        ("1000 tokens/day", 999.5, False),
+        ("1 USD/day", 1.0, True),
+        ("10 minutes/day", 600.0, False),  # the minutes end a call by its cap instead
+    ],
+    ids=["tokens-spent", "tokens-left", "dollars-spent", "minutes"],
+)
+def test_a_tokens_or_dollars_limit_with_nothing_left_ends_the_call(
+    policy: str, used: float, ends: bool
+) -> None:
+    sideband = metered(policy if policy != "10 minutes/day" else "10 minutes/day; 1 USD/day")
+    [limit] = parse_budget(policy)
+    ended = sideband.charged((BudgetCount(limit, used=used),))
+    assert ended == ([EndCall("budget")] if ends else [])
+    assert sideband.charged(None) == []  # a store that could not be reached ends nothing
