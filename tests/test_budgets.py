@@ -563,3 +563,35 @@ def test_without_a_budget_usage_lists_none() -> None:
     finally:
         handler.close()
     assert (answer.status, json.loads(answer.body)) == (200, {"budgets": []})
+
+
+def test_a_transcription_secret_under_a_budget_is_refused_or_charged() -> None:
+    from navai_mw import NavaiHandler, NavaiVoiceBackendOptions
+    from navai_mw.testing import FakeOpenAIRealtime
+
+    fake = FakeOpenAIRealtime(api_key="sk-test-budget-api")
+    opts = NavaiVoiceBackendOptions(
+        openai_api_key="sk-test-budget-api", openai_base_url=fake.base_url
+    )
+    path = "/navai/realtime/transcription-secret"
+    answers = []
+    with fake.sync_transport() as transport:
+        for keywords in ({}, {"budget_secret_seconds": 30}):
+            handler = NavaiHandler(
+                opts,
+                transport=transport,
+                functions=[],
+                relay=True,
+                transcription=True,
+                budget="1 minutes/day",
+                authorize=lambda info: "ana",
+                **keywords,
+            )
+            try:
+                minted = handler.handle("POST", path, {"content-type": "application/json"}, b"{}")
+                [row] = json.loads(handler.handle("GET", "/navai/usage", {}, b"").body)["budgets"]
+            finally:
+                handler.close()
+            answers.append((minted.status, row["used"]))
+    # Refused: a call made with it could not be metered; or charged what it is said to cost.
+    assert answers == [(403, 0.0), (200, 0.5)]
