@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from navai_mw import NavaiVoiceBackendOptions, Refer, UpstreamError
+from navai_mw import IncomingCall, NavaiVoiceBackendOptions, Refer, Reject, UpstreamError
 from navai_mw.core.effects import Attempt, Outcome
 from navai_mw.core.http import Credential, HttpResponse
 from navai_mw.testing import FakeRealtimeWebRTC, WebhookSender, webhook_events
@@ -307,3 +307,22 @@ def test_an_accepted_call_is_named_by_its_id(kind: str, call_id: str) -> None:
     with pytest.raises(StopIteration) as done:
         steps.send(Outcome(HttpResponse(status=200, body=b"{}")))
     assert done.value.value == AcceptedCall(call_id)
+
+
+@pytest.mark.parametrize(
+    "status", [486.0, True, 399, 700, "486"], ids=["float", "bool", "low", "high", "text"]
+)
+def test_a_refusal_is_a_sip_status_and_says_what_it_got(status: object) -> None:
+    with pytest.raises(ValueError, match=r"^Reject\(status_code=\.\.\.\) must be") as caught:
+        Reject(status)  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        f"Reject(status_code=...) must be a SIP status 400-699. Received: {status!r}"
+    )
+
+
+def test_a_sip_header_is_found_in_any_case_or_is_none() -> None:
+    incoming = IncomingCall(
+        call_id="rtc_1", kind="realtime", sip_headers=(("From", "<sip:+1415@a.example>"),)
+    )
+    assert incoming.header("from") == "<sip:+1415@a.example>"
+    assert incoming.header("X-Account") is None
