@@ -31,10 +31,13 @@ from navai_mw import (
     NavaiASGIMiddleware,
     NavaiVoiceBackendOptions,
     OptionsError,
+    UpstreamError,
 )
+from navai_mw.core.effects import Attempt, Outcome
+from navai_mw.core.http import Credential
 from navai_mw.testing import FakeRealtimeWebRTC
 from navai_mw.transports import HttpxAsyncTransport
-from navai_mw.upstreams.live import with_fields
+from navai_mw.upstreams.live import relay_live, with_fields
 
 from .conftest import CANARY_KEY
 from .test_fake_webrtc import Browser
@@ -464,3 +467,32 @@ def test_a_hooks_fields_a_live_session_cannot_take_are_named(
     with pytest.raises(OptionsError) as caught:
         with_fields(PHONE_OPTS, PHONE_SESSION, fields)
     assert caught.value.message == message
+
+
+# -- the Live relay's own request, sans-IO ------------------------------------------------------
+
+
+def test_a_live_relay_waits_what_is_left_of_the_budget_and_is_never_retried() -> None:
+    def steps(budget: float | None) -> Any:
+        return relay_live(
+            PHONE_OPTS,
+            "v=0\r\n",
+            PHONE_SESSION,
+            credential=Credential.bearer(CANARY_KEY),
+            budget=budget,
+        )
+
+    given = steps(1.5)
+    attempt = next(given)
+    assert isinstance(attempt, Attempt)
+    assert attempt.timeout == 1.5
+    assert next(steps(None)).timeout == PHONE_OPTS.upstream_timeout_seconds
+    busy = HttpResponse(status=503, body=b'{"error": {"message": "busy"}}')
+    with pytest.raises(UpstreamError) as failure:
+        given.send(Outcome(busy))
+    assert failure.value.message == "OpenAI live sessions failed (503): busy"
+    unreached = steps(None)
+    next(unreached)
+    with pytest.raises(UpstreamError) as failure:
+        unreached.send(Outcome(None))
+    assert failure.value.message == "OpenAI live sessions could not be reached."
