@@ -79,6 +79,14 @@ def test_the_tightest_window_speaks_for_the_policy() -> None:
     )
 
 
+def test_of_two_windows_the_second_can_be_the_tightest() -> None:
+    windows = ((5, NOW + 30), (2, NOW + 600))
+    _, (_, headers) = run_check(
+        limited("10/minute;100/hour"), [LimitResult(allowed=True, windows=windows, now=NOW)]
+    )
+    assert dict(headers)["RateLimit"] == '"mint";r=2;t=600'
+
+
 @pytest.mark.parametrize(
     ("windows", "retry_after"),
     [
