@@ -595,3 +595,78 @@ def test_a_transcription_secret_under_a_budget_is_refused_or_charged() -> None:
             answers.append((minted.status, row["used"]))
     # Refused: a call made with it could not be metered; or charged what it is said to cost.
     assert answers == [(403, 0.0), (200, 0.5)]
+
+
+def test_a_budget_hook_gets_the_caller_and_the_request_and_its_failure_is_a_503(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from navai_mw import NavaiHandler, NavaiVoiceBackendOptions
+
+    from .conftest import log_message
+
+    asked: list[tuple[Any, str]] = []
+
+    def policy(identity: Any, info: Any) -> str | None:
+        asked.append((identity, info.path))
+        if info.headers.get("x-user") == "cal":
+            raise RuntimeError("the tiers' database is down")
+        return "2 minutes/day" if identity == "ana" else None
+
+    opts = NavaiVoiceBackendOptions(openai_api_key="sk-test-budget-api")
+    handler = NavaiHandler(
+        opts,
+        functions=[],
+        relay=True,
+        budget=policy,
+        authorize=lambda info: info.headers.get("x-user"),
+    )
+    try:
+        ana, ben, cal = (
+            handler.handle("GET", "/navai/usage", {"x-user": user}, b"")
+            for user in ("ana", "ben", "cal")
+        )
+    finally:
+        handler.close()
+    assert [row["limit"] for row in json.loads(ana.body)["budgets"]] == ["2 minutes/day"]
+    assert json.loads(ben.body) == {"budgets": []}
+    assert (cal.status, json.loads(cal.body)) == (
+        503,
+        {"error": "Budgets cannot be checked right now; try again shortly."},
+    )
+    assert ("Retry-After", "5") in cal.headers
+    assert [(str(who), path) for who, path in asked] == [
+        ("ana", "/navai/usage"),
+        ("ben", "/navai/usage"),
+        ("cal", "/navai/usage"),
+    ]
+    logged = [log_message(record) for record in caplog.records]
+    assert "navai_mw: the budget hook failed on /navai/usage: RuntimeError" in logged
+    assert "database" not in caplog.text  # the hook's own words stay out of the log
+
+
+def test_callers_without_an_identity_are_budgeted_by_their_address() -> None:
+    from navai_mw import NavaiHandler, NavaiVoiceBackendOptions
+    from navai_mw.testing import FakeOpenAIRealtime
+
+    fake = FakeOpenAIRealtime(api_key="sk-test-budget-api")
+    opts = NavaiVoiceBackendOptions(
+        openai_api_key="sk-test-budget-api", openai_base_url=fake.base_url
+    )
+    mint = ("POST", "/navai/realtime/client-secret", {"content-type": "application/json"}, b"{}")
+    with fake.sync_transport() as transport:
+        handler = NavaiHandler(
+            opts,
+            transport=transport,
+            functions=[],
+            relay=True,
+            budget="0.5 minutes/day",
+            budget_secret_seconds=30,
+        )
+        try:
+            statuses = [
+                handler.handle(*mint, client=client).status
+                for client in ("203.0.113.7", "203.0.113.7", "198.51.100.9")
+            ]
+        finally:
+            handler.close()
+    assert statuses == [200, 429, 200]
