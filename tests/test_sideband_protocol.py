@@ -897,6 +897,9 @@ def test_a_calls_dollars_are_charged_at_its_price_as_they_come() -> None:
     [(tokens, usd)] = charges(feed(sideband, response_done(usage=USAGE)))
     assert (tokens, usd) == (1500.0, pytest.approx(0.04096))
     assert charges(feed(sideband, {**TRANSCRIBED, "usage": DURATION})) == []
+    # The transcription is priced at the session's transcription model's prices.
+    [(tokens, usd)] = charges(feed(sideband, TRANSCRIBED))
+    assert (tokens, usd) == (59.0, pytest.approx(50 * 6e-6 + 9 * 10e-6))
 
 
 def test_a_call_without_a_tokens_or_dollars_limit_is_charged_by_the_minute_only() -> None:
