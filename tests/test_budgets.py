@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -109,6 +110,46 @@ def test_periods_are_utc_calendar_days_and_months(
         )
 
     assert period_bounds(period, utc(moment)) == (utc(start), utc(end))
+
+
+def test_periods_are_utc_whatever_the_machines_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        # 02:30:15.5 UTC on 1 December is still 30 November in New York.
+        now = datetime.datetime(
+            2026, 12, 1, 2, 30, 15, 500000, tzinfo=datetime.timezone.utc
+        ).timestamp()
+        midnight = datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc).timestamp()
+        assert period_bounds("day", now) == (midnight, midnight + 86400)
+        assert period_bounds("month", now) == (
+            midnight,
+            datetime.datetime(2027, 1, 1, tzinfo=datetime.timezone.utc).timestamp(),
+        )
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"": "1 minutes/day"}, "budget's mapping keys are identities (or '*')."),
+        ({3: "1 minutes/day"}, "budget's mapping keys are identities (or '*')."),
+        ({"ana": "lots"}, "budget['ana']: 'lots' is not a limit"),
+    ],
+    ids=["empty-key", "key-not-text", "policy"],
+)
+def test_a_mapping_that_is_not_a_policy_is_named(source: Any, message: str) -> None:
+    with pytest.raises(OptionsError) as caught:
+        BudgetPolicy.from_source(source)
+    assert caught.value.message.startswith(message)
+
+
+def test_a_mapping_without_a_star_leaves_everyone_else_unbudgeted() -> None:
+    policy = BudgetPolicy.from_source({"ana": "1 minutes/day"})
+    assert policy.default is None
+    assert policy.limits_for("ben") is None
 
 
 # -- the store, in memory and in Redis ----------------------------------------------------------
