@@ -323,6 +323,8 @@ GOOD_TEMPLATES: dict[str, dict[str, Any]] = {
     },
     "max_output_tokens": {"max_output_tokens": 800},
     "max_output_tokens_inf": {"max_output_tokens": "inf"},
+    "max_output_tokens_one": {"max_output_tokens": 1},
+    "max_output_tokens_most": {"max_output_tokens": 4096},
     "text_only": {"output_modalities": ["text"]},
     "include_logprobs": {"include": ["item.input_audio_transcription.logprobs"]},
     "truncation_ratio": {
@@ -539,6 +541,7 @@ BAD: dict[str, tuple[Any, str]] = {
     ),
     "max_output_tokens_zero": ({"max_output_tokens": 0}, "@ session.max_output_tokens"),
     "max_output_tokens_bool": ({"max_output_tokens": True}, "@ session.max_output_tokens"),
+    "max_output_tokens_over": ({"max_output_tokens": 4097}, "@ session.max_output_tokens"),
     "max_output_tokens_word": ({"max_output_tokens": "lots"}, "@ session.max_output_tokens"),
     "modality": ({"output_modalities": ["video"]}, "@ session.output_modalities[0]"),
     "include": ({"include": ["everything"]}, "@ session.include[0]"),
