@@ -69,6 +69,35 @@ def test_what_is_not_a_policy_is_named_at_start(text: str) -> None:
         parse_budget(text)
 
 
+SUCH_AS = 'budget must be a policy such as "10 minutes/day; 5 USD/month". Received: '
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("   ", SUCH_AS + "'   '"),
+        (7, SUCH_AS + "7"),
+        ("x" * 201, SUCH_AS + repr("x" * 201)[:80]),
+        (
+            "10 hours/day",
+            "budget: '10 hours/day' is not a limit: write an amount, a unit (minutes, tokens, "
+            "USD) and a period (day, month), as in 10 minutes/day.",
+        ),
+    ],
+    ids=["blank", "not-text", "too-long", "not-a-limit"],
+)
+def test_what_is_not_a_policy_is_told_how_to_write_one(text: Any, message: str) -> None:
+    with pytest.raises(OptionsError) as caught:
+        parse_budget(text)
+    assert caught.value.message == message
+
+
+def test_a_policy_of_the_longest_length_and_empty_parts_is_read() -> None:
+    text = "; 10 minutes/day;" + " " * 183
+    assert len(text) == 200
+    assert [limit.text for limit in parse_budget(text)] == ["10 minutes/day"]
+
+
 def test_a_mapping_picks_by_key_then_name_then_star() -> None:
     policy = BudgetPolicy.from_source(
         {"token:ops": None, "alice": "1 minutes/day", "*": "5 minutes/day"}
