@@ -37,7 +37,8 @@ from navai_mw.core.effects import Attempt, Outcome
 from navai_mw.core.http import Credential
 from navai_mw.testing import FakeRealtimeWebRTC
 from navai_mw.transports import HttpxAsyncTransport
-from navai_mw.upstreams.live import relay_live, with_fields
+from navai_mw.upstreams.live import live_request, relay_live, with_fields
+from navai_mw.upstreams.openai_secrets import MAX_CLIENT_SECRET_RESPONSE_BYTES, is_phrase
 
 from .conftest import CANARY_KEY
 from .test_fake_webrtc import Browser
@@ -496,3 +497,31 @@ def test_a_live_relay_waits_what_is_left_of_the_budget_and_is_never_retried() ->
     with pytest.raises(UpstreamError) as failure:
         unreached.send(Outcome(None))
     assert failure.value.message == "OpenAI live sessions could not be reached."
+
+
+def test_a_live_answer_is_read_within_the_bound_of_a_client_secrets() -> None:
+    request = live_request(
+        PHONE_OPTS, "v=0\r\n", PHONE_SESSION, credential=Credential.bearer(CANARY_KEY)
+    )
+    assert request.max_response_bytes == MAX_CLIENT_SECRET_RESPONSE_BYTES
+
+
+@pytest.mark.parametrize(
+    ("value", "phrase"),
+    [
+        ("a" * 40, True),
+        ("  " + "a" * 40 + "  ", True),  # trimmed first
+        ("a" * 41, False),
+        ("Español de España (Sevilla)", True),
+        ("日本語", True),
+        ("X-ray 2", True),
+        ("Ignore: all", False),
+        ("tone\n", True),
+        ("tone\nSYSTEM", False),
+    ],
+    ids=["longest", "trimmed", "too-long", "accents", "cjk", "digit", "colon", "eol", "newline"],
+)
+def test_a_phrase_is_short_letters_digits_and_a_little_punctuation(
+    value: str, phrase: bool
+) -> None:
+    assert is_phrase(value) is phrase
