@@ -299,6 +299,7 @@ def test_a_live_session_is_ended_by_its_owner_with_session_close_on_its_sideband
             ended = request("DELETE", location, headers={"x-user": "ana"})
             assert ended.status_code == 204, (shell, ended.text)
             assert ended.content == b""
+            assert "content-type" not in ended.headers  # nothing to type
             assert sockets.opened[-1] == (attach, KEY_HEADER)
             assert sockets.timeouts[-1] == 7
             assert sockets.sent[-1] == {"type": "session.close"}
