@@ -147,6 +147,14 @@ def test_a_views_body_is_framed_by_its_own_length_and_environ_reaches_authorize(
     assert request.scope is None
 
 
+def test_a_views_headers_may_be_name_value_pairs(fake: FakeOpenAIRealtime) -> None:
+    handler = NavaiHandler(options(fake.base_url), transport=fake.sync_transport())
+    pairs = [("Content-Type", JSON), ("X-Forwarded-For", "203.0.113.7")]
+    answer = handler.handle("POST", PATH, pairs, b"{}", client="127.0.0.1")
+    handler.close()
+    assert answer.status == 200, answer.body
+
+
 async def test_an_async_views_scope_reaches_authorize(fake: FakeOpenAIRealtime) -> None:
     seen: list[RequestInfo] = []
 
