@@ -301,6 +301,34 @@ def test_a_delivery_no_store_can_remember_is_503_and_not_handled(
     )
 
 
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_hook_that_raises_is_logged_by_its_error_and_the_event_type(
+    shell: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    heard = Heard()
+
+    def fails(event: dict[str, Any]) -> None:
+        heard(event)
+        if event["data"].get("safety_identifier") == "bad":
+            raise LookupError("the case tracker is down")
+
+    event = webhook_events.safety_warning_issued("case_1")
+    with served(shell, on_openai_event=fails) as sender:
+        fine = sender.send(event)
+        bad = sender.send(
+            {**event, "id": "evt_2", "data": {**event["data"], "safety_identifier": "bad"}}
+        )
+        heard.wait_for(2)
+        line = f"navai_mw: on_openai_event raised LookupError on {event['type']!r}"
+        deadline = time.monotonic() + BOUND  # a bound against hangs, not a measurement
+        while line not in [log_message(r) for r in caplog.records] and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert (fine.status_code, bad.status_code) == (200, 200)  # answered before the hook ran
+    errors = [log_message(r) for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [line]  # the hook that finished says nothing
+    assert "tracker" not in "".join(errors)
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
