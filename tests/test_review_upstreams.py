@@ -189,6 +189,42 @@ def test_a_provider_past_the_budget_is_a_504(
     ]
 
 
+@pytest.mark.parametrize(
+    ("result", "message", "logged"),
+    [
+        pytest.param(
+            HookResult(error=LookupError("the vault is sealed")),
+            "Azure OpenAI token provider failed; no token to send.",
+            "navai_mw: the Azure token provider raised LookupError",
+            id="raised",
+        ),
+        pytest.param(
+            HookResult(""),
+            "Azure OpenAI token provider returned no usable token.",
+            "navai_mw: the Azure token provider returned an empty string, not a token",
+            id="empty",
+        ),
+        pytest.param(
+            HookResult(42),
+            "Azure OpenAI token provider returned no usable token.",
+            "navai_mw: the Azure token provider returned int, not a token",
+            id="not-text",
+        ),
+    ],
+)
+def test_a_provider_without_a_token_is_a_502_logged_by_what_it_did(
+    result: HookResult, message: str, logged: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    steps = mint_client_secret(azure(lambda: "tok"), {})
+    asked = next(steps)
+    assert isinstance(asked, CallHook)
+    assert asked.args == ()  # a provider is called with nothing
+    with pytest.raises(UpstreamError) as caught:
+        steps.send(result)
+    assert (caught.value.status, caught.value.message) == (502, message)
+    assert [record.getMessage() for record in caplog.records] == [logged]
+
+
 OFFER = b"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
 
 
