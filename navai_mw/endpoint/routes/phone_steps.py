@@ -109,39 +109,40 @@ def _decided(settings: Settings, incoming: IncomingCall) -> Generator[Any, Any, 
 def _refuse(
     settings: Settings, incoming: IncomingCall, status: int, credential: Credential, budget: float
 ) -> Generator[Any, Any, None]:
-    opts = settings.opts
-    steps = (
-        reject_call(opts, incoming.call_id, status, credential=credential, budget=budget)
+    opts, call_id = settings.opts, incoming.call_id
+    yield from _tell_openai(
+        reject_call(opts, call_id, status, credential=credential, budget=budget)
         if incoming.kind == "realtime"
-        else reject_live(opts, incoming.call_id, status, credential=credential, budget=budget)
+        else reject_live(opts, call_id, status, credential=credential, budget=budget),
+        f"refusing call {call_id}",
+        f"call {call_id} is refused (SIP {status})",
     )
-    try:
-        yield from steps
-    except NavaiError as exc:
-        logger.warning(
-            "navai_mw: refusing call %s failed: %s", incoming.call_id, log_safe(exc.message)
-        )
-        return
-    logger.info("navai_mw: call %s is refused (SIP %d)", incoming.call_id, status)
 
 
 def _transfer(
     settings: Settings, incoming: IncomingCall, target: str, credential: Credential, budget: float
 ) -> Generator[Any, Any, None]:
-    opts = settings.opts
-    steps = (
-        refer_call(opts, incoming.call_id, target, credential=credential, budget=budget)
+    opts, call_id = settings.opts, incoming.call_id
+    yield from _tell_openai(
+        refer_call(opts, call_id, target, credential=credential, budget=budget)
         if incoming.kind == "realtime"
-        else refer_live(opts, incoming.call_id, target, credential=credential, budget=budget)
+        else refer_live(opts, call_id, target, credential=credential, budget=budget),
+        f"transferring call {call_id}",
+        f"call {call_id} is transferred",
     )
+
+
+def _tell_openai(
+    steps: Generator[Any, Any, None], doing: str, done: str
+) -> Generator[Any, Any, None]:
+    """Send a ringing call's answer (a refusal, a transfer); a failure is
+    logged, never raised: OpenAI's 200 went out long ago."""
     try:
         yield from steps
     except NavaiError as exc:
-        logger.warning(
-            "navai_mw: transferring call %s failed: %s", incoming.call_id, log_safe(exc.message)
-        )
+        logger.warning("navai_mw: %s failed: %s", doing, log_safe(exc.message))
         return
-    logger.info("navai_mw: call %s is transferred", incoming.call_id)
+    logger.info("navai_mw: %s", done)
 
 
 def _accept(
