@@ -395,6 +395,39 @@ async def test_a_server_that_stops_reports_its_calls(
     await upstream.await_until(lambda: upstream.open_sidebands(call_id) == 0, timeout=BOUND)
 
 
+@pytest.mark.anyio
+async def test_a_call_relayed_while_the_handler_closes_holds_no_sideband(
+    fake: tuple[FakeRealtimeWebRTC, str],
+) -> None:
+    """A request still in flight when the middleware is closed (a server
+    stopping) may relay one more call: its sideband is never held past the
+    close (it would go on opening again, in nobody's care); the call is
+    reported ended by the shutdown."""
+    upstream, base_url = fake
+    reports = Reports()
+    opts = NavaiVoiceBackendOptions(
+        openai_api_key=KEY, openai_base_url=base_url, upstream_timeout_seconds=15
+    )
+    wsgi = NavaiWSGIMiddleware(
+        _no_app, opts, relay=True, sideband=True, on_call_end=reports,
+        authorize=BearerTokens({"alice": TOKEN}), functions=[],
+    )  # fmt: skip
+    try:
+        with serve_waitress(wsgi) as url:
+            wsgi.close()
+            async with call(url) as (call_id, _):
+                report = await reports.one()
+                assert report.call_id == call_id
+                assert report.end_reason == "shutdown"
+                assert upstream.sideband_attaches.get(call_id, 0) == 0
+    finally:
+        wsgi.close()
+
+
+def _no_app(environ: Any, start_response: Any) -> list[bytes]:
+    raise AssertionError("every request here is navai's")
+
+
 # -- limits and hooks -------------------------------------------------------------------------
 
 

@@ -182,6 +182,9 @@ class Sidebands:
         self._held: dict[str, _Held] = {}  # on their loop only
         self._home: asyncio.AbstractEventLoop | None = None
         self._starting: set[asyncio.Task[None]] = set()
+        # Closed: a sideband attached from now on is not held (a request in
+        # flight at the close relayed its call); a new run_on opens again.
+        self._stopped = False
 
     # -- from any thread ------------------------------------------------------------
 
@@ -200,6 +203,7 @@ class Sidebands:
         (asyncio, for the server's life), so that they share the requests'
         thread instead of contending with it for the interpreter."""
         self._home = loop
+        self._stopped = False
 
     def _loop(self, *, start: bool = True) -> asyncio.AbstractEventLoop | None:
         """Where the sidebands run: the server's loop when given one (and it
@@ -253,6 +257,7 @@ class Sidebands:
     def close(self) -> None:
         """End every sideband (``shutdown``) and wait, within
         :data:`STOP_SECONDS`, for their reports; blocking (not on their loop)."""
+        self._stopped = True
         loop = self._loop(start=False)
         if loop is None:
             return
@@ -261,6 +266,7 @@ class Sidebands:
 
     async def aclose(self) -> None:
         """:meth:`close`, awaited (on their loop, or any other)."""
+        self._stopped = True
         loop = self._loop(start=False)
         if loop is None:
             return
@@ -299,6 +305,7 @@ class Sidebands:
             held.grace = asyncio.get_running_loop().call_later(END_GRACE_SECONDS, held.task.cancel)
 
     async def _stop_all(self) -> None:
+        self._stopped = True
         tasks = []
         for held in self._held.values():
             held.reason = held.reason or "shutdown"
@@ -318,6 +325,9 @@ class Sidebands:
         reason: EndReason = "remote"
         try:
             while True:
+                if self._stopped:  # attached after the close, or waiting to open again
+                    held.reason = held.reason or "shutdown"
+                    break
                 life = await self._run_socket(held)
                 if attached is None:
                     attached = life.opened
