@@ -115,14 +115,17 @@ def _held(url: str, count: int, busy_seconds: float) -> dict[str, float]:
     CPU they use over ``busy_seconds`` (the fake decides what it sends)."""
     store = SyncCalls(None)
     store.start(lambda key: None)
-    sidebands = Sidebands(store, SidebandConnector(AiohttpTransport()), FunctionWorkers(1))
+    connector, workers = SidebandConnector(AiohttpTransport()), FunctionWorkers(1)
+    sidebands = Sidebands(store, connector, workers)
     try:
-        # Warm up: the loop, the client session, the code paths.
+        # Warm up: the loop, the client session, the code paths; then the
+        # measured sidebands on the same ones (a closed Sidebands holds no more).
         warm = _attach(sidebands, url, 20, 0)
         _wait_open(url, 20, 30)
         for key in warm:
             sidebands.end(key, "hangup")
         sidebands.close()
+        sidebands = Sidebands(store, connector, workers)
         gc.collect()
         rss_before = rss_bytes()
         opened = _attach(sidebands, url, count, 1000)
