@@ -28,32 +28,22 @@ from .redis_server import RedisServer, redis_fixture
 from .test_call_sideband import (
     AUTH,
     BOUND,
-    KEY,
     SDP,
     Browser,
     Reports,
     attached,
     call,
+    fake,
     hang_up,
     navai,
 )
+from .test_call_sideband import anyio_backend as anyio_backend  # a fixture
 
 pytest.importorskip("aiortc")
 
 shared_redis = redis_fixture(scope="module")
+webrtc = fake  # the fake OpenAI, served: a fixture, by this file's name
 USAGE_PATH = "/navai/usage"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def webrtc() -> Iterator[tuple[FakeRealtimeWebRTC, str]]:
-    upstream = FakeRealtimeWebRTC(api_key=KEY)
-    with upstream.serve() as base_url:
-        yield upstream, base_url
 
 
 @contextlib.contextmanager

@@ -36,6 +36,8 @@ from navai_mw.testing import FakeRealtimeWebRTC, RingingCall, WebhookSender, web
 from .conftest import log_message
 from .openai_events import sip_answer
 from .test_call_sideband import BOUND, INSTRUCTIONS, KEY, Orders, Reports, navai, sent_by_navai
+from .test_call_sideband import anyio_backend as anyio_backend  # a fixture
+from .test_call_sideband import fake as fake  # a fixture
 
 pytest.importorskip("aiortc")
 
@@ -47,18 +49,6 @@ SIP_HEADERS = (
     ("To", "<sip:proj_123@sip.api.openai.com>"),
     ("X-Account", "ac_42"),
 )
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # aiortc runs on asyncio only
-
-
-@pytest.fixture
-def fake() -> Iterator[tuple[FakeRealtimeWebRTC, str]]:
-    upstream = FakeRealtimeWebRTC(api_key=KEY)
-    with upstream.serve() as base_url:
-        yield upstream, base_url
 
 
 @contextlib.contextmanager
