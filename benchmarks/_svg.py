@@ -58,16 +58,7 @@ def grouped_bars(
     def y(value: float) -> float:
         return MARGIN_TOP + plot_h * (1 - value / y_max)
 
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-        f'viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">',
-        f"<title>{escape(title)}</title>",
-        f'<rect width="{WIDTH}" height="{height}" fill="#ffffff"/>',
-        f'<text x="{WIDTH / 2}" y="24" text-anchor="middle" font-size="15" '
-        f'font-weight="bold">{escape(title)}</text>',
-        f'<text x="{WIDTH / 2}" y="44" text-anchor="middle" fill="#5f6368">'
-        f"{escape(subtitle)}</text>",
-    ]
+    out = _opening(title, subtitle, height)
     tick = 0.0
     while tick <= y_max + step / 2:
         ty = y(tick)
@@ -155,16 +146,7 @@ def lines(
     def py(y: float) -> float:
         return MARGIN_TOP + plot_h * (1 - y / y_max)
 
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-        f'viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">',
-        f"<title>{escape(title)}</title>",
-        f'<rect width="{WIDTH}" height="{height}" fill="#ffffff"/>',
-        f'<text x="{WIDTH / 2}" y="24" text-anchor="middle" font-size="15" '
-        f'font-weight="bold">{escape(title)}</text>',
-        f'<text x="{WIDTH / 2}" y="44" text-anchor="middle" fill="#5f6368">'
-        f"{escape(subtitle)}</text>",
-    ]
+    out = _opening(title, subtitle, height)
     tick = 0.0
     while tick <= y_max + step / 2:
         out.append(
@@ -211,3 +193,17 @@ def lines(
         out.append(f'<text x="{MARGIN_LEFT + 20}" y="{legend_y}">{escape(label)}</text>')
     out.append("</svg>")
     return "\n".join(out)
+
+
+def _opening(title: str, subtitle: str, height: float) -> list[str]:
+    """A chart's first lines: the canvas, its title and subtitle."""
+    return [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+        f'viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">',
+        f"<title>{escape(title)}</title>",
+        f'<rect width="{WIDTH}" height="{height}" fill="#ffffff"/>',
+        f'<text x="{WIDTH / 2}" y="24" text-anchor="middle" font-size="15" '
+        f'font-weight="bold">{escape(title)}</text>',
+        f'<text x="{WIDTH / 2}" y="44" text-anchor="middle" fill="#5f6368">'
+        f"{escape(subtitle)}</text>",
+    ]
