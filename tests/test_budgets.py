@@ -458,7 +458,7 @@ def test_a_forked_child_counts_budgets_on_connections_of_its_own(
     parent's belongs to a loop the child does not have)."""
     script = textwrap.dedent(
         f"""
-        import os, time
+        import gc, os, time
         from navai_mw.core.budgets import parse_budget
         from navai_mw.core.effects import AdmitCall
         from navai_mw.runtime.budget_keeper import BudgetKeeper
@@ -474,6 +474,7 @@ def test_a_forked_child_counts_budgets_on_connections_of_its_own(
         assert admitted("app:parent") is not None
         pid = os.fork()
         if pid == 0:
+            gc.collect()  # the parent's client, dropped here, must not be finalized
             os._exit(0 if admitted("app:child") is not None else 3)
         _, status = os.waitpid(pid, 0)
         assert admitted("app:parent") is not None  # the parent's client still works

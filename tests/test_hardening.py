@@ -289,7 +289,7 @@ def test_a_forked_child_mints_with_the_process_default(served_fake: str) -> None
     # then forks; each child must mint at once, on connections of its own.
     script = textwrap.dedent(
         f"""
-        import os, sys, time
+        import gc, os, sys, time
         from navai_mw import NavaiVoiceBackendOptions, create_realtime_client_secret_sync
         opts = NavaiVoiceBackendOptions(
             openai_api_key={CANARY_KEY!r}, openai_base_url={served_fake!r},
@@ -298,6 +298,7 @@ def test_a_forked_child_mints_with_the_process_default(served_fake: str) -> None
         create_realtime_client_secret_sync(opts)
         pid = os.fork()
         if pid == 0:
+            gc.collect()  # the parent's connections, dropped here, must not be closed
             started = time.monotonic()
             secret = create_realtime_client_secret_sync(opts)
             os._exit(0 if secret.value.startswith("ek_fake_") and

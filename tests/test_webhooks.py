@@ -380,7 +380,7 @@ def test_a_forked_child_remembers_deliveries_on_connections_of_its_own(
     its own (the parent's belongs to a loop the child does not have)."""
     script = textwrap.dedent(
         f"""
-        import os
+        import gc, os
         from navai_mw.core.effects import FirstDelivery
         from navai_mw.runtime.call_store import CallStore
         from navai_mw.runtime.webhook_store import WebhookKeeper
@@ -390,6 +390,7 @@ def test_a_forked_child_remembers_deliveries_on_connections_of_its_own(
         assert keeper.perform_sync(FirstDelivery("wh_parent", 60.0)) is True
         pid = os.fork()
         if pid == 0:
+            gc.collect()  # the parent's client, dropped here, must not be finalized
             first = keeper.perform_sync(FirstDelivery("wh_child", 60.0))
             again = keeper.perform_sync(FirstDelivery("wh_parent", 60.0))
             os._exit(0 if (first, again) == (True, False) else 3)

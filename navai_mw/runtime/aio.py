@@ -162,6 +162,21 @@ class LoopBound(Generic[C]):
 _CLOSE_ELSEWHERE_SECONDS = 5.0
 
 
+# What a forked child inherited from its parent's event loops (the loops
+# and the clients made on them), kept here and never finalized: closing an
+# inherited connection takes its socket out of the epoll set the two
+# processes share, and the parent then waits for replies it is never told
+# of. Fork happens once per worker, so this holds a handful of objects.
+_INHERITED: list[object] = []
+
+
+def keep_inherited(thing: object) -> None:
+    """In a forked child: keep the parent's ``thing`` (a loop or a client
+    made on one) from ever being finalized here."""
+    if thing is not None:
+        _INHERITED.append(thing)
+
+
 class _LoopThread:
     """An event loop on a daemon thread, started on first use (again in a
     forked child, and after :meth:`stop`): for async backend functions called
@@ -180,6 +195,8 @@ class _LoopThread:
         with self._lock:
             thread = self._thread
             if self._loop is None or self._pid != os.getpid() or not thread.is_alive():
+                if self._pid != os.getpid():
+                    keep_inherited(self._loop)
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(
                     target=_run_until_stopped, args=(loop,), name=self._name, daemon=True

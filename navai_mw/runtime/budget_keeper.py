@@ -59,7 +59,7 @@ class BudgetKeeper:
         # The parent's Redis client belongs to a loop this process does not
         # have (the calls' store makes a new one): the child makes its own.
         if self._redis is not None:
-            self._redis.forget_client()
+            self._redis.forget_client(inherited=True)
         self._unsettled = {}
         self._retrying = None
 

@@ -36,6 +36,7 @@ from ..core.effects import (
     Reservation,
     SettleCall,
 )
+from .aio import keep_inherited
 from .call_deadlines import redis_client
 
 __all__ = [
@@ -436,7 +437,10 @@ class RedisBudgets:
         if client is not None:
             await client.aclose()
 
-    def forget_client(self) -> None:
+    def forget_client(self, *, inherited: bool = False) -> None:
+        """As :meth:`RedisCalls.forget_client`."""
+        if inherited:
+            keep_inherited(self._client)
         self._client = None
         self._scripts = {}
 

@@ -22,6 +22,7 @@ import time
 from typing import Any, Final
 
 from ..core.effects import CallOwned, ForgetCall, RememberCall
+from .aio import keep_inherited
 
 __all__ = [
     "DEADLINES",
@@ -139,7 +140,9 @@ class RedisCalls:
         if client is not None:
             await client.aclose()
 
-    def forget_client(self) -> None:
-        """In a forked child: the parent's connections are not ours, and
-        their loop does not run here; the next use makes a client."""
+    def forget_client(self, *, inherited: bool = False) -> None:
+        """The next use makes a client: this one's loop stopped, or (with
+        ``inherited``, in a forked child) it is the parent's, kept unclosed."""
+        if inherited:
+            keep_inherited(self._client)
         self._client = self._claim = None

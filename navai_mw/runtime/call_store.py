@@ -38,7 +38,7 @@ import anyio.to_thread
 
 from ..core.effects import CallOwned, ForgetCall, RememberCall
 from ..core.storage import redis_client_url, shown_url
-from .aio import _LoopThread, _running_loop, _wait, attempt_deadline
+from .aio import _LoopThread, _running_loop, _wait, attempt_deadline, keep_inherited
 from .call_deadlines import RedisCalls, owner_mark
 
 __all__ = [
@@ -304,13 +304,14 @@ class CallStore:
     def _after_fork(self) -> None:
         # The parent's loop, timers and threads do not exist here (and the
         # parent's locks may have been held).
+        keep_inherited(self._loop)
         self._loop = _LoopThread("navai-calls")
         self._timers = {}
         self._poller = None
         if isinstance(self._hangups, _ThreadHangups):
             self._hangups._reset()
         if self._redis is not None:
-            self._redis.forget_client()
+            self._redis.forget_client(inherited=True)
         for hook in self._fork_hooks:
             hook()
         if self._redis is not None and self._polling:

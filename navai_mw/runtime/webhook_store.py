@@ -14,6 +14,7 @@ hash of a caller's identity: nothing here holds an identity in clear.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -24,7 +25,7 @@ import attrs
 
 from ..core.effects import BlockIdentifier, FirstDelivery, ForgetDelivery, IsBlocked
 from ..core.storage import redis_client_url, shown_url
-from .aio import _wait, attempt_deadline
+from .aio import _wait, attempt_deadline, keep_inherited
 from .call_deadlines import redis_client
 from .call_store import CallStore
 
@@ -160,7 +161,10 @@ class RedisWebhooks:
             self._client = redis_client(self.url, "navai-webhooks", MAX_CONNECTIONS)
         return self._client
 
-    def forget_client(self) -> None:
+    def forget_client(self, *, inherited: bool = False) -> None:
+        """As :meth:`RedisCalls.forget_client`."""
+        if inherited:
+            keep_inherited(self._client)
         self._client = None
 
     async def perform(self, effect: WebhookEffect) -> bool | None:
@@ -214,7 +218,7 @@ class WebhookKeeper:
         self._redis = None if shared is None else RedisWebhooks(shared)
         if self._redis is not None:
             # The parent's client belongs to a loop a forked child does not have.
-            store.after_fork(self._redis.forget_client)
+            store.after_fork(functools.partial(self._redis.forget_client, inherited=True))
 
     def _in_memory(self, effect: WebhookEffect) -> bool | None:
         memory = self._memory
