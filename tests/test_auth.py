@@ -26,10 +26,11 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from navai_mw import NavaiError, OptionsError, UpstreamError
@@ -423,7 +424,9 @@ def test_jwt_accepted(
     build: Callable[[Keys], str],
     subject: str,
 ) -> None:
-    assert run(make(), transport, f"Bearer {build(keys)}") == subject
+    proved = run(make(), transport, f"Bearer {build(keys)}")
+    assert proved == subject
+    assert proved.scheme == f"jwt:{ISS}"  # another issuer's "user-1" is another caller
 
 
 def test_jwt_bearer_scheme_in_any_case(
@@ -510,6 +513,16 @@ REFUSALS: list[tuple[str, Callable[[Keys], str], str]] = [
         "payload not JSON",
         lambda k: f"{b64json({'alg': 'RS256', 'kid': 'rsa-1'})}.{b64(b'{')}.AAAA",
         "bad signature",  # the signature is checked before the payload is read
+    ),
+    (
+        "payload signed but not JSON",
+        lambda k: jwt.PyJWS().encode(b"{", k.rsa, algorithm="RS256", headers={"kid": "rsa-1"}),
+        "malformed",
+    ),
+    (
+        "payload signed but a JSON list",
+        lambda k: jwt.PyJWS().encode(b"[]", k.rsa, algorithm="RS256", headers={"kid": "rsa-1"}),
+        "malformed",
     ),
     ("non-ASCII", lambda k: "\u00e9" + sign(k.rsa, "rsa-1"), "malformed"),
     ("far too long", lambda k: "a" * 20_000, "malformed"),
@@ -691,6 +704,7 @@ def test_weak_and_unusable_keys_are_ignored(
         {"kty": "oct", "kid": "symmetric", "k": b64(b"0123456789abcdef0123456789abcdef")},
         {"kty": "RSA", "kid": "broken", "n": "AQAB"},
         "not a key",
+        {name: value for name, value in jwk(keys.stranger, "x").items() if name != "kid"},
         jwk(keys.rsa, "rsa-1"),
     ]
     authorizer = make(refetch_interval=0)
@@ -711,6 +725,82 @@ def test_weak_and_unusable_keys_are_ignored(
             "Invalid token: unknown signing key.",
             "Invalid token: algorithm not allowed.",
         )
+
+
+def test_the_warning_of_a_short_key_names_it_and_where_it_was(
+    make: Callable[..., JWTBearer],
+    transport: HttpxSyncTransport,
+    keys: Keys,
+    server: JWKSServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    kid = "w" * 100
+    server.keys = [jwk(keys.weak, kid), jwk(keys.rsa, "rsa-1")]
+    with caplog.at_level(logging.WARNING, logger="navai_mw"):
+        assert run(make(), transport, f"Bearer {sign(keys.rsa, 'rsa-1')}") == "user-1"
+    assert [record.getMessage() for record in caplog.records] == [
+        "navai_mw: the JWKS at 127.0.0.1/.well-known/jwks.json holds a key "
+        f"(kid {'w' * 64}) too short to trust; it is ignored"
+    ]
+
+
+def test_a_key_without_use_or_alg_serves_each_algorithm_its_type_allows(
+    make: Callable[..., JWTBearer], transport: HttpxSyncTransport, keys: Keys, server: JWKSServer
+) -> None:
+    bare = {name: value for name, value in jwk(keys.rsa, "rsa-1").items() if name != "use"}
+    assert "alg" not in bare
+    server.keys = [bare]
+    assert run(make(), transport, f"Bearer {sign(keys.rsa, 'rsa-1')}") == "user-1"
+    ps256 = make(algorithms=["PS256"])
+    assert run(ps256, transport, f"Bearer {sign(keys.rsa, 'rsa-1', 'PS256')}") == "user-1"
+
+
+def test_a_key_published_for_one_algorithm_serves_that_one_of_several(
+    make: Callable[..., JWTBearer], transport: HttpxSyncTransport, keys: Keys, server: JWKSServer
+) -> None:
+    server.keys = [{**jwk(keys.rsa, "rsa-1"), "alg": "PS256"}]
+    authorizer = make(algorithms=["RS256", "PS256"])
+    assert run(authorizer, transport, f"Bearer {sign(keys.rsa, 'rsa-1', 'PS256')}") == "user-1"
+    error = refused(authorizer, transport, f"Bearer {sign(keys.rsa, 'rsa-1', 'RS256')}")
+    assert error.message == "Invalid token: algorithm does not match the signing key."
+
+
+def test_keys_without_a_usable_kid_are_not_keys(
+    make: Callable[..., JWTBearer],
+    transport: HttpxSyncTransport,
+    keys: Keys,
+    server: JWKSServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    nameless = {name: value for name, value in jwk(keys.rsa, "x").items() if name != "kid"}
+    server.keys = [nameless, {**nameless, "kid": ""}, {**nameless, "kid": 7}]
+    token = f"Bearer {sign(keys.rsa, 'rsa-1')}"
+    warnings_kept = caplog.at_level(logging.WARNING, logger="navai_mw")
+    with warnings_kept, pytest.raises(UpstreamError) as caught:
+        run(make(), transport, token)
+    assert caught.value.status == 503
+    assert _NO_USABLE_KEY in caplog.text
+
+
+def _es256_signed_by(key: EllipticCurvePrivateKey, kid: str) -> str:
+    """A token whose header says ES256, signed with SHA-256 by ``key`` on
+    whatever curve it is."""
+    signing_input = f"{b64json({'alg': 'ES256', 'kid': kid})}.{b64json(claims())}"
+    der = key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+    r, s = decode_dss_signature(der)
+    size = (key.curve.key_size + 7) // 8
+    return f"{signing_input}.{b64(r.to_bytes(size, 'big') + s.to_bytes(size, 'big'))}"
+
+
+def test_an_ec_key_on_another_curve_is_no_es256_key(
+    make: Callable[..., JWTBearer], transport: HttpxSyncTransport, keys: Keys, server: JWKSServer
+) -> None:
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    server.keys = [jwk(p384, "ec-384"), jwk(keys.ec, "ec-1")]
+    authorizer = make()
+    assert run(authorizer, transport, f"Bearer {_es256_signed_by(keys.ec, 'ec-1')}") == "user-1"
+    error = refused(authorizer, transport, f"Bearer {_es256_signed_by(p384, 'ec-384')}")
+    assert error.message == "Invalid token: unknown signing key."
 
 
 def test_ps256_and_several_audiences_and_issuers(
@@ -736,6 +826,19 @@ def test_leeway_is_configurable(
     token = f"Bearer {sign(keys.rsa, 'rsa-1', exp=NOW - 5)}"
     assert run(make(leeway=10), transport, token) == "user-1"
     assert refused(make(leeway=0), transport, token).message == "Invalid token: expired."
+
+
+def test_not_before_and_issued_at_are_read_on_the_injected_clock_only(
+    server: JWKSServer, transport: HttpxSyncTransport, keys: Keys, mono: FakeMonotonic
+) -> None:
+    # The injected clock runs a day ahead of the machine's: a token valid
+    # from then on is valid for it, whatever the machine's clock says.
+    later = time.time() + 86_400
+    authorizer = jwt_bearer(
+        server.url, audience=AUD, issuer=ISS, clock=lambda: later, monotonic=mono, leeway=0
+    )
+    token = sign(keys.rsa, "rsa-1", nbf=later, iat=later, exp=later + 300)
+    assert run(authorizer, transport, f"Bearer {token}") == "user-1"
 
 
 def test_times_come_from_the_injected_clock(
@@ -776,23 +879,26 @@ def _stall(server: JWKSServer) -> None:
     server.stall = True
 
 
+_NOT_A_JWKS = ': its answer is not a JWKS (no "keys" list);'
+_NO_USABLE_KEY = ": it holds no usable key for RS256, ES256;"
+
 UNAVAILABLE: list[tuple[str, Callable[[JWKSServer], None], str, int]] = [
     ("stopped", _stop, "could not be reached", 0),
     ("500, retried once", _status(500), "HTTP 500", 2),
     ("503, retried once", _status(503), "HTTP 503", 2),
     ("404, not retried", _status(404), "HTTP 404", 1),
     ("401 from the provider", _status(401), "HTTP 401", 1),
-    ("not JSON", _body(b"<html>maintenance</html>"), "not JSON", 1),
-    ("JSON but no keys", _body(b'{"issuer": "x"}'), "not a JWKS", 1),
-    ("keys not a list", _body(b'{"keys": "x"}'), "not a JWKS", 1),
-    ("a JSON list", _body(b"[]"), "not a JWKS", 1),
+    ("not JSON", _body(b"<html>maintenance</html>"), ": its answer is not JSON;", 1),
+    ("JSON but no keys", _body(b'{"issuer": "x"}'), _NOT_A_JWKS, 1),
+    ("keys not a list", _body(b'{"keys": "x"}'), _NOT_A_JWKS, 1),
+    ("a JSON list", _body(b"[]"), _NOT_A_JWKS, 1),
     (
         "no usable key",
         _body(b'{"keys": [{"kty": "oct", "kid": "k", "k": "AAAA"}]}'),
-        "no usable",
+        _NO_USABLE_KEY,
         1,
     ),
-    ("empty key list", _body(b'{"keys": []}'), "no usable", 1),
+    ("empty key list", _body(b'{"keys": []}'), _NO_USABLE_KEY, 1),
     (
         "too large",
         _body(b'{"keys": []' + b" " * MAX_JWKS_BYTES + b"}"),
@@ -1406,7 +1512,11 @@ def test_tokens_not_yet_valid_are_not_remembered_early(
     authorizer = jwt_bearer(
         server.url, audience=AUD, issuer=ISS, clock=lambda: now[0], monotonic=mono, leeway=0
     )
-    token = f"Bearer {sign(keys.rsa, 'rsa-1', nbf=NOW, iat=NOW)}"
-    assert run(authorizer, transport, token) == "user-1"
-    now[0] = NOW - 1  # the clock stepped back: the remembered entry is not valid yet
-    assert refused(authorizer, transport, token).message == "Invalid token: not yet valid."
+    # Valid from the later of nbf and iat, whichever the token has.
+    for changes in ({"nbf": NOW, "iat": NOW - 100}, {"nbf": NOW - 100, "iat": NOW}, {"iat": NOW}):
+        now[0] = NOW
+        token = f"Bearer {sign(keys.rsa, 'rsa-1', **changes)}"
+        assert run(authorizer, transport, token) == "user-1"
+        now[0] = NOW - 1  # the clock stepped back: the remembered entry is not valid yet
+        error = refused(authorizer, transport, token)
+        assert error.message == "Invalid token: not yet valid.", changes

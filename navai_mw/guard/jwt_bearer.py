@@ -432,9 +432,8 @@ class JWTBearer:
             raise _invalid("wrong audience") from None
         except jwt.InvalidIssuerError:
             raise _invalid("wrong issuer") from None
-        except jwt.MissingRequiredClaimError as exc:
-            reason = {"aud": "wrong audience", "iss": "wrong issuer"}.get(exc.claim, "malformed")
-            raise _invalid(reason) from None
+        except jwt.MissingRequiredClaimError as exc:  # only aud and iss are required
+            raise _invalid("wrong audience" if exc.claim == "aud" else "wrong issuer") from None
         except jwt.PyJWTError:
             raise _invalid("malformed") from None
         self._check_times(claims)
