@@ -29,11 +29,15 @@ import pytest
 import sniffio
 
 from navai_mw import (
+    Accept,
+    IncomingCall,
     NavaiASGIMiddleware,
     NavaiError,
     NavaiVoiceBackendOptions,
     NavaiWSGIMiddleware,
     OptionsError,
+    Refer,
+    Reject,
     create_realtime_client_secret,
     create_realtime_client_secret_sync,
     create_transcription_client_secret,
@@ -41,6 +45,12 @@ from navai_mw import (
     get_navai_voice_backend_options_from_env,
 )
 from navai_mw.config.env import AZURE_WINS_WARNING
+from navai_mw.core.effects import Attempt, CallHook, HookResult
+from navai_mw.core.http import RequestInfo
+from navai_mw.endpoint.endpoint import Endpoint
+from navai_mw.endpoint.route import Call
+from navai_mw.endpoint.routes.live import handle as live_handle
+from navai_mw.endpoint.routes.phone_steps import answer_phone_call
 from navai_mw.functions import FunctionRegistry
 from navai_mw.guard.guard import Guard
 from navai_mw.testing import RecordedRequest, serve_asgi
@@ -831,3 +841,51 @@ def test_azure_under_a_real_server(
         "realtime",
         "transcription",
     ] * 2
+
+
+# -- the token provider's time comes out of every exchange's budget ----------------------
+
+
+def _attempt_after_the_provider(steps: Any, provider: object, elapsed: float) -> Any:
+    """Drive ``steps`` by hand: the token provider took ``elapsed`` seconds,
+    another hook (accept_call) answers at once; the first upstream attempt."""
+    effect = next(steps)
+    while not isinstance(effect, Attempt):
+        assert isinstance(effect, CallHook), effect
+        if effect.hook is provider:
+            effect = steps.send(HookResult(value="entra-token", elapsed=elapsed))
+        else:
+            effect = steps.send(HookResult(value=effect.hook(*effect.args)))
+    return effect
+
+
+@pytest.mark.parametrize(
+    "route", ["live relay", "phone refusal", "phone transfer", "phone acceptance"]
+)
+def test_what_the_token_provider_took_is_not_given_to_the_exchange_again(route: str) -> None:
+    tokens = Tokens()
+    opts = azure(azure_ad_token_provider=tokens, upstream_timeout_seconds=7)
+    if route == "live relay":
+        settings = Endpoint(opts, relay=True).settings
+        info = RequestInfo(method="POST", route="live", path="/navai/live/sessions", headers={})
+        steps = live_handle(
+            settings, Call({}, info, None, raw=b"v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n")
+        )
+    else:
+        answer = {"refusal": Reject(486), "transfer": Refer("tel:+14155550199")}.get(
+            route.removeprefix("phone "), Accept()
+        )
+        settings = Endpoint(
+            opts,
+            openai_webhook_secret="whsec_c2lnbmluZyBrZXk=",
+            accept_call=lambda call: answer,
+            webhook_clock=lambda: 1_700_000_000.0,
+        ).settings
+        info = RequestInfo(
+            method="POST", route="openai_webhook", path="/navai/webhooks/openai", headers={}
+        )
+        ringing = IncomingCall(call_id="rtc_0123456789abcdef", kind="realtime")
+        steps = answer_phone_call(settings, ringing, info)
+    attempt = _attempt_after_the_provider(steps, tokens, elapsed=4.0)
+    assert dict(attempt.request.headers)["Authorization"] == "Bearer entra-token"
+    assert attempt.timeout == pytest.approx(3.0)  # 7 s, less the provider's 4

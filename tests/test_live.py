@@ -35,6 +35,7 @@ from navai_mw import (
 )
 from navai_mw.core.effects import Attempt, Outcome
 from navai_mw.core.http import Credential
+from navai_mw.endpoint.call_sideband import LIVE_CLIENT_EVENTS
 from navai_mw.testing import FakeRealtimeWebRTC
 from navai_mw.transports import HttpxAsyncTransport
 from navai_mw.upstreams.live import live_request, relay_live, with_fields
@@ -307,6 +308,24 @@ def test_a_live_session_is_ended_by_its_owner_with_session_close_on_its_sideband
             report = report_of(reports, session_id)
             assert (report.kind, report.end_reason) == ("live", "hangup")
             assert request("DELETE", location, headers={"x-user": "ana"}).status_code == 404
+
+
+def test_a_pinned_live_session_is_sent_with_its_client_events_limited() -> None:
+    upstream = LiveUpstream()
+    sockets = Sockets()
+    with both_shells(
+        upstream,  # type: ignore[arg-type]
+        sockets=sockets,
+        sideband=True,
+        pin_session=True,
+    ) as shells:
+        for shell, request, _ in shells:
+            made = request("POST", LIVE, content=OFFER, headers=SDP)
+            assert made.status_code == 201, (shell, made.text)
+            sent = json.loads(upstream.requests[-1].body)["session"]
+            channel = sent["client"]["data_channel"]
+            assert channel["allowed_client_events"] == list(LIVE_CLIENT_EVENTS), shell
+            assert "session.update" not in channel["allowed_client_events"]
 
 
 def test_a_live_session_that_cannot_be_closed_is_a_502_and_stays_its_owners() -> None:

@@ -288,29 +288,44 @@ async def test_a_live_call_is_refused_or_transferred_on_live(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("shell", ["uvicorn", "waitress"])
-@pytest.mark.parametrize("fails", [False, True], ids=["transferred", "refused"])
-async def test_a_transfer_is_logged_by_the_call_and_its_failure_without_the_key(
-    shell: str, fails: bool, fake: tuple[FakeRealtimeWebRTC, str], caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("fails", [False, True], ids=["sent", "failed"])
+@pytest.mark.parametrize(
+    ("answer", "doing", "done", "path"),
+    [
+        (Refer("tel:+14155550199"), "transferring", "is transferred", "refer"),
+        (Reject(486), "refusing", "is refused (SIP 486)", "reject"),
+    ],
+    ids=["transfer", "refusal"],
+)
+async def test_an_answer_is_logged_by_the_call_and_its_failure_without_the_key(
+    shell: str,
+    fails: bool,
+    answer: Refer | Reject,
+    doing: str,
+    done: str,
+    path: str,
+    fake: tuple[FakeRealtimeWebRTC, str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="navai_mw")
     upstream, base_url = fake
-    refer = Refer("tel:+14155550199")
-    with phone(shell, base_url, accept_call=lambda call: refer) as sender:
+    with phone(shell, base_url, accept_call=lambda call: answer) as sender:
         ringing = upstream.ring(SIP_HEADERS)
         if fails:
-            upstream.fail(500, f"The server had an error ({KEY}).", times=1)
+            # A 4xx: neither answer is tried again.
+            upstream.fail(400, f"The call cannot take that now ({KEY}).", times=1)
         await sender.asend(ringing.realtime_event())
         line = (
-            f"navai_mw: transferring call {ringing.call_id} failed: OpenAI realtime calls "
-            "failed (500): The server had an error ([redacted])."
+            f"navai_mw: {doing} call {ringing.call_id} failed: OpenAI realtime calls "
+            "failed (400): The call cannot take that now ([redacted])."
             if fails
-            else f"navai_mw: call {ringing.call_id} is transferred"
+            else f"navai_mw: call {ringing.call_id} {done}"
         )
         with anyio.fail_after(BOUND):  # a bound against hangs, not a measurement
             while line not in [log_message(record) for record in caplog.records]:
                 await anyio.sleep(0.01)
-    refers = [r for r in upstream.requests if r.path.endswith(f"{ringing.call_id}/refer")]
-    assert len(refers) == 1  # a failed transfer is not sent again
+    sent = [r for r in upstream.requests if r.path.endswith(f"{ringing.call_id}/{path}")]
+    assert len(sent) == 1  # a failed answer is not sent again
     assert KEY not in caplog.text
 
 

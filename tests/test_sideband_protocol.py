@@ -836,7 +836,7 @@ def test_server_functions_without_pydantic_name_the_extra(
 # -- a call's tokens and dollars, charged as they come --------------------------------------------
 
 
-def metered(policy: str) -> CallSideband:
+def metered(policy: str, kind: str = "realtime") -> CallSideband:
     limits = parse_budget(policy)
     reservation = Reservation(
         id="res_1",
@@ -846,12 +846,13 @@ def metered(policy: str) -> CallSideband:
         granted=None,
         started_at=0.0,
     )
+    live = kind == "live"
     return CallSideband(
-        kind="realtime",
-        call_id="rtc_1",
+        kind=kind,  # type: ignore[arg-type]
+        call_id="live_1" if live else "rtc_1",
         identity="alice",
-        model="gpt-realtime",
-        session=SESSION,
+        model="gpt-live-1" if live else "gpt-realtime",
+        session=None if live else SESSION,
         request=INFO,
         pin=False,
         functions=None,
@@ -900,6 +901,19 @@ def test_a_calls_dollars_are_charged_at_its_price_as_they_come() -> None:
     # The transcription is priced at the session's transcription model's prices.
     [(tokens, usd)] = charges(feed(sideband, TRANSCRIBED))
     assert (tokens, usd) == (59.0, pytest.approx(50 * 6e-6 + 9 * 10e-6))
+
+
+def test_a_live_calls_dollars_are_charged_by_its_seconds_without_a_token() -> None:
+    sideband = metered("1 USD/day", kind="live")
+
+    def used(seconds: float) -> dict[str, Any]:
+        return {"type": "session.usage.updated", "event_id": "e", "usage": {"seconds": seconds}}
+
+    assert charges(feed(sideband, used(60.0))) == [(0.0, pytest.approx(0.05))]  # $3 an hour
+    assert charges(feed(sideband, used(60.0))) == []  # nothing new
+    # A cent's worth more, and no token: charged what is new.
+    [(tokens, usd)] = charges(feed(sideband, used(72.0)))
+    assert (tokens, usd) == (0.0, pytest.approx(0.01))
 
 
 def test_a_call_without_a_tokens_or_dollars_limit_is_charged_by_the_minute_only() -> None:
