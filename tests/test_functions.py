@@ -181,6 +181,10 @@ def context_then_rest(a: str, context: FunctionContext, *rest: str) -> list[Any]
     return [a, context.function, list(rest)]
 
 
+def context_after_a_required(a: int, ctx: FunctionContext, /) -> list[Any]:
+    return [a, ctx.function]
+
+
 # -- functions with type hints -----------------------------------------------------------
 
 
@@ -212,6 +216,10 @@ def visit(place: Place, span: tuple[int, int] = (0, 0), **more: int) -> list[Any
 
 def untyped(city, days=1):  # type: ignore[no-untyped-def]
     return [city, days]
+
+
+def labelled_visit(label, place: Place) -> list[Any]:  # type: ignore[no-untyped-def]
+    return [label, type(place).__name__, place.city]
 
 
 def loose_hint(when: datetime.date, anything: object = None) -> list[Any]:
@@ -275,8 +283,9 @@ INJECTED = [
     context_keyword_only,
     context_positional_only,
     context_then_rest,
+    context_after_a_required,
 ]
-TYPED = [typed, visit, untyped, loose_hint, Account, get_weather, add]
+TYPED = [typed, visit, untyped, loose_hint, labelled_visit, Account, get_weather, add]
 
 
 # -- both shells ------------------------------------------------------------------------
@@ -530,6 +539,29 @@ def test_a_payload_never_fills_the_context() -> None:
             assert response.status_code == 400
 
 
+def test_a_value_left_out_before_a_positional_only_context_is_400_naming_it() -> None:
+    with both_shells(functions=INJECTED) as shells:
+        for shell, request in shells:
+            response = execute(request, "context_after_a_required", {})
+            assert response.status_code == 400, (shell, response.text)
+            assert response.json()["error"] == (
+                "The payload does not fit context_after_a_required: "
+                "missing a required argument: 'a'."
+            )
+            response = execute(request, "context_after_a_required", {"args": [4]})
+            assert response.json()["result"] == [4, "context_after_a_required"]
+
+
+def test_the_hints_after_the_context_are_held_too() -> None:
+    with both_shells(functions=INJECTED) as shells:
+        for shell, request in shells:
+            response = execute(request, "context_first", {"args": ["1", 2]})
+            assert response.status_code == 400, (shell, response.text)
+            assert response.json()["error"].startswith(
+                "The payload does not fit context_first: a must be int (expected an integer"
+            )
+
+
 # -- type hints -------------------------------------------------------------------------
 
 TYPED_CALLS = [
@@ -553,6 +585,12 @@ TYPED_CALLS = [
     ),
     pytest.param("untyped", {"town": "Lisbon"}, [{"town": "Lisbon"}, 1], id="unannotated"),
     pytest.param("untyped", {"args": [1, "x"]}, [1, "x"], id="unannotated-anything"),
+    pytest.param(
+        "labelled_visit",
+        {"args": ["trip", {"city": "Porto"}]},
+        ["trip", "Place", "Porto"],
+        id="a-hint-after-an-unannotated-parameter",
+    ),
     pytest.param(
         "loose_hint", {"args": ["2026-01-01", {"a": 1}]}, ["2026-01-01", {"a": 1}], id="no-hook"
     ),
@@ -1031,6 +1069,13 @@ class Scale:
         return min(amount, high)
 
 
+class Offset(int):
+    """A class whose constructor Python gives no signature for (a builtin's)."""
+
+    def plus(self, amount: int) -> int:
+        return int(self) + amount
+
+
 def total(*amounts: int) -> int:
     return sum(amounts)
 
@@ -1052,7 +1097,7 @@ def ratio_of(r: float) -> float:
     return r
 
 
-MORE = [Scale, total, where_from, plain_context, max, echo, pick, ratio_of]
+MORE = [Scale, Offset, total, where_from, plain_context, max, echo, pick, ratio_of]
 
 MORE_CALLS = [
     pytest.param(
@@ -1062,6 +1107,12 @@ MORE_CALLS = [
         id="method-keyword-only",
     ),
     pytest.param("scale_clamp", {"amount": 30, "high": 5}, 5, id="staticmethod-keyword-only"),
+    pytest.param(
+        "offset_plus",
+        {"constructorArgs": [5], "args": [2]},
+        7,
+        id="method-of-a-class-without-a-constructor-signature",
+    ),
     pytest.param("total", {"args": [1, 2, 3]}, 6, id="var-positional-with-a-hint"),
     pytest.param("where_from", {"args": ["Porto"]}, ["Porto", "where_from"], id="hint-as-text"),
     pytest.param("plain_context", {"args": ["Porto"]}, ["Porto", "plain_context"], id="named"),
