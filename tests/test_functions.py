@@ -1189,6 +1189,9 @@ def test_names_are_spelled_as_the_reference_spells_them() -> None:
             named("getWeather"),
             named("GetWeather"),
             named("get_weather"),
+            named("XmlReader"),
+            named("sendX"),
+            named("X"),
         ]
     )
     assert registry.names == [
@@ -1198,6 +1201,9 @@ def test_names_are_spelled_as_the_reference_spells_them() -> None:
         "get_weather",
         "get_weather_2",
         "get_weather_3",
+        "xml_reader",
+        "send_x",
+        "x",
     ]
 
 
