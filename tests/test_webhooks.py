@@ -32,6 +32,8 @@ import pytest
 
 from navai_mw import NavaiVoiceBackendOptions
 from navai_mw.auth import BearerTokens
+from navai_mw.core.effects import CallHook, HookResult
+from navai_mw.endpoint.routes.openai_webhook import _tell_the_app as tell_the_app
 from navai_mw.testing import WebhookSender, webhook_events
 
 from .conftest import log_message
@@ -404,3 +406,36 @@ def test_a_forked_child_remembers_deliveries_on_connections_of_its_own(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "0\n", done.stderr
+
+
+def test_a_hook_has_thirty_seconds_and_one_that_overruns_is_logged_by_the_event_type(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Driven by hand: a hook that overruns is a hook call that timed out.
+    def slow(event: dict[str, Any]) -> None:
+        raise AssertionError("never called by hand")
+
+    event = webhook_events.safety_warning_issued("case_1")
+    steps = tell_the_app(slow, event)
+    call = next(steps)
+    assert isinstance(call, CallHook)
+    assert (call.hook, call.args, call.timeout) == (slow, (event,), 30.0)  # docs/phone.md
+    with caplog.at_level(logging.ERROR, logger="navai_mw"), pytest.raises(StopIteration):
+        steps.send(HookResult(timed_out=True, elapsed=30.0))
+    assert [log_message(r) for r in caplog.records] == [
+        f"navai_mw: on_openai_event did not finish {event['type']!r} within 30 seconds"
+    ]
+
+
+def test_a_failing_hooks_line_carries_its_traceback_and_a_type_of_64_characters_at_most(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    failure = LookupError("the case tracker is down")
+    steps = tell_the_app(print, {"type": "t" * 100})
+    next(steps)
+    with caplog.at_level(logging.ERROR, logger="navai_mw"), pytest.raises(StopIteration):
+        steps.send(HookResult(error=failure, elapsed=0.1))
+    [record] = caplog.records
+    assert log_message(record) == f"navai_mw: on_openai_event raised LookupError on {'t' * 64!r}"
+    assert record.exc_info is not None
+    assert record.exc_info[1] is failure
