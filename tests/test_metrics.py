@@ -153,6 +153,21 @@ def test_webhooks_are_counted_by_type_and_outcome_on_both_shells() -> None:
     assert heard.count("safety.warning_issued") >= 1
 
 
+def test_a_webhook_no_store_can_remember_is_counted_unavailable_by_its_type() -> None:
+    secret = "whsec_" + base64.b64encode(b"metrics' webhook signing key").decode()
+    down = "redis://127.0.0.1:1/0"  # nothing listens there
+    with both_shells(
+        openai_webhook_secret=secret, on_openai_event=print, rate_limit_storage=down
+    ) as shells:
+        for name, post in shells:
+            sender = WebhookSender(secret, "http://t/navai/webhooks/openai")
+            body, headers = sender.prepare(webhook_events.safety_warning_issued(f"case_{name}"))
+            labels = {"type": "safety.warning_issued", "outcome": "unavailable"}
+            before = sample("navai_webhooks_total", **labels)
+            assert post(WEBHOOK, content=body, headers=headers).status_code == 503
+            assert sample("navai_webhooks_total", **labels) == before + 1
+
+
 def test_metrics_can_be_switched_off() -> None:
     before = sample("navai_requests_total", route="client_secret", status="200")
     with both_shells(metrics=False) as shells:
