@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from navai_mw import IncomingCall, NavaiVoiceBackendOptions, Refer, Reject, UpstreamError
+from navai_mw import Accept, IncomingCall, NavaiVoiceBackendOptions, Refer, Reject, UpstreamError
 from navai_mw.core.effects import Attempt, Outcome
 from navai_mw.core.http import Credential, HttpResponse
 from navai_mw.testing import FakeRealtimeWebRTC, WebhookSender, webhook_events
@@ -286,6 +286,9 @@ def test_a_refused_answer_names_the_api_that_refused_it(kind: str, action: str) 
     assert failure.value.status == 502
 
 
+_NOT_A_SESSION = "Accept(session=...) must be a mapping of session fields (or None)."
+
+
 @pytest.mark.parametrize(
     "target",
     ["tel:+1 415", "mailto:a@b.example", 14155550123, "sip:" + "agent " * 20],
@@ -298,6 +301,29 @@ def test_a_transfer_is_to_a_tel_or_sip_uri_and_says_what_it_got(target: object) 
         "Refer(target) must be a tel: or sip: URI without spaces "
         f"(tel:+14155550123, sip:agent@example.com). Received: {str(target)[:64]!r}"
     )
+
+
+@pytest.mark.parametrize(
+    ("keywords", "message"),
+    [
+        ({"identity": ""}, "Accept(identity=...) must be a non-empty string (or None)."),
+        ({"identity": "  "}, "Accept(identity=...) must be a non-empty string (or None)."),
+        ({"identity": 14155550123}, "Accept(identity=...) must be a non-empty string (or None)."),
+        ({"session": ["instructions"]}, _NOT_A_SESSION),
+        ({"session": "Greet the caller."}, _NOT_A_SESSION),
+    ],
+    ids=["empty", "blank", "a-number", "a-list", "text"],
+)
+def test_an_accept_says_what_is_wrong_with_it(keywords: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=r"^Accept\((identity|session)=\.\.\.\) must be") as caught:
+        Accept(**keywords)
+    assert str(caught.value) == message
+
+
+def test_an_accept_takes_a_name_and_session_fields_or_nothing() -> None:
+    assert Accept(identity=" +14155550123 ").identity == " +14155550123 "
+    assert Accept(session={}).session == {}
+    assert (Accept().identity, Accept().session) == (None, None)
 
 
 @pytest.mark.parametrize(("kind", "call_id"), [("realtime", "rtc_1"), ("live", "live_1")])

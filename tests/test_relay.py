@@ -324,7 +324,14 @@ REFUSED = [
     pytest.param("?apiKey=sk-user", OFFER, SDP, 400, "apiKey is not allowed in a URL", id="key"),
     pytest.param("?colour=red", OFFER, SDP, 400, "Unknown query parameter 'colour'", id="query"),
     pytest.param("", "hello", SDP, 400, "Request body is not an SDP offer", id="not-sdp"),
-    pytest.param("", OFFER, {"content-type": "text/plain"}, 415, "application/sdp", id="415"),
+    pytest.param(
+        "",
+        OFFER,
+        {"content-type": "text/plain"},
+        415,
+        "Content-Type must be application/sdp.",
+        id="415",
+    ),
     pytest.param("", "v=0\r\n" + "a" * 40_000, SDP, 413, "larger than", id="413"),
     pytest.param("?voice=5", OFFER, SDP, 200, "", id="voice-as-text"),
 ]

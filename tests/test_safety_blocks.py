@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -81,6 +82,9 @@ def test_a_blocked_caller_is_refused_on_a_spending_route_only() -> None:
     assert effects == [IsBlocked(_identifier("alice"))]  # recomputed, never stored in clear
     assert refused.status == 403
     assert refused.code == "suspended"
+    assert refused.message == (
+        "Your access to voice features is suspended. Contact the service's support to learn more."
+    )
     for group in ("functions", "usage", "end"):
         effects, passed = _checked(guard, group, True)
         assert effects == []
@@ -101,14 +105,28 @@ def test_a_caller_not_blocked_goes_on_to_the_rate_limit() -> None:
 
 
 @pytest.mark.parametrize("fail_open", [False, True])
-def test_a_blocked_set_that_cannot_be_read(fail_open: bool) -> None:
-    guard = Guard(safety_secret=SAFETY_SECRET, blocklist=True, fail_open=fail_open)
-    _, outcome = _checked(guard, "mint", None)
+def test_a_blocked_set_that_cannot_be_read(
+    fail_open: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = Guard(
+        safety_secret=SAFETY_SECRET,
+        blocklist=True,
+        fail_open=fail_open,
+        store_uri="redis://:pw@127.0.0.1:6390/0",
+    )
+    with caplog.at_level(logging.WARNING, logger="navai_mw"):
+        _, outcome = _checked(guard, "mint", None)
     if fail_open:
         assert outcome == (Identity("alice", "app"), ())
+        assert caplog.messages == [
+            "navai_mw: the blocked identifiers in redis://127.0.0.1:6390/0 cannot be read; "
+            "letting the request through"  # the store named without its password
+        ]
     else:
         assert outcome.status == 503
+        assert outcome.message == "Access cannot be checked right now; try again shortly."
         assert outcome.headers == (("Retry-After", "5"),)
+        assert caplog.messages == []
 
 
 def test_without_webhooks_or_an_identity_nothing_is_asked() -> None:

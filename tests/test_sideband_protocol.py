@@ -189,6 +189,8 @@ def test_an_event_it_cannot_read_is_skipped_and_counted(data: str) -> None:
     sideband = realtime()
     assert sideband.receive(data) == []
     assert sideband.skipped == 1
+    assert sideband.receive(data) == []
+    assert sideband.skipped == 2
 
 
 def test_an_event_of_no_use_to_the_server_is_ignored() -> None:
@@ -690,7 +692,9 @@ def test_reverts_in_a_row_start_over_once_the_session_holds(
     assert sideband.reverts == 2 * MAX_REVERTS_IN_A_ROW - 1
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == sideband.reverts
-    assert "call rtc_1 of alice changed its pinned session (instructions)" in warnings[0].message
+    assert warnings[0].message == (
+        "navai_mw: call rtc_1 of alice changed its pinned session (instructions); reverted"
+    )
     [given_up] = [r for r in caplog.records if r.levelname == "ERROR"]
     assert given_up.message.startswith("navai_mw: call rtc_1: OpenAI keeps a session unlike")
     assert f"after {MAX_REVERTS_IN_A_ROW} reverts" in given_up.message
@@ -705,8 +709,12 @@ def test_a_revert_of_an_anonymous_call_says_so(caplog: pytest.LogCaptureFixture)
         session=SESSION,
         pin=True,
     )
-    feed(sideband, session_event(instructions="changed", tool_choice="none"))
-    assert "call rtc_2 of anonymous changed its pinned session (instructions)" in caplog.text
+    changed_voice = {**SESSION["audio"], "output": {"voice": "cedar"}}
+    feed(sideband, session_event(instructions="changed", audio=changed_voice))
+    assert caplog.messages == [
+        "navai_mw: call rtc_2 of anonymous changed its pinned session "
+        "(audio, instructions); reverted"
+    ]
 
 
 # -- function calls it does not run ------------------------------------------------------------

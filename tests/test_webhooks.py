@@ -143,7 +143,9 @@ def test_a_body_over_a_mebibyte_is_413_before_its_signature(
     assert answer.status_code == 413
     assert "1048576" in answer.json()["error"]
     assert heard.events == []
-    assert any("webhook is refused (413)" in line for line in caplog.messages)
+    assert "navai_mw: an OpenAI webhook is refused (413): over 1048576 bytes" in [
+        log_message(record) for record in caplog.records
+    ]
 
 
 # -- neither authorize nor CORS; the answer before the hook -----------------------------------
