@@ -200,6 +200,16 @@ def test_no_options_means_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     assert isinstance(explicit.begin("POST", {"origin": "http://front.test"}), Answer)
 
 
+def test_a_listed_origin_sets_aside_only_its_case_and_a_trailing_slash() -> None:
+    endpoint = Endpoint(OPTS, cors_origins=["https://App.Example.BOX/"])
+    allowed = endpoint.begin("POST", {"origin": "https://app.example.box"})
+    assert isinstance(allowed, BodyWanted)
+    for origin in ("https://app.example.bo", "https://app.example.box.test"):
+        refused = endpoint.begin("POST", {"origin": origin})
+        assert isinstance(refused, Answer)
+        assert refused.status == 403
+
+
 def test_cors_origins_as_one_string() -> None:
     endpoint = Endpoint(OPTS, cors_origins="http://a.test, http://b.test")
     for origin in ("http://a.test", "http://b.test"):

@@ -449,6 +449,24 @@ TRUSTED = parse_trusted_proxies("10.0.0.0/8, 2001:db8::/32")
             "10.0.0.1",
             id="forwarded-garbled-hop-with-an-equals-sign",
         ),
+        pytest.param(
+            "10.0.0.1",
+            {"x-forwarded-for": "1.2.3.4, 5.6.7.8X"},
+            "10.0.0.1",
+            id="garbled-hop-with-a-letter-after-the-address",
+        ),
+        pytest.param(
+            "10.0.0.1",
+            {"forwarded": 'for="X1.2.3.4"'},
+            "10.0.0.1",
+            id="forwarded-garbled-hop-with-a-letter-before-the-address",
+        ),
+        pytest.param(
+            "10.0.0.1",
+            {"forwarded": 'for="[2001:db9::5]:_x]"'},
+            "2001:db9::5",
+            id="bracketed-hop-whose-port-holds-a-bracket",
+        ),
     ],
 )
 def test_client_address(peer: str | None, headers: dict[str, str], client: str | None) -> None:
