@@ -452,6 +452,11 @@ def _with_nan(session: dict[str, Any]) -> dict[str, Any]:
     return session
 
 
+def _with_long_integer_key(session: dict[str, Any]) -> dict[str, Any]:
+    session["tracing"] = {"workflow_name": "w", "metadata": {10**5000: "x"}}
+    return session
+
+
 @pytest.mark.parametrize("shell", SHELLS)
 @pytest.mark.parametrize(
     ("change", "logged"),
@@ -459,6 +464,11 @@ def _with_nan(session: dict[str, Any]) -> dict[str, Any]:
         pytest.param(_with_set, "session.tools[0].parameters.enum is a set", id="set"),
         pytest.param(_with_date, "session.tracing.metadata.day is a date", id="date"),
         pytest.param(_with_nan, "session.tools[0].parameters.minimum is nan", id="nan"),
+        pytest.param(
+            _with_long_integer_key,
+            "session.tracing.metadata has a key that is an integer too long to write",
+            id="too-long-integer-key",
+        ),
     ],
 )
 def test_a_hooks_session_json_cannot_carry_is_the_documented_503(

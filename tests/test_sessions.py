@@ -1202,6 +1202,12 @@ def _nested(value: Any, levels: int) -> Any:
     return value
 
 
+def _nested_objects(value: Any, levels: int) -> Any:
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
 def _holding_itself() -> list[Any]:
     loop: list[Any] = []
     loop.append(loop)
@@ -1215,6 +1221,19 @@ def _holding_itself() -> list[Any]:
         pytest.param({"a": float("-inf")}, "s.a is -inf", id="an-infinity"),
         pytest.param({None: float("nan")}, "s.None is nan", id="nan-under-a-null-key"),
         pytest.param({(1, 2): 1}, "s has a key that is a tuple", id="a-tuple-key"),
+        pytest.param({"a": {float("nan"): 1}}, "s.a has a key that is nan", id="a-nan-key"),
+        pytest.param(
+            {"a": 10**5000}, "s.a is an integer too long to write", id="a-too-long-integer"
+        ),
+        pytest.param(
+            {10**5000: 1}, "s has a key that is an integer too long to write", id="a-too-long-key"
+        ),
+        pytest.param(_nested_objects({1}, 63), "s" + ".a" * 63 + " is a set", id="63-objects-down"),
+        pytest.param(
+            _nested_objects({1}, 64),
+            ("s" + ".a" * 64)[:80] + "... nests deeper than 64 levels (or holds itself)",
+            id="64-objects-down",
+        ),
         pytest.param(_nested({1}, 63), "s" + "[0]" * 63 + " is a set", id="63-levels-down"),
         pytest.param(
             _nested({1}, 64),

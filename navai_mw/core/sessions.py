@@ -30,12 +30,24 @@ def check_json(data: object, path: str) -> None:
         raise OptionsError(f"{path} cannot be sent as JSON: {where}.") from None
 
 
+def _unwritable(number: float) -> str | None:
+    """What ``number`` is when JSON cannot write it, else None."""
+    if isinstance(number, float):
+        return None if math.isfinite(number) else repr(number)
+    try:
+        str(number)
+    except ValueError:  # past sys.get_int_max_str_digits()
+        return "an integer too long to write"
+    return None
+
+
 def _unencodable(value: object, path: str, depth: int) -> str | None:
     """Where ``value`` holds what JSON cannot carry, and what it is."""
-    if value is None or isinstance(value, (str, int)):  # bool is an int
+    if value is None or isinstance(value, str):
         return None
-    if isinstance(value, float):
-        return None if math.isfinite(value) else f"{path} is {value!r}"
+    if isinstance(value, (int, float)):  # bool is an int
+        unwritable = _unwritable(value)
+        return None if unwritable is None else f"{path} is {unwritable}"
     if depth >= _MAX_DEPTH:
         return f"{path[:80]}... nests deeper than {_MAX_DEPTH} levels (or holds itself)"
     if isinstance(value, (list, tuple)):
@@ -48,6 +60,10 @@ def _unencodable(value: object, path: str, depth: int) -> str | None:
         for key, item in value.items():
             if key is not None and not isinstance(key, (str, int, float)):
                 return f"{path} has a key that is a {type(key).__name__}"
+            # JSON writes a number key as a string, and cannot write these.
+            unwritable = None if key is None or isinstance(key, str) else _unwritable(key)
+            if unwritable is not None:
+                return f"{path} has a key that is {unwritable}"
             found = _unencodable(item, f"{path}.{key}", depth + 1)
             if found:
                 return found
