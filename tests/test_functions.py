@@ -15,10 +15,10 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any, Literal, NewType
 
 import anyio
 import attrs
@@ -1097,7 +1097,23 @@ def ratio_of(r: float) -> float:
     return r
 
 
-MORE = [Scale, Offset, total, where_from, plain_context, max, echo, pick, ratio_of]
+class Tone(enum.Enum):
+    WARM = "warm"
+    COOL = "cool"
+
+
+def tone(t: Literal[Tone.WARM, "plain"]) -> str:
+    return t.name if isinstance(t, Tone) else t
+
+
+UserId = NewType("UserId", int)
+
+
+def tally(counts: Sequence[int], labels: tuple[str, ...] = (), owner: UserId = UserId(0)) -> int:
+    return sum(counts)
+
+
+MORE = [Scale, Offset, total, where_from, plain_context, max, echo, pick, ratio_of, tone, tally]
 
 MORE_CALLS = [
     pytest.param(
@@ -1121,6 +1137,10 @@ MORE_CALLS = [
     pytest.param(
         "echo", {"methodArgs": [1]}, {"methodArgs": [1]}, id="methodArgs-of-a-function-are-data"
     ),
+    pytest.param("pick", {"n": 1.5}, 1.5, id="a-number-of-a-literal"),
+    pytest.param("pick", {"n": -3}, -3, id="a-negative-integer-of-a-literal"),
+    pytest.param("tone", {"t": "warm"}, "WARM", id="an-enum-member-of-a-literal-by-its-value"),
+    pytest.param("tone", {"t": "plain"}, "plain", id="a-string-beside-an-enum-member"),
 ]
 
 
@@ -1146,6 +1166,59 @@ PICK = "The payload does not fit pick: n must be Literal[1, 2, -3, 1.5]"
         ),
         pytest.param(
             "pick", {"n": "abc"}, f"{PICK} ('abc' is not one of [1, 2, -3, 1.5] @ n).", id="text"
+        ),
+        pytest.param(
+            "pick",
+            {"n": True},
+            f"{PICK} (True is not one of [1, 2, -3, 1.5] @ n).",
+            id="true-is-not-1",
+        ),
+        pytest.param(
+            "pick",
+            {"n": 2.0},
+            f"{PICK} (2.0 is not one of [1, 2, -3, 1.5] @ n).",
+            id="a-float-is-not-the-integer-2",
+        ),
+        pytest.param(
+            "pick",
+            {"n": "1"},
+            f"{PICK} ('1' is not one of [1, 2, -3, 1.5] @ n).",
+            id="text-that-reads-as-a-number",
+        ),
+        pytest.param(
+            "pick",
+            {"n": "2 not in literal 1"},
+            f"{PICK} ('2 not in literal 1' is not one of [1, 2, -3, 1.5] @ n).",
+            id="text-that-reads-as-a-refusal",
+        ),
+        pytest.param(
+            "tone",
+            {"t": "cool"},
+            "The payload does not fit tone: t must be Literal[<Tone.WARM: 'warm'>, 'plain'] "
+            "('cool' is not one of ['warm', 'plain'] @ t).",
+            id="an-enum-value-not-in-a-literal",
+        ),
+        pytest.param(
+            "tally",
+            {"counts": ["a", "b", "c", "d", "e", "f"]},
+            "The payload does not fit tally: counts must be Sequence[int] ("
+            + "; ".join(f"expected an integer, got str @ counts[{index}]" for index in range(5))
+            + ").",
+            id="five-problems-of-six",
+        ),
+        pytest.param(
+            "tally",
+            {"counts": [], "labels": "ab"},
+            "The payload does not fit tally: labels must be tuple[str, ...] "
+            "(expected a list, got str @ labels).",
+            id="a-tuple-hint-named-as-written",
+        ),
+        pytest.param(
+            "tally",
+            {"counts": [], "owner": "ana"},
+            "The payload does not fit tally: owner must be UserId "
+            "(expected an integer, got str @ owner).",
+            id="a-new-type-named-as-written",
         ),
         pytest.param(
             "ratio_of",

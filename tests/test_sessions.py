@@ -523,6 +523,10 @@ BAD: dict[str, tuple[Any, str]] = {
         {"audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}},
         "@ session.audio.input.format.rate",
     ),
+    "audio_rate_as_a_float": (
+        {"audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000.0}}}},
+        "24000.0 is not one of [24000] @ session.audio.input.format.rate",
+    ),
     "noise_reduction_type": (
         {"audio": {"input": {"noise_reduction": {"type": "mid_field"}}}},
         "@ session.audio.input.noise_reduction.type",

@@ -11,7 +11,8 @@ the same thing wherever navai_mw checks one.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final, Union, get_args, get_origin
+from enum import Enum
+from typing import Any, Final, NewType, Union, get_args, get_origin
 
 import cattrs
 from cattrs.cols import (
@@ -21,6 +22,7 @@ from cattrs.cols import (
     list_structure_factory,
     mapping_structure_factory,
 )
+from cattrs.literals import is_literal
 from cattrs.strategies import configure_union_passthrough
 from cattrs.v import format_exception
 
@@ -61,14 +63,43 @@ def _kind_of(value: object) -> str:
     return type(value).__name__
 
 
+def _is_choice(value: object, choice: object) -> bool:
+    """``value`` is the literal ``choice`` as the scalar hooks see it: True
+    is not 1, 1.0 is not the integer 1, and an integer is a ``float``."""
+    if isinstance(value, bool) or isinstance(choice, bool):
+        return value is choice
+    if isinstance(choice, int):
+        return isinstance(value, int) and value == choice
+    if isinstance(choice, float):
+        return isinstance(value, (int, float)) and value == choice
+    return type(value) is type(choice) and value == choice
+
+
+def _strict_literal(kind: Any) -> Any:
+    choices = get_args(kind)
+    # An enum member is chosen by its value, as cattrs chooses it.
+    values = [choice.value if isinstance(choice, Enum) else choice for choice in choices]
+    allowed = f"[{', '.join(map(repr, values))}]"
+
+    def structure(value: object, _: object) -> Any:
+        for choice, wanted in zip(choices, values, strict=True):
+            if _is_choice(value, wanted):
+                return choice
+        raise ValueError(f"{value!r} is not one of {allowed}")
+
+    return structure
+
+
 def strict_scalars(converter: cattrs.Converter) -> None:
-    """``str``, ``int``, ``float`` and ``bool`` taken only from their own JSON
-    type: cattrs would make ``"5"`` of 5 and 1 of ``True``. An integer is a
+    """``str``, ``int``, ``float``, ``bool`` and a ``Literal``'s values taken
+    only from their own JSON type: cattrs would make ``"5"`` of 5, 1 of
+    ``True``, and take ``True`` for ``Literal[1]``. An integer is a
     ``float``, as in Python's typing."""
     converter.register_structure_hook(str, _strict(str, "a string"))
     converter.register_structure_hook(int, _strict(int, "an integer"))
     converter.register_structure_hook(float, _strict(float, "a number"))
     converter.register_structure_hook(bool, _strict(bool, "true or false"))
+    converter.register_structure_hook_factory(is_literal, _strict_literal)
 
 
 def strict_lists(converter: cattrs.Converter) -> None:
@@ -161,13 +192,8 @@ argument_converter: Final = _make_argument_converter()
 
 
 def _describe(exc: BaseException, kind: type | None) -> str:
-    text = str(exc)
-    if " not in literal " in text:
-        value, _, allowed = text.partition(" not in literal ")
-        shown = value if value.lstrip("-").replace(".", "", 1).isdigit() else repr(value)
-        return f"{shown} is not one of {allowed.removeprefix('typing.Literal')}"
     if isinstance(exc, (ValueError, TypeError)):
-        return text
+        return str(exc)
     return format_exception(exc, kind)
 
 
@@ -179,6 +205,8 @@ def describe_problems(exc: BaseException, path: str) -> str:
 
 def type_name(hint: object) -> str:
     """A hint as its reader wrote it: ``str``, ``list[int]``, ``Optional[str]``."""
+    if isinstance(hint, NewType):  # its repr names its module too
+        return hint.__name__
     if isinstance(hint, type) and not get_args(hint):
         return hint.__qualname__
     return repr(hint).replace("typing.", "").replace("collections.abc.", "")
