@@ -1109,8 +1109,10 @@ def tone(t: Literal[Tone.WARM, "plain"]) -> str:
 UserId = NewType("UserId", int)
 
 
-def tally(counts: Sequence[int], labels: tuple[str, ...] = (), owner: UserId = UserId(0)) -> int:
-    return sum(counts)
+def tally(
+    counts: Sequence[int], labels: tuple[str, ...] = (), owner: UserId = UserId(0)
+) -> list[Any]:
+    return [sum(counts), type(counts).__name__, type(labels).__name__]
 
 
 MORE = [Scale, Offset, total, where_from, plain_context, max, echo, pick, ratio_of, tone, tally]
@@ -1141,6 +1143,12 @@ MORE_CALLS = [
     pytest.param("pick", {"n": -3}, -3, id="a-negative-integer-of-a-literal"),
     pytest.param("tone", {"t": "warm"}, "WARM", id="an-enum-member-of-a-literal-by-its-value"),
     pytest.param("tone", {"t": "plain"}, "plain", id="a-string-beside-an-enum-member"),
+    pytest.param(
+        "tally",
+        {"counts": [1, 2], "labels": ["a"]},
+        [3, "list", "tuple"],
+        id="a-sequence-hint-gets-a-list-and-a-tuple-hint-a-tuple",
+    ),
 ]
 
 
