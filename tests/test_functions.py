@@ -662,7 +662,7 @@ TYPE_MISTAKES = [
     pytest.param(
         "visit",
         {"place": {"city": "a"}, "span": [1]},
-        "span must be tuple[int, int] (",
+        "span must be tuple[int, int] (expected a list of 2, got 1 @ span).",
         id="tuple-length",
     ),
     pytest.param(
@@ -1115,7 +1115,24 @@ def tally(
     return [sum(counts), type(counts).__name__, type(labels).__name__]
 
 
-MORE = [Scale, Offset, total, where_from, plain_context, max, echo, pick, ratio_of, tone, tally]
+def shelve(
+    tags: set[str],
+    codes: frozenset[int] = frozenset(),
+    loose: set | None = None,  # type: ignore[type-arg]
+    single: tuple[int] = (0,),
+    pair: tuple[int, str] = (0, ""),
+    scores: dict[str, int] | None = None,
+) -> list[Any]:
+    return [
+        [sorted(tags), type(tags).__name__],
+        [sorted(codes), type(codes).__name__],
+        None if loose is None else [sorted(loose, key=repr), type(loose).__name__],
+        [list(single), list(pair), type(pair).__name__],
+        scores,
+    ]
+
+
+MORE = [Scale, Offset, total, where_from, plain_context, max, echo, pick, ratio_of, tone, tally, shelve]
 
 MORE_CALLS = [
     pytest.param(
@@ -1149,6 +1166,25 @@ MORE_CALLS = [
         [3, "list", "tuple"],
         id="a-sequence-hint-gets-a-list-and-a-tuple-hint-a-tuple",
     ),
+    pytest.param(
+        "shelve",
+        {
+            "tags": ["b", "a", "b"],
+            "codes": [2, 1],
+            "loose": [1, "x"],
+            "single": [5],
+            "pair": [1, "a"],
+            "scores": {"a": 1},
+        },
+        [
+            [["a", "b"], "set"],
+            [[1, 2], "frozenset"],
+            [["x", 1], "set"],
+            [[5], [1, "a"], "tuple"],
+            {"a": 1},
+        ],
+        id="sets-fixed-tuples-and-a-mapping",
+    ),
 ]
 
 
@@ -1174,6 +1210,69 @@ PICK = "The payload does not fit pick: n must be Literal[1, 2, -3, 1.5]"
         ),
         pytest.param(
             "pick", {"n": "abc"}, f"{PICK} ('abc' is not one of [1, 2, -3, 1.5] @ n).", id="text"
+        ),
+        pytest.param(
+            "shelve",
+            {"tags": "ab"},
+            "The payload does not fit shelve: tags must be set[str] "
+            "(expected a list, got str @ tags).",
+            id="a-string-for-a-set",
+        ),
+        pytest.param(
+            "shelve",
+            {"tags": ["a", 1]},
+            "The payload does not fit shelve: tags must be set[str] "
+            "(expected a string, got int @ tags).",
+            id="in-a-set",
+        ),
+        pytest.param(
+            "shelve",
+            {"tags": [], "codes": ["1"]},
+            "The payload does not fit shelve: codes must be frozenset[int] "
+            "(expected an integer, got str @ codes).",
+            id="in-a-frozenset",
+        ),
+        pytest.param(
+            "shelve",
+            {"tags": [], "pair": {"a": 1}},
+            "The payload does not fit shelve: pair must be tuple[int, str] "
+            "(expected a list, got dict @ pair).",
+            id="an-object-for-a-fixed-tuple",
+        ),
+        pytest.param(
+            "shelve",
+            {"tags": [], "pair": [1, 2, 3]},
+            "The payload does not fit shelve: pair must be tuple[int, str] "
+            "(expected a list of 2, got 3 @ pair).",
+            id="a-fixed-tuple-too-long",
+        ),
+        pytest.param(
+            "shelve",
+            {"tags": [], "pair": [1, 2]},
+            "The payload does not fit shelve: pair must be tuple[int, str] "
+            "(expected a string, got int @ pair).",
+            id="in-a-fixed-tuple",
+        ),
+        pytest.param(
+            "shelve",
+            {"tags": [], "single": [1, 2]},
+            "The payload does not fit shelve: single must be tuple[int] "
+            "(expected a list of 1, got 2 @ single).",
+            id="a-tuple-of-one-too-long",
+        ),
+        pytest.param(
+            "shelve",
+            {"tags": [], "scores": [["a", 1]]},
+            "The payload does not fit shelve: scores must be dict[str, int] | None "
+            "(expected an object, got list @ scores).",
+            id="an-array-for-a-mapping",
+        ),
+        pytest.param(
+            "shelve",
+            {"tags": [], "scores": {"a": "1"}},
+            "The payload does not fit shelve: scores must be dict[str, int] | None "
+            "(expected an integer, got str @ scores['a']).",
+            id="in-a-mapping",
         ),
         pytest.param(
             "pick",
