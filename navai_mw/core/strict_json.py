@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import Enum
-from typing import Any, Final, NewType, Union, get_args, get_origin
+from typing import Any, Final, Literal, NewType, Union, get_args, get_origin
 
 import cattrs
 from cattrs.cols import (
@@ -22,7 +22,6 @@ from cattrs.cols import (
     list_structure_factory,
     mapping_structure_factory,
 )
-from cattrs.literals import is_literal
 from cattrs.strategies import configure_union_passthrough
 from cattrs.v import format_exception
 
@@ -75,6 +74,10 @@ def _is_choice(value: object, choice: object) -> bool:
     return type(value) is type(choice) and value == choice
 
 
+def _is_literal(kind: Any) -> bool:
+    return get_origin(kind) is Literal
+
+
 def _strict_literal(kind: Any) -> Any:
     choices = get_args(kind)
     # An enum member is chosen by its value, as cattrs chooses it.
@@ -99,7 +102,7 @@ def strict_scalars(converter: cattrs.Converter) -> None:
     converter.register_structure_hook(int, _strict(int, "an integer"))
     converter.register_structure_hook(float, _strict(float, "a number"))
     converter.register_structure_hook(bool, _strict(bool, "true or false"))
-    converter.register_structure_hook_factory(is_literal, _strict_literal)
+    converter.register_structure_hook_factory(_is_literal, _strict_literal)
 
 
 def strict_lists(converter: cattrs.Converter) -> None:
@@ -174,16 +177,14 @@ def _as_given(value: object, _: object) -> object:
 
 
 def _make_argument_converter() -> cattrs.Converter:
-    # A hint cattrs has no hook for (a plain class, datetime) checks nothing:
-    # its value is passed as it came, as if the hint were not there.
+    # A hint cattrs has no hook for (a plain class, datetime, object) checks
+    # nothing: its value is passed as it came, as if the hint were not there.
     converter = cattrs.Converter(structure_fallback_factory=lambda _: _as_given)
     strict_lists(converter)
     _strict_collections(converter)
     strict_scalars(converter)
     # int | str and the like: the value kept when it is one of them.
     configure_union_passthrough(Union[str, int, float, bool, None], converter)  # noqa: UP007
-    # By predicate: a hook for the class object would catch every class.
-    converter.register_structure_hook_func(lambda kind: kind is object, _as_given)
     return converter
 
 
