@@ -278,6 +278,20 @@ GOOD_TEMPLATES: dict[str, dict[str, Any]] = {
         }
     },
     "turn_detection_off": {"audio": {"input": {"turn_detection": None}}},
+    "ranges_at_their_low_ends": {
+        "audio": {
+            "input": {"turn_detection": {"type": "server_vad", "threshold": 0}},
+            "output": {"speed": 0.25},
+        },
+        "truncation": {"type": "retention_ratio", "retention_ratio": 0},
+    },
+    "ranges_at_their_high_ends": {
+        "audio": {
+            "input": {"turn_detection": {"type": "server_vad", "threshold": 1}},
+            "output": {"speed": 1.5},
+        },
+        "truncation": {"type": "retention_ratio", "retention_ratio": 1},
+    },
     "input_audio": {
         "audio": {
             "input": {
