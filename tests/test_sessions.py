@@ -280,10 +280,22 @@ GOOD_TEMPLATES: dict[str, dict[str, Any]] = {
     "turn_detection_off": {"audio": {"input": {"turn_detection": None}}},
     "ranges_at_their_low_ends": {
         "audio": {
-            "input": {"turn_detection": {"type": "server_vad", "threshold": 0}},
+            "input": {
+                "turn_detection": {
+                    "type": "server_vad",
+                    "threshold": 0,
+                    "prefix_padding_ms": 0,
+                    "silence_duration_ms": 0,
+                    "idle_timeout_ms": 0,
+                }
+            },
             "output": {"speed": 0.25},
         },
-        "truncation": {"type": "retention_ratio", "retention_ratio": 0},
+        "truncation": {
+            "type": "retention_ratio",
+            "retention_ratio": 0,
+            "token_limits": {"post_instructions": 0},
+        },
     },
     "ranges_at_their_high_ends": {
         "audio": {
@@ -552,6 +564,11 @@ BAD: dict[str, tuple[Any, str]] = {
     "transcription_delay": (
         {"audio": {"input": {"transcription": {"delay": "never"}}}},
         "@ session.audio.input.transcription.delay",
+    ),
+    "padding_below_zero": (
+        {"audio": {"input": {"turn_detection": {"type": "server_vad", "prefix_padding_ms": -1}}}},
+        "session is not a valid session: prefix_padding_ms must be at least 0 "
+        "@ session.audio.input.turn_detection",
     ),
     "speed_out_of_range": (
         {"audio": {"output": {"speed": 3}}},
