@@ -580,12 +580,28 @@ BAD: dict[str, tuple[Any, str]] = {
     "max_output_tokens_word": ({"max_output_tokens": "lots"}, "@ session.max_output_tokens"),
     "modality": ({"output_modalities": ["video"]}, "@ session.output_modalities[0]"),
     "include": ({"include": ["everything"]}, "@ session.include[0]"),
-    "tool_choice": ({"tool_choice": "sometimes"}, "@ session.tool_choice"),
+    "tool_choice": (
+        {"tool_choice": "sometimes"},
+        "expected 'none' or 'auto' or 'required' or an object with type 'function' "
+        "or an object with type 'mcp' @ session.tool_choice",
+    ),
     "truncation_ratio": (
         {"truncation": {"type": "retention_ratio", "retention_ratio": 1.5}},
         "@ session.truncation",
     ),
-    "tracing": ({"tracing": "manual"}, "@ session.tracing"),
+    "tracing": ({"tracing": "manual"}, "expected 'auto' or an object @ session.tracing"),
+    "tracing_field": (
+        {"tracing": {"workflow_name": 5}},
+        "expected a string, got int @ session.tracing.workflow_name",
+    ),
+    "mcp_allowed_tool_names": (
+        {"tools": [{**MCP_TOOL, "allowed_tools": ["search", 1]}]},
+        "expected a list of tool names @ session.tools[0].allowed_tools",
+    ),
+    "mcp_allowed_tools_word": (
+        {"tools": [{**MCP_TOOL, "allowed_tools": "search"}]},
+        "expected a list of tool names or an object @ session.tools[0].allowed_tools",
+    ),
     "parallel_tool_calls": (
         {"parallel_tool_calls": "yes"},
         "expected true or false, got str @ session.parallel_tool_calls",
