@@ -362,6 +362,9 @@ GOOD_TEMPLATES: dict[str, dict[str, Any]] = {
     },
     "truncation_disabled": {"truncation": "disabled"},
     "tracing_auto": {"tracing": "auto"},
+    "mcp_tool_filter": {
+        "tools": [{**MCP_TOOL, "allowed_tools": {"tool_names": ["search"], "read_only": True}}]
+    },
     "tracing_object": {
         "tracing": {"workflow_name": "support", "group_id": "g1", "metadata": {"tier": "gold"}}
     },
@@ -597,6 +600,10 @@ BAD: dict[str, tuple[Any, str]] = {
     "mcp_allowed_tool_names": (
         {"tools": [{**MCP_TOOL, "allowed_tools": ["search", 1]}]},
         "expected a list of tool names @ session.tools[0].allowed_tools",
+    ),
+    "mcp_allowed_tools_filter": (
+        {"tools": [{**MCP_TOOL, "allowed_tools": {"tool_names": "search"}}]},
+        "expected a list, got str @ session.tools[0].allowed_tools.tool_names",
     ),
     "mcp_allowed_tools_word": (
         {"tools": [{**MCP_TOOL, "allowed_tools": "search"}]},
