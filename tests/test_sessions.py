@@ -362,6 +362,26 @@ GOOD_TEMPLATES: dict[str, dict[str, Any]] = {
     },
     "truncation_disabled": {"truncation": "disabled"},
     "tracing_auto": {"tracing": "auto"},
+    "mcp_approval_filter": {
+        "tools": [
+            {
+                **MCP_TOOL,
+                "require_approval": {
+                    "always": {"tool_names": ["fetch"]},
+                    "never": {"read_only": True},
+                },
+            }
+        ]
+    },
+    "prompt_input_variable": {
+        "prompt": {
+            "id": "pmpt_123",
+            "variables": {
+                "city": "Seville",
+                "logo": {"type": "input_text", "text": "Seville"},
+            },
+        }
+    },
     "mcp_tool_filter": {
         "tools": [{**MCP_TOOL, "allowed_tools": {"tool_names": ["search"], "read_only": True}}]
     },
@@ -604,6 +624,22 @@ BAD: dict[str, tuple[Any, str]] = {
     "mcp_allowed_tools_filter": (
         {"tools": [{**MCP_TOOL, "allowed_tools": {"tool_names": "search"}}]},
         "expected a list, got str @ session.tools[0].allowed_tools.tool_names",
+    ),
+    "mcp_require_approval_word": (
+        {"tools": [{**MCP_TOOL, "require_approval": "sometimes"}]},
+        "expected 'always' or 'never' or an object @ session.tools[0].require_approval",
+    ),
+    "mcp_require_approval_filter": (
+        {"tools": [{**MCP_TOOL, "require_approval": {"always": {"tool_names": 3}}}]},
+        "expected a list, got int @ session.tools[0].require_approval.always.tool_names",
+    ),
+    "prompt_variable_number": (
+        {"prompt": {"id": "pmpt_123", "variables": {"count": 5}}},
+        "expected a string or an object @ session.prompt.variables['count']",
+    ),
+    "prompt_input_field": (
+        {"prompt": {"id": "pmpt_123", "variables": {"logo": {"type": "input_text", "text": 5}}}},
+        "expected a string, got int @ session.prompt.variables['logo'].text",
     ),
     "mcp_allowed_tools_word": (
         {"tools": [{**MCP_TOOL, "allowed_tools": "search"}]},
