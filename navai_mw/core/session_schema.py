@@ -17,7 +17,6 @@ from typing import Any, Literal
 
 import attrs
 import cattrs
-from cattrs.gen import make_dict_structure_fn
 
 from .errors import OptionsError
 from .strict_json import describe_problems as _problems
@@ -385,10 +384,6 @@ def _make_converter(forbid_extra: bool) -> cattrs.Converter:
     for union, hook in unions:
         converter.register_structure_hook(union, hook)
         converter.register_structure_hook(union | None, _or_none(hook))
-    for cls in (RealtimeSession, TranscriptionSession):
-        converter.register_structure_hook(
-            cls, make_dict_structure_fn(cls, converter, _cattrs_forbid_extra_keys=forbid_extra)
-        )
     return converter
 
 
