@@ -1132,7 +1132,20 @@ def shelve(
     ]
 
 
-MORE = [Scale, Offset, total, where_from, plain_context, max, echo, pick, ratio_of, tone, tally, shelve]
+MORE = [
+    Scale,
+    Offset,
+    total,
+    where_from,
+    plain_context,
+    max,
+    echo,
+    pick,
+    ratio_of,
+    tone,
+    tally,
+    shelve,
+]
 
 MORE_CALLS = [
     pytest.param(
