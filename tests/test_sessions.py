@@ -537,6 +537,10 @@ def test_a_template_setting_navai_fields_is_an_options_error_naming_the_option(
 # their ranges): (template, the words the error must hold).
 BAD: dict[str, tuple[Any, str]] = {
     "unknown_top_level": ({"tool_choise": "auto"}, "extra fields found (tool_choise) @ session"),
+    "number_keys": (
+        {"audio": {"output": {1: "x", "speed": 1.0, 2.5: "y"}}},
+        "extra fields found (1, 2.5) @ session.audio.output",
+    ),
     "unknown_nested": (
         {"audio": {"input": {"noise_reduction": {"type": "near_field", "level": 2}}}},
         "extra fields found (level) @ session.audio.input.noise_reduction",

@@ -22,6 +22,7 @@ from cattrs.cols import (
     list_structure_factory,
     mapping_structure_factory,
 )
+from cattrs.errors import ForbiddenExtraKeysError
 from cattrs.strategies import configure_union_passthrough
 from cattrs.v import format_exception
 
@@ -195,6 +196,10 @@ argument_converter: Final = _make_argument_converter()
 def _describe(exc: BaseException, kind: type | None) -> str:
     if isinstance(exc, (ValueError, TypeError)):
         return str(exc)
+    if isinstance(exc, ForbiddenExtraKeysError):
+        # A key may be a number (a Python mapping's): cattrs' own wording
+        # would fail to join it.
+        return f"extra fields found ({', '.join(sorted(map(str, exc.extra_fields)))})"
     return format_exception(exc, kind)
 
 
