@@ -208,8 +208,11 @@ def test_every_answer_is_openai_pythons_params(kind: str, action: str) -> None:
     attempt = _first(STEPS[(kind, action)]())
     request = attempt.request
     api = "realtime/calls/rtc_1" if kind == "realtime" else "live/sessions/live_1"
-    assert request.url == f"{OPTS.api_base_url}/{api}/{action}"
-    assert ("Authorization", f"Bearer {KEY}") in request.headers
+    assert (request.method, request.url) == ("POST", f"{OPTS.api_base_url}/{api}/{action}")
+    headers = dict(request.headers)
+    assert headers["Authorization"] == f"Bearer {KEY}"
+    assert (headers["Content-Type"], headers["Accept"]) == ("application/json", "*/*")
+    assert request.max_response_bytes == 64 * 1024  # a short JSON answer, as a hangup's
     assert request.secret == KEY
     assert KEY not in repr(request)
     sip_answer(kind, action, _body(attempt))
@@ -226,6 +229,28 @@ def test_a_live_accept_leaves_the_browsers_fields_out() -> None:
     assert session["safety_identifier"] == "ab" * 32
     assert "client" not in session
     assert "idle_timeout_s" not in session
+
+
+def _send_until_it_ends(steps: Any, outcome: Outcome) -> None:
+    """``outcome`` to every attempt (a reject is tried again, within its
+    budget) until the steps end."""
+    while True:
+        steps.send(outcome)
+
+
+@pytest.mark.parametrize(("kind", "action"), sorted(STEPS))
+def test_an_answer_that_reaches_nobody_or_gets_a_300_names_the_api(kind: str, action: str) -> None:
+    api = "OpenAI realtime calls" if kind == "realtime" else "OpenAI live sessions"
+    unreached = STEPS[(kind, action)]()
+    _first(unreached)
+    with pytest.raises(UpstreamError) as failure:
+        _send_until_it_ends(unreached, Outcome(None, elapsed=0.1))
+    assert failure.value.message == f"{api} could not be reached."
+    moved = STEPS[(kind, action)]()
+    _first(moved)
+    with pytest.raises(UpstreamError) as failure:
+        moved.send(Outcome(HttpResponse(status=300, body=b'{"error": {"message": "moved"}}')))
+    assert failure.value.message == f"{api} failed (300): moved"
 
 
 @pytest.mark.parametrize(("kind", "action"), sorted(STEPS))

@@ -31,7 +31,12 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from navai_mw import NavaiASGIMiddleware, NavaiVoiceBackendOptions, NavaiWSGIMiddleware
+from navai_mw import (
+    AuthError,
+    NavaiASGIMiddleware,
+    NavaiVoiceBackendOptions,
+    NavaiWSGIMiddleware,
+)
 from navai_mw.testing import FakeOpenAIRealtime, WebhookSender, serve_asgi, webhook_events
 
 from .conftest import CANARY_KEY
@@ -119,6 +124,36 @@ def test_requests_refusals_and_functions_are_counted_on_both_shells() -> None:
                 == attempts + 1
             )
     assert sample("navai_request_duration_seconds_count", route="client_secret") >= 4
+
+
+def _authorize(info: Any) -> str | None:
+    who = info.headers.get("x-who")
+    if who == "banned":
+        raise AuthError("Not for you.", status=403)
+    return None if who is None else who
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "outcome"),
+    [
+        ({}, 401, "unauthenticated"),
+        ({"x-who": "banned"}, 403, "forbidden"),
+        ({"x-who": "ana"}, 503, "storage_down"),
+    ],
+    ids=["unauthenticated", "forbidden", "storage-down"],
+)
+def test_each_refusal_of_the_guard_is_counted_by_what_it_decided(
+    headers: dict[str, str], status: int, outcome: str
+) -> None:
+    down = "redis://127.0.0.1:1/0"  # nothing listens there
+    with both_shells(
+        authorize=_authorize, rate_limit={"mint": "5/minute"}, rate_limit_storage=down
+    ) as shells:
+        for _, post in shells:
+            before = sample("navai_guard_decisions_total", group="mint", outcome=outcome)
+            assert post(MINT, json={}, headers=headers).status_code == status
+            after = sample("navai_guard_decisions_total", group="mint", outcome=outcome)
+            assert after == before + 1
 
 
 def test_webhooks_are_counted_by_type_and_outcome_on_both_shells() -> None:

@@ -34,6 +34,7 @@ from navai_mw import (
     NavaiASGIMiddleware,
     NavaiVoiceBackendOptions,
     NavaiWSGIMiddleware,
+    SessionContext,
 )
 from navai_mw.core.errors import RequestError
 from navai_mw.endpoint.routes.relay_steps import check_offer, overrides_from_query
@@ -308,6 +309,25 @@ def test_an_offer_is_relayed_with_the_session_navai_builds() -> None:
             assert session["instructions"].endswith("Always reply in Spanish.")
             assert session["audio"]["input"]["turn_detection"] == {"type": "semantic_vad"}
             assert CANARY_KEY not in response.text
+
+
+def test_a_relayed_session_goes_through_the_customize_session_hook() -> None:
+    upstream = Upstream()
+    seen: list[tuple[str, str | None, str | None, str]] = []
+
+    def customize(context: SessionContext) -> dict[str, Any]:
+        request = context.request
+        seen.append((context.kind, context.identity, request and request.route, request.path))
+        return {**context.session, "instructions": f"Greet {context.identity}."}
+
+    with both_shells(upstream, customize_session=customize, authorize=lambda info: "ana") as shells:
+        for shell, request, _ in shells:
+            response = request("POST", CALLS, content=OFFER, headers=SDP)
+            assert response.status_code == 201, (shell, response.text)
+            session = json.loads(parts(upstream.offers()[-1])["session"][1])
+            RealtimeSessionCreateRequest.model_validate(session)
+            assert session["instructions"] == "Greet ana.", shell
+    assert seen == [("realtime", "ana", "calls", CALLS)] * 2
 
 
 def test_a_trailing_slash_is_the_same_route_and_the_same_location() -> None:

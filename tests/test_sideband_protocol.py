@@ -720,6 +720,53 @@ def test_a_revert_of_an_anonymous_call_says_so(caplog: pytest.LogCaptureFixture)
 # -- function calls it does not run ------------------------------------------------------------
 
 
+def where_asked(context: FunctionContext) -> list[Any]:
+    """Where the call that runs it was started."""
+    request = context.request
+    return [context.client, None if request is None else request.path, dict(context.headers)]
+
+
+def test_a_calls_functions_run_in_order_around_one_whose_arguments_do_not_fit() -> None:
+    info = RequestInfo(
+        method="POST",
+        route="calls",
+        path="/navai/realtime/calls",
+        headers={"x-app": "web"},
+        client="203.0.113.7",
+    )
+    sideband = CallSideband(
+        kind="realtime",
+        call_id="rtc_1",
+        identity="alice",
+        model="gpt-realtime",
+        session=SESSION,
+        request=info,
+        pin=False,
+        functions=load_navai_functions([get_weather, where_asked]),
+        function_timeout=5.0,
+    )
+    actions = feed(
+        sideband,
+        response_done(
+            function_call("where_asked", "{}", "call_1"),
+            function_call("get_weather", '{"town": "Porto"}', "call_2"),
+            function_call("get_weather", '{"city": "Braga"}', "call_3"),
+        ),
+    )
+    runs = [action for action in actions if isinstance(action, RunFunction)]
+    assert [action.tool_call_id for action in runs] == ["call_1", "call_3"]
+    [refused] = [a for a in actions if isinstance(a, SendEvent) and "item" in a.event]
+    assert refused.event["item"]["call_id"] == "call_2"
+    assert runs[0].run() == ["203.0.113.7", "/navai/realtime/calls", {"x-app": "web"}]
+    report = sideband.report(started_at=0, ended_at=1, reason="hangup", metered=True)
+    [answered_at_once] = report.function_calls
+    assert (answered_at_once.name, answered_at_once.ok, answered_at_once.seconds) == (
+        "get_weather",
+        False,
+        0.0,
+    )
+
+
 def test_every_function_call_of_a_response_runs() -> None:
     sideband = realtime(functions=frozenset({"get_weather"}))
     event = response_done(
