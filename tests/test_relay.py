@@ -340,10 +340,29 @@ def test_a_trailing_slash_is_the_same_route_and_the_same_location() -> None:
             assert "//" not in response.headers["location"]
 
 
+_NO_KEY = (
+    "apiKey is not allowed in a URL (URLs end up in access logs); the relay uses the server's key."
+)
+_NOT_UTF8 = "Request body is not an SDP offer: it is not UTF-8 text."
+
+
+def _unknown(name: str) -> str:
+    allowed = "instructions, language, model, voice, voiceAccent, voiceTone"
+    return f"Unknown query parameter {name!r}. Allowed: {allowed}."
+
+
 REFUSED = [
-    pytest.param("?apiKey=sk-user", OFFER, SDP, 400, "apiKey is not allowed in a URL", id="key"),
-    pytest.param("?colour=red", OFFER, SDP, 400, "Unknown query parameter 'colour'", id="query"),
-    pytest.param("", "hello", SDP, 400, "Request body is not an SDP offer", id="not-sdp"),
+    pytest.param("?apiKey=sk-user", OFFER, SDP, 400, _NO_KEY, id="key"),
+    pytest.param("?colour=red", OFFER, SDP, 400, _unknown("colour"), id="query"),
+    pytest.param("?" + "x" * 100 + "=1", OFFER, SDP, 400, _unknown("x" * 64), id="long-name"),
+    pytest.param(
+        "",
+        "hello",
+        SDP,
+        400,
+        "Request body is not an SDP offer (v=0 and an m= line).",
+        id="not-sdp",
+    ),
     pytest.param(
         "",
         OFFER,
@@ -354,12 +373,17 @@ REFUSED = [
     ),
     pytest.param("", "v=0\r\n" + "a" * 40_000, SDP, 413, "larger than", id="413"),
     pytest.param("?voice=5", OFFER, SDP, 200, "", id="voice-as-text"),
+    pytest.param("", OFFER, {}, 415, "Content-Type must be application/sdp.", id="no-type"),
+    pytest.param(
+        "", OFFER, {"content-type": "Application/SDP; charset=utf-8"}, 200, "", id="typed"
+    ),
+    pytest.param("", b"v=0\r\n\xff", SDP, 400, _NOT_UTF8, id="not-utf-8"),
 ]
 
 
 @pytest.mark.parametrize(("query", "body", "headers", "status", "message"), REFUSED)
 def test_what_the_relay_refuses(
-    query: str, body: str, headers: dict[str, str], status: int, message: str
+    query: str, body: str | bytes, headers: dict[str, str], status: int, message: str
 ) -> None:
     upstream = Upstream()
     opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, allowed_voices=["marin", "5"])
@@ -370,7 +394,11 @@ def test_what_the_relay_refuses(
                 assert response.status_code == 201
                 continue
             assert response.status_code == status
-            assert message in response.json()["error"]
+            error = response.json()["error"]
+            if message.endswith("."):  # the whole message
+                assert error == message
+            else:
+                assert message in error
     if status != 200:
         assert upstream.requests == []
 
