@@ -5,6 +5,7 @@ channel. Every session built is checked against openai-python's types."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -16,12 +17,16 @@ from pydantic import TypeAdapter
 
 from navai_mw import NavaiHandler, NavaiVoiceBackendOptions, OptionsError, load_navai_functions
 from navai_mw.backend_functions.registry import FunctionRegistry
+from navai_mw.core.effects import AttachSideband, RunFunction
+from navai_mw.core.http import Credential, RequestInfo
 from navai_mw.endpoint.call_sideband import (
     LIVE_CLIENT_EVENTS,
+    attach_sideband,
     sideband_settings,
     with_server_side,
 )
 from navai_mw.endpoint.endpoint import Endpoint
+from navai_mw.endpoint.route import Call
 
 OPTS = NavaiVoiceBackendOptions(openai_api_key="sk-test")
 REALTIME_SESSION = TypeAdapter(RealtimeSessionCreateRequestParam)
@@ -205,3 +210,50 @@ def test_server_functions_with_none_loaded_is_said_at_start(
     assert sideband is not None
     assert sideband.tools == ()
     assert "no backend function is loaded" in caplog.text
+
+
+@pytest.mark.parametrize("server_functions", [True, False])
+def test_a_calls_sideband_runs_the_models_function_calls_only_with_server_functions(
+    server_functions: bool,
+) -> None:
+    ours = settings(sideband=True, server_functions=server_functions, function_timeout_seconds=4.5)
+    info = RequestInfo(method="POST", route="calls", path="/navai/realtime/calls", headers={})
+    session = {"type": "realtime", "model": "gpt-realtime", "instructions": "Hi."}
+    steps = attach_sideband(
+        ours,
+        Call({}, info, "ana"),
+        kind="realtime",
+        key="rtc_1",
+        call_id="rtc_1",
+        session=session,
+        credential=Credential.bearer("sk-test"),
+    )
+    attach = next(steps)
+    assert isinstance(attach, AttachSideband)
+    assert attach.url == "wss://api.openai.com/v1/realtime?call_id=rtc_1"
+    called = {
+        "type": "response.done",
+        "event_id": "event_1",
+        "response": {
+            "object": "realtime.response",
+            "id": "resp_1",
+            "status": "completed",
+            "output": [
+                {
+                    "type": "function_call",
+                    "object": "realtime.item",
+                    "id": "item_1",
+                    "call_id": "call_1",
+                    "name": "lookup_order",
+                    "arguments": '{"order_id": "A-7"}',
+                    "status": "completed",
+                }
+            ],
+        },
+    }
+    runs = [a for a in attach.session.receive(json.dumps(called)) if isinstance(a, RunFunction)]
+    if server_functions:
+        [run] = runs
+        assert (run.name, run.timeout, run.run()) == ("lookup_order", 4.5, {"order": "A-7"})
+    else:
+        assert runs == []  # the browser's to run, as without a sideband
