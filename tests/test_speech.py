@@ -30,6 +30,7 @@ from navai_mw import (
     synthesize_speech,
     synthesize_speech_sync,
 )
+from navai_mw.core.effects import Outcome
 from navai_mw.testing import FakeElevenLabs, FakeOpenAIRealtime, FakeUpstreams
 from navai_mw.upstreams.elevenlabs import (
     MAX_SPEECH_AUDIO_BYTES,
@@ -38,6 +39,7 @@ from navai_mw.upstreams.elevenlabs import (
     build_speech_request,
     mime_type,
     parse_speech_response,
+    synthesize,
 )
 from navai_mw.upstreams.openai_secrets import build_upstream_request
 
@@ -196,14 +198,33 @@ def test_audio_comes_back_base64_with_its_type() -> None:
         (400, {"detail": "voice not found"}, "voice not found"),
         (422, {"detail": [{"msg": "field required"}]}, '{"detail": [{"msg": "field required"}]}'),
         (500, "<html>oops</html>", "<html>oops</html>"),
+        (500, b"broken \xff text", "broken \ufffd text"),  # not UTF-8: read as well as it can be
+        (300, "elsewhere", "elsewhere"),  # only a 2xx is speech
     ],
 )
 def test_upstream_failures_quote_elevenlabs(status: int, body: Any, quoted: str) -> None:
-    raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    if isinstance(body, bytes):
+        raw = body
+    else:
+        raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
     with pytest.raises(UpstreamError) as caught:
         parse_speech_response(HttpResponse(status=status, body=raw), output_format="mp3")
     assert caught.value.status == 502
     assert caught.value.message.startswith(f"ElevenLabs synthesize failed ({status}): {quoted}")
+
+
+def test_no_request_at_all_is_asked_for_its_text() -> None:
+    with pytest.raises(RequestError) as caught:
+        next(synthesize(options(), None))
+    assert caught.value.message == "text is required."
+
+
+def test_an_answer_without_a_type_is_typed_by_the_format_asked() -> None:
+    steps = synthesize(options(), {"text": "Hola", "outputFormat": "pcm_16000"})
+    next(steps)
+    with pytest.raises(StopIteration) as done:
+        steps.send(Outcome(HttpResponse(status=200, body=b"\x00\x01")))
+    assert done.value.value.mime_type == "audio/pcm"
 
 
 def test_the_key_is_redacted_and_429_passes_retry_after() -> None:
