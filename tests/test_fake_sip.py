@@ -25,6 +25,7 @@ from navai_mw.core.effects import Attempt, Outcome
 from navai_mw.core.http import Credential, HttpResponse
 from navai_mw.testing import FakeRealtimeWebRTC, WebhookSender, webhook_events
 from navai_mw.upstreams.live import accept_live, refer_live, reject_live
+from navai_mw.upstreams.openai_webhooks import incoming_call
 from navai_mw.upstreams.realtime_calls import AcceptedCall, accept_call, refer_call, reject_call
 
 from .openai_events import sip_answer, webhook_event
@@ -377,3 +378,22 @@ def test_a_sip_header_is_found_in_any_case_or_is_none() -> None:
     )
     assert incoming.header("from") == "<sip:+1415@a.example>"
     assert incoming.header("X-Account") is None
+
+
+def test_only_an_incoming_event_with_its_data_is_a_phone_call() -> None:
+    ringing = webhook_events.realtime_call_incoming("rtc_0123456789abcdef", (("From", "a"),))
+    call = incoming_call(ringing)
+    assert call is not None
+    assert (call.call_id, call.kind, call.sip_headers) == (
+        "rtc_0123456789abcdef",
+        "realtime",
+        (("From", "a"),),
+    )
+    live = incoming_call(webhook_events.live_transport_incoming("live_0123456789abcdef", ()))
+    assert live is not None
+    assert (live.call_id, live.kind) == ("live_0123456789abcdef", "live")
+    assert incoming_call({**ringing, "data": ["not", "an", "object"]}) is None
+    assert incoming_call({**ringing, "data": None}) is None
+    another = {**ringing, "type": "realtime.call.ended"}  # its data names a call all the same
+    assert incoming_call(another) is None
+    assert incoming_call({**ringing, "data": {**ringing["data"], "call_id": "not an id"}}) is None
