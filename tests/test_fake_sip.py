@@ -397,3 +397,7 @@ def test_only_an_incoming_event_with_its_data_is_a_phone_call() -> None:
     another = {**ringing, "type": "realtime.call.ended"}  # its data names a call all the same
     assert incoming_call(another) is None
     assert incoming_call({**ringing, "data": {**ringing["data"], "call_id": "not an id"}}) is None
+    odd = [{"name": "X-Odd", "value": 5}, "junk", {"value": "v"}, {"name": "To", "value": "b"}]
+    call = incoming_call({**ringing, "data": {**ringing["data"], "sip_headers": odd}})
+    assert call is not None
+    assert call.sip_headers == (("To", "b"),)  # only a name and a value, both text
