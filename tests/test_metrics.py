@@ -203,6 +203,26 @@ def test_a_webhook_no_store_can_remember_is_counted_unavailable_by_its_type() ->
             assert sample("navai_webhooks_total", **labels) == before + 1
 
 
+def test_a_webhook_nobody_acts_on_is_ignored_and_a_block_is_handled() -> None:
+    secret = "whsec_" + base64.b64encode(b"metrics' webhook signing key").decode()
+    with both_shells(openai_webhook_secret=secret, sip_accept="live") as shells:
+        for name, post in shells:
+            sender = WebhookSender(secret, "http://t/navai/webhooks/openai")
+            deliveries = [
+                (webhook_events.safety_warning_issued(f"case_{name}"), "ignored"),  # no hook
+                # A phone call for the other surface: the Live one answers it.
+                (webhook_events.realtime_call_incoming(f"rtc_{name}0123456789ab", ()), "ignored"),
+                (webhook_events.safety_identifier_blocked(f"{name}" * 16, "fraud"), "handled"),
+            ]
+            for event, outcome in deliveries:
+                labels = {"type": event["type"], "outcome": outcome}
+                before = sample("navai_webhooks_total", **labels)
+                body, headers = sender.prepare(event)
+                answer = post(WEBHOOK, content=body, headers=headers)
+                assert (answer.status_code, answer.json()) == (200, {"received": True})
+                assert sample("navai_webhooks_total", **labels) == before + 1, (name, labels)
+
+
 def test_metrics_can_be_switched_off() -> None:
     before = sample("navai_requests_total", route="client_secret", status="200")
     with both_shells(metrics=False) as shells:

@@ -34,6 +34,7 @@ from navai_mw import NavaiVoiceBackendOptions
 from navai_mw.auth import BearerTokens
 from navai_mw.core.effects import CallHook, HookResult
 from navai_mw.endpoint.routes.openai_webhook import _tell_the_app as tell_the_app
+from navai_mw.endpoint.routes.openai_webhook import event_label
 from navai_mw.testing import WebhookSender, webhook_events
 
 from .conftest import log_message
@@ -440,3 +441,35 @@ def test_a_failing_hooks_line_carries_its_traceback_and_a_type_of_64_characters_
     assert log_message(record) == f"navai_mw: on_openai_event raised LookupError on {'t' * 64!r}"
     assert record.exc_info is not None
     assert record.exc_info[1] is failure
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_refusal_and_a_block_are_logged_by_what_they_were(
+    shell: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="navai_mw")
+    with served(shell) as sender:
+        forged = sender.send(webhook_events.safety_warning_issued("case_1"), drop=("webhook-id",))
+        blocked = sender.send(webhook_events.safety_identifier_blocked("ab" * 16, "fraud"))
+    assert (forged.status_code, blocked.status_code) == (400, 200)
+    lines = [log_message(record) for record in caplog.records]
+    assert f"navai_mw: an OpenAI webhook is refused (400): {forged.json()['error']}" in lines
+    assert (
+        "navai_mw: OpenAI blocked a safety identifier (fraud): its caller is refused from now on"
+    ) in lines
+
+
+@pytest.mark.parametrize(
+    ("kind", "label"),
+    [
+        ("safety_identifier.blocked", "safety_identifier.blocked"),
+        ("a." + "b" * 62, "a." + "b" * 62),  # 64 characters: its own
+        ("a." + "b" * 63, "other"),
+        ("Realtime.Call", "other"),
+        ("nodot", "other"),
+        (7, "other"),
+        (None, "other"),
+    ],
+)
+def test_an_event_type_is_its_own_label_only_as_openai_spells_one(kind: object, label: str) -> None:
+    assert event_label(kind) == label
