@@ -47,6 +47,7 @@ from navai_mw.auth import (
 from navai_mw.core.effects import Attempt, Outcome
 from navai_mw.core.errors import AuthError
 from navai_mw.core.http import RequestInfo
+from navai_mw.guard import jwt_bearer as jwt_bearer_module
 from navai_mw.guard.authorizers import Authorizer, AuthSteps
 from navai_mw.guard.guard import Guard
 from navai_mw.guard.jwt_bearer import FAILED_FETCH_BACKOFF_SECONDS
@@ -883,7 +884,7 @@ _NOT_A_JWKS = ': its answer is not a JWKS (no "keys" list);'
 _NO_USABLE_KEY = ": it holds no usable key for RS256, ES256;"
 
 UNAVAILABLE: list[tuple[str, Callable[[JWKSServer], None], str, int]] = [
-    ("stopped", _stop, "could not be reached", 0),
+    ("stopped", _stop, ": it could not be reached; answering 503", 0),
     ("500, retried once", _status(500), "HTTP 500", 2),
     ("503, retried once", _status(503), "HTTP 503", 2),
     ("404, not retried", _status(404), "HTTP 404", 1),
@@ -902,10 +903,10 @@ UNAVAILABLE: list[tuple[str, Callable[[JWKSServer], None], str, int]] = [
     (
         "too large",
         _body(b'{"keys": []' + b" " * MAX_JWKS_BYTES + b"}"),
-        "answered with more than 65536 bytes",
+        ": it answered with more than 65536 bytes; answering 503",
         1,
     ),
-    ("stalled", _stall, "timed out", 1),
+    ("stalled", _stall, ": it timed out; answering 503", 1),
 ]
 
 
@@ -959,15 +960,53 @@ def test_failed_fetch_backs_off_then_recovers(
     assert server.hits == 2
     server.status = 200
     # Within the backoff: 503 at once, the provider left alone.
-    mono.advance(4)
+    mono.advance(4.5)
     with pytest.raises(UpstreamError) as caught:
         run(authorizer, transport, token)
     assert caught.value.status == 503
+    assert caught.value.message == "Authorization is unavailable; try again shortly."
+    assert caught.value.headers == (("Retry-After", "5"),)
     assert server.hits == 2
-    # After it: fetched, and accepted.
-    mono.advance(2)
+    # Once it is over (5 s after the failure): fetched, and accepted.
+    mono.advance(0.5)
     assert run(authorizer, transport, token) == "user-1"
     assert server.hits == 3
+
+
+def test_a_known_key_is_not_fetched_again_while_the_keys_are_fresh(
+    make: Callable[..., JWTBearer], transport: HttpxSyncTransport, keys: Keys, server: JWKSServer
+) -> None:
+    authorizer = make(refetch_interval=0)  # an unknown kid would be fetched at once
+    for subject in ("user-1", "user-2", "user-3"):
+        token = f"Bearer {sign(keys.rsa, 'rsa-1', sub=subject)}"
+        assert run(authorizer, transport, token) == subject
+    assert server.hits == 1
+
+
+def test_the_oldest_remembered_token_gives_way_past_the_bound(
+    make: Callable[..., JWTBearer],
+    transport: HttpxSyncTransport,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(jwt_bearer_module, "MAX_REMEMBERED_TOKENS", 2)
+    decoded: list[str] = []
+    real_decode = jwt.decode
+
+    def counting_decode(token: str, *args: Any, **kwargs: Any) -> Any:
+        decoded.append(token)
+        return real_decode(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    authorizer = make()
+    tokens = [f"Bearer {sign(keys.rsa, 'rsa-1', sub=f'user-{n}')}" for n in range(3)]
+    for token in tokens:  # the third makes the first give way
+        run(authorizer, transport, token)
+    assert len(decoded) == 3
+    assert run(authorizer, transport, tokens[2]) == "user-2"  # remembered
+    assert len(decoded) == 3
+    assert run(authorizer, transport, tokens[0]) == "user-0"  # checked again
+    assert len(decoded) == 4
 
 
 def test_refetch_failure_for_an_unknown_kid_is_503(
