@@ -61,6 +61,12 @@ _KEY_TYPES: Final[Mapping[str, tuple[str, str | None]]] = {
 # certificate chains, is about 10 KiB): 64 KiB is ample, and bounds what a
 # wrong or hostile URL can make each worker read and parse.
 MAX_JWKS_BYTES: Final = 64 * 1024
+# The defaults of jwt_bearer() and JWTBearer (one place for both).
+DEFAULT_ALGORITHMS: Final = ("RS256", "ES256")
+DEFAULT_LEEWAY_SECONDS: Final = 30.0
+DEFAULT_REFETCH_INTERVAL_SECONDS: Final = 60.0
+DEFAULT_CACHE_SECONDS: Final = 600.0
+DEFAULT_TIMEOUT_SECONDS: Final = 5.0
 # A connection failure or a 5xx is tried once more, within ``timeout``.
 MAX_JWKS_RETRIES: Final = 1
 # After a failed fetch, requests that need one are answered 503 at once for
@@ -165,11 +171,11 @@ class JWTBearer:
         *,
         audience: str | Iterable[str],
         issuer: str | Iterable[str],
-        algorithms: Iterable[str] = ("RS256", "ES256"),
-        leeway: float = 30,
-        refetch_interval: float = 60.0,
-        cache_seconds: float = 600.0,
-        timeout: float = 5.0,
+        algorithms: Iterable[str] = DEFAULT_ALGORITHMS,
+        leeway: float = DEFAULT_LEEWAY_SECONDS,
+        refetch_interval: float = DEFAULT_REFETCH_INTERVAL_SECONDS,
+        cache_seconds: float = DEFAULT_CACHE_SECONDS,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -465,11 +471,11 @@ def jwt_bearer(
     *,
     audience: str | Iterable[str],
     issuer: str | Iterable[str],
-    algorithms: Iterable[str] = ("RS256", "ES256"),
-    leeway: float = 30,
-    refetch_interval: float = 60.0,
-    cache_seconds: float = 600.0,
-    timeout: float = 5.0,
+    algorithms: Iterable[str] = DEFAULT_ALGORITHMS,
+    leeway: float = DEFAULT_LEEWAY_SECONDS,
+    refetch_interval: float = DEFAULT_REFETCH_INTERVAL_SECONDS,
+    cache_seconds: float = DEFAULT_CACHE_SECONDS,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
     clock: Callable[[], float] = time.time,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> JWTBearer:
