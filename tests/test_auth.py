@@ -238,6 +238,20 @@ def mono() -> FakeMonotonic:
 
 
 @pytest.fixture
+def decoded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tokens PyJWT is asked to verify, in order."""
+    seen: list[str] = []
+    real_decode = jwt.decode
+
+    def counting_decode(token: str, *args: Any, **kwargs: Any) -> Any:
+        seen.append(token)
+        return real_decode(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    return seen
+
+
+@pytest.fixture
 def make(server: JWKSServer, mono: FakeMonotonic) -> Callable[..., JWTBearer]:
     def build(**options: Any) -> JWTBearer:
         return jwt_bearer(
@@ -988,16 +1002,9 @@ def test_the_oldest_remembered_token_gives_way_past_the_bound(
     transport: HttpxSyncTransport,
     keys: Keys,
     monkeypatch: pytest.MonkeyPatch,
+    decoded: list[str],
 ) -> None:
     monkeypatch.setattr(jwt_bearer_module, "MAX_REMEMBERED_TOKENS", 2)
-    decoded: list[str] = []
-    real_decode = jwt.decode
-
-    def counting_decode(token: str, *args: Any, **kwargs: Any) -> Any:
-        decoded.append(token)
-        return real_decode(token, *args, **kwargs)
-
-    monkeypatch.setattr(jwt, "decode", counting_decode)
     authorizer = make()
     tokens = [f"Bearer {sign(keys.rsa, 'rsa-1', sub=f'user-{n}')}" for n in range(3)]
     for token in tokens:  # the third makes the first give way
@@ -1507,20 +1514,12 @@ def test_a_verified_token_is_remembered_until_it_expires(
     mono: FakeMonotonic,
     transport: HttpxSyncTransport,
     keys: Keys,
-    monkeypatch: pytest.MonkeyPatch,
+    decoded: list[str],
 ) -> None:
     now = [NOW]
     authorizer = jwt_bearer(
         server.url, audience=AUD, issuer=ISS, clock=lambda: now[0], monotonic=mono, leeway=30
     )
-    decoded: list[str] = []
-    real_decode = jwt.decode
-
-    def counting_decode(token: str, *args: Any, **kwargs: Any) -> Any:
-        decoded.append(token)
-        return real_decode(token, *args, **kwargs)
-
-    monkeypatch.setattr(jwt, "decode", counting_decode)
     token = f"Bearer {sign(keys.rsa, 'rsa-1', exp=NOW + 100)}"
     for _ in range(3):
         assert run(authorizer, transport, token) == "user-1"
