@@ -747,15 +747,15 @@ def test_callers_without_an_identity_are_budgeted_by_their_address() -> None:
 
 # -- what a refusal and the usage route say while calls are in progress --------------------
 
-NOW = 1_765_022_400.0  # 2025-12-06 12:00 UTC
-MINUTES = parse_budget("10 minutes/day")[0]
-TOKENS = parse_budget("1000 tokens/day")[0]
+AT = 1_765_022_400.0  # 2025-12-06 12:00 UTC
+TEN_MINUTES = parse_budget("10 minutes/day")[0]
+THOUSAND_TOKENS = parse_budget("1000 tokens/day")[0]
 
 
 def test_usage_shows_calls_in_progress_as_used_and_reserved_in_each_limits_unit() -> None:
     counts = (
-        BudgetCount(MINUTES, used=120.0, elapsed=30.0, reserved=270.0, resets_at=NOW + 600),
-        BudgetCount(TOKENS, used=200.0, resets_at=NOW + 600),
+        BudgetCount(TEN_MINUTES, used=120.0, elapsed=30.0, reserved=270.0, resets_at=AT + 600),
+        BudgetCount(THOUSAND_TOKENS, used=200.0, resets_at=AT + 600),
     )
     assert counts_payload(counts) == {
         "budgets": [
@@ -765,7 +765,7 @@ def test_usage_shows_calls_in_progress_as_used_and_reserved_in_each_limits_unit(
                 "used": 2.5,  # settled, and what calls in progress have used so far
                 "reserved": 4.5,
                 "remaining": 3.0,
-                "resets_at": NOW + 600,
+                "resets_at": AT + 600,
             },
             {
                 "limit": "1000 tokens/day",
@@ -773,7 +773,7 @@ def test_usage_shows_calls_in_progress_as_used_and_reserved_in_each_limits_unit(
                 "used": 200.0,
                 "reserved": 0.0,
                 "remaining": 800.0,
-                "resets_at": NOW + 600,
+                "resets_at": AT + 600,
             },
         ]
     }
@@ -785,17 +785,17 @@ def test_usage_shows_calls_in_progress_as_used_and_reserved_in_each_limits_unit(
         # Only calls in progress hold the rest: it frees when the first ends.
         (
             BudgetCount(
-                MINUTES, used=300.0, reserved=300.0, resets_at=NOW + 3600, frees_at=NOW + 42.5
+                TEN_MINUTES, used=300.0, reserved=300.0, resets_at=AT + 3600, frees_at=AT + 42.5
             ),
             "43",
         ),
         # Spent by calls that ended: whole again at the next period only.
-        (BudgetCount(MINUTES, used=600.0, resets_at=NOW + 3600, frees_at=NOW + 42.0), "3600"),
-        (BudgetCount(MINUTES, used=300.0, reserved=300.0, resets_at=NOW + 3600), "3600"),
+        (BudgetCount(TEN_MINUTES, used=600.0, resets_at=AT + 3600, frees_at=AT + 42.0), "3600"),
+        (BudgetCount(TEN_MINUTES, used=300.0, reserved=300.0, resets_at=AT + 3600), "3600"),
         # A call that ends after the period does: the period's end comes first.
         (
             BudgetCount(
-                MINUTES, used=300.0, reserved=300.0, resets_at=NOW + 30, frees_at=NOW + 42.0
+                TEN_MINUTES, used=300.0, reserved=300.0, resets_at=AT + 30, frees_at=AT + 42.0
             ),
             "30",
         ),
@@ -805,13 +805,13 @@ def test_usage_shows_calls_in_progress_as_used_and_reserved_in_each_limits_unit(
 def test_a_budget_held_by_calls_in_progress_is_retried_when_the_first_ends(
     count: BudgetCount, retry_after: str
 ) -> None:
-    refusal = spent(Admission(refused_by=MINUTES, counts=(count,), now=NOW))
+    refusal = spent(Admission(refused_by=TEN_MINUTES, counts=(count,), now=AT))
     assert refusal.status == 429
     assert dict(refusal.headers)["Retry-After"] == retry_after
 
 
 def test_a_refusal_the_store_gave_no_count_for_waits_a_minute() -> None:
-    refusal = spent(Admission(refused_by=MINUTES, counts=(), now=NOW))
+    refusal = spent(Admission(refused_by=TEN_MINUTES, counts=(), now=AT))
     assert refusal.status == 429
     assert refusal.headers == (("Retry-After", "60"),)
     assert refusal.message == (
