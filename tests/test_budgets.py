@@ -8,6 +8,7 @@ dollars are charged as they come, and a new period starts whole."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import subprocess
@@ -539,40 +540,46 @@ def test_a_call_that_did_not_start_gives_its_reservation_back_whole() -> None:
     assert (row["used"], row["reserved"], row["remaining"]) == (0, 0, 1)
 
 
-def test_a_spent_budget_is_a_429_that_says_when_it_is_whole_again() -> None:
+MINT = ("POST", "/navai/realtime/client-secret", {"content-type": "application/json"}, b"{}")
+
+
+@contextlib.contextmanager
+def budgeted_handler(**keywords: Any) -> Iterator[Any]:
+    """A relaying view handler with ``keywords`` (its budget), minting from
+    the in-process fake OpenAI; closed after."""
     from navai_mw import NavaiHandler, NavaiVoiceBackendOptions
     from navai_mw.testing import FakeOpenAIRealtime
 
-    noon = datetime.datetime(2026, 12, 6, 12, tzinfo=datetime.timezone.utc).timestamp()
-    midnight = noon + 12 * 3600
     fake = FakeOpenAIRealtime(api_key="sk-test-budget-api")
     opts = NavaiVoiceBackendOptions(
         openai_api_key="sk-test-budget-api", openai_base_url=fake.base_url
     )
-    mint = ("POST", "/navai/realtime/client-secret", {"content-type": "application/json"}, b"{}")
-    rows = []
     with fake.sync_transport() as transport:
-        handler = NavaiHandler(
-            opts,
-            transport=transport,
-            functions=[],
-            relay=True,
-            budget="1.5 minutes/day",
-            budget_secret_seconds=40,
-            budget_clock=lambda: noon,
-            authorize=lambda info: "ana",
-        )
+        handler = NavaiHandler(opts, transport=transport, functions=[], relay=True, **keywords)
         try:
-            statuses = []
-            for _ in range(3):  # 40 seconds, 40 more, then the 10 that are left
-                statuses.append(handler.handle(*mint).status)
-                usage = handler.handle("GET", "/navai/usage", {}, b"")
-                assert usage.status == 200
-                [row] = json.loads(usage.body)["budgets"]
-                rows.append((row["used"], row["reserved"], row["remaining"]))
-            refused = handler.handle(*mint)
+            yield handler
         finally:
             handler.close()
+
+
+def test_a_spent_budget_is_a_429_that_says_when_it_is_whole_again() -> None:
+    noon = datetime.datetime(2026, 12, 6, 12, tzinfo=datetime.timezone.utc).timestamp()
+    midnight = noon + 12 * 3600
+    rows = []
+    with budgeted_handler(
+        budget="1.5 minutes/day",
+        budget_secret_seconds=40,
+        budget_clock=lambda: noon,
+        authorize=lambda info: "ana",
+    ) as handler:
+        statuses = []
+        for _ in range(3):  # 40 seconds, 40 more, then the 10 that are left
+            statuses.append(handler.handle(*MINT).status)
+            usage = handler.handle("GET", "/navai/usage", {}, b"")
+            assert usage.status == 200
+            [row] = json.loads(usage.body)["budgets"]
+            rows.append((row["used"], row["reserved"], row["remaining"]))
+        refused = handler.handle(*MINT)
     assert statuses == [200, 200, 200]
     assert row == {
         "limit": "1.5 minutes/day",
@@ -595,31 +602,15 @@ def test_a_spent_budget_is_a_429_that_says_when_it_is_whole_again() -> None:
 
 
 def test_a_second_before_the_period_ends_a_spent_budget_waits_one() -> None:
-    from navai_mw import NavaiHandler, NavaiVoiceBackendOptions
-    from navai_mw.testing import FakeOpenAIRealtime
-
     midnight = datetime.datetime(2026, 12, 7, tzinfo=datetime.timezone.utc).timestamp()
-    fake = FakeOpenAIRealtime(api_key="sk-test-budget-api")
-    opts = NavaiVoiceBackendOptions(
-        openai_api_key="sk-test-budget-api", openai_base_url=fake.base_url
-    )
-    mint = ("POST", "/navai/realtime/client-secret", {"content-type": "application/json"}, b"{}")
-    with fake.sync_transport() as transport:
-        handler = NavaiHandler(
-            opts,
-            transport=transport,
-            functions=[],
-            relay=True,
-            budget="1 minutes/day",
-            budget_secret_seconds=60,
-            budget_clock=lambda: midnight - 0.5,
-            authorize=lambda info: "ana",
-        )
-        try:
-            assert handler.handle(*mint).status == 200
-            refused = handler.handle(*mint)
-        finally:
-            handler.close()
+    with budgeted_handler(
+        budget="1 minutes/day",
+        budget_secret_seconds=60,
+        budget_clock=lambda: midnight - 0.5,
+        authorize=lambda info: "ana",
+    ) as handler:
+        assert handler.handle(*MINT).status == 200
+        refused = handler.handle(*MINT)
     assert refused.status == 429
     headers = dict(refused.headers)
     assert (headers["Retry-After"], headers["RateLimit"]) == ("1", '"budget";r=0;t=1')
@@ -718,30 +709,14 @@ def test_a_budget_hook_gets_the_caller_and_the_request_and_its_failure_is_a_503(
 
 
 def test_callers_without_an_identity_are_budgeted_by_their_address() -> None:
-    from navai_mw import NavaiHandler, NavaiVoiceBackendOptions
-    from navai_mw.testing import FakeOpenAIRealtime
-
-    fake = FakeOpenAIRealtime(api_key="sk-test-budget-api")
-    opts = NavaiVoiceBackendOptions(
-        openai_api_key="sk-test-budget-api", openai_base_url=fake.base_url
-    )
-    mint = ("POST", "/navai/realtime/client-secret", {"content-type": "application/json"}, b"{}")
-    with fake.sync_transport() as transport:
-        handler = NavaiHandler(
-            opts,
-            transport=transport,
-            functions=[],
-            relay=True,
-            budget="0.5 minutes/day",
-            budget_secret_seconds=30,
-        )
-        try:
-            statuses = [
-                handler.handle(*mint, client=client).status
-                for client in ("203.0.113.7", "203.0.113.7", "198.51.100.9")
-            ]
-        finally:
-            handler.close()
+    with budgeted_handler(
+        budget="0.5 minutes/day",
+        budget_secret_seconds=30,
+    ) as handler:
+        statuses = [
+            handler.handle(*MINT, client=client).status
+            for client in ("203.0.113.7", "203.0.113.7", "198.51.100.9")
+        ]
     assert statuses == [200, 429, 200]
 
 

@@ -177,13 +177,10 @@ class AsyncUpstream:
         return None
 
 
-class SyncUpstreamAndSockets(SyncUpstream):
-    """The upstream, and its sideband WebSockets opened the way a transport
-    of one's own opens them."""
+class _OpensSockets:
+    """Sideband WebSockets opened the way a transport of one's own opens them."""
 
-    def __init__(self, upstream: Upstream, sockets: Sockets) -> None:
-        super().__init__(upstream)
-        self.sockets = sockets
+    sockets: Sockets
 
     def connect_websocket(
         self, url: str, headers: Sequence[tuple[str, str]], *, timeout: float
@@ -191,15 +188,18 @@ class SyncUpstreamAndSockets(SyncUpstream):
         return self.sockets.connect_websocket(url, headers, timeout=timeout)
 
 
-class AsyncUpstreamAndSockets(AsyncUpstream):
+class SyncUpstreamAndSockets(_OpensSockets, SyncUpstream):
+    """The upstream, and its sideband WebSockets."""
+
     def __init__(self, upstream: Upstream, sockets: Sockets) -> None:
         super().__init__(upstream)
         self.sockets = sockets
 
-    def connect_websocket(
-        self, url: str, headers: Sequence[tuple[str, str]], *, timeout: float
-    ) -> AbstractAsyncContextManager[Any]:
-        return self.sockets.connect_websocket(url, headers, timeout=timeout)
+
+class AsyncUpstreamAndSockets(_OpensSockets, AsyncUpstream):
+    def __init__(self, upstream: Upstream, sockets: Sockets) -> None:
+        super().__init__(upstream)
+        self.sockets = sockets
 
 
 async def app_asgi(scope: Any, receive: Any, send: Any) -> None:
