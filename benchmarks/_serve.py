@@ -29,6 +29,8 @@ import logging
 import socket
 from typing import Any
 
+from navai_mw.cli import tune_gc
+
 
 def _uvicorn(
     app: Any, sock: socket.socket, http: Any = None, keep_alive: int | None = None
@@ -49,6 +51,8 @@ def _uvicorn(
         access_log=False,
         **({} if keep_alive is None else {"timeout_keep_alive": keep_alive}),
     )
+    # Every Python server's collector as `navai-mw serve` sets its own.
+    tune_gc()
     uvicorn.Server(config).run(sockets=[sock])
 
 
@@ -99,7 +103,9 @@ def _gunicorn(upstream: str, sock: socket.socket, threads: int) -> None:
                 self.cfg.set(key, value)
 
         def load(self) -> Any:
-            return navai_wsgi(upstream)
+            app = navai_wsgi(upstream)
+            tune_gc()
+            return app
 
     os.set_inheritable(sock.fileno(), True)
     One().run()
@@ -165,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         # every request; the queue is the point of the benchmark.
         logging.getLogger("waitress.queue").setLevel(logging.ERROR)
         app = navai_wsgi(args.upstream, keepalive=args.keepalive)
+        tune_gc()
         # waitress accepts 100 connections at most by default: as many as threads.
         waitress.serve(
             app,

@@ -5,14 +5,20 @@ loading a project's function folders, and ``navai-mw functions``."""
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import signal
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from navai_mw.cli import DEMO_VOICE_ID, main
+from navai_mw import NavaiASGIMiddleware
+from navai_mw.cli import DEMO_VOICE_ID, main, worker_app
+from navai_mw.cli.serve import GEN0_THRESHOLD
 from navai_mw.testing import FakeElevenLabs
 from navai_mw.upstreams.elevenlabs import NOT_ENABLED
 
@@ -193,3 +199,74 @@ def test_a_bad_worker_count_is_a_usage_error(
 ) -> None:
     assert main(["serve", "--workers", value]) == 2
     assert "expected a number of workers 1..64" in capsys.readouterr().err
+
+
+# A child that serves with `navai-mw serve`, and once the port answers says
+# how its garbage collector is set, then interrupts itself as Ctrl-C would.
+_SERVE_AND_TELL_GC = """
+import gc, http.client, os, signal, sys, threading, time
+from navai_mw.cli import main
+
+port = int(sys.argv[1])
+
+def tell() -> None:
+    while True:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/navai/functions")
+            connection.getresponse().read()
+            break
+        except OSError:
+            time.sleep(0.05)
+    print("gc", gc.get_threshold(), gc.get_freeze_count() > 0, flush=True)
+    os.kill(os.getpid(), signal.SIGINT)
+
+threading.Thread(target=tell, daemon=True).start()
+sys.exit(main(["serve", "--port", str(port)]))
+"""
+
+
+def test_serve_tunes_the_garbage_collector_of_its_process() -> None:
+    defaults = gc.get_threshold()
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVE_AND_TELL_GC, str(_free_port())],
+        env=_env(OPENAI_API_KEY=CANARY_KEY),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    # The youngest generation collected ten times less often, the older two
+    # as Python sets them; what the app was built of frozen.
+    told = f"gc {(GEN0_THRESHOLD, *defaults[1:])} True"
+    assert told in done.stdout.splitlines()
+
+
+@pytest.fixture
+def restored_gc() -> Iterator[None]:
+    """The collector's settings of this test process, as they were."""
+    threshold = gc.get_threshold()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+
+def test_each_worker_tunes_its_collector_once_its_app_is_built(
+    restored_gc: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY_KEY)
+    monkeypatch.setenv(
+        "NAVAI_CLI_WORKER", json.dumps({"path": "/navai", "page": False, "cors": []})
+    )
+    assert gc.get_threshold()[0] != GEN0_THRESHOLD
+    frozen_before = gc.get_freeze_count()
+    app = worker_app()
+    assert isinstance(app, NavaiASGIMiddleware)
+    assert gc.get_threshold()[0] == GEN0_THRESHOLD
+    # The app is among what was frozen: tracked, but in no generation that
+    # a collection scans.
+    assert gc.get_freeze_count() > frozen_before
+    assert gc.is_tracked(app)
+    assert not any(seen is app for seen in gc.get_objects())

@@ -110,7 +110,7 @@ PUBLIC: dict[str, list[str]] = {
         "HttpxSyncTransport",
         "SyncTransport",
     ],
-    "navai_mw.cli": ["PAGE_HEADERS", "main", "page_file", "worker_app"],
+    "navai_mw.cli": ["PAGE_HEADERS", "main", "page_file", "tune_gc", "worker_app"],
     "navai_mw.sansio": [
         "Attempt",
         "CallHook",

@@ -42,6 +42,9 @@ Promises:
   missing uvicorn is one line on stderr and exit status 2, never a traceback;
 * Ctrl-C and SIGTERM shut the server down gracefully (the middleware closes
   its upstream client) and exit with status 0.
+
+A served process (each worker, with several) sets its garbage collector for
+a server once its app is built (:func:`tune_gc`).
 """
 
 from __future__ import annotations
@@ -58,11 +61,11 @@ from .demo import _demo_upstream as _demo_upstream
 from .main import UVICORN_MISSING as UVICORN_MISSING
 from .main import main
 from .serve import per_process_state as per_process_state
-from .serve import worker_app
+from .serve import tune_gc, worker_app
 from .site import HEALTH_PATH as HEALTH_PATH
 from .site import PAGE_HEADERS, page_file
 from .site import _own_routes as _own_routes
 
-__all__ = ["PAGE_HEADERS", "main", "page_file", "worker_app"]
+__all__ = ["PAGE_HEADERS", "main", "page_file", "tune_gc", "worker_app"]
 
 publish(__name__, globals(), __all__)
