@@ -260,6 +260,25 @@ def _relay_rates(ctx: Context, section: Section) -> None:
             )
         )
         section.data[f"relay_{stall:g}"] = rates
+    section.notes.append(SIDEBAND_COST)
+
+
+# What the profile of the relay with the sideband on showed (measured apart
+# from the run: the CPU of each process per relayed call, wrk at 10
+# connections, an upstream that answers at once).
+SIDEBAND_COST = (
+    "Why the sideband costs the relay most of its rate when OpenAI answers at once: each "
+    "relayed call opens a WebSocket of its own (a new TCP connection, an HTTP upgrade, "
+    "`session.update`, its reader and heartbeat, the close) beside the call's one POST. "
+    "Per relayed call the worker spent ~400 us of CPU with the sideband off and "
+    "~1,050 us with it on, the fake OpenAI 63 and ~370 us (py-spy: aiohttp's WebSocket "
+    "client, socket set-up and asyncio's transports, not navai_mw's handling of events); "
+    "with the garbage collector off altogether 370 and 870 us, so ~500 us is the "
+    "connection itself. Once a call, when it starts: at OpenAI's own latency the worker "
+    "has the CPU to spare and the rate holds (the second ratio), and a call then lasts "
+    "minutes. Meeting 0.9x against an upstream that answers at once would take a "
+    "sideband that costs a tenth of a relay, less than a WebSocket handshake costs here."
+)
 
 
 def _relay_arm(
