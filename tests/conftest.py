@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import socket
 import threading
@@ -17,6 +18,14 @@ from navai_mw.transports import AiohttpTransport, AsyncTransport, HttpxAsyncTran
 
 # A key that must never show up in a response, an exception message or a log.
 CANARY_KEY = "sk-canary-0123456789abcdefCANARY"
+
+
+def hang_bound(seconds: float) -> float:
+    """How long a test waits for what should come before it fails: a bound
+    against hangs, never a timing assertion. Under mutation testing (mutmut
+    sets MUTANT_UNDER_TEST) hundreds of mutants that break a call each wait
+    it out, so the bound is 10 s there, still ample for a working call."""
+    return min(seconds, 10.0) if "MUTANT_UNDER_TEST" in os.environ else seconds
 
 
 def closed_port() -> int:

@@ -35,6 +35,7 @@ from navai_mw.auth import BearerTokens
 from navai_mw.runtime import sidebands as sideband_runtime
 from navai_mw.testing import FakeRealtimeWebRTC, serve_asgi
 
+from .conftest import hang_bound
 from .openai_events import client_event
 from .test_fake_webrtc import Browser
 from .test_servers import serve_waitress
@@ -46,7 +47,7 @@ TOKEN = "alice-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SDP = {"Content-Type": "application/sdp"}
 INSTRUCTIONS = "Answer about orders only."
-BOUND = 30.0  # seconds; a bound against hangs, never a timing assertion
+BOUND = hang_bound(30.0)  # seconds
 USAGE = {
     "input_tokens": 120,
     "output_tokens": 40,

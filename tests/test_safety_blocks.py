@@ -35,6 +35,7 @@ from navai_mw.guard.guard import Guard
 from navai_mw.safety import ablocked, aunblock, block, blocked, identifier_of, unblock
 from navai_mw.testing import FakeOpenAIRealtime, WebhookSender, serve_asgi, webhook_events
 
+from .conftest import hang_bound
 from .redis_server import RedisServer, command, redis_fixture
 from .shells import SHELLS, inner_asgi, inner_wsgi, serve_waitress
 
@@ -43,7 +44,7 @@ KEY = "sk-test-safety-0123456789"
 TOKENS = {"alice": "alice-token-0123456789abcdef", "bob": "bob-token-0123456789abcdef"}
 MINT = "/navai/realtime/client-secret"
 WEBHOOK = "/navai/webhooks/openai"
-BOUND = 30.0
+BOUND = hang_bound(30.0)  # seconds
 
 shared_redis = redis_fixture(scope="module")
 

@@ -37,7 +37,7 @@ from navai_mw.endpoint.routes.openai_webhook import _tell_the_app as tell_the_ap
 from navai_mw.endpoint.routes.openai_webhook import event_label
 from navai_mw.testing import WebhookSender, webhook_events
 
-from .conftest import log_message
+from .conftest import hang_bound, log_message
 from .redis_server import RedisServer, redis_fixture
 from .shells import SHELLS, serve_shell
 from .webhook_oracle import unwrap_status
@@ -45,7 +45,7 @@ from .webhook_oracle import unwrap_status
 SECRET = "whsec_" + base64.b64encode(b"the project's webhook signing key").decode()
 KEY = "sk-test-webhooks-0123456789"
 PATH = "/navai/webhooks/openai"
-BOUND = 30.0  # seconds; a bound against hangs, never a timing assertion
+BOUND = hang_bound(30.0)  # seconds
 OPTS = NavaiVoiceBackendOptions(openai_api_key=KEY, upstream_timeout_seconds=5)
 
 shared_redis = redis_fixture(scope="module")
