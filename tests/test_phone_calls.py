@@ -30,7 +30,7 @@ from typing import Any
 import anyio
 import pytest
 
-from navai_mw import Accept, CallReport, IncomingCall, Refer, Reject
+from navai_mw import Accept, CallReport, IncomingCall, Refer, Reject, RequestInfo
 from navai_mw.testing import FakeRealtimeWebRTC, RingingCall, WebhookSender, webhook_events
 
 from .conftest import log_message
@@ -68,6 +68,13 @@ async def answered(upstream: FakeRealtimeWebRTC, ringing: RingingCall) -> Any:
     ]
     sip_answer(answer.kind, answer.action, answer.body)
     return answer
+
+
+async def logged(caplog: pytest.LogCaptureFixture, line: str) -> None:
+    """Wait for navai_mw to log ``line`` (it may come after OpenAI's answer)."""
+    with anyio.fail_after(BOUND):  # a bound against hangs, not a measurement
+        while line not in [log_message(record) for record in caplog.records]:
+            await anyio.sleep(0.01)
 
 
 # -- accepted -----------------------------------------------------------------------------------
@@ -215,6 +222,38 @@ async def test_a_call_accepted_on_gpt_live(
     assert report.usage.seconds == 42
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("shell", ["uvicorn", "waitress"])
+async def test_the_hook_accepts_a_live_call_with_its_identity_and_session(
+    shell: str, fake: tuple[FakeRealtimeWebRTC, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="navai_mw")
+    upstream, base_url = fake
+    with phone(shell, base_url, sip_accept="live", accept_call=Receptionist()) as sender:
+        ringing = upstream.ring(SIP_HEADERS)
+        await sender.asend(ringing.live_event())
+        answer = await answered(upstream, ringing)
+        await logged(caplog, f"navai_mw: call live:{ringing.session_id} is accepted (live)")
+    session = answer.body["session"]
+    assert session["instructions"] == f"Greet {CALLER}."
+    assert session["model"] == "gpt-live-1"  # the template's, under the hook's fields
+    assert len(session["safety_identifier"]) == 64  # the caller's, hashed, where Live takes it
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("shell", ["uvicorn", "waitress"])
+async def test_an_accepted_call_is_logged_by_its_id_and_kind(
+    shell: str, fake: tuple[FakeRealtimeWebRTC, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="navai_mw")
+    upstream, base_url = fake
+    with phone(shell, base_url, sip_accept="realtime") as sender:
+        ringing = upstream.ring(SIP_HEADERS)
+        await sender.asend(ringing.realtime_event())
+        await answered(upstream, ringing)
+        await logged(caplog, f"navai_mw: call {ringing.call_id} is accepted (realtime)")
+
+
 # -- refused, transferred, failed -----------------------------------------------------------
 
 
@@ -288,6 +327,44 @@ async def test_a_live_call_is_refused_or_transferred_on_live(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("shell", ["uvicorn", "waitress"])
+@pytest.mark.parametrize(
+    ("surface", "why"),
+    [
+        (
+            "realtime",
+            "session is not a valid session: expected a string, got int @ session.instructions",
+        ),
+        ("live", "instructions must be a string"),
+    ],
+)
+async def test_a_session_the_hook_gives_that_cannot_be_sent_refuses_the_call_with_500(
+    shell: str,
+    surface: str,
+    why: str,
+    fake: tuple[FakeRealtimeWebRTC, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    upstream, base_url = fake
+    with phone(
+        shell,
+        base_url,
+        sip_accept=surface,
+        accept_call=lambda call: Accept(identity=CALLER, session={"instructions": 42}),
+    ) as sender:
+        ringing = upstream.ring(SIP_HEADERS)
+        await sender.asend(ringing.live_event() if surface == "live" else ringing.realtime_event())
+        answer = await answered(upstream, ringing)
+        call_id = ringing.session_id if surface == "live" else ringing.call_id
+        await logged(
+            caplog, f"navai_mw: call {call_id} is refused: its session cannot be sent: {why}"
+        )
+    assert (answer.kind, answer.action, answer.call_id) == (surface, "reject", call_id)
+    assert answer.body == {"status_code": 500}
+    assert [a.action for a in upstream.sip_answers] == ["reject"]  # never accepted
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("shell", ["uvicorn", "waitress"])
 @pytest.mark.parametrize("fails", [False, True], ids=["sent", "failed"])
 @pytest.mark.parametrize(
     ("answer", "doing", "done", "path"),
@@ -321,9 +398,7 @@ async def test_an_answer_is_logged_by_the_call_and_its_failure_without_the_key(
             if fails
             else f"navai_mw: call {ringing.call_id} {done}"
         )
-        with anyio.fail_after(BOUND):  # a bound against hangs, not a measurement
-            while line not in [log_message(record) for record in caplog.records]:
-                await anyio.sleep(0.01)
+        await logged(caplog, line)
     sent = [r for r in upstream.requests if r.path.endswith(f"{ringing.call_id}/{path}")]
     assert len(sent) == 1  # a failed answer is not sent again
     assert KEY not in caplog.text
@@ -343,6 +418,12 @@ async def test_a_failed_accept_is_reported_and_never_sent_again(
         upstream.fail(500, f"The server had an error ({KEY}).", times=1)
         await sender.asend(ringing.realtime_event())
         report = await reports.one()
+        await logged(
+            caplog,
+            f"navai_mw: accepting call {ringing.call_id} failed (never sent again: OpenAI may "
+            "have taken it): OpenAI realtime calls failed (500): The server had an error "
+            "([redacted]).",
+        )
     accepts = [r for r in upstream.requests if r.path.endswith(f"{ringing.call_id}/accept")]
     assert len(accepts) == 1
     assert ringing.answered is None
@@ -357,8 +438,31 @@ async def test_a_failed_accept_is_reported_and_never_sent_again(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("shell", ["uvicorn", "waitress"])
-async def test_a_caller_openai_blocked_is_refused(
+async def test_a_failed_accept_is_reported_with_the_hooks_caller_and_no_model_it_unset(
     shell: str, fake: tuple[FakeRealtimeWebRTC, str]
+) -> None:
+    upstream, base_url = fake
+    reports = Reports()
+    # The hook's session takes the template's model away (a null passes the schema).
+    with phone(
+        shell,
+        base_url,
+        accept_call=lambda call: Accept(identity=CALLER, session={"model": None}),
+        on_call_end=reports,
+    ) as sender:
+        ringing = upstream.ring(SIP_HEADERS)
+        upstream.fail(500, "The server had an error.", times=1)
+        await sender.asend(ringing.realtime_event())
+        report = await reports.one()
+    assert report.end_reason == "accept_failed"
+    assert report.identity == CALLER
+    assert report.model == ""  # no model is named, rather than None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("shell", ["uvicorn", "waitress"])
+async def test_a_caller_openai_blocked_is_refused(
+    shell: str, fake: tuple[FakeRealtimeWebRTC, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     upstream, base_url = fake
     secret = "the phone tests' safety secret"
@@ -371,11 +475,90 @@ async def test_a_caller_openai_blocked_is_refused(
         ringing = upstream.ring(SIP_HEADERS)
         await sender.asend(ringing.realtime_event())
         answer = await answered(upstream, ringing)
+        await logged(
+            caplog,
+            f"navai_mw: call {ringing.call_id} is refused: Your access to voice features is "
+            "suspended. Contact the service's support to learn more.",
+        )
         other = upstream.ring((("From", "<sip:+14155550100@carrier.example>"),))
         await sender.asend(other.realtime_event())
         other_answer = await answered(upstream, other)
     assert (answer.action, answer.body) == ("reject", {"status_code": 403})
     assert other_answer.action == "accept"  # only the blocked caller
+
+
+class Budgets:
+    """``budget``: a minute a day for everyone; the requests it was asked about, kept."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str | None, RequestInfo]] = []
+
+    def __call__(self, identity: str | None, info: RequestInfo) -> str:
+        self.asked.append((identity, info))
+        return "1 minutes/day"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("shell", ["uvicorn", "waitress"])
+async def test_a_ringing_call_over_its_callers_budget_is_refused_with_403(
+    shell: str, fake: tuple[FakeRealtimeWebRTC, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream, base_url = fake
+    budgets = Budgets()
+    with phone(shell, base_url, accept_call=Receptionist(), sideband=True, budget=budgets) as (
+        sender
+    ):
+        # The first call holds the caller's whole minute while it lasts.
+        first = upstream.ring(SIP_HEADERS)
+        await sender.asend(first.realtime_event())
+        assert (await answered(upstream, first)).action == "accept"
+        await upstream.await_until(
+            lambda: upstream.open_sidebands(first.call_id) == 1, timeout=BOUND
+        )
+        second = upstream.ring(SIP_HEADERS)
+        await sender.asend(second.realtime_event())
+        answer = await answered(upstream, second)
+        await logged(
+            caplog,
+            f"navai_mw: call {second.call_id} is refused: Your budget of 1 minutes/day is "
+            "spent; it is whole again at the next period.",
+        )
+        await upstream.aend_call(first.call_id)
+    assert (answer.action, answer.body) == ("reject", {"status_code": 403})
+    assert [r.path for r in upstream.requests if second.call_id in r.path] == [
+        f"/v1/realtime/calls/{second.call_id}/reject"
+    ]
+    # The budget sees the caller, and the webhook's route and path, no header.
+    assert [identity for identity, _ in budgets.asked] == [CALLER, CALLER]
+    info = budgets.asked[0][1]
+    assert (info.method, info.route, info.path, info.headers) == (
+        "POST",
+        "openai_webhook",
+        PATH,
+        {},
+    )
+
+
+def _budget_store_down(identity: str | None, info: RequestInfo) -> str:
+    raise ConnectionError("the budgets' database is down")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("shell", ["uvicorn", "waitress"])
+async def test_a_ringing_call_whose_budget_cannot_be_read_is_refused_with_503(
+    shell: str, fake: tuple[FakeRealtimeWebRTC, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream, base_url = fake
+    with phone(shell, base_url, sip_accept="realtime", budget=_budget_store_down) as sender:
+        ringing = upstream.ring(SIP_HEADERS)
+        await sender.asend(ringing.realtime_event())
+        answer = await answered(upstream, ringing)
+        await logged(
+            caplog,
+            f"navai_mw: call {ringing.call_id} is refused: Budgets cannot be checked right now; "
+            "try again shortly.",
+        )
+    assert (answer.action, answer.body) == ("reject", {"status_code": 503})
 
 
 @pytest.mark.anyio
