@@ -45,7 +45,7 @@ from navai_mw import (
     get_navai_voice_backend_options_from_env,
 )
 from navai_mw.config.env import AZURE_WINS_WARNING
-from navai_mw.core.effects import Attempt, CallHook, HookResult
+from navai_mw.core.effects import Attempt, CallHook, HookResult, IsBlocked, SidebandRoom
 from navai_mw.core.http import RequestInfo
 from navai_mw.endpoint.endpoint import Endpoint
 from navai_mw.endpoint.route import Call
@@ -892,3 +892,61 @@ def test_what_the_token_provider_took_is_not_given_to_the_exchange_again(route: 
     attempt = _attempt_after_the_provider(steps, tokens, elapsed=4.0)
     assert dict(attempt.request.headers)["Authorization"] == "Bearer entra-token"
     assert attempt.timeout == pytest.approx(3.0)  # 7 s, less the provider's 4
+
+
+# What a ringing call is answered with, and what the store and the
+# process say on its way: the blocked set (None: it cannot be read) and
+# room for its sideband.
+PHONE_ANSWERS: dict[str, tuple[Any, bool | None, bool, str, dict[str, Any] | None]] = {
+    "refusal": (Reject(486), False, True, "reject", {"status_code": 486}),
+    "transfer": (Refer("tel:+14155550199"), False, True, "refer", None),
+    "acceptance": (Accept(identity="alice"), False, True, "accept", None),
+    "blocked caller": (Accept(identity="alice"), True, True, "reject", {"status_code": 403}),
+    "blocked set unread": (Accept(identity="alice"), None, True, "reject", {"status_code": 503}),
+    "session not sendable": (
+        Accept(identity="alice", session={"instructions": 42}),
+        False,
+        True,
+        "reject",
+        {"status_code": 500},
+    ),
+    "no room": (Accept(identity="alice"), False, False, "reject", {"status_code": 503}),
+}
+
+
+@pytest.mark.parametrize("kind", ["realtime", "live"])
+@pytest.mark.parametrize("answer", list(PHONE_ANSWERS))
+def test_a_phone_calls_answer_has_what_the_token_provider_left_of_the_budget(
+    kind: str, answer: str
+) -> None:
+    hooked, blocked, room, action, body = PHONE_ANSWERS[answer]
+    tokens = Tokens()
+    opts = azure(azure_ad_token_provider=tokens, upstream_timeout_seconds=7)
+    settings = Endpoint(
+        opts,
+        openai_webhook_secret="whsec_c2lnbmluZyBrZXk=",
+        accept_call=lambda call: hooked,
+        webhook_clock=lambda: 1_700_000_000.0,
+        sideband=True,
+        sideband_required=True,
+        guard=Guard(safety_secret=b"the Azure tests' safety secret"),
+    ).settings
+    info = RequestInfo(
+        method="POST", route="openai_webhook", path="/navai/webhooks/openai", headers={}
+    )
+    ringing = IncomingCall(call_id="rtc_0123456789abcdef", kind=kind)
+    steps = answer_phone_call(settings, ringing, info)
+    effect = next(steps)
+    while not isinstance(effect, Attempt):
+        if isinstance(effect, IsBlocked):
+            effect = steps.send(blocked)
+        elif isinstance(effect, SidebandRoom):
+            effect = steps.send(room)
+        elif effect.hook is tokens:
+            effect = steps.send(HookResult(value="entra-token", elapsed=4.0))
+        else:
+            effect = steps.send(HookResult(value=effect.hook(*effect.args)))
+    assert effect.request.url.endswith(f"/{action}")
+    if body is not None:
+        assert json.loads(effect.request.body) == body
+    assert effect.timeout == pytest.approx(3.0)  # 7 s, less the provider's 4
