@@ -44,13 +44,13 @@ from navai_mw.auth import (
     bearer_tokens,
     jwt_bearer,
 )
-from navai_mw.core.effects import Attempt, Outcome
+from navai_mw.core.effects import Attempt, Outcome, Pause
 from navai_mw.core.errors import AuthError
 from navai_mw.core.http import RequestInfo
 from navai_mw.guard import jwt_bearer as jwt_bearer_module
 from navai_mw.guard.authorizers import Authorizer, AuthSteps
 from navai_mw.guard.guard import Guard
-from navai_mw.guard.jwt_bearer import FAILED_FETCH_BACKOFF_SECONDS
+from navai_mw.guard.jwt_bearer import FAILED_FETCH_BACKOFF_SECONDS, MAX_TOKEN_CHARS
 from navai_mw.runtime.drivers import drive_async, drive_sync
 from navai_mw.transports import HttpxAsyncTransport, HttpxSyncTransport
 
@@ -705,6 +705,91 @@ def test_expired_keys_serve_while_one_request_refreshes_them(
     assert server.hits == 3
 
 
+def test_keys_are_stale_from_exactly_cache_seconds_after_their_fetch(
+    make: Callable[..., JWTBearer],
+    transport: HttpxSyncTransport,
+    keys: Keys,
+    server: JWKSServer,
+    mono: FakeMonotonic,
+) -> None:
+    authorizer = make(cache_seconds=100)
+    token = f"Bearer {sign(keys.rsa, 'rsa-1')}"
+    assert run(authorizer, transport, token) == "user-1"
+    mono.advance(100)
+    # Neither the keys nor the token remembered with them serve any longer.
+    assert run(authorizer, transport, token) == "user-1"
+    assert server.hits == 2
+
+
+def test_a_request_for_a_kid_being_fetched_waits_for_that_fetch(
+    make: Callable[..., JWTBearer], transport: HttpxSyncTransport, keys: Keys, server: JWKSServer
+) -> None:
+    authorizer = make(refetch_interval=0)
+    assert run(authorizer, transport, f"Bearer {sign(keys.rsa, 'rsa-1')}") == "user-1"
+    server.keys = [jwk(keys.rsa, "rsa-1"), jwk(keys.rotated, "rsa-2")]  # the provider rotates
+    fetching = authorizer.steps(info(f"Bearer {sign(keys.rotated, 'rsa-2')}"))
+    attempt = next(fetching)
+    assert isinstance(attempt, Attempt)
+    assert attempt.request.body == b""  # a GET, without a body
+    # Another request for the new kid waits for that fetch: the fresh keys
+    # at hand do not hold its kid, and they do not refuse it meanwhile.
+    waiting = authorizer.steps(info(f"Bearer {sign(keys.rotated, 'rsa-2', sub='user-2')}"))
+    assert isinstance(next(waiting), Pause)
+    assert isinstance(waiting.send(None), Pause)
+    response = transport.send(attempt.request, timeout=attempt.timeout)
+    with pytest.raises(StopIteration) as fetched:
+        fetching.send(Outcome(response))
+    assert fetched.value.value == "user-1"
+    # The fetch over, the waiting request verifies with its keys, fetching nothing more.
+    with pytest.raises(StopIteration) as waited:
+        waiting.send(None)
+    assert waited.value.value == "user-2"
+    assert server.hits == 2
+
+
+def test_a_fetch_in_flight_for_the_whole_timeout_is_no_longer_waited_for(
+    make: Callable[..., JWTBearer], keys: Keys, mono: FakeMonotonic
+) -> None:
+    authorizer = make(timeout=5)
+    token = f"Bearer {sign(keys.rsa, 'rsa-1')}"
+    first = authorizer.steps(info(token))
+    assert isinstance(next(first), Attempt)
+    mono.advance(4.5)
+    within = authorizer.steps(info(token))
+    assert isinstance(next(within), Pause)  # the fetch may still bring the keys
+    within.close()
+    mono.advance(0.5)
+    # Five seconds on, that fetch has timed out: the next request fetches itself.
+    after = authorizer.steps(info(token))
+    assert isinstance(next(after), Attempt)
+    after.close()
+    first.close()
+
+
+def _signed_of_length(keys: Keys, length: int) -> str:
+    """A valid RS256 token of exactly ``length`` characters (padded by a claim)."""
+    for extra in range(4):  # a header field of 0 to 3 characters reaches every length
+        headers = {"kid": "rsa-1", "x": "x" * extra}
+        bare = len(jwt.encode(claims(pad=""), keys.rsa, algorithm="RS256", headers=headers))
+        for pad in range(max(0, (length - bare) * 3 // 4 - 4), (length - bare) * 3 // 4 + 4):
+            token = jwt.encode(claims(pad="p" * pad), keys.rsa, algorithm="RS256", headers=headers)
+            if len(token) == length:
+                return token
+    raise AssertionError(f"no token of {length} characters")
+
+
+def test_a_token_of_16_kib_is_read_and_a_longer_one_is_malformed_without_a_fetch(
+    make: Callable[..., JWTBearer], transport: HttpxSyncTransport, keys: Keys, server: JWKSServer
+) -> None:
+    authorizer = make()
+    longer = _signed_of_length(keys, MAX_TOKEN_CHARS + 1)
+    assert refused(authorizer, transport, f"Bearer {longer}").message == "Invalid token: malformed."
+    assert server.hits == 0
+    longest = _signed_of_length(keys, MAX_TOKEN_CHARS)
+    assert run(authorizer, transport, f"Bearer {longest}") == "user-1"
+    assert server.hits == 1
+
+
 def test_weak_and_unusable_keys_are_ignored(
     make: Callable[..., JWTBearer],
     transport: HttpxSyncTransport,
@@ -987,6 +1072,16 @@ def test_failed_fetch_backs_off_then_recovers(
     assert server.hits == 3
 
 
+def test_a_refetch_interval_under_a_second_is_retried_after_one_second(
+    make: Callable[..., JWTBearer], transport: HttpxSyncTransport, keys: Keys, server: JWKSServer
+) -> None:
+    server.status = 404
+    with pytest.raises(UpstreamError) as caught:
+        run(make(refetch_interval=0.5), transport, f"Bearer {sign(keys.rsa, 'rsa-1')}")
+    assert caught.value.status == 503
+    assert caught.value.headers == (("Retry-After", "1"),)
+
+
 def test_a_known_key_is_not_fetched_again_while_the_keys_are_fresh(
     make: Callable[..., JWTBearer], transport: HttpxSyncTransport, keys: Keys, server: JWKSServer
 ) -> None:
@@ -1187,6 +1282,7 @@ def test_jwt_bearer_construction_errors(changes: dict[str, Any], fragment: str) 
         "http://127.0.0.1:8080/jwks",
         "http://localhost/jwks",
         "http://[::1]:9000/jwks",
+        "https://issuer.example.test:1/jwks",  # any port from 1
     ],
 )
 def test_jwt_bearer_accepted_urls(url: str) -> None:
@@ -1203,6 +1299,32 @@ def test_jwt_bearer_needs_pyjwt(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(OptionsError) as caught:
         jwt_bearer("https://issuer.example.test/jwks", audience=AUD, issuer=ISS)
     assert caught.value.message == "jwt_bearer needs PyJWT: pip install 'navai-mw[jwt]'"
+
+
+def test_jwt_bearer_needs_pyjwt_with_cryptography(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jwt.algorithms, "has_crypto", False)
+    with pytest.raises(OptionsError) as caught:
+        jwt_bearer("https://issuer.example.test/jwks", audience=AUD, issuer=ISS)
+    assert caught.value.message == (
+        "jwt_bearer needs PyJWT with cryptography: pip install 'navai-mw[jwt]'"
+    )
+
+
+def test_jwt_bearer_construction_errors_say_what_is_allowed() -> None:
+    with pytest.raises(OptionsError) as url:
+        jwt_bearer("http://example.com/jwks", audience=AUD, issuer=ISS)
+    assert url.value.message == (
+        "jwt_bearer jwks_url must be an https URL with a host, no credentials and no "
+        "fragment (http only on a loopback host)."
+    )
+    many = ["HS256", "X" * 300]
+    with pytest.raises(OptionsError) as algorithms:
+        jwt_bearer("https://issuer.example.test/jwks", audience=AUD, issuer=ISS, algorithms=many)
+    assert algorithms.value.message == (
+        "jwt_bearer algorithms must be one or more of RS256, RS384, RS512, PS256, PS384, "
+        "PS512, ES256, ES384, ES512, EdDSA (none and HS* are never allowed). "
+        f"Received: {repr(many)[:200]}"
+    )
 
 
 # -- authorizer_from_env -----------------------------------------------------------------
@@ -1565,3 +1687,23 @@ def test_tokens_not_yet_valid_are_not_remembered_early(
         now[0] = NOW - 1  # the clock stepped back: the remembered entry is not valid yet
         error = refused(authorizer, transport, token)
         assert error.message == "Invalid token: not yet valid.", changes
+
+
+def test_a_token_is_remembered_from_its_first_valid_instant_to_just_before_its_expiry(
+    server: JWKSServer,
+    mono: FakeMonotonic,
+    transport: HttpxSyncTransport,
+    keys: Keys,
+    decoded: list[str],
+) -> None:
+    now = [NOW - 30]  # nbf less the leeway: the first instant it is valid
+    authorizer = jwt_bearer(
+        server.url, audience=AUD, issuer=ISS, clock=lambda: now[0], monotonic=mono, leeway=30
+    )
+    token = f"Bearer {sign(keys.rsa, 'rsa-1', nbf=NOW, iat=NOW, exp=NOW + 100)}"
+    assert run(authorizer, transport, token) == "user-1"
+    assert run(authorizer, transport, token) == "user-1"
+    assert len(decoded) == 1  # remembered at once
+    now[0] = NOW + 130  # exp plus the leeway: expired, remembered or not
+    assert refused(authorizer, transport, token).message == "Invalid token: expired."
+    assert len(decoded) == 2
