@@ -406,6 +406,37 @@ def test_bearer_tokens_construction_errors(tokens: Any, fragment: str) -> None:
     assert "SECRET" not in caught.value.message
 
 
+def test_bearer_tokens_construction_messages_whole() -> None:
+    def message(tokens: Any) -> str:
+        with pytest.raises(OptionsError) as caught:
+            bearer_tokens(tokens)
+        return caught.value.message
+
+    assert message([]) == "bearer_tokens needs at least one name:token."
+    assert message(42) == (
+        "bearer_tokens takes a mapping of name to token, 'name:token' strings, "
+        "or one 'name:token,name:token' string."
+    )
+    long_name = "bad name " + "n" * 100
+    assert message({long_name: TOKEN_A}) == (
+        f"bearer_tokens names must be 1 to 64 of A-Z a-z 0-9 _ . - Received: {repr(long_name)[:80]}"
+    )
+    assert message({5: TOKEN_A}) == (
+        "bearer_tokens names must be 1 to 64 of A-Z a-z 0-9 _ . - Received: int"
+    )
+    assert message({"alpha": TOKEN_A, "bravo": TOKEN_A}) == (
+        "bearer_tokens tokens must be unique: 'alpha' and 'bravo' "
+        "share one, so their callers could not be told apart."
+    )
+
+
+def test_a_bearer_token_of_sixteen_characters_is_long_enough(
+    transport: HttpxSyncTransport,
+) -> None:
+    authorizer = bearer_tokens({"alpha": "0123456789abcdef"})
+    assert run(authorizer, transport, "Bearer 0123456789abcdef") == "alpha"
+
+
 def test_bearer_tokens_under_the_guard(transport: HttpxSyncTransport) -> None:
     guard = Guard(authorize=bearer_tokens(TOKENS))
     assert drive_sync(guard.check(info(f"Bearer {TOKEN_B}"), "mint"), transport) == ("bravo", ())
