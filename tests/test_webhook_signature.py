@@ -93,6 +93,44 @@ def test_a_missing_header_is_malformed(missing: str) -> None:
     assert refused.value.status == 400
 
 
+def _without(*names: str) -> tuple[bytes, dict[str, str]]:
+    body, headers = delivery()
+    for name in names:
+        del headers[name]
+    return body, headers
+
+
+REFUSALS = {
+    "two headers missing": (
+        _without("webhook-id", "webhook-timestamp"),
+        "The webhook has no webhook-timestamp and no webhook-id header: "
+        "OpenAI signs every delivery.",
+    ),
+    "a fractional timestamp": (
+        delivery(timestamp=f"{NOW}.5"),
+        "The webhook's timestamp is not a whole number of seconds.",
+    ),
+    "stale by 301 s": (delivery(timestamp=str(NOW - 301)), "The webhook's timestamp is too old."),
+    "future by 301 s": (delivery(timestamp=str(NOW + 301)), "The webhook's timestamp is too new."),
+    "a body that is not UTF-8": (
+        delivery(body=b'{"id": "\xff"}'),
+        "The webhook's body is not UTF-8 text.",
+    ),
+    "tampered body": (
+        (BODY.replace(b"evt_1", b"evt_2"), delivery()[1]),
+        "The webhook's signature does not match.",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_a_refused_delivery_says_why(case: str) -> None:
+    (body, headers), message = REFUSALS[case]
+    with pytest.raises(RequestError) as refused:
+        verify_delivery(body, headers, key=signing_key(SECRET), now=NOW)
+    assert refused.value.message == message
+
+
 def test_a_secret_without_whsec_is_its_own_bytes() -> None:
     body, headers = delivery(secret=PLAIN_SECRET)
     assert navai_status(body, headers, PLAIN_SECRET, NOW) == 200
@@ -104,6 +142,18 @@ def test_a_secret_that_cannot_sign_is_refused_at_start_up(secret: str) -> None:
     with pytest.raises(OptionsError, match="openai_webhook_secret") as refused:
         signing_key(secret)
     assert secret == "" or secret not in refused.value.message
+
+
+def test_a_secret_that_cannot_sign_says_how_to_fix_it() -> None:
+    with pytest.raises(OptionsError) as not_base64:
+        signing_key("whsec_abc")
+    assert not_base64.value.message == (
+        "openai_webhook_secret starts with whsec_ but the rest is not base64: "
+        "copy the secret from OpenAI's dashboard whole."
+    )
+    with pytest.raises(OptionsError) as empty:
+        signing_key("whsec_")
+    assert empty.value.message == "openai_webhook_secret is empty once decoded."
 
 
 def test_no_message_quotes_the_secret() -> None:
