@@ -401,3 +401,8 @@ def test_only_an_incoming_event_with_its_data_is_a_phone_call() -> None:
     call = incoming_call({**ringing, "data": {**ringing["data"], "sip_headers": odd}})
     assert call is not None
     assert call.sip_headers == (("To", "b"),)  # only a name and a value, both text
+    for security, read in (("srtp", "srtp"), (5, None), ({"srtp": True}, None)):
+        data = {**ringing["data"], "sip_media_security": security}
+        secured = incoming_call({**ringing, "data": data})
+        assert secured is not None
+        assert secured.media_security == read  # text, or none at all
