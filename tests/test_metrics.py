@@ -196,11 +196,16 @@ def test_a_webhook_no_store_can_remember_is_counted_unavailable_by_its_type() ->
     ) as shells:
         for name, post in shells:
             sender = WebhookSender(secret, "http://t/navai/webhooks/openai")
-            body, headers = sender.prepare(webhook_events.safety_warning_issued(f"case_{name}"))
-            labels = {"type": "safety.warning_issued", "outcome": "unavailable"}
-            before = sample("navai_webhooks_total", **labels)
-            assert post(WEBHOOK, content=body, headers=headers).status_code == 503
-            assert sample("navai_webhooks_total", **labels) == before + 1
+            # A delivery not remembered, and a block not kept.
+            for event in (
+                webhook_events.safety_warning_issued(f"case_{name}"),
+                webhook_events.safety_identifier_blocked(f"{name}" * 16, "fraud"),
+            ):
+                body, headers = sender.prepare(event)
+                labels = {"type": event["type"], "outcome": "unavailable"}
+                before = sample("navai_webhooks_total", **labels)
+                assert post(WEBHOOK, content=body, headers=headers).status_code == 503
+                assert sample("navai_webhooks_total", **labels) == before + 1
 
 
 def test_a_webhook_nobody_acts_on_is_ignored_and_a_block_is_handled() -> None:

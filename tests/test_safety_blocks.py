@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -241,6 +242,21 @@ def test_a_block_lasts_block_seconds_in_redis(
         [listed] = blocked(app)
     assert 3500 < ttl <= 3600
     assert listed.until == pytest.approx(listed.blocked_at + 3600)
+
+
+def test_in_memory_a_block_keeps_its_category_and_lasts_block_seconds(
+    upstream: tuple[FakeOpenAIRealtime, str],
+) -> None:
+    _, base_url = upstream
+    with worker("waitress", base_url, block_seconds=3600) as (app, url):
+        alice = identifier_of(app, "alice", scheme="token")
+        before = time.time()
+        assert blocking(url, alice).status_code == 200
+        after = time.time()
+        [listed] = blocked(app)
+    assert (listed.identifier, listed.category) == (alice, "cyber")
+    assert before <= listed.blocked_at <= after  # when the webhook came
+    assert listed.until == listed.blocked_at + 3600
 
 
 @pytest.mark.parametrize("shell", SHELLS)

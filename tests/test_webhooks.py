@@ -201,7 +201,10 @@ def test_the_answer_goes_out_before_the_hook_finishes(shell: str) -> None:
 
 @pytest.mark.parametrize("shell", SHELLS)
 @pytest.mark.parametrize("hook", [Heard, AsyncHeard], ids=["plain", "async"])
-def test_a_redelivery_and_a_replay_are_done_once(shell: str, hook: type[Heard]) -> None:
+def test_a_redelivery_and_a_replay_are_done_once(
+    shell: str, hook: type[Heard], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="navai_mw")
     heard = hook()
     with served(shell, on_openai_event=heard) as sender:
         first = sender.send(webhook_events.safety_warning_issued("case_1"))
@@ -211,6 +214,9 @@ def test_a_redelivery_and_a_replay_are_done_once(shell: str, hook: type[Heard]) 
     assert first.json() == {"received": True}
     assert again.json() == replayed.json() == {"received": True, "duplicate": True}
     assert [e["data"]["id"] for e in heard.events] == ["case_1"]
+    kind = webhook_events.safety_warning_issued("case_1")["type"]
+    lines = [log_message(record) for record in caplog.records]
+    assert lines.count(f"navai_mw: an OpenAI webhook was delivered again ({kind})") == 2
 
 
 @contextlib.contextmanager
@@ -303,6 +309,24 @@ def test_a_delivery_no_store_can_remember_is_503_and_not_handled(
     assert "navai_mw: an OpenAI webhook is answered 503: deliveries cannot be remembered" in [
         log_message(record) for record in caplog.records
     ]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_block_no_store_can_keep_is_503_to_be_delivered_again(
+    shell: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    down = "redis://127.0.0.1:1/0"  # nothing listens there
+    with served(shell, rate_limit_storage=down) as sender:
+        refused = sender.send(webhook_events.safety_identifier_blocked("ab" * 16, "fraud"))
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "30"
+    assert refused.json() == {
+        "error": "The webhook cannot be handled right now; deliver it again later."
+    }
+    lines = [log_message(record) for record in caplog.records]
+    why = "the blocked identifiers cannot be stored"
+    assert f"navai_mw: an OpenAI webhook is answered 503: {why}" in lines
+    assert not any("OpenAI blocked a safety identifier" in line for line in lines)
 
 
 @pytest.mark.parametrize("shell", SHELLS)
