@@ -223,6 +223,9 @@ def test_a_provider_without_a_token_is_a_502_logged_by_what_it_did(
         steps.send(result)
     assert (caught.value.status, caught.value.message) == (502, message)
     assert [record.getMessage() for record in caplog.records] == [logged]
+    # A provider that raised is logged with its traceback; the others have none.
+    [record] = caplog.records
+    assert (record.exc_info[1] if record.exc_info else None) is result.error
 
 
 OFFER = b"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
