@@ -54,7 +54,7 @@ from navai_mw.core.sessions import check_json
 from navai_mw.testing import FakeOpenAIRealtime
 from navai_mw.transports import HttpxAsyncTransport, HttpxSyncTransport
 
-from .conftest import CANARY_KEY
+from .conftest import CANARY_KEY, log_message
 
 TOKEN = "/navai/realtime/client-secret"
 TRANSCRIPTION = "/navai/realtime/transcription-secret"
@@ -1206,6 +1206,7 @@ def test_a_hook_that_raises_or_breaks_the_schema_or_policy_is_logged_and_503(
             assert any(logged in message for message in messages), messages
             if change is _raises:  # the app's own traceback, for its developer
                 [raised] = [r for r in caplog.records if "hook raised" in r.getMessage()]
+                assert log_message(raised) == "navai_mw: the customize_session hook raised KeyError"
                 assert raised.exc_info is not None
                 assert isinstance(raised.exc_info[1], KeyError)
     with every_way(opts, fake, customize=hook) as ways:
