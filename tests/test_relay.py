@@ -592,6 +592,19 @@ def test_what_openai_answers_an_offer_with(
         assert len(upstream.offers()) == 2  # never retried
 
 
+def test_a_call_id_is_the_locations_last_segment_whole() -> None:
+    upstream = Upstream()
+    ids = ["rtc_endsWithXX", "rtc_X-X_"]  # one per shell, as OpenAI might name them
+    upstream.ids = (call_id for call_id in ids)
+    with both_shells(upstream) as shells:
+        for (shell, request, _), call_id in zip(shells, ids, strict=True):
+            response = request("POST", CALLS, content=OFFER, headers=SDP)
+            assert response.status_code == 201, (shell, response.text)
+            assert response.headers["location"].rsplit("/", 1)[-1] == call_id
+            assert request("DELETE", f"{CALLS}/{call_id}").status_code == 204
+            assert upstream.hangups()[-1] == call_id
+
+
 @pytest.mark.parametrize(
     ("status", "answered"),
     [(200, 204), (204, 204), (404, 204), (300, 502), (400, 502), (405, 502)],
