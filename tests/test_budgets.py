@@ -169,8 +169,13 @@ def test_periods_are_utc_whatever_the_machines_zone(monkeypatch: pytest.MonkeyPa
         ({"": "1 minutes/day"}, "budget's mapping keys are identities (or '*')."),
         ({3: "1 minutes/day"}, "budget's mapping keys are identities (or '*')."),
         ({"ana": "lots"}, "budget['ana']: 'lots' is not a limit"),
+        (
+            42,
+            "budget must be a policy string, a mapping from identity to policy, "
+            "or a function (identity, info) -> policy.",
+        ),
     ],
-    ids=["empty-key", "key-not-text", "policy"],
+    ids=["empty-key", "key-not-text", "policy", "no-policy-at-all"],
 )
 def test_a_mapping_that_is_not_a_policy_is_named(source: Any, message: str) -> None:
     with pytest.raises(OptionsError) as caught:
