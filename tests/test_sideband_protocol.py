@@ -8,6 +8,7 @@ that the protocol speaks OpenAI's shapes, not this file's idea of them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import threading
@@ -865,6 +866,28 @@ def test_a_tool_without_hints_or_a_signature_takes_any_json() -> None:
         "required": ["order_id"],
     }
     assert builtin["parameters"] == {"type": "object", "properties": {}}
+
+
+@dataclasses.dataclass
+class Destination:
+    city: str
+
+
+def book_trip(destination: Destination, nights: int = 1) -> str:
+    """Book a trip."""
+    return destination.city
+
+
+def test_a_parameter_of_a_class_refers_to_its_definition_and_no_parameter_has_a_title() -> None:
+    [tool] = function_tools(load_navai_functions([book_trip]).ordered)
+    parameters = tool["parameters"]
+    assert parameters["properties"] == {
+        "destination": {"$ref": "#/$defs/Destination"},  # pydantic gives a reference no title
+        "nights": {"type": "integer", "default": 1},
+    }
+    assert parameters["required"] == ["destination"]
+    assert parameters["$defs"]["Destination"]["required"] == ["city"]
+    assert "title" not in parameters
 
 
 def test_a_hint_json_schema_cannot_describe_is_named_at_start() -> None:
