@@ -32,7 +32,15 @@ import pytest
 
 from navai_mw import NavaiVoiceBackendOptions
 from navai_mw.auth import BearerTokens
-from navai_mw.core.effects import CallHook, HookResult
+from navai_mw.core.effects import (
+    AfterAnswer,
+    CallHook,
+    FirstDelivery,
+    ForgetDelivery,
+    HookResult,
+    ReadClock,
+)
+from navai_mw.endpoint.endpoint import Endpoint
 from navai_mw.endpoint.routes.openai_webhook import _tell_the_app as tell_the_app
 from navai_mw.endpoint.routes.openai_webhook import event_label
 from navai_mw.testing import WebhookSender, webhook_events
@@ -465,6 +473,39 @@ def test_a_failing_hooks_line_carries_its_traceback_and_a_type_of_64_characters_
     assert log_message(record) == f"navai_mw: on_openai_event raised LookupError on {'t' * 64!r}"
     assert record.exc_info is not None
     assert record.exc_info[1] is failure
+
+
+@pytest.mark.parametrize(
+    ("kind", "named"),
+    [("safety.warning_issued", "safety.warning_issued"), ("a." + "b" * 100, "a." + "b" * 62)],
+)
+def test_a_server_too_busy_for_the_work_after_a_webhook_forgets_it_and_answers_503(
+    kind: str, named: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Driven by hand: the after-answer workers all taken is the work not taken.
+    endpoint = Endpoint(
+        OPTS, openai_webhook_secret=SECRET, on_openai_event=print, webhook_clock=time.time
+    )
+    sender = WebhookSender(SECRET, f"http://t{PATH}")
+    body, headers = sender.prepare({**webhook_events.safety_warning_issued("case_1"), "type": kind})
+    steps = endpoint.handle("POST", PATH, headers, body)
+    assert isinstance(next(steps), ReadClock)
+    first = steps.send(time.time())
+    assert isinstance(first, FirstDelivery)
+    work = steps.send(True)
+    assert isinstance(work, AfterAnswer)
+    assert work.what == f"the OpenAI webhook {named!r}"  # for the line if it fails
+    forget = steps.send(False)  # not taken
+    assert forget == ForgetDelivery(first.key)  # OpenAI's next try must find it new
+    with caplog.at_level(logging.WARNING, logger="navai_mw"), pytest.raises(StopIteration) as done:
+        steps.send(None)
+    answer = done.value.value
+    assert answer.status == 503
+    assert ("Retry-After", "30") in answer.headers
+    assert answer.webhook == (event_label(kind), "unavailable")
+    assert [log_message(record) for record in caplog.records] == [
+        "navai_mw: an OpenAI webhook is answered 503: this server is busy with earlier webhooks"
+    ]
 
 
 @pytest.mark.parametrize("shell", SHELLS)
