@@ -36,7 +36,17 @@ from navai_mw import (
     NavaiWSGIMiddleware,
     SessionContext,
 )
+from navai_mw.core.effects import (
+    Admission,
+    AdmitCall,
+    Attempt,
+    Outcome,
+    RememberCall,
+    Reservation,
+    SidebandRoom,
+)
 from navai_mw.core.errors import RequestError
+from navai_mw.endpoint.endpoint import Endpoint
 from navai_mw.endpoint.routes.relay_steps import check_offer, overrides_from_query
 from navai_mw.runtime import sidebands
 from navai_mw.upstreams.realtime_calls import multipart
@@ -590,6 +600,38 @@ def test_what_openai_answers_an_offer_with(
             assert CANARY_KEY not in response.text
     if status == 502:
         assert len(upstream.offers()) == 2  # never retried
+
+
+@pytest.mark.parametrize(("granted", "deadline"), [(30.0, 30.0), (None, 60.0)])
+def test_a_relayed_call_under_a_budget_reserves_at_most_its_cap_and_ends_when_its_grant_does(
+    granted: float | None, deadline: float
+) -> None:
+    # Driven by hand: what the store is asked, and the time cap the call is held with.
+    opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY)
+    endpoint = Endpoint(
+        opts, relay=True, budget="10 minutes/day", max_call_seconds=60, budget_clock=time.time
+    )
+    steps = endpoint.handle("POST", CALLS, SDP, OFFER.encode(), peer="203.0.113.9")
+    assert isinstance(next(steps), SidebandRoom)
+    admit = steps.send(True)
+    assert isinstance(admit, AdmitCall)
+    assert admit.cap == 60  # max_call_seconds, not the whole budget
+    reservation = Reservation(
+        id="r1",
+        subject=admit.subject,
+        limits=admit.limits,
+        starts=(0.0,),
+        granted=granted,
+        started_at=time.time(),
+    )
+    attempt = steps.send(Admission(reservation=reservation))
+    assert isinstance(attempt, Attempt)
+    answered = HttpResponse(
+        status=201, headers=(("location", "/v1/realtime/calls/rtc_1"),), body=ANSWER.encode()
+    )
+    held = steps.send(Outcome(answered))
+    assert held == RememberCall("rtc_1", None, deadline)
+    steps.close()
 
 
 def test_a_call_id_is_the_locations_last_segment_whole() -> None:
