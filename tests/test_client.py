@@ -19,6 +19,7 @@ from navai_mw import (
     create_realtime_client_secret,
     create_realtime_client_secret_sync,
 )
+from navai_mw.core.effects import Attempt, Outcome
 from navai_mw.runtime.drivers import drive_async, drive_sync
 from navai_mw.testing import FakeOpenAIRealtime
 from navai_mw.transports import (
@@ -267,6 +268,15 @@ async def test_retry_policy_async(
         result = error.status
     assert result == expected
     assert clock.sleeps == sleeps
+
+
+def test_an_exchange_not_told_its_provider_is_voiced_by_openai() -> None:
+    steps = exchange(build_upstream_request(OPTS), budget=30)
+    assert isinstance(next(steps), Attempt)
+    body = json.dumps({"value": "ek_1", "expires_at": 1_700_000_000, "session": {}}).encode()
+    with pytest.raises(StopIteration) as done:
+        steps.send(Outcome(HttpResponse(status=200, body=body)))
+    assert done.value.value.speech == {"provider": "openai"}
 
 
 def test_retry_timeouts_shrink_with_the_budget() -> None:
