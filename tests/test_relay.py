@@ -634,6 +634,24 @@ def test_a_relayed_call_under_a_budget_reserves_at_most_its_cap_and_ends_when_it
     steps.close()
 
 
+def test_the_location_of_a_relayed_call_is_under_the_calls_path_as_configured() -> None:
+    opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY)
+    endpoint = Endpoint(opts, relay=True, calls_path="/voice/callsX")
+    steps = endpoint.handle("POST", "/voice/callsX", SDP, OFFER.encode())
+    answered = HttpResponse(
+        status=201, headers=(("location", "/v1/realtime/calls/rtc_1"),), body=ANSWER.encode()
+    )
+    effect = next(steps)
+    while True:  # OpenAI's answer to the offer; None for what the server holds
+        try:
+            effect = steps.send(Outcome(answered) if isinstance(effect, Attempt) else None)
+        except StopIteration as done:
+            answer = done.value
+            break
+    assert answer.status == 201
+    assert ("Location", "/voice/callsX/rtc_1") in answer.headers
+
+
 def test_a_call_id_is_the_locations_last_segment_whole() -> None:
     upstream = Upstream()
     ids = ["rtc_endsWithXX", "rtc_X-X_"]  # one per shell, as OpenAI might name them
