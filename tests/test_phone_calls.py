@@ -30,7 +30,18 @@ from typing import Any
 import anyio
 import pytest
 
-from navai_mw import Accept, CallReport, IncomingCall, Refer, Reject, RequestInfo
+from navai_mw import (
+    Accept,
+    CallReport,
+    IncomingCall,
+    NavaiVoiceBackendOptions,
+    Refer,
+    Reject,
+    RequestInfo,
+)
+from navai_mw.core.effects import Attempt, CallHook, HookResult
+from navai_mw.endpoint.endpoint import Endpoint
+from navai_mw.endpoint.routes.phone_steps import ACCEPT_HOOK_SECONDS, answer_phone_call
 from navai_mw.testing import FakeRealtimeWebRTC, RingingCall, WebhookSender, webhook_events
 
 from .conftest import log_message
@@ -582,3 +593,81 @@ async def test_an_accepted_call_ends_at_its_time_cap(
         report = await reports.one()
     assert upstream.hangups == [ringing.call_id]  # hung up as a relayed call is
     assert report.end_reason == "time_cap"
+
+
+# -- the hook's failures and a missing key, step by step -------------------------------------
+
+WEBHOOK = RequestInfo(method="POST", route="openai_webhook", path=PATH, headers={})
+RINGING = IncomingCall(call_id="rtc_0123456789abcdef", kind="realtime")
+
+
+def _phone_steps(opts: NavaiVoiceBackendOptions, **keywords: Any) -> Any:
+    """The steps answering ``RINGING``, driven by hand."""
+    settings = Endpoint(
+        opts, openai_webhook_secret=SECRET, webhook_clock=lambda: 1_700_000_000.0, **keywords
+    ).settings
+    return answer_phone_call(settings, RINGING, WEBHOOK)
+
+
+@pytest.mark.parametrize(
+    ("result", "line"),
+    [
+        (
+            HookResult(timed_out=True, elapsed=ACCEPT_HOOK_SECONDS),
+            f"navai_mw: accept_call did not answer call {RINGING.call_id} within 10 seconds; "
+            "it is refused",
+        ),
+        (
+            HookResult(error=LookupError("the CRM is down")),
+            f"navai_mw: accept_call raised LookupError on call {RINGING.call_id}; it is refused",
+        ),
+        (
+            HookResult(value="hello"),
+            f"navai_mw: accept_call returned str on call {RINGING.call_id}, not Accept, Reject "
+            "or Refer; it is refused",
+        ),
+    ],
+    ids=["times out", "raises", "returns junk"],
+)
+def test_a_hook_that_fails_has_ten_seconds_and_refuses_the_call_with_500_saying_how(
+    result: HookResult, line: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    hook = Receptionist()
+    steps = _phone_steps(NavaiVoiceBackendOptions(openai_api_key=KEY), accept_call=hook)
+    asked = next(steps)
+    assert isinstance(asked, CallHook)
+    assert (asked.hook, asked.args, asked.timeout) == (hook, (RINGING,), 10.0)
+    refusal = steps.send(result)
+    assert isinstance(refusal, Attempt)
+    assert refusal.request.url.endswith(f"/{RINGING.call_id}/reject")
+    assert json.loads(refusal.request.body) == {"status_code": 500}
+    [record] = [r for r in caplog.records if r.name.startswith("navai_mw")]
+    assert (record.levelno, log_message(record)) == (logging.ERROR, line)
+    # Only a hook that raised has a traceback to show: its own.
+    error = result.error
+    assert record.exc_info == ((type(error), error, error.__traceback__) if error else None)
+
+
+def _no_token() -> str:
+    raise PermissionError("Entra is down")
+
+
+def test_a_call_azure_gives_no_token_for_is_left_ringing_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    opts = NavaiVoiceBackendOptions(
+        azure_endpoint="https://navai-tests.openai.azure.com", azure_ad_token_provider=_no_token
+    )
+    steps = _phone_steps(opts, accept_call=lambda call: Reject(486))
+    steps.send(HookResult(value=steps.send(None).hook(RINGING)))  # the app's hook answers
+    with pytest.raises(StopIteration):  # the provider's failure: nothing is sent
+        steps.send(HookResult(error=PermissionError("Entra is down")))
+    lines = [(r.levelno, log_message(r)) for r in caplog.records if r.name.startswith("navai_mw")]
+    assert lines == [
+        (logging.ERROR, "navai_mw: the Azure token provider raised PermissionError"),
+        (
+            logging.ERROR,
+            f"navai_mw: call {RINGING.call_id} cannot be answered: Azure OpenAI token provider "
+            "failed; no token to send.",
+        ),
+    ]
