@@ -155,6 +155,18 @@ def test_a_views_headers_may_be_name_value_pairs(fake: FakeOpenAIRealtime) -> No
     assert answer.status == 200, answer.body
 
 
+def test_a_views_answer_carries_its_request_id_or_the_clients(fake: FakeOpenAIRealtime) -> None:
+    handler = NavaiHandler(options(fake.base_url), transport=fake.sync_transport())
+    made = handler.handle("POST", PATH, {"Content-Type": JSON}, b"{}", client="127.0.0.1")
+    chosen = {"Content-Type": JSON, "X-Request-ID": "client-chosen.id-1"}
+    kept = handler.handle("POST", PATH, chosen, b"{}", client="127.0.0.1")
+    handler.close()
+    assert (made.status, kept.status) == (200, 200)
+    [made_id] = [value for name, value in made.headers if name.lower() == "x-request-id"]
+    assert len(made_id) == 32
+    assert ("X-Request-ID", "client-chosen.id-1") in kept.headers
+
+
 async def test_an_async_views_scope_reaches_authorize(fake: FakeOpenAIRealtime) -> None:
     seen: list[RequestInfo] = []
 
