@@ -76,8 +76,10 @@ def hello_wsgi(environ: Any, start_response: Any) -> list[bytes]:
 
 
 @contextlib.contextmanager
-def both_shells(**keywords: Any) -> Iterator[list[tuple[str, Any]]]:
-    fake = FakeOpenAIRealtime(api_key=CANARY_KEY)
+def both_shells(
+    fake: FakeOpenAIRealtime | None = None, **keywords: Any
+) -> Iterator[list[tuple[str, Any]]]:
+    fake = fake or FakeOpenAIRealtime(api_key=CANARY_KEY)
     opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, openai_base_url=fake.base_url)
     keywords.setdefault("functions", [add, boom])
     with anyio.from_thread.start_blocking_portal() as portal:
@@ -154,6 +156,35 @@ def test_each_refusal_of_the_guard_is_counted_by_what_it_decided(
             assert post(MINT, json={}, headers=headers).status_code == status
             after = sample("navai_guard_decisions_total", group="mint", outcome=outcome)
             assert after == before + 1
+
+
+BUDGET = "1 minutes/day"
+
+
+@pytest.mark.parametrize(
+    ("keywords", "statuses", "outcome"),
+    [
+        ({}, [200], "allowed"),
+        ({"budget": BUDGET}, [403], "allowed"),  # client secrets are off under a budget
+        ({"budget": BUDGET, "budget_secret_seconds": 60}, [200, 429], "budget_exhausted"),
+        ({"upstream_fails": True}, [502], "allowed"),
+    ],
+    ids=["served", "refused by the route", "budget spent", "upstream failed"],
+)
+def test_what_the_guard_let_through_is_counted_allowed_or_budget_exhausted(
+    keywords: dict[str, Any], statuses: list[int], outcome: str
+) -> None:
+    fake = FakeOpenAIRealtime(api_key=CANARY_KEY)
+    if keywords.pop("upstream_fails", False):
+        fake.fail(500)
+    if "budget" in keywords:
+        keywords["relay"] = True  # budgets meter the calls navai_mw relays
+    with both_shells(fake, authorize=lambda info: "ana", **keywords) as shells:
+        for _, post in shells:
+            before = sample("navai_guard_decisions_total", group="mint", outcome=outcome)
+            assert [post(MINT, json={}).status_code for _ in statuses] == statuses
+            after = sample("navai_guard_decisions_total", group="mint", outcome=outcome)
+            assert after == before + (1 if outcome == "budget_exhausted" else len(statuses))
 
 
 def test_webhooks_are_counted_by_type_and_outcome_on_both_shells() -> None:
