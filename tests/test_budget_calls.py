@@ -15,6 +15,7 @@ to the fake OpenAI (FakeRealtimeWebRTC, with its sideband).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,7 @@ import pytest
 
 from navai_mw.testing import FakeRealtimeWebRTC
 
+from .conftest import log_message
 from .redis_server import RedisServer, redis_fixture
 from .test_call_sideband import (
     AUTH,
@@ -200,7 +202,7 @@ async def test_client_secrets_are_refused_under_a_budget_or_charged(
 @pytest.mark.anyio
 @pytest.mark.parametrize("shell", ["uvicorn", "waitress"])
 async def test_a_budget_store_that_is_down_refuses_calls_unless_told_otherwise(
-    shell: str, webrtc: tuple[FakeRealtimeWebRTC, str]
+    shell: str, webrtc: tuple[FakeRealtimeWebRTC, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     upstream, base_url = webrtc
     down = "redis://127.0.0.1:1/0"
@@ -215,6 +217,8 @@ async def test_a_budget_store_that_is_down_refuses_calls_unless_told_otherwise(
     ) as url:
         started = await relay(url, sdp)
     assert started.status_code == 201
+    unbudgeted = "navai_mw: the budget store is unreachable; the call starts unbudgeted"
+    assert (logging.WARNING, unbudgeted) in [(r.levelno, log_message(r)) for r in caplog.records]
 
 
 async def _until(check: Any) -> None:

@@ -643,7 +643,7 @@ def test_a_transcription_secret_under_a_budget_is_refused_or_charged() -> None:
         openai_api_key="sk-test-budget-api", openai_base_url=fake.base_url
     )
     path = "/navai/realtime/transcription-secret"
-    answers = []
+    answers, refusals = [], []
     with fake.sync_transport() as transport:
         for keywords in ({}, {"budget_secret_seconds": 30}):
             handler = NavaiHandler(
@@ -662,8 +662,14 @@ def test_a_transcription_secret_under_a_budget_is_refused_or_charged() -> None:
             finally:
                 handler.close()
             answers.append((minted.status, row["used"]))
+            refusals.append(json.loads(minted.body) if minted.status == 403 else None)
     # Refused: a call made with it could not be metered; or charged what it is said to cost.
     assert answers == [(403, 0.0), (200, 0.5)]
+    assert refusals[0] == {
+        "error": "Client secrets are off under a budget: calls made with one cannot be metered. "
+        "Start calls through the relay (POST /navai/realtime/calls), or set "
+        "budget_secret_seconds to charge each secret."
+    }
 
 
 def test_a_budget_hook_gets_the_caller_and_the_request_and_its_failure_is_a_503(
