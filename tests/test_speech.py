@@ -133,6 +133,16 @@ def test_the_request_takes_every_field_and_prefers_the_requests() -> None:
     assert json.loads(styled.body)["voice_settings"] == {"style": 0.25}
 
 
+def test_voice_settings_that_say_nothing_are_not_sent() -> None:
+    unset = options(elevenlabs_voice_settings=VoiceSettings())
+    assert json.loads(build_speech_request(unset, {"text": "hi"}).body) == {"text": "hi"}
+    # A boost that is not a boolean is dropped, as the reference drops it.
+    for boost in ("yes", 1, None):
+        asked = {"text": "hi", "voiceSettings": {"style": 0.25, "useSpeakerBoost": boost}}
+        sent = json.loads(build_speech_request(options(), asked).body)
+        assert sent["voice_settings"] == {"style": 0.25}
+
+
 @pytest.mark.parametrize(
     ("opts", "body", "status", "message"),
     [
