@@ -22,6 +22,8 @@ from navai_mw import (
 )
 from navai_mw.core.effects import Attempt, Outcome
 from navai_mw.core.exchange import MAX_QUOTED_UPSTREAM_CHARS, redact, retry_delay
+from navai_mw.core.storage import is_memory, is_redis
+from navai_mw.core.urls import websocket_url
 from navai_mw.upstreams.openai_secrets import (
     build_upstream_request,
     exchange,
@@ -532,3 +534,15 @@ def test_a_redacted_layer_reads_every_json_escape_as_json_does() -> None:
 def test_an_error_shows_its_kind_message_and_status() -> None:
     assert repr(RequestError("No.", status=404)) == "RequestError('No.', status=404)"
     assert repr(UpstreamError("Down.")) == "UpstreamError('Down.', status=502)"
+
+
+def test_a_storage_is_named_by_its_first_scheme_only() -> None:
+    assert is_redis("async+Valkeys://:p@cache.example:6380/0?to=memory://")
+    assert not is_memory("redis://cache.example/0?fallback=memory://")
+    assert is_memory("MEMORY://")
+
+
+def test_a_websocket_url_turns_only_the_first_scheme() -> None:
+    proxied = "https://proxy.example/to/http://api.example/v1"
+    assert websocket_url(proxied) == "wss://proxy.example/to/http://api.example/v1"
+    assert websocket_url("http://127.0.0.1:8000/v1") == "ws://127.0.0.1:8000/v1"
