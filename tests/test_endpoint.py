@@ -92,7 +92,19 @@ def test_chunked_body_with_wrong_type_is_415_after_reading() -> None:
     endpoint = Endpoint(OPTS)
     wanted = endpoint.begin("POST", {"content-type": "text/plain"})
     assert isinstance(wanted, BodyWanted)  # no length: the type matters only if a body comes
-    assert finish_now(endpoint, wanted, b"hello").status == 415
+    answer = finish_now(endpoint, wanted, b"hello")
+    assert (answer.status, error_of(answer)) == (
+        415,
+        "Content-Type must be application/json (UTF-8).",
+    )
+
+
+def test_a_chunked_offer_with_wrong_type_is_415_naming_sdp_after_reading() -> None:
+    endpoint = Endpoint(OPTS, relay=True)
+    wanted = endpoint.begin("POST", {"content-type": "text/plain"}, path="/navai/realtime/calls")
+    assert isinstance(wanted, BodyWanted)
+    answer = finish_now(endpoint, wanted, b"v=0")
+    assert (answer.status, error_of(answer)) == (415, "Content-Type must be application/sdp.")
 
 
 @pytest.mark.parametrize(

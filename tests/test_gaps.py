@@ -625,6 +625,7 @@ MEDIA_TYPES = [
     pytest.param(" APPLICATION/VND.X+JSON ; CHARSET=UTF-8", True, id="vendor-any-case"),
     pytest.param("application/json; foo=bar; charset=latin-1", False, id="latin-1-after-other"),
     pytest.param("application/json; charset=utf-16", False, id="utf-16"),
+    pytest.param("application/json; charset=XUTF-8X", False, id="utf-8-between-letters"),
     pytest.param("application/json; charset=utf-8; charset=ascii", False, id="second-charset"),
     pytest.param("application/json; charset=utf-8=x", False, id="charset-with-a-second-equals"),
     pytest.param("text/json", False, id="text-json"),
