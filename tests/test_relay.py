@@ -51,7 +51,7 @@ from navai_mw.endpoint.routes.relay_steps import check_offer, overrides_from_que
 from navai_mw.runtime import sidebands
 from navai_mw.upstreams.realtime_calls import multipart
 
-from .conftest import CANARY_KEY
+from .conftest import CANARY_KEY, log_message
 from .redis_server import RedisServer, redis_fixture
 
 
@@ -923,7 +923,11 @@ def test_past_max_sidebands_a_call_is_refused_or_relayed_without_one(
                 assert len(upstream.offers()) == offers  # never relayed
             else:
                 assert second.status_code == 201, (shell, second.text)
-                assert "relayed without its sideband" in caplog.text
+                unmetered = (
+                    "navai_mw: a call is relayed without its sideband: this process holds its most"
+                )
+                lines = [(r.levelno, log_message(r)) for r in caplog.records]
+                assert (logging.WARNING, unmetered) in lines
         sockets.release.set()
     assert len(sockets.opened) == 2  # one per shell: none for the second calls
 
