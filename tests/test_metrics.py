@@ -174,6 +174,7 @@ BUDGET = "1 minutes/day"
 def test_what_the_guard_let_through_is_counted_allowed_or_budget_exhausted(
     keywords: dict[str, Any], statuses: list[int], outcome: str
 ) -> None:
+    keywords = dict(keywords)  # the parameter itself is kept for a run again in one process
     fake = FakeOpenAIRealtime(api_key=CANARY_KEY)
     if keywords.pop("upstream_fails", False):
         fake.fail(500)
