@@ -22,7 +22,7 @@ from navai_mw import (
 )
 from navai_mw.core.effects import Attempt, Outcome
 from navai_mw.core.exchange import MAX_QUOTED_UPSTREAM_CHARS, redact, retry_delay
-from navai_mw.core.storage import is_memory, is_redis
+from navai_mw.core.storage import is_memory, is_redis, redis_client_url
 from navai_mw.core.urls import websocket_url
 from navai_mw.upstreams.openai_secrets import (
     build_upstream_request,
@@ -540,6 +540,26 @@ def test_a_storage_is_named_by_its_first_scheme_only() -> None:
     assert is_redis("async+Valkeys://:p@cache.example:6380/0?to=memory://")
     assert not is_memory("redis://cache.example/0?fallback=memory://")
     assert is_memory("MEMORY://")
+
+
+@pytest.mark.parametrize(
+    ("uri", "client"),
+    [
+        ("redis://cache.example:6379/0", "redis://cache.example:6379/0"),
+        ("async+redis://cache.example:6379/0", "redis://cache.example:6379/0"),
+        ("async+valkeys://:p@cache.example:6380/1", "rediss://:p@cache.example:6380/1"),
+        ("Valkey://cache.example/0", "redis://cache.example/0"),
+        ("VALKEY://Cache.example/0?to=memory://X", "redis://Cache.example/0?to=memory://X"),
+        ("memory://", None),
+        (None, None),
+    ],
+)
+def test_a_shared_storage_is_spelled_as_a_redis_client_takes_it(
+    uri: str | None, client: str | None
+) -> None:
+    # Valkey is spelled as Redis, the limits library's async+ prefix dropped,
+    # the scheme lower-cased, and everything after the first :// kept whole.
+    assert redis_client_url(uri) == client
 
 
 def test_a_websocket_url_turns_only_the_first_scheme() -> None:

@@ -36,6 +36,7 @@ from navai_mw import (
     NavaiASGIMiddleware,
     NavaiVoiceBackendOptions,
     NavaiWSGIMiddleware,
+    OptionsError,
 )
 from navai_mw.testing import FakeOpenAIRealtime, WebhookSender, serve_asgi, webhook_events
 
@@ -260,12 +261,29 @@ def test_a_webhook_nobody_acts_on_is_ignored_and_a_block_is_handled() -> None:
                 assert sample("navai_webhooks_total", **labels) == before + 1, (name, labels)
 
 
-def test_metrics_can_be_switched_off() -> None:
+@pytest.mark.parametrize(
+    "switch",
+    [{"metrics": False}, {"env": {"NAVAI_METRICS": "false"}}],
+    ids=["keyword", "environment"],
+)
+def test_metrics_can_be_switched_off(switch: dict[str, Any]) -> None:
     before = sample("navai_requests_total", route="client_secret", status="200")
-    with both_shells(metrics=False) as shells:
+    with both_shells(**switch) as shells:
         for _, post in shells:
             assert post(MINT, json={}).status_code == 200
     assert sample("navai_requests_total", route="client_secret", status="200") == before
+
+
+def test_the_metrics_keyword_wins_over_the_environment_and_is_true_or_false() -> None:
+    before = sample("navai_requests_total", route="client_secret", status="200")
+    with both_shells(metrics=True, env={"NAVAI_METRICS": "false"}) as shells:
+        for _, post in shells:
+            assert post(MINT, json={}).status_code == 200
+    assert sample("navai_requests_total", route="client_secret", status="200") == before + 2
+    opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY)
+    with pytest.raises(OptionsError) as refused:
+        NavaiWSGIMiddleware(hello_wsgi, opts, metrics="yes")
+    assert str(refused.value) == "metrics must be True or False. Received: 'yes'"
 
 
 def test_every_answer_carries_a_request_id_and_every_log_line_too(

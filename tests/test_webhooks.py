@@ -161,6 +161,24 @@ def test_a_body_over_a_mebibyte_is_413_before_its_signature(
 
 
 @pytest.mark.parametrize("shell", SHELLS)
+def test_a_delivery_is_read_by_its_signature_whatever_its_content_type_says(shell: str) -> None:
+    heard = Heard()
+    with served(shell, on_openai_event=heard) as sender:
+        body, headers = sender.prepare(webhook_events.safety_warning_issued("case_text"))
+        as_text = sender.post(body, {**headers, "content-type": "text/plain"})
+        body, headers = sender.prepare(
+            webhook_events.safety_warning_issued("case_untyped"), drop=("content-type",)
+        )
+        untyped = sender.post(body, headers)
+        heard.wait_for(2)
+    assert [as_text.status_code, untyped.status_code] == [200, 200]
+    assert sorted(event["data"]["id"] for event in heard.events) == [
+        "case_text",
+        "case_untyped",
+    ]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
 def test_the_signature_is_the_routes_only_authentication(shell: str) -> None:
     heard = Heard()
     with served(
