@@ -702,7 +702,10 @@ def test_a_hangups_answer_is_bounded() -> None:
 
 def test_a_hangup_that_cannot_reach_openai_names_it() -> None:
     upstream = Upstream()
-    opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, upstream_timeout_seconds=0.4)
+    # A budget shorter than the first retry's delay (at least 0.375 s): the
+    # refused attempt is the only one, whatever the jitter draws. (With
+    # 0.4 s a retry could fit, and the time run out in it: a 504.)
+    opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, upstream_timeout_seconds=0.3)
     with both_shells(upstream, opts) as shells:
         for shell, request, _ in shells:
             upstream.unreachable = False
