@@ -7,16 +7,20 @@ the endpoint's own edges that are awkward to reach through a server.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
 
 from navai_mw import NavaiVoiceBackendOptions, OptionsError
+from navai_mw.auth import BearerTokens
 from navai_mw.config.configure import configure_endpoint
 from navai_mw.core.errors import RequestError
 from navai_mw.endpoint.answers import Answer
 from navai_mw.endpoint.body import parse_body
 from navai_mw.endpoint.endpoint import BodyWanted, Endpoint, route_path
+
+from .conftest import log_message
 
 OPTS = NavaiVoiceBackendOptions(openai_api_key="sk-endpoint")
 JSON = {"content-type": "application/json"}
@@ -272,3 +276,52 @@ def test_the_client_secret_path_has_its_name_and_its_alias(keyword: str) -> None
 def test_the_client_secret_path_given_twice_is_refused() -> None:
     with pytest.raises(OptionsError, match="path and client_secret_path"):
         Endpoint(OPTS, path="/a", client_secret_path="/b")
+
+
+def point() -> dict[str, int]:
+    """Where the point is."""
+    return {"x": 1}
+
+
+@pytest.mark.parametrize(
+    ("keywords", "loaded"),
+    [
+        pytest.param({}, True, id="both-routes"),
+        pytest.param({"functions_list_path": None}, True, id="execute-route"),
+        pytest.param({"functions_execute_path": None}, True, id="list-route"),
+        pytest.param(
+            {"functions_list_path": None, "functions_execute_path": None}, False, id="no-route"
+        ),
+        pytest.param({"include_functions_routes": False}, False, id="routes-off"),
+        pytest.param(
+            {"include_functions_routes": False, "relay": True, "server_functions": True},
+            True,
+            id="server-functions",
+        ),
+    ],
+)
+def test_functions_are_loaded_only_for_a_route_or_a_sideband_that_calls_them(
+    keywords: dict[str, Any], loaded: bool
+) -> None:
+    endpoint = configure_endpoint(OPTS, env={}, functions=[point], **keywords)
+    assert endpoint.functions.names == (["point"] if loaded else [])
+
+
+def test_budgets_without_authorization_are_said_to_count_per_address(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="navai_mw")
+    budgeted: dict[str, Any] = {"env": {}, "functions": [], "relay": True}
+
+    def warned(**keywords: Any) -> list[str]:
+        caplog.clear()
+        configure_endpoint(OPTS, **budgeted, **keywords)
+        return [log_message(record) for record in caplog.records if record.name == "navai_mw"]
+
+    assert warned(budget="3 minutes/day") == [
+        "navai_mw: budgets are on without authorization: they count per client address, "
+        "so callers behind one proxy or NAT share one budget"
+    ]
+    tokens = BearerTokens({"ops": "0123456789abcdef"})
+    assert warned(budget="3 minutes/day", authorize=tokens) == []
+    assert warned() == []

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import pytest
 
 from navai_mw import AsyncNavaiHandler, NavaiHandler, NavaiVoiceBackendOptions
 from navai_mw.auth import BearerTokens, JWTBearer
+from navai_mw.endpoint.webhook_steps import DEFAULT_DEDUP_SECONDS
 
 OPTS = NavaiVoiceBackendOptions(openai_api_key="sk-in-code", default_voice="marin")
 Handler = NavaiHandler | AsyncNavaiHandler
@@ -307,3 +309,28 @@ def test_jwt_bearer_from_the_environment_follows_the_rule(clean: pytest.MonkeyPa
     finally:
         in_code.close()
         mapped.close()
+
+
+def test_a_variable_left_unset_leaves_its_default(clean: pytest.MonkeyPatch) -> None:
+    handler = _build("wsgi", OPTS, env={}, relay=True, budget="3 minutes/day")
+    webhooks = _build("wsgi", OPTS, env={}, openai_webhook_secret=WEBHOOK_SECRET)
+    try:
+        assert handler.endpoint.settings.max_call_seconds is None
+        assert _budget_field("secret_seconds")(handler) is None
+        assert _webhooks("dedup_seconds")(webhooks) == DEFAULT_DEDUP_SECONDS
+        assert _webhooks("block_seconds")(webhooks) is None
+        assert _webhooks("clock")(webhooks) is time.time
+    finally:
+        handler.close()
+        webhooks.close()
+
+
+def test_a_webhook_clock_given_in_code_is_the_one_used(clean: pytest.MonkeyPatch) -> None:
+    def clock() -> float:
+        return 1_700_000_000.0
+
+    handler = _build("wsgi", OPTS, openai_webhook_secret=WEBHOOK_SECRET, webhook_clock=clock)
+    try:
+        assert _webhooks("clock")(handler) is clock
+    finally:
+        handler.close()

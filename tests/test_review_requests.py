@@ -333,16 +333,16 @@ def test_a_live_model_outside_the_list_is_a_warning_at_start_up(
     caplog.set_level(logging.WARNING, logger="navai_mw")
     opts = NavaiVoiceBackendOptions(
         openai_api_key=CANARY_KEY,
-        allowed_models=["gpt-realtime-mini"],
+        allowed_models=["gpt-realtime-mini", "gpt-realtime"],
         default_model="gpt-realtime-mini",
     )
     NavaiWSGIMiddleware(inner_wsgi, opts, relay=relay, functions=[]).close()
     warnings = [log_message(record) for record in caplog.records if record.name == "navai_mw"]
     assert warnings == (
         [
-            "navai_mw: live_model 'gpt-live-1' is not in allowed_models (gpt-realtime-mini): "
-            "the GPT-Live relay will answer 403 unless a request names an allowed model "
-            "with ?model="
+            "navai_mw: live_model 'gpt-live-1' is not in allowed_models "
+            "(gpt-realtime-mini, gpt-realtime): the GPT-Live relay will answer 403 unless a "
+            "request names an allowed model with ?model="
         ]
         if relay
         else []
