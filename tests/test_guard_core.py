@@ -253,6 +253,16 @@ def test_guard_from_env_defaults() -> None:
     assert guard_from_env({"NAVAI_RATE_LIMIT": "1/day"}, api_key=None).storage_uri == "memory://"
 
 
+def test_guard_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("NAVAI_AUTH_TOKENS", "NAVAI_AUTH_JWKS_URL", "NAVAI_RATE_LIMIT_STORAGE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NAVAI_RATE_LIMIT", "3/minute")
+    monkeypatch.setenv("NAVAI_TRUSTED_PROXIES", "10.0.0.0/8")
+    guard = guard_from_env(api_key=None)
+    assert guard.limits["mint"].text == "3/minute"
+    assert guard.trusted_proxies == parse_trusted_proxies("10.0.0.0/8")
+
+
 def test_guard_keywords_win_over_the_environment() -> None:
     def hook(info: RequestInfo) -> str:
         return "a"
