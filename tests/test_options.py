@@ -14,6 +14,7 @@ from navai_mw import (
     get_navai_voice_backend_options_from_env,
 )
 from navai_mw.config.env import get_cors_origins_from_env
+from navai_mw.core.envvars import read_int
 
 from .conftest import CANARY_KEY
 
@@ -272,6 +273,12 @@ def test_bad_ttl_from_env(raw: str, message: str) -> None:
     env = {"OPENAI_API_KEY": "k", "OPENAI_REALTIME_CLIENT_SECRET_TTL": raw}
     with pytest.raises(OptionsError, match=message):
         get_navai_voice_backend_options_from_env(env)
+
+
+def test_an_integer_variable_for_no_option_is_named_alone_when_malformed() -> None:
+    with pytest.raises(OptionsError) as caught:
+        read_int({"NAVAI_SOME_COUNT": "ten"}, "NAVAI_SOME_COUNT")
+    assert caught.value.message == "NAVAI_SOME_COUNT must be an integer. Received: 'ten'"
 
 
 def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
