@@ -458,6 +458,26 @@ def test_bad_speech_options_fail_when_built(overrides: dict[str, Any], message: 
     assert "u:p" not in caught.value.message
 
 
+BOOST = "elevenlabs_voice_settings.use_speaker_boost must be True or False."
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"stability": 1}, "elevenlabs_voice_settings must be a VoiceSettings."),
+        (VoiceSettings(use_speaker_boost="yes"), BOOST),  # type: ignore[arg-type]
+        (VoiceSettings(use_speaker_boost=1), BOOST),  # type: ignore[arg-type]
+    ],
+    ids=["dict", "boost-word", "boost-number"],
+)
+def test_voice_settings_of_the_wrong_kind_are_refused_in_these_words(
+    settings: Any, message: str
+) -> None:
+    with pytest.raises(OptionsError) as caught:
+        options(elevenlabs_voice_settings=settings)
+    assert caught.value.message == message
+
+
 def test_a_missing_key_warns_at_start_up(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="navai_mw"):
         NavaiWSGIMiddleware(hello_wsgi, options(elevenlabs_api_key=None), functions=[])
