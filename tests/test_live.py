@@ -35,6 +35,7 @@ from navai_mw import (
 )
 from navai_mw.core.effects import Attempt, Outcome
 from navai_mw.core.http import Credential
+from navai_mw.core.sessions import check_live_session
 from navai_mw.endpoint.call_sideband import LIVE_CLIENT_EVENTS
 from navai_mw.testing import FakeRealtimeWebRTC
 from navai_mw.transports import HttpxAsyncTransport
@@ -135,18 +136,45 @@ def test_the_live_body_has_openais_shape_and_navais_session() -> None:
     ("template", "message"),
     [
         ({"model": "x"}, "live_session sets model, which navai sets itself; use live_model."),
-        ({"audio": {}}, "live_session sets audio"),
-        ({"voice": "x"}, "unknown field 'voice'"),
-        ({"delegation": {"type": "magic"}}, "delegation.type must be"),
-        ({"idle_timeout_s": True}, "idle_timeout_s must be a JSON int"),
-        ({"input": [1]}, "input must be a list of items"),
-        ("[]", "session must be a JSON object"),
+        ({"audio": {}}, "live_session sets audio, which navai sets itself; use default_voice."),
+        (
+            {"voice": "x"},
+            "live_session has an unknown field 'voice'. Known: client, delegation, "
+            "idle_timeout_s, input, store, triggers, wake_policy.",
+        ),
+        (
+            {"delegation": {"type": "magic"}},
+            "live_session.delegation.type must be 'client', 'responses' or 'decisions'.",
+        ),
+        ({"idle_timeout_s": True}, "live_session.idle_timeout_s must be a JSON int."),
+        ({"input": [1]}, "live_session.input must be a list of items (JSON objects)."),
+        ({"triggers": {}}, "live_session.triggers must be a JSON list."),
+        ({"wake_policy": []}, "live_session.wake_policy must be a JSON dict."),
     ],
 )
 def test_bad_live_templates_fail_at_start_up(template: Any, message: str) -> None:
     with pytest.raises(OptionsError) as caught:
         NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, live_session=template)
-    assert message in caught.value.message
+    assert caught.value.message == message
+
+
+@pytest.mark.parametrize("template", ["[]", []])
+def test_a_live_template_that_is_not_a_json_object_fails(template: Any) -> None:
+    with pytest.raises(OptionsError, match="session must be a JSON object"):
+        NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, live_session=template)
+
+
+@pytest.mark.parametrize("template", [[], "{}", ("delegation",)])
+def test_the_live_template_check_names_a_template_that_is_not_an_object(template: Any) -> None:
+    with pytest.raises(OptionsError) as caught:
+        check_live_session(template)
+    assert caught.value.message == "live_session must be a JSON object of Live session fields."
+
+
+def test_a_live_template_may_set_triggers_a_wake_policy_and_delegate_decisions() -> None:
+    template = {"triggers": [], "wake_policy": {}, "delegation": {"type": "decisions"}}
+    opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, live_session=template)
+    assert opts.live_session == template
 
 
 def test_live_model_comes_from_the_environment() -> None:
