@@ -50,7 +50,7 @@ from navai_mw import (
     create_transcription_client_secret_sync,
     get_navai_voice_backend_options_from_env,
 )
-from navai_mw.core.sessions import check_json
+from navai_mw.core.sessions import check_json, check_session
 from navai_mw.testing import FakeOpenAIRealtime
 from navai_mw.transports import HttpxAsyncTransport, HttpxSyncTransport
 
@@ -754,6 +754,49 @@ def test_allowing_unknown_fields_still_checks_the_known_ones() -> None:
     assert caught.value.message == (
         "session is not a valid session: expected an integer from 1 to 4096, or 'inf' "
         "@ session.max_output_tokens"
+    )
+
+
+def test_the_template_check_refuses_unknown_fields_unless_told_otherwise() -> None:
+    with pytest.raises(OptionsError) as caught:
+        check_session({"new_field": 1})
+    assert caught.value.message == (
+        "session is not a valid session: extra fields found (new_field) @ session"
+    )
+    assert check_session({"new_field": 1}, unknown_ok=True) == {"new_field": 1}
+
+
+def test_the_template_check_reads_json_text() -> None:
+    assert check_session('{"max_output_tokens": 800}') == {"max_output_tokens": 800}
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        (
+            '{"tools": [',
+            "realtime_session is not valid JSON: Expecting value: line 1 column 12 (char 11)",
+        ),
+        ("[1, 2]", "realtime_session must be a JSON object of session fields."),
+        ([{"tools": []}], "realtime_session must be a JSON object of session fields."),
+    ],
+    ids=["not-json", "json-not-an-object", "not-an-object"],
+)
+def test_the_template_check_names_its_option_for_what_is_not_a_json_object(
+    template: Any, message: str
+) -> None:
+    with pytest.raises(OptionsError) as caught:
+        check_session(template, option="realtime_session")
+    assert caught.value.message == message
+
+
+def test_a_transcription_template_is_checked_as_one() -> None:
+    template = {"max_output_tokens": 800}  # a realtime field only
+    assert check_session(template) == template
+    with pytest.raises(OptionsError) as caught:
+        check_session(template, kind="transcription")
+    assert caught.value.message == (
+        "session is not a valid session: extra fields found (max_output_tokens) @ session"
     )
 
 
