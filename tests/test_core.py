@@ -22,7 +22,7 @@ from navai_mw import (
 )
 from navai_mw.core.effects import Attempt, Outcome
 from navai_mw.core.exchange import MAX_QUOTED_UPSTREAM_CHARS, redact, retry_delay
-from navai_mw.core.storage import is_memory, is_redis, redis_client_url
+from navai_mw.core.storage import is_memory, is_redis, redis_client_url, shown_url
 from navai_mw.core.urls import websocket_url
 from navai_mw.upstreams.openai_secrets import (
     build_upstream_request,
@@ -560,6 +560,21 @@ def test_a_shared_storage_is_spelled_as_a_redis_client_takes_it(
     # Valkey is spelled as Redis, the limits library's async+ prefix dropped,
     # the scheme lower-cased, and everything after the first :// kept whole.
     assert redis_client_url(uri) == client
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("rediss://:s3cret@cache.example:6380/0?password=s3cret", "rediss://cache.example:6380/0"),
+        ("redis://u:s3cret@cache.example/0?next=memory://x", "redis://cache.example/0"),
+        ("memory://", "memory://"),
+        ("s3cret", "(not a URL)"),
+        ("", "none"),
+        (None, "none"),
+    ],
+)
+def test_a_storage_is_shown_without_its_credentials(uri: str | None, shown: str) -> None:
+    assert shown_url(uri) == shown
 
 
 def test_a_websocket_url_turns_only_the_first_scheme() -> None:
