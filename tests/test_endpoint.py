@@ -54,6 +54,18 @@ def test_bad_configuration_fails_when_built(kwargs: dict[str, Any], fragment: st
         Endpoint(OPTS, **kwargs)
 
 
+@pytest.mark.parametrize("prefix", ["api", None, 5])
+def test_a_prefix_not_starting_with_a_slash_fails_when_built(prefix: Any) -> None:
+    with pytest.raises(OptionsError) as caught:
+        Endpoint(OPTS, prefix=prefix)
+    assert caught.value.message == f"prefix must be empty or start with '/'. Received: {prefix!r}"
+
+
+def test_a_trailing_slash_on_the_prefix_is_dropped() -> None:
+    endpoint = Endpoint(OPTS, prefix="/api/")
+    assert endpoint.owns("/api/navai/realtime/client-secret")
+
+
 @pytest.mark.parametrize(
     ("path", "root_path", "route"),
     [
