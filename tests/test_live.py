@@ -158,17 +158,28 @@ def test_bad_live_templates_fail_at_start_up(template: Any, message: str) -> Non
     assert caught.value.message == message
 
 
-@pytest.mark.parametrize("template", ["[]", []])
-def test_a_live_template_that_is_not_a_json_object_fails(template: Any) -> None:
-    with pytest.raises(OptionsError, match="session must be a JSON object"):
-        NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, live_session=template)
-
-
-@pytest.mark.parametrize("template", [[], "{}", ("delegation",)])
-def test_the_live_template_check_names_a_template_that_is_not_an_object(template: Any) -> None:
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("[]", "live_session must be a JSON object of Live session fields."),
+        ([], "live_session must be a JSON object of Live session fields."),
+        (("delegation",), "live_session must be a JSON object of Live session fields."),
+        ('{"input": [', "live_session is not valid JSON: Expecting value: line 1 column 12"),
+    ],
+)
+def test_a_live_template_that_is_not_a_json_object_is_named(template: Any, message: str) -> None:
     with pytest.raises(OptionsError) as caught:
+        NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, live_session=template)
+    assert caught.value.message.startswith(message)
+    with pytest.raises(OptionsError) as checked:
         check_live_session(template)
-    assert caught.value.message == "live_session must be a JSON object of Live session fields."
+    assert checked.value.message == caught.value.message
+
+
+def test_a_live_template_may_be_given_as_json_text() -> None:
+    opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, live_session='{"triggers": []}')
+    assert opts.live_session == {"triggers": []}
+    assert check_live_session('{"triggers": []}') == {"triggers": []}
 
 
 def test_a_live_template_may_set_triggers_a_wake_policy_and_delegate_decisions() -> None:

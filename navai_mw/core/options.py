@@ -10,8 +10,7 @@ Invariants, held by construction so that no other module re-checks them:
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import attrs
@@ -19,7 +18,7 @@ import attrs
 from .envvars import Env, read
 from .errors import OptionsError
 from .http import is_header_safe
-from .sessions import check_live_session, check_session
+from .sessions import check_live_session, check_session, session_template
 from .urls import _check_base_url, _clean_base_url, _clean_optional_url
 from .values import check_text, clean_key, finite, flag, optional_text, outside, seconds
 
@@ -69,19 +68,15 @@ def _check_timeout(_: object, __: attrs.Attribute[Any], value: object) -> None:
     seconds(value, "upstream_timeout_seconds", most=MAX_UPSTREAM_TIMEOUT_SECONDS)
 
 
-def _session_input(value: Mapping[str, Any] | str | None) -> dict[str, Any] | None:
-    """A template as given (a mapping, or JSON as in the environment); it is
-    checked once the other options are known."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError as exc:
-            raise OptionsError(f"session is not valid JSON: {exc}") from None
-    if not isinstance(value, Mapping):
-        raise OptionsError("session must be a JSON object of session fields.")
-    return dict(value)
+def _session(value: object) -> dict[str, Any] | None:
+    """The ``session`` template as a JSON object (checked once the other
+    options are known)."""
+    return session_template(value, "session", "session fields")
+
+
+def _live_session(value: object) -> dict[str, Any] | None:
+    """The ``live_session`` template as a JSON object (checked likewise)."""
+    return session_template(value, "live_session", "Live session fields")
 
 
 def _check_bool(_: object, field: attrs.Attribute[Any], value: object) -> None:
@@ -282,11 +277,11 @@ class NavaiVoiceBackendOptions:
         default=None, validator=_check_voice_settings
     )
     # Declared as what it holds once checked; a JSON string is accepted too.
-    session: dict[str, Any] | None = attrs.field(default=None, converter=_session_input, eq=False)
+    session: dict[str, Any] | None = attrs.field(default=None, converter=_session, eq=False)
     allow_unknown_session_fields: bool = attrs.field(default=False, validator=_check_bool)
     live_model: str | None = optional_text()
     live_session: dict[str, Any] | None = attrs.field(
-        default=None, converter=_session_input, eq=False
+        default=None, converter=_live_session, eq=False
     )
     transcription_model: str | None = optional_text()
     transcription_language: str | None = optional_text()

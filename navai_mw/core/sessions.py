@@ -86,14 +86,29 @@ LIVE_NAVAI_FIELDS: Final = {
 _DELEGATIONS: Final = ("client", "responses", "decisions")
 
 
+def session_template(value: object, option: str, fields: str) -> dict[str, Any] | None:
+    """A template as given: a mapping, or JSON text (the environment's
+    spelling) of an object; None when there is none. Anything else is an
+    error naming ``option``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise OptionsError(f"{option} is not valid JSON: {exc}") from None
+    if not isinstance(value, Mapping):
+        raise OptionsError(f"{option} must be a JSON object of {fields}.")
+    return dict(value)
+
+
 def check_live_session(template: object) -> dict[str, Any] | None:
     """The ``live_session`` template, checked: the fields of a Live session
     navai does not set itself, each of the right JSON kind."""
+    template = session_template(template, "live_session", "Live session fields")
     if template is None:
         return None
-    if not isinstance(template, Mapping):
-        raise OptionsError("live_session must be a JSON object of Live session fields.")
-    check_json(dict(template), "live_session")
+    check_json(template, "live_session")
     for name in template:
         if name in LIVE_NAVAI_FIELDS:
             raise OptionsError(
@@ -168,16 +183,10 @@ def check_session(
     A string is read as JSON (the environment's spelling). Raises
     :class:`OptionsError` naming the field for anything OpenAI's schema
     would refuse, and for a field navai sets itself."""
+    template = session_template(template, option, "session fields")
     if template is None:
         return None
-    if isinstance(template, str):
-        try:
-            template = json.loads(template)
-        except ValueError as exc:
-            raise OptionsError(f"{option} is not valid JSON: {exc}") from None
-    if not isinstance(template, Mapping):
-        raise OptionsError(f"{option} must be a JSON object of session fields.")
-    check_json(dict(template), option)
+    check_json(template, option)
     data = copy.deepcopy(dict(template))
     owned = {**NAVAI_FIELDS, **(ELEVENLABS_FIELDS if elevenlabs else {})}
     for path, instead in owned.items():
