@@ -61,9 +61,11 @@ def test_a_prefix_not_starting_with_a_slash_fails_when_built(prefix: Any) -> Non
     assert caught.value.message == f"prefix must be empty or start with '/'. Received: {prefix!r}"
 
 
-def test_a_trailing_slash_on_the_prefix_is_dropped() -> None:
-    endpoint = Endpoint(OPTS, prefix="/api/")
-    assert endpoint.owns("/api/navai/realtime/client-secret")
+@pytest.mark.parametrize(("prefix", "kept"), [("/api/", "/api"), ("/AUX//", "/AUX"), ("/", "")])
+def test_a_trailing_slash_on_the_prefix_is_dropped(prefix: str, kept: str) -> None:
+    endpoint = Endpoint(OPTS, prefix=prefix)
+    assert endpoint.path == f"{kept}/navai/realtime/client-secret"
+    assert endpoint.owns(f"{kept}/navai/realtime/client-secret")
 
 
 @pytest.mark.parametrize(
@@ -286,8 +288,32 @@ def test_the_client_secret_path_has_its_name_and_its_alias(keyword: str) -> None
 
 
 def test_the_client_secret_path_given_twice_is_refused() -> None:
-    with pytest.raises(OptionsError, match="path and client_secret_path"):
+    with pytest.raises(OptionsError) as caught:
         Endpoint(OPTS, path="/a", client_secret_path="/b")
+    assert caught.value.message == (
+        "path and client_secret_path both set the client-secret route's path: give one."
+    )
+
+
+def test_the_client_secret_route_switched_off_leaves_no_path() -> None:
+    endpoint = Endpoint(OPTS, client_secret_path=None)
+    assert endpoint.path is None
+    assert not endpoint.owns("/navai/realtime/client-secret")
+
+
+def test_unknown_path_keywords_are_named_in_order() -> None:
+    with pytest.raises(TypeError) as caught:
+        Endpoint(OPTS, webhooks_path="/w", client_path="/c")  # type: ignore[arg-type]
+    assert str(caught.value) == "Endpoint got unexpected keywords: client_path, webhooks_path"
+
+
+def test_a_budget_without_the_relay_says_how_to_switch_it_on() -> None:
+    with pytest.raises(OptionsError) as caught:
+        Endpoint(OPTS, budget="3 minutes/day", budget_clock=lambda: 0.0)
+    assert caught.value.message == (
+        "budget meters the calls navai_mw relays: switch the relay on "
+        "(relay=True, NAVAI_RELAY=true)."
+    )
 
 
 def point() -> dict[str, int]:

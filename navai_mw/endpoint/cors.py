@@ -36,7 +36,7 @@ class Cors:
 
     __slots__ = ("_any", "_credentials", "origins")
 
-    def __init__(self, origins: Iterable[str] | str | None, *, credentials: bool = False) -> None:
+    def __init__(self, origins: Iterable[str] | str | None, *, credentials: bool) -> None:
         if isinstance(origins, str):  # "https://a.test, https://b.test", as in the env
             origins = origins.split(",")
         flag(credentials, "cors_allow_credentials")

@@ -209,6 +209,14 @@ class Endpoint:
                 "configure openai_api_key."
             )
         functions = functions if functions is not None else FunctionRegistry()
+        # Checked first: a budget without the relay is told so in its own words.
+        budgets = budget_settings(
+            budget,
+            fail_open=budget_fail_open,
+            secret_seconds=budget_secret_seconds,
+            clock=budget_clock,
+            relay=holds_calls,
+        )
         self.settings = Settings(
             opts=opts,
             guard=self.guard,
@@ -229,17 +237,11 @@ class Endpoint:
                 server_functions=server_functions,
                 pin_session=pin_session,
                 # A budget meters every call: no call without its sideband.
-                required=True if budget is not None else sideband_required,
+                required=True if budgets is not None else sideband_required,
                 relay=holds_calls,
                 functions=functions,
             ),
-            budgets=budget_settings(
-                budget,
-                fail_open=budget_fail_open,
-                secret_seconds=budget_secret_seconds,
-                clock=budget_clock,
-                relay=holds_calls,
-            ),
+            budgets=budgets,
             webhooks=webhooks,
         )
         self.max_body_size = _size(max_body_size, "max_body_size", least=0)

@@ -200,7 +200,7 @@ class RouteMap:
         functions: bool,
         relay: bool,
         transcription: bool,
-        webhooks: bool = False,
+        webhooks: bool,
     ) -> None:
         paths = _with_alias(given)
         unknown = sorted(set(paths) - set(PATH_OPTIONS))
@@ -221,11 +221,8 @@ class RouteMap:
         )
         self.routes = tuple(row.route(path) for row, path in wanted if path is not None)
         # The client-secret route's path: where a request with no path goes.
-        self.path = _route_path(
-            self.prefix,
-            paths.get("client_secret_path", PATH_OPTIONS["client_secret_path"]),
-            "client_secret_path",
-        )
+        mint = [route.path for route in self.routes if route.name == "client_secret"]
+        self.path = mint[0] if mint else None
         self._dynamic = tuple(route for route in self.routes if route.dynamic)
         # Routes for a path's children: {path}/{id}.
         self.dynamic_prefixes = tuple(f"{route.path}/" for route in self._dynamic)
