@@ -481,6 +481,11 @@ def test_the_input_audios_transcription_is_priced_at_the_sessions_transcription_
     feed(untranscribed, transcribed)
     report = untranscribed.report(started_at=0.0, ended_at=1.0, reason="remote", metered=True)
     assert report.cost_usd is None  # a transcription model that is not known: never a guess
+    odd = {"input": {"transcription": {"model": 7}}}
+    unnamed = realtime(session={**SESSION, "audio": odd})
+    feed(unnamed, transcribed)
+    report = unnamed.report(started_at=0.0, ended_at=1.0, reason="remote", metered=True)
+    assert report.cost_usd is None  # nor one that is not a name
 
 
 @pytest.mark.parametrize(
