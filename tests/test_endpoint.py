@@ -307,6 +307,28 @@ def test_unknown_path_keywords_are_named_in_order() -> None:
     assert str(caught.value) == "Endpoint got unexpected keywords: client_path, webhooks_path"
 
 
+@pytest.mark.parametrize(
+    ("keywords", "message"),
+    [
+        ({}, "budget needs a clock (UNIX seconds) to count its periods."),
+        (
+            {"budget_fail_open": "yes"},
+            "budget_fail_open must be True or False. Received: 'yes'",
+        ),
+        (
+            {"budget_secret_seconds": 7200},
+            "budget_secret_seconds must be a number of seconds above 0 and at most an hour. "
+            "Received: 7200",
+        ),
+    ],
+)
+def test_a_budgets_settings_are_named_when_wrong(keywords: dict[str, Any], message: str) -> None:
+    clock = {} if not keywords else {"budget_clock": lambda: 0.0}
+    with pytest.raises(OptionsError) as caught:
+        Endpoint(OPTS, relay=True, budget="3 minutes/day", **clock, **keywords)
+    assert caught.value.message == message
+
+
 def test_a_budget_without_the_relay_says_how_to_switch_it_on() -> None:
     with pytest.raises(OptionsError) as caught:
         Endpoint(OPTS, budget="3 minutes/day", budget_clock=lambda: 0.0)
