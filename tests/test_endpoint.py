@@ -316,9 +316,9 @@ def test_unknown_path_keywords_are_named_in_order() -> None:
             "budget_fail_open must be True or False. Received: 'yes'",
         ),
         (
-            {"budget_secret_seconds": 7200},
+            {"budget_secret_seconds": 3600.5},
             "budget_secret_seconds must be a number of seconds above 0 and at most an hour. "
-            "Received: 7200",
+            "Received: 3600.5",
         ),
     ],
 )
@@ -326,6 +326,31 @@ def test_a_budgets_settings_are_named_when_wrong(keywords: dict[str, Any], messa
     clock = {} if not keywords else {"budget_clock": lambda: 0.0}
     with pytest.raises(OptionsError) as caught:
         Endpoint(OPTS, relay=True, budget="3 minutes/day", **clock, **keywords)
+    assert caught.value.message == message
+
+
+def test_a_budgets_secret_may_be_charged_up_to_an_hour() -> None:
+    endpoint = Endpoint(
+        OPTS,
+        relay=True,
+        budget="3 minutes/day",
+        budget_clock=lambda: 0.0,
+        budget_secret_seconds=3600,
+    )
+    assert endpoint.settings.budgets is not None
+    assert endpoint.settings.budgets.secret_seconds == 3600
+
+
+@pytest.mark.parametrize(
+    ("keywords", "message"),
+    [
+        ({"max_body_size": -1}, "max_body_size must be a non-negative integer. Received: -1"),
+        ({"max_offer_size": 0}, "max_offer_size must be a positive integer. Received: 0"),
+    ],
+)
+def test_a_size_is_named_with_its_least_value(keywords: dict[str, Any], message: str) -> None:
+    with pytest.raises(OptionsError) as caught:
+        Endpoint(OPTS, **keywords)
     assert caught.value.message == message
 
 
