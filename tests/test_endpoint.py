@@ -410,3 +410,44 @@ def test_budgets_without_authorization_are_said_to_count_per_address(
     tokens = BearerTokens({"ops": "0123456789abcdef"})
     assert warned(budget="3 minutes/day", authorize=tokens) == []
     assert warned() == []
+
+
+@pytest.mark.parametrize("keyword", ["server_functions", "pin_session", "sideband_required"])
+def test_a_sideband_switch_that_is_not_a_flag_is_named(keyword: str) -> None:
+    with pytest.raises(OptionsError) as caught:
+        Endpoint(OPTS, relay=True, **{keyword: "yes"})
+    assert caught.value.message == f"{keyword} must be True or False. Received: 'yes'"
+
+
+def test_a_sideband_without_the_relay_says_how_to_switch_it_on() -> None:
+    with pytest.raises(OptionsError) as caught:
+        Endpoint(OPTS, sideband=True)
+    assert caught.value.message == (
+        "sideband (and server_functions, pin_session, sideband_required) attaches to the "
+        "calls navai_mw relays: switch the relay on (relay=True, NAVAI_RELAY=true)."
+    )
+
+
+def test_server_functions_without_a_function_are_said_to_serve_none(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="navai_mw")
+
+    def warned(**keywords: Any) -> list[str]:
+        caplog.clear()
+        Endpoint(OPTS, relay=True, **keywords)
+        return [log_message(record) for record in caplog.records if record.name == "navai_mw"]
+
+    assert warned(server_functions=True) == [
+        "navai_mw: server_functions is on, but no backend function is loaded"
+    ]
+    assert warned(sideband=True) == []
+
+
+def test_webhook_hooks_without_the_signing_secret_are_named_together() -> None:
+    with pytest.raises(OptionsError) as caught:
+        Endpoint(OPTS, sip_accept="realtime", on_openai_event=print)
+    assert caught.value.message == (
+        "sip_accept, on_openai_event needs OpenAI's webhooks: set openai_webhook_secret "
+        "(OPENAI_WEBHOOK_SECRET), the signing secret of the project's webhook."
+    )
