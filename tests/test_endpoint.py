@@ -444,10 +444,25 @@ def test_server_functions_without_a_function_are_said_to_serve_none(
     assert warned(sideband=True) == []
 
 
-def test_webhook_hooks_without_the_signing_secret_are_named_together() -> None:
+@pytest.mark.parametrize(
+    ("keywords", "named"),
+    [
+        ({"sip_accept": "realtime", "on_openai_event": print}, "sip_accept, on_openai_event"),
+        ({"accept_call": print}, "accept_call"),
+    ],
+)
+def test_webhook_hooks_without_the_signing_secret_are_named_together(
+    keywords: dict[str, Any], named: str
+) -> None:
     with pytest.raises(OptionsError) as caught:
-        Endpoint(OPTS, sip_accept="realtime", on_openai_event=print)
+        Endpoint(OPTS, **keywords)
     assert caught.value.message == (
-        "sip_accept, on_openai_event needs OpenAI's webhooks: set openai_webhook_secret "
+        f"{named} needs OpenAI's webhooks: set openai_webhook_secret "
         "(OPENAI_WEBHOOK_SECRET), the signing secret of the project's webhook."
     )
+
+
+def test_the_webhook_route_without_a_clock_is_refused() -> None:
+    with pytest.raises(OptionsError) as caught:
+        Endpoint(OPTS, openai_webhook_secret="whsec_c2lnbmluZyBrZXk=")
+    assert caught.value.message == "the webhook route needs a clock (UNIX seconds)."
