@@ -466,3 +466,65 @@ def test_the_webhook_route_without_a_clock_is_refused() -> None:
     with pytest.raises(OptionsError) as caught:
         Endpoint(OPTS, openai_webhook_secret="whsec_c2lnbmluZyBrZXk=")
     assert caught.value.message == "the webhook route needs a clock (UNIX seconds)."
+
+
+WEBHOOKS: dict[str, Any] = {
+    "openai_webhook_secret": "whsec_c2lnbmluZyBrZXk=",
+    "webhook_clock": lambda: 0.0,
+}
+A_YEAR_AND_MORE = 4e7
+
+
+@pytest.mark.parametrize(
+    ("keywords", "message"),
+    [
+        ({"customize_session": "x"}, "customize_session must be a function (or None)."),
+        ({"openai_webhook_secret": 5}, "openai_webhook_secret must be a string."),
+        (
+            {**WEBHOOKS, "webhook_dedup_seconds": A_YEAR_AND_MORE},
+            "webhook_dedup_seconds must be a number of seconds above 0 and at most a year. "
+            "Received: 40000000.0",
+        ),
+        (
+            {**WEBHOOKS, "block_seconds": A_YEAR_AND_MORE},
+            "block_seconds must be a number of seconds above 0 and at most a year. "
+            "Received: 40000000.0",
+        ),
+        ({**WEBHOOKS, "accept_call": "x"}, "accept_call must be a function (or None)."),
+        ({**WEBHOOKS, "on_openai_event": "x"}, "on_openai_event must be a function (or None)."),
+        (
+            {"max_call_seconds": 86401},
+            "max_call_seconds must be a number of seconds above 0 and at most a day. "
+            "Received: 86401",
+        ),
+        (
+            {"function_timeout_seconds": 0},
+            "function_timeout_seconds must be a number of seconds above 0 and at most 3600. "
+            "Received: 0",
+        ),
+    ],
+)
+def test_a_wrong_keyword_is_named_in_these_words(keywords: dict[str, Any], message: str) -> None:
+    with pytest.raises(OptionsError) as caught:
+        Endpoint(OPTS, **keywords)
+    assert caught.value.message == message
+
+
+def test_answering_phone_calls_needs_the_servers_key() -> None:
+    without_a_key = NavaiVoiceBackendOptions(allow_api_key_from_request=True)
+    with pytest.raises(OptionsError) as caught:
+        Endpoint(without_a_key, sip_accept="realtime", **WEBHOOKS)
+    assert caught.value.message == (
+        "Answering phone calls (accept_call, sip_accept) needs the server's key: "
+        "configure openai_api_key."
+    )
+
+
+def test_an_endpoints_defaults_are_its_documented_ones() -> None:
+    plain = Endpoint(OPTS)
+    assert plain.functions.names == []
+    assert not plain.guard.blocklist  # only OpenAI's webhooks say whom it blocked
+    assert Endpoint(OPTS, **WEBHOOKS).guard.blocklist
+    budgeted = Endpoint(OPTS, relay=True, budget="3 minutes/day", budget_clock=lambda: 0.0)
+    assert budgeted.settings.budgets is not None
+    assert not budgeted.settings.budgets.fail_open
