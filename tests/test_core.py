@@ -17,6 +17,7 @@ from navai_mw import (
     HttpResponse,
     NavaiVoiceBackendOptions,
     OpenAIRealtimeClientSecretResponse,
+    OptionsError,
     RequestError,
     UpstreamError,
 )
@@ -24,6 +25,7 @@ from navai_mw.core.effects import Attempt, Outcome
 from navai_mw.core.exchange import MAX_QUOTED_UPSTREAM_CHARS, redact, retry_delay
 from navai_mw.core.storage import is_memory, is_redis, redis_client_url, shown_url
 from navai_mw.core.urls import websocket_url
+from navai_mw.core.values import seconds
 from navai_mw.upstreams.openai_secrets import (
     build_upstream_request,
     exchange,
@@ -581,3 +583,23 @@ def test_a_websocket_url_turns_only_the_first_scheme() -> None:
     proxied = "https://proxy.example/to/http://api.example/v1"
     assert websocket_url(proxied) == "wss://proxy.example/to/http://api.example/v1"
     assert websocket_url("http://127.0.0.1:8000/v1") == "ws://127.0.0.1:8000/v1"
+
+
+@pytest.mark.parametrize(
+    ("value", "keywords", "message"),
+    [
+        (0, {}, "wait must be a number of seconds above 0. Received: 0"),
+        (-1, {"zero_ok": True}, "wait must be a number of seconds 0 or more. Received: -1"),
+        (9, {"most": 8.0}, "wait must be a number of seconds above 0 and at most 8. Received: 9"),
+        (
+            9,
+            {"most": 8.0, "most_text": "a while"},
+            "wait must be a number of seconds above 0 and at most a while. Received: 9",
+        ),
+    ],
+)
+def test_seconds_say_what_they_may_be(value: float, keywords: dict[str, Any], message: str) -> None:
+    with pytest.raises(OptionsError) as caught:
+        seconds(value, "wait", **keywords)
+    assert caught.value.message == message
+    assert seconds(0, "wait", zero_ok=True) == 0.0

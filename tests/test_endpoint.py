@@ -520,6 +520,18 @@ def test_answering_phone_calls_needs_the_servers_key() -> None:
     )
 
 
+@pytest.mark.parametrize("keyword", ["include_functions_routes", "transcription"])
+def test_a_route_switch_that_is_not_a_flag_is_named(keyword: str) -> None:
+    with pytest.raises(OptionsError) as caught:
+        Endpoint(OPTS, **{keyword: "yes"})
+    assert caught.value.message == f"{keyword} must be True or False. Received: 'yes'"
+
+
+def test_an_offer_may_be_one_byte_and_a_body_none() -> None:
+    endpoint = Endpoint(OPTS, max_offer_size=1, max_body_size=0)
+    assert (endpoint.max_offer_size, endpoint.max_body_size) == (1, 0)
+
+
 def test_an_endpoints_defaults_are_its_documented_ones() -> None:
     plain = Endpoint(OPTS)
     assert plain.functions.names == []

@@ -202,7 +202,8 @@ class Endpoint:
         self.guard = attrs.evolve(guard, blocklist=True) if webhooks is not None else guard
         # Calls the server holds: relayed ones, and phone calls it may accept.
         answers_calls = webhooks is not None and webhooks.answers_calls
-        holds_calls = flag(relay, "relay") or answers_calls
+        relays_calls = flag(relay, "relay")
+        holds_calls = relays_calls or answers_calls
         if answers_calls and opts.openai_api_key is None and not opts.uses_azure:
             raise OptionsError(
                 "Answering phone calls (accept_call, sip_accept) needs the server's key: "
@@ -251,7 +252,7 @@ class Endpoint:
             prefix,
             paths,
             functions=flag(include_functions_routes, "include_functions_routes"),
-            relay=flag(relay, "relay"),
+            relay=relays_calls,
             transcription=flag(transcription, "transcription"),
             webhooks=webhooks is not None,
         )
