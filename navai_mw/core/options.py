@@ -381,13 +381,13 @@ def max_upstream_connections(value: int | None, *, env: Env) -> int:
     """How many upstream connections a transport may hold: ``value``, else
     ``NAVAI_MAX_UPSTREAM_CONNECTIONS`` from ``env``, else 1000; a bad value
     is an :class:`OptionsError` naming where it came from."""
-    source = "max_upstream_connections"
+    source: str = "max_upstream_connections"
+    given: object = value
     if value is None:
         raw = read(env, MAX_CONNECTIONS_ENV)
         if raw is None:
             return DEFAULT_MAX_CONNECTIONS
-        source = MAX_CONNECTIONS_ENV
-        value = int(raw) if raw.isdigit() else -1
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
-        raise OptionsError(f"{source} must be an integer from 1 to 100000. Received: {value!r}")
-    return value
+        source, given = MAX_CONNECTIONS_ENV, int(raw) if raw.isdigit() else raw
+    if isinstance(given, bool) or not isinstance(given, int) or not 1 <= given <= 100_000:
+        raise OptionsError(f"{source} must be an integer from 1 to 100000. Received: {given!r}")
+    return given
