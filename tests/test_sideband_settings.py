@@ -79,15 +79,28 @@ def test_a_sideband_with_no_call_to_attach_to_is_refused_at_start(keyword: str) 
 @pytest.mark.parametrize(
     ("keywords", "message"),
     [
-        ({"sideband": "yes"}, "sideband must be"),
-        ({"on_call_end": "print"}, "on_call_end must be a function"),
-        ({"max_sidebands": 0}, "max_sidebands must be a positive integer"),
-        ({"env": {"NAVAI_MAX_SIDEBANDS": "lots"}}, "max_sidebands must be an integer"),
+        ({"sideband": "yes"}, "sideband must be True or False. Received: 'yes'"),
+        (
+            {"on_call_end": "print"},
+            "on_call_end must be a function taking a CallReport (or None).",
+        ),
+        ({"max_sidebands": 0}, "max_sidebands must be a positive integer. Received: 0"),
+        ({"max_sidebands": 2.5}, "max_sidebands must be a positive integer. Received: 2.5"),
+        ({"max_sidebands": True}, "max_sidebands must be a positive integer. Received: True"),
+        (
+            {"env": {"NAVAI_MAX_SIDEBANDS": "lots"}},
+            "max_sidebands must be an integer. Received: 'lots' (from NAVAI_MAX_SIDEBANDS)",
+        ),
+        (
+            {"env": {"NAVAI_MAX_SIDEBANDS": "0"}},
+            "NAVAI_MAX_SIDEBANDS must be a positive integer. Received: 0",
+        ),
     ],
 )
 def test_bad_sideband_keywords_are_named_at_start(keywords: dict[str, Any], message: str) -> None:
-    with pytest.raises(OptionsError, match=message):
+    with pytest.raises(OptionsError) as caught:
         NavaiHandler(OPTS, functions=[], relay=True, **keywords)
+    assert caught.value.message == message
 
 
 def test_server_functions_load_the_functions_without_the_browsers_routes() -> None:
