@@ -481,4 +481,7 @@ def test_voice_settings_of_the_wrong_kind_are_refused_in_these_words(
 def test_a_missing_key_warns_at_start_up(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="navai_mw"):
         NavaiWSGIMiddleware(hello_wsgi, options(elevenlabs_api_key=None), functions=[])
-    assert "no ElevenLabs API key is set (ELEVENLABS_API_KEY)" in caplog.text
+    assert [record.getMessage() for record in caplog.records if record.name == "navai_mw"] == [
+        "navai_mw: speech is voiced by ElevenLabs but no ElevenLabs API key is set "
+        "(ELEVENLABS_API_KEY): the speech route will answer 400"
+    ]
