@@ -182,8 +182,11 @@ def test_a_live_template_may_be_given_as_json_text() -> None:
     assert check_live_session('{"triggers": []}') == {"triggers": []}
 
 
-def test_a_live_template_may_set_triggers_a_wake_policy_and_delegate_decisions() -> None:
-    template = {"triggers": [], "wake_policy": {}, "delegation": {"type": "decisions"}}
+@pytest.mark.parametrize("delegation", ["client", "responses", "decisions"])
+def test_a_live_template_may_set_triggers_a_wake_policy_and_delegate_decisions(
+    delegation: str,
+) -> None:
+    template = {"triggers": [], "wake_policy": {}, "delegation": {"type": delegation}}
     opts = NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, live_session=template)
     assert opts.live_session == template
 
