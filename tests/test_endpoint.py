@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from navai_mw.core.errors import RequestError
 from navai_mw.endpoint.answers import Answer
 from navai_mw.endpoint.body import parse_body
 from navai_mw.endpoint.endpoint import BodyWanted, Endpoint, route_path
+from navai_mw.endpoint.route import Route
 
 from .conftest import log_message
 
@@ -540,3 +542,15 @@ def test_an_endpoints_defaults_are_its_documented_ones() -> None:
     budgeted = Endpoint(OPTS, relay=True, budget="3 minutes/day", budget_clock=lambda: 0.0)
     assert budgeted.settings.budgets is not None
     assert not budgeted.settings.budgets.fail_open
+
+
+def test_a_route_of_no_known_group_cannot_be_made() -> None:
+    message = "route group must be one of mint, functions, speech, usage, end, webhook: 'pings'"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        Route("ping", "/ping", "GET", "pings", print)  # type: ignore[arg-type]
+
+
+def test_a_path_no_route_serves_is_named_by_the_key_error() -> None:
+    with pytest.raises(KeyError) as caught:
+        Endpoint(OPTS).route_for("/nowhere")
+    assert caught.value.args == ("/nowhere",)
