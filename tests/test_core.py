@@ -570,6 +570,7 @@ def test_a_shared_storage_is_spelled_as_a_redis_client_takes_it(
         ("rediss://:s3cret@cache.example:6380/0?password=s3cret", "rediss://cache.example:6380/0"),
         ("redis://u:s3cret@cache.example/0?next=memory://x", "redis://cache.example/0"),
         ("memory://", "memory://"),
+        ("redis://BOX.example:6379/0#X", "redis://BOX.example:6379/0"),
         ("s3cret", "(not a URL)"),
         ("", "none"),
         (None, "none"),

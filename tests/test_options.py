@@ -296,3 +296,23 @@ def test_cors_origins_unset_means_off() -> None:
     assert get_cors_origins_from_env({}) is None
     assert get_cors_origins_from_env({"NAVAI_CORS_ORIGIN": " "}) is None
     assert get_cors_origins_from_env({"NAVAI_CORS_ORIGIN": "*"}) == ["*"]
+
+
+def test_a_provider_is_read_in_any_case_and_what_is_not_text_is_named() -> None:
+    opts = NavaiVoiceBackendOptions(
+        openai_api_key=CANARY_KEY, tts_provider=" ElevenLabs ", elevenlabs_api_key="xi-key"
+    )
+    assert opts.tts_provider == "elevenlabs"
+    with pytest.raises(OptionsError) as caught:
+        NavaiVoiceBackendOptions(openai_api_key=CANARY_KEY, tts_provider=5)  # type: ignore[arg-type]
+    assert caught.value.message == "tts_provider must be 'openai' or 'elevenlabs'. Received: 5"
+
+
+def test_a_base_url_loses_its_trailing_slashes_and_only_them() -> None:
+    opts = NavaiVoiceBackendOptions(
+        openai_api_key=CANARY_KEY,
+        openai_base_url=" https://proxy.test/BOX// ",
+        elevenlabs_base_url="https://speech.test/XX/",
+    )
+    assert opts.openai_base_url == "https://proxy.test/BOX"
+    assert opts.elevenlabs_base_url == "https://speech.test/XX"
